@@ -1,0 +1,194 @@
+"""The :class:`App`: a named pipeline of operators, and the way to run it."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import anyio
+import structlog
+
+from aioflow.connectors.base import Source
+from aioflow.connectors.collection import from_iterable
+from aioflow.errors import PipelineError
+from aioflow.graph.logical import Edge, Node
+from aioflow.graph.plan import Plan, build_plan
+from aioflow.log import configure_logging
+from aioflow.runtime.executor import RuntimeConfig, execute
+from aioflow.runtime.operators import Operator
+from aioflow.stream import Stream
+from aioflow.time.watermarks import WatermarkStrategy
+
+__all__ = ["App"]
+
+
+def _positive(value: Any, what: str, kind: type = int) -> Any:
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        raise PipelineError(f"{what} must be a positive {kind.__name__}, got {value!r}")
+    return value
+
+
+class App:
+    """A stream-processing application: sources, operators and sinks, run as one job.
+
+    ``parallelism`` is the default number of subtasks per operator. ``batch_size`` is
+    how many records move together between tasks; ``linger`` (seconds) how long a
+    partly filled batch may wait while its task is busy (an idle task sends at once).
+    ``channel_capacity`` is each channel's credit, in batches: memory stays bounded by
+    channels × capacity × batch size. ``watermark_interval`` (seconds) is how often
+    sources emit watermarks. ``state_dir`` and ``checkpoint_interval`` configure
+    persistent state and checkpoints.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        state_dir: str | None = None,
+        checkpoint_interval: float | None = None,
+        parallelism: int = 1,
+        max_parallelism: int = 128,
+        batch_size: int = 1024,
+        linger: float = 0.005,
+        channel_capacity: int = 4,
+        watermark_interval: float = 0.2,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise PipelineError(f"App needs a non-empty name, got {name!r}")
+        self.name = name
+        self.state_dir = state_dir
+        self.checkpoint_interval = checkpoint_interval
+        self.max_parallelism = _positive(max_parallelism, "max_parallelism")
+        self.parallelism = self._check_parallelism(parallelism, "App")
+        self.batch_size = _positive(batch_size, "batch_size")
+        self.linger = _positive(linger, "linger", float) if linger else 0.0
+        self.channel_capacity = _positive(channel_capacity, "channel_capacity")
+        self.watermark_interval = _positive(watermark_interval, "watermark_interval", float)
+        self._nodes: list[Node] = []
+        self._names: set[str] = set()
+        self._stop = False
+
+    def __repr__(self) -> str:
+        return f"<App {self.name!r}: {len(self._nodes)} operators>"
+
+    def _check_parallelism(self, parallelism: Any, where: str) -> int:
+        _positive(parallelism, f"{where}: parallelism")
+        if parallelism > self.max_parallelism:
+            raise PipelineError(
+                f"{where}: parallelism {parallelism} is more than max_parallelism {self.max_parallelism}"
+            )
+        return int(parallelism)
+
+    def _unique_name(self, explicit: str | None, derived: str | None, kind: str) -> str:
+        if explicit is not None:
+            if not isinstance(explicit, str) or not explicit:
+                raise PipelineError(f"operator names are non-empty strings, got {explicit!r}")
+            if explicit in self._names:
+                raise PipelineError(
+                    f"operator name {explicit!r} is already used in app {self.name!r}; "
+                    "names identify operators (and their state) and must be unique"
+                )
+            return explicit
+        base = derived or kind
+        name, n = base, 1
+        while name in self._names:
+            n += 1
+            name = f"{base}_{n}"
+        return name
+
+    def _add_node(
+        self,
+        kind: str,
+        name: str | None,
+        derived: str | None,
+        make: Callable[[str], Operator],
+        parallelism: int | None,
+        inputs: list[Edge],
+        *,
+        stateful: bool = False,
+        **extra: Any,
+    ) -> Node:
+        final = self._unique_name(name, derived, kind)
+        if parallelism is not None:
+            parallelism = self._check_parallelism(parallelism, f"operator {final!r}")
+        if stateful and name is None and derived is None:
+            warnings.warn(
+                f"operator {final!r} keeps state but has a generated name; give it name=... so "
+                "its state keeps its identity when the pipeline changes",
+                stacklevel=4,
+            )
+        self._names.add(final)
+        node = Node(
+            id=len(self._nodes), name=final, kind=kind, make_operator=lambda: make(final),
+            parallelism=parallelism, inputs=inputs, stateful=stateful, **extra,
+        )
+        self._nodes.append(node)
+        return node
+
+    def source(
+        self,
+        source: Source | Iterable[Any],
+        *,
+        name: str | None = None,
+        timestamps: Callable[[Any], int] | None = None,
+        watermarks: WatermarkStrategy | None = None,
+        parallelism: int | None = None,
+    ) -> Stream:
+        """A stream read from ``source`` (a connector such as :func:`read_jsonl`, or any
+        iterable). ``timestamps`` extracts each record's event time (int ms);
+        ``watermarks`` says how event time advances (e.g. ``BoundedOutOfOrderness(2000)``)."""
+        if not isinstance(source, Source):
+            if isinstance(source, (str, bytes)) or not isinstance(source, Iterable):
+                raise PipelineError(
+                    f"app.source() takes an aioflow Source (from_iterable, read_jsonl, ...) or an "
+                    f"iterable, got {type(source).__name__}"
+                )
+            source = from_iterable(source)
+        if timestamps is not None and not callable(timestamps):
+            raise PipelineError(f"timestamps= takes a function returning int ms, got {timestamps!r}")
+        if watermarks is not None:
+            if not isinstance(watermarks, WatermarkStrategy):
+                raise PipelineError(f"watermarks= takes a WatermarkStrategy, got {watermarks!r}")
+            if timestamps is None:
+                raise PipelineError("watermarks= needs timestamps= to know each record's event time")
+        node = self._add_node(
+            "source", name, source.default_name, Operator, parallelism, [],
+            source=source, timestamps=timestamps, watermarks=watermarks,
+        )
+        return Stream(self, node)
+
+    def plan(self) -> Plan:
+        """The physical plan: tasks of chained operators and how they connect."""
+        return build_plan(self.name, self._nodes, self.parallelism)
+
+    def _config(self) -> RuntimeConfig:
+        return RuntimeConfig(
+            batch_size=self.batch_size,
+            linger=self.linger,
+            channel_capacity=self.channel_capacity,
+            max_parallelism=self.max_parallelism,
+            watermark_interval=self.watermark_interval,
+        )
+
+    async def run_async(self) -> None:
+        """Run the job inside a running event loop; returns when bounded input is done."""
+        if not structlog.is_configured():
+            configure_logging()
+        plan = self.plan()
+        self._stop = False
+        await execute(plan, self._config(), lambda: self._stop)
+
+    def run(self) -> None:
+        """Run the job (blocking). Inside a running event loop use ``await app.run_async()``."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            anyio.run(self.run_async)
+            return
+        raise RuntimeError("App.run() was called inside a running event loop; use `await app.run_async()`")
+
+    def stop(self) -> None:
+        """Ask the sources to stop; the job then drains what is in flight and finishes."""
+        self._stop = True

@@ -1,0 +1,159 @@
+"""The connector seam: what a source or a sink must implement.
+
+A :class:`Source` describes where records come from and creates one
+:class:`SourceReader` per subtask; a :class:`Sink` creates one :class:`SinkWriter` per
+subtask. Readers hand out whole batches and report a position that a checkpoint can
+store and a restart can restore. The runtime never sees files, sockets or Kafka.
+
+:class:`ErrorPolicy` is shared by every source that decodes bytes: what happens to a
+record that cannot be decoded is the user's choice (fail, skip, or dead-letter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+
+from aioflow.errors import BadRecordError
+from aioflow.functions import OutputTag
+
+__all__ = ["BadRecord", "ErrorPolicy", "Sink", "SinkWriter", "Source", "SourceBatch", "SourceReader"]
+
+log = structlog.get_logger("aioflow.connectors")
+
+
+class SourceBatch:
+    """Records read from one split (a file, a partition), plus the ones that failed to decode."""
+
+    __slots__ = ("bad", "records", "split")
+
+    def __init__(self, records: list[Any], split: str = "", bad: list[BadRecord] | None = None) -> None:
+        self.records = records
+        self.split = split
+        self.bad = bad
+
+
+class SourceReader:
+    """Reads the splits assigned to one subtask."""
+
+    async def open(self) -> None:
+        """Acquire resources (open files, connect)."""
+
+    async def read(self, max_records: int, timeout: float) -> SourceBatch | None:
+        """Up to ``max_records`` records, waiting at most ``timeout`` seconds for some.
+
+        Returns an empty batch when nothing arrived in time, and ``None`` once every split
+        is exhausted (bounded sources only).
+        """
+        raise TypeError(f"{type(self).__name__} must implement read(max_records, timeout)")
+
+    def splits(self) -> list[str]:
+        """The splits this reader currently reads from (for per-split watermarks)."""
+        return [""]
+
+    def position(self) -> Any:
+        """Where the reader is, as JSON-serialisable data (stored in checkpoints)."""
+        return None
+
+    def restore(self, position: Any) -> None:
+        """Continue from a position returned by :meth:`position` (before :meth:`open`)."""
+
+    def statistics(self) -> dict[str, int]:
+        return {}
+
+    async def close(self) -> None:
+        """Release resources; called once, also when the job fails."""
+
+
+class Source:
+    """Describes a source of records; creates one :class:`SourceReader` per subtask."""
+
+    #: Default operator name for streams read from this source.
+    default_name = "source"
+    #: Bounded sources end; the job then finishes once everything is processed.
+    bounded = True
+    #: Most subtasks this source can feed (``None``: no limit).
+    max_parallelism: int | None = None
+
+    def create_reader(self, subtask_index: int, parallelism: int) -> SourceReader:
+        raise TypeError(f"{type(self).__name__} must implement create_reader(subtask_index, parallelism)")
+
+
+class SinkWriter:
+    """Writes the batches of one sink subtask."""
+
+    async def open(self) -> None:
+        """Acquire resources."""
+
+    async def write(self, values: list[Any]) -> None:
+        """Write one batch of records."""
+        raise TypeError(f"{type(self).__name__} must implement write(values)")
+
+    async def flush(self) -> None:
+        """Make everything written so far durable or visible (end of input, checkpoints)."""
+
+    async def close(self) -> None:
+        """Release resources; called once, also when the job fails."""
+
+
+class Sink:
+    """Describes where records go; creates one :class:`SinkWriter` per subtask."""
+
+    default_name = "sink"
+
+    def create_writer(self, subtask_index: int, parallelism: int) -> SinkWriter:
+        raise TypeError(f"{type(self).__name__} must implement create_writer(subtask_index, parallelism)")
+
+
+@dataclass(frozen=True, slots=True)
+class BadRecord:
+    """A record a source could not decode, as sent to a dead-letter side output."""
+
+    source: str
+    location: str
+    error: str
+    raw: str
+
+
+OnError = Literal["fail", "skip"] | OutputTag
+
+
+class ErrorPolicy:
+    """What a source does with a record it cannot decode.
+
+    - ``"fail"`` (the default): the job fails with :class:`BadRecordError` naming where.
+    - ``"skip"``: the record is dropped with a warning log line and counted.
+    - an :class:`OutputTag`: the record goes to that side output of the source's stream as
+      a :class:`BadRecord`, where it can be sunk like any other stream.
+    """
+
+    def __init__(self, on_error: OnError, source: str) -> None:
+        if not (on_error in ("fail", "skip") or isinstance(on_error, OutputTag)):
+            raise ValueError(f"on_error must be 'fail', 'skip' or an OutputTag, got {on_error!r}")
+        self.on_error = on_error
+        self.source = source
+        self.skipped = 0
+        self.dead_lettered = 0
+
+    @property
+    def dead_letter_tag(self) -> OutputTag | None:
+        return self.on_error if isinstance(self.on_error, OutputTag) else None
+
+    def handle(self, error: Exception, location: str, raw: bytes, bad: list[BadRecord]) -> None:
+        """Apply the policy to one undecodable record; ``bad`` collects dead letters."""
+        text = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if self.on_error == "fail":
+            raise BadRecordError(
+                f"{self.source}: cannot decode record at {location}: {error}\n  raw: {text[:200]!r}",
+                location=location,
+                raw=raw,
+            )
+        if self.on_error == "skip":
+            self.skipped += 1
+            log.warning("skipped bad record", source=self.source, location=location, error=str(error),
+                        skipped_total=self.skipped)
+            return
+        self.dead_lettered += 1
+        bad.append(BadRecord(self.source, location, str(error), text))

@@ -1,0 +1,238 @@
+"""Files: the :func:`read_jsonl` and :func:`read_text` sources, and :class:`FileSink`.
+
+Both stream: the source reads a batch of lines at a time (constant memory whatever the
+file size), the sink writes one buffered chunk per batch. orjson does the JSON.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from itertools import islice
+from pathlib import Path
+from collections.abc import Callable
+from typing import IO, Any
+
+import orjson
+
+from aioflow.connectors.base import BadRecord, ErrorPolicy, OnError, Sink, SinkWriter, Source, SourceBatch, SourceReader
+from aioflow.errors import BadRecordError
+
+__all__ = ["FileSink", "LinesSource", "read_jsonl", "read_text"]
+
+def _expand(paths: str | os.PathLike[str] | list[str | os.PathLike[str]], kind: str) -> list[Path]:
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    files: list[Path] = []
+    for item in items:
+        text = os.fspath(item)
+        if glob.has_magic(text):
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise FileNotFoundError(f"{kind}: no file matches {text!r}")
+            files.extend(Path(m) for m in matches)
+        else:
+            files.append(Path(text))
+    if not files:
+        raise ValueError(f"{kind}: no files given")
+    return files
+
+
+class _Format:
+    """How a line-oriented format decodes lines: a whole batch at once when every line is
+    good, line by line to find the bad ones otherwise."""
+
+    def __init__(self, kind: str, decode: Callable[[bytes], Any], error: type[Exception], skip_blank: bool) -> None:
+        self.kind = kind
+        self.decode = decode
+        self.error = error
+        self.skip_blank = skip_blank
+
+
+def _text_line(line: bytes) -> str:
+    return line.decode().rstrip("\r\n")
+
+
+JSON_LINES = _Format("read_jsonl", orjson.loads, orjson.JSONDecodeError, skip_blank=True)
+TEXT_LINES = _Format("read_text", _text_line, UnicodeDecodeError, skip_blank=False)
+
+
+class _LinesReader(SourceReader):
+    def __init__(self, source: LinesSource, files: list[Path]) -> None:
+        self._source = source
+        self._format = source.format
+        self._files = files
+        self._index = 0
+        self._file: IO[bytes] | None = None
+        self._line = 0  # lines consumed in the current file
+        self._offset = 0  # bytes consumed in the current file
+        self._records = 0
+        self._policy = ErrorPolicy(source.on_error, source.name)
+
+    async def open(self) -> None:
+        for path in self._files[self._index:]:
+            if not path.is_file():
+                raise FileNotFoundError(f"{self._format.kind}: {path} does not exist or is not a file")
+
+    def splits(self) -> list[str]:
+        return [str(self._files[self._index])] if self._index < len(self._files) else []
+
+    async def read(self, max_records: int, timeout: float) -> SourceBatch | None:
+        while self._index < len(self._files):
+            path = self._files[self._index]
+            if self._file is None:
+                self._file = open(path, "rb")  # noqa: SIM115 - closed when exhausted or in close()
+                if self._offset:
+                    self._file.seek(self._offset)
+            lines = list(islice(self._file, max_records))
+            if not lines:
+                self._file.close()
+                self._file = None
+                self._index += 1
+                self._line = self._offset = 0
+                continue
+            first = self._line + 1
+            self._line += len(lines)
+            self._offset += sum(map(len, lines))
+            bad: list[BadRecord] = []
+            try:
+                records = list(map(self._format.decode, lines))
+            except self._format.error:
+                records = self._decode_carefully(lines, path, first, bad)
+            self._records += len(records)
+            return SourceBatch(records, str(path), bad or None)
+        return None
+
+    def _decode_carefully(self, lines: list[bytes], path: Path, first: int, bad: list[BadRecord]) -> list[Any]:
+        """Line by line: blank lines are skipped (JSON), bad ones go to the error policy."""
+        records = []
+        decode, error, skip_blank = self._format.decode, self._format.error, self._format.skip_blank
+        for number, line in enumerate(lines, first):
+            try:
+                records.append(decode(line))
+            except error as exc:
+                if skip_blank and not line.strip():
+                    continue
+                self._policy.handle(exc, f"{path}:{number}", line, bad)
+        return records
+
+    def position(self) -> dict[str, int]:
+        return {"file": self._index, "line": self._line, "offset": self._offset}
+
+    def restore(self, position: Any) -> None:
+        self._index, self._line, self._offset = position["file"], position["line"], position["offset"]
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "records_read": self._records,
+            "records_skipped": self._policy.skipped,
+            "records_dead_lettered": self._policy.dead_lettered,
+        }
+
+    async def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class LinesSource(Source):
+    """Line-oriented files; each file is a split."""
+
+    def __init__(self, files: list[Path], format: _Format, on_error: OnError) -> None:
+        self.files = files
+        self.format = format
+        self.on_error = on_error
+        self.default_name = format.kind
+        self.name = f"{format.kind}({files[0]}{'...' if len(files) > 1 else ''})"
+        self.max_parallelism = len(files)
+        self.dead_letter_tag = ErrorPolicy(on_error, self.name).dead_letter_tag  # validates on_error now
+
+    def create_reader(self, subtask_index: int, parallelism: int) -> SourceReader:
+        return _LinesReader(self, self.files[subtask_index::parallelism])
+
+
+def read_jsonl(
+    path: str | os.PathLike[str] | list[str | os.PathLike[str]],
+    *,
+    on_error: OnError = "fail",
+) -> Source:
+    """A bounded source of the JSON values in one or more JSON-lines files.
+
+    ``path`` is a file, a glob pattern or a list of either; each file is a split (read by
+    one subtask, so parallelism is at most the number of files). Blank lines are
+    ignored. A line that is not valid JSON is handled by ``on_error``:
+
+    - ``"fail"`` (default): the job fails with a :class:`BadRecordError` naming file and line;
+    - ``"skip"``: it is dropped with a warning log line and counted;
+    - an :class:`OutputTag`: it goes to that side output as a :class:`BadRecord`
+      (``stream.get_side_output(tag)``).
+    """
+    return LinesSource(_expand(path, "read_jsonl"), JSON_LINES, on_error)
+
+
+def read_text(
+    path: str | os.PathLike[str] | list[str | os.PathLike[str]],
+    *,
+    on_error: OnError = "fail",
+) -> Source:
+    """A bounded source of the lines (``str``, without the line break) of UTF-8 text files.
+
+    ``path`` and ``on_error`` work as in :func:`read_jsonl`; a line that is not valid
+    UTF-8 is a bad record.
+    """
+    return LinesSource(_expand(path, "read_text"), TEXT_LINES, on_error)
+
+
+class _FileWriter(SinkWriter):
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._file: IO[bytes] | None = None
+
+    async def open(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self._path, "wb")  # noqa: SIM115 - closed in close()
+
+    async def write(self, values: list[Any]) -> None:
+        dumps = orjson.dumps
+        option = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+        try:
+            chunk = b"".join([dumps(value, option=option) for value in values])
+        except TypeError:
+            for value in values:
+                try:
+                    dumps(value, option=option)
+                except TypeError as exc:
+                    raise BadRecordError(
+                        f"FileSink({self._path}): record is not JSON-serialisable ({exc}): {value!r:.200}",
+                        location=str(self._path),
+                    ) from exc
+            raise
+        assert self._file is not None
+        self._file.write(chunk)
+
+    async def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    async def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class FileSink(Sink):
+    """Writes each record as one JSON line (orjson) to ``path``.
+
+    With parallelism above 1, subtask ``i`` writes ``<stem>-<i><suffix>`` next to it.
+    The file is truncated when the job starts.
+    """
+
+    default_name = "file_sink"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def create_writer(self, subtask_index: int, parallelism: int) -> SinkWriter:
+        path = self.path
+        if parallelism > 1:
+            path = path.with_name(f"{path.stem}-{subtask_index}{path.suffix}")
+        return _FileWriter(path)

@@ -1,0 +1,82 @@
+"""Every exception aioflow raises on purpose.
+
+    AioflowError
+    ├── PipelineError            the pipeline definition is invalid (raised while building or planning)
+    ├── AppLoadError             ``aioflow run module:attr`` could not find or load the app
+    ├── BadRecordError           a source could not decode a record (names the file and line)
+    └── OperatorError            user code in an operator raised (names operator and record)
+        └── UserFunctionTypeError    user code returned a value of the wrong type
+
+Errors raised by user code are never swallowed: an :class:`OperatorError` keeps the
+original exception as ``__cause__``, so its traceback is shown.
+"""
+
+from __future__ import annotations
+
+import reprlib
+from typing import Any
+
+__all__ = [
+    "AioflowError",
+    "AppLoadError",
+    "BadRecordError",
+    "OperatorError",
+    "PipelineError",
+    "UserFunctionTypeError",
+]
+
+_record_repr = reprlib.Repr()
+_record_repr.maxstring = 120
+_record_repr.maxother = 120
+_record_repr.maxdict = 8
+_record_repr.maxlist = 8
+_record_repr.maxlevel = 3
+
+
+def truncated_repr(value: Any) -> str:
+    """A repr short enough for an error message, whatever the record's size."""
+    return _record_repr.repr(value)
+
+
+class AioflowError(Exception):
+    """Base class of every aioflow error."""
+
+
+class PipelineError(AioflowError, ValueError):
+    """The pipeline definition is invalid: a bad name, parallelism, partitioning or argument."""
+
+
+class AppLoadError(AioflowError):
+    """``module:attr`` given to the CLI does not name an importable :class:`aioflow.App`."""
+
+
+class BadRecordError(AioflowError):
+    """A source could not decode a record.
+
+    ``location`` says where (``path:line`` for files); ``raw`` holds the undecoded input.
+    """
+
+    def __init__(self, message: str, *, location: str, raw: bytes | str | None = None) -> None:
+        super().__init__(message)
+        self.location = location
+        self.raw = raw
+
+
+class OperatorError(AioflowError):
+    """User code running inside an operator raised an exception.
+
+    ``operator`` is the operator's name, ``record`` the input being processed (``None``
+    when the failure was not caused by a record, e.g. in ``open`` or a timer).
+    """
+
+    def __init__(self, operator: str, message: str, record: Any = None, *, has_record: bool = True) -> None:
+        self.operator = operator
+        self.record = record
+        detail = f"operator {operator!r}: {message}"
+        if has_record:
+            detail += f"\n  record: {truncated_repr(record)}"
+        super().__init__(detail)
+
+
+class UserFunctionTypeError(OperatorError, TypeError):
+    """A user function returned a value of the wrong type (e.g. a non-int timestamp)."""

@@ -1,0 +1,171 @@
+"""Runs a physical plan: builds channels, operators and tasks, and supervises them.
+
+Every subtask is one async task in a single anyio task group. The first failure is kept,
+every other task is cancelled (their operators and connectors still close), and the
+failure is raised from :func:`execute` as it was, with its original traceback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+import structlog
+
+from aioflow.graph.logical import Node
+from aioflow.graph.plan import Plan, PlannedEdge, PlannedTask
+from aioflow.runtime.channel import Channel, InputGate
+from aioflow.runtime.operators import FanOut, Operator, Output
+from aioflow.runtime.task import NetworkOutput, SourceTask, StreamTask, SubtaskEnvironment
+from aioflow.runtime.writer import FORWARD, RecordWriter
+from aioflow.state.backend import MemoryStateBackend
+from aioflow.time.watermarks import SourceWatermarks
+
+__all__ = ["RuntimeConfig", "execute"]
+
+log = structlog.get_logger("aioflow.runtime")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    batch_size: int
+    linger: float
+    channel_capacity: int
+    max_parallelism: int
+    watermark_interval: float
+
+
+Subtask = SourceTask | StreamTask
+
+
+def _channels(edge: PlannedEdge, capacity: int) -> list[list[Channel | None]]:
+    """``[sender][receiver]`` channels of one edge (only the diagonal for forward edges)."""
+    senders, receivers = edge.source_task.parallelism, edge.target_task.parallelism
+    name = f"{edge.source_node.name}->{edge.target_node.name}"
+    matrix: list[list[Channel | None]] = [[None] * receivers for _ in range(senders)]
+    for i in range(senders):
+        for j in range(receivers):
+            if edge.partitioning != FORWARD or i == j:
+                matrix[i][j] = Channel(capacity, f"{name}[{i}->{j}]")
+    return matrix
+
+
+def _combine(outputs: list[Output]) -> Output | None:
+    if not outputs:
+        return None
+    return outputs[0] if len(outputs) == 1 else FanOut(outputs)
+
+
+def _wire(task: PlannedTask, operators: dict[int, Operator], writers: dict[int, RecordWriter]) -> None:
+    """Connect each operator to the chained operators and network writers it feeds."""
+    for node in task.nodes:
+        targets: dict[str | None, list[Output]] = {}
+        for upstream, downstream, edge in task.chained:
+            if upstream is node:
+                targets.setdefault(edge.side_tag, []).append(operators[downstream.id])
+        network: dict[str | None, list[RecordWriter]] = {}
+        for planned in task.outputs:
+            if planned.source_node is node:
+                network.setdefault(planned.edge.side_tag, []).append(writers[id(planned)])
+        for tag, tag_writers in network.items():
+            targets.setdefault(tag, []).append(NetworkOutput(tag_writers))
+        operator = operators[node.id]
+        for tag, outputs in targets.items():
+            combined = _combine(outputs)
+            assert combined is not None
+            if tag is None:
+                operator.out = combined
+            else:
+                operator.side_outputs[tag] = combined
+
+
+def _build(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[], bool]) -> list[Subtask]:
+    matrices = {id(edge): _channels(edge, config.channel_capacity) for edge in plan.edges}
+    subtasks: list[Subtask] = []
+    for task in plan.tasks:
+        for index in range(task.parallelism):
+            env = SubtaskEnvironment(
+                task_name=f"task {task.index} ({task.head.name})",
+                subtask_index=index,
+                parallelism=task.parallelism,
+                max_parallelism=config.max_parallelism,
+                batch_size=config.batch_size,
+                state_backend=MemoryStateBackend(),
+            )
+            operators = {node.id: node.make_operator() for node in task.nodes}
+            writers: dict[int, RecordWriter] = {}
+            for edge in task.outputs:
+                row = matrices[id(edge)][index]
+                writers[id(edge)] = RecordWriter(
+                    [channel for channel in row if channel is not None],
+                    edge.partitioning,
+                    batch_size=config.batch_size,
+                    linger=config.linger,
+                    key_selector=edge.edge.key_selector,
+                    max_parallelism=config.max_parallelism,
+                    subtask_index=index,
+                )
+            _wire(task, operators, writers)
+            chain = [operators[node.id] for node in task.nodes]
+            head: Node = task.head
+            if head.source is not None:
+                source = head.source
+                watermarks = None
+                if head.watermarks is not None or head.timestamps is not None:
+                    watermarks = SourceWatermarks(
+                        head.name, head.timestamps, head.watermarks, config.watermark_interval
+                    )
+                tag = getattr(source, "dead_letter_tag", None)
+                subtasks.append(
+                    SourceTask(
+                        env,
+                        chain,
+                        list(writers.values()),
+                        source.create_reader(index, task.parallelism),
+                        watermarks,
+                        tag.name if tag is not None else None,
+                        stop_requested,
+                    )
+                )
+            else:
+                channels: list[Channel] = []
+                input_numbers: list[int] = []
+                for edge in task.inputs:
+                    for row in matrices[id(edge)]:
+                        channel = row[index]
+                        if channel is not None:
+                            channels.append(channel)
+                            input_numbers.append(edge.edge.input_number)
+                subtasks.append(StreamTask(env, chain, list(writers.values()), InputGate(channels), input_numbers))
+    return subtasks
+
+
+async def execute(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[], bool]) -> None:
+    """Run ``plan`` until every task finished; raise the first failure."""
+    subtasks = _build(plan, config, stop_requested)
+    failure: BaseException | None = None
+    started = time.perf_counter()
+    log.info("job started", app=plan.app_name, tasks=len(plan.tasks), subtasks=len(subtasks))
+
+    async with anyio.create_task_group() as group:
+
+        async def supervise(subtask: Subtask) -> None:
+            nonlocal failure
+            try:
+                await subtask.run()
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as exc:
+                if failure is None:
+                    failure = exc
+                    log.error("job failed", app=plan.app_name, task=subtask.name, error=str(exc).splitlines()[0])
+                group.cancel_scope.cancel()
+
+        for subtask in subtasks:
+            group.start_soon(supervise, subtask, name=subtask.name)
+
+    if failure is not None:
+        raise failure
+    log.info("job finished", app=plan.app_name, seconds=round(time.perf_counter() - started, 3))

@@ -1,0 +1,258 @@
+"""Runtime operators: what runs inside a task, one batch at a time.
+
+Operators of a task form a chain: each one's ``out`` is the next operator (or a fan-out,
+or the network output at the end of the task). ``process(batch)`` transforms a whole
+batch with a C-level loop (``map``, ``itertools.compress``) where it can, and calls the
+user function once per record with a plain call, never an ``await``, unless the user
+function itself is ``async def``.
+
+Control events follow the same path: ``process_watermark`` (operators with timers fire
+them first), ``process_watermark_status`` and ``end_input``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from itertools import compress
+from typing import TYPE_CHECKING, Any
+
+from aioflow.errors import OperatorError
+from aioflow.functions import OutputTag
+from aioflow.runtime.events import Batch
+
+if TYPE_CHECKING:
+    from aioflow.runtime.task import SubtaskEnvironment
+
+__all__ = [
+    "FanOut",
+    "FilterOperator",
+    "FlatMapOperator",
+    "MapOperator",
+    "Operator",
+    "Output",
+    "SinkOperator",
+]
+
+
+class Output:
+    """Where an operator sends its results. The next chained operator is one; so are
+    :class:`FanOut` and the network output of a task."""
+
+    async def process(self, batch: Batch) -> None:
+        """Receive a batch of records."""
+
+    async def process_watermark(self, timestamp: int) -> None:
+        """Event time advanced."""
+
+    async def process_watermark_status(self, idle: bool) -> None:
+        """The input became idle or active."""
+
+    async def end_input(self) -> None:
+        """No more input will come."""
+
+
+DISCARD = Output()
+
+
+class FanOut(Output):
+    """Sends everything to several outputs, in order (the column lists are shared, not copied)."""
+
+    def __init__(self, outputs: list[Output]) -> None:
+        self.outputs = outputs
+
+    async def process(self, batch: Batch) -> None:
+        for output in self.outputs:
+            await output.process(batch)
+
+    async def process_watermark(self, timestamp: int) -> None:
+        for output in self.outputs:
+            await output.process_watermark(timestamp)
+
+    async def process_watermark_status(self, idle: bool) -> None:
+        for output in self.outputs:
+            await output.process_watermark_status(idle)
+
+    async def end_input(self) -> None:
+        for output in self.outputs:
+            await output.end_input()
+
+
+class Operator(Output):
+    """Base of runtime operators: forwards everything unchanged.
+
+    ``name`` is the operator's stable identity (state and error messages use it).
+    ``out`` and ``side_outputs`` are wired by the task before ``open``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.out: Output = DISCARD
+        self.side_outputs: dict[str, Output] = {}
+        self.env: SubtaskEnvironment | None = None
+
+    async def open(self, env: SubtaskEnvironment) -> None:
+        self.env = env
+
+    async def process(self, batch: Batch) -> None:
+        await self.out.process(batch)
+
+    async def process_watermark(self, timestamp: int) -> None:
+        await self.out.process_watermark(timestamp)
+
+    async def process_watermark_status(self, idle: bool) -> None:
+        await self.out.process_watermark_status(idle)
+
+    async def end_input(self) -> None:
+        await self.out.end_input()
+
+    async def close(self) -> None:
+        """Release resources; called once, also when the job fails."""
+
+    def error(self, message: str, record: Any, *, has_record: bool = True) -> OperatorError:
+        return OperatorError(self.name, message, record, has_record=has_record)
+
+    async def emit_side(self, tag: str, values: list[Any], timestamps: list[Any] | None) -> None:
+        output = self.side_outputs.get(tag)
+        if output is not None and values:
+            await output.process(Batch(values, timestamps))
+
+
+def is_async(fn: Callable[..., Any]) -> bool:
+    """True for ``async def`` functions and callables whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+def _describe(exc: BaseException, fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    return f"{name} raised {type(exc).__name__}: {exc}"
+
+
+class MapOperator(Operator):
+    """One output per record: ``fn(value)``."""
+
+    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
+        super().__init__(name)
+        self.fn = fn
+        self._async = is_async(fn)
+
+    async def process(self, batch: Batch) -> None:
+        values = batch.values
+        out: list[Any] = []
+        fn = self.fn
+        try:
+            if self._async:
+                for value in values:
+                    out.append(await fn(value))
+            else:
+                out.extend(map(fn, values))  # on failure, ``out`` holds the results before the bad record
+        except Exception as exc:
+            raise self.error(_describe(exc, fn), values[len(out)]) from exc
+        await self.out.process(Batch(out, batch.timestamps))
+
+
+class FilterOperator(Operator):
+    """Keeps the records for which ``fn(value)`` is true."""
+
+    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
+        super().__init__(name)
+        self.fn = fn
+        self._async = is_async(fn)
+
+    async def process(self, batch: Batch) -> None:
+        values = batch.values
+        mask: list[Any] = []
+        fn = self.fn
+        try:
+            if self._async:
+                for value in values:
+                    mask.append(await fn(value))
+            else:
+                mask.extend(map(fn, values))
+        except Exception as exc:
+            raise self.error(_describe(exc, fn), values[len(mask)]) from exc
+        timestamps = batch.timestamps
+        keys = batch.keys
+        await self.out.process(
+            Batch(
+                list(compress(values, mask)),
+                list(compress(timestamps, mask)) if timestamps is not None else None,
+                list(compress(keys, mask)) if keys is not None else None,
+            )
+        )
+
+
+class FlatMapOperator(Operator):
+    """Zero or more outputs per record: ``fn(value)`` returns (or, async, yields) an iterable."""
+
+    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
+        super().__init__(name)
+        self.fn = fn
+        self._async_gen = inspect.isasyncgenfunction(fn)
+        self._async = is_async(fn)
+
+    async def process(self, batch: Batch) -> None:
+        values = batch.values
+        timestamps = batch.timestamps
+        out: list[Any] = []
+        out_ts: list[Any] | None = [] if timestamps is not None else None
+        fn = self.fn
+        i = 0
+        try:
+            for i, value in enumerate(values):
+                if self._async_gen:
+                    produced = [item async for item in fn(value)]
+                elif self._async:
+                    produced = await fn(value)
+                else:
+                    produced = fn(value)
+                if produced is None:
+                    continue
+                before = len(out)
+                out.extend(produced)
+                if out_ts is not None:
+                    out_ts.extend([timestamps[i]] * (len(out) - before))  # type: ignore[index]
+        except Exception as exc:
+            raise self.error(_describe(exc, fn), values[i]) from exc
+        await self.out.process(Batch(out, out_ts))
+
+
+class SinkOperator(Operator):
+    """Hands batches to a sink writer; flushes it at the end of input."""
+
+    def __init__(self, name: str, sink: Any) -> None:
+        super().__init__(name)
+        self.sink = sink
+        self.writer: Any = None
+
+    async def open(self, env: SubtaskEnvironment) -> None:
+        await super().open(env)
+        self.writer = self.sink.create_writer(env.subtask_index, env.parallelism)
+        await self.writer.open()
+
+    async def process(self, batch: Batch) -> None:
+        try:
+            await self.writer.write(batch.values)
+        except Exception as exc:
+            raise self.error(
+                f"sink {type(self.sink).__name__} failed writing a batch of {len(batch.values)} records: "
+                f"{type(exc).__name__}: {exc}",
+                batch.values[0] if batch.values else None,
+            ) from exc
+
+    async def process_watermark(self, timestamp: int) -> None:
+        pass
+
+    async def process_watermark_status(self, idle: bool) -> None:
+        pass
+
+    async def end_input(self) -> None:
+        await self.writer.flush()
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            await self.writer.close()
+
+
+def is_side_output(item: Any) -> bool:
+    return item.__class__ is tuple and len(item) == 2 and item[0].__class__ is OutputTag

@@ -1,0 +1,287 @@
+"""Tasks: the loops that run a chain of operators for one subtask.
+
+A :class:`SourceTask` reads batches from a source reader; a :class:`StreamTask` reads
+batches and control events from its input gate. Both hand whole batches to the head of
+their chain and await only at batch boundaries: to read, to send when a channel has no
+credit, and once per source batch to let other tasks run. Processing-time callbacks
+(timers, periodic watermarks) run between batches, and an idle task sleeps exactly
+until the next one is due, so a processing-time window fires on time even when no
+record arrives.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import structlog
+
+from aioflow.runtime.events import END_OF_INPUT, MAX_WATERMARK, Batch, EndOfInput, Watermark, WatermarkStatus
+from aioflow.runtime.operators import Operator, Output
+from aioflow.time.timers import now_ms
+from aioflow.time.valve import WatermarkValve
+
+if TYPE_CHECKING:
+    from aioflow.connectors.base import SourceReader
+    from aioflow.runtime.channel import InputGate
+    from aioflow.runtime.writer import RecordWriter
+    from aioflow.state.backend import MemoryStateBackend
+    from aioflow.time.watermarks import SourceWatermarks
+
+__all__ = ["NetworkOutput", "Scheduler", "SourceTask", "StreamTask", "SubtaskEnvironment"]
+
+log = structlog.get_logger("aioflow.runtime")
+
+Callback = Callable[[int], Awaitable[None]]
+
+
+class Scheduler:
+    """Processing-time callbacks of one subtask, ordered by due time (epoch ms)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, Callback]] = []
+        self._pending: set[tuple[int, Callback]] = set()
+        self._seq = itertools.count()
+
+    def schedule(self, at: int, callback: Callback) -> None:
+        if (at, callback) not in self._pending:
+            self._pending.add((at, callback))
+            heapq.heappush(self._heap, (at, next(self._seq), callback))
+
+    def seconds_until_due(self) -> float | None:
+        if not self._heap:
+            return None
+        return max(0.0, (self._heap[0][0] - now_ms()) / 1000)
+
+    async def run_due(self) -> None:
+        heap = self._heap
+        if not heap:
+            return
+        now = now_ms()
+        while heap and heap[0][0] <= now:
+            at, _, callback = heapq.heappop(heap)
+            self._pending.discard((at, callback))
+            await callback(now)
+
+
+@dataclass(eq=False)
+class SubtaskEnvironment:
+    """What operators of one subtask share: identity, sizes, state and the scheduler."""
+
+    task_name: str
+    subtask_index: int
+    parallelism: int
+    max_parallelism: int
+    batch_size: int
+    state_backend: MemoryStateBackend
+    scheduler: Scheduler = field(default_factory=Scheduler)
+
+    def schedule(self, at: int, callback: Callback) -> None:
+        """Call ``await callback(now_ms)`` once the wall clock reaches ``at`` (epoch ms)."""
+        self.scheduler.schedule(at, callback)
+
+
+class NetworkOutput(Output):
+    """The end of a chain: hands batches and control events to the task's record writers."""
+
+    def __init__(self, writers: list[RecordWriter]) -> None:
+        self.writers = writers
+
+    async def process(self, batch: Batch) -> None:
+        for writer in self.writers:
+            await writer.emit(batch)
+
+    async def process_watermark(self, timestamp: int) -> None:
+        event = Watermark(timestamp)
+        for writer in self.writers:
+            await writer.broadcast_event(event)
+
+    async def process_watermark_status(self, idle: bool) -> None:
+        event = WatermarkStatus(idle)
+        for writer in self.writers:
+            await writer.broadcast_event(event)
+
+    async def end_input(self) -> None:
+        for writer in self.writers:
+            await writer.broadcast_event(END_OF_INPUT)
+
+
+class _Task:
+    def __init__(self, env: SubtaskEnvironment, operators: list[Operator], writers: list[RecordWriter]) -> None:
+        self.env = env
+        self.operators = operators
+        self.head = operators[0]
+        self.writers = writers
+        self._linger = min((w.linger for w in writers), default=0.0)
+        self._next_linger_check = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.env.task_name}[{self.env.subtask_index}]"
+
+    async def run(self) -> None:
+        try:
+            for operator in reversed(self.operators):  # downstream first: ready before data arrives
+                await operator.open(self.env)
+            await self._loop()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for operator in self.operators:
+                    try:
+                        await operator.close()
+                    except Exception:
+                        log.exception("operator close failed", operator=operator.name, task=self.name)
+
+    async def _loop(self) -> None:
+        raise TypeError("subclasses implement _loop")
+
+    async def flush_lingering(self) -> None:
+        """Send output buffers older than the linger time (checked at most every linger/2)."""
+        if not self.writers:
+            return
+        now = time.monotonic()
+        if now >= self._next_linger_check:
+            self._next_linger_check = now + self._linger / 2
+            for writer in self.writers:
+                await writer.flush(only_expired=True)
+
+    async def flush_all(self) -> None:
+        for writer in self.writers:
+            await writer.flush()
+
+
+class SourceTask(_Task):
+    """Reads a source and pushes its batches through the chain."""
+
+    def __init__(
+        self,
+        env: SubtaskEnvironment,
+        operators: list[Operator],
+        writers: list[RecordWriter],
+        reader: SourceReader,
+        watermarks: SourceWatermarks | None,
+        dead_letter_tag: str | None,
+        stop_requested: Callable[[], bool],
+    ) -> None:
+        super().__init__(env, operators, writers)
+        self.reader = reader
+        self.watermarks = watermarks
+        self.dead_letter_tag = dead_letter_tag
+        self.stop_requested = stop_requested
+
+    async def _loop(self) -> None:
+        reader, head, env = self.reader, self.head, self.env
+        watermarks = self.watermarks
+        scheduler = env.scheduler
+        if watermarks is not None:
+            env.schedule(now_ms() + watermarks.interval_ms, self._periodic_watermark)
+        await reader.open()
+        try:
+            while not self.stop_requested():
+                await scheduler.run_due()
+                wait = scheduler.seconds_until_due()
+                source_batch = await reader.read(env.batch_size, 0.1 if wait is None else min(wait, 0.1))
+                if source_batch is None:
+                    break
+                records = source_batch.records
+                if source_batch.bad and self.dead_letter_tag is not None:
+                    await head.emit_side(self.dead_letter_tag, source_batch.bad, None)
+                if records:
+                    if watermarks is None:
+                        await head.process(Batch(records))
+                    else:
+                        timestamps = watermarks.on_batch(source_batch.split, records)
+                        await head.process(Batch(records, timestamps))
+                    await self.flush_lingering()
+                else:
+                    await self.flush_all()
+                await anyio.lowlevel.checkpoint()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await reader.close()
+        # End of input (or a stop request): the final watermark fires every pending
+        # event-time timer and window, then everything downstream flushes and ends.
+        await head.process_watermark(MAX_WATERMARK)
+        await head.end_input()
+
+    async def _periodic_watermark(self, now: int) -> None:
+        watermarks = self.watermarks
+        assert watermarks is not None
+        idle_change, watermark = watermarks.on_periodic(now, self.reader.splits())
+        if watermark is not None:
+            await self.head.process_watermark(watermark)
+        if idle_change is not None:
+            await self.head.process_watermark_status(idle_change)
+        self.env.schedule(now + watermarks.interval_ms, self._periodic_watermark)
+
+
+class StreamTask(_Task):
+    """Reads its input gate and pushes batches and control events through the chain."""
+
+    def __init__(
+        self,
+        env: SubtaskEnvironment,
+        operators: list[Operator],
+        writers: list[RecordWriter],
+        gate: InputGate,
+        input_numbers: list[int],
+    ) -> None:
+        super().__init__(env, operators, writers)
+        self.gate = gate
+        self.input_numbers = input_numbers
+
+    async def _loop(self) -> None:
+        gate, head, scheduler = self.gate, self.head, self.env.scheduler
+        input_numbers = self.input_numbers
+        valve = WatermarkValve(len(gate.channels))
+        open_channels = len(gate.channels)
+        second_input = getattr(head, "process2", None)
+        while open_channels:
+            try:
+                index, message = gate.receive_nowait()
+            except anyio.WouldBlock:
+                await self.flush_all()  # nothing to do: send what is buffered now
+                wait = scheduler.seconds_until_due()
+                if wait is None:
+                    index, message = await gate.receive()
+                else:
+                    with anyio.move_on_after(wait) as scope:
+                        index, message = await gate.receive()
+                    if scope.cancelled_caught:
+                        await scheduler.run_due()
+                        continue
+            cls = message.__class__
+            if cls is Batch:
+                if input_numbers[index] == 2 and second_input is not None:
+                    await second_input(message)
+                else:
+                    await head.process(message)
+                await self.flush_lingering()
+                await scheduler.run_due()
+            elif cls is Watermark:
+                advanced = valve.watermark(index, message.timestamp)
+                if advanced is not None:
+                    await head.process_watermark(advanced)
+            elif cls is WatermarkStatus:
+                idle_change, advanced = valve.status(index, message.idle)
+                if advanced is not None:
+                    await head.process_watermark(advanced)
+                if idle_change is not None:
+                    await head.process_watermark_status(idle_change)
+            elif cls is EndOfInput:
+                open_channels -= 1
+                advanced = valve.finish(index)
+                if advanced is not None:
+                    await head.process_watermark(advanced)
+            else:
+                raise TypeError(f"task {self.name}: unexpected message {message!r}")
+        await head.end_input()
+
+    def statistics(self) -> dict[str, Any]:
+        return {"task": self.name, "gate": self.gate.statistics()}

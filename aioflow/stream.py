@@ -1,0 +1,244 @@
+"""The stream API: :class:`Stream` and :class:`KeyedStream`.
+
+Every transformation adds a named operator to the app's logical graph and returns a
+new stream. Each one works in two forms::
+
+    big = events.filter(lambda e: e["amount"] > 10)       # fluent
+
+    @big.map                                               # decorator: the stream is named "tagged"
+    def tagged(e):
+        return (e["user"], e["amount"] * 1.1)
+
+Partitioning methods (``key_by``, ``rebalance``, ``broadcast``, ``global_``, ``forward``)
+add no operator: they decide how records reach the *next* operator's subtasks.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from aioflow.errors import PipelineError
+from aioflow.functions import OutputTag, ProcessFunction
+from aioflow.graph.logical import DEFAULT, Edge, Node
+from aioflow.runtime.operators import FilterOperator, FlatMapOperator, MapOperator, Operator, SinkOperator
+from aioflow.runtime.process import ProcessOperator
+from aioflow.runtime.writer import BROADCAST, FORWARD, GLOBAL, HASH, REBALANCE
+
+if TYPE_CHECKING:
+    from aioflow.app import App
+    from aioflow.connectors.base import Sink
+
+__all__ = ["KeyedStream", "Stream"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def function_name(fn: Any) -> str | None:
+    """The name an operator takes from its function or class (``None`` for lambdas)."""
+    if inspect.isclass(fn):
+        return fn.__name__
+    name = getattr(fn, "__name__", None)
+    if name is None:
+        name = type(fn).__name__
+    return None if name == "<lambda>" else name
+
+
+def _check_callable(fn: Any, what: str) -> None:
+    if not callable(fn):
+        raise PipelineError(f"{what} takes a function, got {fn!r} ({type(fn).__name__})")
+
+
+def instantiate(fn: Any, base: type) -> Callable[[], Any]:
+    """A factory giving each subtask its own function object (a class is instantiated, an
+    instance copied, a plain function wrapped as ``process_element``)."""
+    if inspect.isclass(fn):
+        if not issubclass(fn, base):
+            raise PipelineError(f"{fn.__name__} must subclass aioflow.{base.__name__}")
+        return fn
+    if isinstance(fn, base):
+        return lambda: copy.deepcopy(fn)
+    if callable(fn):
+        wrapped = fn
+
+        class _FunctionAsProcess(base):  # type: ignore[misc, valid-type]
+            process_element = staticmethod(wrapped)
+
+        _FunctionAsProcess.__name__ = function_name(fn) or "process"
+        return _FunctionAsProcess
+    raise PipelineError(f"process() takes a {base.__name__} subclass, instance or function, got {fn!r}")
+
+
+class Stream:
+    """A stream of records produced by one operator (or one of its side outputs)."""
+
+    def __init__(
+        self,
+        app: App,
+        node: Node,
+        *,
+        partitioning: str = DEFAULT,
+        key_selector: Callable[[Any], Any] | None = None,
+        side_tag: str | None = None,
+    ) -> None:
+        self.app = app
+        self.node = node
+        self._partitioning = partitioning
+        self._key_selector = key_selector
+        self._side_tag = side_tag
+
+    @property
+    def name(self) -> str:
+        """The name of the operator producing this stream."""
+        return self.node.name
+
+    def __repr__(self) -> str:
+        side = f", side output {self._side_tag!r}" if self._side_tag else ""
+        return f"<{type(self).__name__} {self.name!r}{side}>"
+
+    # -- graph building ---------------------------------------------------------------
+
+    def _edge(self, input_number: int = 1) -> Edge:
+        return Edge(self.node, self._partitioning, self._key_selector, self._side_tag, input_number)
+
+    def _view(self, partitioning: str, key_selector: Callable[[Any], Any] | None = None) -> Stream:
+        return Stream(self.app, self.node, partitioning=partitioning, key_selector=key_selector,
+                      side_tag=self._side_tag)
+
+    def _add(
+        self,
+        kind: str,
+        fn: Any,
+        name: str | None,
+        parallelism: int | None,
+        make: Callable[[str], Operator],
+        *,
+        stateful: bool = False,
+        inputs: list[Edge] | None = None,
+    ) -> Node:
+        return self.app._add_node(
+            kind,
+            name,
+            function_name(fn) if fn is not None else None,
+            make,
+            parallelism,
+            inputs if inputs is not None else [self._edge()],
+            stateful=stateful,
+        )
+
+    def _transform(
+        self,
+        kind: str,
+        fn: Any,
+        name: str | None,
+        parallelism: int | None,
+        operator: Callable[[str, Callable[[Any], Any]], Operator],
+    ) -> Any:
+        if fn is None:  # used as @stream.map(name=...) with arguments
+            return lambda f: self._transform(kind, f, name, parallelism, operator)
+        _check_callable(fn, f"{kind}()")
+        node = self._add(kind, fn, name, parallelism, lambda n: operator(n, fn))
+        return Stream(self.app, node)
+
+    # -- transformations ----------------------------------------------------------------
+
+    @overload
+    def map(self, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int | None = None) -> Stream: ...
+    @overload
+    def map(self, fn: None = None, *, name: str | None = None,
+            parallelism: int | None = None) -> Callable[[Callable[[Any], Any]], Stream]: ...
+
+    def map(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None) -> Any:
+        """One output per record: ``fn(value)``. ``fn`` may be ``async def``."""
+        return self._transform("map", fn, name, parallelism, MapOperator)
+
+    def filter(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None) -> Any:
+        """Keep records for which ``fn(value)`` is true. ``fn`` may be ``async def``."""
+        return self._transform("filter", fn, name, parallelism, FilterOperator)
+
+    def flat_map(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None) -> Any:
+        """Zero or more outputs per record: ``fn(value)`` returns an iterable (or is a generator)."""
+        return self._transform("flat_map", fn, name, parallelism, FlatMapOperator)
+
+    def process(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None) -> Any:
+        """Run a :class:`ProcessFunction` (class, instance, or ``process_element``-like function)."""
+        if fn is None:
+            return lambda f: self.process(f, name=name, parallelism=parallelism)
+        factory = instantiate(fn, ProcessFunction)
+        key_selector = self._keyed_selector()
+        node = self._add(
+            "process", fn, name, parallelism,
+            lambda n: ProcessOperator(n, factory(), key_selector),
+            stateful=key_selector is not None,
+        )
+        return Stream(self.app, node)
+
+    def _keyed_selector(self) -> Callable[[Any], Any] | None:
+        return None
+
+    def union(self, *others: Stream, name: str | None = None) -> Stream:
+        """All records of this stream and ``others`` (of the same app), interleaved."""
+        for other in others:
+            if not isinstance(other, Stream) or other.app is not self.app:
+                raise PipelineError(f"union() takes streams of the same app, got {other!r}")
+        if not others:
+            raise PipelineError("union() needs at least one other stream")
+        inputs = [self._edge()] + [other._edge() for other in others]
+        node = self._add("union", None, name, None, Operator, inputs=inputs)
+        return Stream(self.app, node)
+
+    def get_side_output(self, tag: OutputTag) -> Stream:
+        """The records this stream's operator sent to side output ``tag``."""
+        if not isinstance(tag, OutputTag):
+            raise PipelineError(f"get_side_output() takes an OutputTag, got {tag!r}")
+        return Stream(self.app, self.node, side_tag=tag.name)
+
+    def sink(self, sink: Sink, *, name: str | None = None, parallelism: int | None = None) -> None:
+        """Write every record to ``sink`` (e.g. :class:`CollectSink`, :class:`PrintSink`, :class:`FileSink`)."""
+        if not hasattr(sink, "create_writer"):
+            raise PipelineError(f"sink() takes an aioflow Sink, got {sink!r} ({type(sink).__name__})")
+        self.app._add_node(
+            "sink", name, getattr(sink, "default_name", None) or type(sink).__name__,
+            lambda n: SinkOperator(n, sink), parallelism, [self._edge()],
+        )
+
+    # -- partitioning -------------------------------------------------------------------
+
+    def key_by(self, key_selector: Callable[[Any], Any]) -> KeyedStream:
+        """Partition by ``key_selector(value)``: records with equal keys go to the same
+        subtask, in order, and keyed state and timers are per key."""
+        _check_callable(key_selector, "key_by()")
+        return KeyedStream(self.app, self.node, partitioning=HASH, key_selector=key_selector,
+                           side_tag=self._side_tag)
+
+    def rebalance(self) -> Stream:
+        """Spread batches round-robin over the next operator's subtasks."""
+        return self._view(REBALANCE)
+
+    def broadcast(self) -> Stream:
+        """Send every record to every subtask of the next operator."""
+        return self._view(BROADCAST)
+
+    def global_(self) -> Stream:
+        """Send every record to the first subtask of the next operator."""
+        return self._view(GLOBAL)
+
+    def forward(self) -> Stream:
+        """Subtask ``i`` feeds subtask ``i`` of the next operator (needs equal parallelism)."""
+        return self._view(FORWARD)
+
+
+class KeyedStream(Stream):
+    """A stream partitioned by key. Operators applied to it run per key: keyed state and
+    timers in ``process``, windows, and per-key order kept end to end."""
+
+    @property
+    def key_selector(self) -> Callable[[Any], Any]:
+        assert self._key_selector is not None
+        return self._key_selector
+
+    def _keyed_selector(self) -> Callable[[Any], Any] | None:
+        return self._key_selector
+

@@ -1,0 +1,133 @@
+"""Timers: per-key queues ordered by time, de-duplicated per (key, timestamp).
+
+:class:`TimerQueue` is the data structure (a heap of distinct timestamps, each with an
+insertion-ordered set of keys). :class:`TimerService` is what user code sees as
+``ctx.timer_service``; it registers timers for the key of the record being processed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = ["EVENT_TIME", "PROCESSING_TIME", "TimerQueue", "TimerService", "now_ms"]
+
+EVENT_TIME = "event_time"
+PROCESSING_TIME = "processing_time"
+
+
+def now_ms() -> int:
+    """Processing time: wall-clock milliseconds since the epoch."""
+    return time.time_ns() // 1_000_000
+
+
+class TimerQueue:
+    """Timers ordered by timestamp; one timer per (timestamp, key)."""
+
+    __slots__ = ("_by_time", "_heap")
+
+    def __init__(self) -> None:
+        self._by_time: dict[int, dict[Any, None]] = {}
+        self._heap: list[int] = []
+
+    def add(self, timestamp: int, key: Any) -> None:
+        keys = self._by_time.get(timestamp)
+        if keys is None:
+            self._by_time[timestamp] = {key: None}
+            heapq.heappush(self._heap, timestamp)
+        else:
+            keys[key] = None
+
+    def remove(self, timestamp: int, key: Any) -> None:
+        keys = self._by_time.get(timestamp)
+        if keys is not None:
+            keys.pop(key, None)
+
+    def next_time(self) -> int | None:
+        """The earliest timestamp with a timer, or ``None``."""
+        heap, by_time = self._heap, self._by_time
+        while heap:
+            if by_time.get(heap[0]):
+                return heap[0]
+            by_time.pop(heapq.heappop(heap), None)
+        return None
+
+    def pop_due(self, limit: int) -> Iterator[tuple[int, Any]]:
+        """Yield and remove ``(timestamp, key)`` for every timer at or before ``limit``, in
+        timestamp order. Timers added while iterating are yielded too if they are due."""
+        heap, by_time = self._heap, self._by_time
+        while heap and heap[0] <= limit:
+            timestamp = heapq.heappop(heap)
+            keys = by_time.pop(timestamp, None)
+            if keys:
+                for key in keys:
+                    yield timestamp, key
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self._by_time.values())
+
+    def items(self) -> Iterator[tuple[int, Any]]:
+        """Every pending ``(timestamp, key)``, in timestamp order (for snapshots)."""
+        for timestamp in sorted(self._by_time):
+            for key in self._by_time[timestamp]:
+                yield timestamp, key
+
+
+class TimerService:
+    """``ctx.timer_service``: timers for the current key, and the current times.
+
+    Timers belong to the key of the record (or timer) being processed. Registering the
+    same (key, timestamp) twice makes one timer. An event-time timer fires when the
+    watermark reaches its timestamp; a processing-time timer when the wall clock does.
+    """
+
+    def __init__(
+        self,
+        operator: str,
+        key_of: Callable[[], Any] | None,
+        schedule_processing_time: Callable[[int], None],
+    ) -> None:
+        self._operator = operator
+        self._key_of = key_of
+        self._schedule = schedule_processing_time
+        self.event_timers = TimerQueue()
+        self.processing_timers = TimerQueue()
+        self.watermark = -(2**63)
+
+    def _key(self) -> Any:
+        if self._key_of is None:
+            raise TypeError(
+                f"operator {self._operator!r}: timers need a keyed stream; "
+                "use key_by(...) before process(...), as in Flink"
+            )
+        return self._key_of()
+
+    def register_event_time_timer(self, timestamp: int) -> None:
+        self.event_timers.add(_check_time(timestamp, self._operator), self._key())
+
+    def delete_event_time_timer(self, timestamp: int) -> None:
+        self.event_timers.remove(timestamp, self._key())
+
+    def register_processing_time_timer(self, timestamp: int) -> None:
+        self.processing_timers.add(_check_time(timestamp, self._operator), self._key())
+        self._schedule(timestamp)
+
+    def delete_processing_time_timer(self, timestamp: int) -> None:
+        self.processing_timers.remove(timestamp, self._key())
+
+    def current_watermark(self) -> int:
+        return self.watermark
+
+    def current_processing_time(self) -> int:
+        return now_ms()
+
+
+def _check_time(timestamp: Any, operator: str) -> int:
+    if timestamp.__class__ is not int:
+        raise TypeError(
+            f"operator {operator!r}: timer timestamps are int milliseconds, "
+            f"got {timestamp!r} ({type(timestamp).__name__})"
+        )
+    return timestamp

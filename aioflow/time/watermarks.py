@@ -1,0 +1,243 @@
+"""Watermark strategies and generators, as in Flink's WatermarkStrategy / WatermarkGenerator.
+
+A watermark ``W`` says "no record with a timestamp ``<= W`` follows". Sources generate
+them per split (file, partition): each split has its own generator and the source's
+watermark is the minimum over its active splits. Generators are called once per batch
+(``on_batch``; its default calls ``on_event`` per record) and every
+``watermark_interval`` seconds (``on_periodic_emit``).
+
+Strategies:
+
+- :class:`BoundedOutOfOrderness` ``(ms)``: records arrive at most ``ms`` late; emits
+  ``max_timestamp - ms - 1`` periodically.
+- :class:`MonotonousTimestamps`: timestamps never decrease (bounded by 0 ms).
+- subclass :class:`WatermarkStrategy` and :class:`WatermarkGenerator` for anything else.
+
+``idle_timeout`` (ms) marks a split idle when it has produced nothing for that long, so it
+no longer holds the watermark back; it becomes active again with its next record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aioflow.errors import UserFunctionTypeError
+from aioflow.runtime.events import MIN_WATERMARK
+from aioflow.time.timers import now_ms
+
+__all__ = [
+    "BoundedOutOfOrderness",
+    "MonotonousTimestamps",
+    "SourceWatermarks",
+    "WatermarkGenerator",
+    "WatermarkOutput",
+    "WatermarkStrategy",
+]
+
+
+class WatermarkOutput:
+    """Where a generator emits: ``emit_watermark(ts)``, ``mark_idle()``, ``mark_active()``."""
+
+    __slots__ = ("idle", "watermark")
+
+    def __init__(self) -> None:
+        self.watermark = MIN_WATERMARK
+        self.idle = False
+
+    def emit_watermark(self, timestamp: int) -> None:
+        """Advance to ``timestamp``; a smaller watermark than the last one is ignored."""
+        if timestamp.__class__ is not int:
+            raise TypeError(f"watermarks are int milliseconds, got {timestamp!r}")
+        self.idle = False
+        if timestamp > self.watermark:
+            self.watermark = timestamp
+
+    def mark_idle(self) -> None:
+        self.idle = True
+
+    def mark_active(self) -> None:
+        self.idle = False
+
+
+class WatermarkGenerator:
+    """Decides when event time advances for one split. Override ``on_event`` for
+    per-record (punctuated) watermarks, ``on_periodic_emit`` for periodic ones."""
+
+    def on_event(self, event: Any, timestamp: int, output: WatermarkOutput) -> None:
+        """Called for each record (via :meth:`on_batch`)."""
+
+    def on_batch(self, events: list[Any], timestamps: list[int], output: WatermarkOutput) -> None:
+        """Called once per batch; the default calls :meth:`on_event` per record.
+        Override it only when the batch can be handled at once (as a maximum can)."""
+        for event, timestamp in zip(events, timestamps, strict=True):
+            self.on_event(event, timestamp, output)
+
+    def on_periodic_emit(self, output: WatermarkOutput) -> None:
+        """Called every ``watermark_interval`` seconds."""
+
+
+class WatermarkStrategy:
+    """Creates a :class:`WatermarkGenerator` per split; optionally marks quiet splits idle."""
+
+    def __init__(self, idle_timeout: int | None = None) -> None:
+        if idle_timeout is not None and (not isinstance(idle_timeout, int) or idle_timeout <= 0):
+            raise ValueError(f"idle_timeout is a positive number of milliseconds, got {idle_timeout!r}")
+        self.idle_timeout = idle_timeout
+
+    def create_generator(self) -> WatermarkGenerator:
+        raise TypeError(f"{type(self).__name__} must implement create_generator()")
+
+    #: True when the generator only emits from ``on_periodic_emit`` (lets the source skip
+    #: checking for watermarks after every batch).
+    periodic_only = False
+
+
+class _BoundedGenerator(WatermarkGenerator):
+    __slots__ = ("bound", "max_timestamp")
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self.max_timestamp = MIN_WATERMARK + bound + 1
+
+    def on_event(self, event: Any, timestamp: int, output: WatermarkOutput) -> None:
+        if timestamp > self.max_timestamp:
+            self.max_timestamp = timestamp
+
+    def on_batch(self, events: list[Any], timestamps: list[int], output: WatermarkOutput) -> None:
+        highest = max(timestamps)
+        if highest > self.max_timestamp:
+            self.max_timestamp = highest
+
+    def on_periodic_emit(self, output: WatermarkOutput) -> None:
+        output.emit_watermark(self.max_timestamp - self.bound - 1)
+
+
+class BoundedOutOfOrderness(WatermarkStrategy):
+    """Records are at most ``max_out_of_orderness`` ms out of order."""
+
+    periodic_only = True
+
+    def __init__(self, max_out_of_orderness: int, idle_timeout: int | None = None) -> None:
+        super().__init__(idle_timeout)
+        if not isinstance(max_out_of_orderness, int) or max_out_of_orderness < 0:
+            raise ValueError(
+                f"max_out_of_orderness is a non-negative number of milliseconds, got {max_out_of_orderness!r}"
+            )
+        self.max_out_of_orderness = max_out_of_orderness
+
+    def create_generator(self) -> WatermarkGenerator:
+        return _BoundedGenerator(self.max_out_of_orderness)
+
+    def __repr__(self) -> str:
+        return f"BoundedOutOfOrderness({self.max_out_of_orderness}, idle_timeout={self.idle_timeout})"
+
+
+class MonotonousTimestamps(BoundedOutOfOrderness):
+    """Timestamps never decrease: the watermark follows the largest one seen."""
+
+    def __init__(self, idle_timeout: int | None = None) -> None:
+        super().__init__(0, idle_timeout)
+
+
+class _Split:
+    __slots__ = ("generator", "last_event", "output")
+
+    def __init__(self, generator: WatermarkGenerator) -> None:
+        self.generator = generator
+        self.output = WatermarkOutput()
+        self.last_event = now_ms()
+
+
+class SourceWatermarks:
+    """Timestamps and watermarks for one source subtask, with a generator per split."""
+
+    def __init__(
+        self,
+        source: str,
+        timestamps: Callable[[Any], Any] | None,
+        strategy: WatermarkStrategy | None,
+        interval: float,
+    ) -> None:
+        self.source = source
+        self.timestamps = timestamps
+        self.strategy = strategy
+        self.interval_ms = max(1, int(interval * 1000))
+        self._splits: dict[str, _Split] = {}
+        self.watermark = MIN_WATERMARK
+        self.idle = False
+        self.checks_each_batch = strategy is not None and not strategy.periodic_only
+
+    def _split(self, name: str) -> _Split:
+        split = self._splits.get(name)
+        if split is None:
+            assert self.strategy is not None
+            split = self._splits[name] = _Split(self.strategy.create_generator())
+        return split
+
+    def extract(self, records: list[Any]) -> list[int]:
+        """The records' timestamps, checked to be ints."""
+        fn = self.timestamps
+        if fn is None:
+            raise UserFunctionTypeError(
+                self.source, "watermarks need event timestamps: pass timestamps=fn to app.source(...)",
+                None, has_record=False,
+            )
+        stamps: list[Any] = []
+        try:
+            stamps.extend(map(fn, records))
+        except Exception as exc:
+            raise UserFunctionTypeError(
+                self.source, f"timestamp function raised {type(exc).__name__}: {exc}", records[len(stamps)]
+            ) from exc
+        kinds = set(map(type, stamps))
+        if kinds != {int}:
+            for record, stamp in zip(records, stamps, strict=True):
+                if stamp.__class__ is not int:
+                    raise UserFunctionTypeError(
+                        self.source,
+                        f"timestamp function returned {stamp!r} ({type(stamp).__name__}); "
+                        "event timestamps must be int milliseconds",
+                        record,
+                    )
+        return stamps
+
+    def on_batch(self, split: str, records: list[Any]) -> list[int]:
+        """Timestamps of a batch read from ``split``; feeds that split's generator."""
+        stamps = self.extract(records)
+        if self.strategy is not None:
+            state = self._split(split)
+            state.last_event = now_ms()
+            state.output.idle = False
+            state.generator.on_batch(records, stamps, state.output)
+        return stamps
+
+    def combined(self, active_splits: list[str] | None = None) -> tuple[bool | None, int | None]:
+        """(idleness change, advanced watermark) over the reader's current splits."""
+        if active_splits is not None:
+            for gone in [name for name in self._splits if name not in active_splits]:
+                del self._splits[gone]
+        states = list(self._splits.values())
+        active = [s.output.watermark for s in states if not s.output.idle]
+        idle_change: bool | None = None
+        all_idle = bool(states) and not active
+        if all_idle != self.idle:
+            self.idle = idle_change = all_idle
+        advanced: int | None = None
+        if active:
+            new = min(active)
+            if new > self.watermark:
+                self.watermark = advanced = new
+        return idle_change, advanced
+
+    def on_periodic(self, now: int, active_splits: list[str]) -> tuple[bool | None, int | None]:
+        """Periodic emission: ask every split's generator, apply idleness, combine."""
+        timeout = self.strategy.idle_timeout if self.strategy is not None else None
+        for name in active_splits:
+            if self.strategy is not None:
+                self._split(name)
+        for state in self._splits.values():
+            state.generator.on_periodic_emit(state.output)
+            if timeout is not None and now - state.last_event >= timeout:
+                state.output.idle = True
+        return self.combined(active_splits)

@@ -1,0 +1,94 @@
+"""A failing user function fails the job with an error naming operator and record."""
+
+from __future__ import annotations
+
+import traceback
+
+import anyio
+import pytest
+
+import aioflow as af
+
+
+def _boom(x: int) -> int:
+    if x == 42:
+        raise ValueError("bad value")
+    return x
+
+
+@pytest.mark.parametrize("parallelism", [1, 3])
+def test_user_exception_names_operator_and_record(parallelism: int) -> None:
+    app = af.App("fails", parallelism=parallelism)
+    app.source(range(100)).rebalance().map(_boom, name="risky").sink(af.CollectSink())
+    with pytest.raises(af.OperatorError) as info:
+        app.run()
+    error = info.value
+    assert error.operator == "risky"
+    assert error.record == 42
+    assert "operator 'risky'" in str(error) and "record: 42" in str(error)
+    assert isinstance(error.__cause__, ValueError)
+    rendered = "".join(traceback.format_exception(error))
+    assert "_boom" in rendered and 'raise ValueError("bad value")' in rendered
+
+
+def test_long_records_are_truncated_in_the_message() -> None:
+    app = af.App("long")
+    app.source([{"blob": "x" * 10_000}]).map(lambda r: r["missing"]).sink(af.CollectSink())
+    with pytest.raises(af.OperatorError) as info:
+        app.run()
+    assert len(str(info.value)) < 400
+    assert "KeyError" in str(info.value)
+
+
+def test_failure_cancels_other_tasks_and_closes_operators() -> None:
+    closed: list[str] = []
+
+    class Tracks(af.ProcessFunction):
+        def process_element(self, value, ctx):
+            yield value
+
+        def close(self) -> None:
+            closed.append("tracks")
+
+    async def endless():
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    app = af.App("cancel")
+    app.source(af.from_iterable(endless())).process(Tracks).sink(af.CollectSink())
+    app.source([1, 2, 42]).rebalance().map(_boom, name="fails").sink(af.CollectSink())
+
+    async def main() -> None:
+        with anyio.fail_after(30):
+            await app.run_async()
+
+    with pytest.raises(af.OperatorError, match="fails"):
+        anyio.run(main)
+    assert closed == ["tracks"]
+
+
+def test_error_in_open_names_the_operator() -> None:
+    class BadOpen(af.ProcessFunction):
+        def open(self, ctx):
+            raise RuntimeError("cannot connect")
+
+    app = af.App("open")
+    app.source([1]).process(BadOpen).sink(af.CollectSink())
+    with pytest.raises(af.OperatorError, match="operator 'BadOpen'.*cannot connect"):
+        app.run()
+
+
+def test_keyed_state_on_unkeyed_stream_is_a_clear_error() -> None:
+    class Stateful(af.ProcessFunction):
+        def open(self, ctx):
+            self.count = ctx.value_state("count")
+
+        def process_element(self, value, ctx):
+            yield value
+
+    app = af.App("unkeyed")
+    app.source([1]).process(Stateful).sink(af.CollectSink())
+    with pytest.raises(af.OperatorError, match="needs a keyed stream"):
+        app.run()
