@@ -63,6 +63,8 @@ def load_app(target: str) -> App:
 
 
 async def _run_until_signalled(app: App) -> None:
+    """Run ``app``; SIGINT or SIGTERM asks its sources to stop (the job then drains)."""
+    failure: BaseException | None = None
     async with anyio.create_task_group() as group:
 
         async def watch() -> None:
@@ -72,8 +74,13 @@ async def _run_until_signalled(app: App) -> None:
                     app.stop()
 
         group.start_soon(watch)
-        await app.run_async()
+        try:
+            await app.run_async()
+        except Exception as exc:  # re-raised below, outside the task group, unwrapped
+            failure = exc
         group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
 
 
 def _parser() -> argparse.ArgumentParser:

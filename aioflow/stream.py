@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from aioflow.errors import PipelineError
 from aioflow.functions import OutputTag, ProcessFunction
 from aioflow.graph.logical import DEFAULT, Edge, Node
-from aioflow.runtime.operators import FilterOperator, FlatMapOperator, MapOperator, Operator, SinkOperator
+from aioflow.runtime.operators import (
+    FilterOperator,
+    FlatMapOperator,
+    MapOperator,
+    Operator,
+    RollingReduceOperator,
+    SinkOperator,
+)
 from aioflow.runtime.process import ProcessOperator
 from aioflow.runtime.writer import BROADCAST, FORWARD, GLOBAL, HASH, REBALANCE
 
@@ -241,4 +248,15 @@ class KeyedStream(Stream):
 
     def _keyed_selector(self) -> Callable[[Any], Any] | None:
         return self._key_selector
+
+    def reduce(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None) -> Any:
+        """Rolling reduce: for every record, emit ``fn(previous_result, value)`` of its key
+        (the key's first record is emitted unchanged). State: one value per key."""
+        if fn is None:
+            return lambda f: self.reduce(f, name=name, parallelism=parallelism)
+        _check_callable(fn, "reduce()")
+        key_selector = self.key_selector
+        node = self._add("reduce", fn, name, parallelism,
+                         lambda n: RollingReduceOperator(n, fn, key_selector), stateful=True)
+        return Stream(self.app, node)
 

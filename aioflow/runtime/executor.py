@@ -160,7 +160,6 @@ async def execute(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[]
             except Exception as exc:
                 if failure is None:
                     failure = exc
-                    log.error("job failed", app=plan.app_name, task=subtask.name, error=str(exc).splitlines()[0])
                 group.cancel_scope.cancel()
 
         for subtask in subtasks:

@@ -18,7 +18,6 @@ from itertools import compress
 from typing import TYPE_CHECKING, Any
 
 from aioflow.errors import OperatorError
-from aioflow.functions import OutputTag
 from aioflow.runtime.events import Batch
 
 if TYPE_CHECKING:
@@ -31,6 +30,7 @@ __all__ = [
     "MapOperator",
     "Operator",
     "Output",
+    "RollingReduceOperator",
     "SinkOperator",
 ]
 
@@ -254,5 +254,36 @@ class SinkOperator(Operator):
             await self.writer.close()
 
 
-def is_side_output(item: Any) -> bool:
-    return item.__class__ is tuple and len(item) == 2 and item[0].__class__ is OutputTag
+class RollingReduceOperator(Operator):
+    """``keyed.reduce(fn)``: per key, emits ``fn(previous_result, value)`` for every record
+    (the first record of a key is emitted as is), like Flink's rolling reduce."""
+
+    def __init__(self, name: str, fn: Callable[[Any, Any], Any], key_selector: Callable[[Any], Any]) -> None:
+        super().__init__(name)
+        self.fn = fn
+        self.key_selector = key_selector
+        self._table: dict[Any, Any] = {}
+
+    async def open(self, env: SubtaskEnvironment) -> None:
+        await super().open(env)
+        self._table = env.state_backend.table(self.name, "reduce", "value")
+
+    async def process(self, batch: Batch) -> None:
+        values = batch.values
+        keys = batch.keys if batch.keys is not None else list(map(self.key_selector, values))
+        table, fn = self._table, self.fn
+        out: list[Any] = []
+        append = out.append
+        value = None
+        try:
+            for key, value in zip(keys, values):
+                previous = table.get(key, _MISSING)
+                current = value if previous is _MISSING else fn(previous, value)
+                table[key] = current
+                append(current)
+        except Exception as exc:
+            raise self.error(_describe(exc, fn), value) from exc
+        await self.out.process(Batch(out, batch.timestamps))
+
+
+_MISSING = object()

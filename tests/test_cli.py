@@ -1,0 +1,77 @@
+"""The aioflow command: loading apps, plan, errors, logging formats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aioflow.cli import load_app, main
+from aioflow.errors import AppLoadError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def aioflow(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "aioflow", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("examples/wordcount.py:nope", "has no attribute 'nope'; it defines app"),
+        ("examples/missing.py:app", "file 'examples/missing.py' does not exist"),
+        ("no_such_module:app", "no module named 'no_such_module'"),
+        ("examples/wordcount.py", "is not of the form"),
+        ("examples/wordcount.py:TEXT", "'TEXT' is a PosixPath, not an aioflow.App"),
+    ],
+)
+def test_wrong_target_is_a_clear_error(target: str, message: str) -> None:
+    result = aioflow("run", target)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_load_app_by_module_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mypipeline.py").write_text("import aioflow as af\napp = af.App('m')\napp.source([1])\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_app("mypipeline:app").name == "m"
+    with pytest.raises(AppLoadError):
+        load_app("mypipeline:other")
+
+
+def test_plan_command_prints_tasks_and_json() -> None:
+    text = aioflow("plan", "examples/orders.py:app")
+    assert text.returncode == 0
+    assert "task 1 [parallelism 1]: orders -> big -> tagged" in text.stdout
+    as_json = json.loads(aioflow("plan", "examples/orders.py:app", "--json").stdout)
+    assert as_json["tasks"][0]["operators"][:3] == ["orders", "big", "tagged"]
+
+
+def test_failing_job_exits_1_with_the_error_and_traceback(tmp_path: Path) -> None:
+    (tmp_path / "bad.py").write_text(
+        "import aioflow as af\n"
+        "def risky(x):\n    return 1 / x\n"
+        "app = af.App('bad')\napp.source([2, 1, 0, 3]).map(risky).sink(af.CollectSink())\n"
+    )
+    result = aioflow("run", "bad.py:app", "--log-format", "json", cwd=tmp_path)
+    assert result.returncode == 1
+    failed = [json.loads(line) for line in result.stderr.splitlines() if '"job failed"' in line]
+    assert failed and "operator 'risky'" in failed[-1]["error"] and "record: 0" in failed[-1]["error"]
+    assert "ZeroDivisionError" in failed[-1]["exception"] and "return 1 / x" in failed[-1]["exception"]
+
+
+def test_help_for_each_command() -> None:
+    for command in ([], ["run"], ["plan"]):
+        result = aioflow(*command, "--help")
+        assert result.returncode == 0 and "usage: aioflow" in result.stdout
+
+
+def test_bad_log_level_is_rejected() -> None:
+    assert main(["plan", "examples/orders.py:app", "--log-level", "loud"]) == 2
