@@ -21,6 +21,7 @@ __all__ = [
     "KeyedProcessFunction",
     "OutputTag",
     "ProcessFunction",
+    "ProcessWindowFunction",
 ]
 
 IN = TypeVar("IN")
@@ -112,3 +113,25 @@ class AggregateFunction(Generic[IN, ACC, OUT]):
 
     def merge(self, a: ACC, b: ACC) -> ACC:
         raise TypeError(f"{type(self).__name__} must implement merge(a, b) to be used with session windows")
+
+
+class ProcessWindowFunction:
+    """Called when a window fires, with the window's key, a context and its elements.
+
+    ``context.window`` is the window (``.start`` / ``.end`` for time windows);
+    ``context.current_watermark()`` and ``context.current_processing_time()`` tell the
+    time. After ``aggregate`` or ``reduce``, ``elements`` holds just the one result.
+    """
+
+    def open(self, ctx: OperatorContext) -> None:
+        """Called once per subtask before the first window fires."""
+
+    def close(self) -> None:
+        """Called once per subtask at the end."""
+
+    def process(self, key: Any, context: Any, elements: list[Any]) -> Iterable[Any] | None:
+        """``yield`` the outputs for one firing of one window."""
+        raise TypeError(f"{type(self).__name__} must implement process(key, context, elements)")
+
+    def clear(self, context: Any) -> None:
+        """The window is being discarded (after its allowed lateness)."""

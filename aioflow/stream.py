@@ -37,6 +37,8 @@ from aioflow.runtime.writer import BROADCAST, FORWARD, GLOBAL, HASH, REBALANCE
 if TYPE_CHECKING:
     from aioflow.app import App
     from aioflow.connectors.base import Sink
+    from aioflow.windows.assigners import WindowAssigner
+    from aioflow.windows.stream import WindowedStream
 
 __all__ = ["KeyedStream", "Stream"]
 
@@ -248,6 +250,25 @@ class KeyedStream(Stream):
 
     def _keyed_selector(self) -> Callable[[Any], Any] | None:
         return self._key_selector
+
+    def window(self, assigner: WindowAssigner) -> WindowedStream:
+        """Cut each key's records into windows (tumbling, sliding, session, global)."""
+        from aioflow.windows.stream import WindowedStream
+
+        return WindowedStream(self, assigner)
+
+    def count_window(self, size: int, slide: int | None = None) -> WindowedStream:
+        """Windows of ``size`` records per key, every ``slide`` records if given (as in Flink:
+        global windows with a count trigger, and a count evictor when sliding)."""
+        from aioflow.windows.assigners import GlobalWindows
+        from aioflow.windows.evictors import CountEvictor
+        from aioflow.windows.stream import WindowedStream
+        from aioflow.windows.triggers import CountTrigger, PurgingTrigger
+
+        windowed = WindowedStream(self, GlobalWindows())
+        if slide is None:
+            return windowed.trigger(PurgingTrigger(CountTrigger(size)))
+        return windowed.evictor(CountEvictor(size)).trigger(CountTrigger(slide))
 
     def reduce(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None) -> Any:
         """Rolling reduce: for every record, emit ``fn(previous_result, value)`` of its key

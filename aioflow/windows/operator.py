@@ -1,0 +1,605 @@
+"""The window operator: Flink's WindowOperator semantics, batch at a time.
+
+Per record: assign windows; for each window that is not late, add the record to the
+window's contents (an accumulator for ``aggregate``/``reduce``, the elements for
+``process`` or when an evictor is set), ask the trigger, fire and/or purge, and register
+the cleanup timer at ``max_timestamp + allowed_lateness``. A record whose windows are
+all late goes to the late side output (or is dropped and counted).
+
+Timers are per (key, window) and de-duplicated, so the trigger's timer at the window
+end and the cleanup timer coincide when the lateness is 0. Session windows merge with
+the overlapping windows of the same key; their contents, trigger state and timers move
+to the merged window.
+
+Tumbling event-time windows with the default trigger and no evictor take a fast path
+that inlines exactly that logic (no trigger calls, no window objects per record).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aioflow.errors import OperatorError, UserFunctionTypeError
+from aioflow.runtime.context import OperatorContext
+from aioflow.runtime.events import MAX_WATERMARK, MIN_WATERMARK, Batch
+from aioflow.runtime.operators import Operator, _describe
+from aioflow.runtime.process import Collector, UserCall, call_user_open
+from aioflow.state.handles import ValueState
+from aioflow.time.timers import TimerQueue, now_ms
+from aioflow.windows.assigners import TimeWindow, TumblingEventTimeWindows, WindowAssigner, merge_windows
+from aioflow.windows.evictors import Evictor
+from aioflow.windows.triggers import EventTimeTrigger, Trigger, TriggerResult
+
+if TYPE_CHECKING:
+    from aioflow.runtime.task import SubtaskEnvironment
+
+__all__ = ["TriggerContext", "WindowContext", "WindowOperator"]
+
+_MISSING: Any = object()
+
+
+class _WindowCollector(Collector):
+    """Outputs of window firings, plus firings whose ``async def`` function is still to run."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[tuple[Any, Any, list[Any]]] = []
+
+AGGREGATE, REDUCE, PROCESS = "aggregate", "reduce", "process"
+
+
+class WindowContext:
+    """``context`` of :meth:`ProcessWindowFunction.process`."""
+
+    __slots__ = ("_operator", "key", "window")
+
+    def __init__(self, operator: WindowOperator) -> None:
+        self._operator = operator
+        self.window: Any = None
+        self.key: Any = None
+
+    def current_watermark(self) -> int:
+        return self._operator.watermark
+
+    def current_processing_time(self) -> int:
+        return now_ms()
+
+
+class _Namespace:
+    """The current (key, window): what per-window trigger state is keyed by."""
+
+    __slots__ = ("key",)
+
+    def __init__(self) -> None:
+        self.key: Any = None
+
+
+class TriggerContext:
+    """What a :class:`Trigger` can do for the current key and window."""
+
+    def __init__(self, operator: WindowOperator) -> None:
+        self._operator = operator
+        self._namespace = _Namespace()
+        self.key: Any = None
+        self.window: Any = None
+        #: During ``on_merge``: the windows merged into ``window``.
+        self.merged_windows: list[Any] = []
+
+    def _at(self, key: Any, window: Any) -> TriggerContext:
+        self.key = key
+        self.window = window
+        self._namespace.key = (key, window)
+        return self
+
+    def current_watermark(self) -> int:
+        return self._operator.watermark
+
+    def current_processing_time(self) -> int:
+        return now_ms()
+
+    def register_event_time_timer(self, time: int) -> None:
+        self._operator.event_timers.add(time, (self.key, self.window))
+
+    def delete_event_time_timer(self, time: int) -> None:
+        self._operator.event_timers.remove(time, (self.key, self.window))
+
+    def register_processing_time_timer(self, time: int) -> None:
+        self._operator.register_processing_timer(time, (self.key, self.window))
+
+    def delete_processing_time_timer(self, time: int) -> None:
+        self._operator.processing_timers.remove(time, (self.key, self.window))
+
+    def window_state(self, name: str, default: Any = None) -> ValueState:
+        """A value kept per key and window (cleared with the window)."""
+        return ValueState(self._operator.trigger_table(name), self._namespace, default)
+
+    def merge_window_state(self, name: str, combine: Callable[[Any, Any], Any]) -> None:
+        """In ``on_merge``: combine the merged windows' values of ``name`` into this window's."""
+        table = self._operator.trigger_table(name)
+        merged = _MISSING
+        for window in self.merged_windows:
+            value = table.pop((self.key, window), _MISSING)
+            if value is not _MISSING:
+                merged = value if merged is _MISSING else combine(merged, value)
+        if merged is not _MISSING:
+            table[(self.key, self.window)] = merged
+
+
+class WindowOperator(Operator):
+    """Windows over a keyed stream; see the module docstring for the semantics."""
+
+    def __init__(
+        self,
+        name: str,
+        key_selector: Callable[[Any], Any],
+        assigner: WindowAssigner,
+        trigger: Trigger | None,
+        evictor: Evictor | None,
+        allowed_lateness: int,
+        late_tag: str | None,
+        kind: str,
+        function: Any,
+        window_function: Any,
+    ) -> None:
+        super().__init__(name)
+        self.key_selector = key_selector
+        self.assigner = assigner
+        self.trigger = trigger if trigger is not None else assigner.default_trigger()
+        self.evictor = evictor
+        self.lateness = allowed_lateness
+        self.late_tag = late_tag
+        self.kind = kind
+        self.function = function
+        self.window_function = window_function
+        self.watermark = MIN_WATERMARK
+        self.event_timers = TimerQueue()
+        self.processing_timers = TimerQueue()
+        self.contents: dict[tuple[Any, Any], Any] = {}
+        self.sessions: dict[Any, list[TimeWindow]] = {}
+        self._trigger_tables: dict[str, dict[Any, Any]] = {}
+        self.late_records_dropped = 0
+        self._windows: dict[int, TimeWindow] = {}
+        if assigner.is_merging and not self.trigger.can_merge():
+            raise TypeError(f"window {name!r}: trigger {self.trigger!r} cannot be used with merging windows")
+        self._fast = (
+            type(assigner) is TumblingEventTimeWindows
+            and type(self.trigger) is EventTimeTrigger
+            and evictor is None
+        )
+
+    # -- setup ---------------------------------------------------------------------------
+
+    async def open(self, env: SubtaskEnvironment) -> None:
+        await super().open(env)
+        self.ctx = OperatorContext(
+            self.name, env.subtask_index, env.parallelism, keyed=True, backend=env.state_backend,
+            schedule_processing_time=lambda at: env.schedule(at, self.on_processing_time),
+        )
+        self.trigger_ctx = TriggerContext(self)
+        self.window_ctx = WindowContext(self)
+        self._window_call = UserCall(self.window_function.process) if self.window_function is not None else None
+        try:
+            if self.window_function is not None:
+                await call_user_open(self.window_function, self.ctx)
+        except Exception as exc:
+            raise self.error(_describe(exc, self.window_function.open), None, has_record=False) from exc
+        agg = self.function
+        if self.kind == AGGREGATE:
+            self._create, self._add_one, self._merge = agg.create_accumulator, agg.add, agg.merge
+        elif self.kind == REDUCE:
+            self._merge = agg
+
+    def trigger_table(self, name: str) -> dict[Any, Any]:
+        table = self._trigger_tables.get(name)
+        if table is None:
+            table = self._trigger_tables[name] = {}
+        return table
+
+    def register_processing_timer(self, time: int, namespace: tuple[Any, Any]) -> None:
+        self.processing_timers.add(time, namespace)
+        assert self.env is not None
+        self.env.schedule(time, self.on_processing_time)
+
+    # -- contents ------------------------------------------------------------------------
+
+    def _add(self, contents: Any, value: Any, timestamp: Any) -> Any:
+        """The window's new contents after adding one record."""
+        if self.evictor is not None:
+            if contents is _MISSING:
+                return [(value, timestamp)]
+            contents.append((value, timestamp))
+            return contents
+        kind = self.kind
+        if kind == AGGREGATE:
+            return self._add_one(value, self._create() if contents is _MISSING else contents)
+        if kind == REDUCE:
+            return value if contents is _MISSING else self._merge(contents, value)
+        if contents is _MISSING:
+            return [value]
+        contents.append(value)
+        return contents
+
+    def _combine(self, a: Any, b: Any) -> Any:
+        """Contents of two merged (session) windows as one."""
+        if a is _MISSING:
+            return b
+        if b is _MISSING:
+            return a
+        if self.evictor is not None or self.kind == PROCESS:
+            return a + b
+        return self._merge(a, b)
+
+    def _emit(self, key: Any, window: Any, contents: Any, collector: _WindowCollector) -> None:
+        """Fire: run the window function on ``contents`` and collect its outputs with the
+        window's timestamp. An ``async def`` window function is awaited later, in
+        :meth:`_flush`, with the inputs taken now."""
+        inputs, remaining = self._inputs(window, contents)
+        if remaining is not _MISSING:
+            self.contents[(key, window)] = remaining
+        call = self._window_call
+        if call is None:
+            collector.add_all(inputs, window.max_timestamp())
+        elif call.kind != "sync":
+            collector.pending.append((key, window, inputs))
+        else:
+            context = self.window_ctx
+            context.window, context.key = window, key
+            produced = call.fn(key, context, inputs)
+            if produced is not None:
+                collector.add_all(produced, window.max_timestamp())
+
+    def _inputs(self, window: Any, contents: Any) -> tuple[list[Any], Any]:
+        """The window function's input, and the contents to keep after an evictor (or _MISSING)."""
+        evictor = self.evictor
+        if evictor is None:
+            if self.kind == PROCESS:
+                return list(contents), _MISSING
+            if self.kind == AGGREGATE:
+                return [self.function.get_result(contents)], _MISSING
+            return [contents], _MISSING
+        elements = evictor.evict_before(list(contents), window)
+        values = [value for value, _ in elements]
+        if self.kind == AGGREGATE:
+            acc = self._create()
+            for value in values:
+                acc = self._add_one(value, acc)
+            inputs = [self.function.get_result(acc)] if values else []
+        elif self.kind == REDUCE:
+            inputs = []
+            for value in values:
+                inputs = [value] if not inputs else [self._merge(inputs[0], value)]
+        else:
+            inputs = values
+        return inputs, evictor.evict_after(elements, window)
+
+    # -- lateness and cleanup ------------------------------------------------------------
+
+    def _cleanup_time(self, window: Any) -> int:
+        end = window.max_timestamp()
+        if not self.assigner.is_event_time:
+            return end
+        return min(end + self.lateness, MAX_WATERMARK)
+
+    def _is_window_late(self, window: Any) -> bool:
+        return self.assigner.is_event_time and self._cleanup_time(window) <= self.watermark
+
+    def _register_cleanup(self, key: Any, window: Any) -> None:
+        time = self._cleanup_time(window)
+        if time == MAX_WATERMARK:
+            return
+        if self.assigner.is_event_time:
+            self.event_timers.add(time, (key, window))
+        else:
+            self.register_processing_timer(time, (key, window))
+
+    def _delete_cleanup(self, key: Any, window: Any) -> None:
+        time = self._cleanup_time(window)
+        queue = self.event_timers if self.assigner.is_event_time else self.processing_timers
+        queue.remove(time, (key, window))
+
+    def _clear_all(self, key: Any, window: Any) -> None:
+        self.contents.pop((key, window), None)
+        self.trigger.clear(window, self.trigger_ctx._at(key, window))
+        namespace = (key, window)
+        for table in self._trigger_tables.values():
+            table.pop(namespace, None)
+        if self.window_function is not None:
+            context = self.window_ctx
+            context.window, context.key = window, key
+            self.window_function.clear(context)
+        if self.assigner.is_merging:
+            active = self.sessions.get(key)
+            if active is not None and window in active:
+                active.remove(window)
+                if not active:
+                    del self.sessions[key]
+
+    # -- records -------------------------------------------------------------------------
+
+    def _keys(self, batch: Batch) -> list[Any]:
+        if batch.keys is not None:
+            return batch.keys
+        keys: list[Any] = []
+        try:
+            keys.extend(map(self.key_selector, batch.values))
+        except Exception as exc:
+            raise self.error(f"key selector {_describe(exc, self.key_selector)}", batch.values[len(keys)]) from exc
+        return keys
+
+    async def process(self, batch: Batch) -> None:
+        values = batch.values
+        stamps = batch.timestamps
+        if self.assigner.is_event_time and (stamps is None or None in stamps):
+            raise UserFunctionTypeError(
+                self.name,
+                f"{self.assigner!r} needs event timestamps, but records have none; pass "
+                "timestamps= (and watermarks=) to app.source(...) or use assign_timestamps_and_watermarks",
+                values[stamps.index(None)] if stamps is not None else values[0],
+            )
+        keys = self._keys(batch)
+        collector = _WindowCollector()
+        late: list[Any] = []
+        late_ts: list[Any] = []
+        if self._fast:
+            self._process_fast(values, stamps, keys, collector, late, late_ts)  # type: ignore[arg-type]
+        else:
+            self._process_generic(values, stamps, keys, collector, late, late_ts)
+        await self._flush(collector)
+        if late:
+            if self.late_tag is not None:
+                await self.emit_side(self.late_tag, late, late_ts)
+            else:
+                self.late_records_dropped += len(late)
+
+    def _process_fast(
+        self, values: list[Any], stamps: list[int], keys: list[Any], collector: _WindowCollector,
+        late: list[Any], late_ts: list[Any],
+    ) -> None:
+        """Tumbling event-time windows, default trigger, no evictor: the generic logic inlined."""
+        size = self.assigner.size  # type: ignore[attr-defined]
+        offset = self.assigner.offset  # type: ignore[attr-defined]
+        lateness = self.lateness
+        watermark = self.watermark
+        contents = self.contents
+        get = contents.get
+        timers = self.event_timers
+        windows = self._windows
+        kind = self.kind
+        aggregate = kind == AGGREGATE
+        reduce = kind == REDUCE
+        if aggregate:
+            create, add = self._create, self._add_one
+        merge = self._merge if reduce else None
+        value = None
+        try:
+            for value, key, timestamp in zip(values, keys, stamps):
+                start = timestamp - (timestamp - offset) % size
+                end_ts = start + size - 1
+                if end_ts + lateness <= watermark:  # the window is gone: the record is late
+                    late.append(value)
+                    late_ts.append(timestamp)
+                    continue
+                window = windows.get(start)
+                if window is None:
+                    window = windows[start] = TimeWindow(start, start + size)
+                namespace = (key, window)
+                current = get(namespace, _MISSING)
+                if current is _MISSING:
+                    if aggregate:
+                        contents[namespace] = add(value, create())
+                    elif reduce:
+                        contents[namespace] = value
+                    else:
+                        contents[namespace] = [value]
+                    if end_ts > watermark:  # else the trigger fires at once, below
+                        timers.add(end_ts, namespace)
+                    if lateness:
+                        timers.add(end_ts + lateness, namespace)  # cleanup
+                elif aggregate:
+                    contents[namespace] = add(value, current)
+                elif reduce:
+                    contents[namespace] = merge(current, value)  # type: ignore[misc]
+                else:
+                    current.append(value)
+                if end_ts <= watermark:  # within the allowed lateness: fire again at once
+                    self._emit(key, window, contents[namespace], collector)
+        except OperatorError:
+            raise
+        except Exception as exc:
+            raise self.error(_describe(exc, self.function), value) from exc
+        if len(windows) > 4096:
+            windows.clear()
+
+    def _process_generic(
+        self, values: list[Any], stamps: list[Any] | None, keys: list[Any], collector: _WindowCollector,
+        late: list[Any], late_ts: list[Any],
+    ) -> None:
+        value = None
+        try:
+            now = now_ms()
+            for i, value in enumerate(values):
+                timestamp = stamps[i] if stamps is not None else None
+                self._element(value, timestamp, keys[i], now, collector, late, late_ts)
+        except OperatorError:
+            raise
+        except Exception as exc:
+            raise self.error(f"{type(exc).__name__}: {exc}", value) from exc
+
+    def _element(
+        self, value: Any, timestamp: Any, key: Any, now: int, collector: _WindowCollector,
+        late: list[Any], late_ts: list[Any],
+    ) -> None:
+        assigner = self.assigner
+        windows = assigner.assign_windows(value, timestamp, now)
+        skipped = True
+        trigger, ctx, contents = self.trigger, self.trigger_ctx, self.contents
+        for window in windows:
+            if assigner.is_merging:
+                window = self._merge_into_sessions(key, window)
+                if self._is_window_late(window):
+                    self._retire(key, window)
+                    continue
+            elif self._is_window_late(window):
+                continue
+            skipped = False
+            namespace = (key, window)
+            contents[namespace] = self._add(contents.get(namespace, _MISSING), value, timestamp)
+            result = trigger.on_element(value, timestamp, window, ctx._at(key, window))
+            self._act(result, key, window, collector)
+            self._register_cleanup(key, window)
+        if skipped and assigner.is_event_time and timestamp + self.lateness <= self.watermark:
+            late.append(value)
+            late_ts.append(timestamp)
+
+    def _act(self, result: TriggerResult, key: Any, window: Any, collector: _WindowCollector) -> None:
+        if not isinstance(result, TriggerResult):
+            raise UserFunctionTypeError(
+                self.name, f"trigger {self.trigger!r} returned {result!r}, not a TriggerResult", None,
+                has_record=False,
+            )
+        namespace = (key, window)
+        if result.fire:
+            contents = self.contents.get(namespace, _MISSING)
+            if contents is not _MISSING:
+                self._emit(key, window, contents, collector)
+        if result.purge:
+            self.contents.pop(namespace, None)
+
+    # -- session windows -----------------------------------------------------------------
+
+    def _merge_into_sessions(self, key: Any, window: TimeWindow) -> TimeWindow:
+        """Add ``window`` to the key's sessions, merging overlapping ones (Flink's MergingWindowSet)."""
+        active = self.sessions.setdefault(key, [])
+        if window in active:
+            return window
+        result = window
+        for cover, members in merge_windows([*active, window]):
+            if window not in members:
+                continue
+            existing = [m for m in members if m != window]
+            result = cover
+            if not existing or (len(existing) == 1 and existing[0] == cover):
+                break
+            if self.assigner.is_event_time and self._cleanup_time(cover) <= self.watermark:
+                raise OperatorError(
+                    self.name,
+                    f"merging windows {existing} into {cover} would create a window that is already "
+                    "past the watermark", None, has_record=False,
+                )
+            ctx = self.trigger_ctx._at(key, cover)
+            ctx.merged_windows = existing
+            self.trigger.on_merge(cover, ctx)
+            ctx.merged_windows = []
+            merged = _MISSING
+            for member in existing:
+                if member != cover:
+                    self.trigger.clear(member, ctx._at(key, member))
+                    self._delete_cleanup(key, member)
+                merged = self._combine(merged, self.contents.pop((key, member), _MISSING))
+                active.remove(member)
+            if merged is not _MISSING:
+                self.contents[(key, cover)] = merged
+            break
+        if result not in active:
+            active.append(result)
+        return result
+
+    def _retire(self, key: Any, window: Any) -> None:
+        self.contents.pop((key, window), None)
+        active = self.sessions.get(key)
+        if active is not None and window in active:
+            active.remove(window)
+
+    # -- timers --------------------------------------------------------------------------
+
+    def _on_timer(self, time: int, key: Any, window: Any, event_time: bool, collector: _WindowCollector) -> None:
+        if self.assigner.is_merging and window not in self.sessions.get(key, ()):
+            return  # the window was merged into another one
+        namespace = (key, window)
+        ctx = self.trigger_ctx._at(key, window)
+        if namespace in self.contents:
+            if event_time:
+                result = self.trigger.on_event_time(time, window, ctx)
+            else:
+                result = self.trigger.on_processing_time(time, window, ctx)
+            self._act(result, key, window, collector)
+        if event_time == self.assigner.is_event_time and time == self._cleanup_time(window):
+            self._clear_all(key, window)
+
+    async def _fire(self, due: Any, event_time: bool) -> None:
+        """Handle due timers, emitting a batch whenever ``batch_size`` outputs are ready."""
+        assert self.env is not None
+        batch_size = self.env.batch_size
+        collector = _WindowCollector()
+        fast = self._fast and event_time
+        lateness = self.lateness
+        contents = self.contents
+        try:
+            for time, namespace in due:
+                if fast:  # _on_timer inlined: at the window's end emit, at the cleanup time drop
+                    window = namespace[1]
+                    end_ts = window.end - 1
+                    if time == end_ts:
+                        current = contents.get(namespace, _MISSING)
+                        if current is not _MISSING:
+                            self._emit(namespace[0], window, current, collector)
+                    if time == end_ts + lateness:  # the trigger's own timer has fired already
+                        contents.pop(namespace, None)
+                        if self.window_function is not None:
+                            context = self.window_ctx
+                            context.window, context.key = window, namespace[0]
+                            self.window_function.clear(context)
+                else:
+                    self._on_timer(time, namespace[0], namespace[1], event_time, collector)
+                if len(collector) >= batch_size or len(collector.pending) >= batch_size:
+                    await self._flush(collector)
+                    collector = _WindowCollector()
+        except OperatorError:
+            raise
+        except Exception as exc:
+            raise self.error(f"firing a window: {type(exc).__name__}: {exc}", None, has_record=False) from exc
+        await self._flush(collector)
+
+    async def _flush(self, collector: _WindowCollector) -> None:
+        """Emit collected outputs, first awaiting deferred ``async def`` window functions."""
+        if collector.pending:
+            call = self._window_call
+            assert call is not None
+            context = self.window_ctx
+            for key, window, inputs in collector.pending:
+                context.window, context.key = window, key
+                try:
+                    produced = await call.call_async(key, context, inputs)
+                except Exception as exc:
+                    raise self.error(_describe(exc, call.fn), None, has_record=False) from exc
+                if produced is not None:
+                    collector.add_all(produced, window.max_timestamp())
+        if collector.values:
+            await self.out.process(Batch(collector.values, collector.timestamps))
+        for tag, (values, timestamps) in collector.side.items():
+            await self.emit_side(tag, values, timestamps)
+
+    async def process_watermark(self, timestamp: int) -> None:
+        self.watermark = timestamp
+        await self._fire(self.event_timers.pop_due(timestamp), True)
+        await self.out.process_watermark(timestamp)
+
+    async def on_processing_time(self, now: int) -> None:
+        await self._fire(self.processing_timers.pop_due(now), False)
+        following = self.processing_timers.next_time()
+        if following is not None:
+            assert self.env is not None
+            self.env.schedule(following, self.on_processing_time)
+
+    async def end_input(self) -> None:
+        """Bounded input ended: processing-time windows fire with what they hold (instead of
+        being dropped), so a finished job never loses a window."""
+        await self._fire(self.processing_timers.pop_due(MAX_WATERMARK), False)
+        await self.out.end_input()
+
+    async def close(self) -> None:
+        if self.window_function is not None:
+            self.window_function.close()
