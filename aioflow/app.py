@@ -38,7 +38,8 @@ class App:
     partly filled batch may wait while its task is busy (an idle task sends at once).
     ``channel_capacity`` is each channel's credit, in batches: memory stays bounded by
     channels × capacity × batch size. ``watermark_interval`` (seconds) is how often
-    sources emit watermarks. ``state_dir`` and ``checkpoint_interval`` configure
+    sources emit watermarks; 0 emits one after every source batch, which makes results
+    that depend on watermark timing deterministic (tests, benchmarks). ``state_dir`` and ``checkpoint_interval`` configure
     persistent state and checkpoints.
     """
 
@@ -65,7 +66,10 @@ class App:
         self.batch_size = _positive(batch_size, "batch_size")
         self.linger = _positive(linger, "linger", float) if linger else 0.0
         self.channel_capacity = _positive(channel_capacity, "channel_capacity")
-        self.watermark_interval = _positive(watermark_interval, "watermark_interval", float)
+        if isinstance(watermark_interval, bool) or not isinstance(watermark_interval, (int, float)) \
+                or watermark_interval < 0:
+            raise PipelineError(f"watermark_interval must be seconds >= 0, got {watermark_interval!r}")
+        self.watermark_interval = float(watermark_interval)
         self._nodes: list[Node] = []
         self._names: set[str] = set()
         self._stop = False

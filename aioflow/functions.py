@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AggregateFunction",
+    "BroadcastProcessFunction",
+    "KeyedBroadcastProcessFunction",
+    "ProcessJoinFunction",
     "CoProcessFunction",
     "KeyedCoProcessFunction",
     "KeyedProcessFunction",
@@ -135,3 +138,48 @@ class ProcessWindowFunction:
 
     def clear(self, context: Any) -> None:
         """The window is being discarded (after its allowed lateness)."""
+
+
+class BroadcastProcessFunction:
+    """Processes a stream connected to a broadcast stream (``a.connect(b.broadcast("rules"))``).
+
+    ``process_broadcast_element`` runs on every subtask for every broadcast record and may
+    change ``ctx.broadcast_state(name)``; ``process_element`` reads it (read-only), so every
+    subtask decides with the same rules. Flink gives no order between the two inputs: a
+    record may arrive before the rule that concerns it.
+    """
+
+    def open(self, ctx: OperatorContext) -> None:
+        """Called once per subtask before the first record."""
+
+    def close(self) -> None:
+        """Called once per subtask after the last record."""
+
+    def process_element(self, value: Any, ctx: OperatorContext) -> Iterable[Any] | None:
+        raise TypeError(f"{type(self).__name__} must implement process_element(value, ctx)")
+
+    def process_broadcast_element(self, value: Any, ctx: OperatorContext) -> Iterable[Any] | None:
+        raise TypeError(f"{type(self).__name__} must implement process_broadcast_element(value, ctx)")
+
+    def on_timer(self, timestamp: int, ctx: OperatorContext) -> Iterable[Any] | None:
+        return None
+
+
+class KeyedBroadcastProcessFunction(BroadcastProcessFunction):
+    """A :class:`BroadcastProcessFunction` whose first input is keyed: keyed state and
+    timers in ``process_element``; ``ctx.apply_to_keyed_state(handle, fn)`` in
+    ``process_broadcast_element`` visits every key's state."""
+
+
+class ProcessJoinFunction:
+    """Called for each pair joined by an interval join; ``ctx.left_timestamp``,
+    ``ctx.right_timestamp`` and ``ctx.timestamp`` (the larger of the two)."""
+
+    def open(self, ctx: OperatorContext) -> None:
+        """Called once per subtask before the first record."""
+
+    def close(self) -> None:
+        """Called once per subtask after the last record."""
+
+    def process_element(self, left: Any, right: Any, ctx: Any) -> Iterable[Any] | None:
+        raise TypeError(f"{type(self).__name__} must implement process_element(left, right, ctx)")

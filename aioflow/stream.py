@@ -37,6 +37,8 @@ from aioflow.runtime.writer import BROADCAST, FORWARD, GLOBAL, HASH, REBALANCE
 if TYPE_CHECKING:
     from aioflow.app import App
     from aioflow.connectors.base import Sink
+    from aioflow.connected import BroadcastStream, IntervalJoin
+    from aioflow.time.watermarks import WatermarkStrategy
     from aioflow.windows.assigners import WindowAssigner
     from aioflow.windows.stream import WindowedStream
 
@@ -198,6 +200,34 @@ class Stream:
         node = self._add("union", None, name, None, Operator, inputs=inputs)
         return Stream(self.app, node)
 
+    def connect(self, other: Stream | BroadcastStream) -> Any:
+        """Process this stream together with ``other`` (a stream, or a broadcast stream
+        made with ``other.broadcast("state", ...)``)."""
+        from aioflow.connected import BroadcastConnectedStreams, BroadcastStream, ConnectedStreams
+
+        if isinstance(other, BroadcastStream):
+            return BroadcastConnectedStreams(self, other)
+        return ConnectedStreams(self, other)
+
+    def assign_timestamps_and_watermarks(
+        self, timestamps: Callable[[Any], int], watermarks: WatermarkStrategy | None = None,
+        *, name: str | None = None,
+    ) -> Stream:
+        """Give records event timestamps (and generate watermarks) mid-stream. Prefer
+        ``app.source(..., timestamps=, watermarks=)``: there watermarks are kept per split."""
+        from aioflow.time.assigner import TimestampsAndWatermarksOperator
+        from aioflow.time.watermarks import WatermarkStrategy
+
+        _check_callable(timestamps, "assign_timestamps_and_watermarks()")
+        if watermarks is not None and not isinstance(watermarks, WatermarkStrategy):
+            raise PipelineError(f"watermarks= takes a WatermarkStrategy, got {watermarks!r}")
+        interval = self.app.watermark_interval
+        node = self._add(
+            "timestamps", None, name, None,
+            lambda n: TimestampsAndWatermarksOperator(n, timestamps, watermarks, interval),
+        )
+        return Stream(self.app, node)
+
     def get_side_output(self, tag: OutputTag) -> Stream:
         """The records this stream's operator sent to side output ``tag``."""
         if not isinstance(tag, OutputTag):
@@ -226,8 +256,13 @@ class Stream:
         """Spread batches round-robin over the next operator's subtasks."""
         return self._view(REBALANCE)
 
-    def broadcast(self) -> Stream:
-        """Send every record to every subtask of the next operator."""
+    def broadcast(self, *state_names: str) -> Any:
+        """Send every record to every subtask of the next operator. With state names, a
+        :class:`BroadcastStream` for the broadcast state pattern (``keyed.connect(...)``)."""
+        if state_names:
+            from aioflow.connected import BroadcastStream
+
+            return BroadcastStream(self, state_names)
         return self._view(BROADCAST)
 
     def global_(self) -> Stream:
@@ -269,6 +304,12 @@ class KeyedStream(Stream):
         if slide is None:
             return windowed.trigger(PurgingTrigger(CountTrigger(size)))
         return windowed.evictor(CountEvictor(size)).trigger(CountTrigger(slide))
+
+    def interval_join(self, other: KeyedStream) -> IntervalJoin:
+        """Join with another keyed stream on key and time: call ``.between(lower, upper)``."""
+        from aioflow.connected import IntervalJoin
+
+        return IntervalJoin(self, other)
 
     def reduce(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None) -> Any:
         """Rolling reduce: for every record, emit ``fn(previous_result, value)`` of its key

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
+from anyio.abc import TaskGroup
 
 from aioflow.errors import BadRecordError
 from aioflow.functions import OutputTag
@@ -36,7 +37,13 @@ class SourceBatch:
 
 
 class SourceReader:
-    """Reads the splits assigned to one subtask."""
+    """Reads the splits assigned to one subtask.
+
+    ``task_group`` is set by the runtime before :meth:`open`: readers may start background
+    tasks on it (e.g. a fetcher filling a buffer); they are cancelled after :meth:`close`.
+    """
+
+    task_group: TaskGroup | None = None
 
     async def open(self) -> None:
         """Acquire resources (open files, connect)."""

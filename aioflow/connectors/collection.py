@@ -6,42 +6,64 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
 from aioflow.connectors.base import Source, SourceBatch, SourceReader
 
 __all__ = ["from_iterable"]
 
 
 class _IterableReader(SourceReader):
+    """Sync iterables are read a batch at a time. An async iterable is drained by a pump
+    task into a small buffer, so ``read`` can honour its timeout (and the source keeps
+    emitting watermarks and idleness) while the iterable has nothing to give."""
+
     def __init__(self, iterable: Iterable[Any] | AsyncIterable[Any]) -> None:
         self._iterable = iterable
         self._iterator: Iterator[Any] | None = None
-        self._aiterator: AsyncIterator[Any] | None = None
+        self._receive: MemoryObjectReceiveStream[Any] | None = None
         self._consumed = 0
         self._skip = 0
 
     async def open(self) -> None:
         if isinstance(self._iterable, AsyncIterable):
-            self._aiterator = aiter(self._iterable)
-            for _ in range(self._skip):
-                await anext(self._aiterator)
+            send, self._receive = anyio.create_memory_object_stream[Any](1024)
+            assert self.task_group is not None
+            self.task_group.start_soon(self._pump, aiter(self._iterable), send)
         else:
             self._iterator = iter(self._iterable)
             for _ in islice(self._iterator, self._skip):
                 pass
         self._consumed = self._skip
 
+    async def _pump(self, iterator: AsyncIterator[Any], send: MemoryObjectSendStream[Any]) -> None:
+        async with send:
+            skip = self._skip
+            async for record in iterator:
+                if skip:
+                    skip -= 1
+                    continue
+                await send.send(record)
+
     async def read(self, max_records: int, timeout: float) -> SourceBatch | None:
         if self._iterator is not None:
             records = list(islice(self._iterator, max_records))
+            if not records:
+                return None
         else:
-            assert self._aiterator is not None
+            assert self._receive is not None
             records = []
-            async for record in self._aiterator:
-                records.append(record)
-                if len(records) >= max_records:
+            with anyio.move_on_after(timeout):
+                try:
+                    records.append(await self._receive.receive())
+                except anyio.EndOfStream:
+                    return None
+            while len(records) < max_records:
+                try:
+                    records.append(self._receive.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream):
                     break
-        if not records:
-            return None
         self._consumed += len(records)
         return SourceBatch(records)
 
@@ -53,6 +75,10 @@ class _IterableReader(SourceReader):
 
     def statistics(self) -> dict[str, int]:
         return {"records_read": self._consumed}
+
+    async def close(self) -> None:
+        if self._receive is not None:
+            await self._receive.aclose()  # the pump stops at its next send
 
 
 class _IterableSource(Source):

@@ -158,6 +158,8 @@ async def execute(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[]
             except anyio.get_cancelled_exc_class():
                 raise
             except Exception as exc:
+                while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+                    exc = exc.exceptions[0]  # a reader's background task failed: show its error
                 if failure is None:
                     failure = exc
                 group.cancel_scope.cancel()

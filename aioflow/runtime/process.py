@@ -23,7 +23,7 @@ from aioflow.time.timers import EVENT_TIME, PROCESSING_TIME
 if TYPE_CHECKING:
     from aioflow.runtime.task import SubtaskEnvironment
 
-__all__ = ["ProcessOperator", "UserCall", "call_user_open"]
+__all__ = ["Collector", "ProcessOperator", "UserCall", "call_user_open"]
 
 
 class UserCall:
@@ -84,15 +84,20 @@ class Collector:
 class ProcessOperator(Operator):
     """Runs a (Keyed)ProcessFunction; ``key_selector`` set means keyed."""
 
+    context_class = OperatorContext
+
     def __init__(self, name: str, function: Any, key_selector: Callable[[Any], Any] | None = None) -> None:
         super().__init__(name)
         self.function = function
         self.key_selector = key_selector
         self.ctx: OperatorContext | None = None
 
+    def bind_methods(self) -> None:
+        self._element = UserCall(self.function.process_element)
+
     async def open(self, env: SubtaskEnvironment) -> None:
         await super().open(env)
-        self.ctx = ctx = OperatorContext(
+        self.ctx = ctx = self.context_class(
             self.name,
             env.subtask_index,
             env.parallelism,
@@ -100,36 +105,37 @@ class ProcessOperator(Operator):
             backend=env.state_backend,
             schedule_processing_time=lambda at: env.schedule(at, self.on_processing_time),
         )
-        self._element = UserCall(self.function.process_element)
+        self.bind_methods()
         self._timer = UserCall(self.function.on_timer)
         try:
             await call_user_open(self.function, ctx)
         except Exception as exc:
             raise self.error(_describe(exc, self.function.open), None, has_record=False) from exc
 
-    def keys_of(self, batch: Batch) -> list[Any] | None:
+    def keys_of(self, batch: Batch, key_selector: Callable[[Any], Any] | None) -> list[Any] | None:
         """The batch's keys: carried from the partitioner, or extracted here when chained."""
-        if self.key_selector is None:
+        if key_selector is None:
             return None
         if batch.keys is not None:
             return batch.keys
         keys: list[Any] = []
         try:
-            keys.extend(map(self.key_selector, batch.values))
+            keys.extend(map(key_selector, batch.values))
         except Exception as exc:
-            raise self.error(
-                f"key selector {_describe(exc, self.key_selector)}", batch.values[len(keys)]
-            ) from exc
+            raise self.error(f"key selector {_describe(exc, key_selector)}", batch.values[len(keys)]) from exc
         return keys
 
     async def process(self, batch: Batch) -> None:
+        await self.run_function(batch, self._element, self.key_selector)
+
+    async def run_function(self, batch: Batch, call: UserCall, key_selector: Callable[[Any], Any] | None) -> None:
+        """Call ``call`` for each record of ``batch`` with the context set; emit its outputs."""
         values = batch.values
         timestamps = batch.timestamps
-        keys = self.keys_of(batch)
+        keys = self.keys_of(batch, key_selector)
         ctx = self.ctx
         assert ctx is not None
         collector = Collector()
-        call = self._element
         fn = call.fn
         sync = call.kind == "sync"
         value = None

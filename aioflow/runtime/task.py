@@ -177,47 +177,53 @@ class SourceTask(_Task):
 
     async def _loop(self) -> None:
         reader, head, env = self.reader, self.head, self.env
-        watermarks = self.watermarks
-        scheduler = env.scheduler
-        if watermarks is not None:
-            env.schedule(now_ms() + watermarks.interval_ms, self._periodic_watermark)
-        await reader.open()
-        try:
-            while not self.stop_requested():
-                await scheduler.run_due()
-                wait = scheduler.seconds_until_due()
-                source_batch = await reader.read(env.batch_size, 0.1 if wait is None else min(wait, 0.1))
-                if source_batch is None:
-                    break
-                records = source_batch.records
-                if source_batch.bad and self.dead_letter_tag is not None:
-                    await head.emit_side(self.dead_letter_tag, source_batch.bad, None)
-                if records:
-                    if watermarks is None:
-                        await head.process(Batch(records))
-                    else:
-                        timestamps = watermarks.on_batch(source_batch.split, records)
-                        await head.process(Batch(records, timestamps))
-                    await self.flush_lingering()
-                else:
-                    await self.flush_all()
-                await anyio.lowlevel.checkpoint()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await reader.close()
+        if self.watermarks is not None and self.watermarks.interval_ms:
+            env.schedule(now_ms() + self.watermarks.interval_ms, self._periodic_watermark)
+        failure: Exception | None = None
+        async with anyio.create_task_group() as background:
+            reader.task_group = background
+            try:
+                await reader.open()
+                await self._read_until_done()
+            except Exception as exc:  # raised below, outside the group, not wrapped in a group
+                failure = exc
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await reader.close()
+                background.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         # End of input (or a stop request): the final watermark fires every pending
         # event-time timer and window, then everything downstream flushes and ends.
         await head.process_watermark(MAX_WATERMARK)
         await head.end_input()
 
+    async def _read_until_done(self) -> None:
+        reader, head, env = self.reader, self.head, self.env
+        watermarks, scheduler = self.watermarks, env.scheduler
+        while not self.stop_requested():
+            await scheduler.run_due()
+            wait = scheduler.seconds_until_due()
+            source_batch = await reader.read(env.batch_size, 0.1 if wait is None else min(wait, 0.1))
+            if source_batch is None:
+                return
+            records = source_batch.records
+            if source_batch.bad and self.dead_letter_tag is not None:
+                await head.emit_side(self.dead_letter_tag, source_batch.bad, None)
+            if records:
+                if watermarks is None:
+                    await head.process(Batch(records))
+                else:
+                    await watermarks.push(head, source_batch.split, records)
+                await self.flush_lingering()
+            else:
+                await self.flush_all()
+            await anyio.lowlevel.checkpoint()
+
     async def _periodic_watermark(self, now: int) -> None:
         watermarks = self.watermarks
         assert watermarks is not None
-        idle_change, watermark = watermarks.on_periodic(now, self.reader.splits())
-        if watermark is not None:
-            await self.head.process_watermark(watermark)
-        if idle_change is not None:
-            await self.head.process_watermark_status(idle_change)
+        await watermarks.emit_periodic(self.head, now, self.reader.splits())
         self.env.schedule(now + watermarks.interval_ms, self._periodic_watermark)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aioflow.errors import UserFunctionTypeError
-from aioflow.runtime.events import MIN_WATERMARK
+from aioflow.runtime.events import MIN_WATERMARK, Batch
 from aioflow.time.timers import now_ms
 
 __all__ = [
@@ -162,7 +162,8 @@ class SourceWatermarks:
         self.source = source
         self.timestamps = timestamps
         self.strategy = strategy
-        self.interval_ms = max(1, int(interval * 1000))
+        #: 0 means after every batch (deterministic, for tests and benchmarks).
+        self.interval_ms = int(interval * 1000)
         self._splits: dict[str, _Split] = {}
         self.watermark = MIN_WATERMARK
         self.idle = False
@@ -202,15 +203,53 @@ class SourceWatermarks:
                     )
         return stamps
 
-    def on_batch(self, split: str, records: list[Any]) -> list[int]:
-        """Timestamps of a batch read from ``split``; feeds that split's generator."""
+    def on_batch(self, split: str, records: list[Any]) -> tuple[list[int], list[tuple[int, int]]]:
+        """Timestamps of a batch read from ``split``, and where the watermark advanced inside
+        it: ``[(index, watermark), ...]``, the watermark to emit after ``records[:index]``
+        (only generators that emit per event have any)."""
         stamps = self.extract(records)
+        cuts: list[tuple[int, int]] = []
         if self.strategy is not None:
             state = self._split(split)
             state.last_event = now_ms()
             state.output.idle = False
-            state.generator.on_batch(records, stamps, state.output)
-        return stamps
+            if not self.checks_each_batch:
+                state.generator.on_batch(records, stamps, state.output)
+            else:
+                generator, output = state.generator, state.output
+                for index, (record, stamp) in enumerate(zip(records, stamps, strict=True), 1):
+                    before = output.watermark
+                    generator.on_event(record, stamp, output)
+                    if output.watermark != before:
+                        advanced = self.combined()[1]
+                        if advanced is not None:
+                            cuts.append((index, advanced))
+        return stamps, cuts
+
+    async def push(self, target: Any, split: str, records: list[Any]) -> None:
+        """Send ``records`` to ``target`` with their timestamps, and any watermark a
+        per-event generator emitted right after the record that caused it."""
+        stamps, cuts = self.on_batch(split, records)
+        start = 0
+        for end, watermark in cuts:
+            if end > start:
+                await target.process(Batch(records[start:end], stamps[start:end]))
+            await target.process_watermark(watermark)
+            start = end
+        if start == 0:
+            await target.process(Batch(records, stamps))
+        elif start < len(records):
+            await target.process(Batch(records[start:], stamps[start:]))
+        if self.interval_ms == 0:
+            await self.emit_periodic(target, now_ms(), [split])
+
+    async def emit_periodic(self, target: Any, now: int, active_splits: list[str]) -> None:
+        """Run the periodic emission and send what changed to ``target``."""
+        idle_change, watermark = self.on_periodic(now, active_splits)
+        if watermark is not None:
+            await target.process_watermark(watermark)
+        if idle_change is not None:
+            await target.process_watermark_status(idle_change)
 
     def combined(self, active_splits: list[str] | None = None) -> tuple[bool | None, int | None]:
         """(idleness change, advanced watermark) over the reader's current splits."""
@@ -233,6 +272,8 @@ class SourceWatermarks:
     def on_periodic(self, now: int, active_splits: list[str]) -> tuple[bool | None, int | None]:
         """Periodic emission: ask every split's generator, apply idleness, combine."""
         timeout = self.strategy.idle_timeout if self.strategy is not None else None
+        if self.interval_ms == 0:  # per batch: only the splits read from are known
+            active_splits = list(set(active_splits) | set(self._splits))
         for name in active_splits:
             if self.strategy is not None:
                 self._split(name)

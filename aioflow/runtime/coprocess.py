@@ -1,0 +1,168 @@
+"""Two-input operators: CoProcessFunction, KeyedCoProcessFunction and broadcast state.
+
+Records of the first input go to ``process_element1`` (or ``process_element``), of the
+second to ``process_element2`` (or ``process_broadcast_element``). Keyed variants share
+keyed state and timers between both inputs; the watermark is the minimum of both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from aioflow.runtime.context import OperatorContext
+from aioflow.runtime.events import Batch
+from aioflow.runtime.process import ProcessOperator, UserCall
+
+__all__ = ["BroadcastContext", "BroadcastProcessOperator", "BroadcastState", "CoProcessOperator"]
+
+
+class CoProcessOperator(ProcessOperator):
+    """Runs a (Keyed)CoProcessFunction over two inputs."""
+
+    def __init__(
+        self,
+        name: str,
+        function: Any,
+        key_selector: Callable[[Any], Any] | None = None,
+        key_selector2: Callable[[Any], Any] | None = None,
+    ) -> None:
+        super().__init__(name, function, key_selector)
+        self.key_selector2 = key_selector2
+
+    def bind_methods(self) -> None:
+        self._element = UserCall(self.function.process_element1)
+        self._element2 = UserCall(self.function.process_element2)
+
+    async def process2(self, batch: Batch) -> None:
+        await self.run_function(batch, self._element2, self.key_selector2)
+
+
+class BroadcastState:
+    """A dict replicated to every subtask: writable in ``process_broadcast_element``,
+    read-only in ``process_element`` (so all subtasks keep the same contents)."""
+
+    __slots__ = ("_context", "_entries", "name")
+
+    def __init__(self, name: str, entries: dict[Any, Any], context: BroadcastContext) -> None:
+        self.name = name
+        self._entries = entries
+        self._context = context
+
+    def _check_writable(self) -> None:
+        if not self._context.broadcast_writable:
+            raise TypeError(
+                f"broadcast state {self.name!r} is read-only in process_element; "
+                "change it in process_broadcast_element, which every subtask runs alike"
+            )
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._entries.get(key, default)
+
+    def contains(self, key: Any) -> bool:
+        return key in self._entries
+
+    def keys(self) -> Iterator[Any]:
+        return iter(list(self._entries))
+
+    def values(self) -> Iterator[Any]:
+        return iter(list(self._entries.values()))
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        return iter(list(self._entries.items()))
+
+    def is_empty(self) -> bool:
+        return not self._entries
+
+    def put(self, key: Any, value: Any) -> None:
+        self._check_writable()
+        self._entries[key] = value
+
+    def put_all(self, entries: dict[Any, Any]) -> None:
+        self._check_writable()
+        self._entries.update(entries)
+
+    def remove(self, key: Any) -> None:
+        self._check_writable()
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._check_writable()
+        self._entries.clear()
+
+
+class BroadcastContext(OperatorContext):
+    """The context of broadcast process functions: adds ``broadcast_state(name)`` and, in
+    ``process_broadcast_element`` of a keyed function, ``apply_to_keyed_state``."""
+
+    __slots__ = ("_broadcast", "broadcast_names", "broadcast_writable")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._broadcast: dict[str, BroadcastState] = {}
+        self.broadcast_names: tuple[str, ...] = ()
+        self.broadcast_writable = False
+
+    def broadcast_state(self, name: str) -> BroadcastState:
+        """The broadcast state ``name`` (declared in ``stream.broadcast(name, ...)``)."""
+        state = self._broadcast.get(name)
+        if state is None:
+            if name not in self.broadcast_names:
+                raise KeyError(
+                    f"operator {self.operator_name!r}: no broadcast state {name!r}; "
+                    f"declared: {list(self.broadcast_names)}"
+                )
+            state = self._broadcast[name] = BroadcastState(name, {}, self)
+        return state
+
+    def apply_to_keyed_state(self, state: Any, function: Callable[[Any, Any], None]) -> None:
+        """Call ``function(key, state)`` for every key that has a value in ``state`` (a
+        handle declared in ``open``), with the handle pointing at that key; e.g. to update
+        every key when a rule changes. Only in ``process_broadcast_element`` of a keyed function."""
+        if not self.broadcast_writable or not self.keyed:
+            raise TypeError(
+                f"operator {self.operator_name!r}: apply_to_keyed_state is only available in "
+                "process_broadcast_element of a KeyedBroadcastProcessFunction"
+            )
+        if getattr(state, "_current", None) is not self:
+            raise TypeError(f"operator {self.operator_name!r}: apply_to_keyed_state takes a state handle "
+                            f"declared with this context, got {state!r}")
+        saved = self.key
+        try:
+            for key in list(state._table):
+                self.key = key
+                function(key, state)
+        finally:
+            self.key = saved
+
+
+class BroadcastProcessOperator(CoProcessOperator):
+    """Runs a (Keyed)BroadcastProcessFunction: input 1 is the (keyed) stream, input 2 the
+    broadcast stream."""
+
+    context_class = BroadcastContext
+
+    def __init__(self, name: str, function: Any, key_selector: Callable[[Any], Any] | None,
+                 state_names: tuple[str, ...]) -> None:
+        super().__init__(name, function, key_selector, None)
+        self.state_names = state_names
+
+    def bind_methods(self) -> None:
+        assert isinstance(self.ctx, BroadcastContext)
+        self.ctx.broadcast_names = self.state_names
+        self._element = UserCall(self.function.process_element)
+        self._element2 = UserCall(self.function.process_broadcast_element)
+
+    async def process(self, batch: Batch) -> None:
+        await self.run_function(batch, self._element, self.key_selector)
+
+    async def process2(self, batch: Batch) -> None:
+        ctx = self.ctx
+        assert isinstance(ctx, BroadcastContext)
+        ctx.broadcast_writable = True
+        saved_key, ctx.key = ctx.key, None
+        try:
+            await self.run_function(batch, self._element2, None)
+        finally:
+            ctx.broadcast_writable = False
+            ctx.key = saved_key

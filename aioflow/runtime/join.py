@@ -1,0 +1,154 @@
+"""The interval join: pairs of records with equal keys and close timestamps.
+
+``left.interval_join(right).between(lower, upper)`` joins ``l`` and ``r`` when
+``l.ts + lower <= r.ts <= l.ts + upper``, as Flink's IntervalJoinOperator does: each side
+buffers its records by timestamp until the watermark makes further matches impossible,
+and a record behind the watermark is late (dropped, or sent to a side output).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aioflow.errors import OperatorError, UserFunctionTypeError
+from aioflow.runtime.context import OperatorContext
+from aioflow.runtime.events import MIN_WATERMARK, Batch
+from aioflow.runtime.operators import Operator, _describe
+from aioflow.runtime.process import Collector, UserCall, call_user_open
+from aioflow.time.timers import TimerQueue
+
+if TYPE_CHECKING:
+    from aioflow.runtime.task import SubtaskEnvironment
+
+__all__ = ["IntervalJoinOperator", "JoinContext"]
+
+LEFT, RIGHT = "left", "right"
+
+
+class JoinContext:
+    """``ctx`` of :meth:`ProcessJoinFunction.process_element`."""
+
+    __slots__ = ("key", "left_timestamp", "right_timestamp", "timestamp")
+
+    def __init__(self) -> None:
+        self.key: Any = None
+        self.left_timestamp = 0
+        self.right_timestamp = 0
+        self.timestamp = 0
+
+
+class IntervalJoinOperator(Operator):
+    def __init__(
+        self,
+        name: str,
+        function: Any,
+        left_key: Callable[[Any], Any],
+        right_key: Callable[[Any], Any],
+        lower: int,
+        upper: int,
+        left_late_tag: str | None,
+        right_late_tag: str | None,
+    ) -> None:
+        super().__init__(name)
+        self.function = function
+        self.left_key = left_key
+        self.right_key = right_key
+        self.lower = lower
+        self.upper = upper
+        self.late_tags = {LEFT: left_late_tag, RIGHT: right_late_tag}
+        # key -> timestamp -> [values]
+        self.buffers: dict[str, dict[Any, dict[int, list[Any]]]] = {LEFT: {}, RIGHT: {}}
+        self.timers = TimerQueue()
+        self.watermark = MIN_WATERMARK
+        self.join_ctx = JoinContext()
+
+    async def open(self, env: SubtaskEnvironment) -> None:
+        await super().open(env)
+        ctx = OperatorContext(self.name, env.subtask_index, env.parallelism, keyed=True,
+                              backend=env.state_backend, schedule_processing_time=lambda at: None)
+        self._call = UserCall(self.function.process_element)
+        try:
+            await call_user_open(self.function, ctx)
+        except Exception as exc:
+            raise self.error(_describe(exc, self.function.open), None, has_record=False) from exc
+
+    async def process(self, batch: Batch) -> None:
+        await self._side(batch, LEFT)
+
+    async def process2(self, batch: Batch) -> None:
+        await self._side(batch, RIGHT)
+
+    async def _side(self, batch: Batch, side: str) -> None:
+        values, stamps = batch.values, batch.timestamps
+        if stamps is None or None in stamps:
+            raise UserFunctionTypeError(
+                self.name, "interval joins need event timestamps on both inputs; pass timestamps= to app.source",
+                values[0] if stamps is None else values[stamps.index(None)],
+            )
+        is_left = side == LEFT
+        selector = self.left_key if is_left else self.right_key
+        keys = batch.keys if batch.keys is not None else list(map(selector, values))
+        ours, others = self.buffers[side], self.buffers[RIGHT if is_left else LEFT]
+        low, high = (self.lower, self.upper) if is_left else (-self.upper, -self.lower)
+        collector = Collector()
+        late: list[Any] = []
+        late_ts: list[Any] = []
+        pairs: list[tuple[Any, Any, Any, int, int]] = []
+        watermark = self.watermark
+        for value, key, ts in zip(values, keys, stamps):
+            if watermark != MIN_WATERMARK and ts < watermark:
+                late.append(value)
+                late_ts.append(ts)
+                continue
+            ours.setdefault(key, {}).setdefault(ts, []).append(value)
+            for other_ts, bucket in (others.get(key) or {}).items():
+                if ts + low <= other_ts <= ts + high:
+                    for other in bucket:
+                        pairs.append((key, value, other, ts, other_ts) if is_left else (key, other, value, other_ts, ts))
+            cleanup = ts + high if high > 0 else ts
+            self.timers.add(cleanup, (key, side))
+        await self._join(pairs, collector)
+        await self._emit(collector)
+        tag = self.late_tags[side]
+        if late and tag is not None:
+            await self.emit_side(tag, late, late_ts)
+
+    async def _join(self, pairs: list[tuple[Any, Any, Any, int, int]], collector: Collector) -> None:
+        call, ctx = self._call, self.join_ctx
+        sync = call.kind == "sync"
+        left = right = None
+        try:
+            for key, left, right, left_ts, right_ts in pairs:
+                ctx.key, ctx.left_timestamp, ctx.right_timestamp = key, left_ts, right_ts
+                ctx.timestamp = max(left_ts, right_ts)
+                produced = call.fn(left, right, ctx) if sync else await call.call_async(left, right, ctx)
+                if produced is not None:
+                    collector.add_all(produced, ctx.timestamp)
+        except OperatorError:
+            raise
+        except Exception as exc:
+            raise self.error(_describe(exc, call.fn), (left, right)) from exc
+
+    async def _emit(self, collector: Collector) -> None:
+        if collector.values:
+            await self.out.process(Batch(collector.values, collector.timestamps))
+        for tag, (values, timestamps) in collector.side.items():
+            await self.emit_side(tag, values, timestamps)
+
+    async def process_watermark(self, timestamp: int) -> None:
+        self.watermark = timestamp
+        for time, (key, side) in self.timers.pop_due(timestamp):
+            if side == LEFT:
+                buffered = time if self.upper <= 0 else time - self.upper
+            else:
+                buffered = time + self.lower if self.lower <= 0 else time
+            by_time = self.buffers[side].get(key)
+            if by_time is not None:
+                by_time.pop(buffered, None)
+                if not by_time:
+                    del self.buffers[side][key]
+        await self.out.process_watermark(timestamp)
+
+    async def close(self) -> None:
+        self.function.close()

@@ -1,0 +1,188 @@
+"""The aioflow side of each workload: the pipelines the harness measures.
+
+Each ``prepare`` function builds its app (not timed) and returns the ``run`` callable the
+harness times: ``app.run()`` plus reading the sink's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import aioflow as af
+
+from workloads import (
+    BOUND_MS,
+    INACTIVITY_MS,
+    SINK_SLEEP_S,
+    WINDOW_MS,
+    JobInput,
+    Prepare,
+    Run,
+    Unavailable,
+    generated_records,
+)
+
+__all__ = ["JOBS", "warm_up"]
+
+
+def warm_up() -> None:
+    """Run a one-record app. The first ``App.run()`` of a process imports anyio's asyncio
+    backend (about 20 ms); this keeps that one-off cost out of the timing, as the floor's
+    imports are."""
+    app = af.App("warm_up")
+    app.source(af.from_iterable([0])).sink(af.CollectSink())
+    app.run()
+
+
+class _CountWriter(af.SinkWriter):
+    def __init__(self, sink: CountSink) -> None:
+        self._sink = sink
+
+    async def write(self, values: list[Any]) -> None:
+        self._sink.count += len(values)
+
+
+class _SleepyCountWriter(_CountWriter):
+    async def write(self, values: list[Any]) -> None:
+        self._sink.count += len(values)
+        await asyncio.sleep(SINK_SLEEP_S)
+
+
+class CountSink(af.Sink):
+    """Counts the records it receives: one addition per batch."""
+
+    writer_class: type[_CountWriter] = _CountWriter
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def create_writer(self, subtask_index: int, parallelism: int) -> af.SinkWriter:
+        return self.writer_class(self)
+
+
+class SlowCountSink(CountSink):
+    """A :class:`CountSink` that sleeps ``SINK_SLEEP_S`` per batch: a slow downstream."""
+
+    writer_class = _SleepyCountWriter
+
+
+def _run_counting(app: af.App, sink: CountSink) -> Run:
+    def run() -> int:
+        app.run()
+        return sink.count
+
+    return run
+
+
+def _run_collecting(app: af.App, sink: af.CollectSink) -> Run:
+    def run() -> list[Any]:
+        app.run()
+        return sink.results
+
+    return run
+
+
+def w1(job: JobInput) -> Run:
+    """Parse, filter, map, count."""
+    app = af.App("w1")
+    counter = CountSink()
+    events = app.source(af.read_jsonl(job.file))
+    events.filter(lambda e: e["amount"] > 10).map(lambda e: (e["user"], e["amount"] * 1.1)).sink(counter)
+    return _run_counting(app, counter)
+
+
+def backpressure(job: JobInput) -> Run:
+    """A fast generator into a sink that sleeps per batch: memory must stay bounded."""
+    app = af.App("backpressure")
+    sink = SlowCountSink()
+    app.source(af.from_iterable(generated_records(job.events))).sink(sink)
+    return _run_counting(app, sink)
+
+
+class SumCount(af.AggregateFunction[dict[str, Any], tuple[int, float], tuple[int, float]]):
+    """(count, sum of amount) of a window's events."""
+
+    def create_accumulator(self) -> tuple[int, float]:
+        return (0, 0.0)
+
+    def add(self, value: dict[str, Any], accumulator: tuple[int, float]) -> tuple[int, float]:
+        return (accumulator[0] + 1, accumulator[1] + value["amount"])
+
+    def get_result(self, accumulator: tuple[int, float]) -> tuple[int, float]:
+        return accumulator
+
+    def merge(self, a: tuple[int, float], b: tuple[int, float]) -> tuple[int, float]:
+        return (a[0] + b[0], a[1] + b[1])
+
+
+def _require_windows() -> None:
+    """Raise :class:`Unavailable` unless aioflow has the window API w2 is written against."""
+    missing = [name for name in ("TumblingEventTimeWindows", "ProcessWindowFunction") if not hasattr(af, name)]
+    if not hasattr(af.KeyedStream, "window"):
+        missing.append("KeyedStream.window")
+    if missing:
+        raise Unavailable(f"aioflow {af.__version__} has no {', '.join(missing)}")
+
+
+def w2(job: JobInput) -> Run:
+    """10 s tumbling event-time windows per user: (user, window_start, count, sum)."""
+    _require_windows()
+
+    # Defined here: the base class exists only in aioflow versions with windows.
+    class WithStart(af.ProcessWindowFunction):
+        def process(self, key: str, context: Any, elements: Iterable[tuple[int, float]]) -> Iterator[Any]:
+            for count, total in elements:
+                yield (key, context.window.start, count, total)
+
+    app = af.App("w2")
+    results = af.CollectSink()
+    events = app.source(
+        af.read_jsonl(job.file), timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(BOUND_MS)
+    )
+    per_user = events.key_by(lambda e: e["user"])
+    windows = per_user.window(af.TumblingEventTimeWindows(WINDOW_MS))
+    windows.aggregate(SumCount(), window_function=WithStart()).sink(results)
+    return _run_collecting(app, results)
+
+
+class Inactivity(af.KeyedProcessFunction):
+    """Running count per user; emits ``(user, count)`` and forgets the user once it has
+    been inactive for ``INACTIVITY_MS`` of event time."""
+
+    def open(self, ctx: af.OperatorContext) -> None:
+        self.count = ctx.value_state("count", default=0)
+        self.last_ts = ctx.value_state("last_ts")
+
+    def process_element(self, value: dict[str, Any], ctx: af.OperatorContext) -> Iterator[Any]:
+        timestamp = ctx.timestamp  # never None: the source assigns event time
+        self.count.update(self.count.value() + 1)
+        self.last_ts.update(timestamp)
+        ctx.timer_service.register_event_time_timer(timestamp + INACTIVITY_MS)  # type: ignore[operator]
+        yield from ()
+
+    def on_timer(self, timestamp: int, ctx: af.OperatorContext) -> Iterator[Any]:
+        last_ts = self.last_ts.value()
+        if last_ts is not None and timestamp == last_ts + INACTIVITY_MS:
+            yield (ctx.key, self.count.value())
+            self.count.clear()
+            self.last_ts.clear()
+
+
+def w3(job: JobInput) -> Run:
+    """Keyed process function with keyed state and event-time timers.
+
+    The output depends on when watermarks come (see the README), so the source emits one
+    after every batch (``watermark_interval=0``), as the floor does after every chunk.
+    """
+    app = af.App("w3", watermark_interval=0)
+    results = af.CollectSink()
+    events = app.source(
+        af.read_jsonl(job.file), timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(BOUND_MS)
+    )
+    events.key_by(lambda e: e["user"]).process(Inactivity).sink(results)
+    return _run_collecting(app, results)
+
+
+JOBS: dict[str, Prepare] = {"w1": w1, "backpressure": backpressure, "w2": w2, "w3": w3}

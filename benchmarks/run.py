@@ -1,0 +1,306 @@
+"""aioflow benchmarks: each workload run by aioflow and by a hand-written floor.
+
+    python benchmarks/run.py --workload w1 --events 1000000 --json
+    python benchmarks/run.py --workload all --repeat 3
+
+Every measurement runs in a fresh child process (this file with ``--child``), so its peak
+RSS is its own; floor and aioflow runs alternate, and the best run of each side is
+reported. Input files are generated (untimed) into ``benchmarks/.data`` and reused. The
+two sides' outputs must be equal, or the workload is reported as failed.
+
+With ``--json`` each workload prints one JSON object on its own line as it finishes (the
+last line is the last workload's); progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from workloads import FLOORS, JobInput, Prepare, Unavailable, canonical, digest, ensure_events
+
+DATA_DIR = Path(__file__).resolve().parent / ".data"
+#: Marks the line on which a child reports its measurement (aioflow logs to stdout too).
+RESULT_PREFIX = "@@benchmark-result "
+FLOOR, AIOFLOW = "floor", "aioflow"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A benchmark: its name, what it measures, its default size and its memory limit."""
+
+    name: str
+    description: str
+    default_events: int
+    reads_file: bool = True
+    rss_limit_mb: float | None = None
+
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("w1", "parse JSON lines, filter amount > 10, map to (user, amount * 1.1), count", 1_000_000),
+        Workload(
+            "backpressure", "generator into a sink sleeping 1 ms per batch; peak RSS must stay small",
+            5_000_000, reads_file=False, rss_limit_mb=250.0,
+        ),
+        Workload("w2", "key by user, 10 s tumbling event-time windows: (user, start, count, sum)", 1_000_000),
+        Workload("w3", "keyed process function: running count, 30 s inactivity event-time timers", 1_000_000),
+    )
+}
+
+
+# -- child: one measurement --------------------------------------------------------------
+
+
+def _prepare(side: str, workload: str) -> Prepare:
+    if side == FLOOR:
+        return FLOORS[workload]
+    import aioflow_jobs  # only here: a floor child never imports aioflow
+
+    aioflow_jobs.warm_up()
+    return aioflow_jobs.JOBS[workload]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size, in MiB.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, not ``ru_maxrss``, which survives ``exec``
+    and so would report the parent's peak whenever that is the larger one.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+
+
+def measure(side: str, workload: str, job: JobInput) -> dict[str, Any]:
+    """Run one side of a workload once; its time, peak RSS and output fingerprint."""
+    try:
+        run = _prepare(side, workload)(job)
+    except Unavailable as exc:
+        return {"unavailable": str(exc)}
+    started = time.perf_counter()
+    output = run()
+    seconds = time.perf_counter() - started
+    rss_mb = peak_rss_mb()
+    result = canonical(workload, output)
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": rss_mb,
+        "outputs": result if isinstance(result, int) else len(result),
+        "digest": digest(result),
+    }
+
+
+def child_main(args: argparse.Namespace) -> int:
+    path = Path(args.path) if args.path else None
+    result = measure(args.child, args.workload, JobInput(args.events, path))
+    print(RESULT_PREFIX + orjson.dumps(result).decode(), flush=True)
+    return 0
+
+
+# -- parent: the harness -------------------------------------------------------------------
+
+
+class ChildFailed(Exception):
+    """A measurement process failed or reported nothing."""
+
+
+def run_child(side: str, workload: str, job: JobInput) -> dict[str, Any]:
+    """Measure one side of ``workload`` in a fresh Python process."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", side,
+               "--workload", workload, "--events", str(job.events)]
+    if job.path is not None:
+        command += ["--path", str(job.path)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            result: dict[str, Any] = orjson.loads(line[len(RESULT_PREFIX):])
+            return result
+    raise ChildFailed(f"{side} run of {workload} exited with {done.returncode}:\n{done.stderr.strip()[-3000:]}")
+
+
+@dataclass
+class Side:
+    """The runs of one side of a workload."""
+
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    unavailable: str | None = None
+    error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.unavailable is None and self.error is None
+
+    def record(self, side: str, workload: str, job: JobInput) -> None:
+        try:
+            result = run_child(side, workload, job)
+        except ChildFailed as exc:
+            self.error = str(exc)
+            return
+        if "unavailable" in result:
+            self.unavailable = result["unavailable"]
+        else:
+            self.runs.append(result)
+        _progress(f"{workload}: {side} {_describe_run(result)}")
+
+    def best(self) -> dict[str, Any] | None:
+        return min(self.runs, key=lambda r: r["seconds"]) if self.runs else None
+
+    def max_rss_mb(self) -> float | None:
+        return round(max(r["peak_rss_mb"] for r in self.runs), 1) if self.runs else None
+
+
+def _describe_run(result: dict[str, Any]) -> str:
+    if "unavailable" in result:
+        return f"unavailable: {result['unavailable']}"
+    return f"{result['seconds']:.3f} s, {result['peak_rss_mb']:.0f} MB, {result['outputs']} outputs"
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def benchmark(workload: Workload, events: int, seed: int, repeat: int) -> dict[str, Any]:
+    """Alternate floor and aioflow runs ``repeat`` times; the report of the best of each."""
+    path = None
+    if workload.reads_file:
+        _progress(f"{workload.name}: preparing {events} events (seed {seed})")
+        path = ensure_events(events, seed, DATA_DIR)
+    job = JobInput(events, path)
+    floor, framework = Side(), Side()
+    for _ in range(repeat):
+        for side_name, side in ((FLOOR, floor), (AIOFLOW, framework)):
+            if side.active:
+                side.record(side_name, workload.name, job)
+    return report(workload, job, seed, repeat, floor, framework)
+
+
+def _rate(events: int, run: dict[str, Any] | None) -> float | None:
+    return round(events / run["seconds"]) if run else None
+
+
+def report(
+    workload: Workload, job: JobInput, seed: int, repeat: int, floor: Side, framework: Side
+) -> dict[str, Any]:
+    """The JSON report of one workload, with the checks that decide ``ok``."""
+    best, floor_best = framework.best(), floor.best()
+    rate, floor_rate = _rate(job.events, best), _rate(job.events, floor_best)
+    digests = {r["digest"] for r in floor.runs + framework.runs}
+    problems = [error for error in (floor.error, framework.error) if error]
+    if len(digests) > 1:
+        problems.append("outputs differ between floor and aioflow (or between runs)")
+    peak = framework.max_rss_mb()
+    if workload.rss_limit_mb is not None and peak is not None and peak >= workload.rss_limit_mb:
+        problems.append(f"peak RSS {peak} MB is over the {workload.rss_limit_mb} MB limit")
+    return {
+        "workload": workload.name,
+        "events": job.events,
+        "seconds": round(best["seconds"], 4) if best else None,
+        "events_per_sec": rate,
+        "floor_seconds": round(floor_best["seconds"], 4) if floor_best else None,
+        "floor_events_per_sec": floor_rate,
+        "ratio_to_floor": round(rate / floor_rate, 3) if rate and floor_rate else None,
+        "peak_rss_mb": peak,
+        "floor_peak_rss_mb": floor.max_rss_mb(),
+        "rss_limit_mb": workload.rss_limit_mb,
+        "outputs": (best or floor_best or {}).get("outputs"),
+        "outputs_equal": len(digests) == 1 if best and floor_best else None,
+        "unavailable": framework.unavailable,
+        "ok": not problems,
+        "problems": problems,
+        "repeat": repeat,
+        "seed": seed,
+        "all_seconds": [round(r["seconds"], 4) for r in framework.runs],
+        "all_floor_seconds": [round(r["seconds"], 4) for r in floor.runs],
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "aioflow_version": importlib.metadata.version("aioflow"),
+    }
+
+
+# -- output ------------------------------------------------------------------------------
+
+_COLUMNS = (
+    ("workload", "workload", "{}"),
+    ("events", "events", "{:,}"),
+    ("aioflow s", "seconds", "{:.3f}"),
+    ("aioflow ev/s", "events_per_sec", "{:,}"),
+    ("floor ev/s", "floor_events_per_sec", "{:,}"),
+    ("ratio", "ratio_to_floor", "{:.3f}"),
+    ("RSS MB", "peak_rss_mb", "{:.0f}"),
+    ("floor RSS MB", "floor_peak_rss_mb", "{:.0f}"),
+)
+
+
+def _row(report: dict[str, Any]) -> list[str]:
+    cells = [fmt.format(report[key]) if report[key] is not None else "-" for _, key, fmt in _COLUMNS]
+    status = "unavailable" if report["unavailable"] else "ok" if report["ok"] else "FAILED"
+    return [*cells, status]
+
+
+def table(reports: list[dict[str, Any]]) -> str:
+    """The reports as a fixed-width text table, with any problems listed below it."""
+    rows = [[title for title, _, _ in _COLUMNS] + ["check"]] + [_row(r) for r in reports]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(width) if i else cell.ljust(width)
+                       for i, (cell, width) in enumerate(zip(row, widths, strict=True))).rstrip()
+             for row in rows]
+    for r in reports:
+        notes = r["problems"] + ([f"aioflow unavailable: {r['unavailable']}"] if r["unavailable"] else [])
+        lines += [f"{r['workload']}: {note}" for note in notes]
+    return "\n".join(lines)
+
+
+# -- command line --------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Benchmark aioflow against hand-written floors.")
+    parser.add_argument("--workload", default="all", choices=[*WORKLOADS, "all"])
+    parser.add_argument("--events", type=int, help="input size (default: per workload)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per side; the best is reported")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the generated events")
+    parser.add_argument("--json", action="store_true", help="one JSON object per workload")
+    parser.add_argument("--child", choices=[FLOOR, AIOFLOW], help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or (args.events is not None and args.events < 1):
+        parser.error("--repeat and --events must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args)
+    names = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    reports = []
+    for name in names:
+        workload = WORKLOADS[name]
+        result = benchmark(workload, args.events or workload.default_events, args.seed, args.repeat)
+        reports.append(result)
+        if args.json:
+            print(orjson.dumps(result).decode(), flush=True)
+    if not args.json:
+        print(table(reports))
+    return 0 if all(r["ok"] for r in reports) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""What the benchmark workloads compute: the input data, the hand-written floors, and the
+canonical form of each workload's output.
+
+This module never imports aioflow, so a floor child process holds only Python, orjson
+and the data: its peak RSS is the baseline the framework is compared with.
+
+Every floor is what a competent engineer would write by hand for the job: one tight loop
+over the same file with ``orjson.loads`` and dicts, processing the input in chunks of
+``BATCH`` lines where the job needs a watermark (the watermark advances once per chunk,
+as a source emitting one watermark per batch would).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "BATCH",
+    "BOUND_MS",
+    "FLOORS",
+    "INACTIVITY_MS",
+    "SINK_SLEEP_S",
+    "WINDOW_MS",
+    "JobInput",
+    "Prepare",
+    "Run",
+    "Unavailable",
+    "canonical",
+    "digest",
+    "ensure_events",
+    "generated_records",
+]
+
+#: Event time of the first simulated second.
+START_TS = 1_700_000_000_000
+#: Distinct users (``u0`` .. ``u9999``).
+USERS = 10_000
+#: Every event arrives strictly less than this many ms after any event with a larger ts.
+MAX_DISORDER_MS = 2_000
+#: Records per batch: aioflow's default ``batch_size``; floors chunk their input the same way.
+BATCH = 1024
+#: Bounded out-of-orderness of the event-time workloads: watermark = max ts - BOUND_MS - 1.
+BOUND_MS = 2_000
+#: w2: tumbling window size.
+WINDOW_MS = 10_000
+#: w3: a user is inactive after this long without events.
+INACTIVITY_MS = 30_000
+#: backpressure: the sink sleeps this long per batch.
+SINK_SLEEP_S = 0.001
+
+_MIN_TS = -(2**63)
+_MAX_TS = 2**63 - 1
+
+
+class Unavailable(Exception):
+    """This side cannot run the workload (e.g. aioflow lacks an API the job needs)."""
+
+
+@dataclass(frozen=True)
+class JobInput:
+    """What a job reads: the events file (file workloads) and the number of events."""
+
+    events: int
+    path: Path | None
+
+    @property
+    def file(self) -> Path:
+        """The events file; only file workloads have one."""
+        if self.path is None:
+            raise ValueError("this workload reads no events file")
+        return self.path
+
+
+#: Runs the measured part of a job and returns its output.
+Run = Callable[[], Any]
+#: Does the untimed set-up of a job (building the app, ...) and returns its :data:`Run`.
+Prepare = Callable[[JobInput], Run]
+
+
+# -- input data ------------------------------------------------------------------------
+
+
+def ensure_events(events: int, seed: int, data_dir: Path) -> Path:
+    """The path of the cached events file for ``(events, seed)``, generated if missing."""
+    path = data_dir / f"events_{events}_{seed}.jsonl"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        partial_path = path.with_suffix(".partial")
+        _write_events(partial_path, events, seed)
+        partial_path.replace(path)
+    return path
+
+
+def _write_events(path: Path, events: int, seed: int) -> None:
+    """Write ``events`` JSON lines, out of order by strictly less than ``MAX_DISORDER_MS``.
+
+    Event times are uniform over ``events`` ms (about 1000 events per simulated second).
+    Each event gets an arrival time ``ts + delay`` with ``delay`` in ``[0, MAX_DISORDER_MS)``
+    and the file is in arrival order, so an event arriving after another has
+    ``ts > other.ts - MAX_DISORDER_MS``: no event is late for a
+    ``BoundedOutOfOrderness(MAX_DISORDER_MS)`` watermark.
+    """
+    rng = random.Random(seed)
+    randrange = rng.randrange
+    rows = []
+    for _ in range(events):
+        ts = START_TS + randrange(events)
+        rows.append((ts + randrange(MAX_DISORDER_MS), ts, randrange(USERS), randrange(100_000), randrange(10_000)))
+    rows.sort()
+    dumps = orjson.dumps
+    chunk = 65_536
+    with open(path, "wb") as file:
+        for start in range(0, events, chunk):
+            file.write(b"".join(
+                dumps({"user": f"u{user}", "item": item, "amount": cents / 100, "ts": ts}) + b"\n"
+                for _, ts, user, item, cents in rows[start:start + chunk]
+            ))
+
+
+def generated_records(events: int) -> Iterator[dict[str, int]]:
+    """The backpressure workload's input: ``{"i": i}`` for ``i`` in ``range(events)``, lazily."""
+    return ({"i": i} for i in range(events))
+
+
+# -- floors ----------------------------------------------------------------------------
+
+
+def _w1(path: Path) -> int:
+    loads = orjson.loads
+    n = 0
+    with open(path, "rb") as file:
+        for e in map(loads, file):
+            if e["amount"] > 10:
+                t = (e["user"], e["amount"] * 1.1)  # noqa: F841 - the map's work, as in the job
+                n += 1
+    return n
+
+
+async def _sleepy_count(records: Iterator[Any]) -> int:
+    n = 0
+    while batch := list(islice(records, BATCH)):
+        n += len(batch)
+        await asyncio.sleep(SINK_SLEEP_S)
+    return n
+
+
+def floor_backpressure(job: JobInput) -> Run:
+    """The generator read in batches of ``BATCH``, sleeping ``SINK_SLEEP_S`` per batch, as the
+    aioflow sink does: the floor is the same sleep-bound job without a framework."""
+    records = generated_records(job.events)
+    return lambda: asyncio.run(_sleepy_count(records))
+
+
+def _emit_windows(windows: dict[int, dict[str, list[Any]]], watermark: int, out: list[Any]) -> None:
+    """Emit and drop every window whose last millisecond is at or before ``watermark``."""
+    for start in sorted(start for start in windows if start + WINDOW_MS - 1 <= watermark):
+        out.extend((user, start, count, total) for user, (count, total) in windows.pop(start).items())
+
+
+def _w2(path: Path) -> list[tuple[str, int, int, float]]:
+    loads = orjson.loads
+    windows: dict[int, dict[str, list[Any]]] = {}  # window start -> user -> [count, sum]
+    out: list[Any] = []
+    max_ts = _MIN_TS
+    with open(path, "rb") as file:
+        while lines := list(islice(file, BATCH)):
+            for e in map(loads, lines):
+                ts = e["ts"]
+                if ts > max_ts:
+                    max_ts = ts
+                start = ts - ts % WINDOW_MS
+                window = windows.get(start)
+                if window is None:
+                    window = windows[start] = {}
+                acc = window.get(e["user"])
+                if acc is None:
+                    window[e["user"]] = [1, e["amount"]]
+                else:
+                    acc[0] += 1
+                    acc[1] += e["amount"]
+            _emit_windows(windows, max_ts - BOUND_MS - 1, out)
+    _emit_windows(windows, _MAX_TS, out)
+    return out
+
+
+class _Inactivity:
+    """w3's keyed state and event-time timers, by hand: Flink's semantics for timers
+    (one per (key, timestamp), fired in timestamp order once the watermark reaches them)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.last_ts: dict[str, int] = {}
+        self.timers: dict[int, dict[str, None]] = {}  # timestamp -> users, in registration order
+        self.heap: list[int] = []
+        self.out: list[tuple[str, int]] = []
+
+    def fire(self, watermark: int) -> None:
+        """Run every timer at or before ``watermark``."""
+        heap, timers, counts, last_ts = self.heap, self.timers, self.counts, self.last_ts
+        while heap and heap[0] <= watermark:
+            timestamp = heapq.heappop(heap)
+            for user in timers.pop(timestamp):
+                if last_ts.get(user, _MIN_TS) + INACTIVITY_MS == timestamp:
+                    self.out.append((user, counts.pop(user)))
+                    del last_ts[user]
+
+    def run(self, path: Path) -> list[tuple[str, int]]:
+        loads = orjson.loads
+        counts, last_ts, timers, heap = self.counts, self.last_ts, self.timers, self.heap
+        max_ts = _MIN_TS
+        with open(path, "rb") as file:
+            while lines := list(islice(file, BATCH)):
+                for e in map(loads, lines):
+                    user, ts = e["user"], e["ts"]
+                    if ts > max_ts:
+                        max_ts = ts
+                    counts[user] = counts.get(user, 0) + 1
+                    last_ts[user] = ts
+                    at = ts + INACTIVITY_MS
+                    users = timers.get(at)
+                    if users is None:
+                        timers[at] = {user: None}
+                        heapq.heappush(heap, at)
+                    else:
+                        users[user] = None
+                self.fire(max_ts - BOUND_MS - 1)
+        self.fire(_MAX_TS)
+        return self.out
+
+
+def _w3(path: Path) -> list[tuple[str, int]]:
+    return _Inactivity().run(path)
+
+
+def _file_floor(loop: Callable[[Path], Any]) -> Prepare:
+    def prepare(job: JobInput) -> Run:
+        return partial(loop, job.file)
+
+    return prepare
+
+
+FLOORS: dict[str, Prepare] = {
+    "w1": _file_floor(_w1),
+    "backpressure": floor_backpressure,
+    "w2": _file_floor(_w2),
+    "w3": _file_floor(_w3),
+}
+
+
+# -- outputs ---------------------------------------------------------------------------
+
+
+def canonical(workload: str, output: Any) -> Any:
+    """The comparable form of a job's output: a count, or the sorted rows (w2 sums rounded
+    to 2 decimals)."""
+    if workload in ("w1", "backpressure"):
+        return int(output)
+    if workload == "w2":
+        return sorted((user, start, count, round(total, 2)) for user, start, count, total in output)
+    return sorted((user, count) for user, count in output)
+
+
+def digest(canonical_output: Any) -> str:
+    """A short fingerprint of a canonical output, to compare the two sides."""
+    return hashlib.sha256(orjson.dumps(canonical_output)).hexdigest()[:16]
