@@ -18,9 +18,11 @@ that inlines exactly that logic (no trigger calls, no window objects per record)
 from __future__ import annotations
 
 from collections.abc import Callable
+from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any
 
 from aioflow.errors import OperatorError, UserFunctionTypeError
+from aioflow.functions import OutputTag, ProcessWindowFunction
 from aioflow.runtime.context import OperatorContext
 from aioflow.runtime.events import MAX_WATERMARK, MIN_WATERMARK, Batch
 from aioflow.runtime.operators import Operator, _describe
@@ -161,7 +163,11 @@ class WindowOperator(Operator):
         self.sessions: dict[Any, list[TimeWindow]] = {}
         self._trigger_tables: dict[str, dict[Any, Any]] = {}
         self.late_records_dropped = 0
-        self._windows: dict[int, TimeWindow] = {}
+        #: The fast path's state: window start -> key -> contents, and the windows' end
+        #: timestamps (to fire) and cleanup times (with allowed lateness), as heaps.
+        self.panes: dict[int, dict[Any, Any]] = {}
+        self._pane_heap: list[int] = []
+        self._cleanup_heap: list[int] = []
         if assigner.is_merging and not self.trigger.can_merge():
             raise TypeError(f"window {name!r}: trigger {self.trigger!r} cannot be used with merging windows")
         self._fast = (
@@ -358,15 +364,15 @@ class WindowOperator(Operator):
         self, values: list[Any], stamps: list[int], keys: list[Any], collector: _WindowCollector,
         late: list[Any], late_ts: list[Any],
     ) -> None:
-        """Tumbling event-time windows, default trigger, no evictor: the generic logic inlined."""
+        """Tumbling event-time windows, default trigger, no evictor: the generic logic
+        inlined over panes (window start -> key -> contents). A pane's existence stands for
+        the per-key timers of the generic path: it fires when the watermark reaches its
+        last millisecond and is dropped at its cleanup time."""
         size = self.assigner.size  # type: ignore[attr-defined]
         offset = self.assigner.offset  # type: ignore[attr-defined]
         lateness = self.lateness
         watermark = self.watermark
-        contents = self.contents
-        get = contents.get
-        timers = self.event_timers
-        windows = self._windows
+        panes = self.panes
         kind = self.kind
         aggregate = kind == AGGREGATE
         reduce = kind == REDUCE
@@ -382,36 +388,29 @@ class WindowOperator(Operator):
                     late.append(value)
                     late_ts.append(timestamp)
                     continue
-                window = windows.get(start)
-                if window is None:
-                    window = windows[start] = TimeWindow(start, start + size)
-                namespace = (key, window)
-                current = get(namespace, _MISSING)
+                pane = panes.get(start)
+                if pane is None:
+                    pane = panes[start] = {}
+                    if end_ts > watermark:
+                        heappush(self._pane_heap, end_ts)
+                    elif lateness:  # created already fired, within the lateness
+                        heappush(self._cleanup_heap, end_ts + lateness)
+                current = pane.get(key, _MISSING)
                 if current is _MISSING:
-                    if aggregate:
-                        contents[namespace] = add(value, create())
-                    elif reduce:
-                        contents[namespace] = value
-                    else:
-                        contents[namespace] = [value]
-                    if end_ts > watermark:  # else the trigger fires at once, below
-                        timers.add(end_ts, namespace)
-                    if lateness:
-                        timers.add(end_ts + lateness, namespace)  # cleanup
+                    pane[key] = add(value, create()) if aggregate else value if reduce else [value]
                 elif aggregate:
-                    contents[namespace] = add(value, current)
+                    pane[key] = add(value, current)
                 elif reduce:
-                    contents[namespace] = merge(current, value)  # type: ignore[misc]
+                    pane[key] = merge(current, value)  # type: ignore[misc]
                 else:
                     current.append(value)
                 if end_ts <= watermark:  # within the allowed lateness: fire again at once
-                    self._emit(key, window, contents[namespace], collector)
+                    window = TimeWindow(start, start + size)
+                    self._emit(key, window, pane[key], collector)
         except OperatorError:
             raise
         except Exception as exc:
             raise self.error(_describe(exc, self.function), value) from exc
-        if len(windows) > 4096:
-            windows.clear()
 
     def _process_generic(
         self, values: list[Any], stamps: list[Any] | None, keys: list[Any], collector: _WindowCollector,
@@ -534,26 +533,9 @@ class WindowOperator(Operator):
         assert self.env is not None
         batch_size = self.env.batch_size
         collector = _WindowCollector()
-        fast = self._fast and event_time
-        lateness = self.lateness
-        contents = self.contents
         try:
             for time, namespace in due:
-                if fast:  # _on_timer inlined: at the window's end emit, at the cleanup time drop
-                    window = namespace[1]
-                    end_ts = window.end - 1
-                    if time == end_ts:
-                        current = contents.get(namespace, _MISSING)
-                        if current is not _MISSING:
-                            self._emit(namespace[0], window, current, collector)
-                    if time == end_ts + lateness:  # the trigger's own timer has fired already
-                        contents.pop(namespace, None)
-                        if self.window_function is not None:
-                            context = self.window_ctx
-                            context.window, context.key = window, namespace[0]
-                            self.window_function.clear(context)
-                else:
-                    self._on_timer(time, namespace[0], namespace[1], event_time, collector)
+                self._on_timer(time, namespace[0], namespace[1], event_time, collector)
                 if len(collector) >= batch_size or len(collector.pending) >= batch_size:
                     await self._flush(collector)
                     collector = _WindowCollector()
@@ -562,6 +544,73 @@ class WindowOperator(Operator):
         except Exception as exc:
             raise self.error(f"firing a window: {type(exc).__name__}: {exc}", None, has_record=False) from exc
         await self._flush(collector)
+
+    async def _fire_panes(self, watermark: int) -> None:
+        """The fast path's timers: fire every pane whose last millisecond the watermark
+        reached (in order), and drop panes whose allowed lateness has passed."""
+        assert self.env is not None
+        batch_size = self.env.batch_size
+        panes, heap, cleanup = self.panes, self._pane_heap, self._cleanup_heap
+        size, lateness = self.assigner.size, self.lateness  # type: ignore[attr-defined]
+        function = self.window_function
+        clear = function.clear if function is not None and type(function).clear is not ProcessWindowFunction.clear \
+            else None  # the default does nothing: skip the call
+        call = self._window_call
+        sync_fn = call.fn if call is not None and call.kind == "sync" and self.kind != PROCESS else None
+        get_result = self.function.get_result if self.kind == AGGREGATE else None
+        context = self.window_ctx
+        collector = _WindowCollector()
+        try:
+            while heap and heap[0] <= watermark:
+                end_ts = heappop(heap)
+                start = end_ts + 1 - size
+                window = TimeWindow(start, start + size)
+                pane = panes.pop(start) if not lateness else panes[start]
+                if lateness:
+                    heappush(cleanup, end_ts + lateness)
+                elif clear is not None:
+                    self._clear_pane(window, pane, clear)
+                if sync_fn is None:
+                    for key, current in pane.items():
+                        self._emit(key, window, current, collector)
+                        if len(collector) >= batch_size or len(collector.pending) >= batch_size:
+                            await self._flush(collector)
+                            collector = _WindowCollector()
+                    continue
+                context.window = window
+                values, stamps = collector.values, collector.timestamps
+                for key, current in pane.items():  # _emit inlined for a sync window function
+                    context.key = key
+                    produced = sync_fn(key, context, [get_result(current)] if get_result else [current])
+                    if produced is not None:
+                        before = len(values)
+                        for item in produced:
+                            if item.__class__ is tuple and len(item) == 2 and item[0].__class__ is OutputTag:
+                                collector.add_all((item,), end_ts)
+                            else:
+                                values.append(item)
+                        stamps.extend([end_ts] * (len(values) - before))
+                        if len(values) >= batch_size:
+                            await self._flush(collector)
+                            collector = _WindowCollector()
+                            values, stamps = collector.values, collector.timestamps
+            while cleanup and cleanup[0] <= watermark:
+                start = heappop(cleanup) - lateness + 1 - size
+                pane = panes.pop(start, None)
+                if pane is not None and clear is not None:
+                    self._clear_pane(TimeWindow(start, start + size), pane, clear)
+        except OperatorError:
+            raise
+        except Exception as exc:
+            raise self.error(f"firing a window: {type(exc).__name__}: {exc}", None, has_record=False) from exc
+        await self._flush(collector)
+
+    def _clear_pane(self, window: TimeWindow, pane: dict[Any, Any], clear: Callable[[Any], None]) -> None:
+        context = self.window_ctx
+        context.window = window
+        for key in pane:
+            context.key = key
+            clear(context)
 
     async def _flush(self, collector: _WindowCollector) -> None:
         """Emit collected outputs, first awaiting deferred ``async def`` window functions."""
@@ -584,7 +633,10 @@ class WindowOperator(Operator):
 
     async def process_watermark(self, timestamp: int) -> None:
         self.watermark = timestamp
-        await self._fire(self.event_timers.pop_due(timestamp), True)
+        if self._fast:
+            await self._fire_panes(timestamp)
+        else:
+            await self._fire(self.event_timers.pop_due(timestamp), True)
         await self.out.process_watermark(timestamp)
 
     async def on_processing_time(self, now: int) -> None:
