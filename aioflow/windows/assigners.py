@@ -199,6 +199,8 @@ class GlobalWindows(WindowAssigner):
     """One window per key holding all its records. It never fires by itself: give it a
     trigger (``count_window`` does)."""
 
+    is_event_time = False
+
     def assign_windows(self, element: Any, timestamp: int | None, now: int) -> list[Any]:
         return [GlobalWindow()]
 

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 from aioflow.errors import OperatorError, UserFunctionTypeError
 from aioflow.functions import OutputTag, ProcessWindowFunction
 from aioflow.runtime.context import OperatorContext
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from aioflow.runtime.task import SubtaskEnvironment
 
 __all__ = ["TriggerContext", "WindowContext", "WindowOperator"]
+
+log = structlog.get_logger("aioflow.windows")
 
 _MISSING: Any = object()
 
@@ -650,6 +654,9 @@ class WindowOperator(Operator):
         """Bounded input ended: processing-time windows fire with what they hold (instead of
         being dropped), so a finished job never loses a window."""
         await self._fire(self.processing_timers.pop_due(MAX_WATERMARK), False)
+        if self.late_records_dropped:
+            log.warning("late records dropped", operator=self.name, count=self.late_records_dropped,
+                        hint="use side_output_late_data(tag) to keep them, or allowed_lateness(ms)")
         await self.out.end_input()
 
     async def close(self) -> None:
