@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections import deque
 from itertools import islice
 from pathlib import Path
 from collections.abc import Callable
@@ -56,50 +57,62 @@ JSON_LINES = _Format("read_jsonl", orjson.loads, orjson.JSONDecodeError, skip_bl
 TEXT_LINES = _Format("read_text", _text_line, UnicodeDecodeError, skip_blank=False)
 
 
+class _FileSplit:
+    """One file being read: where the reader is in it."""
+
+    __slots__ = ("file", "line", "offset", "path")
+
+    def __init__(self, path: Path, line: int = 0, offset: int = 0) -> None:
+        self.path = path
+        self.line = line  # lines consumed
+        self.offset = offset  # bytes consumed
+        self.file: IO[bytes] | None = None
+
+
 class _LinesReader(SourceReader):
+    """Reads its files a batch at a time, taking turns, so every unfinished file is an
+    active split: the source's watermark waits for the slowest file instead of making
+    the records of files read later look late."""
+
     def __init__(self, source: LinesSource, files: list[Path]) -> None:
         self._source = source
         self._format = source.format
-        self._files = files
-        self._index = 0
-        self._file: IO[bytes] | None = None
-        self._line = 0  # lines consumed in the current file
-        self._offset = 0  # bytes consumed in the current file
+        self._active: deque[_FileSplit] = deque(_FileSplit(path) for path in files)
         self._records = 0
         self._policy = ErrorPolicy(source.on_error, source.name)
 
     async def open(self) -> None:
-        for path in self._files[self._index:]:
-            if not path.is_file():
-                raise FileNotFoundError(f"{self._format.kind}: {path} does not exist or is not a file")
+        for split in self._active:
+            if not split.path.is_file():
+                raise FileNotFoundError(f"{self._format.kind}: {split.path} does not exist or is not a file")
 
     def splits(self) -> list[str]:
-        return [str(self._files[self._index])] if self._index < len(self._files) else []
+        return [str(split.path) for split in self._active]
 
     async def read(self, max_records: int, timeout: float) -> SourceBatch | None:
-        while self._index < len(self._files):
-            path = self._files[self._index]
-            if self._file is None:
-                self._file = open(path, "rb")  # noqa: SIM115 - closed when exhausted or in close()
-                if self._offset:
-                    self._file.seek(self._offset)
-            lines = list(islice(self._file, max_records))
+        active = self._active
+        while active:
+            split = active[0]
+            if split.file is None:
+                split.file = open(split.path, "rb")  # noqa: SIM115 - closed when exhausted or in close()
+                if split.offset:
+                    split.file.seek(split.offset)
+            lines = list(islice(split.file, max_records))
             if not lines:
-                self._file.close()
-                self._file = None
-                self._index += 1
-                self._line = self._offset = 0
+                split.file.close()
+                active.popleft()
                 continue
-            first = self._line + 1
-            self._line += len(lines)
-            self._offset += sum(map(len, lines))
+            active.rotate(-1)
+            first = split.line + 1
+            split.line += len(lines)
+            split.offset += sum(map(len, lines))
             bad: list[BadRecord] = []
             try:
                 records = list(map(self._format.decode, lines))
             except self._format.error:
-                records = self._decode_carefully(lines, path, first, bad)
+                records = self._decode_carefully(lines, split.path, first, bad)
             self._records += len(records)
-            return SourceBatch(records, str(path), bad or None)
+            return SourceBatch(records, str(split.path), bad or None)
         return None
 
     def _decode_carefully(self, lines: list[bytes], path: Path, first: int, bad: list[BadRecord]) -> list[Any]:
@@ -115,11 +128,12 @@ class _LinesReader(SourceReader):
                 self._policy.handle(exc, f"{path}:{number}", line, bad)
         return records
 
-    def position(self) -> dict[str, int]:
-        return {"file": self._index, "line": self._line, "offset": self._offset}
+    def position(self) -> list[dict[str, Any]]:
+        """The unfinished files and how far each was read."""
+        return [{"path": str(s.path), "line": s.line, "offset": s.offset} for s in self._active]
 
     def restore(self, position: Any) -> None:
-        self._index, self._line, self._offset = position["file"], position["line"], position["offset"]
+        self._active = deque(_FileSplit(Path(p["path"]), p["line"], p["offset"]) for p in position)
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -129,9 +143,10 @@ class _LinesReader(SourceReader):
         }
 
     async def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for split in self._active:
+            if split.file is not None:
+                split.file.close()
+                split.file = None
 
 
 class LinesSource(Source):
@@ -214,9 +229,10 @@ class _FileWriter(SinkWriter):
             self._file.flush()
 
     async def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for split in self._active:
+            if split.file is not None:
+                split.file.close()
+                split.file = None
 
 
 class FileSink(Sink):

@@ -214,7 +214,7 @@ class SourceTask(_Task):
                 if watermarks is None:
                     await head.process(Batch(records))
                 else:
-                    await watermarks.push(head, source_batch.split, records)
+                    await watermarks.push(head, source_batch.split, records, reader.splits())
                 await self.flush_lingering()
             else:
                 await self.flush_all()

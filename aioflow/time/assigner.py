@@ -35,7 +35,7 @@ class TimestampsAndWatermarksOperator(Operator):
 
     async def process(self, batch: Batch) -> None:
         if batch.values:
-            await self.watermarks.push(self.out, "", batch.values)
+            await self.watermarks.push(self.out, "", batch.values, [""])
 
     async def process_watermark(self, timestamp: int) -> None:
         if timestamp == MAX_WATERMARK:

@@ -226,9 +226,10 @@ class SourceWatermarks:
                             cuts.append((index, advanced))
         return stamps, cuts
 
-    async def push(self, target: Any, split: str, records: list[Any]) -> None:
+    async def push(self, target: Any, split: str, records: list[Any], active_splits: list[str]) -> None:
         """Send ``records`` to ``target`` with their timestamps, and any watermark a
-        per-event generator emitted right after the record that caused it."""
+        per-event generator emitted right after the record that caused it (and, with
+        ``interval_ms == 0``, the watermark over ``active_splits`` after the batch)."""
         stamps, cuts = self.on_batch(split, records)
         start = 0
         for end, watermark in cuts:
@@ -241,7 +242,7 @@ class SourceWatermarks:
         elif start < len(records):
             await target.process(Batch(records[start:], stamps[start:]))
         if self.interval_ms == 0:
-            await self.emit_periodic(target, now_ms(), [split])
+            await self.emit_periodic(target, now_ms(), active_splits)
 
     async def emit_periodic(self, target: Any, now: int, active_splits: list[str]) -> None:
         """Run the periodic emission and send what changed to ``target``."""
@@ -272,8 +273,6 @@ class SourceWatermarks:
     def on_periodic(self, now: int, active_splits: list[str]) -> tuple[bool | None, int | None]:
         """Periodic emission: ask every split's generator, apply idleness, combine."""
         timeout = self.strategy.idle_timeout if self.strategy is not None else None
-        if self.interval_ms == 0:  # per batch: only the splits read from are known
-            active_splits = list(set(active_splits) | set(self._splits))
         for name in active_splits:
             if self.strategy is not None:
                 self._split(name)
