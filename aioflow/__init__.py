@@ -4,6 +4,13 @@ Everything a pipeline needs is importable from here (``import aioflow as af``).
 """
 
 from aioflow.app import App
+from aioflow.connected import (
+    BroadcastConnectedStreams,
+    BroadcastStream,
+    ConnectedStreams,
+    IntervalJoin,
+    IntervalJoined,
+)
 from aioflow.connectors.base import BadRecord, Sink, SinkWriter, Source, SourceBatch, SourceReader
 from aioflow.connectors.collection import from_iterable
 from aioflow.connectors.files import FileSink, read_jsonl, read_text
@@ -16,23 +23,16 @@ from aioflow.errors import (
     PipelineError,
     UserFunctionTypeError,
 )
-from aioflow.connected import (
-    BroadcastConnectedStreams,
-    BroadcastStream,
-    ConnectedStreams,
-    IntervalJoin,
-    IntervalJoined,
-)
 from aioflow.functions import (
     AggregateFunction,
     BroadcastProcessFunction,
-    KeyedBroadcastProcessFunction,
-    ProcessJoinFunction,
     CoProcessFunction,
+    KeyedBroadcastProcessFunction,
     KeyedCoProcessFunction,
     KeyedProcessFunction,
     OutputTag,
     ProcessFunction,
+    ProcessJoinFunction,
     ProcessWindowFunction,
 )
 from aioflow.graph.plan import Plan

@@ -24,9 +24,10 @@ from aioflow.time.watermarks import WatermarkStrategy
 __all__ = ["App"]
 
 
-def _positive(value: Any, what: str, kind: type = int) -> Any:
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-        raise PipelineError(f"{what} must be a positive {kind.__name__}, got {value!r}")
+def _positive(value: Any, what: str, kinds: tuple[type, ...] = (int,)) -> Any:
+    if isinstance(value, bool) or not isinstance(value, kinds) or float(value) <= 0:
+        unit = "int" if kinds == (int,) else "number"
+        raise PipelineError(f"{what} must be a positive {unit}, got {value!r}")
     return value
 
 
@@ -39,8 +40,8 @@ class App:
     ``channel_capacity`` is each channel's credit, in batches: memory stays bounded by
     channels × capacity × batch size. ``watermark_interval`` (seconds) is how often
     sources emit watermarks; 0 emits one after every source batch, which makes results
-    that depend on watermark timing deterministic (tests, benchmarks). ``state_dir`` and ``checkpoint_interval`` configure
-    persistent state and checkpoints.
+    that depend on watermark timing deterministic (tests, benchmarks). ``state_dir`` and
+    ``checkpoint_interval`` configure persistent state and checkpoints.
     """
 
     def __init__(
@@ -64,7 +65,7 @@ class App:
         self.max_parallelism = _positive(max_parallelism, "max_parallelism")
         self.parallelism = self._check_parallelism(parallelism, "App")
         self.batch_size = _positive(batch_size, "batch_size")
-        self.linger = _positive(linger, "linger", float) if linger else 0.0
+        self.linger = float(_positive(linger, "linger", (int, float))) if linger else 0.0
         self.channel_capacity = _positive(channel_capacity, "channel_capacity")
         if isinstance(watermark_interval, bool) or not isinstance(watermark_interval, (int, float)) \
                 or watermark_interval < 0:

@@ -12,7 +12,6 @@ import importlib.util
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import anyio
 import structlog

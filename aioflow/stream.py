@@ -36,8 +36,8 @@ from aioflow.runtime.writer import BROADCAST, FORWARD, GLOBAL, HASH, REBALANCE
 
 if TYPE_CHECKING:
     from aioflow.app import App
-    from aioflow.connectors.base import Sink
     from aioflow.connected import BroadcastStream, IntervalJoin
+    from aioflow.connectors.base import Sink
     from aioflow.time.watermarks import WatermarkStrategy
     from aioflow.windows.assigners import WindowAssigner
     from aioflow.windows.stream import WindowedStream

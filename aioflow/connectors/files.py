@@ -9,9 +9,9 @@ from __future__ import annotations
 import glob
 import os
 from collections import deque
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
-from collections.abc import Callable
 from typing import IO, Any
 
 import orjson
@@ -229,10 +229,9 @@ class _FileWriter(SinkWriter):
             self._file.flush()
 
     async def close(self) -> None:
-        for split in self._active:
-            if split.file is not None:
-                split.file.close()
-                split.file = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class FileSink(Sink):

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from aioflow.errors import OperatorError, UserFunctionTypeError
 from aioflow.runtime.context import OperatorContext
 from aioflow.runtime.events import MIN_WATERMARK, Batch
-from aioflow.runtime.operators import Operator, _describe
-from aioflow.runtime.process import Collector, UserCall, call_user_open
+from aioflow.runtime.operators import Collector, Operator, _describe
+from aioflow.runtime.process import UserCall, call_user_open
 from aioflow.time.timers import TimerQueue
 
 if TYPE_CHECKING:
@@ -84,11 +84,11 @@ class IntervalJoinOperator(Operator):
         if stamps is None or None in stamps:
             raise UserFunctionTypeError(
                 self.name, "interval joins need event timestamps on both inputs; pass timestamps= to app.source",
-                values[0] if stamps is None else values[stamps.index(None)],
+                values[0] if stamps is None else values[stamps.index(None)],  # type: ignore[arg-type]
             )
         is_left = side == LEFT
         selector = self.left_key if is_left else self.right_key
-        keys = batch.keys if batch.keys is not None else list(map(selector, values))
+        keys = await self.keys_of(batch, selector)
         ours, others = self.buffers[side], self.buffers[RIGHT if is_left else LEFT]
         low, high = (self.lower, self.upper) if is_left else (-self.upper, -self.lower)
         collector = Collector()
@@ -105,11 +105,14 @@ class IntervalJoinOperator(Operator):
             for other_ts, bucket in (others.get(key) or {}).items():
                 if ts + low <= other_ts <= ts + high:
                     for other in bucket:
-                        pairs.append((key, value, other, ts, other_ts) if is_left else (key, other, value, other_ts, ts))
+                        if is_left:
+                            pairs.append((key, value, other, ts, other_ts))
+                        else:
+                            pairs.append((key, other, value, other_ts, ts))
             cleanup = ts + high if high > 0 else ts
             self.timers.add(cleanup, (key, side))
         await self._join(pairs, collector)
-        await self._emit(collector)
+        await self.emit_collected(collector)
         tag = self.late_tags[side]
         if late and tag is not None:
             await self.emit_side(tag, late, late_ts)
@@ -129,12 +132,6 @@ class IntervalJoinOperator(Operator):
             raise
         except Exception as exc:
             raise self.error(_describe(exc, call.fn), (left, right)) from exc
-
-    async def _emit(self, collector: Collector) -> None:
-        if collector.values:
-            await self.out.process(Batch(collector.values, collector.timestamps))
-        for tag, (values, timestamps) in collector.side.items():
-            await self.emit_side(tag, values, timestamps)
 
     async def process_watermark(self, timestamp: int) -> None:
         self.watermark = timestamp

@@ -18,12 +18,14 @@ from itertools import compress
 from typing import TYPE_CHECKING, Any
 
 from aioflow.errors import OperatorError
+from aioflow.functions import OutputTag
 from aioflow.runtime.events import Batch
 
 if TYPE_CHECKING:
     from aioflow.runtime.task import SubtaskEnvironment
 
 __all__ = [
+    "Collector",
     "FanOut",
     "FilterOperator",
     "FlatMapOperator",
@@ -78,6 +80,34 @@ class FanOut(Output):
             await output.end_input()
 
 
+class Collector:
+    """Outputs of one batch or timer round: main values with timestamps, and side outputs
+    (from ``yield tag, value``)."""
+
+    __slots__ = ("side", "timestamps", "values")
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self.timestamps: list[Any] = []
+        self.side: dict[str, tuple[list[Any], list[Any]]] = {}
+
+    def add_all(self, produced: Any, timestamp: Any) -> None:
+        values, timestamps = self.values, self.timestamps
+        for item in produced:
+            if item.__class__ is tuple and len(item) == 2 and item[0].__class__ is OutputTag:
+                side = self.side.get(item[0].name)
+                if side is None:
+                    side = self.side[item[0].name] = ([], [])
+                side[0].append(item[1])
+                side[1].append(timestamp)
+            else:
+                values.append(item)
+                timestamps.append(timestamp)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
 class Operator(Output):
     """Base of runtime operators: forwards everything unchanged.
 
@@ -117,10 +147,38 @@ class Operator(Output):
         if output is not None and values:
             await output.process(Batch(values, timestamps))
 
+    async def emit_collected(self, collector: Collector, with_timestamps: bool = True) -> None:
+        """Send a collector's main outputs downstream and its side outputs to their tags."""
+        if collector.values:
+            await self.out.process(Batch(collector.values, collector.timestamps if with_timestamps else None))
+        for tag, (values, timestamps) in collector.side.items():
+            await self.emit_side(tag, values, timestamps if with_timestamps else None)
+
+    async def call_each(self, fn: Callable[[Any], Any], values: list[Any], *, is_async: bool = False,
+                        what: str = "") -> list[Any]:
+        """``[fn(v) for v in values]``, at C speed for sync functions; if ``fn`` raises, an
+        :class:`OperatorError` names this operator and the record."""
+        out: list[Any] = []
+        try:
+            if is_async:
+                for value in values:
+                    out.append(await fn(value))
+            else:
+                out.extend(map(fn, values))  # on failure, ``out`` holds the results before the bad record
+        except Exception as exc:
+            raise self.error(what + _describe(exc, fn), values[len(out)]) from exc
+        return out
+
+    async def keys_of(self, batch: Batch, key_selector: Callable[[Any], Any]) -> list[Any]:
+        """The batch's keys: carried from the partitioner, or extracted here when chained."""
+        if batch.keys is not None:
+            return batch.keys
+        return await self.call_each(key_selector, batch.values, what="key selector ")
+
 
 def is_async(fn: Callable[..., Any]) -> bool:
     """True for ``async def`` functions and callables whose ``__call__`` is one."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
 def _describe(exc: BaseException, fn: Callable[..., Any]) -> str:
@@ -137,17 +195,7 @@ class MapOperator(Operator):
         self._async = is_async(fn)
 
     async def process(self, batch: Batch) -> None:
-        values = batch.values
-        out: list[Any] = []
-        fn = self.fn
-        try:
-            if self._async:
-                for value in values:
-                    out.append(await fn(value))
-            else:
-                out.extend(map(fn, values))  # on failure, ``out`` holds the results before the bad record
-        except Exception as exc:
-            raise self.error(_describe(exc, fn), values[len(out)]) from exc
+        out = await self.call_each(self.fn, batch.values, is_async=self._async)
         await self.out.process(Batch(out, batch.timestamps))
 
 
@@ -161,16 +209,7 @@ class FilterOperator(Operator):
 
     async def process(self, batch: Batch) -> None:
         values = batch.values
-        mask: list[Any] = []
-        fn = self.fn
-        try:
-            if self._async:
-                for value in values:
-                    mask.append(await fn(value))
-            else:
-                mask.extend(map(fn, values))
-        except Exception as exc:
-            raise self.error(_describe(exc, fn), values[len(mask)]) from exc
+        mask = await self.call_each(self.fn, values, is_async=self._async)
         timestamps = batch.timestamps
         keys = batch.keys
         await self.out.process(
@@ -270,7 +309,7 @@ class RollingReduceOperator(Operator):
 
     async def process(self, batch: Batch) -> None:
         values = batch.values
-        keys = batch.keys if batch.keys is not None else list(map(self.key_selector, values))
+        keys = await self.keys_of(batch, self.key_selector)
         table, fn = self._table, self.fn
         out: list[Any] = []
         append = out.append

@@ -14,16 +14,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aioflow.errors import OperatorError
-from aioflow.functions import OutputTag
 from aioflow.runtime.context import OperatorContext
 from aioflow.runtime.events import Batch
-from aioflow.runtime.operators import Operator, _describe
+from aioflow.runtime.operators import Collector, Operator, _describe
 from aioflow.time.timers import EVENT_TIME, PROCESSING_TIME
 
 if TYPE_CHECKING:
     from aioflow.runtime.task import SubtaskEnvironment
 
-__all__ = ["Collector", "ProcessOperator", "UserCall", "call_user_open"]
+__all__ = ["ProcessOperator", "UserCall", "call_user_open"]
 
 
 class UserCall:
@@ -52,33 +51,6 @@ async def call_user_open(function: Any, ctx: OperatorContext) -> None:
     opened = function.open(ctx)
     if inspect.isawaitable(opened):
         await opened
-
-
-class Collector:
-    """Outputs of one batch or timer round: main values with timestamps, and side outputs."""
-
-    __slots__ = ("side", "timestamps", "values")
-
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-        self.timestamps: list[Any] = []
-        self.side: dict[str, tuple[list[Any], list[Any]]] = {}
-
-    def add_all(self, produced: Any, timestamp: Any) -> None:
-        values, timestamps = self.values, self.timestamps
-        for item in produced:
-            if item.__class__ is tuple and len(item) == 2 and item[0].__class__ is OutputTag:
-                side = self.side.get(item[0].name)
-                if side is None:
-                    side = self.side[item[0].name] = ([], [])
-                side[0].append(item[1])
-                side[1].append(timestamp)
-            else:
-                values.append(item)
-                timestamps.append(timestamp)
-
-    def __len__(self) -> int:
-        return len(self.values)
 
 
 class ProcessOperator(Operator):
@@ -112,19 +84,6 @@ class ProcessOperator(Operator):
         except Exception as exc:
             raise self.error(_describe(exc, self.function.open), None, has_record=False) from exc
 
-    def keys_of(self, batch: Batch, key_selector: Callable[[Any], Any] | None) -> list[Any] | None:
-        """The batch's keys: carried from the partitioner, or extracted here when chained."""
-        if key_selector is None:
-            return None
-        if batch.keys is not None:
-            return batch.keys
-        keys: list[Any] = []
-        try:
-            keys.extend(map(key_selector, batch.values))
-        except Exception as exc:
-            raise self.error(f"key selector {_describe(exc, key_selector)}", batch.values[len(keys)]) from exc
-        return keys
-
     async def process(self, batch: Batch) -> None:
         await self.run_function(batch, self._element, self.key_selector)
 
@@ -132,7 +91,7 @@ class ProcessOperator(Operator):
         """Call ``call`` for each record of ``batch`` with the context set; emit its outputs."""
         values = batch.values
         timestamps = batch.timestamps
-        keys = self.keys_of(batch, key_selector)
+        keys = await self.keys_of(batch, key_selector) if key_selector is not None else None
         ctx = self.ctx
         assert ctx is not None
         collector = Collector()
@@ -151,13 +110,7 @@ class ProcessOperator(Operator):
             raise
         except Exception as exc:
             raise self.error(_describe(exc, fn), value) from exc
-        await self.emit(collector, timestamps is not None)
-
-    async def emit(self, collector: Collector, with_timestamps: bool) -> None:
-        if collector.values:
-            await self.out.process(Batch(collector.values, collector.timestamps if with_timestamps else None))
-        for tag, (values, timestamps) in collector.side.items():
-            await self.emit_side(tag, values, timestamps if with_timestamps else None)
+        await self.emit_collected(collector, timestamps is not None)
 
     async def process_watermark(self, timestamp: int) -> None:
         ctx = self.ctx
@@ -197,7 +150,7 @@ class ProcessOperator(Operator):
                 if produced is not None:
                     collector.add_all(produced, ctx.timestamp)
                     if len(collector) >= batch_size:
-                        await self.emit(collector, event_time)
+                        await self.emit_collected(collector, event_time)
                         collector = Collector()
         except OperatorError:
             raise
@@ -206,7 +159,7 @@ class ProcessOperator(Operator):
                              has_record=False) from exc
         finally:
             ctx.time_domain = EVENT_TIME
-        await self.emit(collector, event_time)
+        await self.emit_collected(collector, event_time)
 
     async def close(self) -> None:
         self.function.close()

@@ -134,7 +134,7 @@ class RecordWriter:
 
     async def _send(self, buffer_index: int, batch: Batch) -> None:
         partitioning = self.partitioning
-        if partitioning == HASH or partitioning == FORWARD or len(self.channels) == 1:
+        if partitioning in (HASH, FORWARD) or len(self.channels) == 1:
             await self.channels[buffer_index].send(batch)
         elif partitioning == REBALANCE:
             target = self._next

@@ -180,7 +180,8 @@ class EventTimeSessionWindows(WindowAssigner):
         return _positive_ms(self.gap_of(element), "dynamic session gap")
 
     def assign_windows(self, element: Any, timestamp: int | None, now: int) -> list[Any]:
-        return [TimeWindow(timestamp, timestamp + self._gap(element))]  # type: ignore[operator]
+        assert timestamp is not None  # the window operator checks event-time records have one
+        return [TimeWindow(timestamp, timestamp + self._gap(element))]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.gap if self.gap_of is None else self.gap_of!r})"

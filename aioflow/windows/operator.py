@@ -27,8 +27,8 @@ from aioflow.errors import OperatorError, UserFunctionTypeError
 from aioflow.functions import OutputTag, ProcessWindowFunction
 from aioflow.runtime.context import OperatorContext
 from aioflow.runtime.events import MAX_WATERMARK, MIN_WATERMARK, Batch
-from aioflow.runtime.operators import Operator, _describe
-from aioflow.runtime.process import Collector, UserCall, call_user_open
+from aioflow.runtime.operators import Collector, Operator, _describe
+from aioflow.runtime.process import UserCall, call_user_open
 from aioflow.state.handles import ValueState
 from aioflow.time.timers import TimerQueue, now_ms
 from aioflow.windows.assigners import TimeWindow, TumblingEventTimeWindows, WindowAssigner, merge_windows
@@ -329,16 +329,6 @@ class WindowOperator(Operator):
 
     # -- records -------------------------------------------------------------------------
 
-    def _keys(self, batch: Batch) -> list[Any]:
-        if batch.keys is not None:
-            return batch.keys
-        keys: list[Any] = []
-        try:
-            keys.extend(map(self.key_selector, batch.values))
-        except Exception as exc:
-            raise self.error(f"key selector {_describe(exc, self.key_selector)}", batch.values[len(keys)]) from exc
-        return keys
-
     async def process(self, batch: Batch) -> None:
         values = batch.values
         stamps = batch.timestamps
@@ -347,9 +337,9 @@ class WindowOperator(Operator):
                 self.name,
                 f"{self.assigner!r} needs event timestamps, but records have none; pass "
                 "timestamps= (and watermarks=) to app.source(...) or use assign_timestamps_and_watermarks",
-                values[stamps.index(None)] if stamps is not None else values[0],
+                values[stamps.index(None)] if stamps is not None else values[0],  # type: ignore[arg-type]
             )
-        keys = self._keys(batch)
+        keys = await self.keys_of(batch, self.key_selector)
         collector = _WindowCollector()
         late: list[Any] = []
         late_ts: list[Any] = []
@@ -600,9 +590,10 @@ class WindowOperator(Operator):
                             values, stamps = collector.values, collector.timestamps
             while cleanup and cleanup[0] <= watermark:
                 start = heappop(cleanup) - lateness + 1 - size
-                pane = panes.pop(start, None)
-                if pane is not None and clear is not None:
-                    self._clear_pane(TimeWindow(start, start + size), pane, clear)
+                if start in panes:
+                    pane = panes.pop(start)
+                    if clear is not None:
+                        self._clear_pane(TimeWindow(start, start + size), pane, clear)
         except OperatorError:
             raise
         except Exception as exc:
@@ -630,10 +621,7 @@ class WindowOperator(Operator):
                     raise self.error(_describe(exc, call.fn), None, has_record=False) from exc
                 if produced is not None:
                     collector.add_all(produced, window.max_timestamp())
-        if collector.values:
-            await self.out.process(Batch(collector.values, collector.timestamps))
-        for tag, (values, timestamps) in collector.side.items():
-            await self.emit_side(tag, values, timestamps)
+        await self.emit_collected(collector)
 
     async def process_watermark(self, timestamp: int) -> None:
         self.watermark = timestamp
