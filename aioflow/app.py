@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import structlog
@@ -25,7 +26,7 @@ __all__ = ["App"]
 
 
 def _positive(value: Any, what: str, kinds: tuple[type, ...] = (int,)) -> Any:
-    if isinstance(value, bool) or not isinstance(value, kinds) or float(value) <= 0:
+    if isinstance(value, bool) or not isinstance(value, kinds) or cast(float, value) <= 0:
         unit = "int" if kinds == (int,) else "number"
         raise PipelineError(f"{what} must be a positive {unit}, got {value!r}")
     return value
@@ -151,7 +152,7 @@ class App:
                     f"iterable, got {type(source).__name__}"
                 )
             source = from_iterable(source)
-        if timestamps is not None and not callable(timestamps):
+        if timestamps is not None and (not callable(timestamps) or inspect.iscoroutinefunction(timestamps)):
             raise PipelineError(f"timestamps= takes a function returning int ms, got {timestamps!r}")
         if watermarks is not None:
             if not isinstance(watermarks, WatermarkStrategy):

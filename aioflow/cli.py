@@ -62,19 +62,27 @@ def load_app(target: str) -> App:
 
 
 async def _run_until_signalled(app: App) -> None:
-    """Run ``app``; SIGINT or SIGTERM asks its sources to stop (the job then drains)."""
+    """Run ``app``. The first SIGINT or SIGTERM asks its sources to stop (the job then
+    drains what is in flight); a second one cancels the job at once."""
     failure: BaseException | None = None
     async with anyio.create_task_group() as group:
+        job = anyio.CancelScope()
 
         async def watch() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
-                    log.info("stop requested", signal=signal.Signals(signum).name, app=app.name)
-                    app.stop()
+                    name = signal.Signals(signum).name
+                    if app._stop:
+                        log.warning("second stop signal: cancelling the job", signal=name, app=app.name)
+                        job.cancel()
+                    else:
+                        log.info("stop requested: draining", signal=name, app=app.name)
+                        app.stop()
 
         group.start_soon(watch)
         try:
-            await app.run_async()
+            with job:
+                await app.run_async()
         except Exception as exc:  # re-raised below, outside the task group, unwrapped
             failure = exc
         group.cancel_scope.cancel()
@@ -129,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     except AppLoadError as exc:
         print(f"aioflow: cannot load app: {exc}", file=sys.stderr)
         return 2
-    except AioflowError as exc:
-        log.error("job failed", app=args.target, error=str(exc), exc_info=exc)
+    except (AioflowError, OSError) as exc:
+        log.error("job failed", app=app.name, error=str(exc), exc_info=exc)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -67,6 +67,8 @@ class ConnectedStreams:
         first_keyed = isinstance(self.first, KeyedStream)
         if first_keyed != isinstance(self.second, KeyedStream):
             raise PipelineError("connect(): key both streams (or neither); one keyed input is ambiguous")
+        if not (inspect.isclass(fn) or isinstance(fn, CoProcessFunction)):
+            raise PipelineError(f"process() takes a CoProcessFunction subclass or instance, got {fn!r}")
         factory = instantiate(fn, CoProcessFunction)
         key1 = self.first.key_selector if first_keyed else None  # type: ignore[attr-defined]
         key2 = self.second.key_selector if first_keyed else None  # type: ignore[attr-defined]

@@ -124,6 +124,7 @@ class ProcessWindowFunction:
     ``context.window`` is the window (``.start`` / ``.end`` for time windows);
     ``context.current_watermark()`` and ``context.current_processing_time()`` tell the
     time. After ``aggregate`` or ``reduce``, ``elements`` holds just the one result.
+    Keyed state declared in ``open(ctx)`` is the state of the firing window's key.
     """
 
     def open(self, ctx: OperatorContext) -> None:

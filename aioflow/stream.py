@@ -57,9 +57,11 @@ def function_name(fn: Any) -> str | None:
     return None if name == "<lambda>" else name
 
 
-def _check_callable(fn: Any, what: str) -> None:
+def _check_callable(fn: Any, what: str, *, sync_only: bool = False) -> None:
     if not callable(fn):
         raise PipelineError(f"{what} takes a function, got {fn!r} ({type(fn).__name__})")
+    if sync_only and (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)):
+        raise PipelineError(f"{what} takes a plain function; {function_name(fn) or fn!r} is async")
 
 
 def instantiate(fn: Any, base: type) -> Callable[[], Any]:
@@ -218,7 +220,7 @@ class Stream:
         from aioflow.time.assigner import TimestampsAndWatermarksOperator
         from aioflow.time.watermarks import WatermarkStrategy
 
-        _check_callable(timestamps, "assign_timestamps_and_watermarks()")
+        _check_callable(timestamps, "assign_timestamps_and_watermarks()", sync_only=True)
         if watermarks is not None and not isinstance(watermarks, WatermarkStrategy):
             raise PipelineError(f"watermarks= takes a WatermarkStrategy, got {watermarks!r}")
         interval = self.app.watermark_interval
@@ -248,7 +250,7 @@ class Stream:
     def key_by(self, key_selector: Callable[[Any], Any]) -> KeyedStream:
         """Partition by ``key_selector(value)``: records with equal keys go to the same
         subtask, in order, and keyed state and timers are per key."""
-        _check_callable(key_selector, "key_by()")
+        _check_callable(key_selector, "key_by()", sync_only=True)
         return KeyedStream(self.app, self.node, partitioning=HASH, key_selector=key_selector,
                            side_tag=self._side_tag)
 
@@ -316,7 +318,7 @@ class KeyedStream(Stream):
         (the key's first record is emitted unchanged). State: one value per key."""
         if fn is None:
             return lambda f: self.reduce(f, name=name, parallelism=parallelism)
-        _check_callable(fn, "reduce()")
+        _check_callable(fn, "reduce()", sync_only=True)
         key_selector = self.key_selector
         node = self._add("reduce", fn, name, parallelism,
                          lambda n: RollingReduceOperator(n, fn, key_selector), stateful=True)

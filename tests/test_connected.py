@@ -212,3 +212,19 @@ def test_interval_join_bounds_are_checked() -> None:
         a.interval_join(a).between(5, 1)
     with pytest.raises(af.PipelineError, match="two keyed streams"):
         app.source([1]).key_by(lambda v: v).interval_join(app.source([2]))  # type: ignore[arg-type]
+
+
+def test_process_broadcast_element_has_no_key_for_timers_or_state() -> None:
+    class Timed(af.KeyedBroadcastProcessFunction):
+        def process_element(self, value, ctx):
+            yield value
+
+        def process_broadcast_element(self, value, ctx):
+            ctx.timer_service.register_event_time_timer(50)
+            yield value
+
+    app = af.App("no-key")
+    out = app.source([1]).key_by(lambda v: v).connect(app.source(["rule"]).broadcast("rules")).process(Timed)
+    out.sink(af.CollectSink())
+    with pytest.raises(af.OperatorError, match="not available in process_broadcast_element"):
+        app.run()

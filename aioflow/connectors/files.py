@@ -17,7 +17,6 @@ from typing import IO, Any
 import orjson
 
 from aioflow.connectors.base import BadRecord, ErrorPolicy, OnError, Sink, SinkWriter, Source, SourceBatch, SourceReader
-from aioflow.errors import BadRecordError
 
 __all__ = ["FileSink", "LinesSource", "read_jsonl", "read_text"]
 
@@ -216,10 +215,9 @@ class _FileWriter(SinkWriter):
                 try:
                     dumps(value, option=option)
                 except TypeError as exc:
-                    raise BadRecordError(
-                        f"FileSink({self._path}): record is not JSON-serialisable ({exc}): {value!r:.200}",
-                        location=str(self._path),
-                    ) from exc
+                    error = TypeError(f"FileSink({self._path}): record is not JSON-serialisable: {exc}")
+                    error.record = value  # type: ignore[attr-defined]  # SinkOperator shows it
+                    raise error from exc
             raise
         assert self._file is not None
         self._file.write(chunk)

@@ -118,7 +118,9 @@ class Plan:
 
     def __str__(self) -> str:
         operators = sum(len(task.nodes) for task in self.tasks)
-        lines = [f"Plan for app {self.app_name!r}: {len(self.tasks)} tasks, {operators} operators"]
+        tasks = len(self.tasks)
+        lines = [f"Plan for app {self.app_name!r}: {tasks} task{'s' * (tasks != 1)}, "
+                 f"{operators} operator{'s' * (operators != 1)}"]
         for task in self.tasks:
             lines.append(f"  task {task.index} [parallelism {task.parallelism}]: {task.chain_description()}")
             for edge in task.outputs:
@@ -161,11 +163,6 @@ def build_plan(app_name: str, nodes: list[Node], default_parallelism: int) -> Pl
     if not nodes:
         raise PipelineError(f"app {app_name!r} has no operators; add a source with app.source(...)")
     parallelism = _resolve_parallelism(nodes, default_parallelism)
-    consumers: dict[int, int] = {}
-    for node in nodes:
-        for edge in node.inputs:
-            consumers[edge.source.id] = consumers.get(edge.source.id, 0) + 1
-
     task_of: dict[int, PlannedTask] = {}
     tasks: list[PlannedTask] = []
     for node in nodes:

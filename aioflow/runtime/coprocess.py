@@ -136,6 +136,25 @@ class BroadcastContext(OperatorContext):
             self.key = saved
 
 
+class _NoKey:
+    """The current key in ``process_broadcast_element``: there is none, so keyed state and
+    timers fail with a message instead of silently using a ``None`` key."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:
+        raise TypeError(
+            "keyed state and timers are not available in process_broadcast_element (it runs for "
+            "no key); use ctx.apply_to_keyed_state(handle, fn) to visit every key's state"
+        )
+
+    def __repr__(self) -> str:
+        return "<no key>"
+
+
+_NO_KEY = _NoKey()
+
+
 class BroadcastProcessOperator(CoProcessOperator):
     """Runs a (Keyed)BroadcastProcessFunction: input 1 is the (keyed) stream, input 2 the
     broadcast stream."""
@@ -160,7 +179,7 @@ class BroadcastProcessOperator(CoProcessOperator):
         ctx = self.ctx
         assert isinstance(ctx, BroadcastContext)
         ctx.broadcast_writable = True
-        saved_key, ctx.key = ctx.key, None
+        saved_key, ctx.key = ctx.key, _NO_KEY
         try:
             await self.run_function(batch, self._element2, None)
         finally:

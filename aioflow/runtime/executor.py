@@ -106,6 +106,7 @@ def _build(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[], bool]
                     key_selector=edge.edge.key_selector,
                     max_parallelism=config.max_parallelism,
                     subtask_index=index,
+                    target=edge.target_node.name,
                 )
             _wire(task, operators, writers)
             chain = [operators[node.id] for node in task.nodes]

@@ -15,7 +15,7 @@ from aioflow.errors import OperatorError, UserFunctionTypeError
 from aioflow.runtime.context import OperatorContext
 from aioflow.runtime.events import MIN_WATERMARK, Batch
 from aioflow.runtime.operators import Collector, Operator, _describe
-from aioflow.runtime.process import UserCall, call_user_open
+from aioflow.runtime.process import UserCall, call_user_close, call_user_open
 from aioflow.time.timers import TimerQueue
 
 if TYPE_CHECKING:
@@ -148,4 +148,4 @@ class IntervalJoinOperator(Operator):
         await self.out.process_watermark(timestamp)
 
     async def close(self) -> None:
-        self.function.close()
+        await call_user_close(self.function)

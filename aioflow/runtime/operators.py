@@ -55,6 +55,7 @@ class Output:
 
 
 DISCARD = Output()
+_MISSING: Any = object()
 
 
 class FanOut(Output):
@@ -273,10 +274,11 @@ class SinkOperator(Operator):
         try:
             await self.writer.write(batch.values)
         except Exception as exc:
+            record = getattr(exc, "record", _MISSING)  # a writer may say which record failed
             raise self.error(
                 f"sink {type(self.sink).__name__} failed writing a batch of {len(batch.values)} records: "
                 f"{type(exc).__name__}: {exc}",
-                batch.values[0] if batch.values else None,
+                record, has_record=record is not _MISSING,
             ) from exc
 
     async def process_watermark(self, timestamp: int) -> None:
@@ -324,5 +326,3 @@ class RollingReduceOperator(Operator):
             raise self.error(_describe(exc, fn), value) from exc
         await self.out.process(Batch(out, batch.timestamps))
 
-
-_MISSING = object()

@@ -22,7 +22,7 @@ from aioflow.time.timers import EVENT_TIME, PROCESSING_TIME
 if TYPE_CHECKING:
     from aioflow.runtime.task import SubtaskEnvironment
 
-__all__ = ["ProcessOperator", "UserCall", "call_user_open"]
+__all__ = ["ProcessOperator", "UserCall", "call_user_close", "call_user_open"]
 
 
 class UserCall:
@@ -48,9 +48,17 @@ class UserCall:
 
 
 async def call_user_open(function: Any, ctx: OperatorContext) -> None:
+    """``function.open(ctx)``, awaited if it is ``async def``."""
     opened = function.open(ctx)
     if inspect.isawaitable(opened):
         await opened
+
+
+async def call_user_close(function: Any) -> None:
+    """``function.close()``, awaited if it is ``async def``."""
+    closed = function.close()
+    if inspect.isawaitable(closed):
+        await closed
 
 
 class ProcessOperator(Operator):
@@ -162,4 +170,4 @@ class ProcessOperator(Operator):
         await self.emit_collected(collector, event_time)
 
     async def close(self) -> None:
-        self.function.close()
+        await call_user_close(self.function)

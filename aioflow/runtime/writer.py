@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from aioflow.errors import OperatorError
 from aioflow.runtime.channel import Channel
 from aioflow.runtime.events import Batch
 from aioflow.runtime.keygroups import key_group, subtask_for_key_group
@@ -78,6 +79,7 @@ class RecordWriter:
         key_selector: Callable[[Any], Any] | None = None,
         max_parallelism: int = 128,
         subtask_index: int = 0,
+        target: str = "",
     ) -> None:
         self.channels = channels
         self.partitioning = partitioning
@@ -89,6 +91,20 @@ class RecordWriter:
         per_channel = partitioning == HASH
         self._buffers = [_Buffer() for _ in channels] if per_channel else [_Buffer()]
         self._routes: dict[Any, int] = {}
+        self._target = target
+
+    def _keys(self, values: list[Any]) -> list[Any]:
+        keys: list[Any] = []
+        try:
+            keys.extend(map(self._key_selector, values))  # type: ignore[arg-type]
+        except Exception as exc:
+            fn = self._key_selector
+            raise OperatorError(
+                self._target,
+                f"key selector {getattr(fn, '__qualname__', fn)} raised {type(exc).__name__}: {exc}",
+                values[len(keys)],
+            ) from exc
+        return keys
 
     async def emit(self, batch: Batch) -> None:
         if self.partitioning == HASH and len(self.channels) > 1:
@@ -97,7 +113,7 @@ class RecordWriter:
         buffer = self._buffers[0]
         keys = None
         if self.partitioning == HASH:  # one channel: no routing, but the receiver wants the keys
-            keys = list(map(self._key_selector, batch.values))  # type: ignore[arg-type]
+            keys = self._keys(batch.values)
         if not buffer.values and len(batch.values) >= self.batch_size:
             await self._send(0, Batch(batch.values, batch.timestamps, keys))
             return
@@ -107,7 +123,7 @@ class RecordWriter:
 
     async def _emit_hashed(self, batch: Batch) -> None:
         values = batch.values
-        keys = list(map(self._key_selector, values))  # type: ignore[arg-type]
+        keys = self._keys(values)
         routes = self._routes
         if len(routes) > _ROUTE_CACHE_LIMIT:
             routes.clear()

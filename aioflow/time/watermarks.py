@@ -203,6 +203,16 @@ class SourceWatermarks:
                     )
         return stamps
 
+    def track(self, active_splits: list[str]) -> None:
+        """Follow the reader's splits: a finished split stops holding the watermark back;
+        a split that has produced nothing yet holds it (until it produces or goes idle)."""
+        if self.strategy is None:
+            return
+        for gone in [name for name in self._splits if name not in active_splits]:
+            del self._splits[gone]
+        for name in active_splits:
+            self._split(name)
+
     def on_batch(self, split: str, records: list[Any]) -> tuple[list[int], list[tuple[int, int]]]:
         """Timestamps of a batch read from ``split``, and where the watermark advanced inside
         it: ``[(index, watermark), ...]``, the watermark to emit after ``records[:index]``
@@ -230,6 +240,7 @@ class SourceWatermarks:
         """Send ``records`` to ``target`` with their timestamps, and any watermark a
         per-event generator emitted right after the record that caused it (and, with
         ``interval_ms == 0``, the watermark over ``active_splits`` after the batch)."""
+        self.track(active_splits)
         stamps, cuts = self.on_batch(split, records)
         start = 0
         for end, watermark in cuts:
@@ -252,11 +263,8 @@ class SourceWatermarks:
         if idle_change is not None:
             await target.process_watermark_status(idle_change)
 
-    def combined(self, active_splits: list[str] | None = None) -> tuple[bool | None, int | None]:
-        """(idleness change, advanced watermark) over the reader's current splits."""
-        if active_splits is not None:
-            for gone in [name for name in self._splits if name not in active_splits]:
-                del self._splits[gone]
+    def combined(self) -> tuple[bool | None, int | None]:
+        """(idleness change, advanced watermark) over the tracked splits."""
         states = list(self._splits.values())
         active = [s.output.watermark for s in states if not s.output.idle]
         idle_change: bool | None = None
@@ -273,11 +281,9 @@ class SourceWatermarks:
     def on_periodic(self, now: int, active_splits: list[str]) -> tuple[bool | None, int | None]:
         """Periodic emission: ask every split's generator, apply idleness, combine."""
         timeout = self.strategy.idle_timeout if self.strategy is not None else None
-        for name in active_splits:
-            if self.strategy is not None:
-                self._split(name)
+        self.track(active_splits)
         for state in self._splits.values():
             state.generator.on_periodic_emit(state.output)
             if timeout is not None and now - state.last_event >= timeout:
                 state.output.idle = True
-        return self.combined(active_splits)
+        return self.combined()

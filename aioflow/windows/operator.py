@@ -28,7 +28,7 @@ from aioflow.functions import OutputTag, ProcessWindowFunction
 from aioflow.runtime.context import OperatorContext
 from aioflow.runtime.events import MAX_WATERMARK, MIN_WATERMARK, Batch
 from aioflow.runtime.operators import Collector, Operator, _describe
-from aioflow.runtime.process import UserCall, call_user_open
+from aioflow.runtime.process import UserCall, call_user_close, call_user_open
 from aioflow.state.handles import ValueState
 from aioflow.time.timers import TimerQueue, now_ms
 from aioflow.windows.assigners import TimeWindow, TumblingEventTimeWindows, WindowAssigner, merge_windows
@@ -257,6 +257,7 @@ class WindowOperator(Operator):
         else:
             context = self.window_ctx
             context.window, context.key = window, key
+            self.ctx.key = key  # keyed state declared in open() belongs to this key
             produced = call.fn(key, context, inputs)
             if produced is not None:
                 collector.add_all(produced, window.max_timestamp())
@@ -511,14 +512,12 @@ class WindowOperator(Operator):
     def _on_timer(self, time: int, key: Any, window: Any, event_time: bool, collector: _WindowCollector) -> None:
         if self.assigner.is_merging and window not in self.sessions.get(key, ()):
             return  # the window was merged into another one
-        namespace = (key, window)
         ctx = self.trigger_ctx._at(key, window)
-        if namespace in self.contents:
-            if event_time:
-                result = self.trigger.on_event_time(time, window, ctx)
-            else:
-                result = self.trigger.on_processing_time(time, window, ctx)
-            self._act(result, key, window, collector)
+        if event_time:  # asked even when the window is empty (a trigger may re-arm), as in Flink
+            result = self.trigger.on_event_time(time, window, ctx)
+        else:
+            result = self.trigger.on_processing_time(time, window, ctx)
+        self._act(result, key, window, collector)
         if event_time == self.assigner.is_event_time and time == self._cleanup_time(window):
             self._clear_all(key, window)
 
@@ -573,8 +572,9 @@ class WindowOperator(Operator):
                     continue
                 context.window = window
                 values, stamps = collector.values, collector.timestamps
+                ctx = self.ctx
                 for key, current in pane.items():  # _emit inlined for a sync window function
-                    context.key = key
+                    context.key = ctx.key = key
                     produced = sync_fn(key, context, [get_result(current)] if get_result else [current])
                     if produced is not None:
                         before = len(values)
@@ -615,6 +615,7 @@ class WindowOperator(Operator):
             context = self.window_ctx
             for key, window, inputs in collector.pending:
                 context.window, context.key = window, key
+                self.ctx.key = key
                 try:
                     produced = await call.call_async(key, context, inputs)
                 except Exception as exc:
@@ -641,7 +642,9 @@ class WindowOperator(Operator):
     async def end_input(self) -> None:
         """Bounded input ended: processing-time windows fire with what they hold (instead of
         being dropped), so a finished job never loses a window."""
-        await self._fire(self.processing_timers.pop_due(MAX_WATERMARK), False)
+        pending = list(self.processing_timers.pop_due(MAX_WATERMARK))
+        self.processing_timers = TimerQueue()  # what firing registers now would never come
+        await self._fire(iter(pending), False)
         if self.late_records_dropped:
             log.warning("late records dropped", operator=self.name, count=self.late_records_dropped,
                         hint="use side_output_late_data(tag) to keep them, or allowed_lateness(ms)")
@@ -649,4 +652,4 @@ class WindowOperator(Operator):
 
     async def close(self) -> None:
         if self.window_function is not None:
-            self.window_function.close()
+            await call_user_close(self.window_function)

@@ -7,6 +7,7 @@ which add the window operator and return its output stream.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -88,8 +89,8 @@ class WindowedStream:
         parallelism: int | None = None,
     ) -> Stream:
         """Incremental reduce: the window keeps ``fn(fn(a, b), c)...`` only."""
-        if not callable(fn):
-            raise PipelineError(f"reduce() takes a function of two values, got {fn!r}")
+        if not callable(fn) or inspect.iscoroutinefunction(fn):
+            raise PipelineError(f"reduce() takes a plain function of two values, got {fn!r}")
         return self._build(REDUCE, lambda: fn, fn, window_function, name, parallelism)
 
     def process(self, fn: Any, *, name: str | None = None, parallelism: int | None = None) -> Stream:

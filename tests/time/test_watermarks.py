@@ -192,3 +192,18 @@ def test_strategy_arguments_are_checked() -> None:
         af.BoundedOutOfOrderness(-1)
     with pytest.raises(ValueError, match="idle_timeout"):
         af.BoundedOutOfOrderness(10, idle_timeout=0)
+
+
+def test_a_split_that_has_produced_nothing_yet_holds_the_watermark(tmp_path) -> None:
+    import orjson
+
+    (tmp_path / "1.jsonl").write_bytes(orjson.dumps(["tick", 100]) + b"\n" + orjson.dumps(["x", 101]) + b"\n")
+    (tmp_path / "2.jsonl").write_bytes(orjson.dumps(["x", 5]) + b"\n")
+    late = af.OutputTag("late")
+    app = af.App("splits", watermark_interval=60.0)
+    events = app.source(af.read_jsonl(str(tmp_path / "*.jsonl")), timestamps=lambda r: r[1], watermarks=Punctuated())
+    windows = events.key_by(lambda r: "k").window(af.TumblingEventTimeWindows(10)).side_output_late_data(late)
+    out = windows.aggregate(Count(), WindowOf())
+    main, late_records = run_collect(out, out.get_side_output(late))
+    assert late_records == []  # file 1's watermark (100) waited for file 2
+    assert main == [("k", 0, 1), ("k", 100, 2)]

@@ -235,3 +235,34 @@ def test_fast_and_generic_paths_agree_on_random_out_of_order_input(seed: int) ->
 
     for kind in ("aggregate", "reduce", "process"):
         assert run(None, kind) == run(GenericTrigger(), kind), kind
+
+
+def test_timers_reach_the_trigger_even_when_the_window_is_empty() -> None:
+    # PurgingTrigger(ContinuousEventTimeTrigger) empties the window at each firing; the
+    # continuous trigger must still re-arm on the next (empty) interval, as in Flink.
+    rows = [("k", ts, ts) for ts in (1_000, 15_000, 35_000, 45_000, 52_000, 70_000)]
+    windowed = keyed(rows).window(af.TumblingEventTimeWindows(60_000))
+    windowed = windowed.trigger(af.PurgingTrigger(af.ContinuousEventTimeTrigger(10_000)))
+    out = run_collect(windowed.process(lambda key, ctx, elements: [[r[2] for r in elements]], name="p"))
+    assert out == [[1_000, 15_000], [35_000], [45_000], [52_000], [70_000]]
+
+
+def test_keyed_state_in_a_window_function_belongs_to_the_firing_key() -> None:
+    class Firings(af.ProcessWindowFunction):
+        def open(self, ctx):
+            self.fired = ctx.value_state("fired", default=0)
+
+        def process(self, key, context, elements):
+            self.fired.update(self.fired.value() + 1)
+            yield (key, context.window.start, self.fired.value())
+
+    rows = [("a", 1, 0), ("b", 2, 0), ("a", 11, 0), ("b", 12, 0)]
+    out = run_collect(keyed(rows).window(af.TumblingEventTimeWindows(10)).aggregate(Count(), Firings()))
+    assert sorted(out) == [("a", 0, 1), ("a", 10, 2), ("b", 0, 1), ("b", 10, 2)]
+
+
+def test_continuous_processing_time_trigger_fires_once_at_end_of_input() -> None:
+    app = af.App("cont-proc")
+    windowed = app.source([1, 2, 3]).key_by(lambda n: 0).window(af.GlobalWindows())
+    windowed = windowed.trigger(af.ContinuousProcessingTimeTrigger(1_000))
+    assert run_collect(windowed.aggregate(Count()), timeout=10) == [3]
