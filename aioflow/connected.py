@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -67,9 +66,7 @@ class ConnectedStreams:
         first_keyed = isinstance(self.first, KeyedStream)
         if first_keyed != isinstance(self.second, KeyedStream):
             raise PipelineError("connect(): key both streams (or neither); one keyed input is ambiguous")
-        if not (inspect.isclass(fn) or isinstance(fn, CoProcessFunction)):
-            raise PipelineError(f"process() takes a CoProcessFunction subclass or instance, got {fn!r}")
-        factory = instantiate(fn, CoProcessFunction)
+        factory = instantiate(fn, CoProcessFunction, method=None)
         key1 = self.first.key_selector if first_keyed else None  # type: ignore[attr-defined]
         key2 = self.second.key_selector if first_keyed else None  # type: ignore[attr-defined]
         return _add_two_input(self.first, self.second, "co_process", fn, name, parallelism,
@@ -97,19 +94,12 @@ class BroadcastConnectedStreams:
 
     def process(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None) -> Any:
         """Run a KeyedBroadcastProcessFunction (keyed input) or BroadcastProcessFunction."""
-        from aioflow.stream import KeyedStream
+        from aioflow.stream import KeyedStream, instantiate
 
         if fn is None:
             return lambda f: self.process(f, name=name, parallelism=parallelism)
         keyed = isinstance(self.stream, KeyedStream)
-        base = KeyedBroadcastProcessFunction if keyed else BroadcastProcessFunction
-        if inspect.isclass(fn) and not issubclass(fn, BroadcastProcessFunction):
-            raise PipelineError(f"{fn.__name__} must subclass aioflow.{base.__name__}")
-        if not inspect.isclass(fn) and not isinstance(fn, BroadcastProcessFunction):
-            raise PipelineError(f"process() takes a {base.__name__} subclass or instance, got {fn!r}")
-        import copy
-
-        factory = fn if inspect.isclass(fn) else (lambda: copy.deepcopy(fn))
+        factory = instantiate(fn, KeyedBroadcastProcessFunction if keyed else BroadcastProcessFunction, method=None)
         key = self.stream.key_selector if keyed else None  # type: ignore[attr-defined]
         names = self.broadcast.state_names
         return _add_two_input(self.stream, self.broadcast.stream, "broadcast_process", fn, name, parallelism,

@@ -64,24 +64,22 @@ def _check_callable(fn: Any, what: str, *, sync_only: bool = False) -> None:
         raise PipelineError(f"{what} takes a plain function; {function_name(fn) or fn!r} is async")
 
 
-def instantiate(fn: Any, base: type) -> Callable[[], Any]:
-    """A factory giving each subtask its own function object (a class is instantiated, an
-    instance copied, a plain function wrapped as ``process_element``)."""
+def instantiate(fn: Any, base: type, *, method: str | None = "process_element",
+                what: str = "process()") -> Callable[[], Any]:
+    """A factory giving each subtask its own function object: a ``base`` subclass is
+    instantiated, an instance deep-copied, and a plain function (when ``method`` is given)
+    becomes that method of a ``base`` subclass."""
     if inspect.isclass(fn):
         if not issubclass(fn, base):
-            raise PipelineError(f"{fn.__name__} must subclass aioflow.{base.__name__}")
+            raise PipelineError(f"{what}: {fn.__name__} must subclass aioflow.{base.__name__}")
         return fn
     if isinstance(fn, base):
         return lambda: copy.deepcopy(fn)
-    if callable(fn):
+    if method is not None and callable(fn):
         wrapped = fn
-
-        class _FunctionAsProcess(base):  # type: ignore[misc, valid-type]
-            process_element = staticmethod(wrapped)
-
-        _FunctionAsProcess.__name__ = function_name(fn) or "process"
-        return _FunctionAsProcess
-    raise PipelineError(f"process() takes a {base.__name__} subclass, instance or function, got {fn!r}")
+        function_class = type(function_name(fn) or base.__name__, (base,), {method: staticmethod(wrapped)})
+        return function_class
+    raise PipelineError(f"{what} takes a {base.__name__} subclass or instance, got {fn!r}")
 
 
 class Stream:

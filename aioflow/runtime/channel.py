@@ -56,9 +56,6 @@ class Channel:
         self._gate = gate
         self._index = index
 
-    def has_credit(self) -> bool:
-        return len(self._buffer) < self._capacity
-
     def send_nowait(self, message: Any) -> None:
         """Append ``message``; raises :class:`anyio.WouldBlock` when the receiver has no credit left."""
         if len(self._buffer) >= self._capacity:

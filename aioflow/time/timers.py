@@ -65,15 +65,6 @@ class TimerQueue:
                 for key in keys:
                     yield timestamp, key
 
-    def __len__(self) -> int:
-        return sum(len(keys) for keys in self._by_time.values())
-
-    def items(self) -> Iterator[tuple[int, Any]]:
-        """Every pending ``(timestamp, key)``, in timestamp order (for snapshots)."""
-        for timestamp in sorted(self._by_time):
-            for key in self._by_time[timestamp]:
-                yield timestamp, key
-
 
 class TimerService:
     """``ctx.timer_service``: timers for the current key, and the current times.

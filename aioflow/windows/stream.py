@@ -7,12 +7,14 @@ which add the window operator and return its output stream.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aioflow.errors import PipelineError
 from aioflow.functions import AggregateFunction, OutputTag, ProcessWindowFunction
+from aioflow.stream import instantiate
 from aioflow.windows.assigners import WindowAssigner
 from aioflow.windows.evictors import Evictor
 from aioflow.windows.operator import AGGREGATE, PROCESS, REDUCE, WindowOperator
@@ -77,7 +79,7 @@ class WindowedStream:
     ) -> Stream:
         """Incremental aggregation with an :class:`AggregateFunction`: the window keeps one
         accumulator. ``window_function`` (a :class:`ProcessWindowFunction`) receives the result."""
-        make_agg = _factory(aggregate, AggregateFunction, "aggregate()")
+        make_agg = instantiate(aggregate, AggregateFunction, method=None, what="aggregate()")
         return self._build(AGGREGATE, make_agg, aggregate, window_function, name, parallelism)
 
     def reduce(
@@ -104,8 +106,8 @@ class WindowedStream:
         from aioflow.stream import Stream, function_name
 
         make_window_fn = (
-            _factory(window_function, ProcessWindowFunction, "window_function") if window_function is not None
-            else lambda: None
+            instantiate(window_function, ProcessWindowFunction, method="process", what="window_function")
+            if window_function is not None else lambda: None
         )
         keyed = self._keyed
         derived = function_name(named_by) if named_by is not None else None
@@ -132,28 +134,4 @@ class WindowedStream:
 
 
 def _copy(trigger: Trigger | None) -> Trigger | None:
-    import copy
-
     return copy.deepcopy(trigger)
-
-
-def _factory(fn: Any, base: type, what: str) -> Callable[[], Any]:
-    """Each subtask gets its own function object: a class is instantiated, an instance copied,
-    a plain function (for ProcessWindowFunction) wrapped as ``process``."""
-    import copy
-    import inspect
-
-    if inspect.isclass(fn):
-        if not issubclass(fn, base):
-            raise PipelineError(f"{what}: {fn.__name__} must subclass aioflow.{base.__name__}")
-        return fn
-    if isinstance(fn, base):
-        return lambda: copy.deepcopy(fn)
-    if base is ProcessWindowFunction and callable(fn):
-        wrapped = fn
-
-        class _FunctionAsWindowFunction(ProcessWindowFunction):
-            process = staticmethod(wrapped)  # type: ignore[assignment]
-
-        return _FunctionAsWindowFunction
-    raise PipelineError(f"{what} takes a {base.__name__} subclass or instance, got {fn!r}")
