@@ -75,3 +75,29 @@ def test_help_for_each_command() -> None:
 
 def test_bad_log_level_is_rejected() -> None:
     assert main(["plan", "examples/orders.py:app", "--log-level", "loud"]) == 2
+
+
+def test_sigterm_stops_an_endless_job_which_drains_and_exits_cleanly(tmp_path: Path) -> None:
+    import os
+    import select
+    import signal
+
+    (tmp_path / "endless.py").write_text(
+        "import anyio\nimport aioflow as af\n"
+        "async def ticks():\n    i = 0\n    while True:\n        yield i\n        i += 1\n        await anyio.sleep(0.01)\n"
+        "app = af.App('endless')\napp.source(af.from_iterable(ticks())).map(lambda i: i * 2).sink(af.PrintSink())\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aioflow", "run", "endless.py:app", "--log-format", "json"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 60)  # bounded wait for the first output
+        assert ready, "the job printed nothing"
+        assert process.stdout is not None and process.stdout.readline().strip() == "0"
+        os.kill(process.pid, signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert '"stop requested: draining"' in err and '"job finished"' in err

@@ -46,9 +46,7 @@ class _PrintWriter(SinkWriter):
         stream = self._stream or sys.stdout
         prefix = self._prefix
         stream.write("".join(f"{prefix}{value}\n" for value in values))
-
-    async def flush(self) -> None:
-        (self._stream or sys.stdout).flush()
+        stream.flush()  # a worker's output shows up as it happens, not when a buffer fills
 
 
 class PrintSink(Sink):
