@@ -1,17 +1,29 @@
 """Helpers for testing pipelines with pytest.
 
-They run the real job, every operator and every sink of the app included; they only add
-a :class:`CollectSink` to the streams you want to look at, and remove it afterwards::
+:func:`run_collect` runs the real job, every operator and every sink of the app
+included; it only adds a :class:`CollectSink` to the streams you want to look at, and
+removes it afterwards::
 
     from aioflow.testing import replace_source, run_collect
 
     def test_big_orders():
         replace_source(app, "orders", af.from_iterable([{"amount": 5}, {"amount": 50}]))
         assert run_collect(big_orders) == [{"amount": 50}]
+
+:class:`ProcessFunctionHarness` drives one process function by hand, record by record
+and watermark by watermark, as Flink's operator test harnesses do::
+
+    async def test_inactivity_timer():
+        async with ProcessFunctionHarness(Inactivity, key_selector=lambda e: e["user"]) as h:
+            await h.process_element({"user": "a"}, timestamp=1_000)
+            await h.process_watermark(31_000)
+            assert h.output == [(("a", 1), 31_000)]
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -20,9 +32,15 @@ from aioflow.app import App
 from aioflow.connectors.base import Source
 from aioflow.connectors.sinks import CollectSink
 from aioflow.errors import PipelineError
-from aioflow.stream import Stream
+from aioflow.functions import OutputTag, ProcessFunction
+from aioflow.runtime.events import Batch
+from aioflow.runtime.operators import Output
+from aioflow.runtime.process import ProcessOperator
+from aioflow.runtime.task import SubtaskEnvironment
+from aioflow.state.backend import MemoryStateBackend
+from aioflow.stream import Stream, instantiate
 
-__all__ = ["replace_source", "run_collect", "run_collect_async"]
+__all__ = ["ProcessFunctionHarness", "replace_source", "run_collect", "run_collect_async"]
 
 
 def _app_of(streams: tuple[Stream, ...]) -> App:
@@ -74,3 +92,74 @@ def replace_source(app: App, name: str, source: Source) -> None:
             return
     sources = [node.name for node in app._nodes if node.source is not None]
     raise PipelineError(f"app {app.name!r} has no source named {name!r}; its sources are {sources}")
+
+
+class _Recorder(Output):
+    def __init__(self) -> None:
+        self.records: list[tuple[Any, int | None]] = []
+
+    async def process(self, batch: Batch) -> None:
+        timestamps = batch.timestamps if batch.timestamps is not None else [None] * len(batch.values)
+        self.records.extend(zip(batch.values, timestamps, strict=True))
+
+
+class _Sides(dict[str, _Recorder]):
+    """Side outputs that record every tag, whether or not anyone asked for it yet."""
+
+    def get(self, tag: str, default: Any = None) -> _Recorder:  # type: ignore[override]
+        recorder = super().get(tag)
+        if recorder is None:
+            recorder = self[tag] = _Recorder()
+        return recorder
+
+
+class ProcessFunctionHarness:
+    """Runs one (Keyed)ProcessFunction outside a job: feed records and watermarks, read
+    outputs as ``(value, timestamp)`` pairs. Timers, keyed state and side outputs work as
+    in a job. Use it as ``async with``: ``open`` runs on entry, ``close`` on exit."""
+
+    def __init__(self, function: Any, *, key_selector: Callable[[Any], Any] | None = None) -> None:
+        self._operator = ProcessOperator(
+            getattr(function, "__name__", type(function).__name__),
+            instantiate(function, ProcessFunction)(),
+            key_selector,
+        )
+        self._main = _Recorder()
+        self._operator.out = self._main
+        self._sides = _Sides()
+        self._operator.side_outputs = self._sides  # type: ignore[assignment]
+
+    async def __aenter__(self) -> ProcessFunctionHarness:
+        env = SubtaskEnvironment("harness", 0, 1, 128, 1024, MemoryStateBackend())
+        await self._operator.open(env)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._operator.close()
+
+    @property
+    def output(self) -> list[tuple[Any, int | None]]:
+        """Main outputs so far, as ``(value, timestamp)``."""
+        return self._main.records
+
+    def side_output(self, tag: OutputTag) -> list[tuple[Any, int | None]]:
+        """What was sent to side output ``tag`` so far."""
+        return self._sides.get(tag.name).records
+
+    async def process_element(self, value: Any, timestamp: int | None = None) -> None:
+        """One record with event time ``timestamp``."""
+        await self.process_elements([value], [timestamp] if timestamp is not None else None)
+
+    async def process_elements(self, values: list[Any], timestamps: list[int] | None = None) -> None:
+        """Several records at once, as one batch."""
+        await self._operator.process(Batch(list(values), list(timestamps) if timestamps is not None else None))
+
+    async def process_watermark(self, timestamp: int) -> None:
+        """Advance event time: event-time timers up to ``timestamp`` fire."""
+        await self._operator.process_watermark(timestamp)
+
+    async def fire_processing_time(self, now: int) -> None:
+        """Fire the processing-time timers due at wall-clock time ``now`` (epoch ms)."""
+        await self._operator.on_processing_time(now)

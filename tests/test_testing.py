@@ -41,3 +41,33 @@ async def test_run_collect_async_times_out_on_endless_input() -> None:
     stream = app.source(af.from_iterable(forever()))
     with pytest.raises(TimeoutError):
         await run_collect_async(stream, timeout=0.5)
+
+
+class Inactivity(af.KeyedProcessFunction):
+    def open(self, ctx):
+        self.count = ctx.value_state("count", default=0)
+
+    def process_element(self, value, ctx):
+        self.count.update(self.count.value() + 1)
+        ctx.timer_service.register_event_time_timer(ctx.timestamp + 30_000)
+        if value.get("suspicious"):
+            yield af.OutputTag("suspicious"), value
+
+    def on_timer(self, timestamp, ctx):
+        yield (ctx.key, self.count.value())
+        self.count.clear()
+
+
+async def test_harness_drives_a_function_with_explicit_watermarks() -> None:
+    from aioflow.testing import ProcessFunctionHarness
+
+    async with ProcessFunctionHarness(Inactivity, key_selector=lambda e: e["user"]) as harness:
+        await harness.process_element({"user": "a"}, timestamp=1_000)
+        await harness.process_element({"user": "a", "suspicious": True}, timestamp=2_000)
+        await harness.process_element({"user": "b"}, timestamp=5_000)
+        await harness.process_watermark(31_000)
+        assert harness.output == [(("a", 2), 31_000)]
+        await harness.process_watermark(40_000)
+        # the 31_000 timer cleared a's count; the 32_000 one still fires (as in Flink)
+        assert harness.output == [(("a", 2), 31_000), (("a", 0), 32_000), (("b", 1), 35_000)]
+        assert harness.side_output(af.OutputTag("suspicious")) == [({"user": "a", "suspicious": True}, 2_000)]
