@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aioflow: cannot load app: {exc}", file=sys.stderr)
         return 2
     except (AioflowError, OSError) as exc:
-        log.error("job failed", app=app.name, error=str(exc), exc_info=exc)
+        log.error("job failed", app=args.target, error=str(exc), exc_info=exc)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -71,7 +71,7 @@ class OperatorError(AioflowError):
 
     def __init__(self, operator: str, message: str, record: Any = None, *, has_record: bool = True) -> None:
         self.operator = operator
-        self.record = record
+        self.record = record if has_record else None
         detail = f"operator {operator!r}: {message}"
         if has_record:
             detail += f"\n  record: {truncated_repr(record)}"

@@ -228,3 +228,17 @@ def test_process_broadcast_element_has_no_key_for_timers_or_state() -> None:
     out.sink(af.CollectSink())
     with pytest.raises(af.OperatorError, match="not available in process_broadcast_element"):
         app.run()
+
+
+def test_interval_join_pairs_within_the_bounds():
+    app = af.App("ij", batch_size=1, watermark_interval=0)
+    left = app.source([("k", 10), ("k", 20)], name="L", timestamps=lambda r: r[1],
+                      watermarks=af.MonotonousTimestamps())
+    right = app.source([("k", 8), ("k", 12), ("k", 25)], name="R", timestamps=lambda r: r[1],
+                       watermarks=af.MonotonousTimestamps())
+
+    def pair(l, r, ctx):
+        yield (l[1], r[1])
+
+    j = left.key_by(lambda r: r[0]).interval_join(right.key_by(lambda r: r[0])).between(-2, 5).process(pair, name="j")
+    assert sorted(run_collect(j, timeout=5)) == [(10, 8), (10, 12), (20, 25)]

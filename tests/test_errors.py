@@ -8,6 +8,8 @@ import anyio
 import pytest
 
 import aioflow as af
+from aioflow.errors import OperatorError
+from aioflow.testing import run_collect
 
 
 def _boom(x: int) -> int:
@@ -92,3 +94,26 @@ def test_keyed_state_on_unkeyed_stream_is_a_clear_error() -> None:
     app.source([1]).process(Stateful).sink(af.CollectSink())
     with pytest.raises(af.OperatorError, match="needs a keyed stream"):
         app.run()
+
+
+def _boom_at_50(x):
+    if x == 50:
+        raise ValueError("bad")
+    return x
+
+
+def test_downstream_failure_under_backpressure_fails_job():
+    app = af.App("err", batch_size=1, channel_capacity=1, watermark_interval=0)
+    out = app.source(range(10_000)).map(_boom_at_50, name="boom", parallelism=2)
+    with pytest.raises(OperatorError):
+        run_collect(out, timeout=5)
+
+
+def test_failure_in_async_source_fails_job():
+    async def gen():
+        yield 1
+        raise RuntimeError("source broke")
+    app = af.App("err2", batch_size=1, watermark_interval=0)
+    out = app.source(af.from_iterable(gen())).map(lambda x: x, name="m", parallelism=2)
+    with pytest.raises(RuntimeError, match="source broke"):
+        run_collect(out, timeout=5)

@@ -145,7 +145,7 @@ class IntervalJoinOperator(Operator):
                 by_time.pop(buffered, None)
                 if not by_time:
                     del self.buffers[side][key]
-        await self.out.process_watermark(timestamp)
+        await self.forward_watermark(timestamp)
 
     async def close(self) -> None:
         await call_user_close(self.function)

@@ -126,16 +126,31 @@ class Operator(Output):
         self.env = env
 
     async def process(self, batch: Batch) -> None:
-        await self.out.process(batch)
+        # Keys travel only from a hash partitioner to the operator it feeds; past that
+        # operator they would be stale (the next key_by may key differently).
+        await self.out.process(batch if batch.keys is None else Batch(batch.values, batch.timestamps))
 
     async def process_watermark(self, timestamp: int) -> None:
-        await self.out.process_watermark(timestamp)
+        await self.forward_watermark(timestamp)
 
     async def process_watermark_status(self, idle: bool) -> None:
         await self.out.process_watermark_status(idle)
+        for side in self.side_outputs.values():
+            await side.process_watermark_status(idle)
 
     async def end_input(self) -> None:
+        await self.forward_end_input()
+
+    async def forward_watermark(self, timestamp: int) -> None:
+        """Send a watermark on: to the main output and every side output, as in Flink."""
+        await self.out.process_watermark(timestamp)
+        for side in self.side_outputs.values():
+            await side.process_watermark(timestamp)
+
+    async def forward_end_input(self) -> None:
         await self.out.end_input()
+        for side in self.side_outputs.values():
+            await side.end_input()
 
     async def close(self) -> None:
         """Release resources; called once, also when the job fails."""
@@ -212,13 +227,8 @@ class FilterOperator(Operator):
         values = batch.values
         mask = await self.call_each(self.fn, values, is_async=self._async)
         timestamps = batch.timestamps
-        keys = batch.keys
         await self.out.process(
-            Batch(
-                list(compress(values, mask)),
-                list(compress(timestamps, mask)) if timestamps is not None else None,
-                list(compress(keys, mask)) if keys is not None else None,
-            )
+            Batch(list(compress(values, mask)), list(compress(timestamps, mask)) if timestamps is not None else None)
         )
 
 

@@ -127,7 +127,7 @@ class ProcessOperator(Operator):
         service.watermark = timestamp
         if self.key_selector is not None:
             await self._fire(service.event_timers.pop_due(timestamp), EVENT_TIME)
-        await self.out.process_watermark(timestamp)
+        await self.forward_watermark(timestamp)
 
     async def on_processing_time(self, now: int) -> None:
         """Called by the task's scheduler when the wall clock reaches a processing-time timer."""

@@ -126,13 +126,15 @@ class _Task:
         return f"{self.env.task_name}[{self.env.subtask_index}]"
 
     async def run(self) -> None:
+        opened: list[Operator] = []
         try:
             for operator in reversed(self.operators):  # downstream first: ready before data arrives
                 await operator.open(self.env)
+                opened.append(operator)
             await self._loop()
         finally:
             with anyio.CancelScope(shield=True):
-                for operator in self.operators:
+                for operator in reversed(opened):  # close only what opened, head first
                     try:
                         await operator.close()
                     except Exception:
@@ -195,6 +197,8 @@ class SourceTask(_Task):
             raise failure
         # End of input (or a stop request): the final watermark fires every pending
         # event-time timer and window, then everything downstream flushes and ends.
+        if self.watermarks is not None:
+            await self.watermarks.activate(head)  # an idle output would have it ignored
         await head.process_watermark(MAX_WATERMARK)
         await head.end_input()
 
@@ -282,7 +286,9 @@ class StreamTask(_Task):
                     await head.process_watermark_status(idle_change)
             elif cls is EndOfInput:
                 open_channels -= 1
-                advanced = valve.finish(index)
+                idle_change, advanced = valve.finish(index)
+                if idle_change is not None:
+                    await head.process_watermark_status(idle_change)
                 if advanced is not None:
                     await head.process_watermark(advanced)
             else:

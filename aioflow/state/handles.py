@@ -7,6 +7,7 @@ by the operator's state backend.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from aioflow.functions import AggregateFunction
 
 __all__ = ["AggregatingState", "ListState", "MapState", "ReducingState", "ValueState"]
+
+_ABSENT: Any = object()
 
 
 class _KeyedHandle:
@@ -28,18 +31,32 @@ class _KeyedHandle:
         self._table.pop(self._current.key, None)
 
 
+_IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, frozenset, range)
+
+
+def _is_immutable(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return all(_is_immutable(item) for item in value)
+    return isinstance(value, _IMMUTABLE)
+
+
 class ValueState(_KeyedHandle):
     """One value per key: ``value()``, ``update(v)``, ``clear()``."""
 
-    __slots__ = ("_default",)
+    __slots__ = ("_default", "_shared_default")
 
     def __init__(self, table: dict[Any, Any], current: Any, default: Any = None) -> None:
         super().__init__(table, current)
         self._default = default
+        self._shared_default = _is_immutable(default)
 
     def value(self) -> Any:
-        """The current key's value, or the default given when the state was declared."""
-        return self._table.get(self._current.key, self._default)
+        """The current key's value, or the default given when the state was declared
+        (a fresh copy per key when the default is mutable, e.g. ``[]``)."""
+        if self._shared_default:
+            return self._table.get(self._current.key, self._default)
+        value = self._table.get(self._current.key, _ABSENT)
+        return copy.deepcopy(self._default) if value is _ABSENT else value
 
     def update(self, value: Any) -> None:
         """Set the current key's value; ``update(None)`` clears it, as in Flink."""

@@ -39,7 +39,8 @@ class TimestampsAndWatermarksOperator(Operator):
 
     async def process_watermark(self, timestamp: int) -> None:
         if timestamp == MAX_WATERMARK:
-            await self.out.process_watermark(timestamp)
+            await self.watermarks.activate(self.out)
+            await self.forward_watermark(timestamp)
 
     async def process_watermark_status(self, idle: bool) -> None:
         pass  # this operator decides idleness itself

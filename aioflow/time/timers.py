@@ -44,6 +44,11 @@ class TimerQueue:
         keys = self._by_time.get(timestamp)
         if keys is not None:
             keys.pop(key, None)
+            if not keys:
+                del self._by_time[timestamp]
+                if len(self._heap) > 2 * len(self._by_time) + 1024:  # drop stale heap entries
+                    self._heap[:] = self._by_time  # in place: pop_due may be iterating it
+                    heapq.heapify(self._heap)
 
     def next_time(self) -> int | None:
         """The earliest timestamp with a timer, or ``None``."""

@@ -20,38 +20,48 @@ class WatermarkValve:
         self._watermarks = [MIN_WATERMARK] * inputs
         self._idle = [False] * inputs
         self._aligned = [True] * inputs
+        self._finished = [False] * inputs
         self.output = MIN_WATERMARK
         self.output_idle = False
 
     def watermark(self, index: int, timestamp: int) -> int | None:
-        """Input ``index`` reached ``timestamp``; the new combined watermark if it advanced."""
-        if timestamp <= self._watermarks[index]:
+        """Input ``index`` reached ``timestamp``; the new combined watermark if it advanced.
+        A watermark from an idle input is ignored, as in Flink."""
+        if self._idle[index] or timestamp <= self._watermarks[index]:
             return None
         self._watermarks[index] = timestamp
         if not self._aligned[index] and timestamp >= self.output:
             self._aligned[index] = True
         return self._advance()
 
-    def finish(self, index: int) -> int | None:
-        """Input ``index`` ended: it no longer holds the watermark back."""
+    def finish(self, index: int) -> tuple[bool | None, int | None]:
+        """Input ``index`` ended: it no longer holds the watermark back (it counts as having
+        reached +infinity). Returns (new output idleness or ``None``, advanced watermark)."""
+        self._finished[index] = True
         self._idle[index] = False
         self._aligned[index] = True
-        return self.watermark(index, MAX_WATERMARK)
+        self._watermarks[index] = MAX_WATERMARK
+        return self._idleness_change(), self._advance()
 
     def status(self, index: int, idle: bool) -> tuple[bool | None, int | None]:
         """Input ``index`` became idle or active. Returns (new output idleness or ``None``,
         new combined watermark or ``None``)."""
-        if self._idle[index] == idle:
+        if self._idle[index] == idle or self._finished[index]:
             return None, None
         self._idle[index] = idle
         if not idle:
             self._aligned[index] = self._watermarks[index] >= self.output
         advanced = self._advance()
-        all_idle = all(self._idle)
-        if all_idle != self.output_idle:
-            self.output_idle = all_idle
-            return all_idle, advanced
-        return None, advanced
+        return self._idleness_change(), advanced
+
+    def _idleness_change(self) -> bool | None:
+        """The output is idle when every unfinished input is idle."""
+        open_inputs = [idle for idle, finished in zip(self._idle, self._finished, strict=True) if not finished]
+        all_idle = bool(open_inputs) and all(open_inputs)
+        if all_idle == self.output_idle:
+            return None
+        self.output_idle = all_idle
+        return all_idle
 
     def _advance(self) -> int | None:
         candidates = [

@@ -241,6 +241,7 @@ class SourceWatermarks:
         per-event generator emitted right after the record that caused it (and, with
         ``interval_ms == 0``, the watermark over ``active_splits`` after the batch)."""
         self.track(active_splits)
+        await self.activate(target)
         stamps, cuts = self.on_batch(split, records)
         start = 0
         for end, watermark in cuts:
@@ -254,6 +255,13 @@ class SourceWatermarks:
             await target.process(Batch(records[start:], stamps[start:]))
         if self.interval_ms == 0:
             await self.emit_periodic(target, now_ms(), active_splits)
+
+    async def activate(self, target: Any) -> None:
+        """Records (or the final watermark) are coming: an idle output turns active first,
+        so downstream counts this input again (Flink marks active before emitting)."""
+        if self.idle:
+            self.idle = False
+            await target.process_watermark_status(False)
 
     async def emit_periodic(self, target: Any, now: int, active_splits: list[str]) -> None:
         """Run the periodic emission and send what changed to ``target``."""

@@ -320,6 +320,7 @@ class WindowOperator(Operator):
         if self.window_function is not None:
             context = self.window_ctx
             context.window, context.key = window, key
+            self.ctx.key = key
             self.window_function.clear(context)
         if self.assigner.is_merging:
             active = self.sessions.get(key)
@@ -561,12 +562,15 @@ class WindowOperator(Operator):
                 pane = panes.pop(start) if not lateness else panes[start]
                 if lateness:
                     heappush(cleanup, end_ts + lateness)
-                elif clear is not None:
-                    self._clear_pane(window, pane, clear)
+                clear_now = clear if not lateness else None  # else at the cleanup time, below
                 if sync_fn is None:
                     for key, current in pane.items():
                         self._emit(key, window, current, collector)
-                        if len(collector) >= batch_size or len(collector.pending) >= batch_size:
+                        if clear_now is not None:  # as in Flink: process, then clear, key by key
+                            await self._flush(collector)  # an async window function runs first
+                            collector = _WindowCollector()
+                            self._clear_key(window, key, clear_now)
+                        elif len(collector) >= batch_size or len(collector.pending) >= batch_size:
                             await self._flush(collector)
                             collector = _WindowCollector()
                     continue
@@ -588,24 +592,26 @@ class WindowOperator(Operator):
                             await self._flush(collector)
                             collector = _WindowCollector()
                             values, stamps = collector.values, collector.timestamps
+                    if clear_now is not None:
+                        clear_now(context)
             while cleanup and cleanup[0] <= watermark:
                 start = heappop(cleanup) - lateness + 1 - size
                 if start in panes:
                     pane = panes.pop(start)
                     if clear is not None:
-                        self._clear_pane(TimeWindow(start, start + size), pane, clear)
+                        for key in pane:
+                            self._clear_key(TimeWindow(start, start + size), key, clear)
         except OperatorError:
             raise
         except Exception as exc:
             raise self.error(f"firing a window: {type(exc).__name__}: {exc}", None, has_record=False) from exc
         await self._flush(collector)
 
-    def _clear_pane(self, window: TimeWindow, pane: dict[Any, Any], clear: Callable[[Any], None]) -> None:
+    def _clear_key(self, window: TimeWindow, key: Any, clear: Callable[[Any], None]) -> None:
         context = self.window_ctx
-        context.window = window
-        for key in pane:
-            context.key = key
-            clear(context)
+        context.window, context.key = window, key
+        self.ctx.key = key
+        clear(context)
 
     async def _flush(self, collector: _WindowCollector) -> None:
         """Emit collected outputs, first awaiting deferred ``async def`` window functions."""
@@ -630,7 +636,7 @@ class WindowOperator(Operator):
             await self._fire_panes(timestamp)
         else:
             await self._fire(self.event_timers.pop_due(timestamp), True)
-        await self.out.process_watermark(timestamp)
+        await self.forward_watermark(timestamp)
 
     async def on_processing_time(self, now: int) -> None:
         await self._fire(self.processing_timers.pop_due(now), False)
@@ -648,7 +654,7 @@ class WindowOperator(Operator):
         if self.late_records_dropped:
             log.warning("late records dropped", operator=self.name, count=self.late_records_dropped,
                         hint="use side_output_late_data(tag) to keep them, or allowed_lateness(ms)")
-        await self.out.end_input()
+        await self.forward_end_input()
 
     async def close(self) -> None:
         if self.window_function is not None:
