@@ -25,7 +25,22 @@ class Evictor:
         return elements
 
 
-class CountEvictor(Evictor):
+class _OneSided(Evictor):
+    """Evicts either before the window function (default) or, with ``after=True``, after it."""
+
+    after = False
+
+    def _evict(self, elements: Elements) -> Elements:
+        raise TypeError(f"{type(self).__name__} must implement _evict(elements)")
+
+    def evict_before(self, elements: Elements, window: Any) -> Elements:
+        return elements if self.after else self._evict(elements)
+
+    def evict_after(self, elements: Elements, window: Any) -> Elements:
+        return self._evict(elements) if self.after else elements
+
+
+class CountEvictor(_OneSided):
     """Keeps at most the last ``max_count`` records."""
 
     def __init__(self, max_count: int, *, after: bool = False) -> None:
@@ -37,14 +52,8 @@ class CountEvictor(Evictor):
     def _evict(self, elements: Elements) -> Elements:
         return elements[-self.max_count:] if len(elements) > self.max_count else elements
 
-    def evict_before(self, elements: Elements, window: Any) -> Elements:
-        return elements if self.after else self._evict(elements)
 
-    def evict_after(self, elements: Elements, window: Any) -> Elements:
-        return self._evict(elements) if self.after else elements
-
-
-class TimeEvictor(Evictor):
+class TimeEvictor(_OneSided):
     """Keeps records whose timestamp is within ``window_size`` ms of the newest one."""
 
     def __init__(self, window_size: int, *, after: bool = False) -> None:
@@ -60,14 +69,8 @@ class TimeEvictor(Evictor):
         cutoff = max(stamps) - self.window_size
         return [(v, ts) for v, ts in elements if ts is None or ts > cutoff]
 
-    def evict_before(self, elements: Elements, window: Any) -> Elements:
-        return elements if self.after else self._evict(elements)
 
-    def evict_after(self, elements: Elements, window: Any) -> Elements:
-        return self._evict(elements) if self.after else elements
-
-
-class DeltaEvictor(Evictor):
+class DeltaEvictor(_OneSided):
     """Keeps records whose ``delta(record, newest)`` is below ``threshold``."""
 
     def __init__(self, threshold: float, delta: Callable[[Any, Any], float], *, after: bool = False) -> None:
@@ -80,9 +83,3 @@ class DeltaEvictor(Evictor):
             return elements
         newest = elements[-1][0]
         return [(v, ts) for v, ts in elements if self.delta(v, newest) < self.threshold]
-
-    def evict_before(self, elements: Elements, window: Any) -> Elements:
-        return elements if self.after else self._evict(elements)
-
-    def evict_after(self, elements: Elements, window: Any) -> Elements:
-        return self._evict(elements) if self.after else elements
