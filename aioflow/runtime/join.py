@@ -68,10 +68,7 @@ class IntervalJoinOperator(Operator):
         ctx = OperatorContext(self.name, env.subtask_index, env.parallelism, keyed=True,
                               backend=env.state_backend, schedule_processing_time=lambda at: None)
         self._call = UserCall(self.function.process_element)
-        try:
-            await call_user_open(self.function, ctx)
-        except Exception as exc:
-            raise self.error(_describe(exc, self.function.open), None, has_record=False) from exc
+        await call_user_open(self, self.function, ctx)
 
     async def process(self, batch: Batch) -> None:
         await self._side(batch, LEFT)

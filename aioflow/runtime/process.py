@@ -47,11 +47,14 @@ class UserCall:
         return await self.fn(*args)
 
 
-async def call_user_open(function: Any, ctx: OperatorContext) -> None:
-    """``function.open(ctx)``, awaited if it is ``async def``."""
-    opened = function.open(ctx)
-    if inspect.isawaitable(opened):
-        await opened
+async def call_user_open(operator: Operator, function: Any, ctx: OperatorContext) -> None:
+    """``function.open(ctx)``, awaited if it is ``async def``; a failure names ``operator``."""
+    try:
+        opened = function.open(ctx)
+        if inspect.isawaitable(opened):
+            await opened
+    except Exception as exc:
+        raise operator.error(_describe(exc, function.open), None, has_record=False) from exc
 
 
 async def call_user_close(function: Any) -> None:
@@ -87,10 +90,7 @@ class ProcessOperator(Operator):
         )
         self.bind_methods()
         self._timer = UserCall(self.function.on_timer)
-        try:
-            await call_user_open(self.function, ctx)
-        except Exception as exc:
-            raise self.error(_describe(exc, self.function.open), None, has_record=False) from exc
+        await call_user_open(self, self.function, ctx)
 
     async def process(self, batch: Batch) -> None:
         await self.run_function(batch, self._element, self.key_selector)

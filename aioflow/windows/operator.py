@@ -191,11 +191,8 @@ class WindowOperator(Operator):
         self.trigger_ctx = TriggerContext(self)
         self.window_ctx = WindowContext(self)
         self._window_call = UserCall(self.window_function.process) if self.window_function is not None else None
-        try:
-            if self.window_function is not None:
-                await call_user_open(self.window_function, self.ctx)
-        except Exception as exc:
-            raise self.error(_describe(exc, self.window_function.open), None, has_record=False) from exc
+        if self.window_function is not None:
+            await call_user_open(self, self.window_function, self.ctx)
         agg = self.function
         if self.kind == AGGREGATE:
             self._create, self._add_one, self._merge = agg.create_accumulator, agg.add, agg.merge

@@ -4,24 +4,11 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from support import Count
 
 import aioflow as af
 from aioflow.testing import run_collect, run_collect_async
 from aioflow.time.watermarks import SourceWatermarks
-
-
-class Count(af.AggregateFunction):
-    def create_accumulator(self):
-        return 0
-
-    def add(self, value, acc):
-        return acc + 1
-
-    def get_result(self, acc):
-        return acc
-
-    def merge(self, a, b):
-        return a + b
 
 
 class WindowOf(af.ProcessWindowFunction):

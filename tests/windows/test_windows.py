@@ -12,6 +12,7 @@ import random
 import anyio
 import pytest
 import structlog
+from support import Count
 
 import aioflow as af
 from aioflow.testing import run_collect, run_collect_async
@@ -24,20 +25,6 @@ def keyed(rows, *, bound: int = 0, parallelism: int = 1) -> af.KeyedStream:
     app = af.App("windows", batch_size=1, watermark_interval=0, parallelism=parallelism)
     events = app.source(rows, timestamps=lambda r: r[1], watermarks=af.BoundedOutOfOrderness(bound))
     return events.key_by(lambda r: r[0])
-
-
-class Count(af.AggregateFunction):
-    def create_accumulator(self):
-        return 0
-
-    def add(self, value, acc):
-        return acc + 1
-
-    def get_result(self, acc):
-        return acc
-
-    def merge(self, a, b):
-        return a + b
 
 
 class Describe(af.ProcessWindowFunction):
