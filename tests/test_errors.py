@@ -117,3 +117,68 @@ def test_failure_in_async_source_fails_job():
     out = app.source(af.from_iterable(gen())).map(lambda x: x, name="m", parallelism=2)
     with pytest.raises(RuntimeError, match="source broke"):
         run_collect(out, timeout=5)
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_an_unhashable_key_names_the_key_selector(parallelism: int) -> None:
+    def tags_of(e):
+        return e["tags"]
+
+    app = af.App("unhashable", parallelism=parallelism)
+    stream = app.source([{"tags": ["a", "b"]}]).key_by(tags_of).reduce(lambda a, b: b, name="keep_last")
+    with pytest.raises(af.OperatorError) as info:
+        run_collect(stream)
+    message = str(info.value)
+    assert "key selector" in message and "tags_of" in message and "unhashable" in message
+    assert "keep_last raised" not in message
+    assert info.value.record == {"tags": ["a", "b"]}
+
+
+@pytest.mark.parametrize("returned", [("a", 1), "ab", {"a": 1}, 5])
+def test_a_process_function_that_returns_instead_of_yielding_fails(returned) -> None:
+    class Returns(af.ProcessFunction):
+        def process_element(self, value, ctx):
+            return returned
+
+    app = af.App("returns")
+    stream = app.source([1]).process(Returns)
+    with pytest.raises(af.OperatorError, match="yield") as info:
+        run_collect(stream)
+    assert info.value.operator == "Returns"
+
+
+def test_an_on_timer_that_returns_a_tuple_fails() -> None:
+    class Timer(af.KeyedProcessFunction):
+        def process_element(self, value, ctx):
+            ctx.timer_service.register_event_time_timer(10)
+            yield from ()
+
+        def on_timer(self, timestamp, ctx):
+            return (ctx.key, timestamp)
+
+    app = af.App("timer_returns")
+    stream = app.source([1], timestamps=lambda e: 1, watermarks=af.MonotonousTimestamps()).key_by(
+        lambda e: e).process(Timer)
+    with pytest.raises(af.OperatorError, match="yield"):
+        run_collect(stream)
+
+
+def test_returning_a_list_of_outputs_still_works() -> None:
+    class Lists(af.ProcessFunction):
+        def process_element(self, value, ctx):
+            return [value, value]
+
+    app = af.App("lists")
+    assert run_collect(app.source([1, 2]).process(Lists)) == [1, 1, 2, 2]
+
+
+def test_a_window_function_that_returns_a_tuple_fails() -> None:
+    class Window(af.ProcessWindowFunction):
+        def process(self, key, context, elements):
+            return (key, len(elements))
+
+    app = af.App("window_returns")
+    stream = (app.source([1, 2], timestamps=lambda e: e, watermarks=af.MonotonousTimestamps())
+              .key_by(lambda e: 0).window(af.TumblingEventTimeWindows(10)).process(Window))
+    with pytest.raises(af.OperatorError, match="yield"):
+        run_collect(stream)

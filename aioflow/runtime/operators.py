@@ -12,12 +12,14 @@ them first), ``process_watermark_status`` and ``end_input``.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable
 from itertools import compress
+from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
-from aioflow.errors import OperatorError
+from aioflow.errors import OperatorError, truncated_repr
 from aioflow.functions import OutputTag
 from aioflow.runtime.events import Batch
 
@@ -93,6 +95,11 @@ class Collector:
         self.side: dict[str, tuple[list[Any], list[Any]]] = {}
 
     def add_all(self, produced: Any, timestamp: Any) -> None:
+        """Collect what one call of a user function produced: a generator's items (or a
+        list's); see :func:`check_outputs`."""
+        cls = produced.__class__
+        if cls is not GeneratorType and cls is not list:
+            check_outputs(produced)
         values, timestamps = self.values, self.timestamps
         for item in produced:
             if item.__class__ is tuple and len(item) == 2 and item[0].__class__ is OutputTag:
@@ -107,6 +114,17 @@ class Collector:
 
     def __len__(self) -> int:
         return len(self.values)
+
+
+def check_outputs(produced: Any) -> None:
+    """A process function emits by yielding. A plain function that *returns* a tuple, a
+    string or a dict (or any non-iterable) would have its parts emitted one by one, or
+    fail obscurely: refuse it with a message that says what to write instead."""
+    if isinstance(produced, (tuple, str, bytes, dict)) or not hasattr(produced, "__iter__"):
+        raise TypeError(
+            f"returned {truncated_repr(produced)} ({type(produced).__name__}) instead of yielding its outputs: "
+            "write `yield value` for each output (a list of outputs may also be returned)"
+        )
 
 
 class Operator(Output):
@@ -180,7 +198,11 @@ class Operator(Output):
                 for value in values:
                     out.append(await fn(value))
             else:
-                out.extend(map(fn, values))  # on failure, ``out`` holds the results before the bad record
+                map_into(out, fn, values)  # on failure, ``out`` holds the results before the bad record
+        except asyncio.CancelledError as exc:
+            if cancelled_by_runtime():
+                raise
+            raise self.error(what + _describe(exc, fn), values[len(out)]) from exc
         except Exception as exc:
             raise self.error(what + _describe(exc, fn), values[len(out)]) from exc
         return out
@@ -189,7 +211,55 @@ class Operator(Output):
         """The batch's keys: carried from the partitioner, or extracted here when chained."""
         if batch.keys is not None:
             return batch.keys
-        return await self.call_each(key_selector, batch.values, what="key selector ")
+        keys = await self.call_each(key_selector, batch.values, what="key selector ")
+        check_hashable(keys, key_selector, batch.values, self.name)
+        return keys
+
+
+def map_into(out: list[Any], fn: Callable[[Any], Any], values: list[Any]) -> None:
+    """Append ``fn(v)`` for each value to the empty list ``out``, at C speed.
+
+    ``map()`` takes a ``StopIteration`` escaping ``fn`` (a stray ``next()``) for the end of
+    its input and would end the batch early without a word; here it is raised again at
+    that record, so the caller fails naming it (``out`` then holds the results before it).
+    """
+    out.extend(map(fn, values))
+    if len(out) != len(values):
+        raise StopIteration("a StopIteration escaped the function (a stray next()?)")
+
+
+def check_hashable(keys: list[Any], key_selector: Callable[[Any], Any], values: list[Any], operator: str) -> None:
+    """Fail naming the key selector when a key it returned cannot be a dict key (a list, a
+    dict), instead of letting the next operator fail on it."""
+    try:
+        set(keys)
+    except TypeError:
+        for key, value in zip(keys, values):
+            try:
+                hash(key)
+            except TypeError as exc:
+                raise OperatorError(
+                    operator,
+                    f"key selector {_name(key_selector)} returned an unhashable key {truncated_repr(key)} "
+                    f"({type(key).__name__}): {exc}; keys must be hashable (use a tuple, not a list)",
+                    value,
+                ) from exc
+        raise
+
+
+def cancelled_by_runtime() -> bool:
+    """True when the current task is being cancelled by the runtime (a failure elsewhere,
+    a stop). A ``CancelledError`` escaping user code otherwise (it awaited a task that was
+    cancelled elsewhere) is a failure of that code, never a quiet end."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not on asyncio
+        return True
+    return task is None or task.cancelling() > 0
+
+
+class StrayCancellation(Exception):
+    """A ``CancelledError`` escaped user code although nothing cancelled the job."""
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
@@ -197,9 +267,16 @@ def is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
 def _describe(exc: BaseException, fn: Callable[..., Any]) -> str:
-    name = getattr(fn, "__qualname__", None) or type(fn).__name__
-    return f"{name} raised {type(exc).__name__}: {exc}"
+    if isinstance(exc, (asyncio.CancelledError, StrayCancellation)):
+        return f"{_name(fn)} raised CancelledError, but nothing cancelled the job (did it await a task " \
+               "that was cancelled elsewhere?)"
+    detail = str(exc)
+    return f"{_name(fn)} raised {type(exc).__name__}" + (f": {detail}" if detail else "")
 
 
 class MapOperator(Operator):
@@ -262,6 +339,10 @@ class FlatMapOperator(Operator):
                 out.extend(produced)
                 if out_ts is not None:
                     out_ts.extend([timestamps[i]] * (len(out) - before))  # type: ignore[index]
+        except asyncio.CancelledError as exc:
+            if cancelled_by_runtime():
+                raise
+            raise self.error(_describe(exc, fn), values[i]) from exc
         except Exception as exc:
             raise self.error(_describe(exc, fn), values[i]) from exc
         await self.out.process(Batch(out, out_ts))
@@ -298,11 +379,21 @@ class SinkOperator(Operator):
         pass
 
     async def end_input(self) -> None:
-        await self.writer.flush()
+        try:
+            await self.writer.flush()
+        except Exception as exc:
+            raise self._failed("flush", exc) from exc
 
     async def close(self) -> None:
         if self.writer is not None:
-            await self.writer.close()
+            try:
+                await self.writer.close()
+            except Exception as exc:
+                raise self._failed("close", exc) from exc
+
+    def _failed(self, step: str, exc: Exception) -> OperatorError:
+        return self.error(f"sink {type(self.sink).__name__} failed to {step}: {type(exc).__name__}: {exc}",
+                          None, has_record=False)
 
 
 class RollingReduceOperator(Operator):

@@ -22,6 +22,7 @@ import anyio
 import anyio.lowlevel
 import structlog
 
+from aioflow.errors import OperatorError
 from aioflow.runtime.events import END_OF_INPUT, MAX_WATERMARK, Batch, EndOfInput, Watermark, WatermarkStatus
 from aioflow.runtime.operators import Operator, Output
 from aioflow.time.timers import now_ms
@@ -132,13 +133,32 @@ class _Task:
                 await operator.open(self.env)
                 opened.append(operator)
             await self._loop()
-        finally:
-            with anyio.CancelScope(shield=True):
-                for operator in reversed(opened):  # close only what opened, head first
-                    try:
-                        await operator.close()
-                    except Exception:
+        except BaseException:
+            await self._close(opened, failed=True)
+            raise
+        await self._close(opened, failed=False)
+
+    async def _close(self, opened: list[Operator], *, failed: bool) -> None:
+        """Close what opened, head first. After a clean run a failing close (a final commit
+        that did not happen) fails the task; after a failure it is only logged, so the
+        first error stays the one reported."""
+        failure: OperatorError | None = None
+        with anyio.CancelScope(shield=True):
+            for operator in reversed(opened):
+                try:
+                    await operator.close()
+                except Exception as exc:
+                    if failed or failure is not None:
                         log.exception("operator close failed", operator=operator.name, task=self.name)
+                        continue
+                    if isinstance(exc, OperatorError):
+                        failure = exc
+                    else:
+                        failure = operator.error(f"close() failed: {type(exc).__name__}: {exc}", None,
+                                                 has_record=False)
+                        failure.__cause__ = exc
+        if failure is not None:
+            raise failure
 
     async def _loop(self) -> None:
         raise TypeError("subclasses implement _loop")

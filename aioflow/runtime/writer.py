@@ -16,6 +16,7 @@ from aioflow.errors import OperatorError
 from aioflow.runtime.channel import Channel
 from aioflow.runtime.events import Batch
 from aioflow.runtime.keygroups import key_group, subtask_for_key_group
+from aioflow.runtime.operators import _describe, check_hashable, map_into
 
 __all__ = ["FORWARD", "PARTITIONINGS", "RecordWriter"]
 
@@ -95,15 +96,13 @@ class RecordWriter:
 
     def _keys(self, values: list[Any]) -> list[Any]:
         keys: list[Any] = []
+        fn = self._key_selector
+        assert fn is not None
         try:
-            keys.extend(map(self._key_selector, values))  # type: ignore[arg-type]
+            map_into(keys, fn, values)
         except Exception as exc:
-            fn = self._key_selector
-            raise OperatorError(
-                self._target,
-                f"key selector {getattr(fn, '__qualname__', fn)} raised {type(exc).__name__}: {exc}",
-                values[len(keys)],
-            ) from exc
+            raise OperatorError(self._target, "key selector " + _describe(exc, fn), values[len(keys)]) from exc
+        check_hashable(keys, fn, values, self._target)
         return keys
 
     async def emit(self, batch: Batch) -> None:

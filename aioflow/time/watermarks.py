@@ -22,8 +22,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aioflow.errors import UserFunctionTypeError
+from aioflow.errors import OperatorError, UserFunctionTypeError
 from aioflow.runtime.events import MIN_WATERMARK, Batch
+from aioflow.runtime.operators import _describe, map_into
 from aioflow.time.timers import now_ms
 
 __all__ = [
@@ -186,11 +187,9 @@ class SourceWatermarks:
             )
         stamps: list[Any] = []
         try:
-            stamps.extend(map(fn, records))
+            map_into(stamps, fn, records)
         except Exception as exc:
-            raise UserFunctionTypeError(
-                self.source, f"timestamp function raised {type(exc).__name__}: {exc}", records[len(stamps)]
-            ) from exc
+            raise OperatorError(self.source, "timestamp function " + _describe(exc, fn), records[len(stamps)]) from exc
         kinds = set(map(type, stamps))
         if kinds != {int}:
             for record, stamp in zip(records, stamps, strict=True):

@@ -27,7 +27,7 @@ from aioflow.errors import OperatorError, UserFunctionTypeError
 from aioflow.functions import OutputTag, ProcessWindowFunction
 from aioflow.runtime.context import OperatorContext
 from aioflow.runtime.events import MAX_WATERMARK, MIN_WATERMARK, Batch
-from aioflow.runtime.operators import Collector, Operator, _describe
+from aioflow.runtime.operators import Collector, Operator, _describe, check_outputs
 from aioflow.runtime.process import UserCall, call_user_close, call_user_open
 from aioflow.state.handles import ValueState
 from aioflow.time.timers import TimerQueue, now_ms
@@ -578,10 +578,11 @@ class WindowOperator(Operator):
                     context.key = ctx.key = key
                     produced = sync_fn(key, context, [get_result(current)] if get_result else [current])
                     if produced is not None:
+                        check_outputs(produced)
                         before = len(values)
                         for item in produced:
                             if item.__class__ is tuple and len(item) == 2 and item[0].__class__ is OutputTag:
-                                collector.add_all((item,), end_ts)
+                                collector.add_all([item], end_ts)
                             else:
                                 values.append(item)
                         stamps.extend([end_ts] * (len(values) - before))
