@@ -43,31 +43,51 @@ Callback = Callable[[int], Awaitable[None]]
 
 
 class Scheduler:
-    """Processing-time callbacks of one subtask, ordered by due time (epoch ms)."""
+    """Processing-time callbacks of one subtask, ordered by due time (epoch ms).
+
+    A callback is due at most once: scheduling it again keeps the earlier time. Its owner
+    keeps its own timers and, when called, schedules itself for the next one, so a deleted
+    timer costs the scheduler nothing: the heap holds about one entry per callback
+    (stale entries are skipped, and dropped when they outnumber the live ones).
+    """
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, Callback]] = []
-        self._pending: set[tuple[int, Callback]] = set()
+        self._due: dict[Callback, int] = {}
         self._seq = itertools.count()
 
     def schedule(self, at: int, callback: Callback) -> None:
-        if (at, callback) not in self._pending:
-            self._pending.add((at, callback))
-            heapq.heappush(self._heap, (at, next(self._seq), callback))
+        due = self._due.get(callback)
+        if due is not None and due <= at:
+            return
+        self._due[callback] = at
+        heapq.heappush(self._heap, (at, next(self._seq), callback))
+        if len(self._heap) > 2 * len(self._due) + 64:
+            self._heap = [(due, next(self._seq), cb) for cb, due in self._due.items()]
+            heapq.heapify(self._heap)
+
+    def _drop_stale(self) -> None:
+        heap, due = self._heap, self._due
+        while heap and due.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)
 
     def seconds_until_due(self) -> float | None:
+        self._drop_stale()
         if not self._heap:
             return None
         return max(0.0, (self._heap[0][0] - now_ms()) / 1000)
 
     async def run_due(self) -> None:
-        heap = self._heap
-        if not heap:
+        if not self._heap:
             return
         now = now_ms()
-        while heap and heap[0][0] <= now:
-            at, _, callback = heapq.heappop(heap)
-            self._pending.discard((at, callback))
+        while True:
+            self._drop_stale()
+            heap = self._heap  # a callback may compact it: look it up each round
+            if not heap or heap[0][0] > now:
+                return
+            _, _, callback = heapq.heappop(heap)
+            del self._due[callback]
             await callback(now)
 
 

@@ -132,3 +132,33 @@ def test_timer_timestamps_must_be_ints() -> None:
     app.source([1]).key_by(lambda v: v).process(Floaty).sink(af.CollectSink())
     with pytest.raises(af.OperatorError, match="timer timestamps are int milliseconds, got 1.5"):
         app.run()
+
+
+class Inactivity(af.KeyedProcessFunction):
+    """Each record moves its key's processing-time timeout an hour ahead."""
+
+    def open(self, ctx):
+        self.due = ctx.value_state("due")
+
+    def process_element(self, value, ctx):
+        due = self.due.value()
+        if due is not None:
+            ctx.timer_service.delete_processing_time_timer(due)
+        due = ctx.timer_service.current_processing_time() + 3_600_000 + value
+        ctx.timer_service.register_processing_time_timer(due)
+        self.due.update(due)
+        yield from ()
+
+
+async def test_deleting_processing_time_timers_frees_them() -> None:
+    from aioflow.testing import ProcessFunctionHarness
+
+    async with ProcessFunctionHarness(Inactivity, key_selector=lambda v: v % 10) as harness:
+        operator = harness._operator
+        for start in range(0, 20_000, 1_000):
+            await harness.process_elements(list(range(start, start + 1_000)))
+        scheduler = operator.env.scheduler
+        timers = operator.ctx.timer_service.processing_timers
+        assert len(scheduler._heap) <= 2  # one live entry for the operator, not one per record
+        assert len(timers._by_time) == 10  # one timer per key
+        assert len(timers._heap) <= 2 * 10 + 1024
