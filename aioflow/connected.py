@@ -131,14 +131,17 @@ class IntervalJoined:
     def __init__(self, left: KeyedStream, right: KeyedStream, lower: int, upper: int) -> None:
         self.left, self.right = left, right
         self.lower, self.upper = lower, upper
+        self.lower_inclusive = self.upper_inclusive = True
         self._late: dict[str, str | None] = {"left": None, "right": None}
 
     def lower_bound_exclusive(self) -> IntervalJoined:
-        self.lower += 1
+        """Join only when ``l.ts + lower < r.ts``; a flag, as in Flink, so calling it twice is calling it once."""
+        self.lower_inclusive = False
         return self
 
     def upper_bound_exclusive(self) -> IntervalJoined:
-        self.upper -= 1
+        """Join only when ``r.ts < l.ts + upper``; a flag, as in Flink, so calling it twice is calling it once."""
+        self.upper_inclusive = False
         return self
 
     def side_output_left_late_data(self, tag: OutputTag) -> IntervalJoined:
@@ -155,11 +158,13 @@ class IntervalJoined:
 
         if fn is None:
             return lambda f: self.process(f, name=name, parallelism=parallelism)
-        if self.lower > self.upper:
-            raise PipelineError(f"interval join bounds became empty: [{self.lower}, {self.upper}]")
         factory = instantiate(fn, ProcessJoinFunction)
         left_key, right_key = self.left.key_selector, self.right.key_selector
-        lower, upper, late = self.lower, self.upper, dict(self._late)
+        # As Flink's IntervalJoinOperator: an exclusive bound moves 1 ms inwards, after
+        # between() checked lower <= upper, so (0, 0) with one exclusive bound joins nothing.
+        lower = self.lower if self.lower_inclusive else self.lower + 1
+        upper = self.upper if self.upper_inclusive else self.upper - 1
+        late = dict(self._late)
         return _add_two_input(
             self.left, self.right, "interval_join", fn, name, parallelism,
             lambda n: IntervalJoinOperator(n, factory(), left_key, right_key, lower, upper,

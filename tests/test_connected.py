@@ -242,3 +242,30 @@ def test_interval_join_pairs_within_the_bounds():
 
     j = left.key_by(lambda r: r[0]).interval_join(right.key_by(lambda r: r[0])).between(-2, 5).process(pair, name="j")
     assert sorted(run_collect(j, timeout=5)) == [(10, 8), (10, 12), (20, 25)]
+
+
+def _join_at_ten(bounds) -> list:
+    """The right timestamps (8..14) joined with a left record at 10, with the bounds that
+    ``bounds(interval_join)`` sets."""
+    app = af.App("ij-bounds", batch_size=1, watermark_interval=0)
+    left = app.source([("k", 10)], name="L", timestamps=lambda r: r[1], watermarks=af.MonotonousTimestamps())
+    right = app.source([("k", ts) for ts in range(8, 15)], name="R", timestamps=lambda r: r[1],
+                       watermarks=af.MonotonousTimestamps())
+    joined = bounds(left.key_by(lambda r: r[0]).interval_join(right.key_by(lambda r: r[0])))
+    return sorted(run_collect(joined.process(lambda l, r, ctx: [r[1]], name="j"), timeout=5))
+
+
+def test_interval_join_exclusive_bounds_are_flags() -> None:
+    # Flink's lowerBoundExclusive()/upperBoundExclusive() set a flag, so a second call
+    # changes nothing: (0, 4) exclusive on both sides is 10 < r.ts < 14.
+    out = _join_at_ten(lambda j: j.between(0, 4).lower_bound_exclusive().lower_bound_exclusive()
+                       .upper_bound_exclusive().upper_bound_exclusive())
+    assert out == [11, 12, 13]
+
+
+def test_interval_join_checks_the_bounds_before_making_them_exclusive() -> None:
+    # Flink's IntervalJoinOperator checks lowerBound <= upperBound on the given bounds,
+    # then moves an exclusive one by a millisecond: between(0, 0).lowerBoundExclusive()
+    # is accepted, and the job runs and joins nothing.
+    assert _join_at_ten(lambda j: j.between(0, 0)) == [10]
+    assert _join_at_ten(lambda j: j.between(0, 0).lower_bound_exclusive()) == []

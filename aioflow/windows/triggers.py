@@ -190,28 +190,43 @@ class PurgingTrigger(Trigger):
         return f"PurgingTrigger({self.nested!r})"
 
 
+def _round_toward_zero(time: int, interval: int) -> int:
+    """``time - time % interval`` with Java's ``%``, as Flink computes it: negative times
+    round up toward zero, where Python's ``%`` would round them down."""
+    remainder = abs(time) % interval
+    return time - remainder if time >= 0 else time + remainder
+
+
 class _Continuous(Trigger):
-    """Fires every ``interval`` ms (aligned to the epoch) while the window is open, and at its end."""
+    """Fires every ``interval`` ms while the window is open, and at its end.
+
+    As in Flink: the first firing is ``interval`` after the time of the window's first
+    record rounded toward zero to a multiple of ``interval``; each next one is ``interval``
+    after the previous firing, and none is past the window's end. A merged (session)
+    window continues from the earliest next firing of the windows it merged.
+    """
 
     def __init__(self, interval: int) -> None:
         if isinstance(interval, bool) or not isinstance(interval, int) or interval <= 0:
             raise ValueError(f"trigger interval is a positive number of milliseconds, got {interval!r}")
         self.interval = interval
 
-    def _schedule_next(self, now: int, window: Any, ctx: TriggerContext, register: Callable[[int], None]) -> None:
-        state = ctx.window_state("next_fire")
-        if state.value() is None:
-            start = now - now % self.interval
-            next_fire = min(start + self.interval, window.max_timestamp())
-            register(next_fire)
-            state.update(next_fire)
+    def _schedule_first(self, time: int, window: Any, ctx: TriggerContext, register: Callable[[int], None]) -> None:
+        if ctx.window_state("next_fire").value() is None:
+            self._schedule(_round_toward_zero(time, self.interval), window, ctx, register)
+
+    def _schedule(self, last: int, window: Any, ctx: TriggerContext, register: Callable[[int], None]) -> None:
+        next_fire = min(last + self.interval, window.max_timestamp())
+        register(next_fire)
+        ctx.window_state("next_fire").update(next_fire)
 
     def _on_time(self, time: int, window: Any, ctx: TriggerContext, register: Callable[[int], None]) -> TriggerResult:
         state = ctx.window_state("next_fire")
         if state.value() == time:
             state.clear()
+            # At the end Flink registers the end again, and the window's cleanup deletes it.
             if time < window.max_timestamp():
-                self._schedule_next(time, window, ctx, register)
+                self._schedule(time, window, ctx, register)
             return FIRE
         return CONTINUE
 
@@ -229,7 +244,7 @@ class ContinuousEventTimeTrigger(_Continuous):
         if window.max_timestamp() <= ctx.current_watermark():
             return FIRE
         ctx.register_event_time_timer(window.max_timestamp())
-        self._schedule_next(timestamp, window, ctx, ctx.register_event_time_timer)  # type: ignore[arg-type]
+        self._schedule_first(timestamp, window, ctx, ctx.register_event_time_timer)  # type: ignore[arg-type]
         return CONTINUE
 
     def on_event_time(self, time: int, window: Any, ctx: TriggerContext) -> TriggerResult:
@@ -242,8 +257,6 @@ class ContinuousEventTimeTrigger(_Continuous):
         next_fire = ctx.window_state("next_fire").value()
         if next_fire is not None:
             ctx.register_event_time_timer(next_fire)
-        if window.max_timestamp() > ctx.current_watermark():
-            ctx.register_event_time_timer(window.max_timestamp())
 
     def clear(self, window: Any, ctx: TriggerContext) -> None:
         state = ctx.window_state("next_fire")
@@ -260,7 +273,7 @@ class ContinuousProcessingTimeTrigger(_Continuous):
     """Fires every ``interval`` ms of wall-clock time while the window is open."""
 
     def on_element(self, element: Any, timestamp: int | None, window: Any, ctx: TriggerContext) -> TriggerResult:
-        self._schedule_next(ctx.current_processing_time(), window, ctx, ctx.register_processing_time_timer)
+        self._schedule_first(ctx.current_processing_time(), window, ctx, ctx.register_processing_time_timer)
         return CONTINUE
 
     def on_processing_time(self, time: int, window: Any, ctx: TriggerContext) -> TriggerResult:
