@@ -4,7 +4,8 @@ big orders, tag them, and write them out as JSON lines.
 Run it:  aioflow run examples/orders.py:app
 
 - ``on_error=dead_letters`` sends the malformed line of ``orders.jsonl`` to a side output
-  instead of failing the job; it is written to ``out/dead_letters.jsonl``.
+  instead of failing the job; it is written to ``out/dead_letters.jsonl``, its raw bytes
+  decoded to text so that the JSON line stays readable.
 - Big orders are written to ``out/big_orders.jsonl`` and printed.
 """
 
@@ -30,7 +31,16 @@ def tagged(order: dict) -> dict:
 
 tagged.sink(af.FileSink(OUT / "big_orders.jsonl"), name="big_orders_file")
 tagged.sink(af.PrintSink(), name="print")
-orders.get_side_output(dead_letters).sink(af.FileSink(OUT / "dead_letters.jsonl"), name="dead_letter_file")
+
+
+@orders.get_side_output(dead_letters).map
+def readable(bad: af.BadRecord) -> dict:
+    """JSON has no bytes: show ``raw`` as text, any invalid UTF-8 as ``\\x..`` escapes."""
+    raw = bad.raw.decode("utf-8", "backslashreplace")
+    return {"source": bad.source, "location": bad.location, "error": bad.error, "raw": raw}
+
+
+readable.sink(af.FileSink(OUT / "dead_letters.jsonl"), name="dead_letter_file")
 
 if __name__ == "__main__":
     app.run()

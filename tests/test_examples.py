@@ -49,3 +49,4 @@ def test_orders_example_writes_big_orders_and_dead_letters() -> None:
     assert len(result.stdout.splitlines()) == len(big)
     dead = [orjson.loads(line) for line in (out / "dead_letters.jsonl").read_bytes().splitlines()]
     assert [d["location"].rsplit(":", 1)[1] for d in dead] == ["18"]
+    assert dead[0]["raw"] == '{"order": 17.5, "user": "eve", "amount": '  # BadRecord.raw decoded by the example

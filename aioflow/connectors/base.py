@@ -11,6 +11,8 @@ record that cannot be decoded is the user's choice (fail, skip, or dead-letter).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -116,51 +118,105 @@ class Sink:
 
 @dataclass(frozen=True, slots=True)
 class BadRecord:
-    """A record a source could not decode, as sent to a dead-letter side output."""
+    r"""A record a source could not decode, as sent to a dead-letter side output.
+
+    ``raw`` is the record's bytes exactly as read, so nothing is lost to decoding. For the
+    file sources that is the line without its line break (``\n`` or ``\r\n``; a file's
+    leading UTF-8 byte-order mark is not part of its first line). Decode it to show it,
+    e.g. ``raw.decode("utf-8", "backslashreplace")``.
+    """
 
     source: str
     location: str
     error: str
-    raw: str
+    raw: bytes
 
 
 OnError = Literal["fail", "skip"] | OutputTag
+
+#: Seconds between two summary log lines of skipped bad records (``on_error="skip"``).
+SKIP_LOG_INTERVAL = 10.0
 
 
 class ErrorPolicy:
     """What a source does with a record it cannot decode.
 
     - ``"fail"`` (the default): the job fails with :class:`BadRecordError` naming where.
-    - ``"skip"``: the record is dropped with a warning log line and counted.
+    - ``"skip"``: the record is dropped and counted. The first one is logged in full
+      (``skipped bad record``); after that at most one ``skipped bad records`` summary line
+      per ``log_interval`` seconds gives the count since the last line and the total, so a
+      file full of bad lines cannot flood the log. :meth:`close` logs what is left.
     - an :class:`OutputTag`: the record goes to that side output of the source's stream as
       a :class:`BadRecord`, where it can be sunk like any other stream.
+
+    ``clock`` returns seconds (monotonic); tests pass a fake one.
     """
 
-    def __init__(self, on_error: OnError, source: str) -> None:
+    def __init__(
+        self,
+        on_error: OnError,
+        source: str,
+        *,
+        log_interval: float = SKIP_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if not (on_error in ("fail", "skip") or isinstance(on_error, OutputTag)):
             raise ValueError(f"on_error must be 'fail', 'skip' or an OutputTag, got {on_error!r}")
         self.on_error = on_error
         self.source = source
+        self.log_interval = log_interval
+        self.clock = clock
         self.skipped = 0
         self.dead_lettered = 0
+        self._unlogged = 0  # skipped since the last log line
+        self._last_log = 0.0  # clock() at the last log line
+        self._last_location = ""  # of the last skipped record
 
     @property
     def dead_letter_tag(self) -> OutputTag | None:
         return self.on_error if isinstance(self.on_error, OutputTag) else None
 
     def handle(self, error: Exception, location: str, raw: bytes, bad: list[BadRecord]) -> None:
-        """Apply the policy to one undecodable record; ``bad`` collects dead letters."""
-        text = raw.decode("utf-8", "replace").rstrip("\r\n")
+        """Apply the policy to one undecodable record; ``bad`` collects dead letters.
+
+        ``raw`` is the record's bytes as read (for files: the line without its line break);
+        messages show a decoded, shortened preview of it.
+        """
         if self.on_error == "fail":
             raise BadRecordError(
-                f"{self.source}: cannot decode record at {location}: {error}\n  raw: {text[:200]!r}",
+                f"{self.source}: cannot decode record at {location}: {error}\n  raw: {_preview(raw)!r}",
                 location=location,
                 raw=raw,
             )
         if self.on_error == "skip":
             self.skipped += 1
-            log.warning("skipped bad record", source=self.source, location=location, error=str(error),
-                        skipped_total=self.skipped)
+            self._unlogged += 1
+            self._last_location = location
+            if self.skipped == 1:
+                log.warning("skipped bad record", source=self.source, location=location, error=str(error),
+                            raw=_preview(raw), skipped_total=1)
+                self._logged()
+            elif self.clock() - self._last_log >= self.log_interval:
+                self._log_skipped()
             return
         self.dead_lettered += 1
-        bad.append(BadRecord(self.source, location, str(error), text))
+        bad.append(BadRecord(self.source, location, str(error), raw))
+
+    def close(self) -> None:
+        """Log the skipped records not reported yet; called when the source closes."""
+        if self._unlogged:
+            self._log_skipped()
+
+    def _log_skipped(self) -> None:
+        log.warning("skipped bad records", source=self.source, skipped=self._unlogged, skipped_total=self.skipped,
+                    last_location=self._last_location)
+        self._logged()
+
+    def _logged(self) -> None:
+        self._unlogged = 0
+        self._last_log = self.clock()
+
+
+def _preview(raw: bytes) -> str:
+    """The first 200 characters of ``raw`` decoded, for error messages and logs."""
+    return raw.decode("utf-8", "replace")[:200]

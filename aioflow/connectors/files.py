@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
@@ -48,9 +49,19 @@ class _Format:
         self.skip_blank = skip_blank
 
 
-def _text_line(line: bytes) -> str:
-    return line.decode().rstrip("\r\n")
+def _line_body(line: bytes) -> bytes:
+    r"""``line`` without its line break: ``\n`` or ``\r\n``, once (a lone ``\r`` is data)."""
+    if line.endswith(b"\n"):
+        return line[:-2] if line.endswith(b"\r\n") else line[:-1]
+    return line
 
+
+def _text_line(line: bytes) -> str:
+    return _line_body(line).decode()
+
+
+#: UTF-8 byte-order mark: skipped at the start of a file, it is not part of the first line.
+BOM = b"\xef\xbb\xbf"
 
 JSON_LINES = _Format("read_jsonl", orjson.loads, orjson.JSONDecodeError, skip_blank=True)
 TEXT_LINES = _Format("read_text", _text_line, UnicodeDecodeError, skip_blank=False)
@@ -94,8 +105,9 @@ class _LinesReader(SourceReader):
             split = active[0]
             if split.file is None:
                 split.file = open(split.path, "rb")  # noqa: SIM115 - closed when exhausted or in close()
-                if split.offset:
-                    split.file.seek(split.offset)
+                if split.offset == 0 and split.file.read(len(BOM)) == BOM:
+                    split.offset = len(BOM)
+                split.file.seek(split.offset)
             lines = list(islice(split.file, max_records))
             if not lines:
                 split.file.close()
@@ -124,7 +136,7 @@ class _LinesReader(SourceReader):
             except error as exc:
                 if skip_blank and not line.strip():
                     continue
-                self._policy.handle(exc, f"{path}:{number}", line, bad)
+                self._policy.handle(exc, f"{path}:{number}", _line_body(line), bad)
         return records
 
     def position(self) -> list[dict[str, Any]]:
@@ -142,6 +154,7 @@ class _LinesReader(SourceReader):
         }
 
     async def close(self) -> None:
+        self._policy.close()
         for split in self._active:
             if split.file is not None:
                 split.file.close()
@@ -173,12 +186,14 @@ def read_jsonl(
 
     ``path`` is a file, a glob pattern or a list of either; each file is a split (read by
     one subtask, so parallelism is at most the number of files). Blank lines are
-    ignored. A line that is not valid JSON is handled by ``on_error``:
+    ignored, and so is a UTF-8 byte-order mark at the start of a file. A line that is not
+    valid JSON is handled by ``on_error``:
 
     - ``"fail"`` (default): the job fails with a :class:`BadRecordError` naming file and line;
-    - ``"skip"``: it is dropped with a warning log line and counted;
+    - ``"skip"``: it is dropped and counted; the first is logged in full, the rest in
+      summary lines at most every 10 seconds and when the source closes;
     - an :class:`OutputTag`: it goes to that side output as a :class:`BadRecord`
-      (``stream.get_side_output(tag)``).
+      (``stream.get_side_output(tag)``) holding the line's bytes as read.
     """
     return LinesSource(_expand(path, "read_jsonl"), JSON_LINES, on_error)
 
@@ -188,22 +203,43 @@ def read_text(
     *,
     on_error: OnError = "fail",
 ) -> Source:
-    """A bounded source of the lines (``str``, without the line break) of UTF-8 text files.
+    r"""A bounded source of the lines (``str``) of UTF-8 text files.
 
-    ``path`` and ``on_error`` work as in :func:`read_jsonl`; a line that is not valid
-    UTF-8 is a bad record.
+    Each line loses its line break, ``\n`` or ``\r\n``, and nothing else: ``"a\r\r\n"``
+    gives ``"a\r"``. A UTF-8 byte-order mark at the start of a file is dropped. ``path``
+    and ``on_error`` work as in :func:`read_jsonl`; a line that is not valid UTF-8 is a
+    bad record.
     """
     return LinesSource(_expand(path, "read_text"), TEXT_LINES, on_error)
 
 
+def _create_0o644(path: str, flags: int) -> int:
+    """``open()`` opener: a file it creates gets mode 0o644 (less the umask), not 0o666."""
+    return os.open(path, flags, 0o644)
+
+
+def _make_parents(path: Path) -> None:
+    """Create the missing directories above ``path`` with mode 0o755 (less the umask).
+
+    ``Path.mkdir(parents=True)`` and ``os.makedirs`` give the intermediate ones 0o777 less
+    the umask: world-writable under ``umask 000``.
+    """
+    for directory in reversed(path.parents):
+        if not directory.is_dir():
+            directory.mkdir(mode=0o755, exist_ok=True)  # exist_ok: another subtask may race us
+
+
 class _FileWriter(SinkWriter):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, flush_interval: float) -> None:
         self._path = path
+        self._flush_interval = flush_interval
         self._file: IO[bytes] | None = None
+        self._flushed_at = 0.0  # time.monotonic() of the last flush
 
     async def open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self._path, "wb")  # noqa: SIM115 - closed in close()
+        _make_parents(self._path)
+        self._file = open(self._path, "wb", opener=_create_0o644)  # noqa: SIM115 - closed in close()
+        self._flushed_at = time.monotonic()
 
     async def write(self, values: list[Any]) -> None:
         dumps = orjson.dumps
@@ -221,10 +257,13 @@ class _FileWriter(SinkWriter):
             raise
         assert self._file is not None
         self._file.write(chunk)
+        if time.monotonic() - self._flushed_at >= self._flush_interval:
+            await self.flush()
 
     async def flush(self) -> None:
         if self._file is not None:
             self._file.flush()
+            self._flushed_at = time.monotonic()
 
     async def close(self) -> None:
         if self._file is not None:
@@ -236,16 +275,26 @@ class FileSink(Sink):
     """Writes each record as one JSON line (orjson) to ``path``.
 
     With parallelism above 1, subtask ``i`` writes ``<stem>-<i><suffix>`` next to it.
-    The file is truncated when the job starts.
+    The file is truncated when the job starts; a new file gets mode 0o644 and missing
+    directories 0o755 (less the umask, so never world-writable).
+
+    Writes are buffered. The buffer is flushed at end of input, at close, and by a write
+    that comes ``flush_interval`` seconds or more after the last flush, so a stalled job
+    does not sit on records it has processed: at worst the records of the writes within
+    ``flush_interval`` before the stall stay buffered. ``flush_interval=0`` flushes every
+    batch.
     """
 
     default_name = "file_sink"
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, flush_interval: float = 1.0) -> None:
+        if not isinstance(flush_interval, (int, float)) or not flush_interval >= 0:
+            raise ValueError(f"FileSink: flush_interval must be a number of seconds >= 0, got {flush_interval!r}")
         self.path = Path(path)
+        self.flush_interval = flush_interval
 
     def create_writer(self, subtask_index: int, parallelism: int) -> SinkWriter:
         path = self.path
         if parallelism > 1:
             path = path.with_name(f"{path.stem}-{subtask_index}{path.suffix}")
-        return _FileWriter(path)
+        return _FileWriter(path, self.flush_interval)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import orjson
@@ -33,15 +35,44 @@ def test_malformed_line_fails_by_default_naming_file_and_line(tmp_path: Path) ->
     assert f"{path}:2" in str(info.value) and '{"i": 2' in str(info.value)
 
 
-def test_skip_policy_logs_and_counts(tmp_path: Path) -> None:
+def test_skip_policy_logs_the_first_bad_record_and_a_summary_at_the_end(tmp_path: Path) -> None:
     path = _write(tmp_path / "bad.jsonl", ['{"i": 1}', "oops", '{"i": 3}', "{"])
     app = af.App("skip")
     with structlog.testing.capture_logs() as logs:
         out = run_collect(app.source(af.read_jsonl(path, on_error="skip")))
     assert out == [{"i": 1}, {"i": 3}]
-    skipped = [entry for entry in logs if entry["event"] == "skipped bad record"]
-    assert [entry["location"] for entry in skipped] == [f"{path}:2", f"{path}:4"]
-    assert skipped[-1]["skipped_total"] == 2
+    skipped = [entry for entry in logs if entry["event"].startswith("skipped bad record")]
+    assert [(e["event"], e.get("location"), e.get("raw"), e["skipped_total"]) for e in skipped] == [
+        ("skipped bad record", f"{path}:2", "oops", 1),
+        ("skipped bad records", None, None, 2),
+    ]
+    assert (skipped[1]["skipped"], skipped[1]["last_location"]) == (1, f"{path}:4")
+
+
+async def test_skipping_many_bad_lines_logs_a_few_lines_and_counts_them_all(tmp_path: Path) -> None:
+    path = _write(tmp_path / "bad.jsonl", ["oops"] * 1000 + ['{"i": 1}', "", '{"i": 2}'])
+    reader = af.read_jsonl(path, on_error="skip").create_reader(0, 1)
+    with structlog.testing.capture_logs() as logs:
+        await reader.open()
+        while await reader.read(100, 0) is not None:
+            pass
+        await reader.close()
+    assert reader.statistics() == {"records_read": 2, "records_skipped": 1000, "records_dead_lettered": 0}
+    first, *summaries = logs
+    assert (first["event"], first["location"], first["skipped_total"]) == ("skipped bad record", f"{path}:1", 1)
+    assert len(summaries) < 10  # one per 10 s of reading, plus the final one; not one per line
+    assert sum(entry["skipped"] for entry in summaries) == 999
+    assert summaries[-1]["skipped_total"] == 1000
+
+
+async def test_reader_statistics_count_dead_letters(tmp_path: Path) -> None:
+    path = _write(tmp_path / "bad.jsonl", ['{"i": 1}', "oops", "{"])
+    reader = af.read_jsonl(path, on_error=af.OutputTag("dead")).create_reader(0, 1)
+    await reader.open()
+    batch = await reader.read(100, 0)
+    await reader.close()
+    assert batch is not None and [bad.raw for bad in batch.bad] == [b"oops", b"{"]
+    assert reader.statistics() == {"records_read": 1, "records_skipped": 0, "records_dead_lettered": 2}
 
 
 def test_dead_letter_side_output(tmp_path: Path) -> None:
@@ -53,7 +84,46 @@ def test_dead_letter_side_output(tmp_path: Path) -> None:
     assert good == [{"i": 1}, {"i": 3}]
     assert len(bad) == 1
     assert isinstance(bad[0], af.BadRecord)
-    assert (bad[0].location, bad[0].raw) == (f"{path}:2", "oops")
+    assert (bad[0].location, bad[0].raw) == (f"{path}:2", b"oops")
+
+
+def test_dead_letters_keep_the_exact_bytes_of_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"ok\r\ncaf\xe9 \xff\r\n\xfe\r\r\nend")
+    dead = af.OutputTag("dead")
+    app = af.App("raw")
+    lines = app.source(af.read_text(path, on_error=dead))
+    good, bad = run_collect(lines, lines.get_side_output(dead))
+    assert good == ["ok", "end"]
+    # only the line break goes: invalid UTF-8 is not replaced, a second \r is data
+    assert [(b.location, b.raw) for b in bad] == [(f"{path}:2", b"caf\xe9 \xff"), (f"{path}:3", b"\xfe\r")]
+
+
+def test_bad_record_error_holds_the_bytes_and_shows_a_readable_preview(tmp_path: Path) -> None:
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"caf\xe9\r\n")
+    app = af.App("fail-raw")
+    app.source(af.read_text(path)).sink(af.CollectSink())
+    with pytest.raises(af.BadRecordError) as info:
+        app.run()
+    assert info.value.raw == b"caf\xe9"
+    assert "raw: 'caf\ufffd'" in str(info.value)
+
+
+def test_read_text_strips_one_line_break_and_nothing_else(tmp_path: Path) -> None:
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"a\r\r\nb\r\nc\n\n \t\nd\r")
+    app = af.App("text")
+    assert run_collect(app.source(af.read_text(path))) == ["a\r", "b", "c", "", " \t", "d\r"]
+
+
+def test_a_byte_order_mark_at_the_start_of_a_file_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_bytes(b'\xef\xbb\xbf{"i": 1}\r\n{"i": 2}\n')
+    (tmp_path / "in.txt").write_bytes("\ufeffone\n\ufefftwo\n".encode())
+    app = af.App("bom")
+    assert run_collect(app.source(af.read_jsonl(tmp_path / "in.jsonl"))) == [{"i": 1}, {"i": 2}]
+    app = af.App("bom-text")
+    assert run_collect(app.source(af.read_text(tmp_path / "in.txt"))) == ["one", "\ufefftwo"]  # first line only
 
 
 def test_bad_policy_and_missing_file_are_clear_errors(tmp_path: Path) -> None:
@@ -82,6 +152,48 @@ def test_file_sink_round_trips_json_lines(tmp_path: Path) -> None:
     app.source([{"a": 1}, ("b", 2.5), "c"]).sink(af.FileSink(out))
     app.run()
     assert [orjson.loads(line) for line in out.read_bytes().splitlines()] == [{"a": 1}, ["b", 2.5], "c"]
+
+
+async def test_file_sink_flushes_on_a_write_once_flush_interval_has_passed(tmp_path: Path) -> None:
+    path = tmp_path / "o.jsonl"
+    writer = af.FileSink(path, flush_interval=0).create_writer(0, 1)
+    await writer.open()
+    try:
+        await writer.write([{"a": 1}])
+        assert path.read_bytes() == b'{"a":1}\n'  # visible to another reader before the job ends
+    finally:
+        await writer.close()
+
+
+async def test_file_sink_buffers_writes_within_flush_interval(tmp_path: Path) -> None:
+    path = tmp_path / "o.jsonl"
+    writer = af.FileSink(path, flush_interval=3600).create_writer(0, 1)
+    await writer.open()
+    try:
+        await writer.write([{"a": 1}])
+        assert path.read_bytes() == b""
+        await writer.flush()
+        assert path.read_bytes() == b'{"a":1}\n'
+    finally:
+        await writer.close()
+
+
+def test_file_sink_rejects_a_negative_flush_interval(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="flush_interval must be a number of seconds >= 0, got -1"):
+        af.FileSink(tmp_path / "o.jsonl", flush_interval=-1)
+
+
+async def test_file_sink_creates_files_and_directories_not_world_writable_under_umask_0(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "o.jsonl"
+    writer = af.FileSink(path).create_writer(0, 1)
+    umask = os.umask(0)
+    try:
+        await writer.open()
+        await writer.close()
+    finally:
+        os.umask(umask)
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "a", tmp_path / "a" / "b", path)}
+    assert modes == {tmp_path / "a": 0o755, tmp_path / "a" / "b": 0o755, path: 0o644}
 
 
 def test_file_sink_names_a_record_it_cannot_serialise(tmp_path: Path) -> None:
