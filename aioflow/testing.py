@@ -13,11 +13,19 @@ removes it afterwards::
 :class:`ProcessFunctionHarness` drives one process function by hand, record by record
 and watermark by watermark, as Flink's operator test harnesses do::
 
+    @pytest.mark.asyncio  # not needed with asyncio_mode = "auto" in the pytest config
     async def test_inactivity_timer():
         async with ProcessFunctionHarness(Inactivity, key_selector=lambda e: e["user"]) as h:
             await h.process_element({"user": "a"}, timestamp=1_000)
             await h.process_watermark(31_000)
             assert h.output == [(("a", 1), 31_000)]
+
+Such a test is ``async def``, so pytest needs pytest-asyncio to run it: either
+``asyncio_mode = "auto"`` under ``[tool.pytest.ini_options]`` or ``@pytest.mark.asyncio``
+on the test (without either, pytest does not run it: recent pytest versions fail it with
+"async def functions are not natively supported", older ones skip it with a warning).
+``Inactivity`` may be a class, or the stream that ``@per_user.process`` made of it; the
+harness then takes the stream's key selector, so ``key_selector=`` can be left out.
 """
 
 from __future__ import annotations
@@ -113,17 +121,40 @@ class _Sides(dict[str, _Recorder]):
         return recorder
 
 
+def _process_operator_of(stream: Stream) -> ProcessOperator:
+    """A fresh operator of the ``process`` node behind ``stream``, as a subtask makes it."""
+    node = stream.node
+    operator = node.make_operator() if node.kind == "process" else None
+    if not isinstance(operator, ProcessOperator):
+        raise PipelineError(
+            f"ProcessFunctionHarness takes a process function or a stream returned by process(); "
+            f"{node.name!r} is a {node.kind} operator, not a process operator"
+        )
+    return operator
+
+
 class ProcessFunctionHarness:
     """Runs one (Keyed)ProcessFunction outside a job: feed records and watermarks, read
     outputs as ``(value, timestamp)`` pairs. Timers, keyed state and side outputs work as
-    in a job. Use it as ``async with``: ``open`` runs on entry, ``close`` on exit."""
+    in a job. Use it as ``async with``: ``open`` runs on entry, ``close`` on exit.
+
+    ``function`` is a process function (class, instance or plain function), or the stream
+    a ``process`` call returned: after ``@keyed.process class Inactivity(...)`` the name
+    ``Inactivity`` is that stream. A stream gives a fresh function object, as each
+    subtask of a job gets, and, when it was keyed, its key selector; ``key_selector=``
+    still wins when given."""
 
     def __init__(self, function: Any, *, key_selector: Callable[[Any], Any] | None = None) -> None:
-        self._operator = ProcessOperator(
-            getattr(function, "__name__", type(function).__name__),
-            instantiate(function, ProcessFunction)(),
-            key_selector,
-        )
+        if isinstance(function, Stream):
+            self._operator = _process_operator_of(function)
+            if key_selector is not None:
+                self._operator.key_selector = key_selector
+        else:
+            self._operator = ProcessOperator(
+                getattr(function, "__name__", type(function).__name__),
+                instantiate(function, ProcessFunction)(),
+                key_selector,
+            )
         self._main = _Recorder()
         self._operator.out = self._main
         self._sides = _Sides()

@@ -71,3 +71,61 @@ async def test_harness_drives_a_function_with_explicit_watermarks() -> None:
         # the 31_000 timer cleared a's count; the 32_000 one still fires (as in Flink)
         assert harness.output == [(("a", 2), 31_000), (("a", 0), 32_000), (("b", 1), 35_000)]
         assert harness.side_output(af.OutputTag("suspicious")) == [({"user": "a", "suspicious": True}, 2_000)]
+
+
+async def test_harness_takes_a_stream_made_by_the_decorator_form() -> None:
+    from aioflow.testing import ProcessFunctionHarness
+
+    app = af.App("t")
+    per_user = app.source([], name="events").key_by(lambda e: e["user"])
+
+    @per_user.process
+    class Decorated(Inactivity):
+        pass
+
+    assert isinstance(Decorated, af.Stream)  # the name is bound to the stream, not the class
+    # its process function and its key selector come from the stream's operator
+    async with ProcessFunctionHarness(Decorated) as harness:
+        await harness.process_element({"user": "a"}, timestamp=1_000)
+        await harness.process_element({"user": "b", "suspicious": True}, timestamp=5_000)
+        await harness.process_watermark(40_000)
+        assert harness.output == [(("a", 1), 31_000), (("b", 1), 35_000)]
+        assert harness.side_output(af.OutputTag("suspicious")) == [({"user": "b", "suspicious": True}, 5_000)]
+    # an explicit key selector still wins
+    async with ProcessFunctionHarness(Decorated, key_selector=lambda e: "everyone") as harness:
+        await harness.process_elements([{"user": "a"}, {"user": "b"}], [1_000, 1_000])
+        await harness.process_watermark(31_000)
+        assert harness.output == [(("everyone", 2), 31_000)]
+
+
+async def test_harness_gives_each_run_a_fresh_function_of_the_stream() -> None:
+    from aioflow.testing import ProcessFunctionHarness
+
+    class Remember(af.ProcessFunction):
+        def __init__(self) -> None:
+            self.seen: list = []
+
+        def process_element(self, value, ctx):
+            self.seen.append(value)
+            yield list(self.seen)
+
+    app = af.App("t")
+    template = Remember()
+    remembered = app.source([], name="events").process(template, name="remember")  # not keyed
+    for _ in range(2):
+        async with ProcessFunctionHarness(remembered) as harness:
+            await harness.process_element("x")
+            assert harness.output == [(["x"], None)]
+    assert template.seen == []
+
+
+def test_harness_refuses_a_stream_that_is_not_a_process_operator() -> None:
+    from aioflow.testing import ProcessFunctionHarness
+
+    app = af.App("t")
+    events = app.source([], name="events")
+    doubled = events.map(lambda x: x * 2, name="doubled")
+    with pytest.raises(af.PipelineError, match="'doubled' is a map operator, not a process operator"):
+        ProcessFunctionHarness(doubled)
+    with pytest.raises(af.PipelineError, match="'events' is a source operator, not a process operator"):
+        ProcessFunctionHarness(events.key_by(lambda x: x))
