@@ -40,8 +40,9 @@ class App:
     partly filled batch may wait while its task is busy (an idle task sends at once).
     ``channel_capacity`` is each channel's credit, in batches: memory stays bounded by
     channels × capacity × batch size. ``watermark_interval`` (seconds) is how often
-    sources emit watermarks; 0 emits one after every source batch, which makes results
-    that depend on watermark timing deterministic (tests, benchmarks). ``state_dir`` and
+    sources emit watermarks; 0 emits one after every source batch. By default (``None``)
+    replayable sources (files, lists) emit after every batch, so replaying the same
+    input gives the same output, and live sources every 0.2 s. ``state_dir`` and
     ``checkpoint_interval`` configure persistent state and checkpoints.
     """
 
@@ -56,7 +57,7 @@ class App:
         batch_size: int = 1024,
         linger: float = 0.005,
         channel_capacity: int = 4,
-        watermark_interval: float = 0.2,
+        watermark_interval: float | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise PipelineError(f"App needs a non-empty name, got {name!r}")
@@ -68,10 +69,12 @@ class App:
         self.batch_size = _positive(batch_size, "batch_size")
         self.linger = float(_positive(linger, "linger", (int, float))) if linger else 0.0
         self.channel_capacity = _positive(channel_capacity, "channel_capacity")
-        if isinstance(watermark_interval, bool) or not isinstance(watermark_interval, (int, float)) \
-                or watermark_interval < 0:
-            raise PipelineError(f"watermark_interval must be seconds >= 0, got {watermark_interval!r}")
-        self.watermark_interval = float(watermark_interval)
+        if watermark_interval is not None and (
+            isinstance(watermark_interval, bool) or not isinstance(watermark_interval, (int, float))
+            or watermark_interval < 0
+        ):
+            raise PipelineError(f"watermark_interval must be seconds >= 0 or None, got {watermark_interval!r}")
+        self.watermark_interval = None if watermark_interval is None else float(watermark_interval)
         self._nodes: list[Node] = []
         self._names: set[str] = set()
         self._stop = False
@@ -184,7 +187,7 @@ class App:
             configure_logging()
         plan = self.plan()
         self._stop = False
-        await execute(plan, self._config(), lambda: self._stop)
+        await execute(plan, self._config(), lambda: self._stop, self.stop)
 
     def run(self) -> None:
         """Run the job (blocking). Inside a running event loop use ``await app.run_async()``."""

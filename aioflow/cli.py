@@ -2,6 +2,11 @@
 
 ``module:app`` is a dotted module path (``myservice.pipeline:app``) or a file path
 (``examples/wordcount.py:app``); ``app`` names an :class:`aioflow.App` in it.
+
+Exit status of ``aioflow run``: 0 the job finished (its input ended, or a stop signal
+drained it); 1 it failed; 2 the app could not be loaded or the command line is wrong;
+128 + the signal number (130 for SIGINT, 143 for SIGTERM) it was cancelled before
+completion, by a second signal or because the stop took longer than ``--stop-timeout``.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import signal
 import sys
 from pathlib import Path
@@ -19,10 +25,15 @@ import structlog
 from aioflow.app import App
 from aioflow.errors import AioflowError, AppLoadError
 from aioflow.log import configure_logging
+from aioflow.worker.stop import STOP_TIMEOUT, StopSignals
 
-__all__ = ["load_app", "main"]
+__all__ = ["EXIT_CANNOT_LOAD", "EXIT_FAILED", "EXIT_FINISHED", "load_app", "main"]
 
 log = structlog.get_logger("aioflow.cli")
+
+EXIT_FINISHED = 0
+EXIT_FAILED = 1
+EXIT_CANNOT_LOAD = 2
 
 
 def load_app(target: str) -> App:
@@ -34,12 +45,17 @@ def load_app(target: str) -> App:
         path = Path(module_part)
         if not path.is_file():
             raise AppLoadError(f"{target!r}: file {module_part!r} does not exist")
-        sys.path.insert(0, str(path.resolve().parent))
-        spec = importlib.util.spec_from_file_location(path.stem, path)
+        # Its folder goes last on the path, and the file is loaded under a private name:
+        # a pipeline called json.py must shadow neither the standard json module nor any other.
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.append(folder)
+        name = f"_aioflow_target_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise AppLoadError(f"{target!r}: cannot import {module_part!r}")
         module = importlib.util.module_from_spec(spec)
-        sys.modules[path.stem] = module
+        sys.modules[name] = module
         spec.loader.exec_module(module)
     else:
         if "" not in sys.path and "." not in sys.path:
@@ -61,33 +77,17 @@ def load_app(target: str) -> App:
     return app
 
 
-async def _run_until_signalled(app: App) -> None:
-    """Run ``app``. The first SIGINT or SIGTERM asks its sources to stop (the job then
-    drains what is in flight); a second one cancels the job at once."""
-    failure: BaseException | None = None
-    async with anyio.create_task_group() as group:
-        job = anyio.CancelScope()
-
-        async def watch() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if app._stop:
-                        log.warning("second stop signal: cancelling the job", signal=name, app=app.name)
-                        job.cancel()
-                    else:
-                        log.info("stop requested: draining", signal=name, app=app.name)
-                        app.stop()
-
-        group.start_soon(watch)
-        try:
-            with job:
-                await app.run_async()
-        except Exception as exc:  # re-raised below, outside the task group, unwrapped
-            failure = exc
-        group.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
+async def _run_worker(app: App, stop_timeout: float) -> int:
+    """Run ``app`` until it finishes or a stop signal ends it; return the exit status."""
+    job = anyio.CancelScope()
+    finished = False
+    with StopSignals(app, job, stop_timeout=stop_timeout) as signals, job:
+        await app.run_async()
+        finished = True  # nothing can interrupt between the job's end and this line
+    if finished:
+        return EXIT_FINISHED
+    log.warning("job cancelled before completion", app=app.name)
+    return 128 + (signals.first or signal.SIGTERM)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
                     "SIGTERM stops the sources and drains what is in flight.",
     )
     run.add_argument("target", metavar="TARGET", help="module.path:app or path/to/file.py:app")
+    run.add_argument(
+        "--stop-timeout", type=float, default=STOP_TIMEOUT, metavar="SECONDS",
+        help=f"after a stop signal, cancel the job if it has not drained within SECONDS; an operator "
+             f"stuck in synchronous code makes the worker exit 3 s later (default: {STOP_TIMEOUT:g})",
+    )
     plan = commands.add_parser(
         "plan", parents=[common], help="print the physical plan (tasks, chaining, partitioning)",
         description="Print how the App named by TARGET is split into tasks of chained operators.",
@@ -115,33 +120,39 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``aioflow`` command; returns the exit status (see the module docstring)."""
     args = _parser().parse_args(argv)
     try:
         configure_logging(args.log_level, args.log_format)
     except ValueError as exc:
         print(f"aioflow: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CANNOT_LOAD
     try:
         app = load_app(args.target)
-        if args.command == "plan":
-            plan = app.plan()
-            if args.json:
-                import json
-
-                print(json.dumps(plan.to_dict(), indent=2))
-            else:
-                print(plan)
-            return 0
-        anyio.run(_run_until_signalled, app)
-        return 0
     except AppLoadError as exc:
         print(f"aioflow: cannot load app: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CANNOT_LOAD
     except (AioflowError, OSError) as exc:
         log.error("job failed", app=args.target, error=str(exc), exc_info=exc)
-        return 1
+        return EXIT_FAILED
+    if args.command == "plan":
+        plan = app.plan()
+        print(json.dumps(plan.to_dict(), indent=2) if args.json else plan)
+        return EXIT_FINISHED
+    try:
+        return anyio.run(_run_worker, app, args.stop_timeout)
+    except (AioflowError, OSError) as exc:
+        log.error("job failed", app=app.name, error=str(exc), exc_info=exc)
+        return EXIT_FAILED
+    except SystemExit as exc:
+        log.error("job failed", app=app.name, error=f"user code raised SystemExit({exc.code!r})", exc_info=exc)
+        return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        log.warning("job cancelled before completion", app=app.name, reason="KeyboardInterrupt")
+        return 128 + signal.SIGINT
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # the job has ended: a late signal changes nothing
+            signal.signal(signum, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

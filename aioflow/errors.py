@@ -56,7 +56,7 @@ class BadRecordError(AioflowError):
     ``location`` says where (``path:line`` for files); ``raw`` holds the undecoded input.
     """
 
-    def __init__(self, message: str, *, location: str, raw: bytes | str | None = None) -> None:
+    def __init__(self, message: str, *, location: str, raw: bytes | None = None) -> None:
         super().__init__(message)
         self.location = location
         self.raw = raw

@@ -216,15 +216,18 @@ class Stream:
         """Give records event timestamps (and generate watermarks) mid-stream. Prefer
         ``app.source(..., timestamps=, watermarks=)``: there watermarks are kept per split."""
         from aioflow.time.assigner import TimestampsAndWatermarksOperator
-        from aioflow.time.watermarks import WatermarkStrategy
+        from aioflow.time.watermarks import PERIODIC_WATERMARK_INTERVAL, WatermarkStrategy
 
         _check_callable(timestamps, "assign_timestamps_and_watermarks()", sync_only=True)
         if watermarks is not None and not isinstance(watermarks, WatermarkStrategy):
             raise PipelineError(f"watermarks= takes a WatermarkStrategy, got {watermarks!r}")
-        interval = self.app.watermark_interval
+        app = self.app
         node = self._add(
             "timestamps", None, name, None,
-            lambda n: TimestampsAndWatermarksOperator(n, timestamps, watermarks, interval),
+            lambda n: TimestampsAndWatermarksOperator(
+                n, timestamps, watermarks,
+                PERIODIC_WATERMARK_INTERVAL if app.watermark_interval is None else app.watermark_interval,
+            ),
         )
         return Stream(self.app, node)
 

@@ -48,7 +48,7 @@ from aioflow.runtime.task import SubtaskEnvironment
 from aioflow.state.backend import MemoryStateBackend
 from aioflow.stream import Stream, instantiate
 
-__all__ = ["ProcessFunctionHarness", "replace_source", "run_collect", "run_collect_async"]
+__all__ = ["SETTINGS", "ProcessFunctionHarness", "replace_source", "run_collect", "run_collect_async"]
 
 
 def _app_of(streams: tuple[Stream, ...]) -> App:
@@ -61,22 +61,42 @@ def _app_of(streams: tuple[Stream, ...]) -> App:
     return app
 
 
-async def run_collect_async(*streams: Stream, timeout: float | None = 60.0) -> Any:
+#: App settings a test may override for one run.
+SETTINGS = ("parallelism", "max_parallelism", "batch_size", "linger", "channel_capacity", "watermark_interval")
+
+
+def _overridden(app: App, settings: dict[str, Any]) -> dict[str, Any]:
+    """The app's settings with ``settings`` applied, validated as ``App(...)`` does."""
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise PipelineError(f"run_collect() cannot override {', '.join(unknown)}; it overrides {', '.join(SETTINGS)}")
+    checked = App(app.name, **{name: getattr(app, name) for name in SETTINGS} | settings)
+    return {name: getattr(checked, name) for name in SETTINGS}
+
+
+async def run_collect_async(*streams: Stream, timeout: float | None = 60.0, **settings: Any) -> Any:
     """Run the streams' app to completion and return what each stream carried.
 
     One stream: a list of its records. Several: a tuple of lists, in argument order.
     Collecting sinks run with parallelism 1, so a stream's order is kept. ``timeout``
-    (seconds) fails the test instead of hanging on an unbounded source.
+    (seconds) fails the test instead of hanging on an unbounded source. ``settings``
+    override the app's for this run only (any of :data:`SETTINGS`, e.g.
+    ``parallelism=4, batch_size=1``), so one pipeline can be tested several ways.
     """
     app = _app_of(streams)
+    saved = {name: getattr(app, name) for name in SETTINGS}
     added = len(app._nodes)
     sinks = [CollectSink() for _ in streams]
     try:
+        for name, value in _overridden(app, settings).items():
+            setattr(app, name, value)
         for stream, sink in zip(streams, sinks, strict=True):
             stream.sink(sink, parallelism=1)
         with anyio.fail_after(timeout):
             await app.run_async()
     finally:
+        for name, value in saved.items():
+            setattr(app, name, value)
         for node in app._nodes[added:]:
             app._names.discard(node.name)
         del app._nodes[added:]
@@ -84,9 +104,9 @@ async def run_collect_async(*streams: Stream, timeout: float | None = 60.0) -> A
     return results[0] if len(results) == 1 else tuple(results)
 
 
-def run_collect(*streams: Stream, timeout: float | None = 60.0) -> Any:
+def run_collect(*streams: Stream, timeout: float | None = 60.0, **settings: Any) -> Any:
     """Blocking form of :func:`run_collect_async`."""
-    return anyio.run(lambda: run_collect_async(*streams, timeout=timeout))
+    return anyio.run(lambda: run_collect_async(*streams, timeout=timeout, **settings))
 
 
 def replace_source(app: App, name: str, source: Source) -> None:

@@ -64,6 +64,8 @@ def test_failing_job_exits_1_with_the_error_and_traceback(tmp_path: Path) -> Non
     assert result.returncode == 1
     failed = [json.loads(line) for line in result.stderr.splitlines() if '"job failed"' in line]
     assert failed and "operator 'risky'" in failed[-1]["error"] and "record: 0" in failed[-1]["error"]
+    started = [json.loads(line) for line in result.stderr.splitlines() if '"job started"' in line]
+    assert failed[-1]["app"] == started[0]["app"] == "bad"  # one field names the app in both
     assert "ZeroDivisionError" in failed[-1]["exception"] and "return 1 / x" in failed[-1]["exception"]
 
 
@@ -101,3 +103,17 @@ def test_sigterm_stops_an_endless_job_which_drains_and_exits_cleanly(tmp_path: P
         process.kill()
     assert process.returncode == 0, err
     assert '"stop requested: draining"' in err and '"job finished"' in err
+
+
+def test_a_pipeline_file_named_like_a_standard_module_loads_privately(tmp_path: Path) -> None:
+    (tmp_path / "json.py").write_text("import aioflow as af\napp = af.App('shadow')\napp.source([1]).sink(af.PrintSink())\n")
+    command = str(Path(sys.executable).parent / "aioflow")  # not `python -m`, which puts the folder first itself
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([command, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+
+    plan = run("plan", "json.py:app", "--json")
+    assert plan.returncode == 0, plan.stderr
+    assert json.loads(plan.stdout)["app"] == "shadow"
+    result = run("run", "json.py:app", "--log-format", "json")
+    assert result.returncode == 0 and result.stdout == "1\n", result.stderr

@@ -105,7 +105,7 @@ def trickle(records: list[Any], delay: float = 0.02) -> af.Source:
 def load(name: str) -> Any:
     app = load_app(f"{ROOT / 'examples' / name}:app")
     app.watermark_interval = 0.01
-    return app, sys.modules[Path(name).stem]
+    return app, sys.modules[f"_aioflow_target_{Path(name).stem}"]  # load_app's private module name
 
 
 def literal(lines: list[str]) -> list[Any]:

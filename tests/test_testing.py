@@ -129,3 +129,27 @@ def test_harness_refuses_a_stream_that_is_not_a_process_operator() -> None:
         ProcessFunctionHarness(doubled)
     with pytest.raises(af.PipelineError, match="'events' is a source operator, not a process operator"):
         ProcessFunctionHarness(events.key_by(lambda x: x))
+
+
+def test_run_collect_overrides_app_settings_for_one_run() -> None:
+    batches: list[int] = []
+
+    class Sizes(af.SinkWriter):
+        async def write(self, values):
+            batches.append(len(values))
+
+    class SizesSink(af.Sink):
+        def create_writer(self, subtask_index, parallelism):
+            return Sizes()
+
+    app = af.App("overrides", batch_size=1024)
+    stream = app.source(range(10)).map(lambda x: x, name="same")
+    stream.sink(SizesSink())
+    assert run_collect(stream, batch_size=3, watermark_interval=0) == list(range(10))
+    assert batches == [3, 3, 3, 1]
+    assert (app.batch_size, app.watermark_interval) == (1024, None)  # restored after the run
+    with pytest.raises(af.PipelineError, match="cannot override state_dir"):
+        run_collect(stream, state_dir="x")
+    with pytest.raises(af.PipelineError, match="batch_size must be a positive int"):
+        run_collect(stream, batch_size=0)
+    assert app.batch_size == 1024

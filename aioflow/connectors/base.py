@@ -22,7 +22,7 @@ from anyio.abc import TaskGroup
 from aioflow.errors import BadRecordError
 from aioflow.functions import OutputTag
 
-__all__ = ["BadRecord", "ErrorPolicy", "Sink", "SinkWriter", "Source", "SourceBatch", "SourceReader"]
+__all__ = ["BadRecord", "ErrorPolicy", "Sink", "SinkClosed", "SinkWriter", "Source", "SourceBatch", "SourceReader"]
 
 log = structlog.get_logger("aioflow.connectors")
 
@@ -85,13 +85,30 @@ class Source:
     bounded = True
     #: Most subtasks this source can feed (``None``: no limit).
     max_parallelism: int | None = None
+    #: Every run reads the same records in the same batches (files, lists), whatever the
+    #: timing: watermarks then follow the data, one after each batch, so a replay gives
+    #: the same output (see ``App(watermark_interval=)``).
+    replayable = False
 
     def create_reader(self, subtask_index: int, parallelism: int) -> SourceReader:
         raise TypeError(f"{type(self).__name__} must implement create_reader(subtask_index, parallelism)")
 
 
+class SinkClosed(Exception):  # noqa: N818 - an end, not an error
+    """Raised by :meth:`SinkWriter.write` when the destination went away for good on
+    purpose: the reader of a pipe closed it (``aioflow run ... | head``). The job then
+    stops as on a stop signal, the sink discards what still comes, and the job ends
+    normally (exit 0)."""
+
+
 class SinkWriter:
-    """Writes the batches of one sink subtask."""
+    """Writes the batches of one sink subtask.
+
+    ``flush_interval`` (seconds, or ``None``) asks the runtime to call :meth:`flush` that
+    long after a write that was not flushed yet, even if no record follows it.
+    """
+
+    flush_interval: float | None = None
 
     async def open(self) -> None:
         """Acquire resources."""

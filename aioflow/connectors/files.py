@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import glob
 import os
-import time
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
@@ -164,6 +163,8 @@ class _LinesReader(SourceReader):
 class LinesSource(Source):
     """Line-oriented files; each file is a split."""
 
+    replayable = True
+
     def __init__(self, files: list[Path], format: _Format, on_error: OnError) -> None:
         self.files = files
         self.format = format
@@ -232,14 +233,12 @@ def _make_parents(path: Path) -> None:
 class _FileWriter(SinkWriter):
     def __init__(self, path: Path, flush_interval: float) -> None:
         self._path = path
-        self._flush_interval = flush_interval
+        self.flush_interval = flush_interval
         self._file: IO[bytes] | None = None
-        self._flushed_at = 0.0  # time.monotonic() of the last flush
 
     async def open(self) -> None:
         _make_parents(self._path)
         self._file = open(self._path, "wb", opener=_create_0o644)  # noqa: SIM115 - closed in close()
-        self._flushed_at = time.monotonic()
 
     async def write(self, values: list[Any]) -> None:
         dumps = orjson.dumps
@@ -257,13 +256,10 @@ class _FileWriter(SinkWriter):
             raise
         assert self._file is not None
         self._file.write(chunk)
-        if time.monotonic() - self._flushed_at >= self._flush_interval:
-            await self.flush()
 
     async def flush(self) -> None:
         if self._file is not None:
             self._file.flush()
-            self._flushed_at = time.monotonic()
 
     async def close(self) -> None:
         if self._file is not None:
@@ -278,11 +274,9 @@ class FileSink(Sink):
     The file is truncated when the job starts; a new file gets mode 0o644 and missing
     directories 0o755 (less the umask, so never world-writable).
 
-    Writes are buffered. The buffer is flushed at end of input, at close, and by a write
-    that comes ``flush_interval`` seconds or more after the last flush, so a stalled job
-    does not sit on records it has processed: at worst the records of the writes within
-    ``flush_interval`` before the stall stay buffered. ``flush_interval=0`` flushes every
-    batch.
+    Writes are buffered. The buffer is flushed at end of input, at close, and
+    ``flush_interval`` seconds after a write, even when no record follows it, so a job
+    that stalls upstream does not sit on records it has processed.
     """
 
     default_name = "file_sink"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, TextIO
 
-from aioflow.connectors.base import Sink, SinkWriter
+from aioflow.connectors.base import Sink, SinkClosed, SinkWriter
 
 __all__ = ["CollectSink", "PrintSink"]
 
@@ -45,14 +46,22 @@ class _PrintWriter(SinkWriter):
     async def write(self, values: list[Any]) -> None:
         stream = self._stream or sys.stdout
         prefix = self._prefix
-        stream.write("".join(f"{prefix}{value}\n" for value in values))
-        stream.flush()  # a worker's output shows up as it happens, not when a buffer fills
+        try:
+            stream.write("".join(f"{prefix}{value}\n" for value in values))
+            stream.flush()  # a worker's output shows up as it happens, not when a buffer fills
+        except BrokenPipeError:  # `aioflow run ... | head`: the reader has all it wanted
+            if stream is sys.stdout:  # nor may Python's own flush at exit complain
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+            raise SinkClosed(f"{getattr(stream, 'name', stream)} was closed by its reader") from None
 
 
 class PrintSink(Sink):
     """Prints each record with ``str()`` on its own line (to stdout unless ``stream`` is
     given). With parallelism above 1, lines start with the subtask number, as in Flink:
-    ``2> record``."""
+    ``2> record``. A pipe closed by its reader (``aioflow run ... | head``) is a normal
+    end: the job stops as on a stop signal and exits 0."""
 
     default_name = "print"
 

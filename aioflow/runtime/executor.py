@@ -17,11 +17,11 @@ import structlog
 from aioflow.graph.logical import Node
 from aioflow.graph.plan import Plan, PlannedEdge, PlannedTask
 from aioflow.runtime.channel import Channel, InputGate
-from aioflow.runtime.operators import FanOut, Operator, Output
+from aioflow.runtime.operators import FanOut, Operator, Output, cancelled_by_runtime
 from aioflow.runtime.task import NetworkOutput, SourceTask, StreamTask, SubtaskEnvironment
 from aioflow.runtime.writer import FORWARD, RecordWriter
 from aioflow.state.backend import MemoryStateBackend
-from aioflow.time.watermarks import SourceWatermarks
+from aioflow.time.watermarks import PERIODIC_WATERMARK_INTERVAL, SourceWatermarks
 
 __all__ = ["RuntimeConfig", "execute"]
 
@@ -34,7 +34,7 @@ class RuntimeConfig:
     linger: float
     channel_capacity: int
     max_parallelism: int
-    watermark_interval: float
+    watermark_interval: float | None  # None: after every batch for replayable sources, else periodic
 
 
 Subtask = SourceTask | StreamTask
@@ -81,7 +81,8 @@ def _wire(task: PlannedTask, operators: dict[int, Operator], writers: dict[int, 
                 operator.side_outputs[tag] = combined
 
 
-def _build(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[], bool]) -> list[Subtask]:
+def _build(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[], bool],
+           request_stop: Callable[[], None]) -> list[Subtask]:
     matrices = {id(edge): _channels(edge, config.channel_capacity) for edge in plan.edges}
     subtasks: list[Subtask] = []
     for task in plan.tasks:
@@ -93,6 +94,7 @@ def _build(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[], bool]
                 max_parallelism=config.max_parallelism,
                 batch_size=config.batch_size,
                 state_backend=MemoryStateBackend(),
+                request_stop=request_stop,
             )
             operators = {node.id: node.make_operator() for node in task.nodes}
             writers: dict[int, RecordWriter] = {}
@@ -115,9 +117,10 @@ def _build(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[], bool]
                 source = head.source
                 watermarks = None
                 if head.watermarks is not None or head.timestamps is not None:
-                    watermarks = SourceWatermarks(
-                        head.name, head.timestamps, head.watermarks, config.watermark_interval
-                    )
+                    interval = config.watermark_interval
+                    if interval is None:
+                        interval = 0.0 if source.replayable else PERIODIC_WATERMARK_INTERVAL
+                    watermarks = SourceWatermarks(head.name, head.timestamps, head.watermarks, interval)
                 tag = getattr(source, "dead_letter_tag", None)
                 subtasks.append(
                     SourceTask(
@@ -143,30 +146,49 @@ def _build(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[], bool]
     return subtasks
 
 
-async def execute(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[], bool]) -> None:
-    """Run ``plan`` until every task finished; raise the first failure."""
-    subtasks = _build(plan, config, stop_requested)
+async def execute(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[], bool],
+                  request_stop: Callable[[], None]) -> None:
+    """Run ``plan`` until every task finished; raise the first failure. ``request_stop``
+    is how an operator asks for what ``stop_requested`` then reports (a closed output)."""
+    subtasks = _build(plan, config, stop_requested, request_stop)
     failure: BaseException | None = None
     started = time.perf_counter()
     log.info("job started", app=plan.app_name, tasks=len(plan.tasks), subtasks=len(subtasks))
 
-    async with anyio.create_task_group() as group:
+    completed = 0
+    try:
+        async with anyio.create_task_group() as group:
 
-        async def supervise(subtask: Subtask) -> None:
-            nonlocal failure
-            try:
-                await subtask.run()
-            except anyio.get_cancelled_exc_class():
-                raise
-            except Exception as exc:
-                while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
-                    exc = exc.exceptions[0]  # a reader's background task failed: show its error
+            async def supervise(subtask: Subtask) -> None:
+                try:
+                    await subtask.run()
+                except anyio.get_cancelled_exc_class():
+                    if cancelled_by_runtime():
+                        raise
+                    fail(RuntimeError(f"{subtask.name} was cancelled although nothing cancelled the job"))
+                except BaseException as exc:
+                    # KeyboardInterrupt and SystemExit from user code end the job too, and are
+                    # raised as they are, not in an exception group, at every parallelism.
+                    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                        exc = exc.exceptions[0]  # a reader's background task failed: show its error
+                    fail(exc)
+                else:
+                    nonlocal completed
+                    completed += 1
+
+            def fail(exc: BaseException) -> None:
+                nonlocal failure
                 if failure is None:
                     failure = exc
                 group.cancel_scope.cancel()
 
-        for subtask in subtasks:
-            group.start_soon(supervise, subtask, name=subtask.name)
+            for subtask in subtasks:
+                group.start_soon(supervise, subtask, name=subtask.name)
+    except anyio.get_cancelled_exc_class():
+        # Cancelled (a second stop signal) after every task had finished: nothing was
+        # lost, and the job is complete.
+        if failure is not None or completed < len(subtasks):
+            raise
 
     if failure is not None:
         raise failure

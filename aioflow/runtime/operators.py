@@ -19,9 +19,13 @@ from itertools import compress
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
+from aioflow.connectors.base import SinkClosed
 from aioflow.errors import OperatorError, truncated_repr
 from aioflow.functions import OutputTag
 from aioflow.runtime.events import Batch
+from aioflow.time.timers import now_ms
 
 if TYPE_CHECKING:
     from aioflow.runtime.task import SubtaskEnvironment
@@ -55,6 +59,8 @@ class Output:
     async def end_input(self) -> None:
         """No more input will come."""
 
+
+log = structlog.get_logger("aioflow.runtime")
 
 DISCARD = Output()
 _MISSING: Any = object()
@@ -349,12 +355,15 @@ class FlatMapOperator(Operator):
 
 
 class SinkOperator(Operator):
-    """Hands batches to a sink writer; flushes it at the end of input."""
+    """Hands batches to a sink writer; flushes it at the end of input, and
+    ``writer.flush_interval`` seconds after an unflushed write."""
 
     def __init__(self, name: str, sink: Any) -> None:
         super().__init__(name)
         self.sink = sink
         self.writer: Any = None
+        self._flush_scheduled = False
+        self._closed = False  # the destination went away (SinkClosed): discard the rest
 
     async def open(self, env: SubtaskEnvironment) -> None:
         await super().open(env)
@@ -362,8 +371,16 @@ class SinkOperator(Operator):
         await self.writer.open()
 
     async def process(self, batch: Batch) -> None:
+        if self._closed:
+            return
         try:
             await self.writer.write(batch.values)
+        except SinkClosed:
+            self._closed = True
+            log.info("sink output closed: stopping the job", operator=self.name)
+            assert self.env is not None
+            self.env.request_stop()
+            return
         except Exception as exc:
             record = getattr(exc, "record", _MISSING)  # a writer may say which record failed
             raise self.error(
@@ -371,6 +388,15 @@ class SinkOperator(Operator):
                 f"{type(exc).__name__}: {exc}",
                 record, has_record=record is not _MISSING,
             ) from exc
+        interval = self.writer.flush_interval
+        if interval is not None and not self._flush_scheduled:
+            assert self.env is not None
+            self._flush_scheduled = True
+            self.env.schedule(now_ms() + int(interval * 1000), self._timed_flush)
+
+    async def _timed_flush(self, now: int) -> None:
+        self._flush_scheduled = False
+        await self.end_input()
 
     async def process_watermark(self, timestamp: int) -> None:
         pass
@@ -379,6 +405,8 @@ class SinkOperator(Operator):
         pass
 
     async def end_input(self) -> None:
+        if self._closed:
+            return
         try:
             await self.writer.flush()
         except Exception as exc:

@@ -102,6 +102,8 @@ class SubtaskEnvironment:
     batch_size: int
     state_backend: MemoryStateBackend
     scheduler: Scheduler = field(default_factory=Scheduler)
+    #: Ask the job to stop as a stop signal does: sources stop, what is in flight drains.
+    request_stop: Callable[[], None] = lambda: None
 
     def schedule(self, at: int, callback: Callback) -> None:
         """Call ``await callback(now_ms)`` once the wall clock reaches ``at`` (epoch ms)."""

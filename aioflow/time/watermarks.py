@@ -28,6 +28,7 @@ from aioflow.runtime.operators import _describe, map_into
 from aioflow.time.timers import now_ms
 
 __all__ = [
+    "PERIODIC_WATERMARK_INTERVAL",
     "BoundedOutOfOrderness",
     "MonotonousTimestamps",
     "SourceWatermarks",
@@ -35,6 +36,10 @@ __all__ = [
     "WatermarkOutput",
     "WatermarkStrategy",
 ]
+
+
+#: Seconds between watermarks of live sources, and of mid-stream assigners, by default.
+PERIODIC_WATERMARK_INTERVAL = 0.2
 
 
 class WatermarkOutput:

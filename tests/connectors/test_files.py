@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+import anyio
 import orjson
 import pytest
 import structlog
@@ -154,15 +155,21 @@ def test_file_sink_round_trips_json_lines(tmp_path: Path) -> None:
     assert [orjson.loads(line) for line in out.read_bytes().splitlines()] == [{"a": 1}, ["b", 2.5], "c"]
 
 
-async def test_file_sink_flushes_on_a_write_once_flush_interval_has_passed(tmp_path: Path) -> None:
+async def test_file_sink_flushes_after_flush_interval_while_the_job_waits(tmp_path: Path) -> None:
     path = tmp_path / "o.jsonl"
-    writer = af.FileSink(path, flush_interval=0).create_writer(0, 1)
-    await writer.open()
-    try:
-        await writer.write([{"a": 1}])
-        assert path.read_bytes() == b'{"a":1}\n'  # visible to another reader before the job ends
-    finally:
-        await writer.close()
+
+    async def one_then_quiet():
+        yield {"a": 1}
+        await anyio.sleep_forever()  # the job stalls upstream, the record already written
+
+    app = af.App("stalls")
+    app.source(af.from_iterable(one_then_quiet())).sink(af.FileSink(path, flush_interval=0.05))
+    async with anyio.create_task_group() as group:
+        group.start_soon(app.run_async)
+        with anyio.fail_after(10):  # bounded wait for the flush, while the job still runs
+            while not path.exists() or path.read_bytes() != b'{"a":1}\n':
+                await anyio.sleep(0.01)
+        app.stop()
 
 
 async def test_file_sink_buffers_writes_within_flush_interval(tmp_path: Path) -> None:

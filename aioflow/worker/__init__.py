@@ -1,0 +1,1 @@
+"""The long-lived worker that ``aioflow run`` is: stop signals and exit codes."""
