@@ -11,7 +11,7 @@ from aioflow.connected import (
     IntervalJoin,
     IntervalJoined,
 )
-from aioflow.connectors.base import BadRecord, Sink, SinkWriter, Source, SourceBatch, SourceReader
+from aioflow.connectors.base import BadRecord, Sink, SinkClosed, SinkWriter, Source, SourceBatch, SourceReader
 from aioflow.connectors.collection import from_iterable
 from aioflow.connectors.files import FileSink, read_jsonl, read_text
 from aioflow.connectors.sinks import CollectSink, PrintSink
@@ -120,6 +120,7 @@ __all__ = [
     "ProcessingTimeTrigger",
     "PurgingTrigger",
     "Sink",
+    "SinkClosed",
     "SinkWriter",
     "SlidingEventTimeWindows",
     "SlidingProcessingTimeWindows",
