@@ -16,6 +16,7 @@ blocked, which is what lets the watchdog learn of the signal at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -92,10 +93,8 @@ class StopSignals:
 
     def _call_in_loop(self, fn: Any, *args: Any) -> None:
         assert self._loop is not None
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the job has ended
             self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # the loop is closed: the job has ended
-            pass
 
     def _in_loop(self, signum: int, count: int) -> None:
         if self._ended.is_set():
