@@ -15,6 +15,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -45,8 +46,10 @@ def load_app(target: str) -> App:
         path = Path(module_part)
         if not path.is_file():
             raise AppLoadError(f"{target!r}: file {module_part!r} does not exist")
-        # Its folder goes last on the path, and the file is loaded under a private name:
-        # a pipeline called json.py must shadow neither the standard json module nor any other.
+        # The file is loaded under a private name and its folder goes last on the path: a
+        # pipeline called json.py must shadow neither the standard json module nor any other.
+        # Under its own name too, unless that name is taken, so that sibling modules that
+        # import it (`from pipeline import events`) share its App instead of loading a copy.
         folder = str(path.resolve().parent)
         if folder not in sys.path:
             sys.path.append(folder)
@@ -56,6 +59,9 @@ def load_app(target: str) -> App:
             raise AppLoadError(f"{target!r}: cannot import {module_part!r}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
+        existing = importlib.util.find_spec(path.stem) if path.stem.isidentifier() else None
+        if existing is not None and existing.origin == str(path.resolve()):
+            sys.modules[path.stem] = module
         spec.loader.exec_module(module)
     else:
         if "" not in sys.path and "." not in sys.path:
@@ -90,6 +96,13 @@ async def _run_worker(app: App, stop_timeout: float) -> int:
     return 128 + (signals.first or signal.SIGTERM)
 
 
+def _seconds(text: str) -> float:
+    seconds = float(text)
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aioflow", description="Run and inspect aioflow pipelines.")
     common = argparse.ArgumentParser(add_help=False)
@@ -106,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("target", metavar="TARGET", help="module.path:app or path/to/file.py:app")
     run.add_argument(
-        "--stop-timeout", type=float, default=STOP_TIMEOUT, metavar="SECONDS",
+        "--stop-timeout", type=_seconds, default=STOP_TIMEOUT, metavar="SECONDS",
         help=f"after a stop signal, cancel the job if it has not drained within SECONDS; an operator "
              f"stuck in synchronous code makes the worker exit 3 s later (default: {STOP_TIMEOUT:g})",
     )
@@ -137,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     if args.command == "plan":
         plan = app.plan()
-        print(json.dumps(plan.to_dict(), indent=2) if args.json else plan)
+        try:
+            print(json.dumps(plan.to_dict(), indent=2) if args.json else plan, flush=True)
+        except BrokenPipeError:  # `aioflow plan ... | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FINISHED
     try:
         return anyio.run(_run_worker, app, args.stop_timeout)

@@ -117,3 +117,21 @@ def test_a_pipeline_file_named_like_a_standard_module_loads_privately(tmp_path: 
     assert json.loads(plan.stdout)["app"] == "shadow"
     result = run("run", "json.py:app", "--log-format", "json")
     assert result.returncode == 0 and result.stdout == "1\n", result.stderr
+
+
+def test_a_pipeline_split_over_sibling_modules_shares_one_app(tmp_path: Path) -> None:
+    (tmp_path / "pipeline.py").write_text(
+        "import aioflow as af\napp = af.App('split')\nnumbers = app.source([1, 2, 3], name='numbers')\n"
+        "import outputs  # noqa: E402 - adds the rest of the pipeline\n"
+    )
+    (tmp_path / "outputs.py").write_text(
+        "import aioflow as af\nfrom pipeline import numbers\n"
+        "numbers.map(lambda x: x * 100, name='times').sink(af.PrintSink())\n"
+    )
+    result = aioflow("run", "pipeline.py:app", "--log-format", "json", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == "100\n200\n300\n", result.stderr
+
+
+def test_stop_timeout_must_not_be_negative() -> None:
+    result = aioflow("run", "examples/wordcount.py:app", "--stop-timeout", "-1")
+    assert result.returncode == 2 and "expected seconds >= 0" in result.stderr

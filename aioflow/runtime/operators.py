@@ -222,6 +222,9 @@ class Operator(Output):
         return keys
 
 
+_STRAY_NEXT = "a StopIteration escaped the function (a stray next()?)"
+
+
 def map_into(out: list[Any], fn: Callable[[Any], Any], values: list[Any]) -> None:
     """Append ``fn(v)`` for each value to the empty list ``out``, at C speed.
 
@@ -231,7 +234,7 @@ def map_into(out: list[Any], fn: Callable[[Any], Any], values: list[Any]) -> Non
     """
     out.extend(map(fn, values))
     if len(out) != len(values):
-        raise StopIteration("a StopIteration escaped the function (a stray next()?)")
+        raise StopIteration(_STRAY_NEXT)
 
 
 def check_hashable(keys: list[Any], key_selector: Callable[[Any], Any], values: list[Any], operator: str) -> None:
@@ -281,7 +284,7 @@ def _describe(exc: BaseException, fn: Callable[..., Any]) -> str:
     if isinstance(exc, (asyncio.CancelledError, StrayCancellation)):
         return f"{_name(fn)} raised CancelledError, but nothing cancelled the job (did it await a task " \
                "that was cancelled elsewhere?)"
-    detail = str(exc)
+    detail = str(exc) or (_STRAY_NEXT if isinstance(exc, StopIteration) else "")
     return f"{_name(fn)} raised {type(exc).__name__}" + (f": {detail}" if detail else "")
 
 
