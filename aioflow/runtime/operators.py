@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from itertools import compress
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any
@@ -103,9 +103,7 @@ class Collector:
     def add_all(self, produced: Any, timestamp: Any) -> None:
         """Collect what one call of a user function produced: a generator's items (or a
         list's); see :func:`check_outputs`."""
-        cls = produced.__class__
-        if cls is not GeneratorType and cls is not list:
-            check_outputs(produced)
+        check_outputs(produced)
         values, timestamps = self.values, self.timestamps
         for item in produced:
             if item.__class__ is tuple and len(item) == 2 and item[0].__class__ is OutputTag:
@@ -126,6 +124,9 @@ def check_outputs(produced: Any) -> None:
     """A process function emits by yielding. A plain function that *returns* a tuple, a
     string or a dict (or any non-iterable) would have its parts emitted one by one, or
     fail obscurely: refuse it with a message that says what to write instead."""
+    cls = produced.__class__
+    if cls is GeneratorType or cls is list:  # the usual cases, at the cost of two compares
+        return
     if isinstance(produced, (tuple, str, bytes, dict)) or not hasattr(produced, "__iter__"):
         raise TypeError(
             f"returned {truncated_repr(produced)} ({type(produced).__name__}) instead of yielding its outputs: "
@@ -202,13 +203,9 @@ class Operator(Output):
         try:
             if is_async:
                 for value in values:
-                    out.append(await fn(value))
+                    out.append(await await_user(fn(value)))
             else:
                 map_into(out, fn, values)  # on failure, ``out`` holds the results before the bad record
-        except asyncio.CancelledError as exc:
-            if cancelled_by_runtime():
-                raise
-            raise self.error(what + _describe(exc, fn), values[len(out)]) from exc
         except Exception as exc:
             raise self.error(what + _describe(exc, fn), values[len(out)]) from exc
         return out
@@ -271,6 +268,22 @@ class StrayCancellation(Exception):
     """A ``CancelledError`` escaped user code although nothing cancelled the job."""
 
 
+async def await_user(awaitable: Awaitable[Any]) -> Any:
+    """Await user code. A ``CancelledError`` the runtime did not ask for becomes a
+    :class:`StrayCancellation`, which callers report as a failure of the operator."""
+    try:
+        return await awaitable
+    except asyncio.CancelledError as exc:
+        if cancelled_by_runtime():
+            raise
+        raise StrayCancellation() from exc
+
+
+async def collect_async(items: AsyncIterator[Any]) -> list[Any]:
+    """What an async generator yields, as a list."""
+    return [item async for item in items]
+
+
 def is_async(fn: Callable[..., Any]) -> bool:
     """True for ``async def`` functions and callables whose ``__call__`` is one."""
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
@@ -281,7 +294,7 @@ def _name(fn: Callable[..., Any]) -> str:
 
 
 def _describe(exc: BaseException, fn: Callable[..., Any]) -> str:
-    if isinstance(exc, (asyncio.CancelledError, StrayCancellation)):
+    if isinstance(exc, StrayCancellation):
         return f"{_name(fn)} raised CancelledError, but nothing cancelled the job (did it await a task " \
                "that was cancelled elsewhere?)"
     detail = str(exc) or (_STRAY_NEXT if isinstance(exc, StopIteration) else "")
@@ -337,9 +350,9 @@ class FlatMapOperator(Operator):
         try:
             for i, value in enumerate(values):
                 if self._async_gen:
-                    produced = [item async for item in fn(value)]
+                    produced = await await_user(collect_async(fn(value)))
                 elif self._async:
-                    produced = await fn(value)
+                    produced = await await_user(fn(value))
                 else:
                     produced = fn(value)
                 if produced is None:
@@ -348,10 +361,6 @@ class FlatMapOperator(Operator):
                 out.extend(produced)
                 if out_ts is not None:
                     out_ts.extend([timestamps[i]] * (len(out) - before))  # type: ignore[index]
-        except asyncio.CancelledError as exc:
-            if cancelled_by_runtime():
-                raise
-            raise self.error(_describe(exc, fn), values[i]) from exc
         except Exception as exc:
             raise self.error(_describe(exc, fn), values[i]) from exc
         await self.out.process(Batch(out, out_ts))

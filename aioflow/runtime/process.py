@@ -9,7 +9,6 @@ in Flink.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aioflow.errors import OperatorError
 from aioflow.runtime.context import OperatorContext
 from aioflow.runtime.events import Batch
-from aioflow.runtime.operators import Collector, Operator, StrayCancellation, _describe, cancelled_by_runtime
+from aioflow.runtime.operators import Collector, Operator, _describe, await_user, collect_async
 from aioflow.time.timers import EVENT_TIME, PROCESSING_TIME
 
 if TYPE_CHECKING:
@@ -44,14 +43,9 @@ class UserCall:
     async def call_async(self, *args: Any) -> Any:
         """For the async kinds: the produced outputs as a list (or ``None``). A
         ``CancelledError`` the runtime did not ask for is raised as a failure."""
-        try:
-            if self.kind == "async_gen":
-                return [item async for item in self.fn(*args)]
-            return await self.fn(*args)
-        except asyncio.CancelledError as exc:
-            if cancelled_by_runtime():
-                raise
-            raise StrayCancellation() from exc
+        if self.kind == "async_gen":
+            return await await_user(collect_async(self.fn(*args)))
+        return await await_user(self.fn(*args))
 
 
 async def call_user_open(operator: Operator, function: Any, ctx: OperatorContext) -> None:
