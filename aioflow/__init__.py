@@ -36,7 +36,8 @@ from aioflow.functions import (
     ProcessWindowFunction,
 )
 from aioflow.graph.plan import Plan
-from aioflow.runtime.context import OperatorContext
+from aioflow.operators.context import OperatorContext
+from aioflow.operators.window import TriggerContext, WindowContext
 from aioflow.stream import KeyedStream, Stream
 from aioflow.time.watermarks import (
     BoundedOutOfOrderness,
@@ -58,7 +59,6 @@ from aioflow.windows.assigners import (
     WindowAssigner,
 )
 from aioflow.windows.evictors import CountEvictor, DeltaEvictor, Evictor, TimeEvictor
-from aioflow.windows.operator import TriggerContext, WindowContext
 from aioflow.windows.stream import WindowedStream
 from aioflow.windows.triggers import (
     ContinuousEventTimeTrigger,

@@ -17,8 +17,8 @@ from aioflow.errors import PipelineError
 from aioflow.graph.logical import Edge, Node
 from aioflow.graph.plan import Plan, build_plan
 from aioflow.log import configure_logging
+from aioflow.operators.base import Operator
 from aioflow.runtime.executor import RuntimeConfig, execute
-from aioflow.runtime.operators import Operator
 from aioflow.stream import Stream
 from aioflow.time.watermarks import WatermarkStrategy
 

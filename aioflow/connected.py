@@ -21,8 +21,8 @@ from aioflow.functions import (
     OutputTag,
     ProcessJoinFunction,
 )
-from aioflow.runtime.coprocess import BroadcastProcessOperator, CoProcessOperator
-from aioflow.runtime.join import IntervalJoinOperator
+from aioflow.operators.coprocess import BroadcastProcessOperator, CoProcessOperator
+from aioflow.operators.join import IntervalJoinOperator
 from aioflow.runtime.writer import BROADCAST
 
 if TYPE_CHECKING:

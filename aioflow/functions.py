@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from aioflow.runtime.context import OperatorContext
+    from aioflow.operators.context import OperatorContext
 
 __all__ = [
     "AggregateFunction",

@@ -23,15 +23,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from aioflow.errors import PipelineError
 from aioflow.functions import OutputTag, ProcessFunction
 from aioflow.graph.logical import DEFAULT, Edge, Node
-from aioflow.runtime.operators import (
-    FilterOperator,
-    FlatMapOperator,
-    MapOperator,
-    Operator,
-    RollingReduceOperator,
-    SinkOperator,
-)
-from aioflow.runtime.process import ProcessOperator
+from aioflow.operators.base import Operator
+from aioflow.operators.process import ProcessOperator
+from aioflow.operators.sink import SinkOperator
+from aioflow.operators.transform import FilterOperator, FlatMapOperator, MapOperator, RollingReduceOperator
 from aioflow.runtime.writer import BROADCAST, FORWARD, GLOBAL, HASH, REBALANCE
 
 if TYPE_CHECKING:

@@ -41,9 +41,9 @@ from aioflow.connectors.base import Source
 from aioflow.connectors.sinks import CollectSink
 from aioflow.errors import PipelineError
 from aioflow.functions import OutputTag, ProcessFunction
+from aioflow.operators.base import Output
+from aioflow.operators.process import ProcessOperator
 from aioflow.runtime.events import Batch
-from aioflow.runtime.operators import Output
-from aioflow.runtime.process import ProcessOperator
 from aioflow.runtime.task import SubtaskEnvironment
 from aioflow.state.backend import MemoryStateBackend
 from aioflow.stream import Stream, instantiate

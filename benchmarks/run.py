@@ -158,7 +158,7 @@ class Side:
             self.unavailable = result["unavailable"]
         else:
             self.runs.append(result)
-        _progress(f"{workload}: {side} {_describe_run(result)}")
+        _progress(f"{workload}: {side} {describe_error_run(result)}")
 
     def best(self) -> dict[str, Any] | None:
         return min(self.runs, key=lambda r: r["seconds"]) if self.runs else None
@@ -167,7 +167,7 @@ class Side:
         return round(max(r["peak_rss_mb"] for r in self.runs), 1) if self.runs else None
 
 
-def _describe_run(result: dict[str, Any]) -> str:
+def describe_error_run(result: dict[str, Any]) -> str:
     if "unavailable" in result:
         return f"unavailable: {result['unavailable']}"
     return f"{result['seconds']:.3f} s, {result['peak_rss_mb']:.0f} MB, {result['outputs']} outputs"

@@ -7,9 +7,9 @@ import random
 import pytest
 
 import aioflow as af
+from aioflow.operators.base import Output
+from aioflow.operators.join import IntervalJoinOperator
 from aioflow.runtime.events import Batch
-from aioflow.runtime.join import IntervalJoinOperator
-from aioflow.runtime.operators import Output
 from aioflow.runtime.task import SubtaskEnvironment
 from aioflow.state.backend import MemoryStateBackend
 from aioflow.testing import run_collect

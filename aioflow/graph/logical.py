@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from aioflow.connectors.base import Source
-    from aioflow.runtime.operators import Operator
+    from aioflow.operators.base import Operator
     from aioflow.time.watermarks import WatermarkStrategy
 
 __all__ = ["DEFAULT", "Edge", "Node"]

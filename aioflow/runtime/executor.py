@@ -16,8 +16,8 @@ import structlog
 
 from aioflow.graph.logical import Node
 from aioflow.graph.plan import Plan, PlannedEdge, PlannedTask
+from aioflow.operators.base import FanOut, Operator, Output, cancelled_by_runtime
 from aioflow.runtime.channel import Channel, InputGate
-from aioflow.runtime.operators import FanOut, Operator, Output, cancelled_by_runtime
 from aioflow.runtime.task import NetworkOutput, SourceTask, StreamTask, SubtaskEnvironment
 from aioflow.runtime.writer import FORWARD, RecordWriter
 from aioflow.state.backend import MemoryStateBackend

@@ -23,8 +23,8 @@ import anyio.lowlevel
 import structlog
 
 from aioflow.errors import OperatorError
+from aioflow.operators.base import Operator, Output
 from aioflow.runtime.events import END_OF_INPUT, MAX_WATERMARK, Batch, EndOfInput, Watermark, WatermarkStatus
-from aioflow.runtime.operators import Operator, Output
 from aioflow.time.timers import now_ms
 from aioflow.time.valve import WatermarkValve
 

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from aioflow.errors import OperatorError
+from aioflow.operators.base import check_hashable, describe_error, map_into
 from aioflow.runtime.channel import Channel
 from aioflow.runtime.events import Batch
 from aioflow.runtime.keygroups import key_group, subtask_for_key_group
-from aioflow.runtime.operators import _describe, check_hashable, map_into
 
 __all__ = ["FORWARD", "PARTITIONINGS", "RecordWriter"]
 
@@ -101,7 +101,7 @@ class RecordWriter:
         try:
             map_into(keys, fn, values)
         except Exception as exc:
-            raise OperatorError(self._target, "key selector " + _describe(exc, fn), values[len(keys)]) from exc
+            raise OperatorError(self._target, "key selector " + describe_error(exc, fn), values[len(keys)]) from exc
         check_hashable(keys, fn, values, self._target)
         return keys
 

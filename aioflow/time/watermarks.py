@@ -23,8 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 from aioflow.errors import OperatorError, UserFunctionTypeError
+from aioflow.operators.base import describe_error, map_into
 from aioflow.runtime.events import MIN_WATERMARK, Batch
-from aioflow.runtime.operators import _describe, map_into
 from aioflow.time.timers import now_ms
 
 __all__ = [
@@ -194,7 +194,9 @@ class SourceWatermarks:
         try:
             map_into(stamps, fn, records)
         except Exception as exc:
-            raise OperatorError(self.source, "timestamp function " + _describe(exc, fn), records[len(stamps)]) from exc
+            raise OperatorError(
+                self.source, "timestamp function " + describe_error(exc, fn), records[len(stamps)]
+            ) from exc
         kinds = set(map(type, stamps))
         if kinds != {int}:
             for record, stamp in zip(records, stamps, strict=True):

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from aioflow.errors import PipelineError
 from aioflow.functions import AggregateFunction, OutputTag, ProcessWindowFunction
+from aioflow.operators.window import AGGREGATE, PROCESS, REDUCE, WindowOperator
 from aioflow.stream import instantiate
 from aioflow.windows.assigners import WindowAssigner
 from aioflow.windows.evictors import Evictor
-from aioflow.windows.operator import AGGREGATE, PROCESS, REDUCE, WindowOperator
 from aioflow.windows.triggers import Trigger
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from aioflow.windows.operator import TriggerContext
+    from aioflow.operators.window import TriggerContext
 
 __all__ = [
     "ContinuousEventTimeTrigger",

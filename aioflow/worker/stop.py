@@ -30,7 +30,7 @@ import anyio
 import structlog
 
 from aioflow.app import App
-from aioflow.runtime.operators import Operator
+from aioflow.operators.base import Operator
 
 __all__ = ["CANCEL_TIMEOUT", "STOP_TIMEOUT", "StopSignals"]
 

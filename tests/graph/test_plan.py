@@ -32,7 +32,7 @@ def test_key_by_between_single_subtasks_is_chained_but_not_between_parallel_ones
     }
 
 
-def test_fan_out_is_chained_and_described() -> None:
+def test_fan_out_is_chained_anddescribe_errord() -> None:
     app = af.App("fan")
     src = app.source([1], name="src")
     src.map(lambda x: x, name="a").sink(af.CollectSink(), name="out_a")

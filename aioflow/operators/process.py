@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aioflow.errors import OperatorError
-from aioflow.runtime.context import OperatorContext
+from aioflow.operators.base import Collector, Operator, await_user, collect_async, describe_error
+from aioflow.operators.context import OperatorContext
 from aioflow.runtime.events import Batch
-from aioflow.runtime.operators import Collector, Operator, _describe, await_user, collect_async
 from aioflow.time.timers import EVENT_TIME, PROCESSING_TIME
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ async def call_user_open(operator: Operator, function: Any, ctx: OperatorContext
         if inspect.isawaitable(opened):
             await opened
     except Exception as exc:
-        raise operator.error(_describe(exc, function.open), None, has_record=False) from exc
+        raise operator.error(describe_error(exc, function.open), None, has_record=False) from exc
 
 
 async def call_user_close(function: Any) -> None:
@@ -118,7 +118,7 @@ class ProcessOperator(Operator):
         except OperatorError:
             raise
         except Exception as exc:
-            raise self.error(_describe(exc, fn), value) from exc
+            raise self.error(describe_error(exc, fn), value) from exc
         await self.emit_collected(collector, timestamps is not None)
 
     async def process_watermark(self, timestamp: int) -> None:
@@ -164,7 +164,7 @@ class ProcessOperator(Operator):
         except OperatorError:
             raise
         except Exception as exc:
-            raise self.error(f"on_timer at {ctx.timestamp} for key {ctx.key!r}: {_describe(exc, fn)}", None,
+            raise self.error(f"on_timer at {ctx.timestamp} for key {ctx.key!r}: {describe_error(exc, fn)}", None,
                              has_record=False) from exc
         finally:
             ctx.time_domain = EVENT_TIME

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aioflow.errors import OperatorError, UserFunctionTypeError
-from aioflow.runtime.context import OperatorContext
+from aioflow.operators.base import Collector, Operator, describe_error
+from aioflow.operators.context import OperatorContext
+from aioflow.operators.process import UserCall, call_user_close, call_user_open
 from aioflow.runtime.events import MIN_WATERMARK, Batch
-from aioflow.runtime.operators import Collector, Operator, _describe
-from aioflow.runtime.process import UserCall, call_user_close, call_user_open
 from aioflow.time.timers import TimerQueue
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ class IntervalJoinOperator(Operator):
         except OperatorError:
             raise
         except Exception as exc:
-            raise self.error(_describe(exc, call.fn), (left, right)) from exc
+            raise self.error(describe_error(exc, call.fn), (left, right)) from exc
 
     async def process_watermark(self, timestamp: int) -> None:
         self.watermark = timestamp

@@ -1,4 +1,4 @@
-"""Runtime operators: what runs inside a task, one batch at a time.
+"""The operator base: what runs inside a task, one batch at a time.
 
 Operators of a task form a chain: each one's ``out`` is the next operator (or a fan-out,
 or the network output at the end of the task). ``process(batch)`` transforms a whole
@@ -15,17 +15,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from itertools import compress
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from aioflow.connectors.base import SinkClosed
 from aioflow.errors import OperatorError, truncated_repr
 from aioflow.functions import OutputTag
 from aioflow.runtime.events import Batch
-from aioflow.time.timers import now_ms
 
 if TYPE_CHECKING:
     from aioflow.runtime.task import SubtaskEnvironment
@@ -33,13 +30,17 @@ if TYPE_CHECKING:
 __all__ = [
     "Collector",
     "FanOut",
-    "FilterOperator",
-    "FlatMapOperator",
-    "MapOperator",
     "Operator",
     "Output",
-    "RollingReduceOperator",
-    "SinkOperator",
+    "StrayCancellation",
+    "await_user",
+    "cancelled_by_runtime",
+    "check_hashable",
+    "check_outputs",
+    "collect_async",
+    "describe_error",
+    "is_async",
+    "map_into",
 ]
 
 
@@ -207,7 +208,7 @@ class Operator(Output):
             else:
                 map_into(out, fn, values)  # on failure, ``out`` holds the results before the bad record
         except Exception as exc:
-            raise self.error(what + _describe(exc, fn), values[len(out)]) from exc
+            raise self.error(what + describe_error(exc, fn), values[len(out)]) from exc
         return out
 
     async def keys_of(self, batch: Batch, key_selector: Callable[[Any], Any]) -> list[Any]:
@@ -293,177 +294,9 @@ def _name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
-def _describe(exc: BaseException, fn: Callable[..., Any]) -> str:
+def describe_error(exc: BaseException, fn: Callable[..., Any]) -> str:
     if isinstance(exc, StrayCancellation):
         return f"{_name(fn)} raised CancelledError, but nothing cancelled the job (did it await a task " \
                "that was cancelled elsewhere?)"
     detail = str(exc) or (_STRAY_NEXT if isinstance(exc, StopIteration) else "")
     return f"{_name(fn)} raised {type(exc).__name__}" + (f": {detail}" if detail else "")
-
-
-class MapOperator(Operator):
-    """One output per record: ``fn(value)``."""
-
-    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
-        super().__init__(name)
-        self.fn = fn
-        self._async = is_async(fn)
-
-    async def process(self, batch: Batch) -> None:
-        out = await self.call_each(self.fn, batch.values, is_async=self._async)
-        await self.out.process(Batch(out, batch.timestamps))
-
-
-class FilterOperator(Operator):
-    """Keeps the records for which ``fn(value)`` is true."""
-
-    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
-        super().__init__(name)
-        self.fn = fn
-        self._async = is_async(fn)
-
-    async def process(self, batch: Batch) -> None:
-        values = batch.values
-        mask = await self.call_each(self.fn, values, is_async=self._async)
-        timestamps = batch.timestamps
-        await self.out.process(
-            Batch(list(compress(values, mask)), list(compress(timestamps, mask)) if timestamps is not None else None)
-        )
-
-
-class FlatMapOperator(Operator):
-    """Zero or more outputs per record: ``fn(value)`` returns (or, async, yields) an iterable."""
-
-    def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
-        super().__init__(name)
-        self.fn = fn
-        self._async_gen = inspect.isasyncgenfunction(fn)
-        self._async = is_async(fn)
-
-    async def process(self, batch: Batch) -> None:
-        values = batch.values
-        timestamps = batch.timestamps
-        out: list[Any] = []
-        out_ts: list[Any] | None = [] if timestamps is not None else None
-        fn = self.fn
-        i = 0
-        try:
-            for i, value in enumerate(values):
-                if self._async_gen:
-                    produced = await await_user(collect_async(fn(value)))
-                elif self._async:
-                    produced = await await_user(fn(value))
-                else:
-                    produced = fn(value)
-                if produced is None:
-                    continue
-                before = len(out)
-                out.extend(produced)
-                if out_ts is not None:
-                    out_ts.extend([timestamps[i]] * (len(out) - before))  # type: ignore[index]
-        except Exception as exc:
-            raise self.error(_describe(exc, fn), values[i]) from exc
-        await self.out.process(Batch(out, out_ts))
-
-
-class SinkOperator(Operator):
-    """Hands batches to a sink writer; flushes it at the end of input, and
-    ``writer.flush_interval`` seconds after an unflushed write."""
-
-    def __init__(self, name: str, sink: Any) -> None:
-        super().__init__(name)
-        self.sink = sink
-        self.writer: Any = None
-        self._flush_scheduled = False
-        self._closed = False  # the destination went away (SinkClosed): discard the rest
-
-    async def open(self, env: SubtaskEnvironment) -> None:
-        await super().open(env)
-        self.writer = self.sink.create_writer(env.subtask_index, env.parallelism)
-        await self.writer.open()
-
-    async def process(self, batch: Batch) -> None:
-        if self._closed:
-            return
-        try:
-            await self.writer.write(batch.values)
-        except SinkClosed:
-            self._closed = True
-            log.info("sink output closed: stopping the job", operator=self.name)
-            assert self.env is not None
-            self.env.request_stop()
-            return
-        except Exception as exc:
-            record = getattr(exc, "record", _MISSING)  # a writer may say which record failed
-            raise self.error(
-                f"sink {type(self.sink).__name__} failed writing a batch of {len(batch.values)} records: "
-                f"{type(exc).__name__}: {exc}",
-                record, has_record=record is not _MISSING,
-            ) from exc
-        interval = self.writer.flush_interval
-        if interval is not None and not self._flush_scheduled:
-            assert self.env is not None
-            self._flush_scheduled = True
-            self.env.schedule(now_ms() + int(interval * 1000), self._timed_flush)
-
-    async def _timed_flush(self, now: int) -> None:
-        self._flush_scheduled = False
-        await self.end_input()
-
-    async def process_watermark(self, timestamp: int) -> None:
-        pass
-
-    async def process_watermark_status(self, idle: bool) -> None:
-        pass
-
-    async def end_input(self) -> None:
-        if self._closed:
-            return
-        try:
-            await self.writer.flush()
-        except Exception as exc:
-            raise self._failed("flush", exc) from exc
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            try:
-                await self.writer.close()
-            except Exception as exc:
-                raise self._failed("close", exc) from exc
-
-    def _failed(self, step: str, exc: Exception) -> OperatorError:
-        return self.error(f"sink {type(self.sink).__name__} failed to {step}: {type(exc).__name__}: {exc}",
-                          None, has_record=False)
-
-
-class RollingReduceOperator(Operator):
-    """``keyed.reduce(fn)``: per key, emits ``fn(previous_result, value)`` for every record
-    (the first record of a key is emitted as is), like Flink's rolling reduce."""
-
-    def __init__(self, name: str, fn: Callable[[Any, Any], Any], key_selector: Callable[[Any], Any]) -> None:
-        super().__init__(name)
-        self.fn = fn
-        self.key_selector = key_selector
-        self._table: dict[Any, Any] = {}
-
-    async def open(self, env: SubtaskEnvironment) -> None:
-        await super().open(env)
-        self._table = env.state_backend.table(self.name, "reduce", "value")
-
-    async def process(self, batch: Batch) -> None:
-        values = batch.values
-        keys = await self.keys_of(batch, self.key_selector)
-        table, fn = self._table, self.fn
-        out: list[Any] = []
-        append = out.append
-        value = None
-        try:
-            for key, value in zip(keys, values):
-                previous = table.get(key, _MISSING)
-                current = value if previous is _MISSING else fn(previous, value)
-                table[key] = current
-                append(current)
-        except Exception as exc:
-            raise self.error(_describe(exc, fn), value) from exc
-        await self.out.process(Batch(out, batch.timestamps))
-

@@ -25,10 +25,10 @@ import structlog
 
 from aioflow.errors import OperatorError, UserFunctionTypeError
 from aioflow.functions import OutputTag, ProcessWindowFunction
-from aioflow.runtime.context import OperatorContext
+from aioflow.operators.base import Collector, Operator, check_outputs, describe_error
+from aioflow.operators.context import OperatorContext
+from aioflow.operators.process import UserCall, call_user_close, call_user_open
 from aioflow.runtime.events import MAX_WATERMARK, MIN_WATERMARK, Batch
-from aioflow.runtime.operators import Collector, Operator, _describe, check_outputs
-from aioflow.runtime.process import UserCall, call_user_close, call_user_open
 from aioflow.state.handles import ValueState
 from aioflow.time.timers import TimerQueue, now_ms
 from aioflow.windows.assigners import TimeWindow, TumblingEventTimeWindows, WindowAssigner, merge_windows
@@ -403,7 +403,7 @@ class WindowOperator(Operator):
         except OperatorError:
             raise
         except Exception as exc:
-            raise self.error(_describe(exc, self.function), value) from exc
+            raise self.error(describe_error(exc, self.function), value) from exc
 
     def _process_generic(
         self, values: list[Any], stamps: list[Any] | None, keys: list[Any], collector: _WindowCollector,
@@ -623,7 +623,7 @@ class WindowOperator(Operator):
                 try:
                     produced = await call.call_async(key, context, inputs)
                 except Exception as exc:
-                    raise self.error(_describe(exc, call.fn), None, has_record=False) from exc
+                    raise self.error(describe_error(exc, call.fn), None, has_record=False) from exc
                 if produced is not None:
                     collector.add_all(produced, window.max_timestamp())
         await self.emit_collected(collector)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from aioflow.runtime.context import OperatorContext
+from aioflow.operators.context import OperatorContext
+from aioflow.operators.process import ProcessOperator, UserCall
 from aioflow.runtime.events import Batch
-from aioflow.runtime.process import ProcessOperator, UserCall
 
 __all__ = ["BroadcastContext", "BroadcastProcessOperator", "BroadcastState", "CoProcessOperator"]
 
