@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -14,7 +13,7 @@ import structlog
 from aioflow.connectors.base import Source
 from aioflow.connectors.collection import from_iterable
 from aioflow.errors import PipelineError
-from aioflow.graph.logical import Edge, Node
+from aioflow.graph.logical import LogicalGraph
 from aioflow.graph.plan import Plan, build_plan
 from aioflow.log import configure_logging
 from aioflow.operators.base import Operator
@@ -65,7 +64,8 @@ class App:
         self.state_dir = state_dir
         self.checkpoint_interval = checkpoint_interval
         self.max_parallelism = _positive(max_parallelism, "max_parallelism")
-        self.parallelism = self._check_parallelism(parallelism, "App")
+        self.graph = LogicalGraph(name, self.max_parallelism)
+        self.parallelism = self.graph.check_parallelism(parallelism, "App")
         self.batch_size = _positive(batch_size, "batch_size")
         self.linger = float(_positive(linger, "linger", (int, float))) if linger else 0.0
         self.channel_capacity = _positive(channel_capacity, "channel_capacity")
@@ -75,66 +75,10 @@ class App:
         ):
             raise PipelineError(f"watermark_interval must be seconds >= 0 or None, got {watermark_interval!r}")
         self.watermark_interval = None if watermark_interval is None else float(watermark_interval)
-        self._nodes: list[Node] = []
-        self._names: set[str] = set()
         self._stop = False
 
     def __repr__(self) -> str:
-        return f"<App {self.name!r}: {len(self._nodes)} operators>"
-
-    def _check_parallelism(self, parallelism: Any, where: str) -> int:
-        _positive(parallelism, f"{where}: parallelism")
-        if parallelism > self.max_parallelism:
-            raise PipelineError(
-                f"{where}: parallelism {parallelism} is more than max_parallelism {self.max_parallelism}"
-            )
-        return int(parallelism)
-
-    def _unique_name(self, explicit: str | None, derived: str | None, kind: str) -> str:
-        if explicit is not None:
-            if not isinstance(explicit, str) or not explicit:
-                raise PipelineError(f"operator names are non-empty strings, got {explicit!r}")
-            if explicit in self._names:
-                raise PipelineError(
-                    f"operator name {explicit!r} is already used in app {self.name!r}; "
-                    "names identify operators (and their state) and must be unique"
-                )
-            return explicit
-        base = derived or kind
-        name, n = base, 1
-        while name in self._names:
-            n += 1
-            name = f"{base}_{n}"
-        return name
-
-    def _add_node(
-        self,
-        kind: str,
-        name: str | None,
-        derived: str | None,
-        make: Callable[[str], Operator],
-        parallelism: int | None,
-        inputs: list[Edge],
-        *,
-        stateful: bool = False,
-        **extra: Any,
-    ) -> Node:
-        final = self._unique_name(name, derived, kind)
-        if parallelism is not None:
-            parallelism = self._check_parallelism(parallelism, f"operator {final!r}")
-        if stateful and name is None and derived is None:
-            warnings.warn(
-                f"operator {final!r} keeps state but has a generated name; give it name=... so "
-                "its state keeps its identity when the pipeline changes",
-                stacklevel=4,
-            )
-        self._names.add(final)
-        node = Node(
-            id=len(self._nodes), name=final, kind=kind, make_operator=lambda: make(final),
-            parallelism=parallelism, inputs=inputs, stateful=stateful, **extra,
-        )
-        self._nodes.append(node)
-        return node
+        return f"<App {self.name!r}: {len(self.graph)} operators>"
 
     def source(
         self,
@@ -162,7 +106,7 @@ class App:
                 raise PipelineError(f"watermarks= takes a WatermarkStrategy, got {watermarks!r}")
             if timestamps is None:
                 raise PipelineError("watermarks= needs timestamps= to know each record's event time")
-        node = self._add_node(
+        node = self.graph.add_node(
             "source", name, source.default_name, Operator, parallelism, [],
             source=source, timestamps=timestamps, watermarks=watermarks,
         )
@@ -170,7 +114,7 @@ class App:
 
     def plan(self) -> Plan:
         """The physical plan: tasks of chained operators and how they connect."""
-        return build_plan(self.name, self._nodes, self.parallelism)
+        return build_plan(self.name, self.graph.nodes, self.parallelism)
 
     def _config(self) -> RuntimeConfig:
         return RuntimeConfig(

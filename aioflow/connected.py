@@ -37,7 +37,7 @@ def _add_two_input(first: Stream, second: Stream, kind: str, fn: Any, name: str 
 
     if second.app is not first.app:
         raise PipelineError("connect() and interval_join() take streams of the same app")
-    node = first.app._add_node(kind, name, function_name(fn), make, parallelism,
+    node = first.app.graph.add_node(kind, name, function_name(fn), make, parallelism,
                                [first._edge(1), second._edge(2)], stateful=stateful)
     return Stream(first.app, node)
 

@@ -124,7 +124,7 @@ class Stream:
         stateful: bool = False,
         inputs: list[Edge] | None = None,
     ) -> Node:
-        return self.app._add_node(
+        return self.app.graph.add_node(
             kind,
             name,
             function_name(fn) if fn is not None else None,
@@ -236,7 +236,7 @@ class Stream:
         """Write every record to ``sink`` (e.g. :class:`CollectSink`, :class:`PrintSink`, :class:`FileSink`)."""
         if not hasattr(sink, "create_writer"):
             raise PipelineError(f"sink() takes an aioflow Sink, got {sink!r} ({type(sink).__name__})")
-        self.app._add_node(
+        self.app.graph.add_node(
             "sink", name, getattr(sink, "default_name", None) or type(sink).__name__,
             lambda n: SinkOperator(n, sink), parallelism, [self._edge()],
         )

@@ -85,7 +85,7 @@ async def run_collect_async(*streams: Stream, timeout: float | None = 60.0, **se
     """
     app = _app_of(streams)
     saved = {name: getattr(app, name) for name in SETTINGS}
-    added = len(app._nodes)
+    added = len(app.graph)
     sinks = [CollectSink() for _ in streams]
     try:
         for name, value in _overridden(app, settings).items():
@@ -97,9 +97,7 @@ async def run_collect_async(*streams: Stream, timeout: float | None = 60.0, **se
     finally:
         for name, value in saved.items():
             setattr(app, name, value)
-        for node in app._nodes[added:]:
-            app._names.discard(node.name)
-        del app._nodes[added:]
+        app.graph.truncate(added)
     results = [sink.results for sink in sinks]
     return results[0] if len(results) == 1 else tuple(results)
 
@@ -112,13 +110,13 @@ def run_collect(*streams: Stream, timeout: float | None = 60.0, **settings: Any)
 def replace_source(app: App, name: str, source: Source) -> None:
     """Make the source operator ``name`` read from ``source`` instead (e.g. test data in
     place of a Kafka topic); its timestamps and watermarks stay as declared."""
-    for node in app._nodes:
+    for node in app.graph.nodes:
         if node.name == name:
             if node.source is None:
                 raise PipelineError(f"operator {name!r} of app {app.name!r} is not a source")
             node.source = source
             return
-    sources = [node.name for node in app._nodes if node.source is not None]
+    sources = [node.name for node in app.graph.nodes if node.source is not None]
     raise PipelineError(f"app {app.name!r} has no source named {name!r}; its sources are {sources}")
 
 

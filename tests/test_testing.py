@@ -17,7 +17,7 @@ def test_run_collect_runs_the_apps_own_sinks_too(tmp_path: Path) -> None:
     doubled.sink(own)
     assert run_collect(doubled) == [2, 4, 6]
     assert own.results == [2, 4, 6]
-    assert len(app._nodes) == 3  # the collecting sink was removed again
+    assert len(app.graph) == 3  # the collecting sink was removed again
 
 
 def test_replace_source_swaps_input_but_keeps_the_pipeline() -> None:

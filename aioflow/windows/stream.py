@@ -127,7 +127,7 @@ class WindowedStream:
                 late.name if late is not None else None, kind, make_function(), make_window_fn(),
             )
 
-        node = keyed.app._add_node(
+        node = keyed.app.graph.add_node(
             "window", name, derived, make, parallelism, [keyed._edge()], stateful=True,
         )
         return Stream(keyed.app, node)
