@@ -17,7 +17,7 @@ from aioflow.graph.logical import LogicalGraph
 from aioflow.graph.plan import Plan, build_plan
 from aioflow.log import configure_logging
 from aioflow.operators.base import Operator
-from aioflow.runtime.executor import RuntimeConfig, execute
+from aioflow.runtime.job import Job, RuntimeConfig
 from aioflow.stream import Stream
 from aioflow.time.watermarks import WatermarkStrategy
 
@@ -75,7 +75,7 @@ class App:
         ):
             raise PipelineError(f"watermark_interval must be seconds >= 0 or None, got {watermark_interval!r}")
         self.watermark_interval = None if watermark_interval is None else float(watermark_interval)
-        self._stop = False
+        self._job: Job | None = None
 
     def __repr__(self) -> str:
         return f"<App {self.name!r}: {len(self.graph)} operators>"
@@ -130,8 +130,11 @@ class App:
         if not structlog.is_configured():
             configure_logging()
         plan = self.plan()
-        self._stop = False
-        await execute(plan, self._config(), lambda: self._stop, self.stop)
+        self._job = job = Job(plan, self._config())
+        try:
+            await job.run()
+        finally:
+            self._job = None
 
     def run(self) -> None:
         """Run the job (blocking). Inside a running event loop use ``await app.run_async()``."""
@@ -144,4 +147,5 @@ class App:
 
     def stop(self) -> None:
         """Ask the sources to stop; the job then drains what is in flight and finishes."""
-        self._stop = True
+        if self._job is not None:
+            self._job.request_stop()

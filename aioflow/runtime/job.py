@@ -1,14 +1,15 @@
-"""Runs a physical plan: builds channels, operators and tasks, and supervises them.
+"""The :class:`Job`: one run of a physical plan.
 
-Every subtask is one async task in a single anyio task group. The first failure is kept,
-every other task is cancelled (their operators and connectors still close), and the
-failure is raised from :func:`execute` as it was, with its original traceback.
+The job builds channels, operators and tasks, and supervises them: every subtask is one
+async task in a single anyio task group. The first failure is kept, every other task is
+cancelled (their operators and connectors still close), and the failure is raised from
+:meth:`Job.run` as it was, with its original traceback. The job is where whatever
+concerns the run as a whole lives: the stop request, and the checkpoint coordinator.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -23,7 +24,7 @@ from aioflow.runtime.writer import FORWARD, RecordWriter
 from aioflow.state.backend import MemoryStateBackend
 from aioflow.time.watermarks import PERIODIC_WATERMARK_INTERVAL, SourceWatermarks
 
-__all__ = ["RuntimeConfig", "execute"]
+__all__ = ["Job", "RuntimeConfig"]
 
 log = structlog.get_logger("aioflow.runtime")
 
@@ -81,8 +82,7 @@ def _wire(task: PlannedTask, operators: dict[int, Operator], writers: dict[int, 
                 operator.side_outputs[tag] = combined
 
 
-def _build(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[], bool],
-           request_stop: Callable[[], None]) -> list[Subtask]:
+def _build(plan: Plan, config: RuntimeConfig, job: Job) -> list[Subtask]:
     matrices = {id(edge): _channels(edge, config.channel_capacity) for edge in plan.edges}
     subtasks: list[Subtask] = []
     for task in plan.tasks:
@@ -94,7 +94,7 @@ def _build(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[], bool]
                 max_parallelism=config.max_parallelism,
                 batch_size=config.batch_size,
                 state_backend=MemoryStateBackend(),
-                request_stop=request_stop,
+                request_stop=job.request_stop,
             )
             operators = {node.id: node.make_operator() for node in task.nodes}
             writers: dict[int, RecordWriter] = {}
@@ -130,7 +130,7 @@ def _build(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[], bool]
                         source.create_reader(index, task.parallelism),
                         watermarks,
                         tag.name if tag is not None else None,
-                        stop_requested,
+                        job.stop_requested,
                     )
                 )
             else:
@@ -146,50 +146,65 @@ def _build(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[], bool]
     return subtasks
 
 
-async def execute(plan: Plan, config: RuntimeConfig, stop_requested: Callable[[], bool],
-                  request_stop: Callable[[], None]) -> None:
-    """Run ``plan`` until every task finished; raise the first failure. ``request_stop``
-    is how an operator asks for what ``stop_requested`` then reports (a closed output)."""
-    subtasks = _build(plan, config, stop_requested, request_stop)
-    failure: BaseException | None = None
-    started = time.perf_counter()
-    log.info("job started", app=plan.app_name, tasks=len(plan.tasks), subtasks=len(subtasks))
+class Job:
+    """One run of ``plan``: ``await job.run()`` until every task finished; ``job.request_stop()``
+    (a stop signal, a sink whose output closed) makes the sources stop."""
 
-    completed = 0
-    try:
-        async with anyio.create_task_group() as group:
+    def __init__(self, plan: Plan, config: RuntimeConfig) -> None:
+        self.plan = plan
+        self.config = config
+        self._stop_requested = False
 
-            async def supervise(subtask: Subtask) -> None:
-                try:
-                    await subtask.run()
-                except anyio.get_cancelled_exc_class():
-                    if cancelled_by_runtime():
-                        raise
-                    fail(RuntimeError(f"{subtask.name} was cancelled although nothing cancelled the job"))
-                except BaseException as exc:
-                    # KeyboardInterrupt and SystemExit from user code end the job too, and are
-                    # raised as they are, not in an exception group, at every parallelism.
-                    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-                        exc = exc.exceptions[0]  # a reader's background task failed: show its error
-                    fail(exc)
-                else:
-                    nonlocal completed
-                    completed += 1
+    def request_stop(self) -> None:
+        """Ask the sources to stop; what is in flight then drains and the job finishes."""
+        self._stop_requested = True
 
-            def fail(exc: BaseException) -> None:
-                nonlocal failure
-                if failure is None:
-                    failure = exc
-                group.cancel_scope.cancel()
+    def stop_requested(self) -> bool:
+        return self._stop_requested
 
-            for subtask in subtasks:
-                group.start_soon(supervise, subtask, name=subtask.name)
-    except anyio.get_cancelled_exc_class():
-        # Cancelled (a second stop signal) after every task had finished: nothing was
-        # lost, and the job is complete.
-        if failure is not None or completed < len(subtasks):
-            raise
+    async def run(self) -> None:
+        """Run until every task finished; raise the first failure."""
+        plan = self.plan
+        subtasks = _build(plan, self.config, self)
+        failure: BaseException | None = None
+        started = time.perf_counter()
+        log.info("job started", app=plan.app_name, tasks=len(plan.tasks), subtasks=len(subtasks))
 
-    if failure is not None:
-        raise failure
-    log.info("job finished", app=plan.app_name, seconds=round(time.perf_counter() - started, 3))
+        completed = 0
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def supervise(subtask: Subtask) -> None:
+                    try:
+                        await subtask.run()
+                    except anyio.get_cancelled_exc_class():
+                        if cancelled_by_runtime():
+                            raise
+                        fail(RuntimeError(f"{subtask.name} was cancelled although nothing cancelled the job"))
+                    except BaseException as exc:
+                        # KeyboardInterrupt and SystemExit from user code end the job too, and are
+                        # raised as they are, not in an exception group, at every parallelism.
+                        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                            exc = exc.exceptions[0]  # a reader's background task failed: show its error
+                        fail(exc)
+                    else:
+                        nonlocal completed
+                        completed += 1
+
+                def fail(exc: BaseException) -> None:
+                    nonlocal failure
+                    if failure is None:
+                        failure = exc
+                    group.cancel_scope.cancel()
+
+                for subtask in subtasks:
+                    group.start_soon(supervise, subtask, name=subtask.name)
+        except anyio.get_cancelled_exc_class():
+            # Cancelled (a second stop signal) after every task had finished: nothing was
+            # lost, and the job is complete.
+            if failure is not None or completed < len(subtasks):
+                raise
+
+        if failure is not None:
+            raise failure
+        log.info("job finished", app=plan.app_name, seconds=round(time.perf_counter() - started, 3))
