@@ -4,6 +4,8 @@
     ├── PipelineError            the pipeline definition is invalid (raised while building or planning)
     ├── AppLoadError             ``aioflow run module:attr`` could not find or load the app
     ├── BadRecordError           a source could not decode a record (names the file and line)
+    ├── StateError               state cannot be stored or restored: a value the serializer refuses,
+    │                            a corrupt, incompatible or mismatched state directory or checkpoint
     └── OperatorError            user code in an operator raised (names operator and record)
         └── UserFunctionTypeError    user code returned a value of the wrong type
 
@@ -22,6 +24,7 @@ __all__ = [
     "BadRecordError",
     "OperatorError",
     "PipelineError",
+    "StateError",
     "UserFunctionTypeError",
 ]
 
@@ -80,3 +83,7 @@ class OperatorError(AioflowError):
 
 class UserFunctionTypeError(OperatorError, TypeError):
     """A user function returned a value of the wrong type (e.g. a non-int timestamp)."""
+
+
+class StateError(AioflowError):
+    """State cannot be stored or restored; the message names the operator, state or directory."""

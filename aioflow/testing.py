@@ -45,7 +45,7 @@ from aioflow.operators.base import Output
 from aioflow.operators.process import ProcessOperator
 from aioflow.runtime.events import Batch
 from aioflow.runtime.task import SubtaskEnvironment
-from aioflow.state.backend import MemoryStateBackend
+from aioflow.state.backend import StateBackend
 from aioflow.stream import Stream, instantiate
 
 __all__ = ["SETTINGS", "ProcessFunctionHarness", "replace_source", "run_collect", "run_collect_async"]
@@ -179,7 +179,7 @@ class ProcessFunctionHarness:
         self._operator.side_outputs = self._sides  # type: ignore[assignment]
 
     async def __aenter__(self) -> ProcessFunctionHarness:
-        env = SubtaskEnvironment("harness", 0, 1, 128, 1024, MemoryStateBackend())
+        env = SubtaskEnvironment("harness", 0, 1, 128, 1024, StateBackend())
         await self._operator.open(env)
         return self
 

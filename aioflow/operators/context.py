@@ -10,11 +10,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aioflow.state.handles import AggregatingState, ListState, MapState, ReducingState, ValueState
+from aioflow.state.serializers import serializer_named
 from aioflow.time.timers import EVENT_TIME, TimerService
 
 if TYPE_CHECKING:
     from aioflow.functions import AggregateFunction
-    from aioflow.state.backend import MemoryStateBackend
+    from aioflow.state.backend import StateBackend
+    from aioflow.state.serializers import Serializer
+    from aioflow.state.table import StateTable
 
 __all__ = ["OperatorContext"]
 
@@ -50,7 +53,7 @@ class OperatorContext:
         parallelism: int,
         *,
         keyed: bool,
-        backend: MemoryStateBackend | None,
+        backend: StateBackend | None,
         schedule_processing_time: Callable[[int], None],
     ) -> None:
         self.operator_name = operator_name
@@ -61,14 +64,19 @@ class OperatorContext:
         self.timestamp: int | None = None
         self.key: Any = None
         self.time_domain = EVENT_TIME
+        event_timers = processing_timers = None
+        if keyed and backend is not None:
+            event_timers = backend.timers(operator_name, "event-timers")
+            processing_timers = backend.timers(operator_name, "processing-timers")
         self.timer_service = TimerService(
-            operator_name, self._current_key if keyed else None, schedule_processing_time
+            operator_name, self._current_key if keyed else None, schedule_processing_time,
+            event_timers, processing_timers,
         )
 
     def _current_key(self) -> Any:
         return self.key
 
-    def _table(self, name: str, kind: str) -> dict[Any, Any]:
+    def _table(self, name: str, kind: str, serializer: str | Serializer | None = None) -> StateTable:
         if not self.keyed or self._backend is None:
             raise TypeError(
                 f"operator {self.operator_name!r}: keyed state ({kind} state {name!r}) "
@@ -76,23 +84,31 @@ class OperatorContext:
             )
         if not isinstance(name, str) or not name:
             raise TypeError(f"operator {self.operator_name!r}: state names are non-empty strings, got {name!r}")
-        return self._backend.table(self.operator_name, name, kind)
+        where = f"operator {self.operator_name!r}: {kind} state {name!r}"
+        return self._backend.table(
+            self.operator_name, name, kind,
+            serializer=None if serializer is None else serializer_named(serializer, where),
+        )
 
-    def value_state(self, name: str, default: Any = None) -> ValueState:
-        """One value per key; ``value()`` returns ``default`` for a key with no value yet."""
-        return ValueState(self._table(name, "value"), self, default)
+    def value_state(self, name: str, default: Any = None, *, serializer: str | Serializer | None = None) -> ValueState:
+        """One value per key; ``value()`` returns ``default`` for a key with no value yet.
+        ``serializer`` (``"json"``, the default, ``"pickle"`` or a :class:`Serializer`)
+        says how values are stored in checkpoints; every kind of state takes it."""
+        return ValueState(self._table(name, "value", serializer), self, default)
 
-    def list_state(self, name: str) -> ListState:
-        return ListState(self._table(name, "list"), self)
+    def list_state(self, name: str, *, serializer: str | Serializer | None = None) -> ListState:
+        return ListState(self._table(name, "list", serializer), self)
 
-    def map_state(self, name: str) -> MapState:
-        return MapState(self._table(name, "map"), self)
+    def map_state(self, name: str, *, serializer: str | Serializer | None = None) -> MapState:
+        return MapState(self._table(name, "map", serializer), self)
 
-    def reducing_state(self, name: str, reduce: Callable[[Any, Any], Any]) -> ReducingState:
-        return ReducingState(self._table(name, "reducing"), self, reduce)
+    def reducing_state(self, name: str, reduce: Callable[[Any, Any], Any], *,
+                       serializer: str | Serializer | None = None) -> ReducingState:
+        return ReducingState(self._table(name, "reducing", serializer), self, reduce)
 
-    def aggregating_state(self, name: str, aggregate: AggregateFunction[Any, Any, Any]) -> AggregatingState:
-        return AggregatingState(self._table(name, "aggregating"), self, aggregate)
+    def aggregating_state(self, name: str, aggregate: AggregateFunction[Any, Any, Any], *,
+                          serializer: str | Serializer | None = None) -> AggregatingState:
+        return AggregatingState(self._table(name, "aggregating", serializer), self, aggregate)
 
     def current_watermark(self) -> int:
         return self.timer_service.watermark

@@ -129,7 +129,7 @@ class BroadcastContext(OperatorContext):
                             f"declared with this context, got {state!r}")
         saved = self.key
         try:
-            for key in list(state._table):
+            for key in state._table.keys_in():
                 self.key = key
                 function(key, state)
         finally:

@@ -16,7 +16,7 @@ from aioflow.operators.base import Collector, Operator, describe_error
 from aioflow.operators.context import OperatorContext
 from aioflow.operators.process import UserCall, call_user_close, call_user_open
 from aioflow.runtime.events import MIN_WATERMARK, Batch
-from aioflow.time.timers import TimerQueue
+from aioflow.runtime.keygroups import key_group
 
 if TYPE_CHECKING:
     from aioflow.runtime.task import SubtaskEnvironment
@@ -24,6 +24,21 @@ if TYPE_CHECKING:
 __all__ = ["IntervalJoinOperator", "JoinContext"]
 
 LEFT, RIGHT = "left", "right"
+
+
+class _BufferSerializer:
+    """A key's buffered records, ``{timestamp: [values]}``, as ``[[timestamp, [values]], ...]``
+    (JSON objects cannot have int keys); the values with the app's serializer."""
+
+    def __init__(self, backend: Any) -> None:
+        self._values = backend.serializer
+        self.name = f"join-buffer/{self._values.name}"
+
+    def dumps(self, buffered: dict[int, list[Any]]) -> bytes:
+        return self._values.dumps([[ts, values] for ts, values in buffered.items()])
+
+    def loads(self, data: bytes) -> dict[int, list[Any]]:
+        return {ts: values for ts, values in self._values.loads(data)}
 
 
 class JoinContext:
@@ -57,14 +72,20 @@ class IntervalJoinOperator(Operator):
         self.lower = lower
         self.upper = upper
         self.late_tags = {LEFT: left_late_tag, RIGHT: right_late_tag}
-        # key -> timestamp -> [values]
-        self.buffers: dict[str, dict[Any, dict[int, list[Any]]]] = {LEFT: {}, RIGHT: {}}
-        self.timers = TimerQueue()
         self.watermark = MIN_WATERMARK
         self.join_ctx = JoinContext()
 
     async def open(self, env: SubtaskEnvironment) -> None:
         await super().open(env)
+        backend, max_parallelism = env.state_backend, env.max_parallelism
+        #: Per side: key -> {timestamp: [values]}.
+        self.buffers = {
+            side: backend.table(self.name, f"join-{side}", "join-buffer", serializer=_BufferSerializer(backend))
+            for side in (LEFT, RIGHT)
+        }
+        self.timers = backend.timers(
+            self.name, "join-cleanup", key_group_of=lambda namespace: key_group(namespace[0], max_parallelism),
+        )
         ctx = OperatorContext(self.name, env.subtask_index, env.parallelism, keyed=True,
                               backend=env.state_backend, schedule_processing_time=lambda at: None)
         self._call = UserCall(self.function.process_element)
@@ -98,7 +119,12 @@ class IntervalJoinOperator(Operator):
                 late.append(value)
                 late_ts.append(ts)
                 continue
-            ours.setdefault(key, {}).setdefault(ts, []).append(value)
+            buffered = ours.get(key)
+            if buffered is None:
+                ours.put(key, {ts: [value]})
+            else:
+                buffered.setdefault(ts, []).append(value)
+                ours.put(key, buffered)
             for other_ts, bucket in (others.get(key) or {}).items():
                 if ts + low <= other_ts <= ts + high:
                     for other in bucket:
@@ -137,11 +163,14 @@ class IntervalJoinOperator(Operator):
                 buffered = time if self.upper <= 0 else time - self.upper
             else:
                 buffered = time + self.lower if self.lower <= 0 else time
-            by_time = self.buffers[side].get(key)
+            table = self.buffers[side]
+            by_time = table.get(key)
             if by_time is not None:
                 by_time.pop(buffered, None)
-                if not by_time:
-                    del self.buffers[side][key]
+                if by_time:
+                    table.put(key, by_time)
+                else:
+                    table.delete(key)
         await self.forward_watermark(timestamp)
 
     async def close(self) -> None:

@@ -9,14 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from aioflow.operators.base import Operator, await_user, collect_async, describe_error, is_async
 from aioflow.runtime.events import Batch
+from aioflow.state.table import MISSING
 
 if TYPE_CHECKING:
     from aioflow.runtime.task import SubtaskEnvironment
 
 __all__ = ["FilterOperator", "FlatMapOperator", "MapOperator", "RollingReduceOperator"]
-
-_MISSING: Any = object()
-
 
 class MapOperator(Operator):
     """One output per record: ``fn(value)``."""
@@ -91,7 +89,6 @@ class RollingReduceOperator(Operator):
         super().__init__(name)
         self.fn = fn
         self.key_selector = key_selector
-        self._table: dict[Any, Any] = {}
 
     async def open(self, env: SubtaskEnvironment) -> None:
         await super().open(env)
@@ -101,14 +98,18 @@ class RollingReduceOperator(Operator):
         values = batch.values
         keys = await self.keys_of(batch, self.key_selector)
         table, fn = self._table, self.fn
+        entries, mark = table.entries(), table.marker()
         out: list[Any] = []
         append = out.append
         value = None
         try:
             for key, value in zip(keys, values):
-                previous = table.get(key, _MISSING)
-                current = value if previous is _MISSING else fn(previous, value)
-                table[key] = current
+                previous = entries.get(key, MISSING)
+                if previous is MISSING and table.incomplete:
+                    previous = table.load(key)
+                current = value if previous is MISSING else fn(previous, value)
+                entries[key] = current
+                mark(key)
                 append(current)
         except Exception as exc:
             raise self.error(describe_error(exc, fn), value) from exc

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import structlog
 
 from aioflow.errors import OperatorError, UserFunctionTypeError
@@ -29,9 +30,11 @@ from aioflow.operators.base import Collector, Operator, check_outputs, describe_
 from aioflow.operators.context import OperatorContext
 from aioflow.operators.process import UserCall, call_user_close, call_user_open
 from aioflow.runtime.events import MAX_WATERMARK, MIN_WATERMARK, Batch
+from aioflow.runtime.keygroups import key_group
 from aioflow.state.handles import ValueState
-from aioflow.time.timers import TimerQueue, now_ms
-from aioflow.windows.assigners import TimeWindow, TumblingEventTimeWindows, WindowAssigner, merge_windows
+from aioflow.state.table import StateTable
+from aioflow.time.timers import now_ms
+from aioflow.windows.assigners import GlobalWindow, TimeWindow, TumblingEventTimeWindows, WindowAssigner, merge_windows
 from aioflow.windows.evictors import Evictor
 from aioflow.windows.triggers import EventTimeTrigger, Trigger, TriggerResult
 
@@ -57,6 +60,31 @@ class _WindowCollector(Collector):
 AGGREGATE, REDUCE, PROCESS = "aggregate", "reduce", "process"
 
 
+def _no_mark(key: Any) -> None:
+    pass
+
+
+def _window_from(stored: Any) -> Any:
+    """A window read back from a checkpoint (stored as ``[start, end]`` or ``"GlobalWindow"``)."""
+    return GlobalWindow() if stored == "GlobalWindow" else TimeWindow(*stored)
+
+
+def _timer_namespace(stored: Any) -> tuple[Any, Any]:
+    return stored[0], _window_from(stored[1])
+
+
+class _WindowListSerializer:
+    """A key's session windows, as ``[[start, end], ...]``."""
+
+    name = "windows"
+
+    def dumps(self, windows: list[TimeWindow]) -> bytes:
+        return orjson.dumps([[w.start, w.end] for w in windows])
+
+    def loads(self, data: bytes) -> list[TimeWindow]:
+        return [TimeWindow(start, end) for start, end in orjson.loads(data)]
+
+
 class WindowContext:
     """``context`` of :meth:`ProcessWindowFunction.process`."""
 
@@ -74,21 +102,11 @@ class WindowContext:
         return now_ms()
 
 
-class _Namespace:
-    """The current (key, window): what per-window trigger state is keyed by."""
-
-    __slots__ = ("key",)
-
-    def __init__(self) -> None:
-        self.key: Any = None
-
-
 class TriggerContext:
     """What a :class:`Trigger` can do for the current key and window."""
 
     def __init__(self, operator: WindowOperator) -> None:
         self._operator = operator
-        self._namespace = _Namespace()
         self.key: Any = None
         self.window: Any = None
         #: During ``on_merge``: the windows merged into ``window``.
@@ -97,7 +115,6 @@ class TriggerContext:
     def _at(self, key: Any, window: Any) -> TriggerContext:
         self.key = key
         self.window = window
-        self._namespace.key = (key, window)
         return self
 
     def current_watermark(self) -> int:
@@ -120,18 +137,19 @@ class TriggerContext:
 
     def window_state(self, name: str, default: Any = None) -> ValueState:
         """A value kept per key and window (cleared with the window)."""
-        return ValueState(self._operator.trigger_table(name), self._namespace, default)
+        return ValueState(self._operator.trigger_table(name), self, default, namespace=self.window)
 
     def merge_window_state(self, name: str, combine: Callable[[Any, Any], Any]) -> None:
         """In ``on_merge``: combine the merged windows' values of ``name`` into this window's."""
         table = self._operator.trigger_table(name)
         merged = _MISSING
         for window in self.merged_windows:
-            value = table.pop((self.key, window), _MISSING)
+            value = table.get(self.key, window, _MISSING)
             if value is not _MISSING:
+                table.delete(self.key, window)
                 merged = value if merged is _MISSING else combine(merged, value)
         if merged is not _MISSING:
-            table[(self.key, self.window)] = merged
+            table.put(self.key, merged, self.window)
 
 
 class WindowOperator(Operator):
@@ -161,15 +179,10 @@ class WindowOperator(Operator):
         self.function = function
         self.window_function = window_function
         self.watermark = MIN_WATERMARK
-        self.event_timers = TimerQueue()
-        self.processing_timers = TimerQueue()
-        self.contents: dict[tuple[Any, Any], Any] = {}
-        self.sessions: dict[Any, list[TimeWindow]] = {}
-        self._trigger_tables: dict[str, dict[Any, Any]] = {}
         self.late_records_dropped = 0
-        #: The fast path's state: window start -> key -> contents, and the windows' end
-        #: timestamps (to fire) and cleanup times (with allowed lateness), as heaps.
-        self.panes: dict[int, dict[Any, Any]] = {}
+        #: The fast path's timers: the end timestamps of its panes (to fire) and their
+        #: cleanup times (with allowed lateness), as heaps. Its panes (window start -> key
+        #: -> contents) are the namespaces of the contents table.
         self._pane_heap: list[int] = []
         self._cleanup_heap: list[int] = []
         if assigner.is_merging and not self.trigger.can_merge():
@@ -184,6 +197,19 @@ class WindowOperator(Operator):
 
     async def open(self, env: SubtaskEnvironment) -> None:
         await super().open(env)
+        backend = env.state_backend
+        self.contents = backend.table(self.name, "window-contents", "window")
+        self.sessions = backend.table(self.name, "window-sessions", "sessions", serializer=_WindowListSerializer())
+        self._trigger_tables: dict[str, StateTable] = {}
+        max_parallelism = env.max_parallelism
+        self.event_timers = backend.timers(
+            self.name, "window-event-timers",
+            key_group_of=lambda namespace: key_group(namespace[0], max_parallelism), restore=_timer_namespace,
+        )
+        self.processing_timers = backend.timers(
+            self.name, "window-processing-timers",
+            key_group_of=lambda namespace: key_group(namespace[0], max_parallelism), restore=_timer_namespace,
+        )
         self.ctx = OperatorContext(
             self.name, env.subtask_index, env.parallelism, keyed=True, backend=env.state_backend,
             schedule_processing_time=lambda at: env.schedule(at, self.on_processing_time),
@@ -199,10 +225,11 @@ class WindowOperator(Operator):
         elif self.kind == REDUCE:
             self._merge = agg
 
-    def trigger_table(self, name: str) -> dict[Any, Any]:
+    def trigger_table(self, name: str) -> StateTable:
         table = self._trigger_tables.get(name)
         if table is None:
-            table = self._trigger_tables[name] = {}
+            assert self.env is not None
+            table = self._trigger_tables[name] = self.env.state_backend.table(self.name, f"trigger-{name}", "trigger")
         return table
 
     def register_processing_timer(self, time: int, namespace: tuple[Any, Any]) -> None:
@@ -245,7 +272,7 @@ class WindowOperator(Operator):
         :meth:`_flush`, with the inputs taken now."""
         inputs, remaining = self._inputs(window, contents)
         if remaining is not _MISSING:
-            self.contents[(key, window)] = remaining
+            self.contents.put(key, remaining, window)
         call = self._window_call
         if call is None:
             collector.add_all(inputs, window.max_timestamp())
@@ -309,22 +336,17 @@ class WindowOperator(Operator):
         queue.remove(time, (key, window))
 
     def _clear_all(self, key: Any, window: Any) -> None:
-        self.contents.pop((key, window), None)
+        self.contents.delete(key, window)
         self.trigger.clear(window, self.trigger_ctx._at(key, window))
-        namespace = (key, window)
         for table in self._trigger_tables.values():
-            table.pop(namespace, None)
+            table.delete(key, window)
         if self.window_function is not None:
             context = self.window_ctx
             context.window, context.key = window, key
             self.ctx.key = key
             self.window_function.clear(context)
         if self.assigner.is_merging:
-            active = self.sessions.get(key)
-            if active is not None and window in active:
-                active.remove(window)
-                if not active:
-                    del self.sessions[key]
+            self._remove_session(key, window)
 
     # -- records -------------------------------------------------------------------------
 
@@ -365,7 +387,11 @@ class WindowOperator(Operator):
         offset = self.assigner.offset  # type: ignore[attr-defined]
         lateness = self.lateness
         watermark = self.watermark
-        panes = self.panes
+        table = self.contents
+        panes, incomplete = table.namespaces, table.incomplete
+        pane: dict[Any, Any] = {}
+        mark: Callable[[Any], None] = _no_mark
+        last_start = None
         kind = self.kind
         aggregate = kind == AGGREGATE
         reduce = kind == REDUCE
@@ -381,14 +407,19 @@ class WindowOperator(Operator):
                     late.append(value)
                     late_ts.append(timestamp)
                     continue
-                pane = panes.get(start)
-                if pane is None:
-                    pane = panes[start] = {}
-                    if end_ts > watermark:
-                        heappush(self._pane_heap, end_ts)
-                    elif lateness:  # created already fired, within the lateness
-                        heappush(self._cleanup_heap, end_ts + lateness)
+                if start != last_start:
+                    found = panes.get(start)
+                    if found is None:
+                        found = table.entries(start)
+                        if end_ts > watermark:
+                            heappush(self._pane_heap, end_ts)
+                        elif lateness:  # created already fired, within the lateness
+                            heappush(self._cleanup_heap, end_ts + lateness)
+                    pane, mark, last_start = found, table.marker(start), start
                 current = pane.get(key, _MISSING)
+                if current is _MISSING and incomplete and start in incomplete:
+                    current = table.load(key, start)
+                mark(key)
                 if current is _MISSING:
                     pane[key] = add(value, create()) if aggregate else value if reduce else [value]
                 elif aggregate:
@@ -437,8 +468,7 @@ class WindowOperator(Operator):
             elif self._is_window_late(window):
                 continue
             skipped = False
-            namespace = (key, window)
-            contents[namespace] = self._add(contents.get(namespace, _MISSING), value, timestamp)
+            contents.put(key, self._add(contents.get(key, window, _MISSING), value, timestamp), window)
             result = trigger.on_element(value, timestamp, window, ctx._at(key, window))
             self._act(result, key, window, collector)
             self._register_cleanup(key, window)
@@ -452,19 +482,20 @@ class WindowOperator(Operator):
                 self.name, f"trigger {self.trigger!r} returned {result!r}, not a TriggerResult", None,
                 has_record=False,
             )
-        namespace = (key, window)
         if result.fire:
-            contents = self.contents.get(namespace, _MISSING)
+            contents = self.contents.get(key, window, _MISSING)
             if contents is not _MISSING:
                 self._emit(key, window, contents, collector)
         if result.purge:
-            self.contents.pop(namespace, None)
+            self.contents.delete(key, window)
 
     # -- session windows -----------------------------------------------------------------
 
     def _merge_into_sessions(self, key: Any, window: TimeWindow) -> TimeWindow:
         """Add ``window`` to the key's sessions, merging overlapping ones (Flink's MergingWindowSet)."""
-        active = self.sessions.setdefault(key, [])
+        active = self.sessions.get(key, default=None)
+        if active is None:
+            active = []
         if window in active:
             return window
         result = window
@@ -490,25 +521,34 @@ class WindowOperator(Operator):
                 if member != cover:
                     self.trigger.clear(member, ctx._at(key, member))
                     self._delete_cleanup(key, member)
-                merged = self._combine(merged, self.contents.pop((key, member), _MISSING))
+                merged = self._combine(merged, self.contents.get(key, member, _MISSING))
+                self.contents.delete(key, member)
                 active.remove(member)
             if merged is not _MISSING:
-                self.contents[(key, cover)] = merged
+                self.contents.put(key, merged, cover)
             break
         if result not in active:
             active.append(result)
+        self.sessions.put(key, active)
         return result
 
     def _retire(self, key: Any, window: Any) -> None:
-        self.contents.pop((key, window), None)
+        self.contents.delete(key, window)
+        self._remove_session(key, window)
+
+    def _remove_session(self, key: Any, window: Any) -> None:
         active = self.sessions.get(key)
         if active is not None and window in active:
             active.remove(window)
+            if active:
+                self.sessions.put(key, active)
+            else:
+                self.sessions.delete(key)
 
     # -- timers --------------------------------------------------------------------------
 
     def _on_timer(self, time: int, key: Any, window: Any, event_time: bool, collector: _WindowCollector) -> None:
-        if self.assigner.is_merging and window not in self.sessions.get(key, ()):
+        if self.assigner.is_merging and window not in self.sessions.get(key, default=()):
             return  # the window was merged into another one
         ctx = self.trigger_ctx._at(key, window)
         if event_time:  # asked even when the window is empty (a trigger may re-arm), as in Flink
@@ -541,7 +581,7 @@ class WindowOperator(Operator):
         reached (in order), and drop panes whose allowed lateness has passed."""
         assert self.env is not None
         batch_size = self.env.batch_size
-        panes, heap, cleanup = self.panes, self._pane_heap, self._cleanup_heap
+        heap, cleanup = self._pane_heap, self._cleanup_heap
         size, lateness = self.assigner.size, self.lateness  # type: ignore[attr-defined]
         function = self.window_function
         clear = function.clear if function is not None and type(function).clear is not ProcessWindowFunction.clear \
@@ -556,7 +596,7 @@ class WindowOperator(Operator):
                 end_ts = heappop(heap)
                 start = end_ts + 1 - size
                 window = TimeWindow(start, start + size)
-                pane = panes.pop(start) if not lateness else panes[start]
+                pane = self._pane(start, drop=not lateness)
                 if lateness:
                     heappush(cleanup, end_ts + lateness)
                 clear_now = clear if not lateness else None  # else at the cleanup time, below
@@ -594,8 +634,8 @@ class WindowOperator(Operator):
                         clear_now(context)
             while cleanup and cleanup[0] <= watermark:
                 start = heappop(cleanup) - lateness + 1 - size
-                if start in panes:
-                    pane = panes.pop(start)
+                if start in self.contents.namespaces:
+                    pane = self._pane(start, drop=True)
                     if clear is not None:
                         for key in pane:
                             self._clear_key(TimeWindow(start, start + size), key, clear)
@@ -604,6 +644,16 @@ class WindowOperator(Operator):
         except Exception as exc:
             raise self.error(f"firing a window: {type(exc).__name__}: {exc}", None, has_record=False) from exc
         await self._flush(collector)
+
+    def _pane(self, start: int, *, drop: bool) -> dict[Any, Any]:
+        """Every entry of the fast path's pane ``start`` (stored ones included); ``drop``
+        removes the pane from state."""
+        table = self.contents
+        table.keys_in(start)  # loads what the cache lacks
+        pane = table.namespaces[start]
+        if drop:
+            table.drop(start)
+        return pane
 
     def _clear_key(self, window: TimeWindow, key: Any, clear: Callable[[Any], None]) -> None:
         context = self.window_ctx
@@ -647,8 +697,8 @@ class WindowOperator(Operator):
         """Bounded input ended: processing-time windows fire with what they hold (instead of
         being dropped), so a finished job never loses a window."""
         pending = list(self.processing_timers.pop_due(MAX_WATERMARK))
-        self.processing_timers = TimerQueue()  # what firing registers now would never come
         await self._fire(iter(pending), False)
+        self.processing_timers.clear()  # what firing registered would never come
         if self.late_records_dropped:
             log.warning("late records dropped", operator=self.name, count=self.late_records_dropped,
                         hint="use side_output_late_data(tag) to keep them, or allowed_lateness(ms)")

@@ -19,9 +19,10 @@ from aioflow.graph.logical import Node
 from aioflow.graph.plan import Plan, PlannedEdge, PlannedTask
 from aioflow.operators.base import FanOut, Operator, Output, cancelled_by_runtime
 from aioflow.runtime.channel import Channel, InputGate
+from aioflow.runtime.keygroups import key_group_range
 from aioflow.runtime.task import NetworkOutput, SourceTask, StreamTask, SubtaskEnvironment
 from aioflow.runtime.writer import FORWARD, RecordWriter
-from aioflow.state.backend import MemoryStateBackend
+from aioflow.state.backend import StateBackend
 from aioflow.time.watermarks import PERIODIC_WATERMARK_INTERVAL, SourceWatermarks
 
 __all__ = ["Job", "RuntimeConfig"]
@@ -93,7 +94,10 @@ def _build(plan: Plan, config: RuntimeConfig, job: Job) -> list[Subtask]:
                 parallelism=task.parallelism,
                 max_parallelism=config.max_parallelism,
                 batch_size=config.batch_size,
-                state_backend=MemoryStateBackend(),
+                state_backend=StateBackend(
+                    key_groups=key_group_range(index, config.max_parallelism, task.parallelism),
+                    max_parallelism=config.max_parallelism,
+                ),
                 request_stop=job.request_stop,
             )
             operators = {node.id: node.make_operator() for node in task.nodes}

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from aioflow.connectors.base import SourceReader
     from aioflow.runtime.channel import InputGate
     from aioflow.runtime.writer import RecordWriter
-    from aioflow.state.backend import MemoryStateBackend
+    from aioflow.state.backend import StateBackend
     from aioflow.time.watermarks import SourceWatermarks
 
 __all__ = ["NetworkOutput", "Scheduler", "SourceTask", "StreamTask", "SubtaskEnvironment"]
@@ -100,7 +100,7 @@ class SubtaskEnvironment:
     parallelism: int
     max_parallelism: int
     batch_size: int
-    state_backend: MemoryStateBackend
+    state_backend: StateBackend
     scheduler: Scheduler = field(default_factory=Scheduler)
     #: Ask the job to stop as a stop signal does: sources stop, what is in flight drains.
     request_stop: Callable[[], None] = lambda: None

@@ -1,37 +1,147 @@
-"""Where keyed state lives: the backend interface and the in-memory backend.
+"""The state-backend seam: where one subtask's keyed state lives.
 
-A backend holds one table per declared state (operator name + state name), each a dict
-from key to value. Handles (:mod:`aioflow.state.handles`) read and write those dicts
-directly, which keeps state access on the per-record path to one dict operation.
+Operators and state handles talk to :class:`StateTable` objects that a
+:class:`StateBackend` hands out, never to raw dicts of their own. A backend is either
+in memory (the tables' caches are the state; nothing survives the process) or durable
+over the worker's :class:`~aioflow.state.lmdb.LmdbStore`: the tables are then a
+write-back cache of at most ``cache_size`` entries per subtask, trimmed between batches,
+and a checkpoint writes what changed since the previous one.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["MemoryStateBackend"]
+from aioflow.runtime.keygroups import key_group
+from aioflow.state.serializers import JsonSerializer, Serializer
+from aioflow.state.table import StateTable, Writes
+from aioflow.time.timers import TimerQueue
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from aioflow.state.lmdb import LmdbStore
+
+__all__ = ["DEFAULT_CACHE_SIZE", "StateBackend"]
+
+#: Entries a subtask keeps in its write-back cache (durable backend).
+DEFAULT_CACHE_SIZE = 100_000
 
 
-class MemoryStateBackend:
-    """Keyed state in Python dicts, for tests, bounded jobs and small state."""
+class StateBackend:
+    """The keyed state of one subtask: its tables, in memory or over ``store``."""
 
-    def __init__(self) -> None:
-        self._tables: dict[tuple[str, str], dict[Any, Any]] = {}
-        self._kinds: dict[tuple[str, str], str] = {}
+    def __init__(
+        self,
+        store: LmdbStore | None = None,
+        *,
+        key_groups: range = range(128),
+        max_parallelism: int = 128,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        serializer: Serializer | None = None,
+    ) -> None:
+        self.store = store
+        self.key_groups = key_groups
+        self.max_parallelism = max_parallelism
+        self.cache_size = cache_size
+        self.serializer = serializer if serializer is not None else JsonSerializer()
+        self.tables: dict[tuple[str, str], StateTable] = {}
+        self._timers: list[tuple[StateTable, TimerQueue]] = []
+        self._group_of = functools.partial(_group_of_key, max_parallelism=max_parallelism)
 
-    def table(self, operator: str, state: str, kind: str) -> dict[Any, Any]:
-        """The table of ``operator``'s state ``state``; declaring it again with another kind fails."""
+    @property
+    def durable(self) -> bool:
+        return self.store is not None
+
+    def table(
+        self,
+        operator: str,
+        state: str,
+        kind: str,
+        *,
+        serializer: Serializer | None = None,
+        key_group_of: Callable[[Any], int] | None = None,
+    ) -> StateTable:
+        """The table of ``operator``'s state ``state``; declaring it again with another kind
+        fails. ``key_group_of`` maps a table key to its key group when the table key is not
+        the record key itself (e.g. ``(key, window)`` for window timers)."""
         ident = (operator, state)
-        known = self._kinds.get(ident)
-        if known is None:
-            self._kinds[ident] = kind
-            self._tables[ident] = {}
-        elif known != kind:
-            raise TypeError(
-                f"operator {operator!r}: state {state!r} was declared as {known} state, "
-                f"cannot declare it again as {kind} state"
+        table = self.tables.get(ident)
+        if table is not None:
+            if table.kind != kind:
+                raise TypeError(
+                    f"operator {operator!r}: state {state!r} was declared as {table.kind} state, "
+                    f"cannot declare it again as {kind} state"
+                )
+            return table
+        serializer = serializer if serializer is not None else self.serializer
+        if self.store is None:
+            table = StateTable(operator, state, kind, serializer)
+        else:
+            table_id, restored = self.store.register_table(operator, state, kind, serializer.name)
+            table = StateTable(
+                operator, state, kind, serializer, store=self.store, table_id=table_id,
+                key_group_of=key_group_of or self._group_of, key_groups=self.key_groups, restored=restored,
             )
-        return self._tables[ident]
+        self.tables[ident] = table
+        return table
 
-    def tables(self) -> dict[tuple[str, str], dict[Any, Any]]:
-        return self._tables
+    def timers(
+        self,
+        operator: str,
+        name: str,
+        *,
+        key_group_of: Callable[[Any], int] | None = None,
+        restore: Callable[[Any], Any] | None = None,
+    ) -> TimerQueue:
+        """``operator``'s timer queue ``name``, with the timers of the last checkpoint in this
+        subtask's key groups. ``key_group_of`` maps a timer's key to its key group; ``restore``
+        turns a key read back from a checkpoint into the object the operator used."""
+        queue = TimerQueue()
+        if self.store is None:
+            return queue
+        table = self.table(operator, name, "timers", serializer=JsonSerializer(), key_group_of=key_group_of)
+        if table.restored:
+            for timestamp, key, _ in table.stored_namespaces():
+                queue.add(timestamp, key if restore is None else restore(key))
+        queue.changes = {}
+        self._timers.append((table, queue))
+        return queue
+
+    def trim(self) -> None:
+        """Evict down to ``cache_size`` cached entries (durable tables; called between batches)."""
+        if self.store is None:
+            return
+        excess = sum(table.cached_entries() for table in self.tables.values()) - self.cache_size
+        if excess <= 0:
+            return
+        spill: list[tuple[bytes, bytes]] = []
+        for table in self.tables.values():
+            if excess <= 0:
+                break
+            before = table.cached_entries()
+            spill.extend(table.evict(excess))
+            excess -= before - table.cached_entries()
+        if spill:
+            self.store.spill(spill)
+
+    def snapshot(self) -> Writes:
+        """What changed in every table since the last snapshot (durable backend)."""
+        writes: Writes = []
+        for table in self.tables.values():
+            writes.extend(table.snapshot())
+        for table, queue in self._timers:
+            changes = queue.changes
+            assert changes is not None and table.key_group_of is not None
+            group_of = table.key_group_of
+            writes.extend(
+                (table.stored_key(group_of(key), timestamp, key), b"1" if present else None)
+                for (timestamp, key), present in changes.items()
+            )
+            changes.clear()
+        return writes
+
+
+def _group_of_key(key: Any, *, max_parallelism: int) -> int:
+    return key_group(key, max_parallelism)

@@ -1,8 +1,12 @@
 """Keyed state handles, with Flink's method names.
 
 A handle reads and writes the state of the *current key*: the key of the record or
-timer being processed. Each handle works on one table (a dict from key to value) held
-by the operator's state backend.
+timer being processed. Each handle works on one :class:`~aioflow.state.table.StateTable`
+of the operator's state backend: it reads the table's cached entries, falls back to the
+store on a miss, and marks what it changes so the next checkpoint writes it.
+
+A value read from state and changed in place (``state.value().append(x)``) must be
+written back with ``update``; list and map state mark their own changes.
 """
 
 from __future__ import annotations
@@ -11,24 +15,39 @@ import copy
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from aioflow.state.table import MISSING, StateTable
+
 if TYPE_CHECKING:
     from aioflow.functions import AggregateFunction
 
 __all__ = ["AggregatingState", "ListState", "MapState", "ReducingState", "ValueState"]
 
-_ABSENT: Any = object()
-
 
 class _KeyedHandle:
-    __slots__ = ("_current", "_table")
+    __slots__ = ("_current", "_entries", "_mark", "_namespace", "_table")
 
-    def __init__(self, table: dict[Any, Any], current: Any) -> None:
+    def __init__(self, table: StateTable, current: Any, namespace: Any = None) -> None:
         self._table = table
+        self._namespace = namespace
+        self._entries = table.entries(namespace)
+        self._mark = table.marker(namespace)
         self._current = current  # an object whose ``key`` attribute is the current key
+
+    def _get(self, key: Any) -> Any:
+        value = self._entries.get(key, MISSING)
+        if value is MISSING and self._table.incomplete:
+            value = self._table.load(key, self._namespace)
+        return value
+
+    def _put(self, key: Any, value: Any) -> None:
+        self._entries[key] = value
+        self._mark(key)
 
     def clear(self) -> None:
         """Remove the current key's state."""
-        self._table.pop(self._current.key, None)
+        key = self._current.key
+        self._entries.pop(key, None)
+        self._mark(key)
 
 
 _IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, frozenset, range)
@@ -45,25 +64,25 @@ class ValueState(_KeyedHandle):
 
     __slots__ = ("_default", "_shared_default")
 
-    def __init__(self, table: dict[Any, Any], current: Any, default: Any = None) -> None:
-        super().__init__(table, current)
+    def __init__(self, table: StateTable, current: Any, default: Any = None, namespace: Any = None) -> None:
+        super().__init__(table, current, namespace)
         self._default = default
         self._shared_default = _is_immutable(default)
 
     def value(self) -> Any:
         """The current key's value, or the default given when the state was declared
         (a fresh copy per key when the default is mutable, e.g. ``[]``)."""
-        if self._shared_default:
-            return self._table.get(self._current.key, self._default)
-        value = self._table.get(self._current.key, _ABSENT)
-        return copy.deepcopy(self._default) if value is _ABSENT else value
+        value = self._get(self._current.key)
+        if value is MISSING:
+            return self._default if self._shared_default else copy.deepcopy(self._default)
+        return value
 
     def update(self, value: Any) -> None:
         """Set the current key's value; ``update(None)`` clears it, as in Flink."""
         if value is None:
-            self._table.pop(self._current.key, None)
+            self.clear()
         else:
-            self._table[self._current.key] = value
+            self._put(self._current.key, value)
 
 
 class ListState(_KeyedHandle):
@@ -73,26 +92,31 @@ class ListState(_KeyedHandle):
 
     def get(self) -> list[Any]:
         """A copy of the current key's list (empty if none)."""
-        return list(self._table.get(self._current.key, ()))
+        items = self._get(self._current.key)
+        return [] if items is MISSING else list(items)
 
     def add(self, value: Any) -> None:
-        items = self._table.get(self._current.key)
-        if items is None:
-            self._table[self._current.key] = [value]
+        key = self._current.key
+        items = self._get(key)
+        if items is MISSING:
+            self._entries[key] = [value]
         else:
             items.append(value)
+        self._mark(key)
 
     def add_all(self, values: Iterable[Any]) -> None:
         values = list(values)
         if values:
-            self._table.setdefault(self._current.key, []).extend(values)
+            key = self._current.key
+            items = self._get(key)
+            self._put(key, values if items is MISSING else items + values)
 
     def update(self, values: Iterable[Any]) -> None:
         values = list(values)
         if values:
-            self._table[self._current.key] = values
+            self._put(self._current.key, values)
         else:
-            self._table.pop(self._current.key, None)
+            self.clear()
 
 
 class MapState(_KeyedHandle):
@@ -102,28 +126,36 @@ class MapState(_KeyedHandle):
     __slots__ = ()
 
     def _map(self) -> dict[Any, Any]:
-        return self._table.get(self._current.key) or {}
+        entries = self._get(self._current.key)
+        return {} if entries is MISSING else entries
 
     def get(self, key: Any, default: Any = None) -> Any:
         return self._map().get(key, default)
 
     def put(self, key: Any, value: Any) -> None:
-        entries = self._table.get(self._current.key)
-        if entries is None:
-            self._table[self._current.key] = {key: value}
+        current = self._current.key
+        entries = self._get(current)
+        if entries is MISSING:
+            self._entries[current] = {key: value}
         else:
             entries[key] = value
+        self._mark(current)
 
     def put_all(self, entries: dict[Any, Any]) -> None:
         if entries:
-            self._table.setdefault(self._current.key, {}).update(entries)
+            current = self._current.key
+            existing = self._get(current)
+            self._put(current, dict(entries) if existing is MISSING else {**existing, **entries})
 
     def remove(self, key: Any) -> None:
-        entries = self._table.get(self._current.key)
-        if entries is not None:
-            entries.pop(key, None)
-            if not entries:
-                del self._table[self._current.key]
+        current = self._current.key
+        entries = self._get(current)
+        if entries is not MISSING and key in entries:
+            del entries[key]
+            if entries:
+                self._mark(current)
+            else:
+                self.clear()
 
     def contains(self, key: Any) -> bool:
         return key in self._map()
@@ -146,17 +178,18 @@ class ReducingState(_KeyedHandle):
 
     __slots__ = ("_reduce",)
 
-    def __init__(self, table: dict[Any, Any], current: Any, reduce: Callable[[Any, Any], Any]) -> None:
+    def __init__(self, table: StateTable, current: Any, reduce: Callable[[Any, Any], Any]) -> None:
         super().__init__(table, current)
         self._reduce = reduce
 
     def get(self) -> Any:
-        return self._table.get(self._current.key)
+        value = self._get(self._current.key)
+        return None if value is MISSING else value
 
     def add(self, value: Any) -> None:
         key = self._current.key
-        table = self._table
-        table[key] = self._reduce(table[key], value) if key in table else value
+        current = self._get(key)
+        self._put(key, value if current is MISSING else self._reduce(current, value))
 
 
 class AggregatingState(_KeyedHandle):
@@ -164,19 +197,16 @@ class AggregatingState(_KeyedHandle):
 
     __slots__ = ("_agg",)
 
-    def __init__(self, table: dict[Any, Any], current: Any, agg: AggregateFunction[Any, Any, Any]) -> None:
+    def __init__(self, table: StateTable, current: Any, agg: AggregateFunction[Any, Any, Any]) -> None:
         super().__init__(table, current)
         self._agg = agg
 
     def get(self) -> Any:
         """The aggregate's result for the current key, or ``None`` if nothing was added."""
-        key = self._current.key
-        if key not in self._table:
-            return None
-        return self._agg.get_result(self._table[key])
+        acc = self._get(self._current.key)
+        return None if acc is MISSING else self._agg.get_result(acc)
 
     def add(self, value: Any) -> None:
         key = self._current.key
-        table = self._table
-        acc = table[key] if key in table else self._agg.create_accumulator()
-        table[key] = self._agg.add(value, acc)
+        acc = self._get(key)
+        self._put(key, self._agg.add(value, self._agg.create_accumulator() if acc is MISSING else acc))

@@ -24,13 +24,19 @@ def now_ms() -> int:
 
 
 class TimerQueue:
-    """Timers ordered by timestamp; one timer per (timestamp, key)."""
+    """Timers ordered by timestamp; one timer per (timestamp, key).
 
-    __slots__ = ("_by_time", "_heap")
+    A queue of a durable state backend also records its changes since the last
+    checkpoint (``changes``: (timestamp, key) -> registered or deleted), which the
+    backend writes at the next checkpoint.
+    """
+
+    __slots__ = ("_by_time", "_heap", "changes")
 
     def __init__(self) -> None:
         self._by_time: dict[int, dict[Any, None]] = {}
         self._heap: list[int] = []
+        self.changes: dict[tuple[int, Any], bool] | None = None
 
     def add(self, timestamp: int, key: Any) -> None:
         keys = self._by_time.get(timestamp)
@@ -39,10 +45,14 @@ class TimerQueue:
             heapq.heappush(self._heap, timestamp)
         else:
             keys[key] = None
+        if self.changes is not None:
+            self.changes[timestamp, key] = True
 
     def remove(self, timestamp: int, key: Any) -> None:
         keys = self._by_time.get(timestamp)
         if keys is not None:
+            if self.changes is not None and key in keys:
+                self.changes[timestamp, key] = False
             keys.pop(key, None)
             if not keys:
                 del self._by_time[timestamp]
@@ -67,8 +77,16 @@ class TimerQueue:
             timestamp = heapq.heappop(heap)
             keys = by_time.pop(timestamp, None)
             if keys:
+                changes = self.changes
                 for key in keys:
+                    if changes is not None:
+                        changes[timestamp, key] = False
                     yield timestamp, key
+
+    def clear(self) -> None:
+        """Delete every timer."""
+        for _ in self.pop_due(2**63 - 1):
+            pass
 
 
 class TimerService:
@@ -84,12 +102,14 @@ class TimerService:
         operator: str,
         key_of: Callable[[], Any] | None,
         schedule_processing_time: Callable[[int], None],
+        event_timers: TimerQueue | None = None,
+        processing_timers: TimerQueue | None = None,
     ) -> None:
         self._operator = operator
         self._key_of = key_of
         self._schedule = schedule_processing_time
-        self.event_timers = TimerQueue()
-        self.processing_timers = TimerQueue()
+        self.event_timers = event_timers if event_timers is not None else TimerQueue()
+        self.processing_timers = processing_timers if processing_timers is not None else TimerQueue()
         self.watermark = -(2**63)
 
     def _key(self) -> Any:

@@ -58,6 +58,10 @@ class GlobalWindow:
     def max_timestamp(self) -> int:
         return MAX_WATERMARK
 
+    def state_key(self) -> str:
+        """What stands for the window in stored state."""
+        return "GlobalWindow"
+
     def __repr__(self) -> str:
         return "GlobalWindow()"
 

@@ -15,6 +15,8 @@ from support import Count
 
 import aioflow as af
 from aioflow.state.handles import ValueState
+from aioflow.state.serializers import JsonSerializer
+from aioflow.state.table import StateTable
 from aioflow.testing import run_collect
 
 
@@ -62,7 +64,8 @@ class Clock:
     def __init__(self, now: int) -> None:
         self.now = now
         self.timers: list[int] = []
-        self.state: dict[str, int] = {}
+        self.table = StateTable("trigger", "state", "trigger", JsonSerializer())
+        self.state = self.table.entries()
 
     def current_processing_time(self) -> int:
         return self.now
@@ -71,7 +74,7 @@ class Clock:
         self.timers.append(time)
 
     def window_state(self, name: str, default=None) -> ValueState:
-        return ValueState(self.state, SimpleNamespace(key=name), default)
+        return ValueState(self.table, SimpleNamespace(key=name), default)
 
 
 def test_continuous_processing_time_trigger_schedules_as_flink_does() -> None:

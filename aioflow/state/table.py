@@ -1,0 +1,297 @@
+"""One state of one operator in one subtask: a write-back cache over the state store.
+
+A table maps ``(namespace, key)`` to a value. The namespace is ``None`` for plain keyed
+state and the window (or pane start, or timer time) for state kept per window. The cache
+is namespace-first (``namespace -> {key: value}``), the layout window firing wants, and
+it is what operators read and write on the per-record path: one dict operation, plus one
+``set.add`` to mark the key dirty when the table is durable.
+
+Durable tables (LMDB) keep three facts besides the cache:
+
+- ``dirty``: keys changed since the last snapshot, per namespace. A dirty key is either
+  in the cache (its new value) or absent from it (deleted); dirty entries are never
+  evicted, so a miss on a dirty key means "deleted", without a lookup.
+- ``incomplete``: namespaces whose cache may lack entries the store has (restored ones,
+  and those the cache evicted from). A miss elsewhere is a true absence: a fresh window
+  never reads the store.
+- ``spilled``: stored keys of changed entries the cache evicted to the store's working
+  area, per namespace; the next snapshot takes their values from there.
+- ``dropped``: namespaces dropped since the last snapshot. Their checkpointed entries
+  are void (the snapshot deletes them); only what was spilled since the drop counts.
+
+The dirty sets are kept (cleared in place) across snapshots: handles and operators hold
+their ``marker``.
+
+Stored keys are ``table id | key group | namespace | key``, so state splits by key-group
+ranges when the parallelism changes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from aioflow.errors import StateError
+from aioflow.state.serializers import Serializer, decode_key, encode_key
+
+if TYPE_CHECKING:
+    from aioflow.state.lmdb import LmdbStore
+
+__all__ = ["MISSING", "StateTable", "Writes"]
+
+MISSING: Any = object()
+
+#: (stored key, serialized value or ``None`` for a deletion), in order.
+Writes = list[tuple[bytes, bytes | None]]
+
+_HEAD = struct.Struct(">IH")  # table id, key group
+_LEN = struct.Struct(">H")
+_DISCARD = deque(maxlen=0)  # ``_DISCARD.append`` is a no-op at C speed: the memory backend's dirty marker
+
+
+def table_prefix(table_id: int) -> bytes:
+    return struct.pack(">I", table_id)
+
+
+class StateTable:
+    """See the module docstring. ``store`` is ``None`` for the in-memory backend: the cache
+    is then all there is, and nothing is tracked."""
+
+    def __init__(
+        self,
+        operator: str,
+        name: str,
+        kind: str,
+        serializer: Serializer,
+        *,
+        store: LmdbStore | None = None,
+        table_id: int = 0,
+        key_group_of: Callable[[Any], int] | None = None,
+        key_groups: range = range(0),
+        restored: bool = False,
+    ) -> None:
+        self.operator = operator
+        self.name = name
+        self.kind = kind
+        self.serializer = serializer
+        self.store = store
+        self.table_id = table_id
+        self.key_group_of = key_group_of
+        self.key_groups = key_groups
+        self.namespaces: dict[Any, dict[Any, Any]] = {}
+        self.dirty: dict[Any, set[Any]] = {}
+        self.incomplete: set[Any] = set()
+        self.spilled: dict[Any, set[bytes]] = {}
+        self.dropped: set[Any] = set()
+        #: Restored from a checkpoint: any namespace may have stored entries.
+        self.restored = restored
+        self._prefix = table_prefix(table_id)
+
+    def __repr__(self) -> str:
+        return f"<StateTable {self.operator!r}/{self.name!r} ({self.kind})>"
+
+    @property
+    def durable(self) -> bool:
+        return self.store is not None
+
+    # -- the per-record interface ----------------------------------------------------------
+
+    def entries(self, namespace: Any = None) -> dict[Any, Any]:
+        """The cached entries of ``namespace`` (created empty); mark what you change."""
+        entries = self.namespaces.get(namespace)
+        if entries is None:
+            entries = self.namespaces[namespace] = {}
+            if self.restored and self.store is not None and namespace not in self.dropped:
+                self.incomplete.add(namespace)
+        return entries
+
+    def marker(self, namespace: Any = None) -> Callable[[Any], None]:
+        """``mark(key)``: record that ``key``'s entry in ``namespace`` changed."""
+        if self.store is None:
+            return _DISCARD.append
+        dirty = self.dirty.get(namespace)
+        if dirty is None:
+            dirty = self.dirty[namespace] = set()
+        return dirty.add
+
+    def get(self, key: Any, namespace: Any = None, default: Any = None) -> Any:
+        value = self.entries(namespace).get(key, MISSING)
+        if value is MISSING:
+            value = self.load(key, namespace)
+            if value is MISSING:
+                return default
+        return value
+
+    def put(self, key: Any, value: Any, namespace: Any = None) -> None:
+        self.entries(namespace)[key] = value
+        if self.store is not None:
+            self.marker(namespace)(key)
+
+    def delete(self, key: Any, namespace: Any = None) -> None:
+        entries = self.namespaces.get(namespace)
+        if entries is not None:
+            entries.pop(key, None)
+        if self.store is not None:
+            self.entries(namespace)
+            self.marker(namespace)(key)
+
+    def load(self, key: Any, namespace: Any = None) -> Any:
+        """After a cache miss: the stored value (now cached), or ``MISSING``."""
+        if namespace not in self.incomplete:
+            return MISSING
+        dirty = self.dirty.get(namespace)
+        if dirty is not None and key in dirty:
+            return MISSING  # deleted since the last snapshot
+        assert self.store is not None and self.key_group_of is not None
+        stored = self.stored_key(self.key_group_of(key), namespace, key)
+        if namespace in self.dropped:  # the checkpoint's entries are void; spilled since the drop count
+            data = self.store.get_working(stored) if stored in self.spilled.get(namespace, ()) else None
+        else:
+            data = self.store.get(stored)
+        if data is None:
+            return MISSING
+        value = self._loads(data)
+        self.namespaces[namespace][key] = value
+        return value
+
+    def drop(self, namespace: Any) -> None:
+        """Remove every entry of ``namespace`` (a window that was purged)."""
+        self.namespaces.pop(namespace, None)
+        self.dirty.pop(namespace, None)
+        if self.store is not None:
+            self.incomplete.discard(namespace)
+            self.spilled.pop(namespace, None)
+            self.dropped.add(namespace)
+
+    def keys_in(self, namespace: Any = None) -> Iterator[Any]:
+        """Every key with an entry in ``namespace``, stored ones included."""
+        if self.restored and namespace not in self.namespaces:
+            self.entries(namespace)  # any namespace of a restored table may have stored entries
+        if namespace in self.incomplete:
+            entries = self.namespaces[namespace]
+            for key in self._stored_keys(namespace):
+                if key not in entries:
+                    self.load(key, namespace)
+        return iter(list(self.namespaces.get(namespace, {})))
+
+    # -- snapshot, eviction and restore ----------------------------------------------------
+
+    def stored_key(self, key_group: int, namespace: Any, key: Any) -> bytes:
+        ns = b"" if namespace is None else encode_key(namespace)
+        return _HEAD.pack(self.table_id, key_group) + _LEN.pack(len(ns)) + ns + encode_key(key)
+
+    def _dumps(self, value: Any) -> bytes:
+        try:
+            return self.serializer.dumps(value)
+        except Exception as exc:
+            raise StateError(
+                f"operator {self.operator!r}: state {self.name!r} cannot serialise a value of type "
+                f"{type(value).__name__} with {self.serializer!r}: {exc}; keep JSON types in state, "
+                "or declare the state with serializer='pickle'"
+            ) from exc
+
+    def _loads(self, data: bytes) -> Any:
+        try:
+            return self.serializer.loads(data)
+        except Exception as exc:
+            raise StateError(
+                f"operator {self.operator!r}: state {self.name!r}: a stored value cannot be read with "
+                f"{self.serializer!r}: {exc}"
+            ) from exc
+
+    def snapshot(self) -> Writes:
+        """The changes since the last snapshot, as writes; the table is clean afterwards."""
+        store = self.store
+        assert store is not None and self.key_group_of is not None
+        writes: Writes = []
+        for namespace in self.dropped:  # first: entries put or spilled since the drop come after
+            writes.extend(self._range_deletes(namespace))
+        self.dropped.clear()
+        for spilled in self.spilled.values():
+            writes.extend((stored, store.get_working(stored)) for stored in spilled)
+        self.spilled.clear()
+        group_of, dumps = self.key_group_of, self._dumps
+        for namespace, keys in self.dirty.items():
+            entries = self.namespaces.get(namespace, {})
+            for key in keys:
+                value = entries.get(key, MISSING)
+                stored = self.stored_key(group_of(key), namespace, key)
+                writes.append((stored, None if value is MISSING else dumps(value)))
+            keys.clear()  # in place: markers handed out stay live
+        return writes
+
+    def _range_deletes(self, namespace: Any) -> Writes:
+        assert self.store is not None
+        ns = b"" if namespace is None else encode_key(namespace)
+        writes: Writes = []
+        for group in self.key_groups:
+            prefix = _HEAD.pack(self.table_id, group) + _LEN.pack(len(ns)) + ns
+            writes.extend((stored, None) for stored in self.store.keys_with_prefix(prefix))
+            writes.extend((stored, None) for stored in self.store.keys_with_prefix(prefix, working=True))
+        return writes
+
+    def cached_entries(self) -> int:
+        return sum(map(len, self.namespaces.values()))
+
+    def evict(self, count: int) -> list[tuple[bytes, bytes]]:
+        """Drop up to ``count`` clean entries from the cache, oldest namespaces and entries
+        first; return the changed ones the store must keep in its working area."""
+        assert self.key_group_of is not None
+        spill: list[tuple[bytes, bytes]] = []
+        for namespace in list(self.namespaces):
+            entries = self.namespaces[namespace]
+            dirty = self.dirty.get(namespace, ())
+            victims = []
+            for key in entries:
+                if len(victims) >= count:
+                    break
+                victims.append(key)
+            for key in victims:
+                value = entries.pop(key)
+                if key in dirty:
+                    stored = self.stored_key(self.key_group_of(key), namespace, key)
+                    spill.append((stored, self._dumps(value)))
+                    spilled = self.spilled.get(namespace)
+                    if spilled is None:
+                        spilled = self.spilled[namespace] = set()
+                    spilled.add(stored)
+                    dirty.discard(key)  # type: ignore[attr-defined]
+            if victims:
+                self.incomplete.add(namespace)
+            count -= len(victims)
+            if count <= 0:
+                break
+        return spill
+
+    def _stored_keys(self, namespace: Any) -> Iterator[Any]:
+        """Keys of ``namespace`` in this table's key groups that the store may hold: in the
+        checkpoint (unless the namespace was dropped) or evicted to the working area."""
+        store = self.store
+        if store is None:
+            return
+        ns = b"" if namespace is None else encode_key(namespace)
+        dropped = namespace in self.dropped
+        spilled = self.spilled.get(namespace, ())
+        for group in self.key_groups:
+            prefix = _HEAD.pack(self.table_id, group) + _LEN.pack(len(ns)) + ns
+            if not dropped:
+                for stored in store.keys_with_prefix(prefix):
+                    yield decode_key(stored[len(prefix):])
+            for stored in store.keys_with_prefix(prefix, working=True):
+                if not dropped or stored in spilled:
+                    yield decode_key(stored[len(prefix):])
+
+    def stored_namespaces(self) -> Iterator[tuple[Any, Any, Any]]:
+        """Every stored ``(namespace, key, value)`` of this table's key groups (for restoring
+        small operator-managed state such as timers)."""
+        if self.store is None:
+            return
+        for group in self.key_groups:
+            prefix = _HEAD.pack(self.table_id, group)
+            for stored, data in self.store.items_with_prefix(prefix):
+                (size,) = _LEN.unpack_from(stored, len(prefix))
+                start = len(prefix) + _LEN.size
+                namespace = None if size == 0 else decode_key(stored[start:start + size])
+                yield namespace, decode_key(stored[start + size:]), self._loads(data)
