@@ -126,20 +126,29 @@ class StateBackend:
         if spill:
             self.store.spill(spill)
 
-    def snapshot(self) -> Writes:
-        """What changed in every table since the last snapshot (durable backend)."""
-        writes: Writes = []
+    def confirm(self) -> None:
+        """The last snapshot was committed."""
         for table in self.tables.values():
-            writes.extend(table.snapshot())
+            table.confirm()
+
+    def spilled_keys(self) -> set[bytes]:
+        return set().union(*(table.spilled_keys() for table in self.tables.values()))
+
+    def snapshot(self) -> Writes:
+        """What changed in every table and timer queue since the last committed snapshot
+        (durable backend); see :meth:`StateTable.snapshot`."""
         for table, queue in self._timers:
             changes = queue.changes
             assert changes is not None and table.key_group_of is not None
             group_of = table.key_group_of
-            writes.extend(
+            table.pending.update(
                 (table.stored_key(group_of(key), timestamp, key), b"1" if present else None)
                 for (timestamp, key), present in changes.items()
             )
             changes.clear()
+        writes: Writes = []
+        for table in self.tables.values():
+            writes.extend(table.snapshot())
         return writes
 
 

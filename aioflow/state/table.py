@@ -85,6 +85,7 @@ class StateTable:
         self.incomplete: set[Any] = set()
         self.spilled: dict[Any, set[bytes]] = {}
         self.dropped: set[Any] = set()
+        self.pending: dict[bytes, bytes | None] = {}
         #: Restored from a checkpoint: any namespace may have stored entries.
         self.restored = restored
         self._prefix = table_prefix(table_id)
@@ -148,6 +149,10 @@ class StateTable:
         stored = self.stored_key(self.key_group_of(key), namespace, key)
         if namespace in self.dropped:  # the checkpoint's entries are void; spilled since the drop count
             data = self.store.get_working(stored) if stored in self.spilled.get(namespace, ()) else None
+        elif stored in self.spilled.get(namespace, ()):
+            data = self.store.get_working(stored)
+        elif stored in self.pending:  # snapshotted, not yet committed
+            data = self.pending[stored]
         else:
             data = self.store.get(stored)
         if data is None:
@@ -202,7 +207,9 @@ class StateTable:
             ) from exc
 
     def snapshot(self) -> Writes:
-        """The changes since the last snapshot, as writes; the table is clean afterwards."""
+        """The changes since the last committed snapshot, as writes. Until :meth:`confirm`
+        says they were committed, they stay pending: reads see them, and a snapshot after a
+        failed checkpoint includes them again."""
         store = self.store
         assert store is not None and self.key_group_of is not None
         writes: Writes = []
@@ -220,7 +227,16 @@ class StateTable:
                 stored = self.stored_key(group_of(key), namespace, key)
                 writes.append((stored, None if value is MISSING else dumps(value)))
             keys.clear()  # in place: markers handed out stay live
-        return writes
+        self.pending.update(writes)
+        return list(self.pending.items())
+
+    def confirm(self) -> None:
+        """The last snapshot was committed: the store now holds it."""
+        self.pending.clear()
+
+    def spilled_keys(self) -> set[bytes]:
+        """Stored keys whose newest value is in the store's working area."""
+        return set().union(*self.spilled.values())
 
     def _range_deletes(self, namespace: Any) -> Writes:
         assert self.store is not None
