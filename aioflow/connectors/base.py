@@ -4,6 +4,8 @@ A :class:`Source` describes where records come from and creates one
 :class:`SourceReader` per subtask; a :class:`Sink` creates one :class:`SinkWriter` per
 subtask. Readers hand out whole batches and report a position that a checkpoint can
 store and a restart can restore. The runtime never sees files, sockets or Kafka.
+A sink whose ``exactly_once`` is true creates :class:`TwoPhaseCommitSinkWriter` s: their
+output becomes visible only when a checkpoint completes.
 
 :class:`ErrorPolicy` is shared by every source that decodes bytes: what happens to a
 record that cannot be decoded is the user's choice (fail, skip, or dead-letter).
@@ -22,7 +24,17 @@ from anyio.abc import TaskGroup
 from aioflow.errors import BadRecordError
 from aioflow.functions import OutputTag
 
-__all__ = ["BadRecord", "ErrorPolicy", "Sink", "SinkClosed", "SinkWriter", "Source", "SourceBatch", "SourceReader"]
+__all__ = [
+    "BadRecord",
+    "ErrorPolicy",
+    "Sink",
+    "SinkClosed",
+    "SinkWriter",
+    "Source",
+    "SourceBatch",
+    "SourceReader",
+    "TwoPhaseCommitSinkWriter",
+]
 
 log = structlog.get_logger("aioflow.connectors")
 
@@ -124,10 +136,74 @@ class SinkWriter:
         """Release resources; called once, also when the job fails."""
 
 
+class TwoPhaseCommitSinkWriter(SinkWriter):
+    """A sink writer whose output becomes visible only when a checkpoint completes: the
+    two-phase commit of Flink's ``TwoPhaseCommitSinkFunction``, for exactly-once output.
+
+    Records go to the *current transaction*; the runtime drives the protocol, per subtask:
+
+    1. :meth:`write` adds a batch to the current transaction; :meth:`flush` may push it to
+       a staging area but never makes it visible.
+    2. At a checkpoint barrier, :meth:`pre_commit` makes the current transaction durable
+       but not visible, returns a *handle* for it (stored in the checkpoint) and starts a
+       new transaction.
+    3. When that checkpoint completes, :meth:`commit` with its handle makes it visible.
+    4. After a crash, the restore calls :meth:`commit` again with every handle of the
+       restored checkpoint, in checkpoint order, *before* any new checkpoint completes: the
+       first commit may not have run, or only in part, so commit is idempotent.
+       :meth:`abort` discards a pre-committed transaction that will never be committed.
+    5. At the end of bounded input, :meth:`finish` commits everything written so far.
+
+    :meth:`close` commits nothing: a transaction that was never pre-committed is dropped,
+    and its records come again from the source after recovery. Pre-committed
+    transactions survive :meth:`close` (and crashes) until committed or aborted.
+
+    Handles are JSON data (dicts, lists, strings, ints) naming everything a commit needs,
+    so a handle can be committed by a writer other than the one that made it: after a
+    restart, or at another parallelism. Each handle must be committed by one writer at a
+    time.
+    """
+
+    async def pre_commit(self, checkpoint_id: int) -> Any:
+        """Make the current transaction durable but not visible and start a new one.
+
+        Called at the barrier of checkpoint ``checkpoint_id`` (increasing from call to
+        call). Returns a JSON-serialisable handle describing the transaction, for the
+        checkpoint to store and :meth:`commit` or :meth:`abort` to take.
+        """
+        raise TypeError(f"{type(self).__name__} must implement pre_commit(checkpoint_id)")
+
+    async def commit(self, handle: Any) -> None:
+        """Make the transaction of ``handle`` visible: its checkpoint completed.
+
+        Idempotent: called again with the same handle during recovery, possibly after an
+        earlier commit that was interrupted part-way, it completes that one and never
+        duplicates data. Commit handles in checkpoint order.
+        """
+        raise TypeError(f"{type(self).__name__} must implement commit(handle)")
+
+    async def abort(self, handle: Any) -> None:
+        """Discard the pre-committed transaction of ``handle``: it will never be committed.
+
+        Only for transactions whose records the source will replay (pre-committed after
+        the checkpoint a job restores). A checkpoint that merely failed does not abort its
+        transaction: commit it with the next checkpoint that completes, or its records are
+        lost. Aborting what is already gone does nothing.
+        """
+        raise TypeError(f"{type(self).__name__} must implement abort(handle)")
+
+    async def finish(self) -> None:
+        """End of bounded input: commit everything written so far, pre-committed or not."""
+        raise TypeError(f"{type(self).__name__} must implement finish()")
+
+
 class Sink:
     """Describes where records go; creates one :class:`SinkWriter` per subtask."""
 
     default_name = "sink"
+    #: The writers are :class:`TwoPhaseCommitSinkWriter` s: records become visible when a
+    #: checkpoint completes (or at the end of bounded input), exactly once.
+    exactly_once: bool = False
 
     def create_writer(self, subtask_index: int, parallelism: int) -> SinkWriter:
         raise TypeError(f"{type(self).__name__} must implement create_writer(subtask_index, parallelism)")
