@@ -57,6 +57,9 @@ class App:
         linger: float = 0.005,
         channel_capacity: int = 4,
         watermark_interval: float | None = None,
+        state_backend: str | None = None,
+        state_cache_size: int = 100_000,
+        checkpoint_mode: str = "exactly_once",
     ) -> None:
         if not isinstance(name, str) or not name:
             raise PipelineError(f"App needs a non-empty name, got {name!r}")
@@ -75,6 +78,18 @@ class App:
         ):
             raise PipelineError(f"watermark_interval must be seconds >= 0 or None, got {watermark_interval!r}")
         self.watermark_interval = None if watermark_interval is None else float(watermark_interval)
+        if state_backend not in (None, "memory", "lmdb"):
+            raise PipelineError(f"state_backend must be 'memory' or 'lmdb', got {state_backend!r}")
+        self.state_backend = state_backend or ("lmdb" if state_dir is not None else "memory")
+        if checkpoint_interval is not None and (self.state_backend != "lmdb" or state_dir is None):
+            raise PipelineError("checkpoint_interval needs state_dir= (checkpoints are kept in the LMDB state store)")
+        if checkpoint_interval is not None:
+            _positive(checkpoint_interval, "checkpoint_interval", (int, float))
+        if checkpoint_mode not in ("exactly_once", "at_least_once"):
+            raise PipelineError(f"checkpoint_mode must be 'exactly_once' or 'at_least_once', got {checkpoint_mode!r}")
+        self.checkpoint_mode = checkpoint_mode
+        self.state_cache_size = _positive(state_cache_size, "state_cache_size")
+        self.allow_non_restored_state = False
         self._job: Job | None = None
 
     def __repr__(self) -> str:
@@ -123,6 +138,12 @@ class App:
             channel_capacity=self.channel_capacity,
             max_parallelism=self.max_parallelism,
             watermark_interval=self.watermark_interval,
+            state_dir=self.state_dir,
+            state_backend=self.state_backend,
+            state_cache_size=self.state_cache_size,
+            checkpoint_interval=self.checkpoint_interval,
+            checkpoint_mode=self.checkpoint_mode,
+            allow_non_restored_state=self.allow_non_restored_state,
         )
 
     async def run_async(self) -> None:

@@ -178,6 +178,19 @@ class Operator(Output):
         for side in self.side_outputs.values():
             await side.end_input()
 
+    async def snapshot_state(self, checkpoint_id: int) -> Any:
+        """At a checkpoint barrier: this subtask's operator state that is not keyed state
+        (a watermark, pending sink transactions), as JSON data; ``None`` if there is none.
+        Keyed state is in the state backend and is snapshotted by the task."""
+        return None
+
+    async def restore_state(self, states: list[Any]) -> None:
+        """After ``open``: the states :meth:`snapshot_state` returned in the checkpoint, one
+        per subtask of the run that wrote it (more or fewer than now after a rescale)."""
+
+    async def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` is durable: commit what was pre-committed for it."""
+
     async def close(self) -> None:
         """Release resources; called once, also when the job fails."""
 

@@ -156,6 +156,12 @@ class IntervalJoinOperator(Operator):
         except Exception as exc:
             raise self.error(describe_error(exc, call.fn), (left, right)) from exc
 
+    async def snapshot_state(self, checkpoint_id: int) -> Any:
+        return {"watermark": self.watermark}
+
+    async def restore_state(self, states: list[Any]) -> None:
+        self.watermark = min(state["watermark"] for state in states)
+
     async def process_watermark(self, timestamp: int) -> None:
         self.watermark = timestamp
         for time, (key, side) in self.timers.pop_due(timestamp):

@@ -170,5 +170,17 @@ class ProcessOperator(Operator):
             ctx.time_domain = EVENT_TIME
         await self.emit_collected(collector, event_time)
 
+    async def snapshot_state(self, checkpoint_id: int) -> Any:
+        assert self.ctx is not None
+        return {"watermark": self.ctx.timer_service.watermark}
+
+    async def restore_state(self, states: list[Any]) -> None:
+        assert self.ctx is not None and self.env is not None
+        service = self.ctx.timer_service
+        service.watermark = min(state["watermark"] for state in states)
+        following = service.processing_timers.next_time()
+        if following is not None:
+            self.env.schedule(following, self.on_processing_time)
+
     async def close(self) -> None:
         await call_user_close(self.function)

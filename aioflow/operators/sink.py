@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import structlog
 
-from aioflow.connectors.base import SinkClosed
+from aioflow.connectors.base import SinkClosed, TwoPhaseCommitSinkWriter
 from aioflow.errors import OperatorError
 from aioflow.operators.base import Operator
 from aioflow.runtime.events import Batch
@@ -24,7 +25,13 @@ _MISSING: Any = object()
 
 class SinkOperator(Operator):
     """Hands batches to a sink writer; flushes it at the end of input, and
-    ``writer.flush_interval`` seconds after an unflushed write."""
+    ``writer.flush_interval`` seconds after an unflushed write.
+
+    At a checkpoint barrier an ordinary writer is flushed (at-least-once); a
+    :class:`TwoPhaseCommitSinkWriter` pre-commits its transaction, whose handle is part of
+    the checkpoint, and commits it once the checkpoint completed (exactly-once). Handles
+    restored from a checkpoint belong to a completed checkpoint: they are committed on restore.
+    """
 
     def __init__(self, name: str, sink: Any) -> None:
         super().__init__(name)
@@ -32,11 +39,15 @@ class SinkOperator(Operator):
         self.writer: Any = None
         self._flush_scheduled = False
         self._closed = False  # the destination went away (SinkClosed): discard the rest
+        #: Pre-committed transactions not yet committed: (checkpoint id, handle).
+        self._pending: list[tuple[int, Any]] = []
+        self._committing = anyio.Lock()
 
     async def open(self, env: SubtaskEnvironment) -> None:
         await super().open(env)
         self.writer = self.sink.create_writer(env.subtask_index, env.parallelism)
         await self.writer.open()
+        self._two_phase = isinstance(self.writer, TwoPhaseCommitSinkWriter)
 
     async def process(self, batch: Batch) -> None:
         if self._closed:
@@ -64,7 +75,45 @@ class SinkOperator(Operator):
 
     async def _timed_flush(self, now: int) -> None:
         self._flush_scheduled = False
-        await self.end_input()
+        await self._flush()
+
+    async def snapshot_state(self, checkpoint_id: int) -> Any:
+        if not self._two_phase:
+            await self._flush()
+            return None
+        if checkpoint_id >= 0 and not self._closed:
+            try:
+                handle = await self.writer.pre_commit(checkpoint_id)
+            except Exception as exc:
+                raise self._failed("pre-commit", exc) from exc
+            self._pending.append((checkpoint_id, handle))
+        return {"pending": [[cid, handle] for cid, handle in self._pending]}
+
+    async def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
+        async with self._committing:  # the coordinator and the end of input may both commit
+            while self._pending and self._pending[0][0] <= checkpoint_id:
+                _, handle = self._pending[0]
+                try:
+                    await self.writer.commit(handle)
+                except Exception as exc:
+                    raise self._failed("commit", exc) from exc
+                self._pending.pop(0)
+
+    async def restore_state(self, states: list[Any]) -> None:
+        if not self._two_phase:
+            return
+        assert self.env is not None
+        if len(states) == self.env.parallelism:  # each subtask finishes its own transactions
+            mine = [states[self.env.subtask_index]]
+        else:  # rescaled: the first subtask finishes them all (any writer can commit any handle)
+            mine = states if self.env.subtask_index == 0 else []
+        restored = sorted(((cid, handle) for state in mine if state for cid, handle in state["pending"]),
+                          key=lambda pending: pending[0])
+        for _, handle in restored:  # they belong to the completed checkpoint: finish committing them
+            try:
+                await self.writer.commit(handle)
+            except Exception as exc:
+                raise self._failed("commit a restored transaction", exc) from exc
 
     async def process_watermark(self, timestamp: int) -> None:
         pass
@@ -73,6 +122,16 @@ class SinkOperator(Operator):
         pass
 
     async def end_input(self) -> None:
+        if self._two_phase and not self._closed:
+            await self.notify_checkpoint_complete(2**62)  # what was pre-committed, then the rest
+            try:
+                await self.writer.finish()
+            except Exception as exc:
+                raise self._failed("commit", exc) from exc
+            return
+        await self._flush()
+
+    async def _flush(self) -> None:
         if self._closed:
             return
         try:

@@ -704,6 +704,24 @@ class WindowOperator(Operator):
                         hint="use side_output_late_data(tag) to keep them, or allowed_lateness(ms)")
         await self.forward_end_input()
 
+    async def snapshot_state(self, checkpoint_id: int) -> Any:
+        return {"watermark": self.watermark, "panes": sorted(self._pane_heap), "cleanup": sorted(self._cleanup_heap)}
+
+    async def restore_state(self, states: list[Any]) -> None:
+        self.watermark = min(state["watermark"] for state in states)
+        self._pane_heap = sorted({end for state in states for end in state["panes"]})
+        self._cleanup_heap = sorted({time for state in states for time in state["cleanup"]})
+        if self._fast:
+            size, lateness = self.assigner.size, self.lateness  # type: ignore[attr-defined]
+            for end_ts in self._pane_heap:
+                self.contents.entries(end_ts + 1 - size)
+            for time in self._cleanup_heap:
+                self.contents.entries(time - lateness + 1 - size)
+        following = self.processing_timers.next_time()
+        if following is not None:
+            assert self.env is not None
+            self.env.schedule(following, self.on_processing_time)
+
     async def close(self) -> None:
         if self.window_function is not None:
             await call_user_close(self.window_function)

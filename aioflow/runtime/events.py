@@ -5,7 +5,8 @@ list of event timestamps (``None`` when the stream has no event time) and one li
 keys (``None`` unless the batch was produced by a ``key_by``). Column lists are never
 mutated after a batch is built, so fan-out can share them without copying.
 
-Control events (:class:`Watermark`, :class:`WatermarkStatus`, :class:`EndOfInput`) are
+Control events (:class:`Watermark`, :class:`WatermarkStatus`, :class:`CheckpointBarrier`,
+:class:`EndOfInput`) are
 sent in the same channels as batches, so they stay in order with the data.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-__all__ = ["MAX_WATERMARK", "MIN_WATERMARK", "Batch", "EndOfInput", "Watermark", "WatermarkStatus"]
+__all__ = ["MAX_WATERMARK", "MIN_WATERMARK", "Batch", "CheckpointBarrier", "EndOfInput", "Watermark", "WatermarkStatus"]
 
 MIN_WATERMARK: Final = -(2**63)
 MAX_WATERMARK: Final = 2**63 - 1
@@ -58,6 +59,18 @@ class WatermarkStatus:
 
     def __repr__(self) -> str:
         return f"WatermarkStatus(idle={self.idle})"
+
+
+class CheckpointBarrier:
+    """Everything before it belongs to checkpoint ``checkpoint_id``, everything after to the next."""
+
+    __slots__ = ("checkpoint_id",)
+
+    def __init__(self, checkpoint_id: int) -> None:
+        self.checkpoint_id = checkpoint_id
+
+    def __repr__(self) -> str:
+        return f"CheckpointBarrier({self.checkpoint_id})"
 
 
 class EndOfInput:

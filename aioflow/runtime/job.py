@@ -10,11 +10,16 @@ concerns the run as a whole lives: the stop request, and the checkpoint coordina
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import structlog
 
+from aioflow.checkpoint.coordinator import CheckpointCoordinator
+from aioflow.checkpoint.metadata import CheckpointMetadata
+from aioflow.errors import StateError
 from aioflow.graph.logical import Node
 from aioflow.graph.plan import Plan, PlannedEdge, PlannedTask
 from aioflow.operators.base import FanOut, Operator, Output, cancelled_by_runtime
@@ -22,7 +27,8 @@ from aioflow.runtime.channel import Channel, InputGate
 from aioflow.runtime.keygroups import key_group_range
 from aioflow.runtime.task import NetworkOutput, SourceTask, StreamTask, SubtaskEnvironment
 from aioflow.runtime.writer import FORWARD, RecordWriter
-from aioflow.state.backend import StateBackend
+from aioflow.state.backend import DEFAULT_CACHE_SIZE, StateBackend
+from aioflow.state.lmdb import LmdbStore
 from aioflow.time.watermarks import PERIODIC_WATERMARK_INTERVAL, SourceWatermarks
 
 __all__ = ["Job", "RuntimeConfig"]
@@ -37,6 +43,12 @@ class RuntimeConfig:
     channel_capacity: int
     max_parallelism: int
     watermark_interval: float | None  # None: after every batch for replayable sources, else periodic
+    state_dir: str | None = None
+    state_backend: str = "memory"  # "memory" or "lmdb"
+    state_cache_size: int = DEFAULT_CACHE_SIZE
+    checkpoint_interval: float | None = None
+    checkpoint_mode: str = "exactly_once"
+    allow_non_restored_state: bool = False
 
 
 Subtask = SourceTask | StreamTask
@@ -83,7 +95,8 @@ def _wire(task: PlannedTask, operators: dict[int, Operator], writers: dict[int, 
                 operator.side_outputs[tag] = combined
 
 
-def _build(plan: Plan, config: RuntimeConfig, job: Job) -> list[Subtask]:
+def _build(plan: Plan, config: RuntimeConfig, job: Job, store: LmdbStore | None,
+           restored: dict[str, list[Any]] | None) -> list[Subtask]:
     matrices = {id(edge): _channels(edge, config.channel_capacity) for edge in plan.edges}
     subtasks: list[Subtask] = []
     for task in plan.tasks:
@@ -95,10 +108,14 @@ def _build(plan: Plan, config: RuntimeConfig, job: Job) -> list[Subtask]:
                 max_parallelism=config.max_parallelism,
                 batch_size=config.batch_size,
                 state_backend=StateBackend(
+                    store,
                     key_groups=key_group_range(index, config.max_parallelism, task.parallelism),
                     max_parallelism=config.max_parallelism,
+                    cache_size=config.state_cache_size,
                 ),
                 request_stop=job.request_stop,
+                restored=restored,
+                exactly_once=config.checkpoint_mode == "exactly_once",
             )
             operators = {node.id: node.make_operator() for node in task.nodes}
             writers: dict[int, RecordWriter] = {}
@@ -158,6 +175,16 @@ class Job:
         self.plan = plan
         self.config = config
         self._stop_requested = False
+        self._coordinator_scope = anyio.CancelScope()
+
+    async def _coordinate(self, coordinator: CheckpointCoordinator, fail: Callable[[BaseException], None]) -> None:
+        """Take periodic checkpoints while tasks run; a checkpoint failure beyond the
+        tolerated ones fails the job."""
+        try:
+            with self._coordinator_scope:
+                await coordinator.run()
+        except Exception as exc:
+            fail(exc)
 
     def request_stop(self) -> None:
         """Ask the sources to stop; what is in flight then drains and the job finishes."""
@@ -166,10 +193,53 @@ class Job:
     def stop_requested(self) -> bool:
         return self._stop_requested
 
+    def _open_state(self) -> tuple[LmdbStore | None, CheckpointMetadata | None]:
+        """The worker's state store, and the checkpoint in it this run resumes from."""
+        config = self.config
+        if config.state_backend != "lmdb" or config.state_dir is None:
+            return None, None
+        store = LmdbStore(config.state_dir)
+        data = store.read_meta(b"checkpoint")
+        if data is None:
+            return store, None
+        try:
+            metadata = CheckpointMetadata.decode(data, f"state directory {config.state_dir}")
+            names = {node.name for task in self.plan.tasks for node in task.nodes}
+            gone = sorted({name.split("#")[0] for name in metadata.operators} - names
+                          | store.operators() - names)
+            if gone and not config.allow_non_restored_state:
+                raise StateError(
+                    f"state directory {config.state_dir}: checkpoint {metadata.checkpoint_id} has state of "
+                    f"operators {gone} that the job no longer has; restore anyway with "
+                    "--allow-non-restored-state (that state is then dropped)"
+                )
+        except BaseException:
+            store.close()
+            raise
+        log.info("restoring", checkpoint=metadata.checkpoint_id, kind=metadata.kind, state_dir=config.state_dir,
+                 taken_at=metadata.time_ms)
+        return store, metadata
+
     async def run(self) -> None:
         """Run until every task finished; raise the first failure."""
-        plan = self.plan
-        subtasks = _build(plan, self.config, self)
+        store, restored = self._open_state()
+        try:
+            await self._run(store, restored)
+        finally:
+            if store is not None:
+                store.close()
+
+    async def _run(self, store: LmdbStore | None, restored: CheckpointMetadata | None) -> None:
+        plan, config = self.plan, self.config
+        subtasks = _build(plan, config, self, store, restored.operators if restored is not None else None)
+        coordinator = None
+        if store is not None and config.checkpoint_interval is not None:
+            coordinator = CheckpointCoordinator(
+                store, list(subtasks), interval=config.checkpoint_interval,
+                last_id=restored.checkpoint_id if restored is not None else 0,
+            )
+            for subtask in subtasks:
+                subtask.env.coordinator = coordinator
         failure: BaseException | None = None
         started = time.perf_counter()
         log.info("job started", app=plan.app_name, tasks=len(plan.tasks), subtasks=len(subtasks))
@@ -194,6 +264,8 @@ class Job:
                     else:
                         nonlocal completed
                         completed += 1
+                        if completed == len(subtasks):
+                            self._coordinator_scope.cancel()  # nothing left to checkpoint periodically
 
                 def fail(exc: BaseException) -> None:
                     nonlocal failure
@@ -203,6 +275,8 @@ class Job:
 
                 for subtask in subtasks:
                     group.start_soon(supervise, subtask, name=subtask.name)
+                if coordinator is not None:
+                    group.start_soon(self._coordinate, coordinator, fail)
         except anyio.get_cancelled_exc_class():
             # Cancelled (a second stop signal) after every task had finished: nothing was
             # lost, and the job is complete.
@@ -211,4 +285,6 @@ class Job:
 
         if failure is not None:
             raise failure
+        if coordinator is not None:
+            await coordinator.checkpoint()  # every task finished: their final states, for a restart
         log.info("job finished", app=plan.app_name, seconds=round(time.perf_counter() - started, 3))

@@ -22,13 +22,22 @@ import anyio
 import anyio.lowlevel
 import structlog
 
-from aioflow.errors import OperatorError
+from aioflow.errors import OperatorError, StateError
 from aioflow.operators.base import Operator, Output
-from aioflow.runtime.events import END_OF_INPUT, MAX_WATERMARK, Batch, EndOfInput, Watermark, WatermarkStatus
+from aioflow.runtime.events import (
+    END_OF_INPUT,
+    MAX_WATERMARK,
+    Batch,
+    CheckpointBarrier,
+    EndOfInput,
+    Watermark,
+    WatermarkStatus,
+)
 from aioflow.time.timers import now_ms
 from aioflow.time.valve import WatermarkValve
 
 if TYPE_CHECKING:
+    from aioflow.checkpoint.coordinator import CheckpointCoordinator
     from aioflow.connectors.base import SourceReader
     from aioflow.runtime.channel import InputGate
     from aioflow.runtime.writer import RecordWriter
@@ -104,6 +113,12 @@ class SubtaskEnvironment:
     scheduler: Scheduler = field(default_factory=Scheduler)
     #: Ask the job to stop as a stop signal does: sources stop, what is in flight drains.
     request_stop: Callable[[], None] = lambda: None
+    #: Takes this subtask's checkpoint acknowledgements (``None``: checkpointing is off).
+    coordinator: CheckpointCoordinator | None = None
+    #: Operator name -> the states of the checkpoint this run restores (one per old subtask).
+    restored: dict[str, list[Any]] | None = None
+    #: Align checkpoint barriers (exactly-once) or not (at-least-once).
+    exactly_once: bool = True
 
     def schedule(self, at: int, callback: Callback) -> None:
         """Call ``await callback(now_ms)`` once the wall clock reaches ``at`` (epoch ms)."""
@@ -136,8 +151,12 @@ class NetworkOutput(Output):
 
 
 class _Task:
+    is_source = False
+
     def __init__(self, env: SubtaskEnvironment, operators: list[Operator], writers: list[RecordWriter]) -> None:
         self.env = env
+        #: Set by the coordinator on source tasks: inject this checkpoint's barrier.
+        self.pending_barrier: int | None = None
         self.operators = operators
         self.head = operators[0]
         self.writers = writers
@@ -154,11 +173,50 @@ class _Task:
             for operator in reversed(self.operators):  # downstream first: ready before data arrives
                 await operator.open(self.env)
                 opened.append(operator)
+            await self._restore()
             await self._loop()
+            await self._finished()
         except BaseException:
             await self._close(opened, failed=True)
             raise
         await self._close(opened, failed=False)
+
+    async def _restore(self) -> None:
+        restored = self.env.restored
+        if restored is None:
+            return
+        for operator in self.operators:
+            states = restored.get(operator.name)
+            if states:
+                await operator.restore_state(states)
+
+    async def _states(self, checkpoint_id: int) -> dict[str, Any]:
+        states: dict[str, Any] = {}
+        for operator in self.operators:
+            state = await operator.snapshot_state(checkpoint_id)
+            if state is not None:
+                states[operator.name] = state
+        return states
+
+    async def checkpoint(self, checkpoint_id: int) -> None:
+        """The barrier reached this task on every input: snapshot, pass the barrier on, acknowledge."""
+        coordinator = self.env.coordinator
+        assert coordinator is not None
+        states = await self._states(checkpoint_id)
+        backend = self.env.state_backend
+        writes = backend.snapshot() if backend.durable else []
+        barrier = CheckpointBarrier(checkpoint_id)
+        for writer in self.writers:
+            await writer.broadcast_event(barrier)
+        coordinator.acknowledge(self, checkpoint_id, states, writes)
+
+    async def _finished(self) -> None:
+        """The task ended: its final state stands for it in later checkpoints."""
+        coordinator = self.env.coordinator
+        if coordinator is not None:
+            backend = self.env.state_backend
+            states = await self._states(-1)
+            coordinator.task_finished(self, states, backend.snapshot() if backend.durable else [])
 
     async def _close(self, opened: list[Operator], *, failed: bool) -> None:
         """Close what opened, head first. After a clean run a failing close (a final commit
@@ -202,6 +260,8 @@ class _Task:
 
 class SourceTask(_Task):
     """Reads a source and pushes its batches through the chain."""
+
+    is_source = True
 
     def __init__(
         self,
@@ -248,6 +308,9 @@ class SourceTask(_Task):
         reader, head, env = self.reader, self.head, self.env
         watermarks, scheduler = self.watermarks, env.scheduler
         while not self.stop_requested():
+            if self.pending_barrier is not None:
+                checkpoint_id, self.pending_barrier = self.pending_barrier, None
+                await self.checkpoint(checkpoint_id)
             await scheduler.run_due()
             wait = scheduler.seconds_until_due()
             source_batch = await reader.read(env.batch_size, 0.1 if wait is None else min(wait, 0.1))
@@ -265,6 +328,31 @@ class SourceTask(_Task):
             else:
                 await self.flush_all()
             await anyio.lowlevel.checkpoint()
+
+    async def _states(self, checkpoint_id: int) -> dict[str, Any]:
+        states = await super()._states(checkpoint_id)
+        source: dict[str, Any] = {"position": self.reader.position()}
+        if self.watermarks is not None:
+            source["watermarks"] = self.watermarks.snapshot()
+        states[f"{self.head.name}#source"] = source
+        return states
+
+    async def _restore(self) -> None:
+        await super()._restore()
+        restored = self.env.restored
+        states = restored.get(f"{self.head.name}#source") if restored is not None else None
+        if not states:
+            return
+        if len(states) != self.env.parallelism:
+            raise StateError(
+                f"source {self.head.name!r} was checkpointed with parallelism {len(states)} and now runs with "
+                f"{self.env.parallelism}; a source keeps its parallelism across a restore (set parallelism= on "
+                "app.source to pin it)"
+            )
+        state = states[self.env.subtask_index]
+        self.reader.restore(state["position"])
+        if self.watermarks is not None and "watermarks" in state:
+            self.watermarks.restore([state["watermarks"]])
 
     async def _periodic_watermark(self, now: int) -> None:
         watermarks = self.watermarks
@@ -294,6 +382,9 @@ class StreamTask(_Task):
         valve = WatermarkValve(len(gate.channels))
         open_channels = len(gate.channels)
         second_input = getattr(head, "process2", None)
+        self._aligning: int | None = None
+        self._arrived: set[int] = set()
+        self._ended: set[int] = set()
         while open_channels:
             try:
                 index, message = gate.receive_nowait()
@@ -326,8 +417,13 @@ class StreamTask(_Task):
                     await head.process_watermark(advanced)
                 if idle_change is not None:
                     await head.process_watermark_status(idle_change)
+            elif cls is CheckpointBarrier:
+                await self._on_barrier(index, message.checkpoint_id)
             elif cls is EndOfInput:
                 open_channels -= 1
+                self._ended.add(index)
+                if self._aligning is not None:
+                    await self._maybe_aligned()
                 idle_change, advanced = valve.finish(index)
                 if idle_change is not None:
                     await head.process_watermark_status(idle_change)
@@ -336,6 +432,34 @@ class StreamTask(_Task):
             else:
                 raise TypeError(f"task {self.name}: unexpected message {message!r}")
         await head.end_input()
+
+    async def _on_barrier(self, index: int, checkpoint_id: int) -> None:
+        """Exactly-once: block each input once its barrier came, snapshot when all came.
+        At-least-once: keep reading every input, snapshot when the last barrier came."""
+        if self._aligning is None or checkpoint_id > self._aligning:
+            if self._aligning is not None:  # an abandoned checkpoint overtaken by a new one
+                self._release()
+            self._aligning = checkpoint_id
+        elif checkpoint_id < self._aligning:
+            return
+        self._arrived.add(index)
+        if self.env.exactly_once:
+            self.gate.block(index)
+        await self._maybe_aligned()
+
+    async def _maybe_aligned(self) -> None:
+        if len(self._arrived | self._ended) < len(self.gate.channels):
+            return
+        checkpoint_id = self._aligning
+        assert checkpoint_id is not None
+        self._release()
+        await self.checkpoint(checkpoint_id)
+
+    def _release(self) -> None:
+        for index in self._arrived:
+            self.gate.unblock(index)
+        self._arrived.clear()
+        self._aligning = None
 
     def statistics(self) -> dict[str, Any]:
         return {"task": self.name, "gate": self.gate.statistics()}

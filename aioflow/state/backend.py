@@ -103,8 +103,10 @@ class StateBackend:
             return queue
         table = self.table(operator, name, "timers", serializer=JsonSerializer(), key_group_of=key_group_of)
         if table.restored:
-            for timestamp, key, _ in table.stored_namespaces():
+            stored = sorted((timestamp, sequence, key) for timestamp, key, sequence in table.stored_namespaces())
+            for timestamp, _, key in stored:
                 queue.add(timestamp, key if restore is None else restore(key))
+            queue.sequence = max((sequence for _, sequence, _ in stored), default=0)
         queue.changes = {}
         self._timers.append((table, queue))
         return queue
@@ -142,8 +144,8 @@ class StateBackend:
             assert changes is not None and table.key_group_of is not None
             group_of = table.key_group_of
             table.pending.update(
-                (table.stored_key(group_of(key), timestamp, key), b"1" if present else None)
-                for (timestamp, key), present in changes.items()
+                (table.stored_key(group_of(key), timestamp, key), str(sequence).encode() if sequence else None)
+                for (timestamp, key), sequence in changes.items()
             )
             changes.clear()
         writes: Writes = []

@@ -31,22 +31,29 @@ class TimerQueue:
     backend writes at the next checkpoint.
     """
 
-    __slots__ = ("_by_time", "_heap", "changes")
+    __slots__ = ("_by_time", "_heap", "changes", "sequence")
 
     def __init__(self) -> None:
         self._by_time: dict[int, dict[Any, None]] = {}
         self._heap: list[int] = []
-        self.changes: dict[tuple[int, Any], bool] | None = None
+        #: (timestamp, key) -> the registration's sequence number, or ``False`` when deleted.
+        self.changes: dict[tuple[int, Any], int | bool] | None = None
+        #: Registrations so far: timers of one timestamp fire in registration order, also
+        #: after a restore.
+        self.sequence = 0
 
     def add(self, timestamp: int, key: Any) -> None:
         keys = self._by_time.get(timestamp)
         if keys is None:
             self._by_time[timestamp] = {key: None}
             heapq.heappush(self._heap, timestamp)
+        elif key in keys:
+            return
         else:
             keys[key] = None
         if self.changes is not None:
-            self.changes[timestamp, key] = True
+            self.sequence += 1
+            self.changes[timestamp, key] = self.sequence
 
     def remove(self, timestamp: int, key: Any) -> None:
         keys = self._by_time.get(timestamp)

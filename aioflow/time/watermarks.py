@@ -182,6 +182,25 @@ class SourceWatermarks:
             split = self._splits[name] = _Split(self.strategy.create_generator())
         return split
 
+    def snapshot(self) -> dict[str, Any]:
+        """The watermark and each split's generator state (its attributes), for a checkpoint."""
+        return {
+            "watermark": self.watermark,
+            "splits": {name: {"watermark": split.output.watermark, "generator": vars(split.generator)}
+                       for name, split in self._splits.items()},
+        }
+
+    def restore(self, states: list[dict[str, Any]]) -> None:
+        """Continue from snapshots (several after a rescale: the lowest watermark wins)."""
+        self.watermark = min(state["watermark"] for state in states)
+        if self.strategy is None:
+            return
+        for state in states:
+            for name, saved in state["splits"].items():
+                split = self._split(name)
+                split.output.watermark = saved["watermark"]
+                vars(split.generator).update(saved["generator"])
+
     def extract(self, records: list[Any]) -> list[int]:
         """The records' timestamps, checked to be ints."""
         fn = self.timestamps

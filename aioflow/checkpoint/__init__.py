@@ -1,0 +1,1 @@
+"""Checkpoints: the coordinator that takes them, and their metadata."""

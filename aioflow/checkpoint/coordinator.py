@@ -1,0 +1,174 @@
+"""The checkpoint coordinator: triggers checkpoints, collects the tasks' snapshots, commits.
+
+Every ``interval`` seconds (and at least ``min_pause`` after the previous one ended) it
+asks every running source task to inject a barrier. Each task snapshots when the barrier
+reached it on all inputs and acknowledges with its operators' states and its keyed-state
+changes. When every task has acknowledged (a finished task counts with its final
+snapshot), the coordinator writes the changes and the metadata to the store in one
+transaction, then tells the operators, so sinks commit their pre-committed transactions.
+A checkpoint that does not complete within ``timeout`` is abandoned and logged; its
+changes go into the next one. ``tolerable_failures`` consecutive failures are allowed
+before the job fails (``None``: never fail the job for a checkpoint).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+
+from aioflow.checkpoint.metadata import CheckpointMetadata
+from aioflow.errors import StateError
+from aioflow.time.timers import now_ms
+
+if TYPE_CHECKING:
+    from aioflow.runtime.task import _Task
+    from aioflow.state.lmdb import LmdbStore
+    from aioflow.state.table import Writes
+
+__all__ = ["CheckpointCoordinator"]
+
+log = structlog.get_logger("aioflow.checkpoint")
+
+
+@dataclass
+class _Pending:
+    checkpoint_id: int
+    kind: str
+    started: float
+    waiting: set[int]
+    states: dict[str, dict[int, Any]] = field(default_factory=dict)
+    writes: list[Writes] = field(default_factory=list)
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class CheckpointCoordinator:
+    def __init__(
+        self,
+        store: LmdbStore,
+        tasks: list[_Task],
+        *,
+        interval: float | None,
+        timeout: float = 600.0,
+        min_pause: float = 0.0,
+        retained: int = 3,
+        tolerable_failures: int | None = None,
+        last_id: int = 0,
+    ) -> None:
+        self.store = store
+        self.tasks = tasks
+        self.interval = interval
+        self.timeout = timeout
+        self.min_pause = min_pause
+        self.retained = retained
+        self.tolerable_failures = tolerable_failures
+        self.last_id = last_id
+        self.pending: _Pending | None = None
+        self.completed: list[CheckpointMetadata] = []
+        self._finished: dict[int, tuple[dict[str, Any], Writes]] = {}
+        self._failures = 0
+        self._last_end = time.monotonic()
+
+    # -- triggering ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Trigger periodic checkpoints until cancelled."""
+        assert self.interval is not None
+        while True:
+            await anyio.sleep(max(self.interval, self._last_end + self.min_pause - time.monotonic()))
+            if self.pending is None:
+                await self.checkpoint()
+
+    async def checkpoint(self, kind: str = "checkpoint") -> CheckpointMetadata | None:
+        """Take one checkpoint (or the savepoint a stop takes); ``None`` if it failed."""
+        self.last_id += 1
+        running = {id(task) for task in self.tasks if id(task) not in self._finished}
+        pending = self.pending = _Pending(self.last_id, kind, time.monotonic(), running)
+        for task in self.tasks:
+            if id(task) in running and task.is_source:
+                task.pending_barrier = pending.checkpoint_id
+        if not running:
+            pending.done.set()
+        with anyio.move_on_after(self.timeout):
+            await pending.done.wait()
+        self.pending = None
+        self._last_end = time.monotonic()
+        if pending.waiting:
+            self._failed(pending, f"timed out after {self.timeout} s waiting for {len(pending.waiting)} tasks")
+            return None
+        return await self._complete(pending)
+
+    def _failed(self, pending: _Pending, why: str) -> None:
+        self._failures += 1
+        log.warning("checkpoint failed", checkpoint=pending.checkpoint_id, reason=why)
+        if self.tolerable_failures is not None and self._failures > self.tolerable_failures:
+            raise StateError(f"checkpoint {pending.checkpoint_id} failed ({why}), and {self._failures} checkpoints "
+                             f"failed in a row (tolerable_checkpoint_failures={self.tolerable_failures})")
+
+    # -- acknowledgements ---------------------------------------------------------------------
+
+    def acknowledge(self, task: _Task, checkpoint_id: int, states: dict[str, Any], writes: Writes) -> None:
+        pending = self.pending
+        if pending is None or pending.checkpoint_id != checkpoint_id or id(task) not in pending.waiting:
+            return  # an abandoned checkpoint: its changes stay pending in the backend
+        self._add(pending, task, states, writes)
+        pending.waiting.discard(id(task))
+        if not pending.waiting:
+            pending.done.set()
+
+    def task_finished(self, task: _Task, states: dict[str, Any], writes: Writes) -> None:
+        """A task ended: its final state stands for it in this and every later checkpoint."""
+        self._finished[id(task)] = (states, writes)
+        pending = self.pending
+        if pending is not None and id(task) in pending.waiting:
+            pending.waiting.discard(id(task))
+            if not pending.waiting:
+                pending.done.set()
+
+    def _add(self, pending: _Pending, task: _Task, states: dict[str, Any], writes: Writes) -> None:
+        index = task.env.subtask_index
+        for operator, state in states.items():
+            pending.states.setdefault(operator, {})[index] = state
+        pending.writes.append(writes)
+
+    # -- completion ---------------------------------------------------------------------------
+
+    async def _complete(self, pending: _Pending) -> CheckpointMetadata:
+        for task in self.tasks:
+            finished = self._finished.get(id(task))
+            if finished is not None:
+                self._add(pending, task, *finished)
+        operators = {
+            name: [by_index[i] for i in sorted(by_index)] for name, by_index in pending.states.items()
+        }
+        metadata = CheckpointMetadata(pending.checkpoint_id, pending.kind, now_ms(), operators=operators)
+        writes = [write for part in pending.writes for write in part]
+        keep = set().union(*(task.env.state_backend.spilled_keys() for task in self.tasks))
+        metadata.duration_ms = int((time.monotonic() - pending.started) * 1000)
+        metadata.size_bytes = sum(len(k) + len(v or b"") for k, v in writes)
+        self.store.commit(writes, {b"checkpoint": metadata.encode()}, keep)
+        for task in self.tasks:
+            task.env.state_backend.confirm()
+        for key, (states, _) in self._finished.items():
+            self._finished[key] = (states, [])  # committed: later checkpoints keep just the states
+        self._failures = 0
+        self._write_record(metadata)
+        log.info("checkpoint complete", checkpoint=metadata.checkpoint_id, kind=metadata.kind,
+                 ms=metadata.duration_ms, bytes=metadata.size_bytes)
+        for task in self.tasks:
+            for operator in task.operators:
+                await operator.notify_checkpoint_complete(metadata.checkpoint_id)
+        return metadata
+
+    def _write_record(self, metadata: CheckpointMetadata) -> None:
+        """``checkpoints/chk-<id>.json`` beside the store; the last ``retained`` are kept."""
+        folder = Path(self.store.path) / "checkpoints"
+        folder.mkdir(exist_ok=True)
+        (folder / f"chk-{metadata.checkpoint_id}.json").write_bytes(metadata.encode())
+        records = sorted(folder.glob("chk-*.json"), key=lambda p: int(p.stem.split("-")[1]))
+        for old in records[:-self.retained]:
+            old.unlink(missing_ok=True)
