@@ -61,7 +61,6 @@ class LmdbStore:
             txn.drop(self._working, delete=False)  # changes after the last checkpoint are void
             registry = txn.get(b"tables", db=self._meta)
         self._tables: dict[str, dict[str, object]] = orjson.loads(registry) if registry else {}
-        self._registry_changed = False
         self._read = self.env.begin(buffers=False)
 
     # -- tables ------------------------------------------------------------------------------
@@ -82,7 +81,6 @@ class LmdbStore:
         ids = [int(t["id"]) for t in self._tables.values()]  # type: ignore[call-overload]
         table_id = max(ids, default=0) + 1
         self._tables[name] = {"id": table_id, "kind": kind, "serializer": serializer, "committed": False}
-        self._registry_changed = True
         return table_id, False
 
     def operators(self) -> set[str]:
@@ -159,7 +157,6 @@ class LmdbStore:
                 txn.put(key, value, db=self._meta)
 
         self._write(write)
-        self._registry_changed = False
         return size
 
     def _write(self, write: object) -> None:

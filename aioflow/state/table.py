@@ -51,10 +51,6 @@ _LEN = struct.Struct(">H")
 _DISCARD = deque(maxlen=0)  # ``_DISCARD.append`` is a no-op at C speed: the memory backend's dirty marker
 
 
-def table_prefix(table_id: int) -> bytes:
-    return struct.pack(">I", table_id)
-
-
 class StateTable:
     """See the module docstring. ``store`` is ``None`` for the in-memory backend: the cache
     is then all there is, and nothing is tracked."""
@@ -88,7 +84,6 @@ class StateTable:
         self.pending: dict[bytes, bytes | None] = {}
         #: Restored from a checkpoint: any namespace may have stored entries.
         self.restored = restored
-        self._prefix = table_prefix(table_id)
 
     def __repr__(self) -> str:
         return f"<StateTable {self.operator!r}/{self.name!r} ({self.kind})>"
@@ -184,8 +179,12 @@ class StateTable:
     # -- snapshot, eviction and restore ----------------------------------------------------
 
     def stored_key(self, key_group: int, namespace: Any, key: Any) -> bytes:
+        return self._namespace_prefix(key_group, namespace) + encode_key(key)
+
+    def _namespace_prefix(self, key_group: int, namespace: Any) -> bytes:
+        """What every stored key of ``namespace`` in ``key_group`` starts with."""
         ns = b"" if namespace is None else encode_key(namespace)
-        return _HEAD.pack(self.table_id, key_group) + _LEN.pack(len(ns)) + ns + encode_key(key)
+        return _HEAD.pack(self.table_id, key_group) + _LEN.pack(len(ns)) + ns
 
     def _dumps(self, value: Any) -> bytes:
         try:
@@ -240,10 +239,9 @@ class StateTable:
 
     def _range_deletes(self, namespace: Any) -> Writes:
         assert self.store is not None
-        ns = b"" if namespace is None else encode_key(namespace)
         writes: Writes = []
         for group in self.key_groups:
-            prefix = _HEAD.pack(self.table_id, group) + _LEN.pack(len(ns)) + ns
+            prefix = self._namespace_prefix(group, namespace)
             writes.extend((stored, None) for stored in self.store.keys_with_prefix(prefix))
             writes.extend((stored, None) for stored in self.store.keys_with_prefix(prefix, working=True))
         return writes
@@ -287,11 +285,10 @@ class StateTable:
         store = self.store
         if store is None:
             return
-        ns = b"" if namespace is None else encode_key(namespace)
         dropped = namespace in self.dropped
         spilled = self.spilled.get(namespace, ())
         for group in self.key_groups:
-            prefix = _HEAD.pack(self.table_id, group) + _LEN.pack(len(ns)) + ns
+            prefix = self._namespace_prefix(group, namespace)
             if not dropped:
                 for stored in store.keys_with_prefix(prefix):
                     yield decode_key(stored[len(prefix):])
