@@ -32,7 +32,7 @@ from aioflow.operators.process import UserCall, call_user_close, call_user_open
 from aioflow.runtime.events import MAX_WATERMARK, MIN_WATERMARK, Batch
 from aioflow.runtime.keygroups import key_group
 from aioflow.state.handles import ValueState
-from aioflow.state.table import StateTable
+from aioflow.state.table import MISSING, StateTable
 from aioflow.time.timers import now_ms
 from aioflow.windows.assigners import GlobalWindow, TimeWindow, TumblingEventTimeWindows, WindowAssigner, merge_windows
 from aioflow.windows.evictors import Evictor
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["TriggerContext", "WindowContext", "WindowOperator"]
 
 log = structlog.get_logger("aioflow.windows")
-
-_MISSING: Any = object()
 
 
 class _WindowCollector(Collector):
@@ -142,13 +140,13 @@ class TriggerContext:
     def merge_window_state(self, name: str, combine: Callable[[Any, Any], Any]) -> None:
         """In ``on_merge``: combine the merged windows' values of ``name`` into this window's."""
         table = self._operator.trigger_table(name)
-        merged = _MISSING
+        merged = MISSING
         for window in self.merged_windows:
-            value = table.get(self.key, window, _MISSING)
-            if value is not _MISSING:
+            value = table.get(self.key, window, MISSING)
+            if value is not MISSING:
                 table.delete(self.key, window)
-                merged = value if merged is _MISSING else combine(merged, value)
-        if merged is not _MISSING:
+                merged = value if merged is MISSING else combine(merged, value)
+        if merged is not MISSING:
             table.put(self.key, merged, self.window)
 
 
@@ -242,25 +240,25 @@ class WindowOperator(Operator):
     def _add(self, contents: Any, value: Any, timestamp: Any) -> Any:
         """The window's new contents after adding one record."""
         if self.evictor is not None:
-            if contents is _MISSING:
+            if contents is MISSING:
                 return [(value, timestamp)]
             contents.append((value, timestamp))
             return contents
         kind = self.kind
         if kind == AGGREGATE:
-            return self._add_one(value, self._create() if contents is _MISSING else contents)
+            return self._add_one(value, self._create() if contents is MISSING else contents)
         if kind == REDUCE:
-            return value if contents is _MISSING else self._merge(contents, value)
-        if contents is _MISSING:
+            return value if contents is MISSING else self._merge(contents, value)
+        if contents is MISSING:
             return [value]
         contents.append(value)
         return contents
 
     def _combine(self, a: Any, b: Any) -> Any:
         """Contents of two merged (session) windows as one."""
-        if a is _MISSING:
+        if a is MISSING:
             return b
-        if b is _MISSING:
+        if b is MISSING:
             return a
         if self.evictor is not None or self.kind == PROCESS:
             return a + b
@@ -271,7 +269,7 @@ class WindowOperator(Operator):
         window's timestamp. An ``async def`` window function is awaited later, in
         :meth:`_flush`, with the inputs taken now."""
         inputs, remaining = self._inputs(window, contents)
-        if remaining is not _MISSING:
+        if remaining is not MISSING:
             self.contents.put(key, remaining, window)
         call = self._window_call
         if call is None:
@@ -287,14 +285,14 @@ class WindowOperator(Operator):
                 collector.add_all(produced, window.max_timestamp())
 
     def _inputs(self, window: Any, contents: Any) -> tuple[list[Any], Any]:
-        """The window function's input, and the contents to keep after an evictor (or _MISSING)."""
+        """The window function's input, and the contents to keep after an evictor (or MISSING)."""
         evictor = self.evictor
         if evictor is None:
             if self.kind == PROCESS:
-                return list(contents), _MISSING
+                return list(contents), MISSING
             if self.kind == AGGREGATE:
-                return [self.function.get_result(contents)], _MISSING
-            return [contents], _MISSING
+                return [self.function.get_result(contents)], MISSING
+            return [contents], MISSING
         elements = evictor.evict_before(list(contents), window)
         values = [value for value, _ in elements]
         if self.kind == AGGREGATE:
@@ -416,11 +414,11 @@ class WindowOperator(Operator):
                         elif lateness:  # created already fired, within the lateness
                             heappush(self._cleanup_heap, end_ts + lateness)
                     pane, mark, last_start = found, table.marker(start), start
-                current = pane.get(key, _MISSING)
-                if current is _MISSING and incomplete and start in incomplete:
+                current = pane.get(key, MISSING)
+                if current is MISSING and incomplete and start in incomplete:
                     current = table.load(key, start)
                 mark(key)
-                if current is _MISSING:
+                if current is MISSING:
                     pane[key] = add(value, create()) if aggregate else value if reduce else [value]
                 elif aggregate:
                     pane[key] = add(value, current)
@@ -468,7 +466,7 @@ class WindowOperator(Operator):
             elif self._is_window_late(window):
                 continue
             skipped = False
-            contents.put(key, self._add(contents.get(key, window, _MISSING), value, timestamp), window)
+            contents.put(key, self._add(contents.get(key, window, MISSING), value, timestamp), window)
             result = trigger.on_element(value, timestamp, window, ctx._at(key, window))
             self._act(result, key, window, collector)
             self._register_cleanup(key, window)
@@ -483,8 +481,8 @@ class WindowOperator(Operator):
                 has_record=False,
             )
         if result.fire:
-            contents = self.contents.get(key, window, _MISSING)
-            if contents is not _MISSING:
+            contents = self.contents.get(key, window, MISSING)
+            if contents is not MISSING:
                 self._emit(key, window, contents, collector)
         if result.purge:
             self.contents.delete(key, window)
@@ -516,15 +514,15 @@ class WindowOperator(Operator):
             ctx.merged_windows = existing
             self.trigger.on_merge(cover, ctx)
             ctx.merged_windows = []
-            merged = _MISSING
+            merged = MISSING
             for member in existing:
                 if member != cover:
                     self.trigger.clear(member, ctx._at(key, member))
                     self._delete_cleanup(key, member)
-                merged = self._combine(merged, self.contents.get(key, member, _MISSING))
+                merged = self._combine(merged, self.contents.get(key, member, MISSING))
                 self.contents.delete(key, member)
                 active.remove(member)
-            if merged is not _MISSING:
+            if merged is not MISSING:
                 self.contents.put(key, merged, cover)
             break
         if result not in active:
