@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
+import os
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -60,6 +62,10 @@ class App:
         state_backend: str | None = None,
         state_cache_size: int = 100_000,
         checkpoint_mode: str = "exactly_once",
+        checkpoint_timeout: float = 600.0,
+        min_pause_between_checkpoints: float = 0.0,
+        retained_checkpoints: int = 3,
+        tolerable_checkpoint_failures: int | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise PipelineError(f"App needs a non-empty name, got {name!r}")
@@ -88,8 +94,22 @@ class App:
         if checkpoint_mode not in ("exactly_once", "at_least_once"):
             raise PipelineError(f"checkpoint_mode must be 'exactly_once' or 'at_least_once', got {checkpoint_mode!r}")
         self.checkpoint_mode = checkpoint_mode
+        self.checkpoint_timeout = float(_positive(checkpoint_timeout, "checkpoint_timeout", (int, float)))
+        if isinstance(min_pause_between_checkpoints, bool) or not isinstance(min_pause_between_checkpoints,
+                                                                              (int, float)) \
+                or min_pause_between_checkpoints < 0:
+            raise PipelineError(f"min_pause_between_checkpoints must be seconds >= 0, got "
+                                f"{min_pause_between_checkpoints!r}")
+        self.min_pause_between_checkpoints = float(min_pause_between_checkpoints)
+        self.retained_checkpoints = _positive(retained_checkpoints, "retained_checkpoints")
+        if tolerable_checkpoint_failures is not None and (
+            isinstance(tolerable_checkpoint_failures, bool) or not isinstance(tolerable_checkpoint_failures, int)
+            or tolerable_checkpoint_failures < 0
+        ):
+            raise PipelineError(f"tolerable_checkpoint_failures must be an int >= 0 or None, got "
+                                f"{tolerable_checkpoint_failures!r}")
+        self.tolerable_checkpoint_failures = tolerable_checkpoint_failures
         self.state_cache_size = _positive(state_cache_size, "state_cache_size")
-        self.allow_non_restored_state = False
         self._job: Job | None = None
 
     def __repr__(self) -> str:
@@ -127,11 +147,14 @@ class App:
         )
         return Stream(self, node)
 
-    def plan(self) -> Plan:
-        """The physical plan: tasks of chained operators and how they connect."""
-        return build_plan(self.name, self.graph.nodes, self.parallelism)
+    def plan(self, *, parallelism: int | None = None) -> Plan:
+        """The physical plan: tasks of chained operators and how they connect.
+        ``parallelism`` overrides the app's default (operators that set their own keep it)."""
+        if parallelism is not None:
+            self.graph.check_parallelism(parallelism, "parallelism")
+        return build_plan(self.name, self.graph.nodes, parallelism or self.parallelism)
 
-    def _config(self) -> RuntimeConfig:
+    def _config(self, **run_options: Any) -> RuntimeConfig:
         return RuntimeConfig(
             batch_size=self.batch_size,
             linger=self.linger,
@@ -143,30 +166,60 @@ class App:
             state_cache_size=self.state_cache_size,
             checkpoint_interval=self.checkpoint_interval,
             checkpoint_mode=self.checkpoint_mode,
-            allow_non_restored_state=self.allow_non_restored_state,
+            checkpoint_timeout=self.checkpoint_timeout,
+            min_pause_between_checkpoints=self.min_pause_between_checkpoints,
+            retained_checkpoints=self.retained_checkpoints,
+            tolerable_checkpoint_failures=self.tolerable_checkpoint_failures,
+            **run_options,
         )
 
-    async def run_async(self) -> None:
-        """Run the job inside a running event loop; returns when bounded input is done."""
+    async def run_async(
+        self,
+        *,
+        parallelism: int | None = None,
+        from_savepoint: str | os.PathLike[str] | None = None,
+        allow_non_restored_state: bool = False,
+        drain_on_stop: bool = False,
+    ) -> None:
+        """Run the job inside a running event loop; returns when bounded input is done, or
+        after a stop. ``parallelism`` overrides the app's default parallelism.
+        ``from_savepoint`` restores the savepoint directory into ``state_dir`` first; a
+        checkpoint or savepoint with state of operators the job no longer has is refused
+        unless ``allow_non_restored_state``. With checkpoints, :meth:`stop` takes a
+        savepoint and keeps open windows and timers in it, unless ``drain_on_stop``."""
         if not structlog.is_configured():
             configure_logging()
-        plan = self.plan()
-        self._job = job = Job(plan, self._config())
+        plan = self.plan(parallelism=parallelism)
+        config = self._config(
+            from_savepoint=None if from_savepoint is None else os.fspath(from_savepoint),
+            allow_non_restored_state=allow_non_restored_state,
+            drain_on_stop=drain_on_stop,
+        )
+        self._job = job = Job(plan, config)
         try:
             await job.run()
         finally:
             self._job = None
 
-    def run(self) -> None:
-        """Run the job (blocking). Inside a running event loop use ``await app.run_async()``."""
+    def run(self, **options: Any) -> None:
+        """Run the job (blocking), with the options of :meth:`run_async`. Inside a running
+        event loop use ``await app.run_async()``."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            anyio.run(self.run_async)
+            anyio.run(functools.partial(self.run_async, **options))
             return
         raise RuntimeError("App.run() was called inside a running event loop; use `await app.run_async()`")
 
     def stop(self) -> None:
-        """Ask the sources to stop; the job then drains what is in flight and finishes."""
+        """Ask the job to stop: with checkpoints, sources stop at a savepoint's barrier and
+        the job ends once it is committed; otherwise (or with ``drain_on_stop``) sources
+        stop and the job drains what is in flight, firing windows as at the end of input."""
         if self._job is not None:
             self._job.request_stop()
+
+    @property
+    def stops_with_savepoint(self) -> bool:
+        """Whether :meth:`stop` takes a savepoint in the running job (else it drains)."""
+        job = self._job
+        return job is not None and job.config.checkpoint_interval is not None and not job.config.drain_on_stop

@@ -4,7 +4,7 @@
 (``examples/wordcount.py:app``); ``app`` names an :class:`aioflow.App` in it.
 
 Exit status of ``aioflow run``: 0 the job finished (its input ended, or a stop signal
-drained it); 1 it failed; 2 the app could not be loaded or the command line is wrong;
+drained it or stopped it with a savepoint); 1 it failed; 2 the app could not be loaded or the command line is wrong;
 128 + the signal number (130 for SIGINT, 143 for SIGTERM) it was cancelled before
 completion, by a second signal or because the stop took longer than ``--stop-timeout``.
 """
@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
@@ -83,12 +84,12 @@ def load_app(target: str) -> App:
     return app
 
 
-async def _run_worker(app: App, stop_timeout: float) -> int:
+async def _run_worker(app: App, stop_timeout: float, options: dict[str, Any]) -> int:
     """Run ``app`` until it finishes or a stop signal ends it; return the exit status."""
     job = anyio.CancelScope()
     finished = False
     with StopSignals(app, job, stop_timeout=stop_timeout) as signals, job:
-        await app.run_async()
+        await app.run_async(**options)
         finished = True  # nothing can interrupt between the job's end and this line
     if finished:
         return EXIT_FINISHED
@@ -103,6 +104,16 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+def _parallelism(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aioflow", description="Run and inspect aioflow pipelines.")
     common = argparse.ArgumentParser(add_help=False)
@@ -114,10 +125,22 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run", parents=[common], help="run a pipeline until its input ends (or SIGINT/SIGTERM)",
-        description="Run the App named by TARGET. Bounded jobs end by themselves; SIGINT or "
-                    "SIGTERM stops the sources and drains what is in flight.",
+        description="Run the App named by TARGET. Bounded jobs end by themselves. SIGINT or SIGTERM "
+                    "stops the job: with checkpoints, with a savepoint (open windows and timers are kept "
+                    "in it, not fired); without, or with --drain, the sources stop and what is in flight "
+                    "drains. A state_dir that holds a checkpoint or savepoint is resumed from.",
     )
     run.add_argument("target", metavar="TARGET", help="module.path:app or path/to/file.py:app")
+    run.add_argument("--parallelism", "-p", type=_parallelism, metavar="N",
+                     help="override the app's default parallelism (a restore redistributes keyed state)")
+    run.add_argument("--from-savepoint", metavar="PATH",
+                     help="restore the savepoint directory PATH into the app's state_dir, then resume from it")
+    run.add_argument("--allow-non-restored-state", action="store_true",
+                     help="restore even if the checkpoint has state of operators the job no longer has "
+                          "(that state is dropped)")
+    run.add_argument("--drain", action="store_true",
+                     help="on SIGINT/SIGTERM drain (fire every window and timer, as at the end of input) "
+                          "instead of stopping with a savepoint")
     run.add_argument(
         "--stop-timeout", type=_seconds, default=STOP_TIMEOUT, metavar="SECONDS",
         help=f"after a stop signal, cancel the job if it has not drained within SECONDS; an operator "
@@ -156,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FINISHED
     try:
-        return anyio.run(_run_worker, app, args.stop_timeout)
+        options = {"parallelism": args.parallelism, "from_savepoint": args.from_savepoint,
+                   "allow_non_restored_state": args.allow_non_restored_state, "drain_on_stop": args.drain}
+        return anyio.run(_run_worker, app, args.stop_timeout, options)
     except (AioflowError, OSError) as exc:
         log.error("job failed", app=app.name, error=str(exc), exc_info=exc)
         return EXIT_FAILED

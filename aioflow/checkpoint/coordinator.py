@@ -72,6 +72,7 @@ class CheckpointCoordinator:
         self._finished: dict[int, tuple[dict[str, Any], Writes]] = {}
         self._failures = 0
         self._last_end = time.monotonic()
+        self._one_at_a_time = anyio.Lock()
 
     # -- triggering ---------------------------------------------------------------------------
 
@@ -83,24 +84,28 @@ class CheckpointCoordinator:
             if self.pending is None:
                 await self.checkpoint()
 
-    async def checkpoint(self, kind: str = "checkpoint") -> CheckpointMetadata | None:
-        """Take one checkpoint (or the savepoint a stop takes); ``None`` if it failed."""
-        self.last_id += 1
-        running = {id(task) for task in self.tasks if id(task) not in self._finished}
-        pending = self.pending = _Pending(self.last_id, kind, time.monotonic(), running)
-        for task in self.tasks:
-            if id(task) in running and task.is_source:
-                task.pending_barrier = pending.checkpoint_id
-        if not running:
-            pending.done.set()
-        with anyio.move_on_after(self.timeout):
-            await pending.done.wait()
-        self.pending = None
-        self._last_end = time.monotonic()
-        if pending.waiting:
-            self._failed(pending, f"timed out after {self.timeout} s waiting for {len(pending.waiting)} tasks")
-            return None
-        return await self._complete(pending)
+    async def checkpoint(self, kind: str = "checkpoint", *, stop: bool = False) -> CheckpointMetadata | None:
+        """Take one checkpoint, or savepoint; ``None`` if it failed. With ``stop``, sources
+        read nothing after its barrier (stop with a savepoint). One runs at a time."""
+        async with self._one_at_a_time:
+            self.last_id += 1
+            running = {id(task) for task in self.tasks if id(task) not in self._finished}
+            pending = self.pending = _Pending(self.last_id, kind, time.monotonic(), running)
+            try:
+                for task in self.tasks:
+                    if id(task) in running and task.is_source:
+                        task.trigger(pending.checkpoint_id, stop=stop)
+                if not running:
+                    pending.done.set()
+                with anyio.move_on_after(self.timeout):
+                    await pending.done.wait()
+            finally:
+                self.pending = None  # also when cancelled: a later checkpoint starts afresh
+                self._last_end = time.monotonic()
+            if pending.waiting:
+                self._failed(pending, f"timed out after {self.timeout} s waiting for {len(pending.waiting)} tasks")
+                return None
+            return await self._complete(pending)
 
     def _failed(self, pending: _Pending, why: str) -> None:
         self._failures += 1

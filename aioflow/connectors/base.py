@@ -105,6 +105,11 @@ class Source:
     def create_reader(self, subtask_index: int, parallelism: int) -> SourceReader:
         raise TypeError(f"{type(self).__name__} must implement create_reader(subtask_index, parallelism)")
 
+    def rescale(self, positions: list[Any], parallelism: int) -> list[Any]:
+        """Positions for ``parallelism`` readers, from the ones the old readers recorded
+        (one each) when a restore changes the parallelism. By default a source cannot."""
+        raise NotImplementedError(f"{type(self).__name__} cannot change its parallelism across a restore")
+
 
 class SinkClosed(Exception):  # noqa: N818 - an end, not an error
     """Raised by :meth:`SinkWriter.write` when the destination went away for good on

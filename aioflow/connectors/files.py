@@ -106,6 +106,7 @@ class _LinesReader(SourceReader):
     def __init__(self, source: LinesSource, files: list[Path]) -> None:
         self._source = source
         self._format = source.format
+        self._files = files
         self._active: deque[_FileSplit] = deque(_FileSplit(path) for path in files)
         self._records = 0
         self._policy = ErrorPolicy(source.on_error, source.name)
@@ -158,12 +159,27 @@ class _LinesReader(SourceReader):
                 self._policy.handle(exc, f"{path}:{number}", _line_body(line), bad)
         return records
 
-    def position(self) -> list[dict[str, Any]]:
-        """The unfinished files and how far each was read."""
-        return [{"path": str(s.path), "line": s.line, "offset": s.offset} for s in self._active]
+    def position(self) -> dict[str, Any]:
+        """How far each unfinished file was read, and which files were read to the end."""
+        reading = {str(s.path) for s in self._active}
+        return {
+            "reading": [{"path": str(s.path), "line": s.line, "offset": s.offset} for s in self._active],
+            "finished": [str(path) for path in self._files if str(path) not in reading],
+        }
 
     def restore(self, position: Any) -> None:
-        self._active = deque(_FileSplit(Path(p["path"]), p["line"], p["offset"]) for p in position)
+        """Resume each file where it was; a file the position does not know (one added to
+        the source since) is read from its start."""
+        reading = {p["path"]: p for p in position["reading"]}
+        finished = set(position["finished"])
+        active: deque[_FileSplit] = deque()
+        for path in self._files:
+            at = reading.get(str(path))
+            if at is not None:
+                active.append(_FileSplit(path, at["line"], at["offset"]))
+            elif str(path) not in finished:
+                active.append(_FileSplit(path))
+        self._active = active
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -196,6 +212,15 @@ class LinesSource(Source):
 
     def create_reader(self, subtask_index: int, parallelism: int) -> SourceReader:
         return _LinesReader(self, self.files[subtask_index::parallelism])
+
+    def rescale(self, positions: list[Any], parallelism: int) -> list[Any]:
+        """Files are dealt to subtasks by index: each new subtask resumes its own files
+        from whichever old subtask read them."""
+        merged = {
+            "reading": [entry for position in positions for entry in position["reading"]],
+            "finished": [path for position in positions for path in position["finished"]],
+        }
+        return [merged] * parallelism  # each reader picks its own files out of all of them
 
 
 def read_jsonl(

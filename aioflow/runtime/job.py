@@ -9,9 +9,11 @@ concerns the run as a whole lives: the stop request, and the checkpoint coordina
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -48,7 +50,13 @@ class RuntimeConfig:
     state_cache_size: int = DEFAULT_CACHE_SIZE
     checkpoint_interval: float | None = None
     checkpoint_mode: str = "exactly_once"
+    checkpoint_timeout: float = 600.0
+    min_pause_between_checkpoints: float = 0.0
+    retained_checkpoints: int = 3
+    tolerable_checkpoint_failures: int | None = None
     allow_non_restored_state: bool = False
+    from_savepoint: str | None = None
+    drain_on_stop: bool = False  # with checkpoints, a stop takes a savepoint unless this is set
 
 
 Subtask = SourceTask | StreamTask
@@ -148,6 +156,7 @@ def _build(plan: Plan, config: RuntimeConfig, job: Job, store: LmdbStore | None,
                         env,
                         chain,
                         list(writers.values()),
+                        source,
                         source.create_reader(index, task.parallelism),
                         watermarks,
                         tag.name if tag is not None else None,
@@ -175,20 +184,55 @@ class Job:
         self.plan = plan
         self.config = config
         self._stop_requested = False
-        self._coordinator_scope = anyio.CancelScope()
+        self._coordinator: CheckpointCoordinator | None = None
+        self._savepoint_requested: anyio.Event | None = None
+        self._periodic = anyio.CancelScope()  # checkpoints and the savepoint of a stop: only while
+        self._savepoint = anyio.CancelScope()  # any task runs
+        #: The savepoint a stop took (its directory), once the job stopped with one.
+        self.savepoint: Path | None = None
 
-    async def _coordinate(self, coordinator: CheckpointCoordinator, fail: Callable[[BaseException], None]) -> None:
+    async def _checkpoint_periodically(self, coordinator: CheckpointCoordinator,
+                                       fail: Callable[[BaseException], None]) -> None:
         """Take periodic checkpoints while tasks run; a checkpoint failure beyond the
         tolerated ones fails the job."""
         try:
-            with self._coordinator_scope:
+            with self._periodic:
                 await coordinator.run()
         except Exception as exc:
             fail(exc)
 
+    async def _stop_with_savepoint(self, coordinator: CheckpointCoordinator, fail: Callable[[BaseException], None],
+                                   job: anyio.CancelScope) -> None:
+        """On a stop request: sources stop after a savepoint's barrier; once it is committed
+        (sinks included) and copied to ``state_dir/savepoints``, cancel the tasks, which
+        are all waiting. Windows and timers are not fired: they live on in the savepoint."""
+        assert self._savepoint_requested is not None
+        with self._savepoint:
+            await self._savepoint_requested.wait()
+            self._periodic.cancel()
+            log.info("stopping with a savepoint", app=self.plan.app_name)
+            try:
+                metadata = await coordinator.checkpoint("savepoint", stop=True)
+                if metadata is None:
+                    raise StateError("stop with a savepoint failed: the savepoint did not complete (see the log); "
+                                     "a restart resumes from the last completed checkpoint")
+                path = Path(coordinator.store.path) / "savepoints" / f"savepoint-{metadata.checkpoint_id}"
+                coordinator.store.copy_to(path)
+            except Exception as exc:
+                fail(exc)
+                return
+            self.savepoint = path
+            log.info("savepoint taken", checkpoint=metadata.checkpoint_id, path=str(path))
+            job.cancel()
+
     def request_stop(self) -> None:
-        """Ask the sources to stop; what is in flight then drains and the job finishes."""
-        self._stop_requested = True
+        """Ask the job to stop. With checkpoints (unless ``drain_on_stop``) it stops with a
+        savepoint; otherwise sources stop, what is in flight drains (windows fire as at the
+        end of input) and the job finishes."""
+        if self._savepoint_requested is not None and not self.config.drain_on_stop:
+            self._savepoint_requested.set()
+        else:
+            self._stop_requested = True
 
     def stop_requested(self) -> bool:
         return self._stop_requested
@@ -197,7 +241,11 @@ class Job:
         """The worker's state store, and the checkpoint in it this run resumes from."""
         config = self.config
         if config.state_backend != "lmdb" or config.state_dir is None:
+            if config.from_savepoint is not None:
+                raise StateError("restoring from a savepoint needs a state_dir to restore into")
             return None, None
+        if config.from_savepoint is not None:
+            _install_savepoint(Path(config.from_savepoint), Path(config.state_dir))
         store = LmdbStore(config.state_dir)
         data = store.read_meta(b"checkpoint")
         if data is None:
@@ -234,10 +282,13 @@ class Job:
         subtasks = _build(plan, config, self, store, restored.operators if restored is not None else None)
         coordinator = None
         if store is not None and config.checkpoint_interval is not None:
-            coordinator = CheckpointCoordinator(
+            coordinator = self._coordinator = CheckpointCoordinator(
                 store, list(subtasks), interval=config.checkpoint_interval,
+                timeout=config.checkpoint_timeout, min_pause=config.min_pause_between_checkpoints,
+                retained=config.retained_checkpoints, tolerable_failures=config.tolerable_checkpoint_failures,
                 last_id=restored.checkpoint_id if restored is not None else 0,
             )
+            self._savepoint_requested = anyio.Event()
             for subtask in subtasks:
                 subtask.env.coordinator = coordinator
         failure: BaseException | None = None
@@ -265,7 +316,8 @@ class Job:
                         nonlocal completed
                         completed += 1
                         if completed == len(subtasks):
-                            self._coordinator_scope.cancel()  # nothing left to checkpoint periodically
+                            self._periodic.cancel()  # nothing left to checkpoint
+                            self._savepoint.cancel()
 
                 def fail(exc: BaseException) -> None:
                     nonlocal failure
@@ -276,15 +328,31 @@ class Job:
                 for subtask in subtasks:
                     group.start_soon(supervise, subtask, name=subtask.name)
                 if coordinator is not None:
-                    group.start_soon(self._coordinate, coordinator, fail)
+                    group.start_soon(self._checkpoint_periodically, coordinator, fail)
+                    group.start_soon(self._stop_with_savepoint, coordinator, fail, group.cancel_scope)
         except anyio.get_cancelled_exc_class():
-            # Cancelled (a second stop signal) after every task had finished: nothing was
-            # lost, and the job is complete.
-            if failure is not None or completed < len(subtasks):
+            # Cancelled (a second stop signal) after every task had finished, or after the
+            # savepoint of a stop: nothing was lost.
+            if failure is not None or (completed < len(subtasks) and self.savepoint is None):
                 raise
 
         if failure is not None:
             raise failure
+        if self.savepoint is not None:
+            log.info("job stopped with a savepoint", app=plan.app_name, savepoint=str(self.savepoint),
+                     seconds=round(time.perf_counter() - started, 3))
+            return
         if coordinator is not None:
             await coordinator.checkpoint()  # every task finished: their final states, for a restart
         log.info("job finished", app=plan.app_name, seconds=round(time.perf_counter() - started, 3))
+
+
+def _install_savepoint(savepoint: Path, state_dir: Path) -> None:
+    """Make ``state_dir`` hold the savepoint's state (a copy: the savepoint stays as it is)."""
+    data = savepoint / "data.mdb"
+    if not data.is_file():
+        raise StateError(f"savepoint {savepoint}: there is no data.mdb in it; a savepoint is a directory that "
+                         "aioflow wrote under <state_dir>/savepoints/")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(data, state_dir / "data.mdb")
+    log.info("restoring from savepoint", savepoint=str(savepoint), state_dir=str(state_dir))

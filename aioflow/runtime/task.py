@@ -38,7 +38,7 @@ from aioflow.time.valve import WatermarkValve
 
 if TYPE_CHECKING:
     from aioflow.checkpoint.coordinator import CheckpointCoordinator
-    from aioflow.connectors.base import SourceReader
+    from aioflow.connectors.base import Source, SourceReader
     from aioflow.runtime.channel import InputGate
     from aioflow.runtime.writer import RecordWriter
     from aioflow.state.backend import StateBackend
@@ -157,6 +157,8 @@ class _Task:
         self.env = env
         #: Set by the coordinator on source tasks: inject this checkpoint's barrier.
         self.pending_barrier: int | None = None
+        #: ... and read nothing after it: the job is stopping with a savepoint.
+        self.stop_after_barrier = False
         self.operators = operators
         self.head = operators[0]
         self.writers = writers
@@ -166,6 +168,11 @@ class _Task:
     @property
     def name(self) -> str:
         return f"{self.env.task_name}[{self.env.subtask_index}]"
+
+    def trigger(self, checkpoint_id: int, *, stop: bool = False) -> None:
+        """Inject checkpoint ``checkpoint_id``'s barrier between two batches (source tasks)."""
+        self.pending_barrier = checkpoint_id
+        self.stop_after_barrier = stop
 
     async def run(self) -> None:
         opened: list[Operator] = []
@@ -268,12 +275,14 @@ class SourceTask(_Task):
         env: SubtaskEnvironment,
         operators: list[Operator],
         writers: list[RecordWriter],
+        source: Source,
         reader: SourceReader,
         watermarks: SourceWatermarks | None,
         dead_letter_tag: str | None,
         stop_requested: Callable[[], bool],
     ) -> None:
         super().__init__(env, operators, writers)
+        self.source = source
         self.reader = reader
         self.watermarks = watermarks
         self.dead_letter_tag = dead_letter_tag
@@ -297,6 +306,10 @@ class SourceTask(_Task):
                 background.cancel_scope.cancel()
         if failure is not None:
             raise failure
+        if self.stop_after_barrier:
+            # Stopping with a savepoint: no final watermark, so open windows and timers are
+            # kept in it, not fired. The job cancels this task once the savepoint completed.
+            await anyio.sleep_forever()
         # End of input (or a stop request): the final watermark fires every pending
         # event-time timer and window, then everything downstream flushes and ends.
         if self.watermarks is not None:
@@ -307,10 +320,13 @@ class SourceTask(_Task):
     async def _read_until_done(self) -> None:
         reader, head, env = self.reader, self.head, self.env
         watermarks, scheduler = self.watermarks, env.scheduler
+        trim = env.state_backend.trim if env.state_backend.durable else None
         while not self.stop_requested():
             if self.pending_barrier is not None:
                 checkpoint_id, self.pending_barrier = self.pending_barrier, None
                 await self.checkpoint(checkpoint_id)
+                if self.stop_after_barrier:
+                    return
             await scheduler.run_due()
             wait = scheduler.seconds_until_due()
             source_batch = await reader.read(env.batch_size, 0.1 if wait is None else min(wait, 0.1))
@@ -324,6 +340,8 @@ class SourceTask(_Task):
                     await head.process(Batch(records))
                 else:
                     await watermarks.push(head, source_batch.split, records, reader.splits())
+                if trim is not None:
+                    trim()  # keep the state cache within its size
                 await self.flush_lingering()
             else:
                 await self.flush_all()
@@ -343,16 +361,23 @@ class SourceTask(_Task):
         states = restored.get(f"{self.head.name}#source") if restored is not None else None
         if not states:
             return
-        if len(states) != self.env.parallelism:
-            raise StateError(
-                f"source {self.head.name!r} was checkpointed with parallelism {len(states)} and now runs with "
-                f"{self.env.parallelism}; a source keeps its parallelism across a restore (set parallelism= on "
-                "app.source to pin it)"
-            )
-        state = states[self.env.subtask_index]
-        self.reader.restore(state["position"])
-        if self.watermarks is not None and "watermarks" in state:
-            self.watermarks.restore([state["watermarks"]])
+        env = self.env
+        if len(states) == env.parallelism:
+            position = states[env.subtask_index]["position"]
+            watermarks = [states[env.subtask_index].get("watermarks")]
+        else:
+            try:
+                position = self.source.rescale([state["position"] for state in states], env.parallelism)[
+                    env.subtask_index]
+            except NotImplementedError as exc:
+                raise StateError(
+                    f"source {self.head.name!r} was checkpointed with parallelism {len(states)} and now runs "
+                    f"with {env.parallelism}: {exc} (set parallelism= on app.source to pin it)"
+                ) from None
+            watermarks = [state.get("watermarks") for state in states]  # the lowest one holds
+        self.reader.restore(position)
+        if self.watermarks is not None and None not in watermarks:
+            self.watermarks.restore(watermarks)
 
     async def _periodic_watermark(self, now: int) -> None:
         watermarks = self.watermarks
@@ -382,6 +407,7 @@ class StreamTask(_Task):
         valve = WatermarkValve(len(gate.channels))
         open_channels = len(gate.channels)
         second_input = getattr(head, "process2", None)
+        trim = self.env.state_backend.trim if self.env.state_backend.durable else None
         self._aligning: int | None = None
         self._arrived: set[int] = set()
         self._ended: set[int] = set()
@@ -405,6 +431,8 @@ class StreamTask(_Task):
                     await second_input(message)
                 else:
                     await head.process(message)
+                if trim is not None:
+                    trim()  # keep the state cache within its size
                 await self.flush_lingering()
                 await scheduler.run_due()
             elif cls is Watermark:

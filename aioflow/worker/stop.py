@@ -1,7 +1,8 @@
 """Stopping a worker on SIGINT or SIGTERM within a bounded time.
 
-The first signal asks the job to stop: sources stop reading and what is in flight
-drains, so the job still *finishes* (exit 0). A second signal cancels the job at once.
+The first signal asks the job to stop: with checkpoints it stops with a savepoint;
+otherwise sources stop reading and what is in flight drains. Either way the job
+*finishes* (exit 0). A second signal cancels the job at once.
 If the job has not ended ``stop_timeout`` seconds after the first signal, it is
 cancelled too; if it has not ended :data:`CANCEL_TIMEOUT` seconds after a cancellation,
 an operator is stuck in synchronous code (a sleep loop, a hung socket read) that keeps
@@ -101,8 +102,8 @@ class StopSignals:
             return
         name = signal.Signals(signum).name
         if count == 1:
-            log.info("stop requested: draining", signal=name, app=self._app.name,
-                     stop_timeout=self._stop_timeout)
+            how = "with a savepoint" if self._app.stops_with_savepoint else "draining"
+            log.info(f"stop requested: {how}", signal=name, app=self._app.name, stop_timeout=self._stop_timeout)
             self._app.stop()
         else:
             log.warning("second stop signal: cancelling the job", signal=name, app=self._app.name)

@@ -1,0 +1,133 @@
+"""The job the recovery tests run as a real ``aioflow run`` process, and how they drive it.
+
+The job counts events per user with a keyed process function and event-time timers, and
+sums them in tumbling event-time windows; both results go to exactly-once file sinks
+when ``STATE`` (the state directory) is set. Its input is a replayable file, so an
+undisturbed run is the reference any disturbed one must match.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+JOB = '''
+import os
+import time
+import aioflow as af
+
+state = os.environ.get("STATE")
+app = af.App("crash", state_dir=state, checkpoint_interval=0.1 if state else None,
+             parallelism=int(os.environ["P"]))
+events = app.source(af.read_jsonl(os.environ["EVENTS"]), timestamps=lambda e: e["ts"],
+                    watermarks=af.BoundedOutOfOrderness(100), parallelism=1)
+
+
+def pace(e):
+    if os.environ.get("PACE") and e["v"] == 0:  # slower, so that a signal finds it running
+        time.sleep(0.001)
+    return e
+
+
+class Count(af.KeyedProcessFunction):
+    def open(self, ctx):
+        self.n = ctx.value_state("n", 0)
+
+    def process_element(self, e, ctx):
+        self.n.update(self.n.value() + 1)
+        ctx.timer_service.register_event_time_timer(ctx.timestamp - ctx.timestamp % 1000 + 999)
+
+    def on_timer(self, ts, ctx):
+        yield {"user": ctx.key, "ts": ts, "n": self.n.value()}
+
+
+paced = events.map(pace, name="pace", parallelism=1)  # chained to the source: the order stays
+counts = paced.key_by(lambda e: e["user"]).process(Count(), name="count")
+windows = paced.key_by(lambda e: e["user"]).window(af.TumblingEventTimeWindows(2000)).reduce(
+    lambda a, b: {"user": a["user"], "ts": max(a["ts"], b["ts"]), "v": a["v"] + b["v"]}, name="sums")
+counts.sink(af.FileSink(os.environ["OUT"] + "-counts.jsonl", exactly_once=bool(state)), name="counts-out")
+windows.sink(af.FileSink(os.environ["OUT"] + "-sums.jsonl", exactly_once=bool(state)), name="sums-out")
+'''
+
+
+def write_job(folder: Path, events: int, seed: int) -> dict[str, str]:
+    """The job file and its input in ``folder``; returns the environment the job reads."""
+    rng = random.Random(seed)
+    with (folder / "events.jsonl").open("wb") as f:
+        for i in range(events):
+            f.write(orjson.dumps({"user": f"u{rng.randrange(300)}", "ts": i * 5, "v": rng.randrange(100)}) + b"\n")
+    (folder / "job.py").write_text(JOB)
+    return {"EVENTS": str(folder / "events.jsonl")}
+
+
+class Worker:
+    """One ``aioflow run`` process of the job, its log in ``folder/worker.log``."""
+
+    def __init__(self, folder: Path, env: dict[str, str], *args: str) -> None:
+        self.log = folder / "worker.log"
+        self._stderr = self.log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "aioflow", "run", str(folder / "job.py") + ":app", "--log-format", "json", *args],
+            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=self._stderr,
+        )
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, event: str, count: int = 1, seconds: float = 60) -> bool:
+        """Wait until the log has ``count`` lines of ``event``; False if the process ended first."""
+        deadline = time.monotonic() + seconds
+        needle = f'"event": "{event}"'.encode()
+        while self.log.read_bytes().count(needle) < count:
+            if self.process.poll() is not None:
+                return self.log.read_bytes().count(needle) >= count
+            assert time.monotonic() < deadline, f"no {count} x {event!r} within {seconds} s:\n{self.text()}"
+            time.sleep(0.005)
+        return True
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self) -> int:
+        try:
+            return self.process.wait(timeout=120)
+        finally:
+            self.process.kill()
+            self._stderr.close()
+
+
+def run(folder: Path, env: dict[str, str], *args: str) -> int:
+    """Run the job to its end; returns the exit status."""
+    return Worker(folder, env, *args).wait()
+
+
+def outputs(folder: Path, stem: str) -> dict[str, dict[str, list[bytes]]]:
+    """Each output kind's lines (all subtasks' files of it), per key in file order: what
+    must match exactly. (Results of different keys fired by the same watermark may come
+    in another order after a restore.)"""
+    found: dict[str, dict[str, list[bytes]]] = {}
+    for path in sorted(folder.glob(f"{stem}*.jsonl")):
+        kind = "counts" if "-counts" in path.name else "sums"
+        per_key = found.setdefault(kind, {})
+        for line in path.read_bytes().splitlines(keepends=True):
+            assert line.endswith(b"\n"), f"torn line in {path}: {line!r}"
+            per_key.setdefault(orjson.loads(line)["user"], []).append(line)
+    return found
+
+
+def as_multisets(found: dict[str, dict[str, list[bytes]]]) -> dict[str, collections.Counter[bytes]]:
+    """Each output kind's lines, in any order (after a rescale a key's results are in the
+    files of two subtasks)."""
+    return {kind: collections.Counter(line for lines in per_key.values() for line in lines)
+            for kind, per_key in found.items()}
+
+
+KILLED = -signal.SIGKILL
