@@ -11,7 +11,16 @@ from aioflow.connected import (
     IntervalJoin,
     IntervalJoined,
 )
-from aioflow.connectors.base import BadRecord, Sink, SinkClosed, SinkWriter, Source, SourceBatch, SourceReader
+from aioflow.connectors.base import (
+    BadRecord,
+    Sink,
+    SinkClosed,
+    SinkWriter,
+    Source,
+    SourceBatch,
+    SourceReader,
+    TwoPhaseCommitSinkWriter,
+)
 from aioflow.connectors.collection import from_iterable
 from aioflow.connectors.files import FileSink, read_jsonl, read_text
 from aioflow.connectors.sinks import CollectSink, PrintSink
@@ -21,6 +30,7 @@ from aioflow.errors import (
     BadRecordError,
     OperatorError,
     PipelineError,
+    StateError,
     UserFunctionTypeError,
 )
 from aioflow.functions import (
@@ -127,6 +137,7 @@ __all__ = [
     "Source",
     "SourceBatch",
     "SourceReader",
+    "StateError",
     "Stream",
     "TimeEvictor",
     "TimeWindow",
@@ -135,6 +146,7 @@ __all__ = [
     "TriggerResult",
     "TumblingEventTimeWindows",
     "TumblingProcessingTimeWindows",
+    "TwoPhaseCommitSinkWriter",
     "UserFunctionTypeError",
     "WatermarkGenerator",
     "WatermarkOutput",

@@ -87,3 +87,8 @@ class UserFunctionTypeError(OperatorError, TypeError):
 
 class StateError(AioflowError):
     """State cannot be stored or restored; the message names the operator, state or directory."""
+
+
+#: Errors that already say which operator and what failed: raised from operators as they are,
+#: not wrapped in another :class:`OperatorError`.
+DESCRIBED_ERRORS = (OperatorError, StateError)

@@ -3,6 +3,11 @@
 Records of the first input go to ``process_element1`` (or ``process_element``), of the
 second to ``process_element2`` (or ``process_broadcast_element``). Keyed variants share
 keyed state and timers between both inputs; the watermark is the minimum of both.
+
+Broadcast state is operator state, as in Flink: it is part of the operator's snapshot
+(as JSON, in the checkpoint metadata), every subtask holds the same contents, and on
+restore each subtask takes a copy of one old subtask's, so it survives a change of
+parallelism.
 """
 
 from __future__ import annotations
@@ -10,11 +15,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
+import structlog
+
+from aioflow.errors import StateError, truncated_repr
 from aioflow.operators.context import OperatorContext
 from aioflow.operators.process import ProcessOperator, UserCall
 from aioflow.runtime.events import Batch
+from aioflow.state.serializers import decode_key
 
 __all__ = ["BroadcastContext", "BroadcastProcessOperator", "BroadcastState", "CoProcessOperator"]
+
+log = structlog.get_logger("aioflow.runtime")
 
 
 class CoProcessOperator(ProcessOperator):
@@ -40,7 +52,11 @@ class CoProcessOperator(ProcessOperator):
 
 class BroadcastState:
     """A dict replicated to every subtask: writable in ``process_broadcast_element``,
-    read-only in ``process_element`` (so all subtasks keep the same contents)."""
+    read-only in ``process_element`` (so all subtasks keep the same contents).
+
+    Checkpoints keep it as JSON: keys must come back equal (``str``, ``int``, tuples of
+    them...), values come back as JSON gives them (tuples as lists); anything else fails
+    the checkpoint with a :class:`~aioflow.errors.StateError` naming the entry."""
 
     __slots__ = ("_context", "_entries", "name")
 
@@ -165,6 +181,9 @@ class BroadcastProcessOperator(CoProcessOperator):
                  state_names: tuple[str, ...]) -> None:
         super().__init__(name, function, key_selector, None)
         self.state_names = state_names
+        #: Restored broadcast states this job no longer declares: kept, as Flink does, so
+        #: they are in later checkpoints too (a job that declares them again gets them back).
+        self._undeclared: dict[str, list[Any]] = {}
 
     def bind_methods(self) -> None:
         assert isinstance(self.ctx, BroadcastContext)
@@ -185,3 +204,56 @@ class BroadcastProcessOperator(CoProcessOperator):
         finally:
             ctx.broadcast_writable = False
             ctx.key = saved_key
+
+    async def snapshot_state(self, checkpoint_id: int) -> Any:
+        """The watermark and a copy of every broadcast state, as ``[key, value]`` pairs of
+        JSON data (JSON objects only have str keys)."""
+        state = await super().snapshot_state(checkpoint_id)
+        ctx = self.ctx
+        assert isinstance(ctx, BroadcastContext)
+        broadcast = dict(self._undeclared)
+        for name, handle in ctx._broadcast.items():
+            broadcast[name] = [self._pair(name, key, value) for key, value in handle._entries.items()]
+        state["broadcast"] = broadcast
+        return state
+
+    def _pair(self, name: str, key: Any, value: Any) -> list[Any]:
+        """A copy of one entry as JSON data (a copy: the state may change before the
+        checkpoint completes). A key must come back equal (tuples do, as for keyed state);
+        a value as JSON gives it back (tuples as lists). Anything else is refused, named."""
+        try:
+            key_data = orjson.dumps(key)
+            if decode_key(key_data) != key:
+                raise TypeError(f"it would be restored as {truncated_repr(decode_key(key_data))}")
+        except Exception as exc:
+            raise self._unserialisable(name, "key", key, "", exc) from exc
+        try:
+            value_data = orjson.dumps(value)
+        except Exception as exc:
+            raise self._unserialisable(name, "value", value, f" under key {truncated_repr(key)}", exc) from exc
+        return [orjson.loads(key_data), orjson.loads(value_data)]
+
+    def _unserialisable(self, name: str, what: str, item: Any, where: str, exc: Exception) -> StateError:
+        return StateError(
+            f"operator {self.name!r}: broadcast state {name!r} cannot serialise a {what} of type "
+            f"{type(item).__name__}{where}: {exc}; checkpoints keep broadcast state as JSON: keep None, bool, "
+            "int, float, str, and lists and str-keyed dicts of them in it"
+        )
+
+    async def restore_state(self, states: list[Any]) -> None:
+        """Every old subtask held the same broadcast state: take old subtask
+        ``index % len(states)``'s, whatever the parallelism was then."""
+        await super().restore_state(states)
+        ctx = self.ctx
+        assert isinstance(ctx, BroadcastContext) and self.env is not None
+        chosen = states[self.env.subtask_index % len(states)].get("broadcast") or {}
+        for name, pairs in chosen.items():
+            if name not in self.state_names:
+                self._undeclared[name] = pairs
+                if self.env.subtask_index == 0:
+                    log.warning("broadcast state not declared any more; kept, unused", operator=self.name,
+                                state=name, declared=list(self.state_names))
+                continue
+            entries = ctx.broadcast_state(name)._entries  # in place: open() may hold the handle
+            entries.clear()
+            entries.update((decode_key(orjson.dumps(key)), value) for key, value in pairs)

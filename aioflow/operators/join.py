@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aioflow.errors import OperatorError, UserFunctionTypeError
+from aioflow.errors import DESCRIBED_ERRORS, UserFunctionTypeError
 from aioflow.operators.base import Collector, Operator, describe_error
 from aioflow.operators.context import OperatorContext
 from aioflow.operators.process import UserCall, call_user_close, call_user_open
@@ -151,7 +151,7 @@ class IntervalJoinOperator(Operator):
                 produced = call.fn(left, right, ctx) if sync else await call.call_async(left, right, ctx)
                 if produced is not None:
                     collector.add_all(produced, ctx.timestamp)
-        except OperatorError:
+        except DESCRIBED_ERRORS:
             raise
         except Exception as exc:
             raise self.error(describe_error(exc, call.fn), (left, right)) from exc

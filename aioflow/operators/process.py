@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aioflow.errors import OperatorError
+from aioflow.errors import DESCRIBED_ERRORS
 from aioflow.operators.base import Collector, Operator, await_user, collect_async, describe_error
 from aioflow.operators.context import OperatorContext
 from aioflow.runtime.events import Batch
@@ -54,6 +54,8 @@ async def call_user_open(operator: Operator, function: Any, ctx: OperatorContext
         opened = function.open(ctx)
         if inspect.isawaitable(opened):
             await opened
+    except DESCRIBED_ERRORS:
+        raise
     except Exception as exc:
         raise operator.error(describe_error(exc, function.open), None, has_record=False) from exc
 
@@ -115,7 +117,7 @@ class ProcessOperator(Operator):
                 produced = fn(value, ctx) if sync else await call.call_async(value, ctx)
                 if produced is not None:
                     collector.add_all(produced, timestamp)
-        except OperatorError:
+        except DESCRIBED_ERRORS:
             raise
         except Exception as exc:
             raise self.error(describe_error(exc, fn), value) from exc
@@ -161,7 +163,7 @@ class ProcessOperator(Operator):
                     if len(collector) >= batch_size:
                         await self.emit_collected(collector, event_time)
                         collector = Collector()
-        except OperatorError:
+        except DESCRIBED_ERRORS:
             raise
         except Exception as exc:
             raise self.error(f"on_timer at {ctx.timestamp} for key {ctx.key!r}: {describe_error(exc, fn)}", None,

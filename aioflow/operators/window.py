@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
-from aioflow.errors import OperatorError, UserFunctionTypeError
+from aioflow.errors import DESCRIBED_ERRORS, OperatorError, UserFunctionTypeError
 from aioflow.functions import OutputTag, ProcessWindowFunction
 from aioflow.operators.base import Collector, Operator, check_outputs, describe_error
 from aioflow.operators.context import OperatorContext
@@ -429,7 +429,7 @@ class WindowOperator(Operator):
                 if end_ts <= watermark:  # within the allowed lateness: fire again at once
                     window = TimeWindow(start, start + size)
                     self._emit(key, window, pane[key], collector)
-        except OperatorError:
+        except DESCRIBED_ERRORS:
             raise
         except Exception as exc:
             raise self.error(describe_error(exc, self.function), value) from exc
@@ -444,7 +444,7 @@ class WindowOperator(Operator):
             for i, value in enumerate(values):
                 timestamp = stamps[i] if stamps is not None else None
                 self._element(value, timestamp, keys[i], now, collector, late, late_ts)
-        except OperatorError:
+        except DESCRIBED_ERRORS:
             raise
         except Exception as exc:
             raise self.error(f"{type(exc).__name__}: {exc}", value) from exc
@@ -568,7 +568,7 @@ class WindowOperator(Operator):
                 if len(collector) >= batch_size or len(collector.pending) >= batch_size:
                     await self._flush(collector)
                     collector = _WindowCollector()
-        except OperatorError:
+        except DESCRIBED_ERRORS:
             raise
         except Exception as exc:
             raise self.error(f"firing a window: {type(exc).__name__}: {exc}", None, has_record=False) from exc
@@ -637,7 +637,7 @@ class WindowOperator(Operator):
                     if clear is not None:
                         for key in pane:
                             self._clear_key(TimeWindow(start, start + size), key, clear)
-        except OperatorError:
+        except DESCRIBED_ERRORS:
             raise
         except Exception as exc:
             raise self.error(f"firing a window: {type(exc).__name__}: {exc}", None, has_record=False) from exc

@@ -42,12 +42,22 @@ class LmdbStore:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=4, subdir=True, readahead=False)
-            self._state = self.env.open_db(b"state")
-            self._working = self.env.open_db(b"working")
-            self._meta = self.env.open_db(b"meta")
         except (lmdb.Error, OSError) as exc:
-            raise StateError(f"state directory {self.path}: cannot open the LMDB environment: {exc}; "
-                             "is it corrupt, or not an aioflow state directory?") from exc
+            raise self._unreadable(exc) from exc
+        try:
+            self._tables = self._prepare()
+            self._read = self.env.begin(buffers=False)
+        except BaseException as exc:
+            self.env.close()
+            if isinstance(exc, lmdb.Error):  # damaged pages: LMDB finds them only when it reads them
+                raise self._unreadable(exc) from exc
+            raise
+
+    def _prepare(self) -> dict[str, dict[str, object]]:
+        """Open the databases, check the format marker, clear the working area; the table registry."""
+        self._state = self.env.open_db(b"state")
+        self._working = self.env.open_db(b"working")
+        self._meta = self.env.open_db(b"meta")
         with self.env.begin(write=True) as txn:
             found = txn.get(b"format", db=self._meta)
             if found is None:
@@ -60,8 +70,19 @@ class LmdbStore:
                                  f"({found.decode(errors='replace')}, expected {FORMAT.decode()})")
             txn.drop(self._working, delete=False)  # changes after the last checkpoint are void
             registry = txn.get(b"tables", db=self._meta)
-        self._tables: dict[str, dict[str, object]] = orjson.loads(registry) if registry else {}
-        self._read = self.env.begin(buffers=False)
+        try:
+            return orjson.loads(registry) if registry else {}
+        except orjson.JSONDecodeError as exc:
+            raise StateError(f"state directory {self.path}: the table registry is corrupt ({exc}); restore the "
+                             "directory from a copy, or start from an empty one") from exc
+
+    def _unreadable(self, exc: BaseException) -> StateError:
+        return StateError(f"state directory {self.path}: cannot open the LMDB environment: {exc}; "
+                          "is it corrupt, or not an aioflow state directory?")
+
+    def _read_failed(self, exc: lmdb.Error) -> StateError:
+        return StateError(f"state directory {self.path}: reading state failed: {exc}; the store is corrupt "
+                          "(restore the directory from a copy, or start from an empty one)")
 
     # -- tables ------------------------------------------------------------------------------
 
@@ -92,32 +113,44 @@ class LmdbStore:
     def get(self, key: bytes) -> bytes | None:
         """The current value: the working area's if the cache evicted it there, else the checkpoint's."""
         read = self._read
-        value = read.get(key, db=self._working)
-        return value if value is not None else read.get(key, db=self._state)
+        try:
+            value = read.get(key, db=self._working)
+            return value if value is not None else read.get(key, db=self._state)
+        except lmdb.Error as exc:
+            raise self._read_failed(exc) from exc
 
     def get_working(self, key: bytes) -> bytes | None:
-        return self._read.get(key, db=self._working)
+        try:
+            return self._read.get(key, db=self._working)
+        except lmdb.Error as exc:
+            raise self._read_failed(exc) from exc
 
     def items_with_prefix(self, prefix: bytes, *, working: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """Checkpointed entries (or, with ``working``, the working area's) whose key starts
         with ``prefix``, in key order."""
-        with self.env.begin(buffers=False) as txn:
-            cursor = txn.cursor(db=self._working if working else self._state)
-            found = cursor.set_range(prefix)
-            items = []
-            while found:
-                key = cursor.key()
-                if not key.startswith(prefix):
-                    break
-                items.append((key, cursor.value()))
-                found = cursor.next()
+        try:
+            with self.env.begin(buffers=False) as txn:
+                cursor = txn.cursor(db=self._working if working else self._state)
+                found = cursor.set_range(prefix)
+                items = []
+                while found:
+                    key = cursor.key()
+                    if not key.startswith(prefix):
+                        break
+                    items.append((key, cursor.value()))
+                    found = cursor.next()
+        except lmdb.Error as exc:
+            raise self._read_failed(exc) from exc
         return iter(items)
 
     def keys_with_prefix(self, prefix: bytes, *, working: bool = False) -> list[bytes]:
         return [key for key, _ in self.items_with_prefix(prefix, working=working)]
 
     def read_meta(self, key: bytes) -> bytes | None:
-        return self._read.get(key, db=self._meta)
+        try:
+            return self._read.get(key, db=self._meta)
+        except lmdb.Error as exc:
+            raise self._read_failed(exc) from exc
 
     # -- writes -----------------------------------------------------------------------------
 
