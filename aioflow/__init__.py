@@ -48,6 +48,7 @@ from aioflow.functions import (
 from aioflow.graph.plan import Plan
 from aioflow.operators.context import OperatorContext
 from aioflow.operators.window import TriggerContext, WindowContext
+from aioflow.state.ttl import StateTtl
 from aioflow.stream import KeyedStream, Stream
 from aioflow.time.watermarks import (
     BoundedOutOfOrderness,
@@ -138,6 +139,7 @@ __all__ = [
     "SourceBatch",
     "SourceReader",
     "StateError",
+    "StateTtl",
     "Stream",
     "TimeEvictor",
     "TimeWindow",

@@ -9,9 +9,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aioflow.state.handles import AggregatingState, ListState, MapState, ReducingState, ValueState
+from aioflow.errors import PipelineError
+from aioflow.state.handles import (
+    AggregatingState,
+    ListState,
+    MapState,
+    ReducingState,
+    TtlAggregatingState,
+    TtlListState,
+    TtlMapState,
+    TtlReducingState,
+    TtlValueState,
+    ValueState,
+)
 from aioflow.state.serializers import serializer_named
-from aioflow.time.timers import EVENT_TIME, TimerService
+from aioflow.state.ttl import StateTtl
+from aioflow.time.timers import EVENT_TIME, TimerService, now_ms
 
 if TYPE_CHECKING:
     from aioflow.functions import AggregateFunction
@@ -30,12 +43,14 @@ class OperatorContext:
     - ``time_domain``: in ``on_timer``, ``"event_time"`` or ``"processing_time"``
     - ``timer_service``: register and delete timers, read the current watermark
     - ``value_state`` / ``list_state`` / ``map_state`` / ``reducing_state`` /
-      ``aggregating_state``: keyed state handles (declare them in ``open``)
+      ``aggregating_state``: keyed state handles (declare them in ``open``); each takes
+      ``serializer=`` and ``ttl=``
     - ``operator_name``, ``subtask_index``, ``parallelism``
     """
 
     __slots__ = (
         "_backend",
+        "_clock",
         "key",
         "keyed",
         "operator_name",
@@ -61,6 +76,7 @@ class OperatorContext:
         self.parallelism = parallelism
         self.keyed = keyed
         self._backend = backend
+        self._clock = backend.clock if backend is not None else now_ms
         self.timestamp: int | None = None
         self.key: Any = None
         self.time_domain = EVENT_TIME
@@ -76,7 +92,7 @@ class OperatorContext:
     def _current_key(self) -> Any:
         return self.key
 
-    def _table(self, name: str, kind: str, serializer: str | Serializer | None = None) -> StateTable:
+    def _table(self, name: str, kind: str, serializer: str | Serializer | None, ttl: StateTtl | None) -> StateTable:
         if not self.keyed or self._backend is None:
             raise TypeError(
                 f"operator {self.operator_name!r}: keyed state ({kind} state {name!r}) "
@@ -85,30 +101,56 @@ class OperatorContext:
         if not isinstance(name, str) or not name:
             raise TypeError(f"operator {self.operator_name!r}: state names are non-empty strings, got {name!r}")
         where = f"operator {self.operator_name!r}: {kind} state {name!r}"
+        if ttl is not None and not isinstance(ttl, StateTtl):
+            raise PipelineError(f"{where}: ttl= takes aioflow.StateTtl(seconds) or None, got {ttl!r}")
         return self._backend.table(
             self.operator_name, name, kind,
             serializer=None if serializer is None else serializer_named(serializer, where),
+            ttl=ttl is not None,
         )
 
-    def value_state(self, name: str, default: Any = None, *, serializer: str | Serializer | None = None) -> ValueState:
+    def value_state(self, name: str, default: Any = None, *, serializer: str | Serializer | None = None,
+                    ttl: StateTtl | None = None) -> ValueState:
         """One value per key; ``value()`` returns ``default`` for a key with no value yet.
         ``serializer`` (``"json"``, the default, ``"pickle"`` or a :class:`Serializer`)
-        says how values are stored in checkpoints; every kind of state takes it."""
-        return ValueState(self._table(name, "value", serializer), self, default)
+        says how values are stored in checkpoints; ``ttl`` (a :class:`StateTtl`) makes
+        them expire when not written for a while. Every kind of state takes both; a
+        restart must declare a state with the same serializer, and with or without a TTL."""
+        table = self._table(name, "value", serializer, ttl)
+        if ttl is None:
+            return ValueState(table, self, default)
+        return TtlValueState(table, self, default, ttl=ttl, clock=self._clock)
 
-    def list_state(self, name: str, *, serializer: str | Serializer | None = None) -> ListState:
-        return ListState(self._table(name, "list", serializer), self)
+    def list_state(self, name: str, *, serializer: str | Serializer | None = None,
+                   ttl: StateTtl | None = None) -> ListState:
+        """A list per key; with ``ttl``, each element expires on its own."""
+        table = self._table(name, "list", serializer, ttl)
+        if ttl is None:
+            return ListState(table, self)
+        return TtlListState(table, self, ttl=ttl, clock=self._clock)
 
-    def map_state(self, name: str, *, serializer: str | Serializer | None = None) -> MapState:
-        return MapState(self._table(name, "map", serializer), self)
+    def map_state(self, name: str, *, serializer: str | Serializer | None = None,
+                  ttl: StateTtl | None = None) -> MapState:
+        """A dict per key; with ``ttl``, each entry expires on its own."""
+        table = self._table(name, "map", serializer, ttl)
+        if ttl is None:
+            return MapState(table, self)
+        return TtlMapState(table, self, ttl=ttl, clock=self._clock)
 
     def reducing_state(self, name: str, reduce: Callable[[Any, Any], Any], *,
-                       serializer: str | Serializer | None = None) -> ReducingState:
-        return ReducingState(self._table(name, "reducing", serializer), self, reduce)
+                       serializer: str | Serializer | None = None, ttl: StateTtl | None = None) -> ReducingState:
+        table = self._table(name, "reducing", serializer, ttl)
+        if ttl is None:
+            return ReducingState(table, self, reduce)
+        return TtlReducingState(table, self, reduce, ttl=ttl, clock=self._clock)
 
     def aggregating_state(self, name: str, aggregate: AggregateFunction[Any, Any, Any], *,
-                          serializer: str | Serializer | None = None) -> AggregatingState:
-        return AggregatingState(self._table(name, "aggregating", serializer), self, aggregate)
+                          serializer: str | Serializer | None = None,
+                          ttl: StateTtl | None = None) -> AggregatingState:
+        table = self._table(name, "aggregating", serializer, ttl)
+        if ttl is None:
+            return AggregatingState(table, self, aggregate)
+        return TtlAggregatingState(table, self, aggregate, ttl=ttl, clock=self._clock)
 
     def current_watermark(self) -> int:
         return self.timer_service.watermark

@@ -181,6 +181,7 @@ class _Task:
                 await operator.open(self.env)
                 opened.append(operator)
             await self._restore()
+            self.env.state_backend.schedule_ttl_cleanup(self.env.schedule)  # expired TTL state, between batches
             await self._loop()
             await self._finished()
         except BaseException:

@@ -7,6 +7,10 @@ store on a miss, and marks what it changes so the next checkpoint writes it.
 
 A value read from state and changed in place (``state.value().append(x)``) must be
 written back with ``update``; list and map state mark their own changes.
+
+Each kind has a TTL variant (``TtlValueState``...), declared with ``ttl=StateTtl(...)``:
+the same methods over values stored with their expiry (see :mod:`aioflow.state.ttl`).
+They are separate classes so that state without a TTL does no extra work per record.
 """
 
 from __future__ import annotations
@@ -16,11 +20,24 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from aioflow.state.table import MISSING, StateTable
+from aioflow.state.ttl import purge_list, purge_map
 
 if TYPE_CHECKING:
     from aioflow.functions import AggregateFunction
+    from aioflow.state.ttl import StateTtl
 
-__all__ = ["AggregatingState", "ListState", "MapState", "ReducingState", "ValueState"]
+__all__ = [
+    "AggregatingState",
+    "ListState",
+    "MapState",
+    "ReducingState",
+    "TtlAggregatingState",
+    "TtlListState",
+    "TtlMapState",
+    "TtlReducingState",
+    "TtlValueState",
+    "ValueState",
+]
 
 
 class _KeyedHandle:
@@ -210,3 +227,266 @@ class AggregatingState(_KeyedHandle):
         key = self._current.key
         acc = self._get(key)
         self._put(key, self._agg.add(value, self._agg.create_accumulator() if acc is MISSING else acc))
+
+
+# -- TTL variants ------------------------------------------------------------------------------
+
+_TTL_SLOTS = ("_clock", "_refresh", "_ttl_ms")
+
+
+class _Expiring:
+    """What the TTL handles share; each concrete class holds ``_TTL_SLOTS``. Values of
+    value, reducing and aggregating state are stored as ``[expires_at, value]``."""
+
+    __slots__ = ()
+
+    _clock: Callable[[], int]
+    _refresh: bool
+    _ttl_ms: int
+    _entries: dict[Any, Any]
+    _mark: Callable[[Any], None]
+    _current: Any
+
+    def _set_ttl(self, ttl: StateTtl, clock: Callable[[], int]) -> None:
+        self._clock = clock
+        self._refresh = ttl.refresh_on_read
+        self._ttl_ms = ttl.ttl_ms
+
+    def _live(self, key: Any, stored: Any) -> Any:
+        """The value in ``key``'s stored ``[expires_at, value]``, or ``MISSING`` if there is
+        none or it expired (then it is deleted). A read refreshes it if so configured."""
+        if stored is MISSING:
+            return MISSING
+        now = self._clock()
+        if stored[0] <= now:
+            self._entries.pop(key, None)
+            self._mark(key)
+            return MISSING
+        if self._refresh:
+            stored[0] = now + self._ttl_ms
+            self._mark(key)
+        return stored[1]
+
+    def _write(self, key: Any, value: Any) -> None:
+        self._entries[key] = [self._clock() + self._ttl_ms, value]
+        self._mark(key)
+
+    def _replace(self, key: Any, live: Any) -> None:
+        """Store what is left of ``key``'s list or map after expired parts went (``MISSING``: nothing)."""
+        if live is MISSING:
+            self._entries.pop(key, None)
+        else:
+            self._entries[key] = live
+        self._mark(key)
+
+
+class TtlValueState(_Expiring, ValueState):
+    """:class:`ValueState` whose value expires ``ttl`` after it was last written."""
+
+    __slots__ = _TTL_SLOTS
+
+    def __init__(self, table: StateTable, current: Any, default: Any = None, *, ttl: StateTtl,
+                 clock: Callable[[], int]) -> None:
+        super().__init__(table, current, default)
+        self._set_ttl(ttl, clock)
+
+    def value(self) -> Any:
+        key = self._current.key
+        value = self._live(key, self._get(key))
+        if value is MISSING:
+            return self._default if self._shared_default else copy.deepcopy(self._default)
+        return value
+
+    def update(self, value: Any) -> None:
+        if value is None:
+            self.clear()
+        else:
+            self._write(self._current.key, value)
+
+
+class TtlListState(_Expiring, ListState):
+    """:class:`ListState` whose elements expire one by one, each ``ttl`` after it was added
+    (``update`` gives every element a new time; with ``refresh_on_read``, ``get`` does)."""
+
+    __slots__ = _TTL_SLOTS
+
+    def __init__(self, table: StateTable, current: Any, *, ttl: StateTtl, clock: Callable[[], int]) -> None:
+        super().__init__(table, current)
+        self._set_ttl(ttl, clock)
+
+    def get(self) -> list[Any]:
+        key = self._current.key
+        items = self._get(key)
+        if items is MISSING:
+            return []
+        now = self._clock()
+        live = purge_list(items, now)
+        if live is not items:
+            self._replace(key, live)
+            if live is MISSING:
+                return []
+        if self._refresh:
+            expires = now + self._ttl_ms
+            for item in live:
+                item[0] = expires
+            self._mark(key)
+        return [item[1] for item in live]
+
+    def add(self, value: Any) -> None:
+        key = self._current.key
+        items = self._get(key)
+        item = [self._clock() + self._ttl_ms, value]
+        if items is MISSING:
+            self._entries[key] = [item]
+        else:
+            items.append(item)
+        self._mark(key)
+
+    def add_all(self, values: Iterable[Any]) -> None:
+        expires = self._clock() + self._ttl_ms
+        added = [[expires, value] for value in values]
+        if added:
+            key = self._current.key
+            items = self._get(key)
+            self._put(key, added if items is MISSING else items + added)
+
+    def update(self, values: Iterable[Any]) -> None:
+        expires = self._clock() + self._ttl_ms
+        items = [[expires, value] for value in values]
+        if items:
+            self._put(self._current.key, items)
+        else:
+            self.clear()
+
+
+class TtlMapState(_Expiring, MapState):
+    """:class:`MapState` whose entries expire one by one, each ``ttl`` after it was put.
+    With ``refresh_on_read``, the entries a read returns (``get``, ``contains``, ``keys``,
+    ``values``, ``items``) start their time again."""
+
+    __slots__ = _TTL_SLOTS
+
+    def __init__(self, table: StateTable, current: Any, *, ttl: StateTtl, clock: Callable[[], int]) -> None:
+        super().__init__(table, current)
+        self._set_ttl(ttl, clock)
+
+    def _map(self) -> dict[Any, Any]:
+        """The current key's live ``{map_key: [expires_at, value]}`` (expired entries deleted)."""
+        current = self._current.key
+        entries = self._get(current)
+        if entries is MISSING:
+            return {}
+        now = self._clock()
+        live = purge_map(entries, now)
+        if live is not entries:
+            self._replace(current, live)
+            if live is MISSING:
+                return {}
+        return live
+
+    def _read_all(self) -> dict[Any, Any]:
+        entries = self._map()
+        if self._refresh and entries:
+            expires = self._clock() + self._ttl_ms
+            for entry in entries.values():
+                entry[0] = expires
+            self._mark(self._current.key)
+        return entries
+
+    def _entry(self, key: Any) -> Any:
+        """``key``'s live ``[expires_at, value]``, or ``None`` (an expired one is deleted)."""
+        current = self._current.key
+        entries = self._get(current)
+        if entries is MISSING or key not in entries:
+            return None
+        entry = entries[key]
+        now = self._clock()
+        if entry[0] <= now:
+            del entries[key]
+            self._replace(current, entries or MISSING)
+            return None
+        if self._refresh:
+            entry[0] = now + self._ttl_ms
+            self._mark(current)
+        return entry
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        entry = self._entry(key)
+        return default if entry is None else entry[1]
+
+    def put(self, key: Any, value: Any) -> None:
+        current = self._current.key
+        entries = self._get(current)
+        entry = [self._clock() + self._ttl_ms, value]
+        if entries is MISSING:
+            self._entries[current] = {key: entry}
+        else:
+            entries[key] = entry
+        self._mark(current)
+
+    def put_all(self, entries: dict[Any, Any]) -> None:
+        if entries:
+            expires = self._clock() + self._ttl_ms
+            added = {key: [expires, value] for key, value in entries.items()}
+            current = self._current.key
+            existing = self._get(current)
+            self._put(current, added if existing is MISSING else {**existing, **added})
+
+    def contains(self, key: Any) -> bool:
+        return self._entry(key) is not None
+
+    def keys(self) -> Iterator[Any]:
+        return iter(list(self._read_all()))
+
+    def values(self) -> Iterator[Any]:
+        return iter([entry[1] for entry in self._read_all().values()])
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        return iter([(key, entry[1]) for key, entry in self._read_all().items()])
+
+    def is_empty(self) -> bool:
+        return not self._map()
+
+
+class TtlReducingState(_Expiring, ReducingState):
+    """:class:`ReducingState` whose value expires ``ttl`` after the last ``add``; an ``add``
+    after it expired starts from the new value alone."""
+
+    __slots__ = _TTL_SLOTS
+
+    def __init__(self, table: StateTable, current: Any, reduce: Callable[[Any, Any], Any], *, ttl: StateTtl,
+                 clock: Callable[[], int]) -> None:
+        super().__init__(table, current, reduce)
+        self._set_ttl(ttl, clock)
+
+    def get(self) -> Any:
+        key = self._current.key
+        value = self._live(key, self._get(key))
+        return None if value is MISSING else value
+
+    def add(self, value: Any) -> None:
+        key = self._current.key
+        current = self._live(key, self._get(key))
+        self._write(key, value if current is MISSING else self._reduce(current, value))
+
+
+class TtlAggregatingState(_Expiring, AggregatingState):
+    """:class:`AggregatingState` whose accumulator expires ``ttl`` after the last ``add``;
+    an ``add`` after it expired starts a new accumulator."""
+
+    __slots__ = _TTL_SLOTS
+
+    def __init__(self, table: StateTable, current: Any, agg: AggregateFunction[Any, Any, Any], *, ttl: StateTtl,
+                 clock: Callable[[], int]) -> None:
+        super().__init__(table, current, agg)
+        self._set_ttl(ttl, clock)
+
+    def get(self) -> Any:
+        key = self._current.key
+        acc = self._live(key, self._get(key))
+        return None if acc is MISSING else self._agg.get_result(acc)
+
+    def add(self, value: Any) -> None:
+        key = self._current.key
+        acc = self._live(key, self._get(key))
+        self._write(key, self._agg.add(value, self._agg.create_accumulator() if acc is MISSING else acc))

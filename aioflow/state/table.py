@@ -302,9 +302,31 @@ class StateTable:
         if self.store is None:
             return
         for group in self.key_groups:
-            prefix = _HEAD.pack(self.table_id, group)
-            for stored, data in self.store.items_with_prefix(prefix):
-                (size,) = _LEN.unpack_from(stored, len(prefix))
-                start = len(prefix) + _LEN.size
-                namespace = None if size == 0 else decode_key(stored[start:start + size])
-                yield namespace, decode_key(stored[start + size:]), self._loads(data)
+            for stored, data in self.store.items_with_prefix(_HEAD.pack(self.table_id, group)):
+                yield *_split(stored), self._loads(data)
+
+    def stored_keys(self, key_group: int) -> list[tuple[Any, Any]]:
+        """``(namespace, key)`` of every entry of ``key_group`` the store may hold: checkpointed
+        (unless its namespace was dropped since) or evicted to the working area. Some may
+        have changed or been deleted since; :meth:`load` reads what they hold now."""
+        store = self.store
+        assert store is not None
+        prefix = _HEAD.pack(self.table_id, key_group)
+        found: dict[tuple[Any, Any], None] = {}
+        for stored in store.keys_with_prefix(prefix):
+            namespace, key = _split(stored)
+            if namespace not in self.dropped:
+                found[namespace, key] = None
+        for stored in store.keys_with_prefix(prefix, working=True):
+            namespace, key = _split(stored)
+            if namespace not in self.dropped or stored in self.spilled.get(namespace, ()):
+                found[namespace, key] = None
+        return list(found)
+
+
+def _split(stored: bytes) -> tuple[Any, Any]:
+    """The namespace and key of a stored key."""
+    (size,) = _LEN.unpack_from(stored, _HEAD.size)
+    start = _HEAD.size + _LEN.size
+    namespace = None if size == 0 else decode_key(stored[start:start + size])
+    return namespace, decode_key(stored[start + size:])
