@@ -48,6 +48,13 @@ from aioflow.functions import (
 from aioflow.graph.plan import Plan
 from aioflow.operators.context import OperatorContext
 from aioflow.operators.window import TriggerContext, WindowContext
+from aioflow.runtime.restart import (
+    ExponentialBackoffRestart,
+    FailureRateRestart,
+    FixedDelayRestart,
+    NoRestart,
+    RestartStrategy,
+)
 from aioflow.state.ttl import StateTtl
 from aioflow.stream import KeyedStream, Stream
 from aioflow.time.watermarks import (
@@ -107,7 +114,10 @@ __all__ = [
     "EventTimeSessionWindows",
     "EventTimeTrigger",
     "Evictor",
+    "ExponentialBackoffRestart",
+    "FailureRateRestart",
     "FileSink",
+    "FixedDelayRestart",
     "GlobalWindow",
     "GlobalWindows",
     "IntervalJoin",
@@ -118,6 +128,7 @@ __all__ = [
     "KeyedStream",
     "MonotonousTimestamps",
     "NeverTrigger",
+    "NoRestart",
     "OperatorContext",
     "OperatorError",
     "OutputTag",
@@ -130,6 +141,7 @@ __all__ = [
     "ProcessingTimeSessionWindows",
     "ProcessingTimeTrigger",
     "PurgingTrigger",
+    "RestartStrategy",
     "Sink",
     "SinkClosed",
     "SinkWriter",

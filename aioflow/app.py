@@ -20,6 +20,7 @@ from aioflow.graph.plan import Plan, build_plan
 from aioflow.log import configure_logging
 from aioflow.operators.base import Operator
 from aioflow.runtime.job import Job, RuntimeConfig
+from aioflow.runtime.restart import DEFAULT_RESTART_STRATEGY, NoRestart, RestartStrategy
 from aioflow.stream import Stream
 from aioflow.time.watermarks import WatermarkStrategy
 
@@ -44,7 +45,10 @@ class App:
     sources emit watermarks; 0 emits one after every source batch. By default (``None``)
     replayable sources (files, lists) emit after every batch, so replaying the same
     input gives the same output, and live sources every 0.2 s. ``state_dir`` and
-    ``checkpoint_interval`` configure persistent state and checkpoints.
+    ``checkpoint_interval`` configure persistent state and checkpoints (see
+    docs/state.md and docs/fault-tolerance.md); with checkpoints, a failed job restarts
+    from the last one as ``restart_strategy`` says (default: up to 3 attempts in a row,
+    1, 2 and 4 s apart).
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class App:
         min_pause_between_checkpoints: float = 0.0,
         retained_checkpoints: int = 3,
         tolerable_checkpoint_failures: int | None = None,
+        restart_strategy: RestartStrategy | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise PipelineError(f"App needs a non-empty name, got {name!r}")
@@ -110,6 +115,15 @@ class App:
                                 f"{tolerable_checkpoint_failures!r}")
         self.tolerable_checkpoint_failures = tolerable_checkpoint_failures
         self.state_cache_size = _positive(state_cache_size, "state_cache_size")
+        if restart_strategy is not None and not isinstance(restart_strategy, RestartStrategy):
+            raise PipelineError(f"restart_strategy takes af.FixedDelayRestart(...), af.ExponentialBackoffRestart(...), "
+                                f"af.FailureRateRestart(...) or af.NoRestart(), got {restart_strategy!r}")
+        if checkpoint_interval is None and restart_strategy is not None and not isinstance(restart_strategy, NoRestart):
+            raise PipelineError("restart_strategy needs checkpoint_interval: a restart resumes from the last "
+                                "checkpoint (without one it would replay the input into the sinks)")
+        if restart_strategy is None:
+            restart_strategy = DEFAULT_RESTART_STRATEGY if checkpoint_interval is not None else NoRestart()
+        self.restart_strategy = restart_strategy
         self._job: Job | None = None
 
     def __repr__(self) -> str:
@@ -170,6 +184,7 @@ class App:
             min_pause_between_checkpoints=self.min_pause_between_checkpoints,
             retained_checkpoints=self.retained_checkpoints,
             tolerable_checkpoint_failures=self.tolerable_checkpoint_failures,
+            restart_strategy=self.restart_strategy,
             **run_options,
         )
 

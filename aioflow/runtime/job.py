@@ -27,6 +27,7 @@ from aioflow.graph.plan import Plan, PlannedEdge, PlannedTask
 from aioflow.operators.base import FanOut, Operator, Output, cancelled_by_runtime
 from aioflow.runtime.channel import Channel, InputGate
 from aioflow.runtime.keygroups import key_group_range
+from aioflow.runtime.restart import NoRestart, RestartStrategy
 from aioflow.runtime.task import NetworkOutput, SourceTask, StreamTask, SubtaskEnvironment
 from aioflow.runtime.writer import FORWARD, RecordWriter
 from aioflow.state.backend import DEFAULT_CACHE_SIZE, StateBackend
@@ -57,6 +58,7 @@ class RuntimeConfig:
     allow_non_restored_state: bool = False
     from_savepoint: str | None = None
     drain_on_stop: bool = False  # with checkpoints, a stop takes a savepoint unless this is set
+    restart_strategy: RestartStrategy = NoRestart()
 
 
 Subtask = SourceTask | StreamTask
@@ -188,6 +190,10 @@ class Job:
         self._savepoint_requested: anyio.Event | None = None
         self._periodic = anyio.CancelScope()  # checkpoints and the savepoint of a stop: only while
         self._savepoint = anyio.CancelScope()  # any task runs
+        self._savepoint_wanted = False
+        self._stopping: anyio.Event | None = None  # set by a stop request
+        #: How often the job restarted after a failure.
+        self.restarts = 0
         #: The savepoint a stop took (its directory), once the job stopped with one.
         self.savepoint: Path | None = None
 
@@ -229,22 +235,27 @@ class Job:
         """Ask the job to stop. With checkpoints (unless ``drain_on_stop``) it stops with a
         savepoint; otherwise sources stop, what is in flight drains (windows fire as at the
         end of input) and the job finishes."""
-        if self._savepoint_requested is not None and not self.config.drain_on_stop:
-            self._savepoint_requested.set()
+        config = self.config
+        if config.checkpoint_interval is not None and config.state_dir is not None and not config.drain_on_stop:
+            self._savepoint_wanted = True
+            if self._savepoint_requested is not None:
+                self._savepoint_requested.set()
         else:
             self._stop_requested = True
+        if self._stopping is not None:
+            self._stopping.set()
 
     def stop_requested(self) -> bool:
         return self._stop_requested
 
-    def _open_state(self) -> tuple[LmdbStore | None, CheckpointMetadata | None]:
+    def _open_state(self, *, install_savepoint: bool) -> tuple[LmdbStore | None, CheckpointMetadata | None]:
         """The worker's state store, and the checkpoint in it this run resumes from."""
         config = self.config
         if config.state_backend != "lmdb" or config.state_dir is None:
             if config.from_savepoint is not None:
                 raise StateError("restoring from a savepoint needs a state_dir to restore into")
             return None, None
-        if config.from_savepoint is not None:
+        if config.from_savepoint is not None and install_savepoint:
             _install_savepoint(Path(config.from_savepoint), Path(config.state_dir))
         store = LmdbStore(config.state_dir)
         data = store.read_meta(b"checkpoint")
@@ -269,13 +280,50 @@ class Job:
         return store, metadata
 
     async def run(self) -> None:
-        """Run until every task finished; raise the first failure."""
-        store, restored = self._open_state()
-        try:
-            await self._run(store, restored)
-        finally:
-            if store is not None:
-                store.close()
+        """Run until every task finished; raise the first failure, once the restart
+        strategy gives up (each restart resumes from the last completed checkpoint)."""
+        failures: list[float] = []
+        strategy = self.config.restart_strategy
+        self._stopping = anyio.Event()
+        while True:
+            store, restored = self._open_state(install_savepoint=self.restarts == 0)
+            try:
+                await self._run(store, restored)
+                return
+            except StateError:
+                raise  # the state itself is at fault (serialisation, declarations, disk): a restart repeats it
+            except Exception as exc:
+                coordinator = self._coordinator
+                if coordinator is None or self._stop_requested or self._savepoint_wanted:
+                    raise
+                if coordinator.completed_count and strategy.resets_on_progress:
+                    failures.clear()  # the restarted job made progress: count afresh
+                failures.append(time.monotonic())
+                delay = strategy.backoff(failures)
+                if delay is None:
+                    log.error("restarts exhausted", app=self.plan.app_name, failures=len(failures),
+                              strategy=repr(strategy))
+                    raise
+                self.restarts += 1
+                log.warning("job failed: restarting from the last checkpoint", app=self.plan.app_name,
+                            error=f"{type(exc).__name__}: {exc}", restart=self.restarts, delay=delay)
+            finally:
+                if store is not None:
+                    store.close()
+            self._reset()
+            with anyio.move_on_after(delay):
+                await self._stopping.wait()
+            if self._stopping.is_set():
+                log.warning("stopped while waiting to restart: a restart resumes from the last checkpoint",
+                            app=self.plan.app_name)
+                return
+
+    def _reset(self) -> None:
+        """Fresh per-run state for a restart."""
+        self._coordinator = None
+        self._savepoint_requested = None
+        self._periodic = anyio.CancelScope()
+        self._savepoint = anyio.CancelScope()
 
     async def _run(self, store: LmdbStore | None, restored: CheckpointMetadata | None) -> None:
         plan, config = self.plan, self.config
@@ -289,6 +337,8 @@ class Job:
                 last_id=restored.checkpoint_id if restored is not None else 0,
             )
             self._savepoint_requested = anyio.Event()
+            if self._savepoint_wanted:  # a stop came before the job was up
+                self._savepoint_requested.set()
             for subtask in subtasks:
                 subtask.env.coordinator = coordinator
         failure: BaseException | None = None

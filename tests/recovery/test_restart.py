@@ -1,0 +1,133 @@
+"""Restart strategies: a failed job with checkpoints restarts in the same process from the
+last checkpoint, so its exactly-once output is the undisturbed one; a repeating error
+exhausts the strategy and fails the job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import aioflow as af
+from aioflow.runtime.restart import DEFAULT_RESTART_STRATEGY
+
+EVENTS = [{"user": f"u{i % 7}", "ts": i * 10, "v": i % 5} for i in range(20_000)]
+
+
+def _job(folder: Path, fail: Any, strategy: af.RestartStrategy, name: str = "out") -> af.App:
+    app = af.App("restarts", state_dir=str(folder / "state"), checkpoint_interval=0.01,
+                 restart_strategy=strategy)
+    events = app.source(EVENTS, timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(0), name="events")
+    sums = events.map(fail, name="flaky").key_by(lambda e: e["user"]).window(
+        af.TumblingEventTimeWindows(1000)).reduce(lambda a, b: {**a, "v": a["v"] + b["v"]}, name="sums")
+    sums.sink(af.FileSink(str(folder / f"{name}.jsonl"), exactly_once=True), name="sink")
+    return app
+
+
+def _per_key(data: bytes) -> dict[str, list[bytes]]:
+    """Results per key in output order (keys fired by one watermark may come in another order after a restore)."""
+    found: dict[str, list[bytes]] = {}
+    for line in data.splitlines():
+        found.setdefault(orjson.loads(line)["user"], []).append(line)
+    return found
+
+
+def _expected(folder: Path) -> dict[str, list[bytes]]:
+    app = af.App("restarts")
+    app.source(EVENTS, timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(0), name="events").key_by(
+        lambda e: e["user"]).window(af.TumblingEventTimeWindows(1000)).reduce(
+        lambda a, b: {**a, "v": a["v"] + b["v"]}, name="sums").sink(af.FileSink(str(folder / "ref.jsonl")))
+    app.run()
+    return _per_key((folder / "ref.jsonl").read_bytes())
+
+
+def _checkpoints(folder: Path) -> int:
+    return len(list((folder / "state" / "checkpoints").glob("chk-*.json")))
+
+
+def test_a_failed_job_restarts_from_its_last_checkpoint_and_completes_the_output(tmp_path: Path) -> None:
+    calls = {"n": 0, "failed": 0}
+
+    def fail_once(e: dict[str, Any]) -> dict[str, Any]:
+        calls["n"] += 1
+        # Once a checkpoint is there, so that the restart resumes from it rather than the start.
+        if not calls["failed"] and e["ts"] >= 100_000 and _checkpoints(tmp_path):
+            calls["failed"] += 1
+            raise ConnectionError("the feature store went away")
+        return e
+
+    app = _job(tmp_path, fail_once, af.FixedDelayRestart(attempts=1, delay=0))
+    app.run()
+    assert calls["failed"] == 1
+    assert len(EVENTS) < calls["n"] < 2 * len(EVENTS)  # resumed from a checkpoint, not from the start
+    assert _per_key((tmp_path / "out.jsonl").read_bytes()) == _expected(tmp_path)
+
+
+def test_an_error_that_repeats_exhausts_the_strategy(tmp_path: Path) -> None:
+    attempts = []
+
+    def always(e: dict[str, Any]) -> dict[str, Any]:
+        if e["ts"] == 50_000:
+            attempts.append(1)
+            raise ValueError("bad record")
+        return e
+
+    with pytest.raises(af.OperatorError, match="bad record"):
+        _job(tmp_path, always, af.FixedDelayRestart(attempts=2, delay=0)).run()
+    assert len(attempts) == 3  # the first run and two restarts
+
+
+def test_progress_between_failures_starts_the_count_afresh(tmp_path: Path) -> None:
+    """With one attempt allowed, two failures still restart when a checkpoint completed in between."""
+    failed_at: list[int] = []
+
+    def twice(e: dict[str, Any]) -> dict[str, Any]:
+        if len(failed_at) < 2 and e["ts"] >= 60_000 * (len(failed_at) + 1) and _checkpoints(tmp_path) > (
+                failed_at[-1] if failed_at else 0):
+            failed_at.append(_checkpoints(tmp_path))
+            raise ConnectionError("flaky")
+        return e
+
+    _job(tmp_path, twice, af.FixedDelayRestart(attempts=1, delay=0)).run()
+    assert len(failed_at) == 2
+    assert _per_key((tmp_path / "out.jsonl").read_bytes()) == _expected(tmp_path)
+
+
+def test_backoff_delays() -> None:
+    exponential = af.ExponentialBackoffRestart(attempts=4, initial_delay=0.5, max_delay=3.0, multiplier=2.0)
+    assert [exponential.backoff([0.0] * n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, None]
+    assert [af.FixedDelayRestart(attempts=2, delay=1.5).backoff([0.0] * n) for n in (1, 2, 3)] == [1.5, 1.5, None]
+    rate = af.FailureRateRestart(max_failures=2, interval=10.0, delay=0.25)
+    assert rate.backoff([0.0, 5.0]) == 0.25
+    assert rate.backoff([0.0, 5.0, 9.0]) is None  # three within 10 s
+    assert rate.backoff([0.0, 5.0, 12.0]) == 0.25  # the first is older than 10 s
+    assert af.NoRestart().backoff([0.0]) is None
+
+
+def test_defaults_and_validation(tmp_path: Path) -> None:
+    assert af.App("a", state_dir=str(tmp_path), checkpoint_interval=1).restart_strategy == DEFAULT_RESTART_STRATEGY
+    assert af.App("a").restart_strategy == af.NoRestart()
+    with pytest.raises(af.PipelineError, match="restart_strategy needs checkpoint_interval"):
+        af.App("a", restart_strategy=af.FixedDelayRestart())
+    with pytest.raises(af.PipelineError, match="restart_strategy takes"):
+        af.App("a", state_dir=str(tmp_path), checkpoint_interval=1, restart_strategy="fixed")  # type: ignore[arg-type]
+    with pytest.raises(af.PipelineError, match="attempts must be an int >= 1"):
+        af.FixedDelayRestart(attempts=0)
+    with pytest.raises(af.PipelineError, match="multiplier must be a number >= 1"):
+        af.ExponentialBackoffRestart(multiplier=0.5)
+
+
+async def test_a_stop_while_waiting_to_restart_ends_the_job(tmp_path: Path) -> None:
+    app: af.App
+
+    def fail(e: dict[str, Any]) -> dict[str, Any]:
+        if e["ts"] == 1000:
+            app.stop()  # arrives while the job waits out the 60 s delay below
+            raise ValueError("boom")
+        return e
+
+    app = _job(tmp_path, fail, af.FixedDelayRestart(attempts=1, delay=60))
+    with pytest.raises(af.OperatorError, match="boom"):
+        await app.run_async()  # the failure came with the stop under way: no restart
