@@ -281,12 +281,19 @@ class StateTable:
 
     def _stored_keys(self, namespace: Any) -> Iterator[Any]:
         """Keys of ``namespace`` in this table's key groups that the store may hold: in the
-        checkpoint (unless the namespace was dropped) or evicted to the working area."""
+        checkpoint (unless the namespace was dropped), in a snapshot not yet committed, or
+        evicted to the working area. (:meth:`load` then sorts out which value is current.)"""
         store = self.store
         if store is None:
             return
         dropped = namespace in self.dropped
         spilled = self.spilled.get(namespace, ())
+        if not dropped and self.pending:  # an entry evicted clean may live only in the pending snapshot
+            ns = b"" if namespace is None else encode_key(namespace)
+            part = _LEN.pack(len(ns)) + ns
+            for stored, data in self.pending.items():
+                if data is not None and stored.startswith(part, _HEAD.size):
+                    yield decode_key(stored[_HEAD.size + len(part):])
         for group in self.key_groups:
             prefix = self._namespace_prefix(group, namespace)
             if not dropped:

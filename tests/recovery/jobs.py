@@ -2,7 +2,8 @@
 
 The job counts events per user with a keyed process function and event-time timers, and
 sums them in tumbling event-time windows; both results go to exactly-once file sinks
-when ``STATE`` (the state directory) is set. Its input is a replayable file, so an
+when ``STATE`` (the state directory) is set. ``CACHE`` sets the state cache size: a small
+one makes most state live in LMDB, evicted and reloaded between checkpoints. Its input is a replayable file, so an
 undisturbed run is the reference any disturbed one must match.
 """
 
@@ -26,7 +27,7 @@ import aioflow as af
 
 state = os.environ.get("STATE")
 app = af.App("crash", state_dir=state, checkpoint_interval=0.1 if state else None,
-             parallelism=int(os.environ["P"]))
+             parallelism=int(os.environ["P"]), state_cache_size=int(os.environ.get("CACHE", 100_000)))
 events = app.source(af.read_jsonl(os.environ["EVENTS"]), timestamps=lambda e: e["ts"],
                     watermarks=af.BoundedOutOfOrderness(100), parallelism=1)
 

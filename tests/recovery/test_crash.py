@@ -12,9 +12,11 @@ import pytest
 from recovery.jobs import Worker, outputs, run, write_job
 
 
-@pytest.mark.parametrize("parallelism", [1, 2])
-def test_sigkilled_worker_restarted_produces_exactly_the_undisturbed_output(tmp_path: Path, parallelism: int) -> None:
-    base = {**write_job(tmp_path, 200_000, seed=parallelism), "P": str(parallelism)}
+@pytest.mark.parametrize(("parallelism", "cache"), [(1, 100_000), (2, 100_000), (2, 64)])
+def test_sigkilled_worker_restarted_produces_exactly_the_undisturbed_output(
+    tmp_path: Path, parallelism: int, cache: int,
+) -> None:
+    base = {**write_job(tmp_path, 200_000, seed=parallelism), "P": str(parallelism), "CACHE": str(cache)}
     assert run(tmp_path, {**base, "OUT": str(tmp_path / "ref")}) == 0
     expected = outputs(tmp_path, "ref")
     assert expected.keys() == {"counts", "sums"} and all(expected.values())
