@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 import aioflow as af
-from aioflow.errors import StateError  # not re-exported by aioflow (yet)
+from aioflow.errors import StateError
 from aioflow.operators.base import Output
 from aioflow.operators.coprocess import BroadcastProcessOperator
 from aioflow.runtime.events import Batch

@@ -1,0 +1,100 @@
+"""Checkpoint timeout, tolerable failures, minimum pause and retained records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+import aioflow as af
+
+
+class SlowFirstPreCommit(af.TwoPhaseCommitSinkWriter):
+    """Holds checkpoint 1's pre-commit longer than the checkpoint timeout; commits into ``out``."""
+
+    def __init__(self, out: list[Any], delay: float) -> None:
+        self.out, self.delay = out, delay
+        self.current: list[Any] = []
+        self.staged: dict[int, list[Any]] = {}
+
+    async def write(self, values: list[Any]) -> None:
+        self.current.extend(values)
+
+    async def pre_commit(self, checkpoint_id: int) -> Any:
+        if checkpoint_id == 1:
+            await anyio.sleep(self.delay)
+        self.staged[checkpoint_id], self.current = self.current, []
+        return checkpoint_id
+
+    async def commit(self, handle: Any) -> None:
+        self.out.extend(self.staged.pop(handle, []))
+
+    async def abort(self, handle: Any) -> None:
+        self.staged.pop(handle, None)
+
+    async def finish(self) -> None:
+        for checkpoint_id in sorted(self.staged):
+            await self.commit(checkpoint_id)
+        self.out.extend(self.current)
+        self.current = []
+
+
+class SlowSink(af.Sink):
+    exactly_once = True
+
+    def __init__(self, delay: float) -> None:
+        self.out: list[Any] = []
+        self.delay = delay
+
+    def create_writer(self, subtask_index: int, parallelism: int) -> af.SinkWriter:
+        return SlowFirstPreCommit(self.out, self.delay)
+
+
+async def ticks(n: int) -> Any:
+    for i in range(n):
+        yield i
+        await anyio.sleep(0.002)  # a live source: the job runs long enough for several checkpoints
+
+
+def _records(folder: Path) -> list[dict[str, Any]]:
+    paths = sorted((folder / "checkpoints").glob("chk-*.json"), key=lambda p: int(p.stem.split("-")[1]))
+    return [orjson.loads(p.read_bytes())["body"] for p in paths]
+
+
+async def test_a_checkpoint_that_times_out_is_abandoned_and_the_next_one_commits_its_records(tmp_path: Path) -> None:
+    app = af.App("slow", state_dir=str(tmp_path), checkpoint_interval=0.02, checkpoint_timeout=0.1,
+                 retained_checkpoints=1000)
+    sink = SlowSink(delay=0.5)
+    app.source(af.from_iterable(ticks(300)), name="ticks").sink(sink, name="out")
+    await app.run_async()
+    ids = [record["checkpoint_id"] for record in _records(tmp_path)]
+    assert ids and 1 not in ids and ids == sorted(ids)  # 1 failed, later ones completed
+    assert sorted(sink.out) == list(range(300))  # checkpoint 1's records came with a later commit
+
+
+async def test_failures_beyond_the_tolerated_number_fail_the_job(tmp_path: Path) -> None:
+    app = af.App("slow", state_dir=str(tmp_path), checkpoint_interval=0.02, checkpoint_timeout=0.1,
+                 tolerable_checkpoint_failures=0)
+    app.source(af.from_iterable(ticks(300)), name="ticks").sink(SlowSink(delay=0.5), name="out")
+    with pytest.raises(af.StateError, match=r"checkpoint 1 failed \(timed out after 0.1 s.*tolerable_checkpoint_failures=0"):
+        await app.run_async()
+
+
+async def test_the_minimum_pause_separates_checkpoints_and_old_records_go(tmp_path: Path) -> None:
+    app = af.App("paused", state_dir=str(tmp_path), checkpoint_interval=0.01, min_pause_between_checkpoints=0.15,
+                 retained_checkpoints=1000)
+    app.source(af.from_iterable(ticks(400)), name="ticks").sink(af.CollectSink(), name="out")
+    await app.run_async()
+    records = _records(tmp_path)[:-1]  # the last is the final checkpoint of the finished job: no pause
+    assert len(records) >= 2
+    for before, after in zip(records, records[1:]):
+        started = after["time_ms"] - after["duration_ms"]
+        assert started - before["time_ms"] >= 140  # 150 ms, less the time the commit itself took
+
+    app = af.App("kept", state_dir=str(tmp_path / "kept"), checkpoint_interval=0.01, retained_checkpoints=2)
+    app.source(af.from_iterable(ticks(100)), name="ticks").sink(af.CollectSink(), name="out")
+    await app.run_async()
+    assert len(_records(tmp_path / "kept")) == 2
