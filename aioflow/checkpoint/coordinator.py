@@ -168,6 +168,7 @@ class CheckpointCoordinator:
         for task in self.tasks:
             for operator in task.operators:
                 await operator.notify_checkpoint_complete(metadata.checkpoint_id)
+            await task.checkpoint_complete(metadata.checkpoint_id)
         return metadata
 
     def _write_record(self, metadata: CheckpointMetadata) -> None:

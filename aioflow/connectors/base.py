@@ -81,6 +81,11 @@ class SourceReader:
     def restore(self, position: Any) -> None:
         """Continue from a position returned by :meth:`position` (before :meth:`open`)."""
 
+    async def notify_checkpoint_complete(self, checkpoint_id: int, position: Any) -> None:
+        """Checkpoint ``checkpoint_id`` completed with this reader at ``position`` (what
+        :meth:`position` returned for it): e.g. commit the offsets back to a broker so
+        that lag tools see them. Not called once the reader is closed."""
+
     def statistics(self) -> dict[str, int]:
         return {}
 

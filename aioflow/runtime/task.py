@@ -218,6 +218,9 @@ class _Task:
             await writer.broadcast_event(barrier)
         coordinator.acknowledge(self, checkpoint_id, states, writes)
 
+    async def checkpoint_complete(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` completed (sources pass it on to their reader)."""
+
     async def _finished(self) -> None:
         """The task ended: its final state stands for it in later checkpoints."""
         coordinator = self.env.coordinator
@@ -285,6 +288,8 @@ class SourceTask(_Task):
         super().__init__(env, operators, writers)
         self.source = source
         self.reader = reader
+        self._reading = False  # the reader is open
+        self._positions: dict[int, Any] = {}  # checkpoint id -> the position in it, until it completes
         self.watermarks = watermarks
         self.dead_letter_tag = dead_letter_tag
         self.stop_requested = stop_requested
@@ -298,10 +303,12 @@ class SourceTask(_Task):
             reader.task_group = background
             try:
                 await reader.open()
+                self._reading = True
                 await self._read_until_done()
             except Exception as exc:  # raised below, outside the group, not wrapped in a group
                 failure = exc
             finally:
+                self._reading = False
                 with anyio.CancelScope(shield=True):
                     await reader.close()
                 background.cancel_scope.cancel()
@@ -351,6 +358,8 @@ class SourceTask(_Task):
     async def _states(self, checkpoint_id: int) -> dict[str, Any]:
         states = await super()._states(checkpoint_id)
         source: dict[str, Any] = {"position": self.reader.position()}
+        if checkpoint_id >= 0 and self._reading:
+            self._positions[checkpoint_id] = source["position"]
         if self.watermarks is not None:
             source["watermarks"] = self.watermarks.snapshot()
         states[f"{self.head.name}#source"] = source
@@ -379,6 +388,14 @@ class SourceTask(_Task):
         self.reader.restore(position)
         if self.watermarks is not None and None not in watermarks:
             self.watermarks.restore(watermarks)
+
+    async def checkpoint_complete(self, checkpoint_id: int) -> None:
+        """Tell the reader, while it reads, the position of the checkpoint that completed."""
+        position = self._positions.pop(checkpoint_id, None)
+        for older in [c for c in self._positions if c < checkpoint_id]:
+            del self._positions[older]  # abandoned checkpoints: never completing now
+        if position is not None and self._reading:
+            await self.reader.notify_checkpoint_complete(checkpoint_id, position)
 
     async def _periodic_watermark(self, now: int) -> None:
         watermarks = self.watermarks

@@ -98,3 +98,47 @@ async def test_the_minimum_pause_separates_checkpoints_and_old_records_go(tmp_pa
     app.source(af.from_iterable(ticks(100)), name="ticks").sink(af.CollectSink(), name="out")
     await app.run_async()
     assert len(_records(tmp_path / "kept")) == 2
+
+
+class Counting(af.SourceReader):
+    """Numbers 0..n-1, slowly; records what checkpoint completions it was told of."""
+
+    def __init__(self, n: int, told: list[tuple[int, Any]]) -> None:
+        self.n, self.next, self.told = n, 0, told
+
+    async def read(self, max_records: int, timeout: float) -> af.SourceBatch | None:
+        if self.next >= self.n:
+            return None
+        await anyio.sleep(0.002)
+        self.next += 1
+        return af.SourceBatch([self.next - 1])
+
+    def position(self) -> Any:
+        return self.next
+
+    def restore(self, position: Any) -> None:
+        self.next = position
+
+    async def notify_checkpoint_complete(self, checkpoint_id: int, position: Any) -> None:
+        self.told.append((checkpoint_id, position))
+
+
+class CountingSource(af.Source):
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.told: list[tuple[int, Any]] = []
+
+    def create_reader(self, subtask_index: int, parallelism: int) -> af.SourceReader:
+        return Counting(self.n, self.told)
+
+
+async def test_sources_hear_of_completed_checkpoints_with_the_position_each_recorded(tmp_path: Path) -> None:
+    app = af.App("told", state_dir=str(tmp_path), checkpoint_interval=0.02, retained_checkpoints=1000)
+    source = CountingSource(200)
+    app.source(source, name="numbers").sink(af.CollectSink(), name="out")
+    await app.run_async()
+    records = {r["checkpoint_id"]: r["operators"]["numbers#source"][0]["position"] for r in _records(tmp_path)}
+    assert source.told, "no checkpoint completed while the source read"
+    assert [c for c, _ in source.told] == sorted(c for c, _ in source.told)
+    for checkpoint_id, position in source.told:
+        assert records[checkpoint_id] == position
