@@ -156,6 +156,8 @@ class CheckpointCoordinator:
         metadata.duration_ms = int((time.monotonic() - pending.started) * 1000)
         metadata.size_bytes = sum(len(k) + len(v or b"") for k, v in writes)
         self.store.commit(writes, {b"checkpoint": metadata.encode()}, keep)
+        # The stored metadata could not count its own commit; the log and the record do.
+        metadata.duration_ms = int((time.monotonic() - pending.started) * 1000)
         for task in self.tasks:
             task.env.state_backend.confirm()
         for key, (states, _) in self._finished.items():

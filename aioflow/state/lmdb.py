@@ -177,6 +177,7 @@ class LmdbStore:
             nonlocal size
             size = 0
             state, working = self._state, self._working
+            spilled = txn.stat(working)["entries"] > 0  # else there are no working copies to delete
             for key, value in writes:
                 if value is None:
                     txn.delete(key, db=state)
@@ -184,7 +185,7 @@ class LmdbStore:
                 else:
                     txn.put(key, value, db=state)
                     size += len(key) + len(value)
-                if key not in keep_working:
+                if spilled and key not in keep_working:
                     txn.delete(key, db=working)
             for key, value in meta.items():
                 txn.put(key, value, db=self._meta)

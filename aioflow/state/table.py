@@ -81,6 +81,9 @@ class StateTable:
         self.incomplete: set[Any] = set()
         self.spilled: dict[Any, set[bytes]] = {}
         self.dropped: set[Any] = set()
+        #: Namespaces that may have entries in the store (snapshotted or spilled): only these
+        #: need stored entries deleted when dropped.
+        self.stored_in: set[Any] = set()
         self.pending: dict[bytes, bytes | None] = {}
         #: Restored from a checkpoint: any namespace may have stored entries.
         self.restored = restored
@@ -163,7 +166,8 @@ class StateTable:
         if self.store is not None:
             self.incomplete.discard(namespace)
             self.spilled.pop(namespace, None)
-            self.dropped.add(namespace)
+            if self.restored or namespace in self.stored_in:
+                self.dropped.add(namespace)
 
     def keys_in(self, namespace: Any = None) -> Iterator[Any]:
         """Every key with an entry in ``namespace``, stored ones included."""
@@ -214,16 +218,22 @@ class StateTable:
         writes: Writes = []
         for namespace in self.dropped:  # first: entries put or spilled since the drop come after
             writes.extend(self._range_deletes(namespace))
+            self.stored_in.discard(namespace)
         self.dropped.clear()
         for spilled in self.spilled.values():
             writes.extend((stored, store.get_working(stored)) for stored in spilled)
         self.spilled.clear()
-        group_of, dumps = self.key_group_of, self._dumps
+        group_of, dumps, head, table_id = self.key_group_of, self._dumps, _HEAD.pack, self.table_id
         for namespace, keys in self.dirty.items():
+            if not keys:
+                continue
+            self.stored_in.add(namespace)
             entries = self.namespaces.get(namespace, {})
+            ns = b"" if namespace is None else encode_key(namespace)
+            part = _LEN.pack(len(ns)) + ns
             for key in keys:
                 value = entries.get(key, MISSING)
-                stored = self.stored_key(group_of(key), namespace, key)
+                stored = head(table_id, group_of(key)) + part + encode_key(key)
                 writes.append((stored, None if value is MISSING else dumps(value)))
             keys.clear()  # in place: markers handed out stay live
         self.pending.update(writes)
@@ -270,6 +280,7 @@ class StateTable:
                     spilled = self.spilled.get(namespace)
                     if spilled is None:
                         spilled = self.spilled[namespace] = set()
+                        self.stored_in.add(namespace)
                     spilled.add(stored)
                     dirty.discard(key)  # type: ignore[attr-defined]
             if victims:
