@@ -10,8 +10,6 @@ import asyncio
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import aioflow as af
-
 from workloads import (
     BOUND_MS,
     INACTIVITY_MS,
@@ -23,6 +21,8 @@ from workloads import (
     Unavailable,
     generated_records,
 )
+
+import aioflow as af
 
 __all__ = ["JOBS", "warm_up"]
 
@@ -68,6 +68,18 @@ class SlowCountSink(CountSink):
     writer_class = _SleepyCountWriter
 
 
+def _app(name: str, job: JobInput, **options: Any) -> af.App:
+    """The app of a workload, with ``job``'s state configuration: the memory backend, or
+    keyed state in LMDB under ``job.state_dir`` (with a checkpoint every
+    ``job.checkpoint_interval`` seconds, if given)."""
+    if job.state_backend == "lmdb":
+        if job.state_dir is None:
+            raise ValueError("the lmdb state backend needs a state directory")
+        options.update(state_backend="lmdb", state_dir=str(job.state_dir),
+                       checkpoint_interval=job.checkpoint_interval)
+    return af.App(name, **options)
+
+
 def _run_counting(app: af.App, sink: CountSink) -> Run:
     def run() -> int:
         app.run()
@@ -86,7 +98,7 @@ def _run_collecting(app: af.App, sink: af.CollectSink) -> Run:
 
 def w1(job: JobInput) -> Run:
     """Parse, filter, map, count."""
-    app = af.App("w1")
+    app = _app("w1", job)
     counter = CountSink()
     events = app.source(af.read_jsonl(job.file))
     events.filter(lambda e: e["amount"] > 10).map(lambda e: (e["user"], e["amount"] * 1.1)).sink(counter)
@@ -95,7 +107,7 @@ def w1(job: JobInput) -> Run:
 
 def backpressure(job: JobInput) -> Run:
     """A fast generator into a sink that sleeps per batch: memory must stay bounded."""
-    app = af.App("backpressure")
+    app = _app("backpressure", job)
     sink = SlowCountSink()
     app.source(af.from_iterable(generated_records(job.events))).sink(sink)
     return _run_counting(app, sink)
@@ -136,7 +148,7 @@ def w2(job: JobInput) -> Run:
             for count, total in elements:
                 yield (key, context.window.start, count, total)
 
-    app = af.App("w2")
+    app = _app("w2", job)
     results = af.CollectSink()
     events = app.source(
         af.read_jsonl(job.file), timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(BOUND_MS)
@@ -176,7 +188,7 @@ def w3(job: JobInput) -> Run:
     The output depends on when watermarks come (see the README), so the source emits one
     after every batch (``watermark_interval=0``), as the floor does after every chunk.
     """
-    app = af.App("w3", watermark_interval=0)
+    app = _app("w3", job, watermark_interval=0)
     results = af.CollectSink()
     events = app.source(
         af.read_jsonl(job.file), timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(BOUND_MS)

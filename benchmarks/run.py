@@ -2,11 +2,17 @@
 
     python benchmarks/run.py --workload w1 --events 1000000 --json
     python benchmarks/run.py --workload all --repeat 3
+    python benchmarks/run.py --workload w2 --state-backend lmdb --checkpoint-interval 1 --versus-memory
 
 Every measurement runs in a fresh child process (this file with ``--child``), so its peak
 RSS is its own; floor and aioflow runs alternate, and the best run of each side is
 reported. Input files are generated (untimed) into ``benchmarks/.data`` and reused. The
 two sides' outputs must be equal, or the workload is reported as failed.
+
+``--state-backend lmdb`` runs the aioflow side with its keyed state in LMDB, in a fresh
+temporary state directory per run (removed after it), and ``--checkpoint-interval`` adds
+periodic checkpoints; ``--versus-memory`` then also runs the aioflow side with the
+memory backend, alternating with the other two, and reports the ratio of the two.
 
 With ``--json`` each workload prints one JSON object on its own line as it finishes (the
 last line is the last workload's); progress goes to stderr.
@@ -20,19 +26,35 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
-
 from workloads import FLOORS, JobInput, Prepare, Unavailable, canonical, digest, ensure_events
 
 DATA_DIR = Path(__file__).resolve().parent / ".data"
 #: Marks the line on which a child reports its measurement (aioflow logs to stdout too).
 RESULT_PREFIX = "@@benchmark-result "
 FLOOR, AIOFLOW = "floor", "aioflow"
+#: The aioflow side with the memory backend and no checkpoints (``--versus-memory``).
+MEMORY = "aioflow-memory"
+#: The log event of a completed checkpoint (aioflow logs JSON lines to a child's stderr).
+CHECKPOINT_COMPLETE = "checkpoint complete"
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """Where the aioflow side keeps its keyed state: ``"memory"``, or ``"lmdb"`` (in a fresh
+    temporary state directory per run), with a checkpoint every ``checkpoint_interval`` s."""
+
+    backend: str = "memory"
+    checkpoint_interval: float | None = None
+
+
+IN_MEMORY = StateConfig()
 
 
 @dataclass(frozen=True)
@@ -95,13 +117,15 @@ def measure(side: str, workload: str, job: JobInput) -> dict[str, Any]:
         run = _prepare(side, workload)(job)
     except Unavailable as exc:
         return {"unavailable": str(exc)}
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     output = run()
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
     rss_mb = peak_rss_mb()
     result = canonical(workload, output)
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "peak_rss_mb": rss_mb,
         "outputs": result if isinstance(result, int) else len(result),
         "digest": digest(result),
@@ -110,7 +134,12 @@ def measure(side: str, workload: str, job: JobInput) -> dict[str, Any]:
 
 def child_main(args: argparse.Namespace) -> int:
     path = Path(args.path) if args.path else None
-    result = measure(args.child, args.workload, JobInput(args.events, path))
+    job = JobInput(args.events, path, args.state_backend, args.checkpoint_interval)
+    if args.child == AIOFLOW and args.state_backend == "lmdb":
+        with tempfile.TemporaryDirectory(prefix="aioflow-bench-state-") as state_dir:
+            result = measure(args.child, args.workload, replace(job, state_dir=Path(state_dir)))
+    else:
+        result = measure(args.child, args.workload, job)
     print(RESULT_PREFIX + orjson.dumps(result).decode(), flush=True)
     return 0
 
@@ -122,16 +151,37 @@ class ChildFailed(Exception):
     """A measurement process failed or reported nothing."""
 
 
-def run_child(side: str, workload: str, job: JobInput) -> dict[str, Any]:
-    """Measure one side of ``workload`` in a fresh Python process."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", side,
-               "--workload", workload, "--events", str(job.events)]
+def completed_checkpoints(log: str) -> list[int]:
+    """The durations (ms) of the checkpoints a run's JSON log lines report as complete."""
+    durations = []
+    for line in log.splitlines():
+        if CHECKPOINT_COMPLETE in line:
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict) and event.get("event") == CHECKPOINT_COMPLETE:
+                durations.append(int(event["ms"]))
+    return durations
+
+
+def run_child(side: str, workload: str, job: JobInput, state: StateConfig = IN_MEMORY) -> dict[str, Any]:
+    """Measure one side of ``workload`` in a fresh Python process (the aioflow side with
+    its state configured by ``state``)."""
+    child = AIOFLOW if side == MEMORY else side
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", child,
+               "--workload", workload, "--events", str(job.events), "--state-backend", state.backend]
+    if state.checkpoint_interval is not None:
+        command += ["--checkpoint-interval", repr(state.checkpoint_interval)]
     if job.path is not None:
         command += ["--path", str(job.path)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
             result: dict[str, Any] = orjson.loads(line[len(RESULT_PREFIX):])
+            durations = completed_checkpoints(done.stderr)
+            result["checkpoints"] = len(durations)
+            result["checkpoint_max_ms"] = max(durations, default=None)
             return result
     raise ChildFailed(f"{side} run of {workload} exited with {done.returncode}:\n{done.stderr.strip()[-3000:]}")
 
@@ -148,9 +198,9 @@ class Side:
     def active(self) -> bool:
         return self.unavailable is None and self.error is None
 
-    def record(self, side: str, workload: str, job: JobInput) -> None:
+    def record(self, side: str, workload: str, job: JobInput, state: StateConfig) -> None:
         try:
-            result = run_child(side, workload, job)
+            result = run_child(side, workload, job, state)
         except ChildFailed as exc:
             self.error = str(exc)
             return
@@ -162,6 +212,9 @@ class Side:
 
     def best(self) -> dict[str, Any] | None:
         return min(self.runs, key=lambda r: r["seconds"]) if self.runs else None
+
+    def min_cpu_seconds(self) -> float | None:
+        return min(r["cpu_seconds"] for r in self.runs) if self.runs else None
 
     def max_rss_mb(self) -> float | None:
         return round(max(r["peak_rss_mb"] for r in self.runs), 1) if self.runs else None
@@ -177,19 +230,28 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def benchmark(workload: Workload, events: int, seed: int, repeat: int) -> dict[str, Any]:
-    """Alternate floor and aioflow runs ``repeat`` times; the report of the best of each."""
+def benchmark(
+    workload: Workload, events: int, seed: int, repeat: int, state: StateConfig = IN_MEMORY,
+    versus_memory: bool = False,
+) -> dict[str, Any]:
+    """Alternate floor and aioflow runs (and aioflow in memory, with ``versus_memory``)
+    ``repeat`` times; the report of the best of each."""
     path = None
     if workload.reads_file:
         _progress(f"{workload.name}: preparing {events} events (seed {seed})")
         path = ensure_events(events, seed, DATA_DIR)
     job = JobInput(events, path)
     floor, framework = Side(), Side()
+    memory = Side() if versus_memory else None
+    sides = [(FLOOR, floor, IN_MEMORY)]
+    if memory is not None:
+        sides.append((MEMORY, memory, IN_MEMORY))
+    sides.append((AIOFLOW, framework, state))
     for _ in range(repeat):
-        for side_name, side in ((FLOOR, floor), (AIOFLOW, framework)):
+        for side_name, side, side_state in sides:
             if side.active:
-                side.record(side_name, workload.name, job)
-    return report(workload, job, seed, repeat, floor, framework)
+                side.record(side_name, workload.name, job, side_state)
+    return report(workload, job, seed, repeat, floor, framework, state, memory)
 
 
 def _rate(events: int, run: dict[str, Any] | None) -> float | None:
@@ -197,13 +259,18 @@ def _rate(events: int, run: dict[str, Any] | None) -> float | None:
 
 
 def report(
-    workload: Workload, job: JobInput, seed: int, repeat: int, floor: Side, framework: Side
+    workload: Workload, job: JobInput, seed: int, repeat: int, floor: Side, framework: Side,
+    state: StateConfig = IN_MEMORY, memory: Side | None = None,
 ) -> dict[str, Any]:
     """The JSON report of one workload, with the checks that decide ``ok``."""
     best, floor_best = framework.best(), floor.best()
     rate, floor_rate = _rate(job.events, best), _rate(job.events, floor_best)
-    digests = {r["digest"] for r in floor.runs + framework.runs}
-    problems = [error for error in (floor.error, framework.error) if error]
+    memory = memory or Side()
+    memory_best = memory.best()
+    memory_rate = _rate(job.events, memory_best)
+    cpu, memory_cpu = framework.min_cpu_seconds(), memory.min_cpu_seconds()
+    digests = {r["digest"] for r in floor.runs + memory.runs + framework.runs}
+    problems = [error for error in (floor.error, memory.error, framework.error) if error]
     if len(digests) > 1:
         problems.append("outputs differ between floor and aioflow (or between runs)")
     peak = framework.max_rss_mb()
@@ -220,6 +287,17 @@ def report(
         "peak_rss_mb": peak,
         "floor_peak_rss_mb": floor.max_rss_mb(),
         "rss_limit_mb": workload.rss_limit_mb,
+        "state_backend": state.backend,
+        "checkpoint_interval": state.checkpoint_interval,
+        "checkpoints": best["checkpoints"] if best else None,
+        "checkpoint_max_ms": best["checkpoint_max_ms"] if best else None,
+        "memory_seconds": round(memory_best["seconds"], 4) if memory_best else None,
+        "memory_events_per_sec": memory_rate,
+        "ratio_to_memory": round(rate / memory_rate, 3) if rate and memory_rate else None,
+        "cpu_seconds": round(cpu, 4) if cpu is not None else None,
+        "memory_cpu_seconds": round(memory_cpu, 4) if memory_cpu is not None else None,
+        "cpu_ratio_to_memory": round(memory_cpu / cpu, 3) if cpu and memory_cpu else None,
+        "memory_peak_rss_mb": memory.max_rss_mb(),
         "outputs": (best or floor_best or {}).get("outputs"),
         "outputs_equal": len(digests) == 1 if best and floor_best else None,
         "unavailable": framework.unavailable,
@@ -229,6 +307,9 @@ def report(
         "seed": seed,
         "all_seconds": [round(r["seconds"], 4) for r in framework.runs],
         "all_floor_seconds": [round(r["seconds"], 4) for r in floor.runs],
+        "all_memory_seconds": [round(r["seconds"], 4) for r in memory.runs],
+        "all_cpu_seconds": [round(r["cpu_seconds"], 4) for r in framework.runs],
+        "all_memory_cpu_seconds": [round(r["cpu_seconds"], 4) for r in memory.runs],
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "aioflow_version": importlib.metadata.version("aioflow"),
     }
@@ -239,10 +320,13 @@ def report(
 _COLUMNS = (
     ("workload", "workload", "{}"),
     ("events", "events", "{:,}"),
+    ("state", "state_backend", "{}"),
     ("aioflow s", "seconds", "{:.3f}"),
     ("aioflow ev/s", "events_per_sec", "{:,}"),
     ("floor ev/s", "floor_events_per_sec", "{:,}"),
     ("ratio", "ratio_to_floor", "{:.3f}"),
+    ("vs memory", "ratio_to_memory", "{:.3f}"),
+    ("checkpoints", "checkpoints", "{}"),
     ("RSS MB", "peak_rss_mb", "{:.0f}"),
     ("floor RSS MB", "floor_peak_rss_mb", "{:.0f}"),
 )
@@ -277,11 +361,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="runs per side; the best is reported")
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated events")
     parser.add_argument("--json", action="store_true", help="one JSON object per workload")
+    parser.add_argument(
+        "--state-backend", default="memory", choices=["memory", "lmdb"],
+        help="where the aioflow side keeps keyed state; lmdb: a fresh temporary state_dir per run (default: memory)",
+    )
+    parser.add_argument(
+        "--checkpoint-interval", type=float, metavar="SECONDS",
+        help="take a checkpoint every SECONDS (needs --state-backend lmdb; default: no checkpoints)",
+    )
+    parser.add_argument(
+        "--versus-memory", action="store_true",
+        help="also run the aioflow side with the memory backend and no checkpoints, alternating with "
+             "the others, and report ratio_to_memory",
+    )
     parser.add_argument("--child", choices=[FLOOR, AIOFLOW], help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeat < 1 or (args.events is not None and args.events < 1):
         parser.error("--repeat and --events must be positive")
+    if args.checkpoint_interval is not None:
+        if not args.checkpoint_interval > 0:
+            parser.error(f"--checkpoint-interval must be positive seconds, got {args.checkpoint_interval:g}")
+        if args.state_backend != "lmdb":
+            parser.error("--checkpoint-interval needs --state-backend lmdb (checkpoints live in the LMDB store)")
+    if args.versus_memory and args.state_backend == "memory":
+        parser.error("--versus-memory compares another state backend with memory; add --state-backend lmdb")
     return args
 
 
@@ -290,10 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child_main(args)
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    state = StateConfig(args.state_backend, args.checkpoint_interval)
     reports = []
     for name in names:
         workload = WORKLOADS[name]
-        result = benchmark(workload, args.events or workload.default_events, args.seed, args.repeat)
+        result = benchmark(workload, args.events or workload.default_events, args.seed, args.repeat,
+                           state, args.versus_memory)
         reports.append(result)
         if args.json:
             print(orjson.dumps(result).decode(), flush=True)

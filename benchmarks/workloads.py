@@ -69,10 +69,17 @@ class Unavailable(Exception):
 
 @dataclass(frozen=True)
 class JobInput:
-    """What a job reads: the events file (file workloads) and the number of events."""
+    """What a job reads: the events file (file workloads) and the number of events; and,
+    for the aioflow side only, where its state lives (floors ignore the last three)."""
 
     events: int
     path: Path | None
+    #: ``"memory"``, or ``"lmdb"``: keyed state in an LMDB store under ``state_dir``.
+    state_backend: str = "memory"
+    #: Seconds between barrier checkpoints (``lmdb`` only); ``None``: no checkpoints.
+    checkpoint_interval: float | None = None
+    #: The (fresh, empty) state directory of an ``lmdb`` run.
+    state_dir: Path | None = None
 
     @property
     def file(self) -> Path:

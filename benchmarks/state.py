@@ -1,0 +1,422 @@
+"""State benchmarks: checkpoint cost, recovery time and peak memory of LMDB-backed state.
+
+    python benchmarks/state.py                      # everything, at the sizes of the issue
+    python benchmarks/state.py --keys 100000        # quick: no measurement above 100k keys
+    python benchmarks/state.py --only recovery --json
+
+Every job runs in its own process (the jobs are in ``state_jobs.py``), in state
+directories under a fresh temporary folder that is removed at the end (``--keep`` keeps
+it). All checkpoint numbers are read from the jobs' logs: each completed checkpoint logs
+``checkpoint complete`` with its id, duration (``ms``) and size (``bytes``), and the
+``checkpoints/chk-<id>.json`` records still on disk are checked against them.
+
+- **checkpoint**: a job puts ``--checkpoint-keys`` keys in keyed state, then touches a
+  random ``--touch`` fraction of them between checkpoints, ``--rounds`` times; its source
+  waits for each checkpoint to complete before the next phase, and logs what it had sent
+  at every barrier, so each checkpoint is known to hold exactly one phase. Reported: the
+  first checkpoint (all keys: the full copy) against the incremental ones, as ratios.
+- **recovery**: for each of ``--recovery-keys``, a bounded run puts that many keys in
+  state and ends with a final checkpoint; then new processes ``python -m aioflow run
+  state_jobs.py:app`` restore it and a second source sends a few probe records: the time
+  from process start to the first output line. The baseline is the same job on an empty
+  state directory. Runs alternate between sizes, ``--repeat`` times.
+- **rss**: the peak RSS of the populating run for ``--rss-keys`` keys with a bounded cache
+  (``--cache``), beside the same job with the memory backend (``--memory-keys``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+HERE = Path(__file__).resolve().parent
+JOBS = HERE / "state_jobs.py"
+#: As in ``state_jobs.py`` (not imported from there: importing it builds its app).
+RESULT_PREFIX = "@@state-result "
+TOUCH_BARRIER = "touch barrier"
+CHECKPOINT_COMPLETE = "checkpoint complete"
+SECTIONS = ("checkpoint", "recovery", "rss")
+
+
+class ChildFailed(Exception):
+    """A job process failed or reported nothing."""
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _environment(**values: Any) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BENCH_")}
+    env.update({f"BENCH_{key.upper()}": str(value) for key, value in values.items() if value is not None})
+    return env
+
+
+def _log_events(log: bytes) -> list[dict[str, Any]]:
+    """The JSON log lines of a job (aioflow logs JSON lines when stderr is not a terminal)."""
+    events = []
+    for line in log.splitlines():
+        if line.startswith(b"{"):
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict) and "event" in event:
+                events.append(event)
+    return events
+
+
+def _epoch(event: dict[str, Any]) -> float:
+    """The wall-clock time of a log event, in seconds since the epoch."""
+    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+def _disk_mb(folder: Path) -> float:
+    """Disk space the files under ``folder`` take (allocated blocks, not apparent sizes)."""
+    return sum(path.stat().st_blocks * 512 for path in folder.rglob("*") if path.is_file()) / 2**20
+
+
+def run_script(env: dict[str, str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run ``state_jobs.py`` as a script: its measurement and its log events."""
+    done = subprocess.run([sys.executable, str(JOBS)], env=env, capture_output=True, check=False)
+    for line in reversed(done.stdout.decode(errors="replace").splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return orjson.loads(line[len(RESULT_PREFIX):]), _log_events(done.stderr)
+    raise ChildFailed(f"{JOBS.name} exited with {done.returncode}:\n{done.stderr.decode(errors='replace')[-3000:]}")
+
+
+def _rounded(result: dict[str, Any]) -> dict[str, Any]:
+    return {key: round(value, 3) if isinstance(value, float) else value for key, value in result.items()}
+
+
+# -- checkpoint cost -------------------------------------------------------------------------
+
+
+def _touch_run(state_dir: Path, keys: int, touch: float, rounds: int, interval: float,
+               cache: int) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+    """Run the touch job once: its measurement, its checkpoints (one per phase, paired with
+    the source's barrier log events), and what went wrong."""
+    result, events = run_script(_environment(
+        job="touch", keys=keys, touch=touch, rounds=rounds, seed=1, state_dir=state_dir,
+        checkpoint_interval=interval, cache=cache,
+    ))
+    completed = {int(e["checkpoint"]): e for e in events if e["event"] == CHECKPOINT_COMPLETE}
+    problems = []
+    checkpoints = []
+    for barrier in (e for e in events if e["event"] == TOUCH_BARRIER and not e["final"]):
+        checkpoint_id = int(barrier["barrier"])
+        done = completed.get(checkpoint_id)
+        if done is None:
+            problems.append(f"checkpoint {checkpoint_id} (barrier at phase {barrier['phase']}) did not complete")
+            continue
+        if not barrier["complete"]:
+            problems.append(f"checkpoint {checkpoint_id} came in the middle of phase {barrier['phase']} "
+                            f"({barrier['sent']:,} of {barrier['phase_size']:,} records sent)")
+        checkpoints.append({
+            "checkpoint": checkpoint_id,
+            "phase": barrier["phase"],
+            "keys_changed": barrier["sent"] if barrier["phase"] == 0 else barrier["phase_size"],
+            "whole_phase": barrier["complete"],
+            "ms": int(done["ms"]),
+            "bytes": int(done["bytes"]),
+            "barrier_to_durable_ms": round((_epoch(done) - _epoch(barrier)) * 1000, 1),
+        })
+    # The records the coordinator keeps on disk (the last few) must say what the log said.
+    records = sorted((state_dir / "checkpoints").glob("chk-*.json"))
+    disagree = []
+    for path in records:
+        body = orjson.loads(path.read_bytes())["body"]
+        logged = completed.get(int(body["checkpoint_id"]))
+        if logged is None or (logged["ms"], logged["bytes"]) != (body["duration_ms"], body["size_bytes"]):
+            disagree.append(path.name)
+    if disagree:
+        problems.append(f"checkpoint records {disagree} disagree with the log")
+    result["records_checked"] = len(records)
+    return result, checkpoints, problems
+
+
+def checkpoint_cost(root: Path, keys: int, touch: float, rounds: int, interval: float, cache: int) -> dict[str, Any]:
+    """A full checkpoint of ``keys`` keys against incremental ones touching ``touch`` of them.
+
+    The full copy is the first checkpoint, and must hold every key: when its barrier came
+    before all keys were in (the interval was shorter than that took), the job runs again
+    with twice the interval, at most twice."""
+    for attempt in range(3):
+        state_dir = root / f"checkpoint-cost-{attempt}"
+        _progress(f"checkpoint: {keys:,} keys, then {rounds} rounds touching {touch:.1%}, "
+                  f"a checkpoint every {interval:g} s")
+        result, checkpoints, problems = _touch_run(state_dir, keys, touch, rounds, interval, cache)
+        full = checkpoints[0] if checkpoints and checkpoints[0]["phase"] == 0 else None
+        if full is not None and full["whole_phase"]:
+            break
+        _progress(f"  the first checkpoint came before all keys were in: {problems[:1]}")
+        shutil.rmtree(state_dir, ignore_errors=True)
+        if attempt < 2:
+            interval *= 2
+    else:
+        problems.append("the first checkpoint never held every key; raise --checkpoint-interval")
+        full = None
+    incremental = [c for c in checkpoints if c["phase"] > 0 and c["whole_phase"]]
+    if not incremental:
+        problems.append("no incremental checkpoint to compare with the full copy")
+    summary: dict[str, Any] = {"keys": keys, "touched_fraction": touch, "rounds": rounds,
+                               "checkpoint_interval": interval, "attempts": attempt + 1, "state_cache_size": cache}
+    if full is not None and incremental:
+        for field in ("ms", "bytes", "barrier_to_durable_ms"):
+            median = round(statistics.median(c[field] for c in incremental), 1)
+            summary[f"full_{field}"] = full[field]
+            summary[f"incremental_{field}"] = median
+            summary[f"ratio_{field}"] = round(median / full[field], 4) if full[field] else None
+    summary.update(
+        checkpoints=checkpoints,
+        records_checked=result["records_checked"],
+        run_seconds=round(result["seconds"], 2),
+        peak_rss_mb=round(result["peak_rss_mb"], 1),
+        state_dir_mb=round(_disk_mb(state_dir), 1) if state_dir.exists() else None,
+        problems=problems,
+    )
+    return summary
+
+
+# -- recovery ---------------------------------------------------------------------------------
+
+
+def build(state_dir: Path | None, keys: int, cache: int, interval: float) -> dict[str, Any]:
+    """A bounded run putting ``keys`` keys in state (LMDB under ``state_dir``, or memory)."""
+    result, events = run_script(_environment(
+        job="keys", keys=keys, state_dir=state_dir, cache=cache if state_dir else None,
+        checkpoint_interval=interval if state_dir else None,
+    ))
+    checkpoints = [e for e in events if e["event"] == CHECKPOINT_COMPLETE]
+    result = _rounded(result)
+    result.update(keys=keys, backend="lmdb" if state_dir else "memory",
+                  keys_per_sec=round(keys / result["seconds"]) if result["seconds"] else None)
+    if state_dir is not None:
+        if not checkpoints:
+            raise ChildFailed(f"the populating run of {keys:,} keys took no checkpoint")
+        result.update(state_cache_size=cache, checkpoint_interval=interval, checkpoints=len(checkpoints),
+                      checkpoint_max_ms=max(int(e["ms"]) for e in checkpoints),
+                      state_dir_mb=round(_disk_mb(state_dir), 1))
+    return result
+
+
+def probe(state_dir: Path, keys: int, records: int) -> dict[str, Any]:
+    """Start a worker on ``state_dir`` and time it up to its first output line and its exit."""
+    env = _environment(job="keys", keys=keys, probe=records, state_dir=state_dir, checkpoint_interval=3600)
+    command = [sys.executable, "-m", "aioflow", "run", f"{JOBS}:app", "--log-format", "json"]
+    with tempfile.TemporaryFile() as stderr:
+        started_wall, started = time.time(), time.perf_counter()
+        process = subprocess.Popen(command, env=env, cwd=HERE.parent, stdout=subprocess.PIPE, stderr=stderr)
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        first_record = time.perf_counter() - started
+        lines = [first, *process.stdout.read().splitlines(keepends=True)] if first else []
+        code = process.wait(timeout=600)
+        exited = time.perf_counter() - started
+        stderr.seek(0)
+        log = stderr.read()
+    if code != 0 or not first:
+        raise ChildFailed(f"the probe run on {state_dir} exited with {code}:\n{log.decode(errors='replace')[-3000:]}")
+    events = {e["event"]: e for e in _log_events(log)}
+    counts = [int(line.split()[1]) for line in lines]
+    result = {
+        "first_record_s": first_record,
+        "exit_s": exited,
+        "job_started_s": _epoch(events["job started"]) - started_wall if "job started" in events else None,
+        "restoring_s": _epoch(events["restoring"]) - started_wall if "restoring" in events else None,
+        "restored": "restoring" in events,
+        "outputs": len(lines),
+        "min_count": min(counts),
+    }
+    return result
+
+
+def recovery(root: Path, sizes: list[int], repeat: int, cache: int, interval: float,
+             builds: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Recovery time for each of ``sizes`` keys, against a start with no state."""
+    probes = 3
+    for keys in sizes:
+        _progress(f"recovery: populating {keys:,} keys (cache {cache:,}, a checkpoint every {interval:g} s)")
+        builds[keys] = build(root / f"keys-{keys}", keys, cache, interval)
+        _progress(f"  {builds[keys]['seconds']:.1f} s, peak RSS {builds[keys]['peak_rss_mb']:.0f} MB, "
+                  f"{builds[keys]['checkpoints']} checkpoints")
+    runs: dict[str, list[dict[str, Any]]] = {"none": [], **{str(keys): [] for keys in sizes}}
+    problems = []
+    for round_ in range(repeat):
+        baseline = root / f"empty-{round_}"
+        runs["none"].append(probe(baseline, 0, probes))
+        shutil.rmtree(baseline, ignore_errors=True)
+        for keys in sizes:
+            run = probe(root / f"keys-{keys}", keys, probes)
+            if not run["restored"] or run["min_count"] < 2:
+                problems.append(f"the run on {keys:,} keys did not restore them (count {run['min_count']})")
+            runs[str(keys)].append(run)
+        _progress("  round {}: {}".format(round_ + 1, ", ".join(
+            f"{name}: {rows[-1]['first_record_s']:.3f} s" for name, rows in runs.items())))
+    if any(run["restored"] for run in runs["none"]):
+        problems.append("the baseline run restored something: its state directory was not empty")
+
+    def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {"runs": len(rows)}
+        for field in ("first_record_s", "restoring_s", "job_started_s", "exit_s"):
+            values = [row[field] for row in rows if row[field] is not None]
+            if values:
+                out[field] = round(statistics.median(values), 3)
+                out[f"min_{field}"] = round(min(values), 3)
+        out["all_first_record_s"] = [round(row["first_record_s"], 3) for row in rows]
+        return out
+
+    report: dict[str, Any] = {"probe_records": probes, "no_state": summary(runs["none"]), "keys": {}}
+    base = report["no_state"]["first_record_s"]
+    smallest = None
+    for keys in sizes:
+        entry = summary(runs[str(keys)])
+        smallest = smallest or entry["first_record_s"]
+        entry["ratio_to_no_state"] = round(entry["first_record_s"] / base, 3)
+        entry["ratio_to_smallest"] = round(entry["first_record_s"] / smallest, 3)
+        entry["state_dir_mb"] = builds[keys]["state_dir_mb"]
+        report["keys"][str(keys)] = entry
+    report["problems"] = problems
+    return report
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(part.replace("_", "")) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated key counts, got {text!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise argparse.ArgumentTypeError(f"key counts must be positive, got {text!r}")
+    return sizes
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Checkpoint cost, recovery time and peak RSS of aioflow's state.")
+    parser.add_argument("--only", action="append", choices=SECTIONS, help="run only this part (repeatable)")
+    parser.add_argument("--keys", type=int, help="quick run: no measurement uses more than this many keys")
+    parser.add_argument("--checkpoint-keys", type=int, default=1_000_000, help="keys of the checkpoint-cost job")
+    parser.add_argument("--touch", type=float, default=0.01, help="fraction of the keys touched between checkpoints")
+    parser.add_argument("--rounds", type=int, default=3, help="incremental checkpoints measured")
+    parser.add_argument(
+        "--checkpoint-interval", type=float, default=20.0, metavar="SECONDS",
+        help="checkpoint interval of the checkpoint-cost job: more than putting in the keys takes (else doubled)",
+    )
+    parser.add_argument("--recovery-keys", type=_sizes, default=[50_000, 1_000_000, 5_000_000],
+                        help="comma-separated state sizes (keys) to recover")
+    parser.add_argument("--repeat", type=int, default=3, help="recovery runs per size (median and min reported)")
+    parser.add_argument("--rss-keys", type=int, default=5_000_000, help="keys of the peak-RSS run with LMDB")
+    parser.add_argument("--memory-keys", type=int, help="keys of the memory-backend run (default: --rss-keys)")
+    parser.add_argument("--cache", type=int, default=100_000, help="state_cache_size of the LMDB runs")
+    parser.add_argument("--build-interval", type=float, default=0.25, metavar="SECONDS",
+                        help="checkpoint interval of the populating runs (recovery and RSS)")
+    parser.add_argument("--state-root", type=Path, help="where the state directories go (default: the temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the state directories")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    args = parser.parse_args(argv)
+    args.only = args.only or list(SECTIONS)
+    args.memory_keys = args.memory_keys or args.rss_keys
+    if args.keys is not None:
+        if args.keys < 1:
+            parser.error("--keys must be positive")
+        cap = args.keys
+        args.checkpoint_keys = min(args.checkpoint_keys, cap)
+        args.recovery_keys = sorted({min(keys, cap) for keys in args.recovery_keys})
+        args.rss_keys, args.memory_keys = min(args.rss_keys, cap), min(args.memory_keys, cap)
+    if not 0 < args.touch <= 1 or args.rounds < 1 or args.repeat < 1 or args.checkpoint_interval <= 0:
+        parser.error("--touch must be in (0, 1]; --rounds, --repeat and --checkpoint-interval positive")
+    return args
+
+
+def _text(results: dict[str, Any]) -> str:
+    lines = []
+    cost = results.get("checkpoint")
+    if cost and "full_ms" in cost:
+        lines += [
+            f"checkpoint cost, {cost['keys']:,} keys, {cost['touched_fraction']:.1%} touched "
+            f"(median of {len([c for c in cost['checkpoints'] if c['phase'] > 0])} incremental checkpoints):",
+            f"  {'':22}{'full copy':>14}{'incremental':>14}{'ratio':>9}",
+        ]
+        for field, label in (("ms", "duration ms (logged)"), ("bytes", "size bytes"),
+                             ("barrier_to_durable_ms", "barrier->durable ms")):
+            lines.append(f"  {label:22}{cost[f'full_{field}']:>14,.0f}{cost[f'incremental_{field}']:>14,.0f}"
+                         f"{cost[f'ratio_{field}']:>9.4f}")
+        lines.append(f"  run {cost['run_seconds']} s, peak RSS {cost['peak_rss_mb']} MB")
+    rec = results.get("recovery")
+    if rec:
+        base = rec["no_state"]
+        lines += ["recovery: process start to first record (median; min)",
+                  f"  no state      {base['first_record_s']:.3f} s; {base['min_first_record_s']:.3f} s"]
+        for keys, entry in rec["keys"].items():
+            lines.append(f"  {int(keys):>9,} keys {entry['first_record_s']:.3f} s; {entry['min_first_record_s']:.3f} s"
+                         f"   x{entry['ratio_to_no_state']:.2f} of no state, x{entry['ratio_to_smallest']:.2f} of "
+                         f"the smallest, restoring logged at {entry.get('restoring_s', float('nan')):.3f} s, "
+                         f"{entry['state_dir_mb']} MB on disk")
+    rss = results.get("rss")
+    if rss:
+        lines.append("peak RSS of the populating run:")
+        for run in (rss.get("lmdb"), rss.get("memory")):
+            if run:
+                extra = (f", cache {run['state_cache_size']:,}, {run['checkpoints']} checkpoints"
+                         if run["backend"] == "lmdb" else "")
+                lines.append(f"  {run['backend']:6} {run['keys']:>9,} keys: {run['peak_rss_mb']:.0f} MB "
+                             f"(anon {run['peak_anon_mb']:.0f}, file {run['peak_file_mb']:.0f}), "
+                             f"{run['seconds']:.1f} s{extra}")
+    for section, result in results.items():
+        if isinstance(result, dict):
+            lines += [f"{section}: PROBLEM: {problem}" for problem in result.get("problems", [])]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.state_root is not None:
+        args.state_root.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="aioflow-state-bench-", dir=args.state_root))
+    results: dict[str, Any] = {}
+    builds: dict[int, dict[str, Any]] = {}
+    started = time.perf_counter()
+    try:
+        if "checkpoint" in args.only:
+            results["checkpoint"] = checkpoint_cost(root, args.checkpoint_keys, args.touch, args.rounds,
+                                                    args.checkpoint_interval, args.cache)
+        if "recovery" in args.only:
+            results["recovery"] = recovery(root, args.recovery_keys, args.repeat, args.cache, args.build_interval,
+                                           builds)
+        if "rss" in args.only:
+            lmdb = builds.get(args.rss_keys)
+            if lmdb is None:
+                _progress(f"rss: populating {args.rss_keys:,} keys in LMDB (cache {args.cache:,})")
+                lmdb = build(root / f"rss-{args.rss_keys}", args.rss_keys, args.cache, args.build_interval)
+            _progress(f"rss: populating {args.memory_keys:,} keys in memory")
+            results["rss"] = {"lmdb": lmdb, "memory": build(None, args.memory_keys, args.cache, args.build_interval)}
+    except ChildFailed as exc:
+        print(f"state.py: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep:
+            _progress(f"state directories kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["python"] = sys.version.split()[0]
+    print(orjson.dumps(results).decode() if args.json else _text(results), flush=True)
+    problems = [p for r in results.values() if isinstance(r, dict) for p in r.get("problems", [])]
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The jobs ``state.py`` measures, configured by environment variables, so that one file
+runs both as ``python -m aioflow run benchmarks/state_jobs.py:app`` (a real worker's
+process start, for recovery times) and as ``python benchmarks/state_jobs.py`` (the job,
+then its peak memory and run time on a ``@@state-result`` line of stdout).
+
+``BENCH_JOB=keys`` (populate, then probe): a source of keys ``k0`` .. ``k<N-1>`` and a
+probe source, unioned, keyed by key, into ``count`` (a value-state counter per key). Only
+probe records produce output: ``"<key> <count>"``, printed by a sink. A bounded populating
+run (no probe records) leaves a checkpoint of N keys; a later run on the same state
+directory restores it: the keys source resumes at its end (nothing left) while the probe
+source (which keeps no position) sends its records, and a count above 1 shows the state
+was restored.
+
+``BENCH_JOB=touch`` (checkpoint cost): a source in phases into the same ``count``. Phase 0
+sends every key once; each later phase a random ``BENCH_TOUCH`` fraction of them. A phase
+starts only after the checkpoint taken after the previous one has *completed* (its
+``checkpoints/chk-<id>.json`` exists), so each checkpoint holds exactly one phase. At
+every barrier the source logs ``touch barrier`` with what it had sent; ``state.py``
+pairs those events with the ``checkpoint complete`` events of the same log.
+
+Environment: ``BENCH_JOB``, ``BENCH_KEYS``, ``BENCH_PROBE`` (probe records, default 0),
+``BENCH_STATE_DIR`` (absent: memory backend), ``BENCH_CHECKPOINT_INTERVAL`` (seconds),
+``BENCH_CACHE`` (``state_cache_size``), ``BENCH_TOUCH``, ``BENCH_ROUNDS``, ``BENCH_SEED``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import structlog
+
+import aioflow as af
+
+__all__ = ["RESULT_PREFIX", "TOUCH_BARRIER", "app", "build_app"]
+
+#: Marks the line of stdout on which a script run reports its measurement.
+RESULT_PREFIX = "@@state-result "
+#: The log event of the touch source at each barrier.
+TOUCH_BARRIER = "touch barrier"
+
+log = structlog.get_logger("benchmarks.state")
+
+
+class Count(af.KeyedProcessFunction):
+    """A counter per key; a probe record ``(key, 1)`` is answered with ``"key count"``."""
+
+    def open(self, ctx: af.OperatorContext) -> None:
+        self.count = ctx.value_state("n", default=0)
+
+    def process_element(self, value: tuple[str, int], ctx: af.OperatorContext) -> Iterator[str]:
+        n = self.count.value() + 1
+        self.count.update(n)
+        if value[1]:
+            yield f"{value[0]} {n}"
+
+
+# -- the keys source: resumes in O(1) ------------------------------------------------------
+
+
+class _KeysReader(af.SourceReader):
+    def __init__(self, keys: int) -> None:
+        self._keys = keys
+        self._next = 0
+
+    async def read(self, max_records: int, timeout: float) -> af.SourceBatch | None:
+        start = self._next
+        if start >= self._keys:
+            return None
+        end = self._next = min(start + max_records, self._keys)
+        return af.SourceBatch([(f"k{i}", 0) for i in range(start, end)])
+
+    def position(self) -> int:
+        return self._next
+
+    def restore(self, position: Any) -> None:
+        self._next = int(position)
+
+
+class KeysSource(af.Source):
+    """``("k<i>", 0)`` for ``i`` in ``range(keys)``; its position is ``i``, so a restore
+    resumes without reading what came before (unlike ``from_iterable``, which skips)."""
+
+    default_name = "keys"
+    max_parallelism = 1
+    replayable = True
+
+    def __init__(self, keys: int) -> None:
+        self.keys = keys
+
+    def create_reader(self, subtask_index: int, parallelism: int) -> af.SourceReader:
+        return _KeysReader(self.keys)
+
+
+class _ProbeReader(af.SourceReader):
+    def __init__(self, records: list[tuple[str, int]]) -> None:
+        self._records = records
+
+    async def read(self, max_records: int, timeout: float) -> af.SourceBatch | None:
+        records, self._records = self._records, []
+        return af.SourceBatch(records) if records else None
+
+
+class ProbeSource(af.Source):
+    """``("k<i>", 1)`` for ``i`` in ``range(records)``, in every run: it keeps no position,
+    so each restart on the same state directory probes again."""
+
+    default_name = "probe"
+    max_parallelism = 1
+
+    def __init__(self, records: int) -> None:
+        self.records = records
+
+    def create_reader(self, subtask_index: int, parallelism: int) -> af.SourceReader:
+        return _ProbeReader([(f"k{i}", 1) for i in range(self.records)])
+
+
+# -- the touch source: one phase per checkpoint --------------------------------------------
+
+
+class _PhasedReader(af.SourceReader):
+    IDLE_SLEEP = 0.002  # between reads while waiting: a barrier comes at most this late
+
+    def __init__(self, keys: int, fraction: float, rounds: int, seed: int, records: Path) -> None:
+        self._keys = keys
+        self._touched = max(1, round(keys * fraction))
+        self._rounds = rounds
+        self._random = random.Random(seed)
+        self._records = records
+        self._phase = 0
+        self._phase_keys: Sequence[int] = range(keys)
+        self._offset = 0
+        self._barriers = 0  # position() calls so far: one per checkpoint, ids from 1
+        self._checkpoint_after_phase: int | None = None
+        self._exhausted = False
+
+    async def read(self, max_records: int, timeout: float) -> af.SourceBatch | None:
+        if self._offset >= len(self._phase_keys):
+            after = self._checkpoint_after_phase
+            if after is None or not (self._records / f"chk-{after}.json").exists():
+                await anyio.sleep(min(timeout, self.IDLE_SLEEP))
+                return af.SourceBatch([])
+            if self._phase == self._rounds:
+                self._exhausted = True
+                return None
+            self._phase += 1
+            self._phase_keys = self._random.sample(range(self._keys), self._touched)
+            self._offset = 0
+            self._checkpoint_after_phase = None
+        start = self._offset
+        self._offset = end = min(start + max_records, len(self._phase_keys))
+        return af.SourceBatch([(f"k{i}", 0) for i in self._phase_keys[start:end]])
+
+    def position(self) -> dict[str, int]:
+        self._barriers += 1
+        complete = self._offset >= len(self._phase_keys)
+        if complete and self._checkpoint_after_phase is None and not self._exhausted:
+            self._checkpoint_after_phase = self._barriers
+        log.info(TOUCH_BARRIER, barrier=self._barriers, phase=self._phase, sent=self._offset,
+                 phase_size=len(self._phase_keys), complete=complete, final=self._exhausted)
+        return {"phase": self._phase, "sent": self._offset}
+
+
+class PhasedSource(af.Source):
+    """Every key once, then ``rounds`` random ``fraction`` s of them, one per checkpoint."""
+
+    default_name = "phases"
+    max_parallelism = 1
+
+    def __init__(self, keys: int, fraction: float, rounds: int, seed: int, state_dir: Path) -> None:
+        self.keys, self.fraction, self.rounds, self.seed = keys, fraction, rounds, seed
+        self.records = state_dir / "checkpoints"
+
+    def create_reader(self, subtask_index: int, parallelism: int) -> af.SourceReader:
+        return _PhasedReader(self.keys, self.fraction, self.rounds, self.seed, self.records)
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+
+def build_app(environ: dict[str, str] | os._Environ[str]) -> af.App:
+    """The app ``environ`` describes (see the module docstring)."""
+    job = environ.get("BENCH_JOB", "keys")
+    keys = int(environ.get("BENCH_KEYS", "0"))
+    state_dir = environ.get("BENCH_STATE_DIR")
+    options: dict[str, Any] = {}
+    if state_dir:
+        interval = environ.get("BENCH_CHECKPOINT_INTERVAL")
+        options.update(state_dir=state_dir, state_backend="lmdb",
+                       checkpoint_interval=float(interval) if interval else None)
+        if "BENCH_CACHE" in environ:
+            options["state_cache_size"] = int(environ["BENCH_CACHE"])
+    app = af.App(f"state-{job}", **options)
+    if job == "touch":
+        if not state_dir:
+            raise ValueError("the touch job needs BENCH_STATE_DIR: it measures checkpoints")
+        source = PhasedSource(keys, float(environ.get("BENCH_TOUCH", "0.01")), int(environ.get("BENCH_ROUNDS", "4")),
+                              int(environ.get("BENCH_SEED", "1")), Path(state_dir))
+        app.source(source, name="phases").key_by(lambda r: r[0]).process(Count(), name="count")
+        return app
+    if job != "keys":
+        raise ValueError(f"BENCH_JOB must be 'keys' or 'touch', got {job!r}")
+    probe = ProbeSource(int(environ.get("BENCH_PROBE", "0")))
+    records = app.source(KeysSource(keys), name="keys").union(app.source(probe, name="probe"))
+    records.key_by(lambda r: r[0]).process(Count(), name="count").sink(af.PrintSink(), name="out")
+    return app
+
+
+app = build_app(os.environ)
+
+
+# -- script mode: run, then report time and peak memory ---------------------------------------
+
+
+def _status() -> dict[str, int]:
+    """``VmHWM``, ``RssAnon`` and ``RssFile`` of this process, in kB."""
+    fields = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in ("VmHWM", "RssAnon", "RssFile"):
+                fields[name] = int(value.split()[0])
+    return fields
+
+
+class _PeakSampler(threading.Thread):
+    """Samples ``RssAnon`` and ``RssFile`` every ``interval`` s: ``VmHWM`` is their peak sum;
+    this says how much of it was the process's own memory and how much mapped LMDB pages."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        super().__init__(name="peak-sampler", daemon=True)
+        self.interval = interval
+        self.peak_anon = self.peak_file = 0
+        self._done = threading.Event()
+
+    def sample(self) -> None:
+        fields = _status()
+        self.peak_anon = max(self.peak_anon, fields.get("RssAnon", 0))
+        self.peak_file = max(self.peak_file, fields.get("RssFile", 0))
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+        self.sample()
+
+
+def main() -> int:
+    sampler = _PeakSampler()
+    sampler.start()
+    started = time.perf_counter()
+    app.run()
+    seconds = time.perf_counter() - started
+    sampler.stop()
+    result = {
+        "seconds": seconds,
+        "peak_rss_mb": _status().get("VmHWM", 0) / 1024,
+        "peak_anon_mb": sampler.peak_anon / 1024,
+        "peak_file_mb": sampler.peak_file / 1024,
+    }
+    sys.stdout.write(RESULT_PREFIX + orjson.dumps(result).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
