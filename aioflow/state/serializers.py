@@ -1,12 +1,13 @@
 """How state values and keys become bytes, and back.
 
-Values use a :class:`Serializer` chosen per state (``ctx.value_state("n", serializer=...)``)
-or per app (``App(state_serializer=...)``). The default, :class:`JsonSerializer`, is
-orjson: ``None``, ``bool``, ``int``, ``float``, ``str``, lists and dicts with ``str`` keys
-round-trip exactly; tuples come back as lists, dataclasses as dicts; anything else
-(sets, ``datetime``, ``bytes``, custom classes) is refused with an error naming the
-operator, the state and the type. :class:`PickleSerializer` keeps any picklable object
-as it is, at some cost in speed and size.
+Values use a :class:`Serializer` chosen per state (``ctx.value_state("n", serializer=...)``).
+The default, :class:`JsonSerializer`, is orjson: ``None``, ``bool``, ``int``, finite
+``float``, ``str``, lists and dicts with ``str`` keys round-trip exactly; tuples come back
+as lists, ``UUID`` and ``Enum`` values as their JSON value, NaN and infinities as ``None``
+(JSON has no such numbers). ``datetime``, dataclasses, sets, ``bytes`` and other classes
+are refused with an error naming the operator, the state and the type, rather than
+coming back as something else. :class:`PickleSerializer` keeps any picklable object as it
+is, at some cost in speed and size.
 
 Keys are encoded with :func:`encode_key` (JSON, tuples kept as tuples on the way back):
 they must be the same bytes in every process, which rules out pickle.
@@ -18,6 +19,9 @@ import pickle
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
+
+#: Types orjson would turn into strings or dicts: refused, so none comes back as another type.
+_REFUSE = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 __all__ = ["JsonSerializer", "PickleSerializer", "Serializer", "decode_key", "encode_key", "serializer_named"]
 
@@ -42,7 +46,7 @@ class JsonSerializer:
     def dumps(self, value: Any) -> bytes:
         # A right-sized copy: orjson (3.12+) leaves ~4 KB allocated behind each result, and
         # serialised state waits in snapshots until its checkpoint commits.
-        return bytes(memoryview(orjson.dumps(value)))
+        return bytes(memoryview(orjson.dumps(value, option=_REFUSE)))
 
     def loads(self, data: bytes) -> Any:
         return orjson.loads(data)
@@ -94,8 +98,9 @@ def _state_key(obj: Any) -> Any:
 
 def encode_key(key: Any) -> bytes:
     """Bytes of a key (or window namespace) that are the same in every process. Objects
-    that JSON cannot carry may say what stands for them with a ``state_key()`` method."""
-    return orjson.dumps(key, default=_state_key)
+    that JSON cannot carry may say what stands for them with a ``state_key()`` method;
+    others raise ``TypeError``."""
+    return orjson.dumps(key, default=_state_key, option=_REFUSE)
 
 
 def _tuples(value: Any) -> Any:

@@ -183,12 +183,22 @@ class StateTable:
     # -- snapshot, eviction and restore ----------------------------------------------------
 
     def stored_key(self, key_group: int, namespace: Any, key: Any) -> bytes:
-        return self._namespace_prefix(key_group, namespace) + encode_key(key)
+        return self._namespace_prefix(key_group, namespace) + self._encode(key)
 
     def _namespace_prefix(self, key_group: int, namespace: Any) -> bytes:
         """What every stored key of ``namespace`` in ``key_group`` starts with."""
-        ns = b"" if namespace is None else encode_key(namespace)
+        ns = b"" if namespace is None else self._encode(namespace)
         return _HEAD.pack(self.table_id, key_group) + _LEN.pack(len(ns)) + ns
+
+    def _encode(self, key: Any) -> bytes:
+        try:
+            return encode_key(key)
+        except TypeError as exc:
+            raise StateError(
+                f"operator {self.operator!r}: state {self.name!r} cannot store a key of type {type(key).__name__} "
+                f"({exc}); keys must be str, int, float, bool, None or tuples of them, or objects with a "
+                "state_key() method that returns one of those"
+            ) from exc
 
     def _dumps(self, value: Any) -> bytes:
         try:
@@ -229,11 +239,12 @@ class StateTable:
                 continue
             self.stored_in.add(namespace)
             entries = self.namespaces.get(namespace, {})
-            ns = b"" if namespace is None else encode_key(namespace)
+            ns = b"" if namespace is None else self._encode(namespace)
             part = _LEN.pack(len(ns)) + ns
+            encode = self._encode
             for key in keys:
                 value = entries.get(key, MISSING)
-                stored = head(table_id, group_of(key)) + part + encode_key(key)
+                stored = head(table_id, group_of(key)) + part + encode(key)
                 writes.append((stored, None if value is MISSING else dumps(value)))
             keys.clear()  # in place: markers handed out stay live
         self.pending.update(writes)

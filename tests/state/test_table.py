@@ -441,3 +441,22 @@ def test_an_entry_evicted_while_its_snapshot_is_pending_is_still_found(durable):
     backend.confirm()
     backend.trim()
     assert sorted(table.keys_in("w")) == ["a", "b"]
+
+
+def test_json_refuses_values_and_keys_that_would_come_back_as_another_type(durable):
+    import dataclasses
+    import datetime
+
+    @dataclasses.dataclass(frozen=True)
+    class UserKey:
+        name: str
+
+    backend = durable.open()
+    table = backend.table("op", "t", "value")
+    table.put("a", datetime.datetime(2026, 1, 1))
+    with pytest.raises(StateError, match="operator 'op': state 't' cannot serialise a value of type datetime"):
+        backend.snapshot()
+    table.delete("a")
+    table.put(UserKey("u"), 1)
+    with pytest.raises(StateError, match="cannot store a key of type UserKey.*state_key"):
+        backend.snapshot()
