@@ -150,7 +150,8 @@ class CheckpointCoordinator:
         operators = {
             name: [by_index[i] for i in sorted(by_index)] for name, by_index in pending.states.items()
         }
-        metadata = CheckpointMetadata(pending.checkpoint_id, pending.kind, now_ms(), operators=operators)
+        metadata = CheckpointMetadata(pending.checkpoint_id, pending.kind, now_ms(), operators=operators,
+                                      max_parallelism=self.tasks[0].env.max_parallelism if self.tasks else 0)
         writes = [write for part in pending.writes for write in part]
         keep = set().union(*(task.env.state_backend.spilled_keys() for task in self.tasks))
         metadata.duration_ms = int((time.monotonic() - pending.started) * 1000)

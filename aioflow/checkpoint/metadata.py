@@ -23,10 +23,12 @@ __all__ = ["CheckpointMetadata"]
 @dataclass
 class CheckpointMetadata:
     checkpoint_id: int
-    kind: str  # "checkpoint" or "savepoint"
+    kind: str  # "checkpoint", "savepoint", or "final" (taken when every task had finished)
     time_ms: int
     duration_ms: int = 0
     size_bytes: int = 0
+    #: Key groups of the job (0: not recorded); keyed state cannot be split another way.
+    max_parallelism: int = 0
     #: operator name -> one state per subtask (index = subtask), as snapshot_state returned it.
     operators: dict[str, list[Any]] = field(default_factory=dict)
 
@@ -38,6 +40,7 @@ class CheckpointMetadata:
                 "time_ms": self.time_ms,
                 "duration_ms": self.duration_ms,
                 "size_bytes": self.size_bytes,
+                "max_parallelism": self.max_parallelism,
                 "operators": self.operators,
             },
             option=orjson.OPT_SORT_KEYS,
@@ -59,6 +62,7 @@ class CheckpointMetadata:
                 time_ms=int(fields["time_ms"]),
                 duration_ms=int(fields["duration_ms"]),
                 size_bytes=int(fields["size_bytes"]),
+                max_parallelism=int(fields.get("max_parallelism", 0)),
                 operators=dict(fields["operators"]),
             )
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:

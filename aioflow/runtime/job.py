@@ -31,7 +31,7 @@ from aioflow.runtime.restart import NoRestart, RestartStrategy
 from aioflow.runtime.task import NetworkOutput, SourceTask, StreamTask, SubtaskEnvironment
 from aioflow.runtime.writer import FORWARD, RecordWriter
 from aioflow.state.backend import DEFAULT_CACHE_SIZE, StateBackend
-from aioflow.state.lmdb import LmdbStore
+from aioflow.state.lmdb import LmdbStore, StateDirLock
 from aioflow.time.watermarks import PERIODIC_WATERMARK_INTERVAL, SourceWatermarks
 
 __all__ = ["Job", "RuntimeConfig"]
@@ -255,29 +255,52 @@ class Job:
             if config.from_savepoint is not None:
                 raise StateError("restoring from a savepoint needs a state_dir to restore into")
             return None, None
-        if config.from_savepoint is not None and install_savepoint:
-            _install_savepoint(Path(config.from_savepoint), Path(config.state_dir))
-        store = LmdbStore(config.state_dir)
+        lock = StateDirLock(config.state_dir)  # before a savepoint replaces what another worker uses
+        try:
+            if config.from_savepoint is not None and install_savepoint:
+                _install_savepoint(Path(config.from_savepoint), Path(config.state_dir))
+        except BaseException:
+            lock.release()
+            raise
+        store = LmdbStore(config.state_dir, lock=lock)
         data = store.read_meta(b"checkpoint")
         if data is None:
             return store, None
         try:
             metadata = CheckpointMetadata.decode(data, f"state directory {config.state_dir}")
-            names = {node.name for task in self.plan.tasks for node in task.nodes}
-            gone = sorted({name.split("#")[0] for name in metadata.operators} - names
-                          | store.operators() - names)
-            if gone and not config.allow_non_restored_state:
-                raise StateError(
-                    f"state directory {config.state_dir}: checkpoint {metadata.checkpoint_id} has state of "
-                    f"operators {gone} that the job no longer has; restore anyway with "
-                    "--allow-non-restored-state (that state is then dropped)"
-                )
+            self._check_restorable(store, metadata)
         except BaseException:
             store.close()
             raise
         log.info("restoring", checkpoint=metadata.checkpoint_id, kind=metadata.kind, state_dir=config.state_dir,
                  taken_at=metadata.time_ms)
+        if metadata.kind == "final":
+            log.warning("the state directory holds the final checkpoint of a job that ended (its input ended or a "
+                        "stop drained it): sources resume where they ended, and its windows have fired: records "
+                        "older than its watermark are late", state_dir=config.state_dir)
         return store, metadata
+
+    def _check_restorable(self, store: LmdbStore, metadata: CheckpointMetadata) -> None:
+        """Refuse a checkpoint this job cannot take as it is; drop the state of removed
+        operators when the user allowed it."""
+        config = self.config
+        where = f"state directory {config.state_dir}: checkpoint {metadata.checkpoint_id}"
+        if metadata.max_parallelism and metadata.max_parallelism != config.max_parallelism:
+            raise StateError(f"{where} was taken with max_parallelism {metadata.max_parallelism} and the app now has "
+                             f"{config.max_parallelism}: keyed state is split into max_parallelism key groups, "
+                             "which cannot change across a restore")
+        names = {node.name for task in self.plan.tasks for node in task.nodes}
+        gone = sorted({name.split("#")[0] for name in metadata.operators} - names | store.operators() - names)
+        if not gone:
+            return
+        if not config.allow_non_restored_state:
+            raise StateError(f"{where} has state of operators {gone} that the job no longer has; restore anyway "
+                             "with --allow-non-restored-state (that state is then dropped)")
+        metadata.operators = {name: states for name, states in metadata.operators.items()
+                              if name.split("#")[0] not in gone}
+        store.forget_operators(set(gone), {b"checkpoint": metadata.encode()})
+        log.warning("dropped the state of operators the job no longer has", operators=gone,
+                    state_dir=config.state_dir)
 
     async def run(self) -> None:
         """Run until every task finished; raise the first failure, once the restart
@@ -393,7 +416,7 @@ class Job:
                      seconds=round(time.perf_counter() - started, 3))
             return
         if coordinator is not None:
-            await coordinator.checkpoint()  # every task finished: their final states, for a restart
+            await coordinator.checkpoint("final")  # every task finished: their final states, for a restart
         log.info("job finished", app=plan.app_name, seconds=round(time.perf_counter() - started, 3))
 
 

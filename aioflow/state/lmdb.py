@@ -17,6 +17,9 @@ transaction per eviction round and per checkpoint, never one per record.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +29,7 @@ import structlog
 
 from aioflow.errors import StateError
 
-__all__ = ["FORMAT", "LmdbStore"]
+__all__ = ["FORMAT", "LmdbStore", "StateDirLock"]
 
 log = structlog.get_logger("aioflow.state")
 
@@ -34,13 +37,50 @@ FORMAT = b"aioflow-state/1"
 _INITIAL_MAP_SIZE = 64 * 1024 * 1024
 
 
-class LmdbStore:
-    """See the module docstring. One per worker process, shared by its subtasks."""
+class StateDirLock:
+    """An exclusive lock on a state directory (``flock`` on ``state_dir/lock``): two workers
+    on one directory would overwrite each other's checkpoints and output."""
 
-    def __init__(self, path: str | Path, *, map_size: int = _INITIAL_MAP_SIZE) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=True, exist_ok=True)
+            self._file = open(path / "lock", "a+")  # noqa: SIM115 - held until release()
+        except OSError as exc:
+            raise StateError(f"state directory {path}: cannot open it: {exc}") from exc
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise StateError(f"state directory {path} is in use by {holder}; each worker needs its own "
+                             "state_dir") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"process {os.getpid()}")
+        self._file.flush()
+
+    def release(self) -> None:
+        self._file.close()  # closing drops the lock
+
+
+class LmdbStore:
+    """See the module docstring. One per worker process, shared by its subtasks; it holds
+    the directory's :class:`StateDirLock` (its own, or ``lock`` if given) until closed."""
+
+    def __init__(self, path: str | Path, *, map_size: int = _INITIAL_MAP_SIZE,
+                 lock: StateDirLock | None = None) -> None:
+        self.path = Path(path)
+        self._lock = lock if lock is not None else StateDirLock(self.path)
+        try:
+            self._open(map_size)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, map_size: int) -> None:
+        try:
             self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=4, subdir=True, readahead=False)
         except (lmdb.Error, OSError) as exc:
             raise self._unreadable(exc) from exc
@@ -103,6 +143,25 @@ class LmdbStore:
         table_id = max(ids, default=0) + 1
         self._tables[name] = {"id": table_id, "kind": kind, "serializer": serializer, "committed": False}
         return table_id, False
+
+    def forget_operators(self, operators: set[str], meta: dict[bytes, bytes]) -> None:
+        """Delete the state of ``operators`` (gone from the job) and store ``meta`` with the
+        checkpoint's metadata updated to match, in one transaction."""
+        doomed = {name: t for name, t in self._tables.items() if name.split("\x1f", 1)[0] in operators}
+        prefixes = [struct.pack(">I", int(t["id"])) for t in doomed.values()]  # type: ignore[call-overload]
+        for name in doomed:
+            del self._tables[name]
+
+        def write(txn: lmdb.Transaction) -> None:
+            for prefix in prefixes:
+                cursor = txn.cursor(db=self._state)
+                if cursor.set_range(prefix):
+                    while cursor.key().startswith(prefix) and cursor.delete():
+                        pass
+            for key, value in {**meta, b"tables": orjson.dumps(self._tables)}.items():
+                txn.put(key, value, db=self._meta)
+
+        self._write(write)
 
     def operators(self) -> set[str]:
         """Operators with state in the last checkpoint."""
@@ -219,3 +278,4 @@ class LmdbStore:
     def close(self) -> None:
         self._read.abort()
         self.env.close()
+        self._lock.release()

@@ -342,6 +342,36 @@ async def test_state_of_a_removed_operator_is_refused_unless_allowed(tmp_path: P
     await _run(app, allow_non_restored_state=True)
     assert sink.results == [("x", 3)]  # "a" restored its counts; the source went on where it was
 
+    # The dropped state is gone for good: the next restart needs no flag.
+    app, sink = _two_operator_app(tmp_path, ["x", "y", "x", "x", "y"], with_b=False)
+    await _run(app)
+    assert sink.results == [("y", 2)]
+    store = LmdbStore(tmp_path)
+    try:
+        assert store.operators() == {"a"}
+    finally:
+        store.close()
+
+
+async def test_a_changed_max_parallelism_is_refused(tmp_path: Path) -> None:
+    app, _ = _two_operator_app(tmp_path, ["x", "y"], with_b=False)
+    await _run(app)
+    app = af.App("two", state_dir=str(tmp_path), checkpoint_interval=NO_PERIODIC_CHECKPOINT, max_parallelism=64)
+    app.source(af.from_iterable(["x"]), name="src").key_by(lambda v: v).process(Count, name="a").sink(
+        af.CollectSink(), name="out")
+    with pytest.raises(StateError, match="taken with max_parallelism 128 and the app now has 64"):
+        await _run(app)
+
+
+def test_one_state_directory_serves_one_worker(tmp_path: Path) -> None:
+    first = LmdbStore(tmp_path)
+    try:
+        with pytest.raises(StateError, match=rf"state directory {tmp_path} is in use by process \d+"):
+            LmdbStore(tmp_path)
+    finally:
+        first.close()
+    LmdbStore(tmp_path).close()  # free again once closed
+
 
 async def test_a_state_declared_with_another_serializer_is_refused(tmp_path: Path) -> None:
     def app_with(serializer: str) -> af.App:
