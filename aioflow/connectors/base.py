@@ -128,9 +128,12 @@ class SinkWriter:
 
     ``flush_interval`` (seconds, or ``None``) asks the runtime to call :meth:`flush` that
     long after a write that was not flushed yet, even if no record follows it.
+    ``resuming`` is set before :meth:`open` when the job resumes from a checkpoint: what
+    the destination already holds came from records before it, so keep it.
     """
 
     flush_interval: float | None = None
+    resuming: bool = False
 
     async def open(self) -> None:
         """Acquire resources."""

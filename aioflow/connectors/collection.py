@@ -13,6 +13,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from aioflow.connectors.base import Source, SourceBatch, SourceReader
+from aioflow.errors import StateError
 
 __all__ = ["from_iterable"]
 
@@ -160,11 +161,19 @@ class _IterableSource(Source):
             raise TypeError(f"from_iterable() takes an iterable or async iterable, got {type(iterable).__name__}")
         self.iterable = iterable
         self.replayable = not isinstance(iterable, (AsyncIterable, io.IOBase))
+        self._used = False
 
     def create_reader(self, subtask_index: int, parallelism: int) -> SourceReader:
-        if isinstance(self.iterable, io.IOBase):
-            return _FileObjectReader(self.iterable)
-        return _IterableReader(self.iterable)
+        iterable = self.iterable
+        if self._used and (isinstance(iterable, (Iterator, AsyncIterator, io.IOBase))):
+            raise StateError(
+                f"from_iterable({type(iterable).__name__}) can be read only once, and the job restarted in this "
+                "process would find it used up; give it a list (or another collection), which can be read again"
+            )
+        self._used = True
+        if isinstance(iterable, io.IOBase):
+            return _FileObjectReader(iterable)
+        return _IterableReader(iterable)
 
 
 def from_iterable(iterable: Iterable[Any] | AsyncIterable[Any]) -> Source:

@@ -292,6 +292,24 @@ def _json_lines(values: list[Any], path: Path) -> bytes:
         raise
 
 
+def _truncate_torn_line(file: IO[bytes]) -> None:
+    """Cut ``file`` after its last newline and leave it positioned at the end."""
+    end = file.seek(0, os.SEEK_END)
+    keep = end
+    while keep > 0:
+        start = max(0, keep - 65536)
+        file.seek(start)
+        chunk = file.read(keep - start)
+        newline = chunk.rfind(b"\n")
+        if newline >= 0:
+            keep = start + newline + 1
+            break
+        keep = start
+    if keep != end:
+        file.truncate(keep)
+    file.seek(keep)
+
+
 class _FileWriter(SinkWriter):
     def __init__(self, path: Path, flush_interval: float) -> None:
         self._path = path
@@ -299,8 +317,14 @@ class _FileWriter(SinkWriter):
         self._file: IO[bytes] | None = None
 
     async def open(self) -> None:
+        """Start the file afresh; on resuming, append to it, after its last whole line (a
+        line torn by a crash came after the checkpoint: its record comes again)."""
         _make_parents(self._path)
-        self._file = open(self._path, "wb", opener=_create_0o644)  # noqa: SIM115 - closed in close()
+        if self.resuming and self._path.exists():
+            self._file = open(self._path, "r+b")  # noqa: SIM115 - closed in close()
+            _truncate_torn_line(self._file)
+        else:
+            self._file = open(self._path, "wb", opener=_create_0o644)  # noqa: SIM115 - closed in close()
 
     async def write(self, values: list[Any]) -> None:
         chunk = _json_lines(values, self._path)

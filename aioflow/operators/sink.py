@@ -46,6 +46,7 @@ class SinkOperator(Operator):
     async def open(self, env: SubtaskEnvironment) -> None:
         await super().open(env)
         self.writer = self.sink.create_writer(env.subtask_index, env.parallelism)
+        self.writer.resuming = env.restored is not None
         await self.writer.open()
         self._two_phase = isinstance(self.writer, TwoPhaseCommitSinkWriter)
 
