@@ -1,6 +1,6 @@
 """examples/durable_counts.py does what its docstring says: killed with SIGKILL after a
-checkpoint and restarted, it writes the same results as a run nobody disturbed. And the
-snippets of the pages that explain it, docs/state.md and docs/fault-tolerance.md, run."""
+checkpoint and restarted, it writes the same results as a run nobody disturbed. (The
+snippets of docs/state.md and docs/fault-tolerance.md run in test_event_time_examples.py.)"""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import orjson
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "durable_counts.py"
@@ -91,23 +90,3 @@ def test_killed_and_restarted_it_writes_the_undisturbed_results(tmp_path: Path) 
     recovered = results(tmp_path / "crashed")
     assert collections.Counter(recovered) == collections.Counter(expected)
     assert per_user(recovered) == per_user(expected)  # each user's results in the same order
-
-
-# -- the docs' snippets ------------------------------------------------------------------
-
-DOCS = ["state.md", "fault-tolerance.md"]
-
-
-def snippets() -> list[object]:
-    params = []
-    for doc in DOCS:
-        blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / doc).read_text(), re.S)
-        assert blocks, doc
-        params += [pytest.param(doc, block, id=f"{doc}[{i}]") for i, block in enumerate(blocks)]
-    return params
-
-
-@pytest.mark.parametrize(("doc", "block"), snippets())
-def test_doc_snippet_runs(doc: str, block: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    exec(compile(block, f"docs/{doc}", "exec"), {"__name__": "__main__"})  # each asserts its own output

@@ -1,5 +1,6 @@
 """The event-time examples print exactly what their docstrings promise, on every run,
-and the snippets of the event-time docs run as written.
+and the snippets of the docs pages (event time, windows, connected streams, state, fault
+tolerance) run as written.
 
 Each example runs through the CLI, as a user would run it. The output must not depend
 on how fast records arrive, so each one also runs with its input trickling in one record
@@ -137,7 +138,7 @@ def test_rule_alerts_do_not_depend_on_which_input_comes_first(slow: str) -> None
 
 # -- the docs' snippets ------------------------------------------------------------------
 
-DOCS = ["event-time.md", "windows.md", "connected-streams.md"]
+DOCS = ["event-time.md", "windows.md", "connected-streams.md", "state.md", "fault-tolerance.md"]
 
 
 def snippets() -> list[Any]:
