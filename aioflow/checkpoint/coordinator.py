@@ -68,7 +68,6 @@ class CheckpointCoordinator:
         self.tolerable_failures = tolerable_failures
         self.last_id = last_id
         self.pending: _Pending | None = None
-        self.completed_count = 0
         self._finished: dict[int, tuple[dict[str, Any], Writes]] = {}
         self._failures = 0
         self._last_end = time.monotonic()
@@ -164,7 +163,6 @@ class CheckpointCoordinator:
         for key, (states, _) in self._finished.items():
             self._finished[key] = (states, [])  # committed: later checkpoints keep just the states
         self._failures = 0
-        self.completed_count += 1
         self._write_record(metadata)
         log.info("checkpoint complete", checkpoint=metadata.checkpoint_id, kind=metadata.kind,
                  ms=metadata.duration_ms, bytes=metadata.size_bytes)

@@ -191,6 +191,7 @@ class Job:
         self._periodic = anyio.CancelScope()  # checkpoints and the savepoint of a stop: only while
         self._savepoint = anyio.CancelScope()  # any task runs
         self._savepoint_wanted = False
+        self._lock: StateDirLock | None = None  # the state directory's, while the job runs
         self._stopping: anyio.Event | None = None  # set by a stop request
         #: How often the job restarted after a failure.
         self.restarts = 0
@@ -255,14 +256,11 @@ class Job:
             if config.from_savepoint is not None:
                 raise StateError("restoring from a savepoint needs a state_dir to restore into")
             return None, None
-        lock = StateDirLock(config.state_dir)  # before a savepoint replaces what another worker uses
-        try:
-            if config.from_savepoint is not None and install_savepoint:
-                _install_savepoint(Path(config.from_savepoint), Path(config.state_dir))
-        except BaseException:
-            lock.release()
-            raise
-        store = LmdbStore(config.state_dir, lock=lock)
+        if self._lock is None:  # held until the job ends, restarts included
+            self._lock = StateDirLock(config.state_dir)  # before a savepoint replaces what another worker uses
+        if config.from_savepoint is not None and install_savepoint:
+            _install_savepoint(Path(config.from_savepoint), Path(config.state_dir))
+        store = LmdbStore(config.state_dir, lock=self._lock)
         data = store.read_meta(b"checkpoint")
         if data is None:
             return store, None
@@ -305,10 +303,19 @@ class Job:
     async def run(self) -> None:
         """Run until every task finished; raise the first failure, once the restart
         strategy gives up (each restart resumes from the last completed checkpoint)."""
+        try:
+            await self._run_and_restart()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    async def _run_and_restart(self) -> None:
         failures: list[float] = []
         strategy = self.config.restart_strategy
         self._stopping = anyio.Event()
         while True:
+            started = time.monotonic()
             store, restored = self._open_state(install_savepoint=self.restarts == 0)
             try:
                 await self._run(store, restored)
@@ -319,9 +326,10 @@ class Job:
                 coordinator = self._coordinator
                 if coordinator is None or self._stop_requested or self._savepoint_wanted:
                     raise
-                if coordinator.completed_count and strategy.resets_on_progress:
-                    failures.clear()  # the restarted job made progress: count afresh
-                failures.append(time.monotonic())
+                now = time.monotonic()
+                if strategy.reset_after is not None and now - started >= strategy.reset_after:
+                    failures.clear()  # it ran a good while: this failure is not the last one repeating
+                failures.append(now)
                 delay = strategy.backoff(failures)
                 if delay is None:
                     log.error("restarts exhausted", app=self.plan.app_name, failures=len(failures),

@@ -9,10 +9,11 @@ thus exhausts the strategy and ends the worker, instead of looping forever. A
 :class:`~aioflow.errors.StateError` (a value that cannot be serialised, a state declared
 anew with another serializer, a full disk) is never retried: a restart would repeat it.
 
-:class:`FixedDelayRestart` and :class:`ExponentialBackoffRestart` count *consecutive*
-failures: once a restarted job completes a checkpoint, it made progress and the count
-starts afresh, so a worker that fails once a week never runs out of attempts.
-:class:`FailureRateRestart` counts the failures within a sliding interval instead.
+:class:`FixedDelayRestart` and :class:`ExponentialBackoffRestart` count failures in a
+row: a job that then ran ``reset_after`` seconds (default 60) without failing starts the
+count afresh, so a worker that fails once a week never runs out of attempts, while one
+that fails on the same record after every restart soon does. :class:`FailureRateRestart`
+counts the failures within a sliding interval instead.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def _check(value: Any, what: str, *, integer: bool = False, minimum: float = 0.0
 class RestartStrategy:
     """Base of the restart strategies; pass one as ``App(restart_strategy=...)``."""
 
-    #: A completed checkpoint after a restart forgets the failures counted so far.
-    resets_on_progress = True
+    #: Seconds a job must run without failing for the failures counted so far to be
+    #: forgotten (``None``: never).
+    reset_after: float | None = None
 
     def backoff(self, failures: list[float]) -> float | None:
         """Seconds to wait before restarting, or ``None`` to fail the job. ``failures`` are
@@ -62,14 +64,18 @@ class NoRestart(RestartStrategy):
 
 @dataclass(frozen=True)
 class FixedDelayRestart(RestartStrategy):
-    """Up to ``attempts`` restarts in a row, ``delay`` seconds apart."""
+    """Up to ``attempts`` restarts in a row, ``delay`` seconds apart. A run of
+    ``reset_after`` seconds without a failure starts the count afresh."""
 
     attempts: int = 3
     delay: float = 1.0
+    reset_after: float | None = 60.0
 
     def __post_init__(self) -> None:
         _check(self.attempts, "FixedDelayRestart attempts", integer=True, minimum=1)
         _check(self.delay, "FixedDelayRestart delay")
+        if self.reset_after is not None:
+            _check(self.reset_after, "FixedDelayRestart reset_after")
 
     def backoff(self, failures: list[float]) -> float | None:
         return self.delay if len(failures) <= self.attempts else None
@@ -78,18 +84,22 @@ class FixedDelayRestart(RestartStrategy):
 @dataclass(frozen=True)
 class ExponentialBackoffRestart(RestartStrategy):
     """Up to ``attempts`` restarts in a row, waiting ``initial_delay`` seconds, then
-    ``multiplier`` times longer each time, at most ``max_delay``."""
+    ``multiplier`` times longer each time, at most ``max_delay``. A run of ``reset_after``
+    seconds without a failure starts the count (and the delay) afresh."""
 
     attempts: int = 5
     initial_delay: float = 0.5
     max_delay: float = 30.0
     multiplier: float = 2.0
+    reset_after: float | None = 60.0
 
     def __post_init__(self) -> None:
         _check(self.attempts, "ExponentialBackoffRestart attempts", integer=True, minimum=1)
         _check(self.initial_delay, "ExponentialBackoffRestart initial_delay")
         _check(self.max_delay, "ExponentialBackoffRestart max_delay")
         _check(self.multiplier, "ExponentialBackoffRestart multiplier", minimum=1)
+        if self.reset_after is not None:
+            _check(self.reset_after, "ExponentialBackoffRestart reset_after")
 
     def backoff(self, failures: list[float]) -> float | None:
         if len(failures) > self.attempts:
@@ -105,8 +115,6 @@ class FailureRateRestart(RestartStrategy):
     max_failures: int = 3
     interval: float = 60.0
     delay: float = 1.0
-
-    resets_on_progress = False
 
     def __post_init__(self) -> None:
         _check(self.max_failures, "FailureRateRestart max_failures", integer=True, minimum=1)

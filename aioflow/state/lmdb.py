@@ -66,18 +66,23 @@ class StateDirLock:
 
 
 class LmdbStore:
-    """See the module docstring. One per worker process, shared by its subtasks; it holds
-    the directory's :class:`StateDirLock` (its own, or ``lock`` if given) until closed."""
+    """See the module docstring. One per worker process, shared by its subtasks. It takes
+    the directory's :class:`StateDirLock` and releases it when closed, unless the caller
+    holds the lock (``lock``) and releases it itself."""
 
     def __init__(self, path: str | Path, *, map_size: int = _INITIAL_MAP_SIZE,
                  lock: StateDirLock | None = None) -> None:
         self.path = Path(path)
-        self._lock = lock if lock is not None else StateDirLock(self.path)
+        self._own_lock = StateDirLock(self.path) if lock is None else None
         try:
             self._open(map_size)
         except BaseException:
-            self._lock.release()
+            self.release_lock()
             raise
+
+    def release_lock(self) -> None:
+        if self._own_lock is not None:
+            self._own_lock.release()
 
     def _open(self, map_size: int) -> None:
         try:
@@ -278,4 +283,4 @@ class LmdbStore:
     def close(self) -> None:
         self._read.abort()
         self.env.close()
-        self._lock.release()
+        self.release_lock()

@@ -74,13 +74,13 @@ def test_an_error_that_repeats_exhausts_the_strategy(tmp_path: Path) -> None:
             raise ValueError("bad record")
         return e
 
-    with pytest.raises(af.OperatorError, match="bad record"):
+    with pytest.raises(af.OperatorError, match="bad record"):  # although checkpoints complete between the tries
         _job(tmp_path, always, af.FixedDelayRestart(attempts=2, delay=0)).run()
     assert len(attempts) == 3  # the first run and two restarts
 
 
-def test_progress_between_failures_starts_the_count_afresh(tmp_path: Path) -> None:
-    """With one attempt allowed, two failures still restart when a checkpoint completed in between."""
+def test_a_job_that_ran_long_enough_starts_the_count_afresh(tmp_path: Path) -> None:
+    """With one attempt allowed, two failures still restart when the job ran ``reset_after`` in between."""
     failed_at: list[int] = []
 
     def twice(e: dict[str, Any]) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def test_progress_between_failures_starts_the_count_afresh(tmp_path: Path) -> No
             raise ConnectionError("flaky")
         return e
 
-    _job(tmp_path, twice, af.FixedDelayRestart(attempts=1, delay=0)).run()
+    _job(tmp_path, twice, af.FixedDelayRestart(attempts=1, delay=0, reset_after=0)).run()
     assert len(failed_at) == 2
     assert _per_key((tmp_path / "out.jsonl").read_bytes()) == _expected(tmp_path)
 
