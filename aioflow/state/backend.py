@@ -42,6 +42,8 @@ class StateBackend:
 
     ``clock`` is processing time in epoch milliseconds, as TTL state sees it (default:
     the wall clock); tests pass a fake one to expire state without sleeping.
+    ``checkpointed`` is false for durable state that is never checkpointed (LMDB for its
+    size alone): timer changes are then not tracked.
     """
 
     def __init__(
@@ -53,8 +55,11 @@ class StateBackend:
         cache_size: int = DEFAULT_CACHE_SIZE,
         serializer: Serializer | None = None,
         clock: Callable[[], int] | None = None,
+        checkpointed: bool = True,
     ) -> None:
         self.store = store
+        #: Snapshots will be taken: track timer changes for them (else timers live in memory only).
+        self.checkpointed = checkpointed
         self.key_groups = key_groups
         self.max_parallelism = max_parallelism
         self.cache_size = cache_size
@@ -129,8 +134,9 @@ class StateBackend:
             for timestamp, _, key in stored:
                 queue.add(timestamp, key if restore is None else restore(key))
             queue.sequence = max((sequence for _, sequence, _ in stored), default=0)
-        queue.changes = {}
-        self._timers.append((table, queue))
+        if self.checkpointed:
+            queue.changes = {}
+            self._timers.append((table, queue))
         return queue
 
     def trim(self) -> None:
