@@ -70,14 +70,17 @@ def write_job(folder: Path, events: int, seed: int) -> dict[str, str]:
 
 
 class Worker:
-    """One ``aioflow run`` process of the job, its log in ``folder/worker.log``."""
+    """One ``aioflow run TARGET`` process (by default the job in ``folder``), its JSON log in
+    ``log`` (default ``folder/worker.log``)."""
 
-    def __init__(self, folder: Path, env: dict[str, str], *args: str) -> None:
-        self.log = folder / "worker.log"
+    def __init__(self, folder: Path, env: dict[str, str], *args: str, target: str | None = None,
+                 log: Path | None = None, cwd: Path | None = None) -> None:
+        self.log = log or folder / "worker.log"
         self._stderr = self.log.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "aioflow", "run", str(folder / "job.py") + ":app", "--log-format", "json", *args],
-            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=self._stderr,
+            [sys.executable, "-m", "aioflow", "run", target or str(folder / "job.py") + ":app",
+             "--log-format", "json", *args],
+            cwd=cwd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=self._stderr,
         )
 
     def text(self) -> str:
