@@ -168,17 +168,14 @@ class _LinesReader(SourceReader):
         }
 
     def restore(self, position: Any) -> None:
-        """Resume each file where it was; a file the position does not know (one added to
-        the source since) is read from its start."""
-        reading = {p["path"]: p for p in position["reading"]}
-        finished = set(position["finished"])
-        active: deque[_FileSplit] = deque()
-        for path in self._files:
-            at = reading.get(str(path))
-            if at is not None:
-                active.append(_FileSplit(path, at["line"], at["offset"]))
-            elif str(path) not in finished:
-                active.append(_FileSplit(path))
+        """Resume each file where it was, taking turns in the recorded order (so records
+        interleave as they would have); a file the position does not know (one added to
+        the source since) is read from its start, after them."""
+        mine = {str(path): path for path in self._files}
+        known = {p["path"] for p in position["reading"]} | set(position["finished"])
+        active = deque(_FileSplit(mine[p["path"]], p["line"], p["offset"])
+                       for p in position["reading"] if p["path"] in mine)
+        active.extend(_FileSplit(path) for name, path in mine.items() if name not in known)
         self._active = active
 
     def statistics(self) -> dict[str, int]:

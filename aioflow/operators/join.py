@@ -163,6 +163,8 @@ class IntervalJoinOperator(Operator):
         self.watermark = min(state["watermark"] for state in states)
 
     async def process_watermark(self, timestamp: int) -> None:
+        if timestamp <= self.watermark:
+            return  # not after a restore's watermark
         self.watermark = timestamp
         for time, (key, side) in self.timers.pop_due(timestamp):
             if side == LEFT:

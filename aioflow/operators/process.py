@@ -127,6 +127,8 @@ class ProcessOperator(Operator):
         ctx = self.ctx
         assert ctx is not None
         service = ctx.timer_service
+        if timestamp <= service.watermark:
+            return  # not after a restore's watermark: its timers fired already
         service.watermark = timestamp
         if self.key_selector is not None:
             await self._fire(service.event_timers.pop_due(timestamp), EVENT_TIME)

@@ -677,6 +677,8 @@ class WindowOperator(Operator):
         await self.emit_collected(collector)
 
     async def process_watermark(self, timestamp: int) -> None:
+        if timestamp <= self.watermark:
+            return  # not after a restore's watermark: those windows fired already
         self.watermark = timestamp
         if self._fast:
             await self._fire_panes(timestamp)

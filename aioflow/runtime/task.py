@@ -385,7 +385,14 @@ class SourceTask(_Task):
                     f"with {env.parallelism}: {exc} (set parallelism= on app.source to pin it)"
                 ) from None
             watermarks = [state.get("watermarks") for state in states]  # the lowest one holds
-        self.reader.restore(position)
+        try:
+            self.reader.restore(position)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise StateError(
+                f"source {self.head.name!r}: the restored checkpoint's position {position!r} does not fit "
+                f"{type(self.source).__name__} ({type(exc).__name__}: {exc}); was the source replaced? Use a new "
+                "source name, or another state_dir"
+            ) from exc
         if self.watermarks is not None and None not in watermarks:
             self.watermarks.restore(watermarks)
 
