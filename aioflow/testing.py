@@ -44,6 +44,7 @@ from aioflow.functions import OutputTag, ProcessFunction
 from aioflow.operators.base import Output
 from aioflow.operators.process import ProcessOperator
 from aioflow.runtime.events import Batch
+from aioflow.runtime.restart import NoRestart
 from aioflow.runtime.task import SubtaskEnvironment
 from aioflow.state.backend import StateBackend
 from aioflow.stream import Stream, instantiate
@@ -65,6 +66,12 @@ def _app_of(streams: tuple[Stream, ...]) -> App:
 SETTINGS = ("parallelism", "max_parallelism", "batch_size", "linger", "channel_capacity", "watermark_interval")
 
 
+#: How a test run keeps state: in memory, whatever the app says.
+_IN_MEMORY: dict[str, Any] = {"state_dir": None, "state_backend": "memory", "checkpoint_interval": None,
+                              "restart_strategy": NoRestart()}
+_DURABLE = tuple(_IN_MEMORY)
+
+
 def _overridden(app: App, settings: dict[str, Any]) -> dict[str, Any]:
     """The app's settings with ``settings`` applied, validated as ``App(...)`` does."""
     unknown = sorted(set(settings) - set(SETTINGS))
@@ -82,13 +89,15 @@ async def run_collect_async(*streams: Stream, timeout: float | None = 60.0, **se
     (seconds) fails the test instead of hanging on an unbounded source. ``settings``
     override the app's for this run only (any of :data:`SETTINGS`, e.g.
     ``parallelism=4, batch_size=1``), so one pipeline can be tested several ways.
+    The run keeps its state in memory, without checkpoints: it never reads or writes the
+    app's ``state_dir``, so a test neither resumes nor changes a worker's state.
     """
     app = _app_of(streams)
-    saved = {name: getattr(app, name) for name in SETTINGS}
+    saved = {name: getattr(app, name) for name in (*SETTINGS, *_DURABLE)}
     added = len(app.graph)
     sinks = [CollectSink() for _ in streams]
     try:
-        for name, value in _overridden(app, settings).items():
+        for name, value in (_overridden(app, settings) | _IN_MEMORY).items():
             setattr(app, name, value)
         for stream, sink in zip(streams, sinks, strict=True):
             stream.sink(sink, parallelism=1)
