@@ -93,7 +93,9 @@ class App:
             raise PipelineError(f"state_backend must be 'memory' or 'lmdb', got {state_backend!r}")
         self.state_backend = state_backend or ("lmdb" if state_dir is not None else "memory")
         if checkpoint_interval is not None and (self.state_backend != "lmdb" or state_dir is None):
-            raise PipelineError("checkpoint_interval needs state_dir= (checkpoints are kept in the LMDB state store)")
+            raise PipelineError("checkpoint_interval needs state_dir= and the 'lmdb' state_backend (checkpoints are "
+                                f"kept in the LMDB state store); got state_dir={state_dir!r}, "
+                                f"state_backend={self.state_backend!r}")
         if checkpoint_interval is not None:
             _positive(checkpoint_interval, "checkpoint_interval", (int, float))
         if checkpoint_mode not in ("exactly_once", "at_least_once"):

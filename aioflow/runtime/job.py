@@ -283,7 +283,7 @@ class Job:
         """Refuse a checkpoint this job cannot take as it is; drop the state of removed
         operators when the user allowed it."""
         config = self.config
-        where = f"state directory {config.state_dir}: checkpoint {metadata.checkpoint_id}"
+        where = f"state directory {config.state_dir}: {metadata.kind} {metadata.checkpoint_id}"
         if metadata.max_parallelism and metadata.max_parallelism != config.max_parallelism:
             raise StateError(f"{where} was taken with max_parallelism {metadata.max_parallelism} and the app now has "
                              f"{config.max_parallelism}: keyed state is split into max_parallelism key groups, "
@@ -432,6 +432,8 @@ class Job:
 def _install_savepoint(savepoint: Path, state_dir: Path) -> None:
     """Make ``state_dir`` hold the savepoint's state (a copy: the savepoint stays as it is)."""
     data = savepoint / "data.mdb"
+    if not savepoint.is_dir():
+        raise StateError(f"savepoint {savepoint} does not exist")
     if not data.is_file():
         raise StateError(f"savepoint {savepoint}: there is no data.mdb in it; a savepoint is a directory that "
                          "aioflow wrote under <state_dir>/savepoints/")

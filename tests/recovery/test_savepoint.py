@@ -89,7 +89,7 @@ def test_a_missing_savepoint_is_a_clear_error(tmp_path: Path) -> None:
     base = {**write_job(tmp_path, 10, seed=1), "P": "1", "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "s")}
     worker = Worker(tmp_path, base, "--from-savepoint", str(tmp_path / "nowhere"))
     assert worker.wait() == 1
-    assert "nowhere: there is no data.mdb in it" in worker.text()
+    assert "savepoint " + str(tmp_path / "nowhere") + " does not exist" in worker.text()
 
 
 # -- in one process: sources with several files change their parallelism too -------------------------------
