@@ -152,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("target", metavar="TARGET", help="module.path:app or path/to/file.py:app")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--parallelism", "-p", type=_parallelism, metavar="N",
+                      help="the plan with this default parallelism, as `aioflow run -p N` would run it")
     return parser
 
 
@@ -172,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("job failed", app=args.target, error=str(exc), exc_info=exc)
         return EXIT_FAILED
     if args.command == "plan":
-        plan = app.plan()
+        try:
+            plan = app.plan(parallelism=args.parallelism)
+        except AioflowError as exc:
+            print(f"aioflow: {exc}", file=sys.stderr)
+            return EXIT_CANNOT_LOAD
         try:
             print(json.dumps(plan.to_dict(), indent=2) if args.json else plan, flush=True)
         except BrokenPipeError:  # `aioflow plan ... | head`: the reader has what it wanted

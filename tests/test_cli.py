@@ -52,6 +52,11 @@ def test_plan_command_prints_tasks_and_json() -> None:
     assert "task 1 [parallelism 1]: orders -> big -> tagged" in text.stdout
     as_json = json.loads(aioflow("plan", "examples/orders.py:app", "--json").stdout)
     assert as_json["tasks"][0]["operators"][:3] == ["orders", "big", "tagged"]
+    rescaled = aioflow("plan", "examples/orders.py:app", "-p", "3")
+    assert rescaled.returncode == 0 and "[parallelism 3]" in rescaled.stdout
+    assert "task 1 [parallelism 1]: orders" in rescaled.stdout  # a one-file source stays at 1
+    too_many = aioflow("plan", "examples/orders.py:app", "--parallelism", "1000")
+    assert too_many.returncode == 2 and "more than max_parallelism 128" in too_many.stderr
 
 
 def test_failing_job_exits_1_with_the_error_and_traceback(tmp_path: Path) -> None:
