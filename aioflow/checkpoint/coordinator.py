@@ -72,6 +72,8 @@ class CheckpointCoordinator:
         self._failures = 0
         self._last_end = time.monotonic()
         self._one_at_a_time = anyio.Lock()
+        #: Every task reported its final state: time for the final checkpoint.
+        self.all_finished = anyio.Event()
 
     # -- triggering ---------------------------------------------------------------------------
 
@@ -127,6 +129,8 @@ class CheckpointCoordinator:
     def task_finished(self, task: _Task, states: dict[str, Any], writes: Writes) -> None:
         """A task ended: its final state stands for it in this and every later checkpoint."""
         self._finished[id(task)] = (states, writes)
+        if len(self._finished) == len(self.tasks):
+            self.all_finished.set()
         pending = self.pending
         if pending is not None and id(task) in pending.waiting:
             pending.waiting.discard(id(task))

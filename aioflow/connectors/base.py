@@ -165,7 +165,9 @@ class TwoPhaseCommitSinkWriter(SinkWriter):
        restored checkpoint, in checkpoint order, *before* any new checkpoint completes: the
        first commit may not have run, or only in part, so commit is idempotent.
        :meth:`abort` discards a pre-committed transaction that will never be committed.
-    5. At the end of bounded input, :meth:`finish` commits everything written so far.
+    5. At the end of bounded input, with checkpoints, :meth:`pre_commit` takes the rest,
+       and the final checkpoint (which holds every task's final state) commits it;
+       without checkpoints, :meth:`finish` commits everything written so far.
 
     :meth:`close` commits nothing: a transaction that was never pre-committed is dropped,
     and its records come again from the source after recovery. Pre-committed
@@ -206,7 +208,7 @@ class TwoPhaseCommitSinkWriter(SinkWriter):
         raise TypeError(f"{type(self).__name__} must implement abort(handle)")
 
     async def finish(self) -> None:
-        """End of bounded input: commit everything written so far, pre-committed or not."""
+        """End of bounded input without checkpoints: commit everything written so far."""
         raise TypeError(f"{type(self).__name__} must implement finish()")
 
 

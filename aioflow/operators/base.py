@@ -191,6 +191,10 @@ class Operator(Output):
     async def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
         """Checkpoint ``checkpoint_id`` is durable: commit what was pre-committed for it."""
 
+    async def await_final_commit(self) -> None:
+        """The task reported its final state: return once what the end of input
+        pre-committed was committed by the checkpoint holding that state (sinks)."""
+
     async def close(self) -> None:
         """Release resources; called once, also when the job fails."""
 

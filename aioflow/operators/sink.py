@@ -21,6 +21,8 @@ __all__ = ["SinkOperator"]
 log = structlog.get_logger("aioflow.runtime")
 
 _MISSING: Any = object()
+#: The checkpoint id the end of input pre-commits under: after every periodic one.
+_FINAL = 2**62
 
 
 class SinkOperator(Operator):
@@ -42,6 +44,7 @@ class SinkOperator(Operator):
         #: Pre-committed transactions not yet committed: (checkpoint id, handle).
         self._pending: list[tuple[int, Any]] = []
         self._committing = anyio.Lock()
+        self._final: anyio.Event | None = None  # set once the end of input's transaction is committed
 
     async def open(self, env: SubtaskEnvironment) -> None:
         await super().open(env)
@@ -92,13 +95,15 @@ class SinkOperator(Operator):
 
     async def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
         async with self._committing:  # the coordinator and the end of input may both commit
-            while self._pending and self._pending[0][0] <= checkpoint_id:
+            while self._pending and (self._pending[0][0] <= checkpoint_id or self._pending[0][0] == _FINAL):
                 _, handle = self._pending[0]
                 try:
                     await self.writer.commit(handle)
                 except Exception as exc:
                     raise self._failed("commit", exc) from exc
                 self._pending.pop(0)
+            if self._final is not None and not self._pending:
+                self._final.set()
 
     async def restore_state(self, states: list[Any]) -> None:
         if not self._two_phase:
@@ -124,13 +129,29 @@ class SinkOperator(Operator):
 
     async def end_input(self) -> None:
         if self._two_phase and not self._closed:
-            await self.notify_checkpoint_complete(2**62)  # what was pre-committed, then the rest
+            assert self.env is not None
+            if self.env.coordinator is None:  # no checkpoints: commit everything now
+                await self.notify_checkpoint_complete(2**62)
+                try:
+                    await self.writer.finish()
+                except Exception as exc:
+                    raise self._failed("commit", exc) from exc
+                return
+            # With checkpoints the rest is pre-committed, and committed by the first checkpoint
+            # that holds this task's final state (as Flink's final checkpoint does): committed
+            # now, a crash before that checkpoint would replay and write these records again.
             try:
-                await self.writer.finish()
+                handle = await self.writer.pre_commit(_FINAL)
             except Exception as exc:
-                raise self._failed("commit", exc) from exc
+                raise self._failed("pre-commit", exc) from exc
+            self._pending.append((_FINAL, handle))  # committed by whichever checkpoint completes next
+            self._final = anyio.Event()
             return
         await self._flush()
+
+    async def await_final_commit(self) -> None:
+        if self._final is not None:
+            await self._final.wait()
 
     async def _flush(self) -> None:
         if self._closed:

@@ -209,6 +209,19 @@ class Job:
         except Exception as exc:
             fail(exc)
 
+    async def _final_checkpoint(self, coordinator: CheckpointCoordinator,
+                                fail: Callable[[BaseException], None]) -> None:
+        """Once every task reported its final state: the checkpoint that holds it, which also
+        commits what sinks pre-committed at the end of input (they wait for it to close)."""
+        await coordinator.all_finished.wait()
+        self._periodic.cancel()
+        try:
+            if await coordinator.checkpoint("final") is None:
+                raise StateError("the final checkpoint did not complete (see the log): what the end of input "
+                                 "wrote is not committed; a restart resumes from the last completed checkpoint")
+        except Exception as exc:
+            fail(exc)
+
     async def _stop_with_savepoint(self, coordinator: CheckpointCoordinator, fail: Callable[[BaseException], None],
                                    job: anyio.CancelScope) -> None:
         """On a stop request: sources stop after a savepoint's barrier; once it is committed
@@ -412,6 +425,7 @@ class Job:
                 if coordinator is not None:
                     group.start_soon(self._checkpoint_periodically, coordinator, fail)
                     group.start_soon(self._stop_with_savepoint, coordinator, fail, group.cancel_scope)
+                    group.start_soon(self._final_checkpoint, coordinator, fail)
         except anyio.get_cancelled_exc_class():
             # Cancelled (a second stop signal) after every task had finished, or after the
             # savepoint of a stop: nothing was lost.
@@ -424,8 +438,6 @@ class Job:
             log.info("job stopped with a savepoint", app=plan.app_name, savepoint=str(self.savepoint),
                      seconds=round(time.perf_counter() - started, 3))
             return
-        if coordinator is not None:
-            await coordinator.checkpoint("final")  # every task finished: their final states, for a restart
         log.info("job finished", app=plan.app_name, seconds=round(time.perf_counter() - started, 3))
 
 

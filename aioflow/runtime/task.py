@@ -184,6 +184,8 @@ class _Task:
             self.env.state_backend.schedule_ttl_cleanup(self.env.schedule)  # expired TTL state, between batches
             await self._loop()
             await self._finished()
+            for operator in self.operators:
+                await operator.await_final_commit()
         except BaseException:
             await self._close(opened, failed=True)
             raise
