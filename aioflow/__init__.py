@@ -92,6 +92,15 @@ from aioflow.windows.triggers import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """``af.kafka``: imported on first use (aiokafka takes a while to import)."""
+    if name == "kafka":
+        import importlib
+
+        return importlib.import_module("aioflow.kafka")
+    raise AttributeError(f"module 'aioflow' has no attribute {name!r}")
+
 __all__ = [
     "AggregateFunction",
     "AioflowError",

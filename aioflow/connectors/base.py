@@ -110,6 +110,10 @@ class Source:
     def create_reader(self, subtask_index: int, parallelism: int) -> SourceReader:
         raise TypeError(f"{type(self).__name__} must implement create_reader(subtask_index, parallelism)")
 
+    #: Any reader may come to read any split (consumer-group assignment): every restore,
+    #: not only one at another parallelism, goes through :meth:`rescale`.
+    positions_shared = False
+
     def rescale(self, positions: list[Any], parallelism: int) -> list[Any]:
         """Positions for ``parallelism`` readers, from the ones the old readers recorded
         (one each) when a restore changes the parallelism. By default a source cannot."""

@@ -374,7 +374,7 @@ class SourceTask(_Task):
         if not states:
             return
         env = self.env
-        if len(states) == env.parallelism:
+        if len(states) == env.parallelism and not self.source.positions_shared:
             position = states[env.subtask_index]["position"]
             watermarks = [states[env.subtask_index].get("watermarks")]
         else:

@@ -1,0 +1,313 @@
+"""KafkaSource against a real broker: value formats, bad records, starting offsets, and
+positions that checkpoints own and commit back to the consumer group."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+import aioflow as af
+import aioflow.kafka
+from aioflow.connectors.kafka import KafkaSource
+from aioflow.testing import run_collect_async
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def _topic(broker: str, partitions: int = 2) -> str:
+    topic = _name("t")
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+    return topic
+
+
+async def _produce(broker: str, topic: str, values: list[bytes], partitions: int = 2) -> None:
+    """Value ``i`` goes to partition ``i % partitions``."""
+    producer = AIOKafkaProducer(bootstrap_servers=broker)
+    await producer.start()
+    try:
+        for i, value in enumerate(values):
+            await producer.send_and_wait(topic, value, partition=i % partitions)
+    finally:
+        await producer.stop()
+
+
+async def _committed(broker: str, group: str, topic: str, partitions: int = 2) -> dict[str, int | None]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {f"{topic}:{p}": await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
+    finally:
+        await consumer.stop()
+
+
+def _json(values: list[Any]) -> list[bytes]:
+    return [orjson.dumps(v) for v in values]
+
+
+def test_the_public_module_exports_the_source() -> None:
+    assert af.kafka.KafkaSource is KafkaSource
+    assert aioflow.kafka.__all__ == ["KafkaSource"]
+
+
+@pytest.mark.parametrize(
+    ("value_format", "encode", "expected"),
+    [
+        ("json", lambda i: orjson.dumps({"i": i}), lambda i: {"i": i}),
+        ("str", lambda i: f"v{i}é".encode(), lambda i: f"v{i}é"),
+        ("bytes", lambda i: bytes([i, 0, 255]), lambda i: bytes([i, 0, 255])),
+        (lambda raw: int(raw) * 10, lambda i: str(i).encode(), lambda i: i * 10),
+    ],
+    ids=["json", "str", "bytes", "callable"],
+)
+async def test_bounded_round_trip_with_each_value_format(
+    kafka_broker: str, value_format: Any, encode: Callable[[int], bytes], expected: Callable[[int], Any]
+) -> None:
+    topic = await _topic(kafka_broker)
+    await _produce(kafka_broker, topic, [encode(i) for i in range(20)])
+    app = af.App("kafka-formats", batch_size=7)
+    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"),
+                                  value_format=value_format, bounded=True)
+    out = await run_collect_async(app.source(source))
+    assert sorted(out, key=repr) == sorted((expected(i) for i in range(20)), key=repr)
+
+
+async def test_bounded_readers_split_the_partitions(kafka_broker: str) -> None:
+    topic = await _topic(kafka_broker, partitions=3)
+    await _produce(kafka_broker, topic, _json(list(range(30))), partitions=3)
+    app = af.App("kafka-split")
+    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"), bounded=True)
+    out = await run_collect_async(app.source(source), parallelism=2)
+    assert sorted(out) == list(range(30))
+    # each partition's records stay in order
+    for p in range(3):
+        assert [v for v in out if v % 3 == p] == list(range(p, 30, 3))
+
+
+async def test_bounded_reader_stops_at_the_end_offsets_seen_at_open(kafka_broker: str) -> None:
+    topic = await _topic(kafka_broker)
+    await _produce(kafka_broker, topic, _json([0, 1, 2, 3]))
+    reader = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"),
+                                  bounded=True).create_reader(0, 1)
+    await reader.open()
+    try:
+        await _produce(kafka_broker, topic, _json([4, 5, 6, 7]))  # after the end offsets were taken
+        seen: list[Any] = []
+        with anyio.fail_after(20):
+            while (batch := await reader.read(100, 0.5)) is not None:
+                seen.extend(batch.records)
+        assert sorted(seen) == [0, 1, 2, 3]
+        assert reader.position() == {f"{topic}:0": 2, f"{topic}:1": 2}
+        assert reader.splits() == []
+    finally:
+        await reader.close()
+
+
+async def test_malformed_json_fails_by_default_naming_the_offset(kafka_broker: str) -> None:
+    topic = await _topic(kafka_broker, partitions=1)
+    await _produce(kafka_broker, topic, [b'{"i": 0}', b'{"i": 1', b'{"i": 2}'], partitions=1)
+    app = af.App("kafka-fail")
+    app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"),
+                                    bounded=True)).sink(af.CollectSink())
+    with pytest.raises(af.BadRecordError) as info:
+        await app.run_async()
+    assert info.value.location == f"{topic}:0@1"
+
+
+async def test_malformed_json_is_skipped(kafka_broker: str) -> None:
+    topic = await _topic(kafka_broker, partitions=1)
+    await _produce(kafka_broker, topic, [b'{"i": 0}', b"oops", b'{"i": 2}', b"{"], partitions=1)
+    app = af.App("kafka-skip")
+    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"), bounded=True,
+                                  on_error="skip")
+    assert await run_collect_async(app.source(source)) == [{"i": 0}, {"i": 2}]
+
+
+async def test_malformed_json_goes_to_the_dead_letter_output_with_its_bytes(kafka_broker: str) -> None:
+    topic = await _topic(kafka_broker, partitions=1)
+    await _produce(kafka_broker, topic, [b'{"i": 0}', b"caf\xe9 {", b'{"i": 2}'], partitions=1)
+    dead = af.OutputTag("dead")
+    app = af.App("kafka-dlq")
+    events = app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"),
+                                             bounded=True, on_error=dead))
+    good, bad = await run_collect_async(events, events.get_side_output(dead))
+    assert good == [{"i": 0}, {"i": 2}]
+    assert len(bad) == 1 and isinstance(bad[0], af.BadRecord)
+    assert (bad[0].source, bad[0].location, bad[0].raw) == (f"kafka({topic})", f"{topic}:0@1", b"caf\xe9 {")
+
+
+async def test_starting_offsets_earliest_and_latest(kafka_broker: str) -> None:
+    topic = await _topic(kafka_broker)
+    await _produce(kafka_broker, topic, _json(["old"] * 4))
+
+    async def read(starting_offsets: str, produce_when_assigned: list[Any], expected: int) -> list[Any]:
+        """An unbounded reader in a fresh group: once it has its partitions, produce
+        ``produce_when_assigned``; read until ``expected`` records came."""
+        source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"),
+                                      starting_offsets=starting_offsets)
+        reader = source.create_reader(0, 1)
+        await reader.open()
+        seen: list[Any] = []
+        try:
+            with anyio.fail_after(30):
+                while len(reader.splits()) < 2:  # group joined, partitions assigned and positioned
+                    batch = await reader.read(100, 0.2)
+                    assert batch is not None
+                    seen.extend(batch.records)
+                await _produce(kafka_broker, topic, _json(produce_when_assigned))
+                while len(seen) < expected:
+                    batch = await reader.read(100, 0.2)
+                    assert batch is not None
+                    seen.extend(batch.records)
+        finally:
+            await reader.close()
+        return seen
+
+    latest = await read("latest", ["new", "new"], 2)
+    assert latest == ["new", "new"]
+    earliest = await read("earliest", ["newer"], 7)
+    assert sorted(earliest) == ["new", "new", "newer"] + ["old"] * 4
+
+
+async def test_starting_offsets_committed_needs_a_committed_offset(kafka_broker: str) -> None:
+    topic = await _topic(kafka_broker, partitions=1)
+    app = af.App("kafka-committed")
+    app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"), bounded=True,
+                                    starting_offsets="committed")).sink(af.CollectSink())
+    with pytest.raises(ValueError, match="no committed offset"):
+        await app.run_async()
+
+
+async def test_a_partition_without_a_restored_position_starts_at_the_groups_committed_offset(
+    kafka_broker: str,
+) -> None:
+    topic, group = await _topic(kafka_broker), _name("g")
+    await _produce(kafka_broker, topic, _json(list(range(10))))  # p0: 0 2 4 6 8, p1: 1 3 5 7 9
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_broker, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, 0), TopicPartition(topic, 1)])
+        await consumer.commit({TopicPartition(topic, 0): 3, TopicPartition(topic, 1): 1})
+    finally:
+        await consumer.stop()
+    reader = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=group,
+                                  bounded=True).create_reader(0, 1)
+    reader.restore({f"{topic}:1": 4, "elsewhere:0": 7})  # p0 has no restored position
+    await reader.open()
+    seen: list[Any] = []
+    try:
+        with anyio.fail_after(20):
+            while (batch := await reader.read(100, 0.5)) is not None:
+                seen.extend(batch.records)
+        assert sorted(seen) == [6, 8, 9]
+        # a restored partition this reader does not read is kept in its position
+        assert reader.position() == {f"{topic}:0": 5, f"{topic}:1": 5, "elsewhere:0": 7}
+    finally:
+        await reader.close()
+
+
+def test_rescale_gives_every_reader_the_highest_offset_of_each_partition() -> None:
+    source = af.kafka.KafkaSource("t", bootstrap_servers="127.0.0.1:1", group_id="g")
+    merged = source.rescale([{"t:0": 5, "t:1": 2}, {"t:0": 3, "t:2": 9}, None], 2)
+    assert merged == [{"t:0": 5, "t:1": 2, "t:2": 9}] * 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"starting_offsets": "newest"}, "starting_offsets"),
+        ({"starting_offsets": -1}, "starting_offsets"),
+        ({"value_format": "avro"}, "value_format"),
+        ({"on_error": "ignore"}, "on_error"),
+        ({"group_id": ""}, "group_id"),
+        ({"consumer_options": {"enable_auto_commit": True}}, "enable_auto_commit"),
+    ],
+)
+def test_bad_arguments_are_refused_saying_what_was_wrong(kwargs: dict[str, Any], message: str) -> None:
+    arguments: dict[str, Any] = {"bootstrap_servers": "127.0.0.1:1", "group_id": "g"} | kwargs
+    with pytest.raises(ValueError, match=message):
+        af.kafka.KafkaSource("t", **arguments)
+
+
+async def test_a_second_bounded_run_resumes_from_the_checkpointed_positions(
+    kafka_broker: str, tmp_path: Path
+) -> None:
+    topic, group = await _topic(kafka_broker), _name("g")
+
+    async def run() -> list[Any]:
+        app = af.App("kafka-resume", state_dir=str(tmp_path / "state"), checkpoint_interval=0.05)
+        sink = af.CollectSink()
+        app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=group,
+                                        bounded=True)).sink(sink)
+        with anyio.fail_after(60):
+            await app.run_async()
+        return sink.results
+
+    await _produce(kafka_broker, topic, _json(list(range(10))))
+    assert sorted(await run()) == list(range(10))
+    await _produce(kafka_broker, topic, _json(list(range(10, 16))))
+    assert sorted(await run()) == list(range(10, 16))  # not the first 10 again
+    assert await run() == []
+
+
+async def test_completed_checkpoints_commit_their_positions_to_the_group(kafka_broker: str, tmp_path: Path) -> None:
+    """An unbounded job commits each completed checkpoint's offsets; stopped (with a
+    savepoint), a bounded run on the same state reads only what was produced since."""
+    topic, group = await _topic(kafka_broker), _name("g")
+    await _produce(kafka_broker, topic, _json(list(range(10))))
+    state_dir = str(tmp_path / "state")
+    app = af.App("kafka-commit", state_dir=state_dir, checkpoint_interval=0.05)
+    sink = af.CollectSink()
+    app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=group)).sink(sink)
+    committed: dict[str, int | None] = {}
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(app.run_async)
+            while len(sink.results) < 10 or committed != {f"{topic}:0": 5, f"{topic}:1": 5}:
+                await anyio.sleep(0.05)  # polling a condition, bounded by fail_after
+                committed = await _committed(kafka_broker, group, topic)
+            app.stop()
+    assert sorted(sink.results) == list(range(10))
+
+    await _produce(kafka_broker, topic, _json(list(range(10, 14))))
+    again = af.App("kafka-commit", state_dir=state_dir, checkpoint_interval=0.05)
+    resumed = af.CollectSink()
+    again.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=group,
+                                      bounded=True)).sink(resumed)
+    with anyio.fail_after(60):
+        await again.run_async()
+    assert sorted(resumed.results) == [10, 11, 12, 13]
+
+
+async def test_unbounded_readers_split_the_partitions_through_the_group(kafka_broker: str, tmp_path: Path) -> None:
+    """Two readers in one group share four partitions; a rebalance may hand a partition
+    over before its first checkpoint, so records may come twice, but none is lost, and
+    the group ends up with every partition committed at its end."""
+    topic, group = await _topic(kafka_broker, partitions=4), _name("g")
+    await _produce(kafka_broker, topic, _json(list(range(20))), partitions=4)
+    app = af.App("kafka-group", state_dir=str(tmp_path / "state"), checkpoint_interval=0.05, parallelism=2)
+    sink = af.CollectSink()
+    app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=group)).sink(sink, parallelism=1)
+    ends = {f"{topic}:{p}": 5 for p in range(4)}
+    committed: dict[str, int | None] = {}
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(app.run_async)
+            while set(sink.results) != set(range(20)) or committed != ends:
+                await anyio.sleep(0.05)  # polling a condition, bounded by fail_after
+                committed = await _committed(kafka_broker, group, topic, partitions=4)
+            app.stop()
