@@ -21,7 +21,7 @@ from typing import Any, Literal
 import structlog
 from anyio.abc import TaskGroup
 
-from aioflow.errors import BadRecordError
+from aioflow.errors import BadRecordError, StateError
 from aioflow.functions import OutputTag
 
 __all__ = [
@@ -117,7 +117,7 @@ class Source:
     def rescale(self, positions: list[Any], parallelism: int) -> list[Any]:
         """Positions for ``parallelism`` readers, from the ones the old readers recorded
         (one each) when a restore changes the parallelism. By default a source cannot."""
-        raise NotImplementedError(f"{type(self).__name__} cannot change its parallelism across a restore")
+        raise StateError(f"{type(self).__name__} cannot change its parallelism across a restore")
 
 
 class SinkClosed(Exception):  # noqa: N818 - an end, not an error

@@ -279,7 +279,7 @@ class KafkaReader(SourceReader):
     async def _assigned(self, assigned: Any) -> None:
         try:
             await self._start([tp for tp in assigned if tp not in self._next])
-        except BaseException as exc:  # aiokafka only logs what a listener raises
+        except Exception as exc:  # aiokafka only logs what a listener raises; read() raises it
             self._failure = exc
 
     def _revoked(self, revoked: Any) -> None:

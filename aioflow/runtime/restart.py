@@ -41,6 +41,11 @@ def _check(value: Any, what: str, *, integer: bool = False, minimum: float = 0.0
         raise PipelineError(f"{what} must be {kind} >= {minimum:g}, got {value!r}")
 
 
+def _check_reset_after(strategy: RestartStrategy) -> None:
+    if strategy.reset_after is not None:
+        _check(strategy.reset_after, f"{type(strategy).__name__} reset_after")
+
+
 class RestartStrategy:
     """Base of the restart strategies; pass one as ``App(restart_strategy=...)``."""
 
@@ -51,7 +56,7 @@ class RestartStrategy:
     def backoff(self, failures: list[float]) -> float | None:
         """Seconds to wait before restarting, or ``None`` to fail the job. ``failures`` are
         the monotonic times of the failures counted so far, the current one last."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must implement backoff(failures)")
 
 
 @dataclass(frozen=True)
@@ -74,8 +79,7 @@ class FixedDelayRestart(RestartStrategy):
     def __post_init__(self) -> None:
         _check(self.attempts, "FixedDelayRestart attempts", integer=True, minimum=1)
         _check(self.delay, "FixedDelayRestart delay")
-        if self.reset_after is not None:
-            _check(self.reset_after, "FixedDelayRestart reset_after")
+        _check_reset_after(self)
 
     def backoff(self, failures: list[float]) -> float | None:
         return self.delay if len(failures) <= self.attempts else None
@@ -98,8 +102,7 @@ class ExponentialBackoffRestart(RestartStrategy):
         _check(self.initial_delay, "ExponentialBackoffRestart initial_delay")
         _check(self.max_delay, "ExponentialBackoffRestart max_delay")
         _check(self.multiplier, "ExponentialBackoffRestart multiplier", minimum=1)
-        if self.reset_after is not None:
-            _check(self.reset_after, "ExponentialBackoffRestart reset_after")
+        _check_reset_after(self)
 
     def backoff(self, failures: list[float]) -> float | None:
         if len(failures) > self.attempts:

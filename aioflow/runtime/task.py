@@ -381,7 +381,7 @@ class SourceTask(_Task):
             try:
                 position = self.source.rescale([state["position"] for state in states], env.parallelism)[
                     env.subtask_index]
-            except NotImplementedError as exc:
+            except StateError as exc:
                 raise StateError(
                     f"source {self.head.name!r} was checkpointed with parallelism {len(states)} and now runs "
                     f"with {env.parallelism}: {exc} (set parallelism= on app.source to pin it)"

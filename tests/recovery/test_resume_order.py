@@ -94,3 +94,37 @@ def test_run_collect_leaves_the_state_dir_alone(tmp_path: Path) -> None:
     doubled = app.source([1, 2, 3], name="numbers").map(lambda v: v * 2, name="double")
     assert run_collect(doubled) == [2, 4, 6]
     assert not (tmp_path / "state").exists()
+
+
+class _Halves(af.Source):
+    """Numbers 0..99 split by subtask, with positions that cannot be redistributed."""
+
+    def create_reader(self, subtask_index: int, parallelism: int) -> af.SourceReader:
+        class Reader(af.SourceReader):
+            done = False
+
+            async def read(self, max_records: int, timeout: float) -> af.SourceBatch | None:
+                if self.done:
+                    return None
+                self.done = True
+                return af.SourceBatch(list(range(subtask_index, 100, parallelism)))
+
+            def position(self) -> Any:
+                return self.done
+
+            def restore(self, position: Any) -> None:
+                self.done = position
+
+        return Reader()
+
+
+def test_a_source_that_cannot_rescale_says_so(tmp_path: Path) -> None:
+    def app() -> af.App:
+        job = af.App("halves", state_dir=str(tmp_path), checkpoint_interval=60, parallelism=2)
+        job.source(_Halves(), name="numbers").sink(af.CollectSink(), name="out")
+        return job
+
+    app().run()
+    with pytest.raises(af.StateError, match="source 'numbers' was checkpointed with parallelism 2 and now runs with 3: "
+                                            "_Halves cannot change its parallelism"):
+        app().run(parallelism=3)
