@@ -183,6 +183,9 @@ class KafkaReader(SourceReader):
         self._consumer: AIOKafkaConsumer | None = None
         self._next: dict[TopicPartition, int] = {}  # assigned partitions -> offset of the next record to hand out
         self._started: dict[TopicPartition, int] = {}  # assigned partitions -> the offset reading started at
+        #: Assigned, still being positioned: they hold the watermark back already, or the
+        #: first partition positioned would advance it past the others' records.
+        self._assigning: set[TopicPartition] = set()
         self._restored: dict[str, int] = {}  # restored positions of partitions not assigned here (kept)
         self._end: dict[TopicPartition, int] | None = None  # bounded: end offsets captured at open
         self._pending: deque[tuple[TopicPartition, list[Any]]] = deque()  # fetched, not handed out yet
@@ -277,10 +280,14 @@ class KafkaReader(SourceReader):
                   positions={split_name(tp): self._next[tp] for tp in partitions})
 
     async def _assigned(self, assigned: Any) -> None:
+        new = [tp for tp in assigned if tp not in self._next]
+        self._assigning.update(new)
         try:
-            await self._start([tp for tp in assigned if tp not in self._next])
+            await self._start(new)
         except Exception as exc:  # aiokafka only logs what a listener raises; read() raises it
             self._failure = exc
+        finally:
+            self._assigning.difference_update(new)
 
     def _revoked(self, revoked: Any) -> None:
         """Drop revoked partitions: their new owner resumes them from its restored
@@ -296,7 +303,7 @@ class KafkaReader(SourceReader):
     def splits(self) -> list[str]:
         if self._end is not None:
             return [split_name(tp) for tp, offset in self._next.items() if offset < self._end[tp]]
-        return [split_name(tp) for tp in self._next]
+        return [split_name(tp) for tp in dict.fromkeys((*self._next, *self._assigning))]
 
     async def read(self, max_records: int, timeout: float) -> SourceBatch | None:
         if self._failure is not None:

@@ -17,6 +17,7 @@ that inlines exactly that logic (no trigger calls, no window objects per record)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 __all__ = ["TriggerContext", "WindowContext", "WindowOperator"]
 
 log = structlog.get_logger("aioflow.windows")
+
+#: Seconds between two ``late records dropped`` log lines of one window operator.
+LATE_LOG_INTERVAL = 10.0
 
 
 class _WindowCollector(Collector):
@@ -178,6 +182,8 @@ class WindowOperator(Operator):
         self.window_function = window_function
         self.watermark = MIN_WATERMARK
         self.late_records_dropped = 0
+        self._late_logged = 0  # of late_records_dropped, how many a log line reported
+        self._late_logged_at = 0.0
         #: The fast path's timers: the end timestamps of its panes (to fire) and their
         #: cleanup times (with allowed lateness), as heaps. Its panes (window start -> key
         #: -> contents) are the namespaces of the contents table.
@@ -372,6 +378,7 @@ class WindowOperator(Operator):
                 await self.emit_side(self.late_tag, late, late_ts)
             else:
                 self.late_records_dropped += len(late)
+                self._log_late(final=False)
 
     def _process_fast(
         self, values: list[Any], stamps: list[int], keys: list[Any], collector: _WindowCollector,
@@ -699,10 +706,20 @@ class WindowOperator(Operator):
         pending = list(self.processing_timers.pop_due(MAX_WATERMARK))
         await self._fire(iter(pending), False)
         self.processing_timers.clear()  # what firing registered would never come
-        if self.late_records_dropped:
-            log.warning("late records dropped", operator=self.name, count=self.late_records_dropped,
-                        hint="use side_output_late_data(tag) to keep them, or allowed_lateness(ms)")
+        self._log_late(final=True)
         await self.forward_end_input()
+
+    def _log_late(self, *, final: bool) -> None:
+        """``late records dropped`` with the total: at the first drop, then at most every
+        :data:`LATE_LOG_INTERVAL` seconds while more come, and at the end of input, so an
+        unbounded job's drops show up while it runs."""
+        unlogged = self.late_records_dropped - self._late_logged
+        now = time.monotonic()
+        if not unlogged or (not final and self._late_logged and now - self._late_logged_at < LATE_LOG_INTERVAL):
+            return
+        log.warning("late records dropped", operator=self.name, count=self.late_records_dropped, new=unlogged,
+                    hint="use side_output_late_data(tag) to keep them, or allowed_lateness(ms)")
+        self._late_logged, self._late_logged_at = self.late_records_dropped, now
 
     async def snapshot_state(self, checkpoint_id: int) -> Any:
         return {"watermark": self.watermark, "panes": sorted(self._pane_heap), "cleanup": sorted(self._cleanup_heap)}

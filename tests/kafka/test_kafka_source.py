@@ -164,7 +164,7 @@ async def test_starting_offsets_earliest_and_latest(kafka_broker: str) -> None:
         seen: list[Any] = []
         try:
             with anyio.fail_after(30):
-                while len(reader.splits()) < 2:  # group joined, partitions assigned and positioned
+                while len(reader._next) < 2:  # type: ignore[attr-defined]  # group joined, partitions positioned
                     batch = await reader.read(100, 0.2)
                     assert batch is not None
                     seen.extend(batch.records)
@@ -311,3 +311,26 @@ async def test_unbounded_readers_split_the_partitions_through_the_group(kafka_br
                 await anyio.sleep(0.05)  # polling a condition, bounded by fail_after
                 committed = await _committed(kafka_broker, group, topic, partitions=4)
             app.stop()
+
+
+async def test_partitions_being_assigned_already_hold_the_watermark_back() -> None:
+    """Positioning newly assigned partitions awaits the broker; one positioned first must not
+    let the watermark run past the records of the others (they would all be late)."""
+    source = KafkaSource("t", bootstrap_servers="127.0.0.1:1", group_id="g")
+    reader = source.create_reader(0, 1)
+    release = anyio.Event()
+    positioned: list[TopicPartition] = []
+
+    async def start(partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            await release.wait()
+            reader._next[tp] = 0  # type: ignore[attr-defined]
+            positioned.append(tp)
+
+    reader._start = start  # type: ignore[attr-defined]
+    async with anyio.create_task_group() as group:
+        group.start_soon(reader._assigned, [TopicPartition("t", 0), TopicPartition("t", 1)])  # type: ignore[attr-defined]
+        await anyio.wait_all_tasks_blocked()
+        assert sorted(reader.splits()) == ["t:0", "t:1"]  # neither positioned yet
+        release.set()
+    assert sorted(reader.splits()) == ["t:0", "t:1"] and len(positioned) == 2

@@ -94,6 +94,27 @@ def test_late_records_without_side_output_are_dropped_and_counted() -> None:
     assert dropped and dropped[0]["count"] == 1
 
 
+def test_late_drops_are_logged_while_the_job_runs_not_only_at_its_end(tmp_path) -> None:
+    """A job stopped with a savepoint never reaches the end of input: its drops still show."""
+    app = af.App("late", state_dir=str(tmp_path), checkpoint_interval=3600, batch_size=1)
+    seen = []
+
+    def stop_after(row):
+        seen.append(row)
+        if len(seen) == 2:
+            app.stop()
+        return row
+
+    rows = [("a", 12_000, 1), ("a", 1_000, 2), ("a", 13_000, 3)]
+    app.source(rows, timestamps=lambda r: r[1], watermarks=af.BoundedOutOfOrderness(0), name="rows").map(
+        stop_after, name="stopper").key_by(lambda r: r[0]).window(af.TumblingEventTimeWindows(10_000)).aggregate(
+        Count(), name="count").sink(af.CollectSink(), name="out")
+    with structlog.testing.capture_logs() as logs:
+        app.run()
+    dropped = [entry for entry in logs if entry["event"] == "late records dropped"]
+    assert dropped and dropped[0]["count"] == 1 and dropped[0]["new"] == 1
+
+
 def test_window_results_carry_the_window_end_as_timestamp() -> None:
     rows = [("a", 1_000, 1), ("a", 25_000, 2)]
 
