@@ -141,8 +141,9 @@ class App:
         parallelism: int | None = None,
     ) -> Stream:
         """A stream read from ``source`` (a connector such as :func:`read_jsonl`, or any
-        iterable). ``timestamps`` extracts each record's event time (int ms);
-        ``watermarks`` says how event time advances (e.g. ``BoundedOutOfOrderness(2000)``)."""
+        iterable). ``timestamps`` extracts each record's event time (int ms); without it,
+        records of a source that knows their time (Kafka) carry that. ``watermarks`` says
+        how event time advances (e.g. ``BoundedOutOfOrderness(2000)``)."""
         if not isinstance(source, Source):
             if isinstance(source, (str, bytes)) or not isinstance(source, Iterable):
                 raise PipelineError(
@@ -155,7 +156,7 @@ class App:
         if watermarks is not None:
             if not isinstance(watermarks, WatermarkStrategy):
                 raise PipelineError(f"watermarks= takes a WatermarkStrategy, got {watermarks!r}")
-            if timestamps is None:
+            if timestamps is None and not source.timestamped:
                 raise PipelineError("watermarks= needs timestamps= to know each record's event time")
         node = self.graph.add_node(
             "source", name, source.default_name, Operator, parallelism, [],

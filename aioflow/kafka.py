@@ -1,5 +1,5 @@
 """Kafka connectors: ``af.kafka.KafkaSource`` (see :mod:`aioflow.connectors.kafka`)."""
 
-from aioflow.connectors.kafka import KafkaSource
+from aioflow.connectors.kafka import KafkaRecord, KafkaSource
 
-__all__ = ["KafkaSource"]
+__all__ = ["KafkaRecord", "KafkaSource"]

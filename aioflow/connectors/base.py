@@ -40,14 +40,20 @@ log = structlog.get_logger("aioflow.connectors")
 
 
 class SourceBatch:
-    """Records read from one split (a file, a partition), plus the ones that failed to decode."""
+    """Records read from one split (a file, a partition), plus the ones that failed to decode.
 
-    __slots__ = ("bad", "records", "split")
+    ``timestamps`` holds each record's event time (int ms) when the source knows it (a
+    Kafka record's timestamp); ``app.source(timestamps=fn)`` takes precedence.
+    """
 
-    def __init__(self, records: list[Any], split: str = "", bad: list[BadRecord] | None = None) -> None:
+    __slots__ = ("bad", "records", "split", "timestamps")
+
+    def __init__(self, records: list[Any], split: str = "", bad: list[BadRecord] | None = None,
+                 timestamps: list[int] | None = None) -> None:
         self.records = records
         self.split = split
         self.bad = bad
+        self.timestamps = timestamps
 
 
 class SourceReader:
@@ -106,6 +112,9 @@ class Source:
     #: timing: watermarks then follow the data, one after each batch, so a replay gives
     #: the same output (see ``App(watermark_interval=)``).
     replayable = False
+    #: Batches carry each record's event time (:attr:`SourceBatch.timestamps`), used when
+    #: ``app.source`` has no ``timestamps=``.
+    timestamped = False
 
     def create_reader(self, subtask_index: int, parallelism: int) -> SourceReader:
         raise TypeError(f"{type(self).__name__} must implement create_reader(subtask_index, parallelism)")

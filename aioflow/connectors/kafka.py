@@ -22,9 +22,11 @@ Two ways to get partitions:
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import orjson
 import structlog
@@ -33,7 +35,7 @@ from aiokafka.errors import KafkaError
 
 from aioflow.connectors.base import BadRecord, ErrorPolicy, OnError, Source, SourceBatch, SourceReader
 
-__all__ = ["KafkaSource"]
+__all__ = ["KafkaRecord", "KafkaSource"]
 
 log = structlog.get_logger("aioflow.connectors.kafka")
 
@@ -43,11 +45,40 @@ _RESERVED_OPTIONS = frozenset({
     "value_deserializer",
 })
 
-_FORMATS: dict[str, tuple[Callable[[bytes], Any], type[Exception] | tuple[type[Exception], ...]]] = {
-    "json": (orjson.loads, orjson.JSONDecodeError),
-    "str": (lambda raw: raw.decode("utf-8"), UnicodeDecodeError),
+_Errors = tuple[type[Exception], ...]
+
+_FORMATS: dict[str, tuple[Callable[[bytes], Any], _Errors]] = {
+    "json": (orjson.loads, (orjson.JSONDecodeError,)),
+    "str": (lambda raw: raw.decode("utf-8"), (UnicodeDecodeError,)),
     "bytes": (lambda raw: raw, ()),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaRecord:
+    """A Kafka record with its metadata, as ``KafkaSource(output="record")`` yields it.
+
+    ``key`` and ``value`` are decoded by ``key_format`` and ``value_format`` (``None``
+    when the record has none); ``headers`` are ``(name, bytes)`` pairs; ``timestamp`` is
+    the record's timestamp in ms (its event time unless ``app.source`` has ``timestamps=``).
+    """
+
+    key: Any
+    value: Any
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def _decoder(fmt: str | Callable[[bytes], Any], what: str) -> tuple[Callable[[bytes], Any], _Errors]:
+    """The decode function of a ``value_format``/``key_format`` and the errors it raises."""
+    if callable(fmt):
+        return fmt, (Exception,)
+    if fmt in _FORMATS:
+        return _FORMATS[fmt]
+    raise ValueError(f"{what} must be 'json', 'str', 'bytes' or a callable(bytes), got {fmt!r}")
 
 
 def split_name(tp: TopicPartition) -> str:
@@ -65,7 +96,9 @@ def _partition(split: str) -> TopicPartition:
 class KafkaSource(Source):
     """Records from Kafka topics, read by a consumer group.
 
-    ``topics`` is a topic name or a list of them. ``starting_offsets`` says where a
+    ``topics`` is a topic name or a list of them; or ``pattern``, a regular expression
+    that topic names must match in full (topics created later join at the next metadata
+    refresh, ``metadata_max_age_ms``). ``starting_offsets`` says where a
     partition starts when neither a checkpoint nor the group has a position for it:
     ``"earliest"``, ``"latest"``, ``"committed"`` (there must be a committed offset: the
     job fails otherwise) or an int timestamp in ms (the first record at or after it).
@@ -74,6 +107,12 @@ class KafkaSource(Source):
     tombstone) yields ``None``, undecoded. A value that fails to decode follows
     ``on_error`` as in :func:`read_jsonl`; its location is ``topic:partition@offset``
     and a dead letter carries the raw bytes.
+
+    ``output="value"`` (the default) yields the decoded values; ``output="record"`` yields
+    :class:`KafkaRecord` s, with the key decoded by ``key_format`` (default ``"bytes"``).
+    Without ``timestamps=`` on ``app.source``, a record's event time is its Kafka
+    timestamp; watermarks are kept per partition, so give the strategy an
+    ``idle_timeout`` to keep a quiet partition from holding event time back.
 
     ``bounded=True`` reads up to the end offsets seen when the reader opens, then ends;
     see the module documentation for how partitions are split then.
@@ -85,22 +124,35 @@ class KafkaSource(Source):
 
     default_name = "kafka"
     replayable = False
+    timestamped = True
 
     def __init__(
         self,
-        topics: str | Iterable[str],
+        topics: str | Iterable[str] | None = None,
         *,
         bootstrap_servers: str | list[str],
         group_id: str,
+        pattern: str | None = None,
         starting_offsets: str | int = "earliest",
         value_format: str | Callable[[bytes], Any] = "json",
+        key_format: str | Callable[[bytes], Any] = "bytes",
+        output: Literal["value", "record"] = "value",
         bounded: bool = False,
         on_error: OnError = "fail",
         consumer_options: dict[str, Any] | None = None,
     ) -> None:
-        topic_list = [topics] if isinstance(topics, str) else list(topics)
-        if not topic_list or not all(isinstance(t, str) and t for t in topic_list):
+        if (topics is None) == (pattern is None):
+            raise ValueError("KafkaSource needs either topics or pattern=, not both")
+        topic_list = [] if topics is None else [topics] if isinstance(topics, str) else list(topics)
+        if pattern is None and (not topic_list or not all(isinstance(t, str) and t for t in topic_list)):
             raise ValueError(f"KafkaSource needs a topic name or a list of them, got {topics!r}")
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as exc:
+                raise ValueError(f"KafkaSource pattern {pattern!r} is not a regular expression: {exc}") from None
+        if output not in ("value", "record"):
+            raise ValueError(f"output must be 'value' or 'record', got {output!r}")
         if not bootstrap_servers:
             raise ValueError("KafkaSource needs bootstrap_servers='host:port'")
         if not isinstance(group_id, str) or not group_id:
@@ -111,17 +163,15 @@ class KafkaSource(Source):
         ):
             raise ValueError("starting_offsets must be 'earliest', 'latest', 'committed' or a timestamp in ms "
                              f"(int >= 0), got {starting_offsets!r}")
-        if callable(value_format):
-            self.decode, self.decode_error = value_format, Exception
-        elif value_format in _FORMATS:
-            self.decode, self.decode_error = _FORMATS[value_format]
-        else:
-            raise ValueError(f"value_format must be 'json', 'str', 'bytes' or a callable(bytes), got {value_format!r}")
+        self.decode, self.decode_error = _decoder(value_format, "value_format")
+        self.decode_key, self.decode_key_error = _decoder(key_format, "key_format")
         options = dict(consumer_options or {})
         reserved = sorted(_RESERVED_OPTIONS & set(options))
         if reserved:
             raise ValueError(f"consumer_options must not set {', '.join(reserved)}: KafkaSource sets them")
         self.topics = topic_list
+        self.pattern = pattern
+        self.output = output
         self.bootstrap_servers = bootstrap_servers
         self.group_id = group_id
         self.starting_offsets = starting_offsets
@@ -129,11 +179,12 @@ class KafkaSource(Source):
         self.bounded = bool(bounded)
         self.on_error = on_error
         self.consumer_options = options
-        self.name = f"kafka({','.join(topic_list)})"
+        self.name = f"kafka({','.join(topic_list) if pattern is None else '/' + pattern + '/'})"
         self.dead_letter_tag = ErrorPolicy(on_error, self.name).dead_letter_tag  # validates on_error now
 
     def __repr__(self) -> str:
-        return f"<KafkaSource {self.topics} group={self.group_id!r} bounded={self.bounded}>"
+        topics = self.topics if self.pattern is None else f"pattern={self.pattern!r}"
+        return f"<KafkaSource {topics} group={self.group_id!r} bounded={self.bounded}>"
 
     def create_reader(self, subtask_index: int, parallelism: int) -> SourceReader:
         return KafkaReader(self, subtask_index, parallelism)
@@ -216,7 +267,10 @@ class KafkaReader(SourceReader):
         self._consumer = consumer
         await consumer.start()
         if not source.bounded:
-            consumer.subscribe(topics=source.topics, listener=_Rebalance(self))
+            if source.pattern is not None:
+                consumer.subscribe(pattern=f"^(?:{source.pattern})$", listener=_Rebalance(self))
+            else:
+                consumer.subscribe(topics=source.topics, listener=_Rebalance(self))
             return
         mine = [tp for i, tp in enumerate(await self._all_partitions()) if i % self._parallelism == self._subtask_index]
         consumer.assign(mine)
@@ -231,8 +285,12 @@ class KafkaReader(SourceReader):
         assert self._consumer is not None
         # aiokafka has no public call that loads a topic's partitions into the consumer's metadata
         cluster = await self._consumer._client.fetch_all_metadata()
+        topics = self._source.topics
+        if self._source.pattern is not None:
+            matching = re.compile(self._source.pattern)
+            topics = sorted(t for t in cluster.topics() if matching.fullmatch(t))
         partitions = []
-        for topic in self._source.topics:
+        for topic in topics:
             ids = cluster.partitions_for_topic(topic)
             if not ids:
                 raise ValueError(f"{self._source.name}: topic {topic!r} does not exist on "
@@ -359,27 +417,51 @@ class KafkaReader(SourceReader):
                     self._next[tp] = end
                     return SourceBatch([], split_name(tp))
         self._next[tp] = records[-1].offset + 1
-        values = [r.value for r in records]
+        source = self._source
         bad: list[BadRecord] = []
         try:
-            decoded = [None if raw is None else self._source.decode(raw) for raw in values]
-        except self._source.decode_error:
-            decoded = self._decode_carefully(tp, records, bad)
+            if source.output == "value":
+                decode = source.decode
+                decoded = [None if r.value is None else decode(r.value) for r in records]
+            else:
+                decoded = [self._record(r) for r in records]
+        except source.decode_error + source.decode_key_error:
+            records = self._decode_carefully(tp, records, bad)
+            decoded = [None if r.value is None else source.decode(r.value) for r in records] \
+                if source.output == "value" else [self._record(r) for r in records]
         self._records += len(decoded)
-        return SourceBatch(decoded, split_name(tp), bad or None)
+        return SourceBatch(decoded, split_name(tp), bad or None, [r.timestamp for r in records])
+
+    def _record(self, r: Any) -> KafkaRecord:
+        source = self._source
+        return KafkaRecord(
+            None if r.key is None else source.decode_key(r.key),
+            None if r.value is None else source.decode(r.value),
+            r.topic, r.partition, r.offset, r.timestamp, tuple(r.headers),
+        )
 
     def _decode_carefully(self, tp: TopicPartition, records: list[Any], bad: list[BadRecord]) -> list[Any]:
-        decode, error = self._source.decode, self._source.decode_error
-        decoded = []
+        """The records whose key (with ``output="record"``) and value decode; the others
+        go to the error policy."""
+        source = self._source
+        checks = [(source.decode, source.decode_error, "value")]
+        if source.output == "record":
+            checks.append((source.decode_key, source.decode_key_error, "key"))
+        good = []
         for record in records:
-            if record.value is None:
-                decoded.append(None)
-                continue
-            try:
-                decoded.append(decode(record.value))
-            except error as exc:
-                self._policy.handle(exc, f"{split_name(tp)}@{record.offset}", record.value, bad)
-        return decoded
+            for decode, error, part in checks:
+                raw = getattr(record, part)
+                if raw is None:
+                    continue
+                try:
+                    decode(raw)
+                except error as exc:
+                    location = f"{split_name(tp)}@{record.offset}" + (" (key)" if part == "key" else "")
+                    self._policy.handle(exc, location, raw, bad)
+                    break
+            else:
+                good.append(record)
+        return good
 
     # -- positions and commits --------------------------------------------------------
 
@@ -413,6 +495,19 @@ class KafkaReader(SourceReader):
                         group=self._source.group_id, checkpoint=checkpoint_id, error=repr(exc))
             return
         self._commits += 1
+
+    def lag(self) -> dict[str, int]:
+        """Consumer lag of each partition read here: records between the next one to hand
+        out and the partition's end, as of the last fetch (unknown before one)."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        lags = {}
+        for tp, offset in list(self._next.items()):
+            end = consumer.highwater(tp)
+            if end is not None:
+                lags[split_name(tp)] = max(end - offset, 0)
+        return lags
 
     def statistics(self) -> dict[str, int]:
         return {

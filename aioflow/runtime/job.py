@@ -148,7 +148,7 @@ def _build(plan: Plan, config: RuntimeConfig, job: Job, store: LmdbStore | None,
             if head.source is not None:
                 source = head.source
                 watermarks = None
-                if head.watermarks is not None or head.timestamps is not None:
+                if head.watermarks is not None or head.timestamps is not None or source.timestamped:
                     interval = config.watermark_interval
                     if interval is None:
                         interval = 0.0 if source.replayable else PERIODIC_WATERMARK_INTERVAL

@@ -162,6 +162,7 @@ class _Task:
         self.operators = operators
         self.head = operators[0]
         self.writers = writers
+        self._reported_final = False  # the final state went to the coordinator
         self._linger = min((w.linger for w in writers), default=0.0)
         self._next_linger_check = 0.0
 
@@ -224,9 +225,10 @@ class _Task:
         """Checkpoint ``checkpoint_id`` completed (sources pass it on to their reader)."""
 
     async def _finished(self) -> None:
-        """The task ended: its final state stands for it in later checkpoints."""
+        """The task ended: its final state stands for it in later checkpoints (reported once)."""
         coordinator = self.env.coordinator
-        if coordinator is not None:
+        if coordinator is not None and not self._reported_final:
+            self._reported_final = True
             backend = self.env.state_backend
             states = await self._states(-1)
             coordinator.task_finished(self, states, backend.snapshot() if backend.durable else [])
@@ -292,6 +294,8 @@ class SourceTask(_Task):
         self.reader = reader
         self._reading = False  # the reader is open
         self._positions: dict[int, Any] = {}  # checkpoint id -> the position in it, until it completes
+        self._final_position: Any = None  # the position in the final state, until a checkpoint holds it
+        self._final_committed: anyio.Event | None = None  # set once a checkpoint holding it completed
         self.watermarks = watermarks
         self.dead_letter_tag = dead_letter_tag
         self.stop_requested = stop_requested
@@ -303,10 +307,27 @@ class SourceTask(_Task):
         failure: Exception | None = None
         async with anyio.create_task_group() as background:
             reader.task_group = background
+            # The reader stays open until a checkpoint holding its last position completed,
+            # so that it can commit that position (Kafka: to the consumer group).
             try:
                 await reader.open()
                 self._reading = True
                 await self._read_until_done()
+                if self.stop_after_barrier:
+                    # Stopping with a savepoint: no final watermark, so open windows and timers
+                    # are kept in it, not fired. The job cancels this task once the savepoint
+                    # completed (and its position was committed).
+                    await anyio.sleep_forever()
+                # End of input (or a stop request): the final watermark fires every pending
+                # event-time timer and window, then everything downstream flushes and ends.
+                if self.watermarks is not None:
+                    await self.watermarks.activate(head)  # an idle output would have it ignored
+                await head.process_watermark(MAX_WATERMARK)
+                await head.end_input()
+                if env.coordinator is not None:
+                    self._final_committed = anyio.Event()
+                    await self._finished()
+                    await self._final_committed.wait()
             except Exception as exc:  # raised below, outside the group, not wrapped in a group
                 failure = exc
             finally:
@@ -316,16 +337,6 @@ class SourceTask(_Task):
                 background.cancel_scope.cancel()
         if failure is not None:
             raise failure
-        if self.stop_after_barrier:
-            # Stopping with a savepoint: no final watermark, so open windows and timers are
-            # kept in it, not fired. The job cancels this task once the savepoint completed.
-            await anyio.sleep_forever()
-        # End of input (or a stop request): the final watermark fires every pending
-        # event-time timer and window, then everything downstream flushes and ends.
-        if self.watermarks is not None:
-            await self.watermarks.activate(head)  # an idle output would have it ignored
-        await head.process_watermark(MAX_WATERMARK)
-        await head.end_input()
 
     async def _read_until_done(self) -> None:
         reader, head, env = self.reader, self.head, self.env
@@ -349,7 +360,8 @@ class SourceTask(_Task):
                 if watermarks is None:
                     await head.process(Batch(records))
                 else:
-                    await watermarks.push(head, source_batch.split, records, reader.splits())
+                    await watermarks.push(head, source_batch.split, records, reader.splits(),
+                                          source_batch.timestamps)
                 if trim is not None:
                     trim()  # keep the state cache within its size
                 await self.flush_lingering()
@@ -360,8 +372,11 @@ class SourceTask(_Task):
     async def _states(self, checkpoint_id: int) -> dict[str, Any]:
         states = await super()._states(checkpoint_id)
         source: dict[str, Any] = {"position": self.reader.position()}
-        if checkpoint_id >= 0 and self._reading:
-            self._positions[checkpoint_id] = source["position"]
+        if self._reading:
+            if checkpoint_id >= 0:
+                self._positions[checkpoint_id] = source["position"]
+            else:
+                self._final_position = source["position"]
         if self.watermarks is not None:
             source["watermarks"] = self.watermarks.snapshot()
         states[f"{self.head.name}#source"] = source
@@ -399,12 +414,17 @@ class SourceTask(_Task):
             self.watermarks.restore(watermarks)
 
     async def checkpoint_complete(self, checkpoint_id: int) -> None:
-        """Tell the reader, while it reads, the position of the checkpoint that completed."""
+        """Tell the open reader the position of the checkpoint that completed (after the
+        task finished: its final position, which every later checkpoint holds)."""
         position = self._positions.pop(checkpoint_id, None)
         for older in [c for c in self._positions if c < checkpoint_id]:
             del self._positions[older]  # abandoned checkpoints: never completing now
+        if position is None and self._reported_final:
+            position, self._final_position = self._final_position, None
         if position is not None and self._reading:
             await self.reader.notify_checkpoint_complete(checkpoint_id, position)
+        if self._reported_final and self._final_committed is not None:
+            self._final_committed.set()
 
     async def _periodic_watermark(self, now: int) -> None:
         watermarks = self.watermarks

@@ -238,11 +238,13 @@ class SourceWatermarks:
         for name in active_splits:
             self._split(name)
 
-    def on_batch(self, split: str, records: list[Any]) -> tuple[list[int], list[tuple[int, int]]]:
-        """Timestamps of a batch read from ``split``, and where the watermark advanced inside
-        it: ``[(index, watermark), ...]``, the watermark to emit after ``records[:index]``
+    def on_batch(self, split: str, records: list[Any],
+                 known: list[int] | None = None) -> tuple[list[int], list[tuple[int, int]]]:
+        """Timestamps of a batch read from ``split`` (``known``: the ones the source gave,
+        used without a timestamp function), and where the watermark advanced inside it:
+        ``[(index, watermark), ...]``, the watermark to emit after ``records[:index]``
         (only generators that emit per event have any)."""
-        stamps = self.extract(records)
+        stamps = known if known is not None and self.timestamps is None else self.extract(records)
         cuts: list[tuple[int, int]] = []
         if self.strategy is not None:
             state = self._split(split)
@@ -261,13 +263,15 @@ class SourceWatermarks:
                             cuts.append((index, advanced))
         return stamps, cuts
 
-    async def push(self, target: Any, split: str, records: list[Any], active_splits: list[str]) -> None:
-        """Send ``records`` to ``target`` with their timestamps, and any watermark a
-        per-event generator emitted right after the record that caused it (and, with
-        ``interval_ms == 0``, the watermark over ``active_splits`` after the batch)."""
+    async def push(self, target: Any, split: str, records: list[Any], active_splits: list[str],
+                   known: list[int] | None = None) -> None:
+        """Send ``records`` to ``target`` with their timestamps (``known``: from the
+        source), and any watermark a per-event generator emitted right after the record
+        that caused it (and, with ``interval_ms == 0``, the watermark over
+        ``active_splits`` after the batch)."""
         self.track(active_splits)
         await self.activate(target)
-        stamps, cuts = self.on_batch(split, records)
+        stamps, cuts = self.on_batch(split, records, known)
         start = 0
         for end, watermark in cuts:
             if end > start:
@@ -312,11 +316,26 @@ class SourceWatermarks:
         return idle_change, advanced
 
     def on_periodic(self, now: int, active_splits: list[str]) -> tuple[bool | None, int | None]:
-        """Periodic emission: ask every split's generator, apply idleness, combine."""
+        """Periodic emission: ask every split's generator, apply idleness, combine.
+
+        Splits that went quiet turn idle one at a time, the longest quiet (then the lowest
+        watermark) first, each after the watermark of the others was taken: a split that
+        had no records holds nothing back once it is idle, even when the one with records
+        goes idle in the same round.
+        """
         timeout = self.strategy.idle_timeout if self.strategy is not None else None
         self.track(active_splits)
-        for state in self._splits.values():
+        was_idle = self.idle
+        states = self._splits.values()
+        for state in states:
             state.generator.on_periodic_emit(state.output)
-            if timeout is not None and now - state.last_event >= timeout:
+        advanced: int | None = None
+        if timeout is not None:
+            quiet = [s for s in states if not s.output.idle and now - s.last_event >= timeout]
+            for state in sorted(quiet, key=lambda s: (s.last_event, s.output.watermark)):
+                step = self.combined()[1]
+                advanced = step if step is not None else advanced
                 state.output.idle = True
-        return self.combined()
+        step = self.combined()[1]
+        advanced = step if step is not None else advanced
+        return (self.idle if self.idle != was_idle else None), advanced

@@ -61,7 +61,7 @@ def _json(values: list[Any]) -> list[bytes]:
 
 def test_the_public_module_exports_the_source() -> None:
     assert af.kafka.KafkaSource is KafkaSource
-    assert aioflow.kafka.__all__ == ["KafkaSource"]
+    assert aioflow.kafka.__all__ == ["KafkaRecord", "KafkaSource"]
 
 
 @pytest.mark.parametrize(
@@ -334,3 +334,211 @@ async def test_partitions_being_assigned_already_hold_the_watermark_back() -> No
         assert sorted(reader.splits()) == ["t:0", "t:1"]  # neither positioned yet
         release.set()
     assert sorted(reader.splits()) == ["t:0", "t:1"] and len(positioned) == 2
+
+
+class CountPerWindow(af.ProcessWindowFunction):
+    def process(self, key: Any, context: Any, elements: list[Any]) -> Any:
+        yield (context.window.start, len(elements))
+
+
+async def _produce_records(broker: str, topic: str, records: list[dict[str, Any]]) -> None:
+    """Each dict holds send() arguments: value, and optionally key, partition, timestamp_ms, headers."""
+    producer = AIOKafkaProducer(bootstrap_servers=broker)
+    await producer.start()
+    try:
+        for record in records:
+            await producer.send_and_wait(topic, **record)
+    finally:
+        await producer.stop()
+
+
+async def test_output_record_yields_kafka_records_with_their_metadata(kafka_broker: str) -> None:
+    topic = await _topic(kafka_broker, partitions=1)
+    await _produce_records(kafka_broker, topic, [
+        {"value": b'{"i": 0}', "key": b"user-1", "timestamp_ms": 1_000, "headers": [("h", b"x")]},
+        {"value": None, "key": b"user-2", "timestamp_ms": 2_000},
+    ])
+    app = af.App("kafka-records")
+    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"), bounded=True,
+                                  output="record", key_format="str")
+    out = await run_collect_async(app.source(source))
+    assert out == [
+        af.kafka.KafkaRecord("user-1", {"i": 0}, topic, 0, 0, 1_000, (("h", b"x"),)),
+        af.kafka.KafkaRecord("user-2", None, topic, 0, 1, 2_000, ()),
+    ]
+
+
+async def test_a_key_that_fails_to_decode_goes_to_the_dead_letter_output(kafka_broker: str) -> None:
+    topic = await _topic(kafka_broker, partitions=1)
+    await _produce_records(kafka_broker, topic, [{"value": b"1", "key": b"k"}, {"value": b"2", "key": b"\xff"}])
+    dead = af.OutputTag("dead")
+    app = af.App("kafka-bad-key")
+    events = app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"),
+                                             bounded=True, output="record", key_format="str", on_error=dead))
+    good, bad = await run_collect_async(events.map(lambda r: r.value), events.get_side_output(dead))
+    assert good == [1]
+    assert [(b.location, b.raw) for b in bad] == [(f"{topic}:0@1 (key)", b"\xff")]
+
+
+async def test_event_time_is_the_kafka_timestamp_without_a_timestamp_function(kafka_broker: str) -> None:
+    topic = await _topic(kafka_broker, partitions=1)
+    stamps = [1_000, 4_000, 9_000, 11_000, 12_500, 25_000]
+    await _produce_records(kafka_broker, topic, [{"value": b"1", "timestamp_ms": t} for t in stamps])
+    app = af.App("kafka-event-time")
+    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"), bounded=True)
+    counts = (
+        app.source(source, watermarks=af.BoundedOutOfOrderness(0))
+        .key_by(lambda v: "all")
+        .window(af.TumblingEventTimeWindows(10_000))
+        .process(CountPerWindow())
+    )
+    assert sorted(await run_collect_async(counts)) == [(0, 3), (10_000, 2), (20_000, 1)]
+
+
+async def test_a_quiet_partition_goes_idle_and_windows_close_without_it(kafka_broker: str) -> None:
+    """Only partition 0 gets records; with an idle timeout, partition 1 stops holding the
+    watermark back and the first window fires while the job runs (no heartbeats needed)."""
+    topic = await _topic(kafka_broker, partitions=2)
+    await _produce_records(kafka_broker, topic, [
+        {"value": b"1", "partition": 0, "timestamp_ms": t} for t in (1_000, 2_000, 15_000)
+    ])
+    app = af.App("kafka-idle")
+    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"))
+    sink = af.CollectSink()
+    (
+        app.source(source, watermarks=af.BoundedOutOfOrderness(0, idle_timeout=300))
+        .key_by(lambda v: "all")
+        .window(af.TumblingEventTimeWindows(10_000))
+        .process(CountPerWindow())
+        .sink(sink)
+    )
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(app.run_async)
+            while not sink.results:
+                await anyio.sleep(0.05)  # polling a condition, bounded by fail_after
+            app.stop()
+    assert sink.results[0] == (0, 2)
+
+
+async def test_pattern_reads_every_matching_topic(kafka_broker: str) -> None:
+    prefix = _name("p")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(f"{prefix}-{n}", num_partitions=1, replication_factor=1)
+                                   for n in ("a", "b", "other")])
+    finally:
+        await admin.close()
+    await _produce(kafka_broker, f"{prefix}-a", _json([1, 2]), partitions=1)
+    await _produce(kafka_broker, f"{prefix}-b", _json([3]), partitions=1)
+    await _produce(kafka_broker, f"{prefix}-other", _json([99]), partitions=1)
+    pattern = f"{prefix}-[ab]"
+    bounded = af.kafka.KafkaSource(pattern=pattern, bootstrap_servers=kafka_broker, group_id=_name("g"),
+                                   bounded=True)
+    assert sorted(await run_collect_async(af.App("kafka-pattern").source(bounded))) == [1, 2, 3]
+
+    app = af.App("kafka-pattern-group")
+    sink = af.CollectSink()
+    app.source(af.kafka.KafkaSource(pattern=pattern, bootstrap_servers=kafka_broker, group_id=_name("g"))).sink(sink)
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(app.run_async)
+            while sorted(sink.results) != [1, 2, 3]:
+                await anyio.sleep(0.05)  # polling a condition, bounded by fail_after
+            app.stop()
+
+
+async def test_a_stop_with_a_savepoint_commits_its_positions_to_the_group(kafka_broker: str, tmp_path: Path) -> None:
+    """No periodic checkpoint completes (the interval is an hour): only the savepoint of
+    the stop can have committed the offsets, and the group has left."""
+    topic, group = await _topic(kafka_broker), _name("g")
+    await _produce(kafka_broker, topic, _json(list(range(10))))
+    app = af.App("kafka-stop-commit", state_dir=str(tmp_path / "state"), checkpoint_interval=3600)
+    sink = af.CollectSink()
+    app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=group)).sink(sink)
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(app.run_async)
+            while len(sink.results) < 10:
+                await anyio.sleep(0.05)  # polling a condition, bounded by fail_after
+            app.stop()
+    assert await _committed(kafka_broker, group, topic) == {f"{topic}:0": 5, f"{topic}:1": 5}
+
+
+async def test_the_final_checkpoint_of_a_bounded_run_commits_its_positions(kafka_broker: str, tmp_path: Path) -> None:
+    topic, group = await _topic(kafka_broker), _name("g")
+    await _produce(kafka_broker, topic, _json(list(range(6))))
+    app = af.App("kafka-final-commit", state_dir=str(tmp_path / "state"), checkpoint_interval=3600)
+    app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=group, bounded=True)).sink(
+        af.CollectSink())
+    with anyio.fail_after(60):
+        await app.run_async()
+    assert await _committed(kafka_broker, group, topic) == {f"{topic}:0": 3, f"{topic}:1": 3}
+
+
+async def test_lag_is_what_is_left_in_each_partition(kafka_broker: str) -> None:
+    topic = await _topic(kafka_broker, partitions=1)
+    await _produce(kafka_broker, topic, _json(list(range(10))), partitions=1)
+    reader = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"),
+                                  bounded=True).create_reader(0, 1)
+    await reader.open()
+    try:
+        read: list[Any] = []
+        with anyio.fail_after(20):
+            while not read:
+                batch = await reader.read(4, 0.5)
+                assert batch is not None
+                read = batch.records
+        assert read == [0, 1, 2, 3]
+        assert reader.lag() == {f"{topic}:0": 6}
+    finally:
+        await reader.close()
+
+
+async def test_backpressure_stops_the_reads_instead_of_buffering(kafka_broker: str) -> None:
+    """A sink that blocks stops the pipeline: the source hands out no more records, and the
+    consumer keeps at most one fetch per partition (aiokafka fetches a partition again only
+    once its buffered records were taken)."""
+    topic = await _topic(kafka_broker, partitions=2)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker, linger_ms=50)
+    await producer.start()
+    try:
+        for i in range(20_000):
+            await producer.send(topic, b"1", partition=i % 2)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    blocked, release = anyio.Event(), anyio.Event()
+    written: list[int] = []
+
+    class Blocking(af.Sink):
+        def create_writer(self, subtask_index: int, parallelism: int) -> af.SinkWriter:
+            class Writer(af.SinkWriter):
+                async def write(self, values: list[Any]) -> None:
+                    written.append(len(values))
+                    blocked.set()
+                    await release.wait()
+            return Writer()
+
+    readers: list[Any] = []
+
+    class Recorded(KafkaSource):
+        def create_reader(self, subtask_index: int, parallelism: int) -> Any:
+            readers.append(super().create_reader(subtask_index, parallelism))
+            return readers[-1]
+
+    app = af.App("kafka-backpressure", batch_size=100, channel_capacity=2)
+    source = Recorded(topic, bootstrap_servers=kafka_broker, group_id=_name("g"),
+                      consumer_options={"max_partition_fetch_bytes": 4096})
+    app.source(source).map(lambda v: v).sink(Blocking(), parallelism=1)
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(app.run_async)
+            await blocked.wait()
+            await anyio.sleep(1)  # time to run ahead, if it could
+            assert readers and sum(r.statistics()["records_read"] for r in readers) <= 100 * 6
+            for reader in readers:
+                assert len(reader._consumer._fetcher._records) <= 2
+            release.set()
+            app.stop()

@@ -175,6 +175,17 @@ def test_idle_timeout_marks_and_unmarks_a_split() -> None:
     assert watermarks.on_periodic(watermarks._splits["split"].last_event, ["split"]) == (False, 19)
 
 
+def test_a_split_without_records_goes_idle_before_one_that_went_quiet_with_it() -> None:
+    """Both splits are quiet past the timeout in the same round: the one that never had a
+    record turns idle first, so the other's watermark is emitted before it turns idle too."""
+    watermarks = SourceWatermarks("s", lambda r: r, af.BoundedOutOfOrderness(0, idle_timeout=100), 0.2)
+    watermarks.track(["busy", "empty"])
+    watermarks.on_batch("busy", [5_000])
+    for state in watermarks._splits.values():
+        state.last_event = 1_000  # quiet since the same moment
+    assert watermarks.on_periodic(1_100, ["busy", "empty"]) == (True, 4_999)
+
+
 def test_strategy_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="non-negative"):
         af.BoundedOutOfOrderness(-1)
