@@ -11,6 +11,7 @@ from aioflow.connected import (
     IntervalJoin,
     IntervalJoined,
 )
+from aioflow.connectors.async_sink import AsyncBatchSink, RetryPolicy
 from aioflow.connectors.base import (
     BadRecord,
     Sink,
@@ -30,6 +31,7 @@ from aioflow.errors import (
     BadRecordError,
     OperatorError,
     PipelineError,
+    SinkDeliveryError,
     StateError,
     UserFunctionTypeError,
 )
@@ -106,6 +108,7 @@ __all__ = [
     "AioflowError",
     "App",
     "AppLoadError",
+    "AsyncBatchSink",
     "BadRecord",
     "BadRecordError",
     "BoundedOutOfOrderness",
@@ -151,8 +154,10 @@ __all__ = [
     "ProcessingTimeTrigger",
     "PurgingTrigger",
     "RestartStrategy",
+    "RetryPolicy",
     "Sink",
     "SinkClosed",
+    "SinkDeliveryError",
     "SinkWriter",
     "SlidingEventTimeWindows",
     "SlidingProcessingTimeWindows",

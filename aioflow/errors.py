@@ -6,6 +6,8 @@
     ├── BadRecordError           a source could not decode a record (names the file and line)
     ├── StateError               state cannot be stored or restored: a value the serializer refuses,
     │                            a corrupt, incompatible or mismatched state directory or checkpoint
+    ├── SinkDeliveryError        an async batching sink could not deliver a batch: a non-retryable
+    │                            error, or retryable ones through every attempt (names sink and attempts)
     └── OperatorError            user code in an operator raised (names operator and record)
         └── UserFunctionTypeError    user code returned a value of the wrong type
 
@@ -24,6 +26,7 @@ __all__ = [
     "BadRecordError",
     "OperatorError",
     "PipelineError",
+    "SinkDeliveryError",
     "StateError",
     "UserFunctionTypeError",
 ]
@@ -83,6 +86,23 @@ class OperatorError(AioflowError):
 
 class UserFunctionTypeError(OperatorError, TypeError):
     """A user function returned a value of the wrong type (e.g. a non-int timestamp)."""
+
+
+class SinkDeliveryError(AioflowError):
+    """A sink could not deliver a batch of records to its destination.
+
+    Raised by an :class:`~aioflow.AsyncBatchSink` when sending a batch failed with an error
+    its ``is_retryable`` refuses, or kept failing through every attempt of its retry
+    policy. ``sink`` names the sink and subtask (``"HttpSink[0]"``), ``attempts`` says how
+    many sends were made, ``records`` holds the records not delivered. ``__cause__`` is the
+    last error (``None`` when the destination kept refusing some records of the batch).
+    """
+
+    def __init__(self, message: str, *, sink: str, attempts: int, records: list[Any]) -> None:
+        super().__init__(message)
+        self.sink = sink
+        self.attempts = attempts
+        self.records = records
 
 
 class StateError(AioflowError):

@@ -50,3 +50,45 @@ def test_orders_example_writes_big_orders_and_dead_letters() -> None:
     dead = [orjson.loads(line) for line in (out / "dead_letters.jsonl").read_bytes().splitlines()]
     assert [d["location"].rsplit(":", 1)[1] for d in dead] == ["18"]
     assert dead[0]["raw"] == '{"order": 17.5, "user": "eve", "amount": '  # BadRecord.raw decoded by the example
+
+
+def test_http_sink_posts_every_result_in_batches_and_retries_a_503() -> None:
+    """The example against a server of the test's own, whose first answer is a 503."""
+    import os
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    batches: list[list[dict]] = []
+    answers = [503]  # then 200s
+
+    class Store(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            status = answers.pop() if answers else 200
+            if status == 200:
+                batches.append(orjson.loads(body))
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Store)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/results"
+        result = subprocess.run(
+            [sys.executable, "-m", "aioflow", "run", "examples/http_sink.py:app", "--log-format", "json"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "HTTP_SINK_URL": url},
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""  # the example's own server did not start
+    assert '"event": "sink send failed: retrying"' in result.stderr and "answered 503" in result.stderr
+    results = [row for batch in batches for row in batch]
+    assert all(1 <= len(batch) <= 20 for batch in batches)
+    assert len({(row["page"], row["minute"]) for row in results}) == len(results)  # each window once
+    assert sum(row["views"] for row in results) == 600  # every page view of examples/data/page_views.jsonl
