@@ -123,6 +123,7 @@ class App:
         if checkpoint_interval is None and restart_strategy is not None and not isinstance(restart_strategy, NoRestart):
             raise PipelineError("restart_strategy needs checkpoint_interval: a restart resumes from the last "
                                 "checkpoint (without one it would replay the input into the sinks)")
+        self._chosen = {"state_backend": state_backend, "restart_strategy": restart_strategy}  # None: derived
         if restart_strategy is None:
             restart_strategy = DEFAULT_RESTART_STRATEGY if checkpoint_interval is not None else NoRestart()
         self.restart_strategy = restart_strategy
@@ -171,23 +172,42 @@ class App:
             self.graph.check_parallelism(parallelism, "parallelism")
         return build_plan(self.name, self.graph.nodes, parallelism or self.parallelism)
 
-    def _config(self, **run_options: Any) -> RuntimeConfig:
+    def _config(self, *, state_dir: str | None = None, checkpoint_interval: float | None = None,
+                **run_options: Any) -> RuntimeConfig:
+        """The runtime configuration; ``state_dir`` and ``checkpoint_interval`` override the
+        app's for one run (``aioflow run --state-dir/--checkpoint-interval``), with what
+        derives from them (the LMDB backend, the default restart strategy) derived again."""
+        state_backend, restart_strategy = self.state_backend, self.restart_strategy
+        if state_dir is None:
+            state_dir = self.state_dir
+        elif self._chosen["state_backend"] is None:
+            state_backend = "lmdb"
+        if checkpoint_interval is None:
+            checkpoint_interval = self.checkpoint_interval
+        else:
+            _positive(checkpoint_interval, "checkpoint_interval", (int, float))
+            if state_backend != "lmdb" or state_dir is None:
+                raise PipelineError(f"checkpoint_interval needs a state_dir (and the 'lmdb' state_backend): "
+                                    f"checkpoints are kept in the LMDB state store; got state_dir={state_dir!r}, "
+                                    f"state_backend={state_backend!r}")
+            if self._chosen["restart_strategy"] is None and isinstance(restart_strategy, NoRestart):
+                restart_strategy = DEFAULT_RESTART_STRATEGY
         return RuntimeConfig(
             batch_size=self.batch_size,
             linger=self.linger,
             channel_capacity=self.channel_capacity,
             max_parallelism=self.max_parallelism,
             watermark_interval=self.watermark_interval,
-            state_dir=self.state_dir,
-            state_backend=self.state_backend,
+            state_dir=state_dir,
+            state_backend=state_backend,
             state_cache_size=self.state_cache_size,
-            checkpoint_interval=self.checkpoint_interval,
+            checkpoint_interval=checkpoint_interval,
             checkpoint_mode=self.checkpoint_mode,
             checkpoint_timeout=self.checkpoint_timeout,
             min_pause_between_checkpoints=self.min_pause_between_checkpoints,
             retained_checkpoints=self.retained_checkpoints,
             tolerable_checkpoint_failures=self.tolerable_checkpoint_failures,
-            restart_strategy=self.restart_strategy,
+            restart_strategy=restart_strategy,
             **run_options,
         )
 
@@ -198,13 +218,17 @@ class App:
         from_savepoint: str | os.PathLike[str] | None = None,
         allow_non_restored_state: bool = False,
         drain_on_stop: bool = False,
+        state_dir: str | os.PathLike[str] | None = None,
+        checkpoint_interval: float | None = None,
     ) -> None:
         """Run the job inside a running event loop; returns when bounded input is done, or
         after a stop. ``parallelism`` overrides the app's default parallelism.
         ``from_savepoint`` restores the savepoint directory into ``state_dir`` first; a
         checkpoint or savepoint with state of operators the job no longer has is refused
         unless ``allow_non_restored_state``. With checkpoints, :meth:`stop` takes a
-        savepoint and keeps open windows and timers in it, unless ``drain_on_stop``."""
+        savepoint and keeps open windows and timers in it, unless ``drain_on_stop``.
+        ``state_dir`` and ``checkpoint_interval`` override the app's for this run (a
+        ``state_dir`` then means the LMDB backend, unless the app chose one)."""
         if not structlog.is_configured():
             configure_logging()
         plan = self.plan(parallelism=parallelism)
@@ -212,6 +236,8 @@ class App:
             from_savepoint=None if from_savepoint is None else os.fspath(from_savepoint),
             allow_non_restored_state=allow_non_restored_state,
             drain_on_stop=drain_on_stop,
+            state_dir=None if state_dir is None else os.fspath(state_dir),
+            checkpoint_interval=checkpoint_interval,
         )
         self._job = job = Job(plan, config)
         try:
@@ -235,6 +261,12 @@ class App:
         stop and the job drains what is in flight, firing windows as at the end of input."""
         if self._job is not None:
             self._job.request_stop()
+
+    @property
+    def job(self) -> Job | None:
+        """The job being run (``None`` when none runs): what the worker's health check
+        and metrics read (its status, subtasks, checkpoint statistics, restarts)."""
+        return self._job
 
     @property
     def stops_with_savepoint(self) -> bool:

@@ -7,6 +7,22 @@ Exit status of ``aioflow run``: 0 the job finished (its input ended, or a stop s
 drained it or stopped it with a savepoint); 1 it failed; 2 the app could not be loaded or the command line is wrong;
 128 + the signal number (130 for SIGINT, 143 for SIGTERM) it was cancelled before
 completion, by a second signal or because the stop took longer than ``--stop-timeout``.
+
+Configuration: every option can also be set by an environment variable named after it
+(``--http-port`` -> ``AIOFLOW_HTTP_PORT``, ``--drain`` -> ``AIOFLOW_DRAIN=1``); a flag on
+the command line wins over the variable, and a variable that does not parse is refused
+naming it (exit status 2). See :mod:`aioflow.worker.config`. ``aioflow run`` reads
+``AIOFLOW_LOG_LEVEL``, ``AIOFLOW_LOG_FORMAT``, ``AIOFLOW_PARALLELISM``,
+``AIOFLOW_STATE_DIR``, ``AIOFLOW_CHECKPOINT_INTERVAL``, ``AIOFLOW_FROM_SAVEPOINT``,
+``AIOFLOW_ALLOW_NON_RESTORED_STATE``, ``AIOFLOW_DRAIN``, ``AIOFLOW_STOP_TIMEOUT``,
+``AIOFLOW_HTTP_PORT``, ``AIOFLOW_HTTP_HOST``, ``AIOFLOW_HEALTH_MAX_CHECKPOINT_FAILURES``,
+``AIOFLOW_HEALTH_MAX_WATERMARK_LAG`` and ``AIOFLOW_HEALTH_MAX_SOURCE_LAG``;
+``aioflow plan`` the log options and ``AIOFLOW_PARALLELISM``.
+
+``--http-port N`` serves ``/health`` (200 while the job runs and is caught up, else 503
+with a JSON body saying why) and ``/metrics`` (Prometheus text format) on
+``--http-host`` (127.0.0.1 by default); see :mod:`aioflow.worker.health`,
+:mod:`aioflow.worker.collectors` and docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -18,18 +34,26 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import structlog
+from structlog.contextvars import bound_contextvars
 
 from aioflow.app import App
 from aioflow.errors import AioflowError, AppLoadError
-from aioflow.log import configure_logging
+from aioflow.log import LOG_LEVELS, configure_logging
+from aioflow.worker.collectors import register_job_metrics
+from aioflow.worker.config import EnvironmentOptionError, EnvironmentOptions
+from aioflow.worker.health import DEFAULT_MAX_CHECKPOINT_FAILURES, HealthCheck
+from aioflow.worker.http import DEFAULT_HOST, HttpServer, worker_routes
+from aioflow.worker.metrics import MetricsRegistry
 from aioflow.worker.stop import STOP_TIMEOUT, StopSignals
 
-__all__ = ["EXIT_CANNOT_LOAD", "EXIT_FAILED", "EXIT_FINISHED", "load_app", "main"]
+__all__ = ["EXIT_CANNOT_LOAD", "EXIT_FAILED", "EXIT_FINISHED", "HttpOptions", "load_app", "main", "parse_args"]
 
 log = structlog.get_logger("aioflow.cli")
 
@@ -84,13 +108,59 @@ def load_app(target: str) -> App:
     return app
 
 
-async def _run_worker(app: App, stop_timeout: float, options: dict[str, Any]) -> int:
-    """Run ``app`` until it finishes or a stop signal ends it; return the exit status."""
+@dataclass(frozen=True)
+class HttpOptions:
+    """``--http-host/--http-port`` and the limits of ``/health``."""
+
+    host: str
+    port: int
+    max_checkpoint_failures: int = DEFAULT_MAX_CHECKPOINT_FAILURES
+    max_watermark_lag: float | None = None
+    max_source_lag: int | None = None
+
+
+async def _run_worker(app: App, stop_timeout: float, options: dict[str, Any], http: HttpOptions | None = None) -> int:
+    """Run ``app`` until it finishes or a stop signal ends it; return the exit status.
+    With ``http``, serve ``/health`` and ``/metrics`` next to the job while it runs."""
+    with bound_contextvars(app=app.name):  # the worker's log lines name the app, as the job's do
+        return await _serve_and_run(app, stop_timeout, options, http)
+
+
+async def _serve_and_run(app: App, stop_timeout: float, options: dict[str, Any], http: HttpOptions | None) -> int:
     job = anyio.CancelScope()
     finished = False
+    ended: list[str] = []  # how the job ended, for /health while the worker exits
+    server = None
+    if http is not None:
+        registry = MetricsRegistry()
+        register_job_metrics(registry, lambda: app.job)
+        health = HealthCheck(app.name, lambda: app.job, ended=lambda: ended[-1] if ended else None,
+                             max_checkpoint_failures=http.max_checkpoint_failures,
+                             max_watermark_lag=http.max_watermark_lag, max_source_lag=http.max_source_lag)
+        server = HttpServer(worker_routes(health, registry), host=http.host, port=http.port)
+        try:
+            await server.open()
+        except OSError as exc:
+            log.error("cannot start the http server", app=app.name, host=http.host, port=http.port, error=str(exc))
+            return EXIT_FAILED
+    failure: BaseException | None = None
     with StopSignals(app, job, stop_timeout=stop_timeout) as signals, job:
-        await app.run_async(**options)
-        finished = True  # nothing can interrupt between the job's end and this line
+        async with anyio.create_task_group() as group:
+            if server is not None:
+                group.start_soon(server.serve, name="aioflow http server")
+            try:
+                await app.run_async(**options)
+                finished = True  # nothing can interrupt between the job's end and this line
+                ended.append("finished")
+            except anyio.get_cancelled_exc_class():
+                ended.append("cancelled")
+                raise
+            except BaseException as exc:  # raised below as it is, not inside an exception group
+                ended.append("failed")
+                failure = exc
+            group.cancel_scope.cancel()  # the server ends with the job
+    if failure is not None:
+        raise failure
     if finished:
         return EXIT_FINISHED
     log.warning("job cancelled before completion", app=app.name)
@@ -98,13 +168,23 @@ async def _run_worker(app: App, stop_timeout: float, options: dict[str, Any]) ->
 
 
 def _seconds(text: str) -> float:
-    seconds = float(text)
-    if not seconds >= 0:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
         raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
     return seconds
 
 
-def _parallelism(text: str) -> int:
+def _positive_seconds(text: str) -> float:
+    seconds = _seconds(text)
+    if seconds == 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return seconds
+
+
+def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -114,52 +194,118 @@ def _parallelism(text: str) -> int:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aioflow", description="Run and inspect aioflow pipelines.")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log-level", default="info", help="debug, info, warning or error (default: info)")
-    common.add_argument(
-        "--log-format", default="auto", choices=["auto", "console", "json"],
-        help="console lines, JSON lines, or auto: console on a terminal, JSON otherwise",
+_parallelism = _positive_int
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, got {text!r}")
+    return value
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().lower()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return level
+
+
+class _Parser(NamedTuple):
+    parser: argparse.ArgumentParser
+    #: Per command: the options that AIOFLOW_* variables can set.
+    env: dict[str, list[EnvironmentOptions]]
+
+
+def _parser() -> _Parser:
+    parser = argparse.ArgumentParser(
+        prog="aioflow", description="Run and inspect aioflow pipelines.",
+        epilog="Every option (except plan's --json) can also be set by an environment variable named after it, "
+               "shown as [env AIOFLOW_...]: a flag on the command line wins over the variable.",
     )
+    common = argparse.ArgumentParser(add_help=False)
+    shared = EnvironmentOptions()
+    shared.add(common, "--log-level", env_type=_log_level, default="info", metavar="LEVEL",
+               help="debug, info, warning or error (default: info)")
+    shared.add(common, "--log-format", default="auto", choices=["auto", "console", "json"],
+               help="console lines, JSON lines, or auto: console on a terminal, JSON otherwise (default: auto)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
         "run", parents=[common], help="run a pipeline until its input ends (or SIGINT/SIGTERM)",
         description="Run the App named by TARGET. Bounded jobs end by themselves. SIGINT or SIGTERM "
                     "stops the job: with checkpoints, with a savepoint (open windows and timers are kept "
                     "in it, not fired); without, or with --drain, the sources stop and what is in flight "
-                    "drains. A state_dir that holds a checkpoint or savepoint is resumed from.",
+                    "drains. A state_dir that holds a checkpoint or savepoint is resumed from. Each option "
+                    "can be set by the environment variable shown with it; a flag wins over the variable.",
     )
     run.add_argument("target", metavar="TARGET", help="module.path:app or path/to/file.py:app")
-    run.add_argument("--parallelism", "-p", type=_parallelism, metavar="N",
-                     help="override the app's default parallelism (a restore redistributes keyed state)")
-    run.add_argument("--from-savepoint", metavar="PATH",
-                     help="restore the savepoint directory PATH into the app's state_dir, then resume from it")
-    run.add_argument("--allow-non-restored-state", action="store_true",
-                     help="restore even if the checkpoint has state of operators the job no longer has "
-                          "(that state is dropped)")
-    run.add_argument("--drain", action="store_true",
-                     help="on SIGINT/SIGTERM drain (fire every window and timer, as at the end of input) "
-                          "instead of stopping with a savepoint")
-    run.add_argument(
-        "--stop-timeout", type=_seconds, default=STOP_TIMEOUT, metavar="SECONDS",
-        help=f"after a stop signal, cancel the job if it has not drained within SECONDS; an operator "
-             f"stuck in synchronous code makes the worker exit 3 s later (default: {STOP_TIMEOUT:g})",
-    )
+    env = EnvironmentOptions()
+    env.add(run, "--parallelism", "-p", type=_parallelism, metavar="N",
+            help="override the app's default parallelism (a restore redistributes keyed state)")
+    env.add(run, "--state-dir", metavar="PATH",
+            help="override the app's state_dir: where keyed state, checkpoints and savepoints live (LMDB)")
+    env.add(run, "--checkpoint-interval", type=_positive_seconds, metavar="SECONDS",
+            help="override the app's checkpoint_interval (needs a state directory)")
+    env.add(run, "--from-savepoint", metavar="PATH",
+            help="restore the savepoint directory PATH into the app's state_dir, then resume from it")
+    env.add(run, "--allow-non-restored-state", action="store_true", default=False,
+            help="restore even if the checkpoint has state of operators the job no longer has "
+                 "(that state is dropped)")
+    env.add(run, "--drain", action="store_true", default=False,
+            help="on SIGINT/SIGTERM drain (fire every window and timer, as at the end of input) "
+                 "instead of stopping with a savepoint")
+    env.add(run, "--stop-timeout", type=_seconds, default=STOP_TIMEOUT, metavar="SECONDS",
+            help=f"after a stop signal, cancel the job if it has not drained within SECONDS; an operator "
+                 f"stuck in synchronous code makes the worker exit 3 s later (default: {STOP_TIMEOUT:g})")
+    env.add(run, "--http-port", type=_port, metavar="N",
+            help="serve /health and /metrics (Prometheus) over HTTP on port N; 0 picks a free port, "
+                 "logged as `http server started` (default: no HTTP server)")
+    env.add(run, "--http-host", default=DEFAULT_HOST, metavar="HOST",
+            help=f"the address the HTTP server listens on (default: {DEFAULT_HOST}, this machine only; "
+                 "0.0.0.0 for every interface)")
+    env.add(run, "--health-max-checkpoint-failures", type=_positive_int, metavar="N",
+            default=DEFAULT_MAX_CHECKPOINT_FAILURES,
+            help=f"/health answers 503 once N checkpoints in a row failed "
+                 f"(default: {DEFAULT_MAX_CHECKPOINT_FAILURES})")
+    env.add(run, "--health-max-watermark-lag", type=_positive_seconds, metavar="SECONDS",
+            help="/health answers 503 while a source's watermark is more than SECONDS behind the wall clock "
+                 "(default: no limit)")
+    env.add(run, "--health-max-source-lag", type=_positive_int, metavar="RECORDS",
+            help="/health answers 503 while a source is more than RECORDS behind the end of a split, "
+                 "e.g. Kafka consumer lag (default: no limit)")
     plan = commands.add_parser(
         "plan", parents=[common], help="print the physical plan (tasks, chaining, partitioning)",
         description="Print how the App named by TARGET is split into tasks of chained operators.",
     )
     plan.add_argument("target", metavar="TARGET", help="module.path:app or path/to/file.py:app")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
-    plan.add_argument("--parallelism", "-p", type=_parallelism, metavar="N",
-                      help="the plan with this default parallelism, as `aioflow run -p N` would run it")
-    return parser
+    plan_env = EnvironmentOptions()
+    plan_env.add(plan, "--parallelism", "-p", type=_parallelism, metavar="N",
+                 help="the plan with this default parallelism, as `aioflow run -p N` would run it")
+    return _Parser(parser, {"run": [shared, env], "plan": [shared, plan_env]})
+
+
+def parse_args(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> argparse.Namespace:
+    """The command line, with what it does not give taken from ``AIOFLOW_*`` variables of
+    ``environ`` (default: ``os.environ``), then from the defaults. A bad flag exits (as
+    argparse does); a bad variable raises :class:`EnvironmentOptionError` naming it."""
+    parser, env = _parser()
+    args = parser.parse_args(argv)
+    for options in env[args.command]:
+        options.resolve(args, os.environ if environ is None else environ)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """The ``aioflow`` command; returns the exit status (see the module docstring)."""
-    args = _parser().parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except EnvironmentOptionError as exc:
+        print(f"aioflow: environment variable {exc}", file=sys.stderr)
+        return EXIT_CANNOT_LOAD
     try:
         configure_logging(args.log_level, args.log_format)
     except ValueError as exc:
@@ -184,10 +330,19 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # `aioflow plan ... | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FINISHED
+    if args.checkpoint_interval is not None and args.state_dir is None and app.state_dir is None:
+        print("aioflow: --checkpoint-interval needs a state directory: set --state-dir (AIOFLOW_STATE_DIR) "
+              "or App(state_dir=...)", file=sys.stderr)
+        return EXIT_CANNOT_LOAD
+    http = None
+    if args.http_port is not None:
+        http = HttpOptions(args.http_host, args.http_port, args.health_max_checkpoint_failures,
+                           args.health_max_watermark_lag, args.health_max_source_lag)
     try:
         options = {"parallelism": args.parallelism, "from_savepoint": args.from_savepoint,
-                   "allow_non_restored_state": args.allow_non_restored_state, "drain_on_stop": args.drain}
-        return anyio.run(_run_worker, app, args.stop_timeout, options)
+                   "allow_non_restored_state": args.allow_non_restored_state, "drain_on_stop": args.drain,
+                   "state_dir": args.state_dir, "checkpoint_interval": args.checkpoint_interval}
+        return anyio.run(_run_worker, app, args.stop_timeout, options, http)
     except (AioflowError, OSError) as exc:
         log.error("job failed", app=app.name, error=str(exc), exc_info=exc)
         return EXIT_FAILED

@@ -13,9 +13,11 @@ from typing import Literal
 
 import structlog
 
-__all__ = ["configure_logging"]
+__all__ = ["LOG_LEVELS", "configure_logging"]
 
 LogFormat = Literal["auto", "console", "json"]
+#: The levels :func:`configure_logging` takes.
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:

@@ -30,9 +30,30 @@ if TYPE_CHECKING:
     from aioflow.state.lmdb import LmdbStore
     from aioflow.state.table import Writes
 
-__all__ = ["CheckpointCoordinator"]
+__all__ = ["CheckpointCoordinator", "CheckpointStatistics"]
 
 log = structlog.get_logger("aioflow.checkpoint")
+
+
+@dataclass
+class CheckpointStatistics:
+    """Checkpoints of a job so far, across its restarts: what metrics and health read.
+
+    The job owns one and hands it to the coordinator of each run, which updates it.
+    """
+
+    #: Checkpoints (and savepoints, and final checkpoints) that completed.
+    completed: int = 0
+    #: Checkpoints that were abandoned (timed out).
+    failed: int = 0
+    #: Failures since the last checkpoint that completed.
+    consecutive_failures: int = 0
+    #: The last completed checkpoint: its id, seconds from trigger to commit, bytes of
+    #: state changes it wrote, and when it completed (Unix time, seconds).
+    last_id: int | None = None
+    last_duration_seconds: float | None = None
+    last_size_bytes: int | None = None
+    last_completed_at: float | None = None
 
 
 @dataclass
@@ -58,6 +79,7 @@ class CheckpointCoordinator:
         retained: int = 3,
         tolerable_failures: int | None = None,
         last_id: int = 0,
+        statistics: CheckpointStatistics | None = None,
     ) -> None:
         self.store = store
         self.tasks = tasks
@@ -67,6 +89,8 @@ class CheckpointCoordinator:
         self.retained = retained
         self.tolerable_failures = tolerable_failures
         self.last_id = last_id
+        #: Counts and the last completed checkpoint's duration and size, for metrics.
+        self.statistics = statistics if statistics is not None else CheckpointStatistics()
         self.pending: _Pending | None = None
         self._finished: dict[int, tuple[dict[str, Any], Writes]] = {}
         self._failures = 0
@@ -110,6 +134,8 @@ class CheckpointCoordinator:
 
     def _failed(self, pending: _Pending, why: str) -> None:
         self._failures += 1
+        self.statistics.failed += 1
+        self.statistics.consecutive_failures += 1
         log.warning("checkpoint failed", checkpoint=pending.checkpoint_id, reason=why)
         if self.tolerable_failures is not None and self._failures > self.tolerable_failures:
             raise StateError(f"checkpoint {pending.checkpoint_id} failed ({why}), and {self._failures} checkpoints "
@@ -167,6 +193,13 @@ class CheckpointCoordinator:
         for key, (states, _) in self._finished.items():
             self._finished[key] = (states, [])  # committed: later checkpoints keep just the states
         self._failures = 0
+        statistics = self.statistics
+        statistics.completed += 1
+        statistics.consecutive_failures = 0
+        statistics.last_id = metadata.checkpoint_id
+        statistics.last_duration_seconds = time.monotonic() - pending.started
+        statistics.last_size_bytes = metadata.size_bytes
+        statistics.last_completed_at = time.time()
         self._write_record(metadata)
         log.info("checkpoint complete", checkpoint=metadata.checkpoint_id, kind=metadata.kind,
                  ms=metadata.duration_ms, bytes=metadata.size_bytes)

@@ -95,6 +95,16 @@ class SourceReader:
     def statistics(self) -> dict[str, int]:
         return {}
 
+    def lag(self) -> dict[str, int]:
+        """Records between the read position and the end of each split, e.g. Kafka
+        consumer lag keyed ``"topic:partition"``; ``{}`` when unknown.
+
+        Called when metrics are scraped, never on the hot path: answer from what the
+        reader already knows (the last fetch's high watermarks), without I/O. The
+        source's :attr:`Source.lag_metric` names the metric it is exported as.
+        """
+        return {}
+
     async def close(self) -> None:
         """Release resources; called once, also when the job fails."""
 
@@ -115,6 +125,12 @@ class Source:
     #: Batches carry each record's event time (:attr:`SourceBatch.timestamps`), used when
     #: ``app.source`` has no ``timestamps=``.
     timestamped = False
+    #: The metric :meth:`SourceReader.lag` is exported as, and the labels a split's name
+    #: splits into at its colons (``"orders:3"`` -> ``topic="orders"``, ``partition="3"``),
+    #: after a ``source`` label. A Kafka source sets ``"aioflow_kafka_consumer_lag"`` and
+    #: ``("topic", "partition")``.
+    lag_metric = "aioflow_source_lag"
+    lag_labels: tuple[str, ...] = ("split",)
 
     def create_reader(self, subtask_index: int, parallelism: int) -> SourceReader:
         raise TypeError(f"{type(self).__name__} must implement create_reader(subtask_index, parallelism)")

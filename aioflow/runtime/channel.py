@@ -31,14 +31,15 @@ class ChannelStatistics:
     capacity: int
     sent: int
     sender_waiting: bool
-    #: Total seconds the sender spent waiting for credit.
+    #: Total seconds the sender spent waiting for credit (a wait under way included).
     backpressured_seconds: float
 
 
 class Channel:
     """A bounded FIFO of messages from one sender to one receiver."""
 
-    __slots__ = ("_buffer", "_capacity", "_gate", "_index", "_send_waiter", "_sent", "_waited", "name")
+    __slots__ = ("_buffer", "_capacity", "_gate", "_index", "_send_waiter", "_sent", "_waited", "_waiting_since",
+                 "name")
 
     def __init__(self, capacity: int, name: str = "") -> None:
         if capacity < 1:
@@ -50,6 +51,7 @@ class Channel:
         self._index = 0
         self._sent = 0
         self._waited = 0.0
+        self._waiting_since: float | None = None  # perf_counter() when the sender began to wait
         self.name = name
 
     def _attach(self, gate: InputGate, index: int) -> None:
@@ -65,11 +67,14 @@ class Channel:
     async def send(self, message: Any) -> None:
         """Append ``message``, first waiting for credit if the buffer is full."""
         if len(self._buffer) >= self._capacity:
-            started = time.perf_counter()
-            while len(self._buffer) >= self._capacity:
-                self._send_waiter = waiter = anyio.Event()
-                await waiter.wait()
-            self._waited += time.perf_counter() - started
+            self._waiting_since = started = time.perf_counter()
+            try:
+                while len(self._buffer) >= self._capacity:
+                    self._send_waiter = waiter = anyio.Event()
+                    await waiter.wait()
+            finally:
+                self._waiting_since = None
+                self._waited += time.perf_counter() - started
         self._push(message)
 
     def _push(self, message: Any) -> None:
@@ -88,12 +93,13 @@ class Channel:
         return message
 
     def statistics(self) -> ChannelStatistics:
+        since = self._waiting_since
         return ChannelStatistics(
             buffered=len(self._buffer),
             capacity=self._capacity,
             sent=self._sent,
             sender_waiting=self._send_waiter is not None,
-            backpressured_seconds=self._waited,
+            backpressured_seconds=self._waited + (time.perf_counter() - since if since is not None else 0.0),
         )
 
 

@@ -14,17 +14,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import structlog
+from structlog.contextvars import bound_contextvars
 
-from aioflow.checkpoint.coordinator import CheckpointCoordinator
+from aioflow.checkpoint.coordinator import CheckpointCoordinator, CheckpointStatistics
 from aioflow.checkpoint.metadata import CheckpointMetadata
 from aioflow.errors import StateError
 from aioflow.graph.logical import Node
 from aioflow.graph.plan import Plan, PlannedEdge, PlannedTask
-from aioflow.operators.base import FanOut, Operator, Output, cancelled_by_runtime
+from aioflow.operators.base import CountingOutput, FanOut, Operator, Output, cancelled_by_runtime
 from aioflow.runtime.channel import Channel, InputGate
 from aioflow.runtime.keygroups import key_group_range
 from aioflow.runtime.restart import NoRestart, RestartStrategy
@@ -34,7 +35,7 @@ from aioflow.state.backend import DEFAULT_CACHE_SIZE, StateBackend
 from aioflow.state.lmdb import LmdbStore, StateDirLock
 from aioflow.time.watermarks import PERIODIC_WATERMARK_INTERVAL, SourceWatermarks
 
-__all__ = ["Job", "RuntimeConfig"]
+__all__ = ["Job", "JobStatus", "RuntimeConfig"]
 
 log = structlog.get_logger("aioflow.runtime")
 
@@ -63,6 +64,11 @@ class RuntimeConfig:
 
 Subtask = SourceTask | StreamTask
 
+#: Where a job is: ``starting`` (opening state, until its tasks run), ``running``,
+#: ``restarting`` (after a failure, until the tasks of the next attempt run),
+#: ``stopping`` (a stop was requested), then ``finished``, ``failed`` or ``cancelled``.
+JobStatus = Literal["starting", "running", "restarting", "stopping", "finished", "failed", "cancelled"]
+
 
 def _channels(edge: PlannedEdge, capacity: int) -> list[list[Channel | None]]:
     """``[sender][receiver]`` channels of one edge (only the diagonal for forward edges)."""
@@ -83,12 +89,14 @@ def _combine(outputs: list[Output]) -> Output | None:
 
 
 def _wire(task: PlannedTask, operators: dict[int, Operator], writers: dict[int, RecordWriter]) -> None:
-    """Connect each operator to the chained operators and network writers it feeds."""
+    """Connect each operator to the chained operators and network writers it feeds,
+    through :class:`CountingOutput` s that count records in and out per batch."""
     for node in task.nodes:
         targets: dict[str | None, list[Output]] = {}
         for upstream, downstream, edge in task.chained:
             if upstream is node:
-                targets.setdefault(edge.side_tag, []).append(operators[downstream.id])
+                receiver = operators[downstream.id]
+                targets.setdefault(edge.side_tag, []).append(CountingOutput(receiver, receiver=receiver))
         network: dict[str | None, list[RecordWriter]] = {}
         for planned in task.outputs:
             if planned.source_node is node:
@@ -99,6 +107,10 @@ def _wire(task: PlannedTask, operators: dict[int, Operator], writers: dict[int, 
         for tag, outputs in targets.items():
             combined = _combine(outputs)
             assert combined is not None
+            if isinstance(combined, CountingOutput):  # one chained operator: one wrapper counts both
+                combined.sender = operator
+            else:
+                combined = CountingOutput(combined, sender=operator)
             if tag is None:
                 operator.out = combined
             else:
@@ -196,6 +208,12 @@ class Job:
         self._stopping: anyio.Event | None = None  # set by a stop request
         #: How often the job restarted after a failure.
         self.restarts = 0
+        #: The subtasks of the current attempt (empty until the first one is built): what
+        #: metrics read. Each restart replaces them, and their counters start from 0.
+        self.subtasks: list[Subtask] = []
+        #: Checkpoints of every attempt so far (see :class:`CheckpointStatistics`).
+        self.checkpoint_statistics = CheckpointStatistics()
+        self._phase: JobStatus = "starting"
         #: The savepoint a stop took (its directory), once the job stopped with one.
         self.savepoint: Path | None = None
 
@@ -263,6 +281,18 @@ class Job:
     def stop_requested(self) -> bool:
         return self._stop_requested
 
+    @property
+    def status(self) -> JobStatus:
+        """Where the job is (see :data:`JobStatus`), for health checks."""
+        if self._phase in ("starting", "running", "restarting") and (self._stop_requested or self._savepoint_wanted):
+            return "stopping"
+        return self._phase
+
+    @property
+    def coordinator(self) -> CheckpointCoordinator | None:
+        """The checkpoint coordinator of the current attempt (``None`` without checkpoints)."""
+        return self._coordinator
+
     def _open_state(self, *, install_savepoint: bool) -> tuple[LmdbStore | None, CheckpointMetadata | None]:
         """The worker's state store, and the checkpoint in it this run resumes from."""
         config = self.config
@@ -318,7 +348,16 @@ class Job:
         """Run until every task finished; raise the first failure, once the restart
         strategy gives up (each restart resumes from the last completed checkpoint)."""
         try:
-            await self._run_and_restart()
+            with bound_contextvars(app=self.plan.app_name):  # every log line of the job names its app
+                await self._run_and_restart()
+        except anyio.get_cancelled_exc_class():
+            self._phase = "cancelled"
+            raise
+        except BaseException:
+            self._phase = "failed"
+            raise
+        else:
+            self._phase = "finished"
         finally:
             if self._lock is not None:
                 self._lock.release()
@@ -350,6 +389,7 @@ class Job:
                               strategy=repr(strategy))
                     raise
                 self.restarts += 1
+                self._phase = "restarting"
                 log.warning("job failed: restarting from the last checkpoint", app=self.plan.app_name,
                             error=f"{type(exc).__name__}: {exc}", restart=self.restarts, delay=delay)
             finally:
@@ -372,7 +412,8 @@ class Job:
 
     async def _run(self, store: LmdbStore | None, restored: CheckpointMetadata | None) -> None:
         plan, config = self.plan, self.config
-        subtasks = _build(plan, config, self, store, restored.operators if restored is not None else None)
+        subtasks = self.subtasks = _build(plan, config, self, store,
+                                          restored.operators if restored is not None else None)
         coordinator = None
         if store is not None and config.checkpoint_interval is not None:
             coordinator = self._coordinator = CheckpointCoordinator(
@@ -380,6 +421,7 @@ class Job:
                 timeout=config.checkpoint_timeout, min_pause=config.min_pause_between_checkpoints,
                 retained=config.retained_checkpoints, tolerable_failures=config.tolerable_checkpoint_failures,
                 last_id=restored.checkpoint_id if restored is not None else 0,
+                statistics=self.checkpoint_statistics,
             )
             self._savepoint_requested = anyio.Event()
             if self._savepoint_wanted:  # a stop came before the job was up
@@ -422,6 +464,7 @@ class Job:
 
                 for subtask in subtasks:
                     group.start_soon(supervise, subtask, name=subtask.name)
+                self._phase = "running"
                 if coordinator is not None:
                     group.start_soon(self._checkpoint_periodically, coordinator, fail)
                     group.start_soon(self._stop_with_savepoint, coordinator, fail, group.cancel_scope)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 import structlog
+from structlog.contextvars import bound_contextvars
 
 from aioflow.errors import OperatorError, StateError
 from aioflow.operators.base import Operator, Output
@@ -176,6 +177,12 @@ class _Task:
         self.stop_after_barrier = stop
 
     async def run(self) -> None:
+        # Bound once for the task's coroutine: its log lines (and its user functions') name
+        # the subtask and, outside chained operators (which bind their own), the head.
+        with bound_contextvars(task=self.name, operator=self.head.name):
+            await self._run()
+
+    async def _run(self) -> None:
         opened: list[Operator] = []
         try:
             for operator in reversed(self.operators):  # downstream first: ready before data arrives
@@ -300,6 +307,11 @@ class SourceTask(_Task):
         self.dead_letter_tag = dead_letter_tag
         self.stop_requested = stop_requested
 
+    @property
+    def reading(self) -> bool:
+        """The reader is open: between its ``open()`` and its ``close()``."""
+        return self._reading
+
     async def _loop(self) -> None:
         reader, head, env = self.reader, self.head, self.env
         if self.watermarks is not None and self.watermarks.interval_ms:
@@ -354,6 +366,7 @@ class SourceTask(_Task):
             if source_batch is None:
                 return
             records = source_batch.records
+            head.records_in += len(records)
             if source_batch.bad and self.dead_letter_tag is not None:
                 await head.emit_side(self.dead_letter_tag, source_batch.bad, None)
             if records:
@@ -474,6 +487,7 @@ class StreamTask(_Task):
                         continue
             cls = message.__class__
             if cls is Batch:
+                head.records_in += len(message.values)
                 if input_numbers[index] == 2 and second_input is not None:
                     await second_input(message)
                 else:

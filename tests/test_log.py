@@ -1,0 +1,83 @@
+"""Log lines carry the app, the task and the operator they come from."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+import aioflow as af
+from aioflow.log import configure_logging
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def lines() -> Iterator[list[dict[str, Any]]]:
+    """Every log line as an event dict, contextvars merged, as configure_logging does."""
+    captured: list[dict[str, Any]] = []
+
+    def keep(logger: Any, method: str, event: dict[str, Any]) -> str:
+        captured.append(dict(event))
+        return ""
+
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, keep],
+                        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+                        logger_factory=structlog.ReturnLoggerFactory(), cache_logger_on_first_use=False)
+    try:
+        yield captured
+    finally:
+        configure_logging("warning", "console")
+
+
+def test_user_code_logs_with_its_app_task_and_operator(lines: list[dict[str, Any]]) -> None:
+    log = structlog.get_logger("user")
+
+    def parse(text: str) -> int:
+        if text == "3":
+            log.info("parsing three")
+        return int(text)
+
+    class Tally(af.KeyedProcessFunction):
+        def process_element(self, value: int, ctx: Any) -> Any:
+            ctx.timer_service.register_event_time_timer(ctx.timestamp + 1)
+            yield value
+
+        def on_timer(self, timestamp: int, ctx: Any) -> Any:
+            if ctx.key == 1:
+                log.info("timer fired")
+            yield from ()
+
+    app = af.App("logged", parallelism=2)
+    numbers = app.source(["1", "2", "3"], name="numbers", timestamps=lambda _: 5, watermarks=af.MonotonousTimestamps())
+    parsed = numbers.map(parse, name="parse", parallelism=1)  # chained to the source
+    parsed.key_by(lambda n: n % 2).process(Tally(), name="tally").sink(af.CollectSink(), name="out")
+    app.run()
+    (parsing,) = [line for line in lines if line["event"] == "parsing three"]
+    assert {key: parsing[key] for key in ("app", "task", "operator")} == {
+        "app": "logged", "task": "task 1 (numbers)[0]", "operator": "parse"}
+    (fired,) = [line for line in lines if line["event"] == "timer fired"]
+    assert fired["app"] == "logged" and fired["operator"] == "tally" and fired["task"].startswith("task 2 (tally)[")
+    (started,) = [line for line in lines if line["event"] == "job started"]
+    assert started["app"] == "logged" and "task" not in started and "operator" not in started
+
+
+def test_json_lines_of_a_worker_name_the_operator(tmp_path: Path) -> None:
+    (tmp_path / "job.py").write_text(
+        "import structlog\nimport aioflow as af\n"
+        "def shout(x):\n    structlog.get_logger('user').warning('shouting', x=x)\n    return x.upper()\n"
+        "app = af.App('loud')\napp.source(['a']).map(shout).sink(af.CollectSink())\n"
+    )
+    result = subprocess.run([sys.executable, "-m", "aioflow", "run", "job.py:app", "--log-format", "json"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    (line,) = [json.loads(text) for text in result.stderr.splitlines() if '"shouting"' in text]
+    assert (line["app"], line["operator"], line["task"], line["x"]) == ("loud", "shout", "task 1 (from_iterable)[0]",
+                                                                        "a")

@@ -1,0 +1,127 @@
+"""Configuration by flags and ``AIOFLOW_*`` environment variables."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import aioflow as af
+from aioflow.cli import main, parse_args
+from aioflow.log import configure_logging
+from aioflow.runtime.restart import DEFAULT_RESTART_STRATEGY, NoRestart
+from aioflow.worker.config import EnvironmentOptionError
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+TARGET = "examples/wordcount.py:app"
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """``main()`` configures logging onto the stderr of the moment, which capsys closes."""
+    yield
+    configure_logging("warning", "console")
+
+
+def test_a_variable_sets_an_option_and_a_flag_wins_over_it() -> None:
+    env = {"AIOFLOW_PARALLELISM": "3", "AIOFLOW_HTTP_PORT": "9100", "AIOFLOW_DRAIN": "yes",
+           "AIOFLOW_STOP_TIMEOUT": "2.5", "AIOFLOW_LOG_FORMAT": "json", "AIOFLOW_LOG_LEVEL": "WARNING",
+           "AIOFLOW_STATE_DIR": "/tmp/state", "AIOFLOW_CHECKPOINT_INTERVAL": "5"}
+    args = parse_args(["run", TARGET], env)
+    assert (args.parallelism, args.http_port, args.drain, args.stop_timeout) == (3, 9100, True, 2.5)
+    assert (args.log_format, args.log_level, args.state_dir, args.checkpoint_interval) == (
+        "json", "warning", "/tmp/state", 5.0)
+    flags = parse_args(["run", TARGET, "-p", "2", "--http-port", "0", "--drain", "--log-format", "console"], env)
+    assert (flags.parallelism, flags.http_port, flags.drain, flags.log_format) == (2, 0, True, "console")
+    assert parse_args(["plan", TARGET], env).parallelism == 3  # plan shows what run would run
+
+
+def test_without_flag_or_variable_an_option_takes_its_default() -> None:
+    args = parse_args(["run", TARGET], {"AIOFLOW_HTTP_PORT": "", "AIOFLOW_DRAIN": "0"})  # empty: unset
+    assert args.http_port is None and args.http_host == "127.0.0.1" and args.drain is False
+    assert (args.parallelism, args.stop_timeout, args.log_level, args.log_format) == (None, 30.0, "info", "auto")
+    assert (args.allow_non_restored_state, args.health_max_checkpoint_failures) == (False, 3)
+    assert args.health_max_watermark_lag is None and args.health_max_source_lag is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "message"),
+    [
+        ("AIOFLOW_PARALLELISM", "many", "AIOFLOW_PARALLELISM='many': expected a positive int, got 'many'"),
+        ("AIOFLOW_PARALLELISM", "0", "AIOFLOW_PARALLELISM='0': expected a positive int"),
+        ("AIOFLOW_HTTP_PORT", "70000", "AIOFLOW_HTTP_PORT='70000': expected a port number from 0 to 65535"),
+        ("AIOFLOW_DRAIN", "maybe", "AIOFLOW_DRAIN='maybe': expected one of 1, true, yes, on, 0, false, no, off"),
+        ("AIOFLOW_LOG_FORMAT", "xml", "AIOFLOW_LOG_FORMAT='xml': expected one of auto, console, json"),
+        ("AIOFLOW_LOG_LEVEL", "loud", "AIOFLOW_LOG_LEVEL='loud': expected one of debug, info, warning, error"),
+        ("AIOFLOW_STOP_TIMEOUT", "-1", "AIOFLOW_STOP_TIMEOUT='-1': expected seconds >= 0"),
+        ("AIOFLOW_CHECKPOINT_INTERVAL", "0", "AIOFLOW_CHECKPOINT_INTERVAL='0': expected seconds > 0"),
+    ],
+)
+def test_a_bad_variable_is_refused_naming_it(variable: str, text: str, message: str) -> None:
+    with pytest.raises(EnvironmentOptionError) as caught:
+        parse_args(["run", TARGET], {variable: text})
+    assert str(caught.value).startswith(message)
+
+
+def test_a_bad_variable_exits_2_naming_it(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("AIOFLOW_PARALLELISM", "lots")
+    assert main(["run", TARGET]) == 2
+    assert capsys.readouterr().err == (
+        "aioflow: environment variable AIOFLOW_PARALLELISM='lots': expected a positive int, got 'lots'\n")
+
+
+def test_a_variable_for_run_only_does_not_break_plan(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("AIOFLOW_HTTP_PORT", "not a port")
+    monkeypatch.chdir(ROOT)
+    assert main(["plan", TARGET]) == 0
+    assert "task 1" in capsys.readouterr().out
+
+
+def test_a_bad_variable_exits_2_from_the_command_line(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "aioflow", "run", TARGET], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**_environ(), "AIOFLOW_PARALLELISM": "x"})
+    assert result.returncode == 2
+    assert "AIOFLOW_PARALLELISM='x'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_names_each_variable() -> None:
+    result = subprocess.run([sys.executable, "-m", "aioflow", "run", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env=_environ())
+    text = " ".join(result.stdout.split())  # as wrapped to any terminal width
+    for variable in ("AIOFLOW_PARALLELISM", "AIOFLOW_LOG_LEVEL", "AIOFLOW_LOG_FORMAT", "AIOFLOW_HTTP_PORT",
+                     "AIOFLOW_HTTP_HOST", "AIOFLOW_STOP_TIMEOUT", "AIOFLOW_DRAIN", "AIOFLOW_FROM_SAVEPOINT",
+                     "AIOFLOW_ALLOW_NON_RESTORED_STATE", "AIOFLOW_STATE_DIR", "AIOFLOW_CHECKPOINT_INTERVAL",
+                     "AIOFLOW_HEALTH_MAX_CHECKPOINT_FAILURES", "AIOFLOW_HEALTH_MAX_WATERMARK_LAG",
+                     "AIOFLOW_HEALTH_MAX_SOURCE_LAG"):
+        assert f"[env {variable}]" in text, variable
+
+
+def test_a_checkpoint_interval_without_a_state_directory_is_refused(capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    assert main(["run", TARGET, "--checkpoint-interval", "1"]) == 2
+    assert "--checkpoint-interval needs a state directory" in capsys.readouterr().err
+
+
+def test_state_dir_and_checkpoint_interval_override_the_apps(tmp_path: Path) -> None:
+    app = af.App("plain")
+    config = app._config(state_dir=str(tmp_path), checkpoint_interval=2.0)
+    assert (config.state_dir, config.state_backend, config.checkpoint_interval) == (str(tmp_path), "lmdb", 2.0)
+    assert config.restart_strategy == DEFAULT_RESTART_STRATEGY  # derived again, as App(...) derives it
+    assert app._config().state_backend == "memory" and app._config().checkpoint_interval is None
+    chosen = af.App("chosen", restart_strategy=af.NoRestart(), state_dir=str(tmp_path), checkpoint_interval=1.0)
+    assert chosen._config(checkpoint_interval=5.0).restart_strategy == NoRestart()
+    with pytest.raises(af.PipelineError, match="checkpoint_interval needs a state_dir"):
+        app._config(checkpoint_interval=1.0)
+    with pytest.raises(af.PipelineError, match="checkpoint_interval needs a state_dir"):
+        af.App("memory", state_backend="memory")._config(state_dir=str(tmp_path), checkpoint_interval=1.0)
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return {key: value for key, value in os.environ.items() if not key.startswith("AIOFLOW_")}
