@@ -94,7 +94,7 @@ class RetryPolicy:
 
 
 #: Hooks a subclass writes as ``async def``; the others must be plain functions.
-_ASYNC_HOOKS = ("send_batch", "open", "close", "pre_commit", "commit", "abort")
+_ASYNC_HOOKS = ("send_batch", "open", "close", "pre_commit", "commit", "abort", "recover")
 _SYNC_HOOKS = ("is_retryable", "size_of")
 
 
@@ -256,6 +256,10 @@ class AsyncBatchSink(Sink):
     async def abort(self, handle: Any) -> None:
         """Exactly-once sinks: discard the pre-committed transaction of ``handle``. By
         default nothing is discarded."""
+
+    async def recover(self, handles: list[Any]) -> None:
+        """Exactly-once sinks, on restore, before any write: the pending handles of every
+        subtask of the restored checkpoint (see ``TwoPhaseCommitSinkWriter.recover``)."""
 
     # -- the runtime's side ---------------------------------------------------------------
 
@@ -576,6 +580,9 @@ class _TwoPhaseAsyncBatchWriter(_AsyncBatchWriter, TwoPhaseCommitSinkWriter):
     async def pre_commit(self, checkpoint_id: int) -> Any:
         await self.flush()
         return await self._sink.pre_commit(checkpoint_id)
+
+    async def recover(self, handles: list[Any]) -> None:
+        await self._sink.recover(handles)
 
     async def commit(self, handle: Any) -> None:
         await self._sink.commit(handle)

@@ -217,6 +217,13 @@ class TwoPhaseCommitSinkWriter(SinkWriter):
         """
         raise TypeError(f"{type(self).__name__} must implement pre_commit(checkpoint_id)")
 
+    async def recover(self, handles: list[Any]) -> None:
+        """A restore is about to commit pre-committed transactions: ``handles`` are those of
+        every subtask of the restored checkpoint (this writer then commits its own share).
+        Called before any write, on every subtask; by default nothing happens. A writer
+        whose destination keeps transactions open (Kafka) uses it to find where its own
+        transactions continue and to abort the ones a crash left open."""
+
     async def commit(self, handle: Any) -> None:
         """Make the transaction of ``handle`` visible: its checkpoint completed.
 

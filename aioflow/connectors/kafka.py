@@ -125,6 +125,8 @@ class KafkaSource(Source):
     default_name = "kafka"
     replayable = False
     timestamped = True
+    lag_metric = "aioflow_kafka_consumer_lag"
+    lag_labels = ("topic", "partition")
 
     def __init__(
         self,

@@ -113,6 +113,11 @@ class SinkOperator(Operator):
             mine = [states[self.env.subtask_index]]
         else:  # rescaled: the first subtask finishes them all (any writer can commit any handle)
             mine = states if self.env.subtask_index == 0 else []
+        every = [handle for state in states if state for _, handle in state["pending"]]
+        try:
+            await self.writer.recover(every)
+        except Exception as exc:
+            raise self._failed("recover its transactions", exc) from exc
         restored = sorted(((cid, handle) for state in mine if state for cid, handle in state["pending"]),
                           key=lambda pending: pending[0])
         for _, handle in restored:  # they belong to the completed checkpoint: finish committing them

