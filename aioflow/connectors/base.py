@@ -64,6 +64,12 @@ class SourceReader:
     """
 
     task_group: TaskGroup | None = None
+    #: Set by the runtime before :meth:`open`: the job keeps state beyond positions and
+    #: transactions (``Plan.stateful``). A reader whose input other workers share (a
+    #: consumer group) refuses to run such a job beside them: its state cannot move yet.
+    stateful_job: bool = False
+    #: Set by the runtime before :meth:`open`: names this worker, the same across restarts.
+    worker_id: str = ""
 
     async def open(self) -> None:
         """Acquire resources (open files, connect)."""

@@ -28,12 +28,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import anyio
 import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from aioflow.connectors.base import BadRecord, ErrorPolicy, OnError, Source, SourceBatch, SourceReader
+from aioflow.errors import StateError
 
 __all__ = ["KafkaRecord", "KafkaSource"]
 
@@ -46,6 +49,13 @@ _RESERVED_OPTIONS = frozenset({
 })
 
 _Errors = tuple[type[Exception], ...]
+
+#: Consumer options that also configure the admin client of the worker check (security).
+_ADMIN_OPTIONS = frozenset({
+    "security_protocol", "ssl_context", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
+    "sasl_kerberos_service_name", "sasl_kerberos_domain_name", "sasl_oauth_token_provider", "api_version",
+    "request_timeout_ms", "metadata_max_age_ms",
+})
 
 _FORMATS: dict[str, tuple[Callable[[bytes], Any], _Errors]] = {
     "json": (orjson.loads, (orjson.JSONDecodeError,)),
@@ -118,6 +128,12 @@ class KafkaSource(Source):
     see the module documentation for how partitions are split then.
     ``consumer_options`` go to ``AIOKafkaConsumer`` as they are (TLS, SASL, fetch sizes).
 
+    Workers in one consumer group split the partitions. A stateful job (windows, keyed
+    state, timers) refuses to start while another worker is in its group, since state
+    does not move between workers yet; ``partitioned_state=True`` says that every key of
+    the job's state is the topic's partitioning key, so that each worker's state belongs
+    to its own partitions, and lets it run beside others.
+
     Offsets are committed to the group only when a checkpoint completes: without
     checkpoints the group's offsets do not move.
     """
@@ -141,6 +157,7 @@ class KafkaSource(Source):
         output: Literal["value", "record"] = "value",
         bounded: bool = False,
         on_error: OnError = "fail",
+        partitioned_state: bool = False,
         consumer_options: dict[str, Any] | None = None,
     ) -> None:
         if (topics is None) == (pattern is None):
@@ -180,6 +197,7 @@ class KafkaSource(Source):
         self.value_format = value_format
         self.bounded = bool(bounded)
         self.on_error = on_error
+        self.partitioned_state = bool(partitioned_state)
         self.consumer_options = options
         self.name = f"kafka({','.join(topic_list) if pattern is None else '/' + pattern + '/'})"
         self.dead_letter_tag = ErrorPolicy(on_error, self.name).dead_letter_tag  # validates on_error now
@@ -259,16 +277,25 @@ class KafkaReader(SourceReader):
 
     async def open(self) -> None:
         source = self._source
+        options = dict(source.consumer_options)
+        # Group members whose id lacks the worker id belong to other workers.
+        client_id = f"{options.pop('client_id', 'aioflow')}-{self.worker_id}"
         consumer = AIOKafkaConsumer(
             bootstrap_servers=source.bootstrap_servers,
             group_id=source.group_id,
+            client_id=client_id,
+            # static membership: a restarted worker takes its place back at once, instead of
+            # waiting for the session of its killed predecessor to expire
+            group_instance_id=None if source.bounded else f"{client_id}-{self._subtask_index}",
             enable_auto_commit=False,
             auto_offset_reset="earliest" if source.starting_offsets == "earliest" else "latest",
-            **source.consumer_options,
+            **options,
         )
         self._consumer = consumer
         await consumer.start()
         if not source.bounded:
+            if self.stateful_job and not source.partitioned_state:
+                await self._refuse_other_workers(client_id)
             if source.pattern is not None:
                 consumer.subscribe(pattern=f"^(?:{source.pattern})$", listener=_Rebalance(self))
             else:
@@ -281,6 +308,27 @@ class KafkaReader(SourceReader):
         for tp in mine:
             if self._next[tp] >= self._end[tp]:
                 consumer.pause(tp)
+
+    async def _refuse_other_workers(self, client_id: str) -> None:
+        """A stateful job runs in one worker per group: fail, naming them, if others are in it."""
+        source = self._source
+        admin = AIOKafkaAdminClient(bootstrap_servers=source.bootstrap_servers,
+                                    **{k: v for k, v in source.consumer_options.items() if k in _ADMIN_OPTIONS})
+        await admin.start()
+        try:
+            described = await admin.describe_consumer_groups([source.group_id])
+        finally:
+            await admin.close()
+        others = [member[0] for response in described for group in response.groups for member in group[5]
+                  if not member[0].startswith(client_id)]  # member ids start with their client id
+        if others:
+            raise StateError(
+                f"{source.name}: group {source.group_id!r} already has {len(others)} member(s) of another worker "
+                f"({', '.join(sorted(others)[:3])}); this job keeps state (windows, keyed state or timers), which "
+                "does not move between workers yet, so it runs in one worker per group. Stop the other worker, "
+                "or, if every key of the job's state is the topic's partitioning key, pass "
+                "KafkaSource(partitioned_state=True)"
+            )
 
     async def _all_partitions(self) -> list[TopicPartition]:
         """Every partition of the source's topics, sorted; fails naming a missing topic."""
@@ -373,7 +421,11 @@ class KafkaReader(SourceReader):
         if not self._pending:
             if self._end is not None and self._finished():
                 return None
-            fetched = await consumer.getmany(timeout_ms=int(timeout * 1000), max_records=max_records)
+            fetched: dict[TopicPartition, list[Any]] = {}
+            # getmany waits for a rebalance to end whatever its timeout; a read must not (or
+            # checkpoints, watermarks and stops would wait for the group too)
+            with anyio.move_on_after(timeout):
+                fetched = await consumer.getmany(timeout_ms=int(timeout * 1000), max_records=max_records)
             if self._failure is not None:
                 raise self._failure
             for tp, records in fetched.items():

@@ -93,6 +93,14 @@ class Plan:
     def edges(self) -> list[PlannedEdge]:
         return [edge for task in self.tasks for edge in task.outputs]
 
+    @property
+    def stateful(self) -> bool:
+        """The job keeps state beyond source positions and sink transactions: windows,
+        rolling reduces, broadcast state, or anything after a ``key_by`` (keyed state and
+        timers may be there)."""
+        return any(node.stateful for task in self.tasks for node in task.nodes) or any(
+            edge.edge.key_selector is not None for edge in self.edges)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "app": self.app_name,

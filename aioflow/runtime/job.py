@@ -9,8 +9,11 @@ concerns the run as a whole lives: the stop request, and the checkpoint coordina
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,13 +169,16 @@ def _build(plan: Plan, config: RuntimeConfig, job: Job, store: LmdbStore | None,
                         interval = 0.0 if source.replayable else PERIODIC_WATERMARK_INTERVAL
                     watermarks = SourceWatermarks(head.name, head.timestamps, head.watermarks, interval)
                 tag = getattr(source, "dead_letter_tag", None)
+                reader = source.create_reader(index, task.parallelism)
+                reader.stateful_job = plan.stateful
+                reader.worker_id = job.worker_id
                 subtasks.append(
                     SourceTask(
                         env,
                         chain,
                         list(writers.values()),
                         source,
-                        source.create_reader(index, task.parallelism),
+                        reader,
                         watermarks,
                         tag.name if tag is not None else None,
                         job.stop_requested,
@@ -208,6 +214,8 @@ class Job:
         self._stopping: anyio.Event | None = None  # set by a stop request
         #: How often the job restarted after a failure.
         self.restarts = 0
+        #: Names this worker to brokers, the same across restarts: its host and state_dir.
+        self.worker_id = _worker_id(config.state_dir)
         #: The subtasks of the current attempt (empty until the first one is built): what
         #: metrics read. Each restart replaces them, and their counters start from 0.
         self.subtasks: list[Subtask] = []
@@ -482,6 +490,15 @@ class Job:
                      seconds=round(time.perf_counter() - started, 3))
             return
         log.info("job finished", app=plan.app_name, seconds=round(time.perf_counter() - started, 3))
+
+
+def _worker_id(state_dir: str | None) -> str:
+    """A hash of the host and the state directory (one worker per state directory), so that
+    a restarted worker knows the broker's traces of its previous run (consumer group
+    members not yet expired) for its own; random without a state directory."""
+    if state_dir is None:
+        return uuid.uuid4().hex[:12]
+    return hashlib.sha256(f"{socket.gethostname()}:{Path(state_dir).resolve()}".encode()).hexdigest()[:12]
 
 
 def _install_savepoint(savepoint: Path, state_dir: Path) -> None:
