@@ -4,7 +4,6 @@ has transactions; Tansu has none)."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -12,27 +11,12 @@ import anyio
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from kafka.topics import create_topic, unique_name
 
 import aioflow as af
 import aioflow.kafka
 from aioflow.connectors.kafka_sink import KafkaSink
 from aioflow.testing import run_collect_async
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-async def _topic(broker: str, partitions: int = 1) -> str:
-    topic = _name("t")
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
-    return topic
 
 
 async def _read(broker: str, topic: str, count: int, *, committed: bool = False, seconds: float = 30) -> list[Any]:
@@ -68,7 +52,7 @@ def test_the_public_module_exports_the_sink() -> None:
 )
 async def test_round_trip_with_each_value_format(kafka_broker: str, value_format: Any, values: list[Any],
                                                  raw: list[bytes]) -> None:
-    topic = await _topic(kafka_broker)
+    topic = await create_topic(kafka_broker, 1)
     app = af.App("kafka-sink-formats")
     app.source(values).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, value_format=value_format))
     await app.run_async()
@@ -76,7 +60,7 @@ async def test_round_trip_with_each_value_format(kafka_broker: str, value_format
 
 
 async def test_keys_headers_and_a_topic_per_record(kafka_broker: str) -> None:
-    odd, even = await _topic(kafka_broker, partitions=3), await _topic(kafka_broker, partitions=3)
+    odd, even = await create_topic(kafka_broker, 3), await create_topic(kafka_broker, 3)
     app = af.App("kafka-sink-keys")
     records = [{"user": f"u{i % 4}", "i": i} for i in range(40)]
     app.source(records).sink(KafkaSink(
@@ -97,7 +81,7 @@ async def test_keys_headers_and_a_topic_per_record(kafka_broker: str) -> None:
 
 
 async def test_delivery_none_sends_without_waiting(kafka_broker: str) -> None:
-    topic = await _topic(kafka_broker)
+    topic = await create_topic(kafka_broker, 1)
     app = af.App("kafka-sink-none")
     app.source(range(100)).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, delivery="none"))
     await app.run_async()
@@ -105,7 +89,7 @@ async def test_delivery_none_sends_without_waiting(kafka_broker: str) -> None:
 
 
 async def test_a_key_of_the_wrong_type_fails_naming_the_record(kafka_broker: str) -> None:
-    topic = await _topic(kafka_broker)
+    topic = await create_topic(kafka_broker, 1)
     app = af.App("kafka-sink-bad-key")
     app.source([{"user": 7}]).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, key=lambda r: r["user"]))
     with pytest.raises(af.OperatorError, match=r"key function returned 7 \(int\)") as info:
@@ -134,9 +118,9 @@ async def test_exactly_once_results_are_visible_when_the_checkpoint_completes(
     """Records sent in a transaction stay invisible to a read_committed consumer until the
     checkpoint after them completes; then each is there once."""
     broker = transactional_kafka_broker
-    topic = await _topic(broker)
+    topic = await create_topic(broker, 1)
     app = af.App("kafka-sink-eo", state_dir=str(tmp_path / "state"), checkpoint_interval=3600, batch_size=7)
-    sink = KafkaSink(topic, bootstrap_servers=broker, delivery="exactly_once", transactional_id_prefix=_name("x"),
+    sink = KafkaSink(topic, bootstrap_servers=broker, delivery="exactly_once", transactional_id_prefix=unique_name("x"),
                      max_linger=0)
     gate = anyio.Event()
 
@@ -161,7 +145,7 @@ async def test_a_pre_committed_transaction_is_committed_by_a_new_writer_after_a_
     """The handle is all a restarted writer needs: it resumes the producer id and epoch,
     commits, and a second commit of the same handle changes nothing."""
     broker = transactional_kafka_broker
-    topic, prefix = await _topic(broker), _name("x")
+    topic, prefix = await create_topic(broker, 1), unique_name("x")
     sink = KafkaSink(topic, bootstrap_servers=broker, delivery="exactly_once", transactional_id_prefix=prefix)
     crashed = sink.create_writer(0, 1)
     await crashed.open()
@@ -186,7 +170,7 @@ async def test_transactions_a_crash_left_open_are_aborted_on_restore(transaction
     """A crash after a checkpoint leaves the next transactions open; the restored writer
     aborts them, so they neither show up nor hold read_committed consumers back."""
     broker = transactional_kafka_broker
-    topic, prefix = await _topic(broker), _name("x")
+    topic, prefix = await create_topic(broker, 1), unique_name("x")
     sink = KafkaSink(topic, bootstrap_servers=broker, delivery="exactly_once", transactional_id_prefix=prefix)
     crashed = sink.create_writer(0, 1)
     await crashed.open()
@@ -216,7 +200,7 @@ async def test_rescaling_down_aborts_the_open_transactions_of_the_subtasks_gone(
     transactional_kafka_broker: str,
 ) -> None:
     broker = transactional_kafka_broker
-    topic, prefix = await _topic(broker), _name("x")
+    topic, prefix = await create_topic(broker, 1), unique_name("x")
     sink = KafkaSink(topic, bootstrap_servers=broker, delivery="exactly_once", transactional_id_prefix=prefix)
     handles, crashed = [], []
     for subtask in (0, 1):

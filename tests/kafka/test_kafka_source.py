@@ -3,7 +3,6 @@ positions that checkpoints own and commit back to the consumer group."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,26 +12,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from kafka.topics import create_topic, unique_name
 
 import aioflow as af
 import aioflow.kafka
 from aioflow.connectors.kafka import KafkaSource
 from aioflow.testing import run_collect_async
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-async def _topic(broker: str, partitions: int = 2) -> str:
-    topic = _name("t")
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
-    finally:
-        await admin.close()
-    return topic
 
 
 async def _produce(broker: str, topic: str, values: list[bytes], partitions: int = 2) -> None:
@@ -77,20 +62,20 @@ def test_the_public_module_exports_the_source() -> None:
 async def test_bounded_round_trip_with_each_value_format(
     kafka_broker: str, value_format: Any, encode: Callable[[int], bytes], expected: Callable[[int], Any]
 ) -> None:
-    topic = await _topic(kafka_broker)
+    topic = await create_topic(kafka_broker, 2)
     await _produce(kafka_broker, topic, [encode(i) for i in range(20)])
     app = af.App("kafka-formats", batch_size=7)
-    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"),
+    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
                                   value_format=value_format, bounded=True)
     out = await run_collect_async(app.source(source))
     assert sorted(out, key=repr) == sorted((expected(i) for i in range(20)), key=repr)
 
 
 async def test_bounded_readers_split_the_partitions(kafka_broker: str) -> None:
-    topic = await _topic(kafka_broker, partitions=3)
+    topic = await create_topic(kafka_broker, 3)
     await _produce(kafka_broker, topic, _json(list(range(30))), partitions=3)
     app = af.App("kafka-split")
-    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"), bounded=True)
+    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True)
     out = await run_collect_async(app.source(source), parallelism=2)
     assert sorted(out) == list(range(30))
     # each partition's records stay in order
@@ -99,9 +84,9 @@ async def test_bounded_readers_split_the_partitions(kafka_broker: str) -> None:
 
 
 async def test_bounded_reader_stops_at_the_end_offsets_seen_at_open(kafka_broker: str) -> None:
-    topic = await _topic(kafka_broker)
+    topic = await create_topic(kafka_broker, 2)
     await _produce(kafka_broker, topic, _json([0, 1, 2, 3]))
-    reader = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"),
+    reader = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
                                   bounded=True).create_reader(0, 1)
     await reader.open()
     try:
@@ -118,10 +103,10 @@ async def test_bounded_reader_stops_at_the_end_offsets_seen_at_open(kafka_broker
 
 
 async def test_malformed_json_fails_by_default_naming_the_offset(kafka_broker: str) -> None:
-    topic = await _topic(kafka_broker, partitions=1)
+    topic = await create_topic(kafka_broker, 1)
     await _produce(kafka_broker, topic, [b'{"i": 0}', b'{"i": 1', b'{"i": 2}'], partitions=1)
     app = af.App("kafka-fail")
-    app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"),
+    app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
                                     bounded=True)).sink(af.CollectSink())
     with pytest.raises(af.BadRecordError) as info:
         await app.run_async()
@@ -129,20 +114,20 @@ async def test_malformed_json_fails_by_default_naming_the_offset(kafka_broker: s
 
 
 async def test_malformed_json_is_skipped(kafka_broker: str) -> None:
-    topic = await _topic(kafka_broker, partitions=1)
+    topic = await create_topic(kafka_broker, 1)
     await _produce(kafka_broker, topic, [b'{"i": 0}', b"oops", b'{"i": 2}', b"{"], partitions=1)
     app = af.App("kafka-skip")
-    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"), bounded=True,
+    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True,
                                   on_error="skip")
     assert await run_collect_async(app.source(source)) == [{"i": 0}, {"i": 2}]
 
 
 async def test_malformed_json_goes_to_the_dead_letter_output_with_its_bytes(kafka_broker: str) -> None:
-    topic = await _topic(kafka_broker, partitions=1)
+    topic = await create_topic(kafka_broker, 1)
     await _produce(kafka_broker, topic, [b'{"i": 0}', b"caf\xe9 {", b'{"i": 2}'], partitions=1)
     dead = af.OutputTag("dead")
     app = af.App("kafka-dlq")
-    events = app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"),
+    events = app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
                                              bounded=True, on_error=dead))
     good, bad = await run_collect_async(events, events.get_side_output(dead))
     assert good == [{"i": 0}, {"i": 2}]
@@ -151,13 +136,13 @@ async def test_malformed_json_goes_to_the_dead_letter_output_with_its_bytes(kafk
 
 
 async def test_starting_offsets_earliest_and_latest(kafka_broker: str) -> None:
-    topic = await _topic(kafka_broker)
+    topic = await create_topic(kafka_broker, 2)
     await _produce(kafka_broker, topic, _json(["old"] * 4))
 
     async def read(starting_offsets: str, produce_when_assigned: list[Any], expected: int) -> list[Any]:
         """An unbounded reader in a fresh group: once it has its partitions, produce
         ``produce_when_assigned``; read until ``expected`` records came."""
-        source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"),
+        source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
                                       starting_offsets=starting_offsets)
         reader = source.create_reader(0, 1)
         await reader.open()
@@ -184,9 +169,9 @@ async def test_starting_offsets_earliest_and_latest(kafka_broker: str) -> None:
 
 
 async def test_starting_offsets_committed_needs_a_committed_offset(kafka_broker: str) -> None:
-    topic = await _topic(kafka_broker, partitions=1)
+    topic = await create_topic(kafka_broker, 1)
     app = af.App("kafka-committed")
-    app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"), bounded=True,
+    app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True,
                                     starting_offsets="committed")).sink(af.CollectSink())
     with pytest.raises(ValueError, match="no committed offset"):
         await app.run_async()
@@ -195,7 +180,7 @@ async def test_starting_offsets_committed_needs_a_committed_offset(kafka_broker:
 async def test_a_partition_without_a_restored_position_starts_at_the_groups_committed_offset(
     kafka_broker: str,
 ) -> None:
-    topic, group = await _topic(kafka_broker), _name("g")
+    topic, group = await create_topic(kafka_broker, 2), unique_name("g")
     await _produce(kafka_broker, topic, _json(list(range(10))))  # p0: 0 2 4 6 8, p1: 1 3 5 7 9
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka_broker, group_id=group, enable_auto_commit=False)
     await consumer.start()
@@ -246,7 +231,7 @@ def test_bad_arguments_are_refused_saying_what_was_wrong(kwargs: dict[str, Any],
 async def test_a_second_bounded_run_resumes_from_the_checkpointed_positions(
     kafka_broker: str, tmp_path: Path
 ) -> None:
-    topic, group = await _topic(kafka_broker), _name("g")
+    topic, group = await create_topic(kafka_broker, 2), unique_name("g")
 
     async def run() -> list[Any]:
         app = af.App("kafka-resume", state_dir=str(tmp_path / "state"), checkpoint_interval=0.05)
@@ -267,7 +252,7 @@ async def test_a_second_bounded_run_resumes_from_the_checkpointed_positions(
 async def test_completed_checkpoints_commit_their_positions_to_the_group(kafka_broker: str, tmp_path: Path) -> None:
     """An unbounded job commits each completed checkpoint's offsets; stopped (with a
     savepoint), a bounded run on the same state reads only what was produced since."""
-    topic, group = await _topic(kafka_broker), _name("g")
+    topic, group = await create_topic(kafka_broker, 2), unique_name("g")
     await _produce(kafka_broker, topic, _json(list(range(10))))
     state_dir = str(tmp_path / "state")
     app = af.App("kafka-commit", state_dir=state_dir, checkpoint_interval=0.05)
@@ -297,7 +282,7 @@ async def test_unbounded_readers_split_the_partitions_through_the_group(kafka_br
     """Two readers in one group share four partitions; a rebalance may hand a partition
     over before its first checkpoint, so records may come twice, but none is lost, and
     the group ends up with every partition committed at its end."""
-    topic, group = await _topic(kafka_broker, partitions=4), _name("g")
+    topic, group = await create_topic(kafka_broker, 4), unique_name("g")
     await _produce(kafka_broker, topic, _json(list(range(20))), partitions=4)
     app = af.App("kafka-group", state_dir=str(tmp_path / "state"), checkpoint_interval=0.05, parallelism=2)
     sink = af.CollectSink()
@@ -353,13 +338,13 @@ async def _produce_records(broker: str, topic: str, records: list[dict[str, Any]
 
 
 async def test_output_record_yields_kafka_records_with_their_metadata(kafka_broker: str) -> None:
-    topic = await _topic(kafka_broker, partitions=1)
+    topic = await create_topic(kafka_broker, 1)
     await _produce_records(kafka_broker, topic, [
         {"value": b'{"i": 0}', "key": b"user-1", "timestamp_ms": 1_000, "headers": [("h", b"x")]},
         {"value": None, "key": b"user-2", "timestamp_ms": 2_000},
     ])
     app = af.App("kafka-records")
-    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"), bounded=True,
+    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True,
                                   output="record", key_format="str")
     out = await run_collect_async(app.source(source))
     assert out == [
@@ -369,11 +354,11 @@ async def test_output_record_yields_kafka_records_with_their_metadata(kafka_brok
 
 
 async def test_a_key_that_fails_to_decode_goes_to_the_dead_letter_output(kafka_broker: str) -> None:
-    topic = await _topic(kafka_broker, partitions=1)
+    topic = await create_topic(kafka_broker, 1)
     await _produce_records(kafka_broker, topic, [{"value": b"1", "key": b"k"}, {"value": b"2", "key": b"\xff"}])
     dead = af.OutputTag("dead")
     app = af.App("kafka-bad-key")
-    events = app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"),
+    events = app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
                                              bounded=True, output="record", key_format="str", on_error=dead))
     good, bad = await run_collect_async(events.map(lambda r: r.value), events.get_side_output(dead))
     assert good == [1]
@@ -381,11 +366,11 @@ async def test_a_key_that_fails_to_decode_goes_to_the_dead_letter_output(kafka_b
 
 
 async def test_event_time_is_the_kafka_timestamp_without_a_timestamp_function(kafka_broker: str) -> None:
-    topic = await _topic(kafka_broker, partitions=1)
+    topic = await create_topic(kafka_broker, 1)
     stamps = [1_000, 4_000, 9_000, 11_000, 12_500, 25_000]
     await _produce_records(kafka_broker, topic, [{"value": b"1", "timestamp_ms": t} for t in stamps])
     app = af.App("kafka-event-time")
-    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"), bounded=True)
+    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True)
     counts = (
         app.source(source, watermarks=af.BoundedOutOfOrderness(0))
         .key_by(lambda v: "all")
@@ -398,12 +383,12 @@ async def test_event_time_is_the_kafka_timestamp_without_a_timestamp_function(ka
 async def test_a_quiet_partition_goes_idle_and_windows_close_without_it(kafka_broker: str) -> None:
     """Only partition 0 gets records; with an idle timeout, partition 1 stops holding the
     watermark back and the first window fires while the job runs (no heartbeats needed)."""
-    topic = await _topic(kafka_broker, partitions=2)
+    topic = await create_topic(kafka_broker, 2)
     await _produce_records(kafka_broker, topic, [
         {"value": b"1", "partition": 0, "timestamp_ms": t} for t in (1_000, 2_000, 15_000)
     ])
     app = af.App("kafka-idle")
-    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"))
+    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"))
     sink = af.CollectSink()
     (
         app.source(source, watermarks=af.BoundedOutOfOrderness(0, idle_timeout=300))
@@ -422,7 +407,7 @@ async def test_a_quiet_partition_goes_idle_and_windows_close_without_it(kafka_br
 
 
 async def test_pattern_reads_every_matching_topic(kafka_broker: str) -> None:
-    prefix = _name("p")
+    prefix = unique_name("p")
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker)
     await admin.start()
     try:
@@ -434,13 +419,13 @@ async def test_pattern_reads_every_matching_topic(kafka_broker: str) -> None:
     await _produce(kafka_broker, f"{prefix}-b", _json([3]), partitions=1)
     await _produce(kafka_broker, f"{prefix}-other", _json([99]), partitions=1)
     pattern = f"{prefix}-[ab]"
-    bounded = af.kafka.KafkaSource(pattern=pattern, bootstrap_servers=kafka_broker, group_id=_name("g"),
+    bounded = af.kafka.KafkaSource(pattern=pattern, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
                                    bounded=True)
     assert sorted(await run_collect_async(af.App("kafka-pattern").source(bounded))) == [1, 2, 3]
 
     app = af.App("kafka-pattern-group")
     sink = af.CollectSink()
-    app.source(af.kafka.KafkaSource(pattern=pattern, bootstrap_servers=kafka_broker, group_id=_name("g"))).sink(sink)
+    app.source(af.kafka.KafkaSource(pattern=pattern, bootstrap_servers=kafka_broker, group_id=unique_name("g"))).sink(sink)
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(app.run_async)
@@ -452,7 +437,7 @@ async def test_pattern_reads_every_matching_topic(kafka_broker: str) -> None:
 async def test_a_stop_with_a_savepoint_commits_its_positions_to_the_group(kafka_broker: str, tmp_path: Path) -> None:
     """No periodic checkpoint completes (the interval is an hour): only the savepoint of
     the stop can have committed the offsets, and the group has left."""
-    topic, group = await _topic(kafka_broker), _name("g")
+    topic, group = await create_topic(kafka_broker, 2), unique_name("g")
     await _produce(kafka_broker, topic, _json(list(range(10))))
     app = af.App("kafka-stop-commit", state_dir=str(tmp_path / "state"), checkpoint_interval=3600)
     sink = af.CollectSink()
@@ -467,7 +452,7 @@ async def test_a_stop_with_a_savepoint_commits_its_positions_to_the_group(kafka_
 
 
 async def test_the_final_checkpoint_of_a_bounded_run_commits_its_positions(kafka_broker: str, tmp_path: Path) -> None:
-    topic, group = await _topic(kafka_broker), _name("g")
+    topic, group = await create_topic(kafka_broker, 2), unique_name("g")
     await _produce(kafka_broker, topic, _json(list(range(6))))
     app = af.App("kafka-final-commit", state_dir=str(tmp_path / "state"), checkpoint_interval=3600)
     app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=group, bounded=True)).sink(
@@ -478,9 +463,9 @@ async def test_the_final_checkpoint_of_a_bounded_run_commits_its_positions(kafka
 
 
 async def test_lag_is_what_is_left_in_each_partition(kafka_broker: str) -> None:
-    topic = await _topic(kafka_broker, partitions=1)
+    topic = await create_topic(kafka_broker, 1)
     await _produce(kafka_broker, topic, _json(list(range(10))), partitions=1)
-    reader = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=_name("g"),
+    reader = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
                                   bounded=True).create_reader(0, 1)
     await reader.open()
     try:
@@ -500,7 +485,7 @@ async def test_backpressure_stops_the_reads_instead_of_buffering(kafka_broker: s
     """A sink that blocks stops the pipeline: the source hands out no more records, and the
     consumer keeps at most one fetch per partition (aiokafka fetches a partition again only
     once its buffered records were taken)."""
-    topic = await _topic(kafka_broker, partitions=2)
+    topic = await create_topic(kafka_broker, 2)
     producer = AIOKafkaProducer(bootstrap_servers=kafka_broker, linger_ms=50)
     await producer.start()
     try:
@@ -529,7 +514,7 @@ async def test_backpressure_stops_the_reads_instead_of_buffering(kafka_broker: s
             return readers[-1]
 
     app = af.App("kafka-backpressure", batch_size=100, channel_capacity=2)
-    source = Recorded(topic, bootstrap_servers=kafka_broker, group_id=_name("g"),
+    source = Recorded(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
                       consumer_options={"max_partition_fetch_bytes": 4096})
     app.source(source).map(lambda v: v).sink(Blocking(), parallelism=1)
     with anyio.fail_after(60):
