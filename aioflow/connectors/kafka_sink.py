@@ -28,13 +28,16 @@ Three delivery guarantees:
 from __future__ import annotations
 
 import asyncio
+import functools
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
 import orjson
 import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import InvalidProducerEpoch, InvalidTxnState, KafkaError, ProducerFenced
+from aiokafka.errors import InvalidProducerEpoch, InvalidTxnState, KafkaError, KafkaTimeoutError, ProducerFenced
+from aiokafka.partitioner import DefaultPartitioner
 
 from aioflow.connectors.async_sink import AsyncBatchSink, RetryPolicy
 from aioflow.errors import PipelineError
@@ -48,6 +51,9 @@ Delivery = Literal["none", "at_least_once", "exactly_once"]
 #: Producer options the sink sets itself: passing them in ``producer_options`` is an error.
 _RESERVED_OPTIONS = frozenset({"bootstrap_servers", "transactional_id", "value_serializer", "key_serializer",
                                "enable_idempotence"})
+
+#: Most keys a sink subtask remembers the partition of, per topic (then it starts over).
+_KEY_PARTITIONS = 100_000
 
 #: Transactions stay open from their start until the checkpoint after them completes: the
 #: transaction timeout must outlast a checkpoint interval. 15 min is the broker's default
@@ -139,7 +145,12 @@ class KafkaSink(AsyncBatchSink):
         self._next: int = 1  # n of the next transaction to start
         self._prepared: dict[str, AIOKafkaProducer] = {}  # pre-committed, by transactional id
         self._beginning = asyncio.Lock()  # concurrent sends start one transaction
+        #: concurrent sends hand their records to the producer one send after the other, in
+        #: the order they started (the lock is fair): a partition's records stay in order
+        self._handing_over = asyncio.Lock()
         self._failed_deliveries = 0
+        #: topic -> (its partitions, key -> partition), with the default partitioner
+        self._keys_partitions: dict[str, tuple[frozenset[int], dict[bytes, int]]] = {}
 
     def __repr__(self) -> str:
         return f"<KafkaSink {self.name} delivery={self.delivery}>"
@@ -156,8 +167,10 @@ class KafkaSink(AsyncBatchSink):
     async def open(self) -> None:
         self._prepared = {}
         self._beginning = asyncio.Lock()
+        self._handing_over = asyncio.Lock()
         self._transaction = None
         self._next = 1
+        self._keys_partitions = {}
         if not self.exactly_once:
             self._producer = self._new_producer()
             await self._producer.start()
@@ -179,15 +192,40 @@ class KafkaSink(AsyncBatchSink):
     # -- sending ------------------------------------------------------------------------
 
     async def send_batch(self, records: list[Any]) -> None:
+        """Send ``records``: encoded into one aiokafka record batch per partition (more
+        when one fills up), each handed to the producer as a whole, so that a record costs
+        no coroutine, future or callback of its own. Partitions and checks are the ones
+        ``AIOKafkaProducer.send`` would apply to each record: the producer's partitioner
+        (the same key, the same partition), the size limit (``max_request_size``), a key
+        or a value required. Concurrent sends hand their records over in the order they
+        started, so a key's records keep the stream's order, but for retries. With
+        ``delivery="at_least_once"`` or ``"exactly_once"``, returns once the broker
+        acknowledged every batch."""
         if self.exactly_once and self._transaction is None:
             async with self._beginning:
                 if self._transaction is None:
                     await self._begin()
         producer = self._producer
         assert producer is not None
+        async with self._handing_over:
+            sent = await self._hand_over_records(producer, records)
+        if self.delivery == "none":
+            for future, count in sent:
+                future.add_done_callback(functools.partial(self._delivered, count))
+            return
+        await asyncio.gather(*(future for future, _ in sent))
+
+    async def _hand_over_records(self, producer: AIOKafkaProducer,
+                                 records: list[Any]) -> list[tuple[asyncio.Future[Any], int]]:
+        """Encode ``records`` into record batches and hand them to ``producer``; each
+        batch's delivery future and its number of records."""
         topic, encode, key_of, headers_of = self.topic, self.encode, self.key, self.headers
         fixed = topic if isinstance(topic, str) else None
-        sent = []
+        # aiokafka's own per-record steps of send(), without its per-record coroutine and future
+        check_size, partition_of = producer._serialize, producer._partition
+        known: dict[str, dict[bytes, int] | None] = {}  # topics whose metadata the producer has -> keys' partitions
+        filling: dict[tuple[str, int], Any] = {}  # (topic, partition) -> the batch being filled
+        sent: list[tuple[asyncio.Future[Any], int]] = []  # a handed-over batch's delivery, its records
         for record in records:
             key = key_of(record) if key_of is not None else None
             if key is not None and not isinstance(key, bytes):
@@ -198,20 +236,52 @@ class KafkaSink(AsyncBatchSink):
             value = None if record is None else encode(record)
             if value is not None and not isinstance(value, bytes):
                 raise _record_error(f"value_format returned {type(value).__name__}, not bytes", record)
-            sent.append(await producer.send(
-                fixed or topic(record), value, key=key,  # type: ignore[operator]
-                headers=headers_of(record) if headers_of is not None else None,
-            ))
-        if self.delivery == "none":
-            for future in sent:
-                future.add_done_callback(self._delivered)
-            return
-        await asyncio.gather(*sent)
+            if value is None and key is None:
+                raise _record_error("a None record (a tombstone) needs a key", record)
+            headers = (headers_of(record) if headers_of is not None else None) or []
+            name = fixed or topic(record)  # type: ignore[operator]
+            if name not in known:
+                await producer.partitions_for(name)  # waits for the topic's metadata, as send() does
+                known[name] = self._key_partitions(producer, name)
+            check_size(key, value, headers)  # MessageSizeTooLargeError, as send() raises it
+            remembered = known[name]
+            if remembered is None or key is None:
+                partition = partition_of(name, None, key, value, key, value)
+            else:
+                partition = remembered.get(key)
+                if partition is None:
+                    partition = remembered[key] = partition_of(name, None, key, value, key, value)
+            batch = filling.get((name, partition))
+            if batch is None:
+                batch = filling[name, partition] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full: hand it over
+                sent.append((await _hand_over(producer, batch, name, partition), batch.record_count()))
+                batch = filling[name, partition] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None, headers=headers)  # the first always fits
+        for (name, partition), batch in filling.items():
+            sent.append((await _hand_over(producer, batch, name, partition), batch.record_count()))
+        return sent
 
-    def _delivered(self, future: asyncio.Future[Any]) -> None:
+    def _key_partitions(self, producer: AIOKafkaProducer, topic: str) -> dict[bytes, int] | None:
+        """The partitions of ``topic`` already computed for keys, to be reused: aiokafka's
+        default partitioner hashes a key (murmur2, in pure Python, a few µs) to the same
+        partition for as long as the topic has the same partitions. Forgotten when they
+        change, and past ``_KEY_PARTITIONS`` keys; ``None`` with another partitioner (it
+        may not give a key the same partition every time)."""
+        if type(producer._partitioner) is not DefaultPartitioner:
+            return None
+        partitions = frozenset(producer._metadata.partitions_for_topic(topic) or ())
+        known = self._keys_partitions.get(topic)
+        if known is None or known[0] != partitions or len(known[1]) >= _KEY_PARTITIONS:
+            known = self._keys_partitions[topic] = (partitions, {})
+        return known[1]
+
+    def _delivered(self, records: int, future: asyncio.Future[Any]) -> None:
+        """A batch of ``records`` sent with ``delivery="none"`` is done: count and log a failure."""
         if not future.cancelled() and future.exception() is not None:
-            self._failed_deliveries += 1
-            if self._failed_deliveries == 1 or self._failed_deliveries % 1000 == 0:
+            before = self._failed_deliveries
+            self._failed_deliveries += records
+            if before == 0 or before // 1000 != self._failed_deliveries // 1000:
                 log.warning("kafka delivery failed (delivery='none': not retried)", sink=self.name,
                             error=repr(future.exception()), failed_total=self._failed_deliveries)
 
@@ -326,6 +396,22 @@ class KafkaSink(AsyncBatchSink):
             return producer._txn_manager.producer_epoch
         finally:
             await producer.stop()
+
+
+async def _hand_over(producer: AIOKafkaProducer, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
+    """``producer.send_batch``: waits while the partition has a batch not taken by the
+    sender yet, up to ``request_timeout_ms`` as ``send`` does. aiokafka's ``send_batch``
+    deducts the time since its start after *every* wait, so that a few short waits in a row
+    (other batches of the same partition handed over meanwhile) end in ``KafkaTimeoutError``
+    long before the timeout: it is called again (the batch was not taken) until the timeout
+    has really passed."""
+    deadline = time.monotonic() + producer._request_timeout_ms / 1000
+    while True:
+        try:
+            return await producer.send_batch(batch, topic, partition=partition)
+        except KafkaTimeoutError:
+            if time.monotonic() >= deadline:
+                raise
 
 
 def _record_error(message: str, record: Any) -> TypeError:

@@ -10,12 +10,13 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
 from kafka.topics import create_topic, unique_name
 
 import aioflow as af
 import aioflow.kafka
-from aioflow.connectors.kafka_sink import KafkaSink
+from aioflow.connectors.kafka_sink import KafkaSink, _hand_over
 from aioflow.testing import run_collect_async
 
 
@@ -86,6 +87,67 @@ async def test_delivery_none_sends_without_waiting(kafka_broker: str) -> None:
     app.source(range(100)).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, delivery="none"))
     await app.run_async()
     assert sorted(orjson.loads(m.value) for m in await _read(kafka_broker, topic, 100)) == list(range(100))
+
+
+async def test_records_filling_many_producer_batches_arrive_in_order_per_partition(kafka_broker: str) -> None:
+    """The sink fills aiokafka record batches itself: with small ones (512 bytes), a send
+    of 1000 records hands several batches per partition over, one after the other."""
+    topic = await create_topic(kafka_broker, 3)
+    app = af.App("kafka-sink-batches")
+    records = [{"user": f"u{i % 5}", "i": i} for i in range(3000)]
+    app.source(records).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, key=lambda r: r["user"],
+                                       producer_options={"max_batch_size": 512}))
+    await app.run_async()
+    messages = await _read(kafka_broker, topic, len(records))
+    assert len(messages) == len(records)
+    per_key: dict[bytes, list[int]] = {}
+    for m in sorted(messages, key=lambda m: (m.partition, m.offset)):
+        per_key.setdefault(m.key, []).append(orjson.loads(m.value)["i"])
+    assert per_key == {f"u{k}".encode(): list(range(k, 3000, 5)) for k in range(5)}
+
+
+async def test_a_hand_over_timing_out_early_is_tried_again_until_the_request_timeout(
+    kafka_broker: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiokafka's ``send_batch`` can raise ``KafkaTimeoutError`` long before
+    ``request_timeout_ms`` (it deducts its whole wait after each of several short ones):
+    the batch was not taken, so it is handed over again; after the timeout, the error stands."""
+    topic = await create_topic(kafka_broker, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker, request_timeout_ms=2000)
+    await producer.start()
+    try:
+        send_batch, calls = producer.send_batch, []
+
+        async def early_timeouts(batch: Any, topic: str, *, partition: int) -> Any:
+            calls.append(partition)
+            if len(calls) <= 2:
+                raise KafkaTimeoutError()
+            return await send_batch(batch, topic, partition=partition)
+
+        monkeypatch.setattr(producer, "send_batch", early_timeouts)
+        batch = producer.create_batch()
+        batch.append(key=None, value=b"once", timestamp=None)
+        await (await _hand_over(producer, batch, topic, 0))
+        assert calls == [0, 0, 0]
+        assert [m.value for m in await _read(kafka_broker, topic, 1)] == [b"once"]
+
+        async def always_timing_out(batch: Any, topic: str, *, partition: int) -> Any:
+            await anyio.sleep(0.1)
+            raise KafkaTimeoutError()
+
+        monkeypatch.setattr(producer, "send_batch", always_timing_out)
+        with anyio.fail_after(10), pytest.raises(KafkaTimeoutError):
+            await _hand_over(producer, producer.create_batch(), topic, 0)
+    finally:
+        await producer.stop()
+
+
+async def test_a_none_record_without_a_key_is_refused_naming_the_sink(kafka_broker: str) -> None:
+    topic = await create_topic(kafka_broker, 1)
+    app = af.App("kafka-sink-tombstone")
+    app.source([None]).sink(KafkaSink(topic, bootstrap_servers=kafka_broker))
+    with pytest.raises(af.OperatorError, match="tombstone"):
+        await app.run_async()
 
 
 async def test_a_key_of_the_wrong_type_fails_naming_the_record(kafka_broker: str) -> None:
