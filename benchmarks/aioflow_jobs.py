@@ -24,7 +24,7 @@ from workloads import (
 
 import aioflow as af
 
-__all__ = ["JOBS", "warm_up"]
+__all__ = ["JOBS", "warm_up", "window_sums"]
 
 
 def warm_up() -> None:
@@ -138,8 +138,10 @@ def _require_windows() -> None:
         raise Unavailable(f"aioflow {af.__version__} has no {', '.join(missing)}")
 
 
-def w2(job: JobInput) -> Run:
-    """10 s tumbling event-time windows per user: (user, window_start, count, sum)."""
+def window_sums(events: af.Stream) -> af.Stream:
+    """w2's pipeline after its source: key by user, 10 s tumbling event-time windows,
+    ``(user, window_start, count, sum of amount)`` per window and user. The ``kafka``
+    workload runs it too."""
     _require_windows()
 
     # Defined here: the base class exists only in aioflow versions with windows.
@@ -148,14 +150,20 @@ def w2(job: JobInput) -> Run:
             for count, total in elements:
                 yield (key, context.window.start, count, total)
 
+    per_user = events.key_by(lambda e: e["user"])
+    windows = per_user.window(af.TumblingEventTimeWindows(WINDOW_MS))
+    return windows.aggregate(SumCount(), window_function=WithStart())
+
+
+def w2(job: JobInput) -> Run:
+    """10 s tumbling event-time windows per user: (user, window_start, count, sum)."""
+    _require_windows()
     app = _app("w2", job)
     results = af.CollectSink()
     events = app.source(
         af.read_jsonl(job.file), timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(BOUND_MS)
     )
-    per_user = events.key_by(lambda e: e["user"])
-    windows = per_user.window(af.TumblingEventTimeWindows(WINDOW_MS))
-    windows.aggregate(SumCount(), window_function=WithStart()).sink(results)
+    window_sums(events).sink(results)
     return _run_collecting(app, results)
 
 

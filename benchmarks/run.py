@@ -3,6 +3,7 @@
     python benchmarks/run.py --workload w1 --events 1000000 --json
     python benchmarks/run.py --workload all --repeat 3
     python benchmarks/run.py --workload w2 --state-backend lmdb --checkpoint-interval 1 --versus-memory
+    python benchmarks/run.py --workload kafka --state-backend lmdb --checkpoint-interval 1 --versus-memory
 
 Every measurement runs in a fresh child process (this file with ``--child``), so its peak
 RSS is its own; floor and aioflow runs alternate, and the best run of each side is
@@ -14,6 +15,10 @@ temporary state directory per run (removed after it), and ``--checkpoint-interva
 periodic checkpoints; ``--versus-memory`` then also runs the aioflow side with the
 memory backend, alternating with the other two, and reports the ratio of the two.
 
+The ``kafka`` workload is w2 between Kafka topics on a Tansu broker it starts itself; each
+of its runs is a whole process (``aioflow run`` for aioflow), timed from its start, and
+it also reports the time to the first record. See ``kafka_bench.py`` and the README.
+
 With ``--json`` each workload prints one JSON object on its own line as it finishes (the
 last line is the last workload's); progress goes to stderr.
 """
@@ -23,26 +28,24 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
-from workloads import FLOORS, JobInput, Prepare, Unavailable, canonical, digest, ensure_events
+from reporting import RESULT_PREFIX, ChildFailed, completed_checkpoints, peak_rss_mb
+from workloads import FLOORS, PARTITIONS, JobInput, Prepare, Unavailable, canonical, digest, ensure_events
 
 DATA_DIR = Path(__file__).resolve().parent / ".data"
-#: Marks the line on which a child reports its measurement (aioflow logs to stdout too).
-RESULT_PREFIX = "@@benchmark-result "
 FLOOR, AIOFLOW = "floor", "aioflow"
 #: The aioflow side with the memory backend and no checkpoints (``--versus-memory``).
 MEMORY = "aioflow-memory"
-#: The log event of a completed checkpoint (aioflow logs JSON lines to a child's stderr).
-CHECKPOINT_COMPLETE = "checkpoint complete"
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ WORKLOADS = {
         ),
         Workload("w2", "key by user, 10 s tumbling event-time windows: (user, start, count, sum)", 1_000_000),
         Workload("w3", "keyed process function: running count, 30 s inactivity event-time timers", 1_000_000),
+        Workload("kafka", "w2 from a 4-partition Kafka topic to a Kafka topic, each side a process of its own",
+                 1_000_000),
     )
 }
 
@@ -92,23 +97,6 @@ def _prepare(side: str, workload: str) -> Prepare:
 
     aioflow_jobs.warm_up()
     return aioflow_jobs.JOBS[workload]
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size, in MiB.
-
-    Linux: ``VmHWM`` of ``/proc/self/status``, not ``ru_maxrss``, which survives ``exec``
-    and so would report the parent's peak whenever that is the larger one.
-    """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 
 
 def measure(side: str, workload: str, job: JobInput) -> dict[str, Any]:
@@ -147,24 +135,6 @@ def child_main(args: argparse.Namespace) -> int:
 # -- parent: the harness -------------------------------------------------------------------
 
 
-class ChildFailed(Exception):
-    """A measurement process failed or reported nothing."""
-
-
-def completed_checkpoints(log: str) -> list[int]:
-    """The durations (ms) of the checkpoints a run's JSON log lines report as complete."""
-    durations = []
-    for line in log.splitlines():
-        if CHECKPOINT_COMPLETE in line:
-            try:
-                event = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(event, dict) and event.get("event") == CHECKPOINT_COMPLETE:
-                durations.append(int(event["ms"]))
-    return durations
-
-
 def run_child(side: str, workload: str, job: JobInput, state: StateConfig = IN_MEMORY) -> dict[str, Any]:
     """Measure one side of ``workload`` in a fresh Python process (the aioflow side with
     its state configured by ``state``)."""
@@ -198,9 +168,10 @@ class Side:
     def active(self) -> bool:
         return self.unavailable is None and self.error is None
 
-    def record(self, side: str, workload: str, job: JobInput, state: StateConfig) -> None:
+    def record(self, side: str, workload: str, measure: Callable[[], dict[str, Any]]) -> None:
+        """Add the result of ``measure()``, one run of ``side``; a failure ends the side."""
         try:
-            result = run_child(side, workload, job, state)
+            result = measure()
         except ChildFailed as exc:
             self.error = str(exc)
             return
@@ -223,7 +194,8 @@ class Side:
 def describe_error_run(result: dict[str, Any]) -> str:
     if "unavailable" in result:
         return f"unavailable: {result['unavailable']}"
-    return f"{result['seconds']:.3f} s, {result['peak_rss_mb']:.0f} MB, {result['outputs']} outputs"
+    first = f", first record after {result['first_record_s']:.3f} s" if "first_record_s" in result else ""
+    return f"{result['seconds']:.3f} s, {result['peak_rss_mb']:.0f} MB, {result['outputs']} outputs{first}"
 
 
 def _progress(message: str) -> None:
@@ -250,12 +222,65 @@ def benchmark(
     for _ in range(repeat):
         for side_name, side, side_state in sides:
             if side.active:
-                side.record(side_name, workload.name, job, side_state)
+                side.record(side_name, workload.name, partial(run_child, side_name, workload.name, job, side_state))
     return report(workload, job, seed, repeat, floor, framework, state, memory)
+
+
+def benchmark_kafka(
+    workload: Workload, events: int, seed: int, repeat: int, state: StateConfig = IN_MEMORY,
+    versus_memory: bool = False, floor_batches: bool = False,
+) -> dict[str, Any]:
+    """The ``kafka`` workload: a broker of its own, the events in a topic (untimed), then
+    floor and aioflow processes alternating as in :func:`benchmark` (see ``kafka_bench``);
+    ``floor_batches``: the floor produces record batches instead of a send per result."""
+    import kafka_bench  # only here: aiokafka stays out of the other workloads' processes
+
+    _progress(f"{workload.name}: preparing {events} events (seed {seed})")
+    job = JobInput(events, ensure_events(events, seed, DATA_DIR))
+    floor, framework = Side(), Side()
+    memory = Side() if versus_memory else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="aioflow-bench-kafka-") as folder, \
+                kafka_bench.tansu_broker(Path(folder) / "broker.log") as servers:
+            started = time.perf_counter()
+            kafka_bench.produce_events(servers, "events", job.file)
+            _progress(f"{workload.name}: {events} events in a {PARTITIONS}-partition topic on {servers} "
+                      f"({time.perf_counter() - started:.1f} s)")
+            sides = [(FLOOR, floor, IN_MEMORY)]
+            if memory is not None:
+                sides.append((MEMORY, memory, IN_MEMORY))
+            sides.append((AIOFLOW, framework, state))
+            for _ in range(repeat):
+                for side_name, side, side_state in sides:
+                    if side.active:
+                        run = kafka_bench.KafkaRun(servers, "events", events, side_state.backend,
+                                                   side_state.checkpoint_interval, floor_batches)
+                        side.record(side_name, workload.name,
+                                    partial(kafka_bench.run_side, FLOOR if side_name == FLOOR else AIOFLOW, run))
+    except Unavailable as exc:
+        floor.unavailable = framework.unavailable = str(exc)
+    except ChildFailed as exc:  # the broker
+        floor.error = str(exc)
+    result = report(workload, job, seed, repeat, floor, framework, state, memory)
+    # Both sides must also agree with w2 over the events file: the same job, without Kafka.
+    runs = floor.runs + framework.runs + (memory.runs if memory is not None else [])
+    if runs:
+        expected = digest(canonical("w2", FLOORS["w2"](job)()))
+        if any(r["digest"] != expected for r in runs):
+            result["problems"].append("the results differ from w2's over the events file")
+            result["ok"] = False
+    result["kafka_floor"] = "batches" if floor_batches else "send"
+    return result
 
 
 def _rate(events: int, run: dict[str, Any] | None) -> float | None:
     return round(events / run["seconds"]) if run else None
+
+
+def _least(side: Side, key: str) -> float | None:
+    """The least ``key`` over a side's runs (``None`` if its runs do not measure it)."""
+    values = [r[key] for r in side.runs if r.get(key) is not None]
+    return round(min(values), 3) if values else None
 
 
 def report(
@@ -269,6 +294,7 @@ def report(
     memory_best = memory.best()
     memory_rate = _rate(job.events, memory_best)
     cpu, memory_cpu = framework.min_cpu_seconds(), memory.min_cpu_seconds()
+    first_record, floor_first_record = _least(framework, "first_record_s"), _least(floor, "first_record_s")
     digests = {r["digest"] for r in floor.runs + memory.runs + framework.runs}
     problems = [error for error in (floor.error, memory.error, framework.error) if error]
     if len(digests) > 1:
@@ -298,6 +324,18 @@ def report(
         "memory_cpu_seconds": round(memory_cpu, 4) if memory_cpu is not None else None,
         "cpu_ratio_to_memory": round(memory_cpu / cpu, 3) if cpu and memory_cpu else None,
         "memory_peak_rss_mb": memory.max_rss_mb(),
+        "memory_ratio_to_floor": round(memory_rate / floor_rate, 3) if memory_rate and floor_rate else None,
+        "first_record_s": first_record,
+        "floor_first_record_s": floor_first_record,
+        "memory_first_record_s": _least(memory, "first_record_s"),
+        "first_record_delta_s": round(first_record - floor_first_record, 3)
+        if first_record is not None and floor_first_record is not None else None,
+        "first_result_s": _least(framework, "first_result_s"),
+        "floor_first_result_s": _least(floor, "first_result_s"),
+        "memory_first_result_s": _least(memory, "first_result_s"),
+        "exit_s": _least(framework, "exit_s"),
+        "floor_exit_s": _least(floor, "exit_s"),
+        "memory_exit_s": _least(memory, "exit_s"),
         "outputs": (best or floor_best or {}).get("outputs"),
         "outputs_equal": len(digests) == 1 if best and floor_best else None,
         "unavailable": framework.unavailable,
@@ -310,6 +348,9 @@ def report(
         "all_memory_seconds": [round(r["seconds"], 4) for r in memory.runs],
         "all_cpu_seconds": [round(r["cpu_seconds"], 4) for r in framework.runs],
         "all_memory_cpu_seconds": [round(r["cpu_seconds"], 4) for r in memory.runs],
+        "all_first_record_s": [round(r["first_record_s"], 3) for r in framework.runs if "first_record_s" in r],
+        "all_floor_first_record_s": [round(r["first_record_s"], 3) for r in floor.runs if "first_record_s" in r],
+        "all_memory_first_record_s": [round(r["first_record_s"], 3) for r in memory.runs if "first_record_s" in r],
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "aioflow_version": importlib.metadata.version("aioflow"),
     }
@@ -327,6 +368,8 @@ _COLUMNS = (
     ("ratio", "ratio_to_floor", "{:.3f}"),
     ("vs memory", "ratio_to_memory", "{:.3f}"),
     ("checkpoints", "checkpoints", "{}"),
+    ("1st record s", "first_record_s", "{:.3f}"),
+    ("floor 1st record s", "floor_first_record_s", "{:.3f}"),
     ("RSS MB", "peak_rss_mb", "{:.0f}"),
     ("floor RSS MB", "floor_peak_rss_mb", "{:.0f}"),
 )
@@ -347,6 +390,11 @@ def table(reports: list[dict[str, Any]]) -> str:
              for row in rows]
     for r in reports:
         notes = r["problems"] + ([f"aioflow unavailable: {r['unavailable']}"] if r["unavailable"] else [])
+        if r["memory_events_per_sec"] is not None:
+            memory = f"memory side: {r['memory_events_per_sec']:,} ev/s, ratio {r['memory_ratio_to_floor']}"
+            if r["memory_first_record_s"] is not None:
+                memory += f", first record after {r['memory_first_record_s']:.3f} s"
+            notes.append(memory)
         lines += [f"{r['workload']}: {note}" for note in notes]
     return "\n".join(lines)
 
@@ -374,6 +422,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run the aioflow side with the memory backend and no checkpoints, alternating with "
              "the others, and report ratio_to_memory",
     )
+    parser.add_argument(
+        "--kafka-floor", default="send", choices=["send", "batches"],
+        help="how the kafka workload's floor produces its results: a send() per result (the plain loop), "
+             "or record batches built by hand (default: send)",
+    )
     parser.add_argument("--child", choices=[FLOOR, AIOFLOW], help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -398,8 +451,12 @@ def main(argv: list[str] | None = None) -> int:
     reports = []
     for name in names:
         workload = WORKLOADS[name]
-        result = benchmark(workload, args.events or workload.default_events, args.seed, args.repeat,
-                           state, args.versus_memory)
+        events = args.events or workload.default_events
+        if name == "kafka":
+            result = benchmark_kafka(workload, events, args.seed, args.repeat, state, args.versus_memory,
+                                     floor_batches=args.kafka_floor == "batches")
+        else:
+            result = benchmark(workload, events, args.seed, args.repeat, state, args.versus_memory)
         reports.append(result)
         if args.json:
             print(orjson.dumps(result).decode(), flush=True)

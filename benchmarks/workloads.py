@@ -30,6 +30,7 @@ __all__ = [
     "BOUND_MS",
     "FLOORS",
     "INACTIVITY_MS",
+    "PARTITIONS",
     "SINK_SLEEP_S",
     "WINDOW_MS",
     "JobInput",
@@ -38,6 +39,7 @@ __all__ = [
     "Unavailable",
     "canonical",
     "digest",
+    "emit_windows",
     "ensure_events",
     "generated_records",
 ]
@@ -58,6 +60,8 @@ WINDOW_MS = 10_000
 INACTIVITY_MS = 30_000
 #: backpressure: the sink sleeps this long per batch.
 SINK_SLEEP_S = 0.001
+#: kafka: partitions of the input topic (and of each output topic).
+PARTITIONS = 4
 
 _MIN_TS = -(2**63)
 _MAX_TS = 2**63 - 1
@@ -169,7 +173,7 @@ def floor_backpressure(job: JobInput) -> Run:
     return lambda: asyncio.run(_sleepy_count(records))
 
 
-def _emit_windows(windows: dict[int, dict[str, list[Any]]], watermark: int, out: list[Any]) -> None:
+def emit_windows(windows: dict[int, dict[str, list[Any]]], watermark: int, out: list[Any]) -> None:
     """Emit and drop every window whose last millisecond is at or before ``watermark``."""
     for start in sorted(start for start in windows if start + WINDOW_MS - 1 <= watermark):
         out.extend((user, start, count, total) for user, (count, total) in windows.pop(start).items())
@@ -196,8 +200,8 @@ def _w2(path: Path) -> list[tuple[str, int, int, float]]:
                 else:
                     acc[0] += 1
                     acc[1] += e["amount"]
-            _emit_windows(windows, max_ts - BOUND_MS - 1, out)
-    _emit_windows(windows, _MAX_TS, out)
+            emit_windows(windows, max_ts - BOUND_MS - 1, out)
+    emit_windows(windows, _MAX_TS, out)
     return out
 
 
