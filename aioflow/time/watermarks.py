@@ -171,6 +171,11 @@ class SourceWatermarks:
         #: 0 means after every batch (deterministic, for tests and benchmarks).
         self.interval_ms = int(interval * 1000)
         self._splits: dict[str, _Split] = {}
+        #: since when (ms) the reader has had no split; None while it has some
+        self._splitless_since: int | None = None
+        #: no split for ``idle_timeout``: the subtask is idle (a Kafka subtask with no
+        #: partition, when there are more subtasks than partitions, must not hold time back)
+        self._splitless_idle = False
         self.watermark = MIN_WATERMARK
         self.idle = False
         self.checks_each_batch = strategy is not None and not strategy.periodic_only
@@ -237,6 +242,10 @@ class SourceWatermarks:
             del self._splits[gone]
         for name in active_splits:
             self._split(name)
+        if self._splits:
+            self._splitless_since, self._splitless_idle = None, False
+        elif self._splitless_since is None:
+            self._splitless_since = now_ms()
 
     def on_batch(self, split: str, records: list[Any],
                  known: list[int] | None = None) -> tuple[list[int], list[tuple[int, int]]]:
@@ -305,7 +314,7 @@ class SourceWatermarks:
         states = list(self._splits.values())
         active = [s.output.watermark for s in states if not s.output.idle]
         idle_change: bool | None = None
-        all_idle = bool(states) and not active
+        all_idle = (bool(states) and not active) or self._splitless_idle
         if all_idle != self.idle:
             self.idle = idle_change = all_idle
         advanced: int | None = None
@@ -318,7 +327,8 @@ class SourceWatermarks:
     def on_periodic(self, now: int, active_splits: list[str]) -> tuple[bool | None, int | None]:
         """Periodic emission: ask every split's generator, apply idleness, combine.
 
-        Splits that went quiet turn idle one at a time, the longest quiet (then the lowest
+        A reader without splits for the idle timeout is idle as a whole. Splits that went
+        quiet turn idle one at a time, the longest quiet (then the lowest
         watermark) first, each after the watermark of the others was taken: a split that
         had no records holds nothing back once it is idle, even when the one with records
         goes idle in the same round.
@@ -330,6 +340,8 @@ class SourceWatermarks:
         for state in states:
             state.generator.on_periodic_emit(state.output)
         advanced: int | None = None
+        if timeout is not None and self._splitless_since is not None:
+            self._splitless_idle = now - self._splitless_since >= timeout
         if timeout is not None:
             quiet = [s for s in states if not s.output.idle and now - s.last_event >= timeout]
             for state in sorted(quiet, key=lambda s: (s.last_event, s.output.watermark)):

@@ -424,6 +424,32 @@ async def test_pattern_reads_every_matching_topic(kafka_broker: str) -> None:
     assert sorted(await run_collect_async(af.App("kafka-pattern").source(bounded))) == [1, 2, 3]
 
     app = af.App("kafka-pattern-group")
+            app.stop()
+    assert sink.results[0] == (0, 2)
+
+
+async def test_a_reader_without_partitions_does_not_hold_windows_back(kafka_broker: str) -> None:
+    """Two readers, one partition: the reader the group gives nothing goes idle after the
+    idle timeout, so the window fires while the job runs."""
+    topic = await create_topic(kafka_broker, 1)
+    await _produce_records(kafka_broker, topic, [
+        {"value": b"1", "partition": 0, "timestamp_ms": t} for t in (1_000, 2_000, 15_000)
+    ])
+    app = af.App("kafka-partitionless")
+    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"))
+    sink = af.CollectSink()
+    (
+        app.source(source, watermarks=af.BoundedOutOfOrderness(0, idle_timeout=300), parallelism=2)
+        .key_by(lambda v: "all")
+        .window(af.TumblingEventTimeWindows(10_000))
+        .process(CountPerWindow())
+        .sink(sink)
+    )
+    with anyio.fail_after(90):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(app.run_async)
+            while not sink.results:
+                await anyio.sleep(0.05)  # polling a condition, bounded by fail_after
     sink = af.CollectSink()
     app.source(af.kafka.KafkaSource(pattern=pattern, bootstrap_servers=kafka_broker, group_id=unique_name("g"))).sink(sink)
     with anyio.fail_after(60):

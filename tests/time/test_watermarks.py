@@ -186,6 +186,26 @@ def test_a_split_without_records_goes_idle_before_one_that_went_quiet_with_it() 
     assert watermarks.on_periodic(1_100, ["busy", "empty"]) == (True, 4_999)
 
 
+def test_a_reader_without_splits_goes_idle_after_the_idle_timeout() -> None:
+    """A Kafka subtask with no partition (more subtasks than partitions) must not hold
+    event time back; one whose partitions are only being assigned briefly does."""
+    watermarks = SourceWatermarks("s", lambda r: r, af.BoundedOutOfOrderness(0, idle_timeout=100), 0.2)
+    watermarks.track([])
+    since = watermarks._splitless_since
+    assert since is not None
+    assert watermarks.on_periodic(since + 99, []) == (None, None)
+    assert watermarks.on_periodic(since + 100, []) == (True, None)
+    watermarks.track(["split"])  # a partition assigned: records may come from it
+    assigned = watermarks._splits["split"].last_event
+    assert watermarks.on_periodic(assigned, ["split"]) == (False, None)
+
+
+def test_without_an_idle_timeout_a_reader_without_splits_is_never_idle() -> None:
+    watermarks = SourceWatermarks("s", lambda r: r, af.BoundedOutOfOrderness(0), 0.2)
+    watermarks.track([])
+    assert watermarks.on_periodic(10**12, []) == (None, None)
+
+
 def test_strategy_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="non-negative"):
         af.BoundedOutOfOrderness(-1)
