@@ -343,8 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                    "allow_non_restored_state": args.allow_non_restored_state, "drain_on_stop": args.drain,
                    "state_dir": args.state_dir, "checkpoint_interval": args.checkpoint_interval}
         return anyio.run(_run_worker, app, args.stop_timeout, options, http)
-    except (AioflowError, OSError) as exc:
-        log.error("job failed", app=app.name, error=str(exc), exc_info=exc)
+    except Exception as exc:  # whatever it was: one "job failed" line, in the log's format
+        log.error("job failed", app=app.name, error=str(exc) or repr(exc), exc_info=exc)
         return EXIT_FAILED
     except SystemExit as exc:
         log.error("job failed", app=app.name, error=f"user code raised SystemExit({exc.code!r})", exc_info=exc)
