@@ -8,6 +8,8 @@
     │                            a corrupt, incompatible or mismatched state directory or checkpoint
     ├── SinkDeliveryError        an async batching sink could not deliver a batch: a non-retryable
     │                            error, or retryable ones through every attempt (names sink and attempts)
+    ├── ConnectorError           a connector cannot use its external system: brokers that cannot be
+    │                            reached, a topic that does not exist (names the connector and what)
     └── OperatorError            user code in an operator raised (names operator and record)
         └── UserFunctionTypeError    user code returned a value of the wrong type
 
@@ -24,6 +26,7 @@ __all__ = [
     "AioflowError",
     "AppLoadError",
     "BadRecordError",
+    "ConnectorError",
     "OperatorError",
     "PipelineError",
     "SinkDeliveryError",
@@ -103,6 +106,16 @@ class SinkDeliveryError(AioflowError):
         self.sink = sink
         self.attempts = attempts
         self.records = records
+
+
+class ConnectorError(AioflowError):
+    """A connector cannot use its external system: its brokers cannot be reached, a topic
+    it needs does not exist. ``connector`` names it (``"kafka(events)"``); ``__cause__`` is
+    the client library's error. A restart strategy retries it (the system may come back)."""
+
+    def __init__(self, connector: str, message: str) -> None:
+        super().__init__(f"{connector}: {message}")
+        self.connector = connector
 
 
 class StateError(AioflowError):

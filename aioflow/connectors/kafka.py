@@ -33,10 +33,10 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from aioflow.connectors.base import BadRecord, ErrorPolicy, OnError, Source, SourceBatch, SourceReader
-from aioflow.errors import StateError
+from aioflow.errors import ConnectorError, StateError
 
 __all__ = ["KafkaRecord", "KafkaSource"]
 
@@ -89,6 +89,12 @@ def _decoder(fmt: str | Callable[[bytes], Any], what: str) -> tuple[Callable[[by
     if fmt in _FORMATS:
         return _FORMATS[fmt]
     raise ValueError(f"{what} must be 'json', 'str', 'bytes' or a callable(bytes), got {fmt!r}")
+
+
+def unreachable(connector: str, servers: str | list[str], error: Exception) -> ConnectorError:
+    """The error for Kafka brokers a client could not connect to at start."""
+    return ConnectorError(connector, f"cannot reach the Kafka brokers at {servers} ({error}); "
+                                     "is the broker running, and are bootstrap_servers right?")
 
 
 def split_name(tp: TopicPartition) -> str:
@@ -292,13 +298,17 @@ class KafkaReader(SourceReader):
             **options,
         )
         self._consumer = consumer
-        await consumer.start()
+        try:
+            await consumer.start()  # close() stops it, also when this fails
+        except KafkaConnectionError as exc:
+            raise unreachable(source.name, source.bootstrap_servers, exc) from exc
         if not source.bounded:
             if self.stateful_job and not source.partitioned_state:
                 await self._refuse_other_workers(client_id)
             if source.pattern is not None:
                 consumer.subscribe(pattern=f"^(?:{source.pattern})$", listener=_Rebalance(self))
             else:
+                await self._all_partitions()  # a topic that does not exist fails now, not never reads
                 consumer.subscribe(topics=source.topics, listener=_Rebalance(self))
             return
         mine = [tp for i, tp in enumerate(await self._all_partitions()) if i % self._parallelism == self._subtask_index]
@@ -343,8 +353,8 @@ class KafkaReader(SourceReader):
         for topic in topics:
             ids = cluster.partitions_for_topic(topic)
             if not ids:
-                raise ValueError(f"{self._source.name}: topic {topic!r} does not exist on "
-                                 f"{self._source.bootstrap_servers}")
+                raise ConnectorError(self._source.name,
+                                     f"topic {topic!r} does not exist on {self._source.bootstrap_servers}")
             partitions.extend(TopicPartition(topic, p) for p in sorted(ids))
         return partitions
 

@@ -33,13 +33,22 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+import anyio
 import orjson
 import structlog
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import InvalidProducerEpoch, InvalidTxnState, KafkaError, KafkaTimeoutError, ProducerFenced
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidTxnState,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerFenced,
+)
 from aiokafka.partitioner import DefaultPartitioner
 
 from aioflow.connectors.async_sink import AsyncBatchSink, RetryPolicy
+from aioflow.connectors.kafka import unreachable
 from aioflow.errors import PipelineError
 
 __all__ = ["KafkaSink"]
@@ -164,6 +173,19 @@ class KafkaSink(AsyncBatchSink):
             options["transactional_id"] = transactional_id
         return AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, **options)
 
+    async def _started(self, producer: AIOKafkaProducer) -> AIOKafkaProducer:
+        """``producer``, started; stopped again if starting fails (no connections or tasks
+        left behind), with brokers that cannot be reached named in a ``ConnectorError``."""
+        try:
+            await producer.start()
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await _stop_quietly(producer, self.name)
+            if isinstance(exc, KafkaConnectionError):
+                raise unreachable(self.name, self.bootstrap_servers, exc) from exc
+            raise
+        return producer
+
     async def open(self) -> None:
         self._prepared = {}
         self._beginning = asyncio.Lock()
@@ -172,8 +194,7 @@ class KafkaSink(AsyncBatchSink):
         self._next = 1
         self._keys_partitions = {}
         if not self.exactly_once:
-            self._producer = self._new_producer()
-            await self._producer.start()
+            self._producer = await self._started(self._new_producer())
         elif not self.resuming:  # a fresh start: abort what an earlier run left open (a restore
             await self._abort_lingering(self.subtask_index, self._next)  # does it in recover())
 
@@ -184,10 +205,7 @@ class KafkaSink(AsyncBatchSink):
         self._producer = None
         self._prepared = {}
         for producer in producers:
-            try:
-                await producer.stop()
-            except Exception as exc:  # closing: the connection may already be gone
-                log.debug("stopping a producer failed", sink=self.name, error=repr(exc))
+            await _stop_quietly(producer, self.name)
 
     # -- sending ------------------------------------------------------------------------
 
@@ -305,8 +323,8 @@ class KafkaSink(AsyncBatchSink):
     async def _begin(self) -> None:
         """Start the next transaction; the first time, first abort what a crash left open."""
         n = self._next
-        producer = self._new_producer(self._transactional_id(self.subtask_index, n))
-        await producer.start()  # fences (aborts) an open transaction of a crashed run with this id
+        # starting fences (aborts) an open transaction of a crashed run with this id
+        producer = await self._started(self._new_producer(self._transactional_id(self.subtask_index, n)))
         await producer.begin_transaction()
         self._producer, self._transaction, self._next = producer, n, n + 1
 
@@ -341,7 +359,7 @@ class KafkaSink(AsyncBatchSink):
             return
         producer = self._new_producer(handle["transactional_id"])
         producer._txn_manager.set_pid_and_epoch(handle["producer_id"], handle["epoch"])
-        await producer.start()
+        await self._started(producer)
         try:
             await producer.begin_transaction()
             # The resumed transaction has partitions on the broker; aiokafka commits an empty
@@ -390,12 +408,19 @@ class KafkaSink(AsyncBatchSink):
     async def _fence(self, transactional_id: str) -> int:
         """Initialise a producer with ``transactional_id`` (which aborts its open
         transaction, if any) and return the epoch it got: 0 for an id never used."""
-        producer = self._new_producer(transactional_id)
-        await producer.start()
+        producer = await self._started(self._new_producer(transactional_id))
         try:
             return producer._txn_manager.producer_epoch
         finally:
             await producer.stop()
+
+
+async def _stop_quietly(producer: AIOKafkaProducer, sink: str) -> None:
+    """Stop ``producer`` when giving it up: its connection may already be gone."""
+    try:
+        await producer.stop()
+    except Exception as exc:
+        log.debug("stopping a producer failed", sink=sink, error=repr(exc))
 
 
 async def _hand_over(producer: AIOKafkaProducer, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:

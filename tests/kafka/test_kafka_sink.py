@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
-from kafka.topics import create_topic, unique_name
+from kafka.topics import create_topic, refused_port, unique_name
 
 import aioflow as af
 import aioflow.kafka
@@ -148,6 +148,19 @@ async def test_a_none_record_without_a_key_is_refused_naming_the_sink(kafka_brok
     app.source([None]).sink(KafkaSink(topic, bootstrap_servers=kafka_broker))
     with pytest.raises(af.OperatorError, match="tombstone"):
         await app.run_async()
+
+
+async def test_unreachable_brokers_fail_the_job_naming_the_sink_and_leave_no_producer_open() -> None:
+    servers = f"127.0.0.1:{refused_port()}"
+    app = af.App("kafka-sink-unreachable")
+    app.source([1]).sink(KafkaSink("results", bootstrap_servers=servers))
+    with pytest.raises(af.ConnectorError, match=rf"kafka\(results\): cannot reach the Kafka brokers at {servers}"):
+        await app.run_async()
+    sink = KafkaSink("results", bootstrap_servers=servers)
+    producer = sink._new_producer()
+    with pytest.raises(af.ConnectorError):
+        await sink._started(producer)
+    assert producer._closed  # stopped: no connection or background task left behind
 
 
 async def test_a_key_of_the_wrong_type_fails_naming_the_record(kafka_broker: str) -> None:

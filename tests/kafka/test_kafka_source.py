@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from kafka.topics import create_topic, unique_name
+from kafka.topics import create_topic, refused_port, unique_name
 
 import aioflow as af
 import aioflow.kafka
@@ -133,6 +133,28 @@ async def test_malformed_json_goes_to_the_dead_letter_output_with_its_bytes(kafk
     assert good == [{"i": 0}, {"i": 2}]
     assert len(bad) == 1 and isinstance(bad[0], af.BadRecord)
     assert (bad[0].source, bad[0].location, bad[0].raw) == (f"kafka({topic})", f"{topic}:0@1", b"caf\xe9 {")
+
+
+@pytest.mark.parametrize("bounded", [True, False], ids=["bounded", "unbounded"])
+async def test_unreachable_brokers_fail_naming_the_source(bounded: bool) -> None:
+    servers = f"127.0.0.1:{refused_port()}"
+    app = af.App("kafka-unreachable")
+    app.source(KafkaSource("events", bootstrap_servers=servers, group_id="g", bounded=bounded)).sink(af.CollectSink())
+    with anyio.fail_after(60), pytest.raises(
+        af.ConnectorError, match=rf"kafka\(events\): cannot reach the Kafka brokers at {servers}"
+    ) as info:
+        await app.run_async()
+    assert info.value.connector == "kafka(events)"
+
+
+@pytest.mark.parametrize("bounded", [True, False], ids=["bounded", "unbounded"])
+async def test_a_topic_that_does_not_exist_fails_naming_it(kafka_broker: str, bounded: bool) -> None:
+    missing = unique_name("missing")
+    app = af.App("kafka-missing-topic")
+    source = KafkaSource(missing, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=bounded)
+    app.source(source).sink(af.CollectSink())
+    with anyio.fail_after(60), pytest.raises(af.ConnectorError, match=f"topic '{missing}' does not exist"):
+        await app.run_async()
 
 
 async def test_starting_offsets_earliest_and_latest(kafka_broker: str) -> None:
@@ -406,28 +428,6 @@ async def test_a_quiet_partition_goes_idle_and_windows_close_without_it(kafka_br
     assert sink.results[0] == (0, 2)
 
 
-async def test_pattern_reads_every_matching_topic(kafka_broker: str) -> None:
-    prefix = unique_name("p")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(f"{prefix}-{n}", num_partitions=1, replication_factor=1)
-                                   for n in ("a", "b", "other")])
-    finally:
-        await admin.close()
-    await _produce(kafka_broker, f"{prefix}-a", _json([1, 2]), partitions=1)
-    await _produce(kafka_broker, f"{prefix}-b", _json([3]), partitions=1)
-    await _produce(kafka_broker, f"{prefix}-other", _json([99]), partitions=1)
-    pattern = f"{prefix}-[ab]"
-    bounded = af.kafka.KafkaSource(pattern=pattern, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
-                                   bounded=True)
-    assert sorted(await run_collect_async(af.App("kafka-pattern").source(bounded))) == [1, 2, 3]
-
-    app = af.App("kafka-pattern-group")
-            app.stop()
-    assert sink.results[0] == (0, 2)
-
-
 async def test_a_reader_without_partitions_does_not_hold_windows_back(kafka_broker: str) -> None:
     """Two readers, one partition: the reader the group gives nothing goes idle after the
     idle timeout, so the window fires while the job runs."""
@@ -450,6 +450,28 @@ async def test_a_reader_without_partitions_does_not_hold_windows_back(kafka_brok
             tasks.start_soon(app.run_async)
             while not sink.results:
                 await anyio.sleep(0.05)  # polling a condition, bounded by fail_after
+            app.stop()
+    assert sink.results[0] == (0, 2)
+
+
+async def test_pattern_reads_every_matching_topic(kafka_broker: str) -> None:
+    prefix = unique_name("p")
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(f"{prefix}-{n}", num_partitions=1, replication_factor=1)
+                                   for n in ("a", "b", "other")])
+    finally:
+        await admin.close()
+    await _produce(kafka_broker, f"{prefix}-a", _json([1, 2]), partitions=1)
+    await _produce(kafka_broker, f"{prefix}-b", _json([3]), partitions=1)
+    await _produce(kafka_broker, f"{prefix}-other", _json([99]), partitions=1)
+    pattern = f"{prefix}-[ab]"
+    bounded = af.kafka.KafkaSource(pattern=pattern, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
+                                   bounded=True)
+    assert sorted(await run_collect_async(af.App("kafka-pattern").source(bounded))) == [1, 2, 3]
+
+    app = af.App("kafka-pattern-group")
     sink = af.CollectSink()
     app.source(af.kafka.KafkaSource(pattern=pattern, bootstrap_servers=kafka_broker, group_id=unique_name("g"))).sink(sink)
     with anyio.fail_after(60):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -21,3 +22,10 @@ async def create_topic(broker: str, partitions: int) -> str:
     finally:
         await admin.close()
     return topic
+
+
+def refused_port() -> int:
+    """A loopback port nothing listens on (bound for a moment, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
