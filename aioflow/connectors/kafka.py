@@ -34,6 +34,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
 
 from aioflow.connectors.base import BadRecord, ErrorPolicy, OnError, Source, SourceBatch, SourceReader
 from aioflow.errors import ConnectorError, StateError
@@ -95,6 +96,23 @@ def unreachable(connector: str, servers: str | list[str], error: Exception) -> C
     """The error for Kafka brokers a client could not connect to at start."""
     return ConnectorError(connector, f"cannot reach the Kafka brokers at {servers} ({error}); "
                                      "is the broker running, and are bootstrap_servers right?")
+
+
+async def _leave_group(consumer: AIOKafkaConsumer, source: str) -> None:
+    """Leave the consumer group, so that its partitions go to the other members at once.
+    aiokafka does not for a static member (it would keep its partitions until its session
+    times out, so that a restart finds them still its own); a reader closed by aioflow is
+    gone for good, or about to rejoin. A SIGKILLed worker never gets here: its successor
+    takes its place back by its instance id. Then ``consumer.stop()`` closes the rest."""
+    coordinator = consumer._coordinator  # aiokafka has no public calls for any of this
+    if coordinator is None or not coordinator.member_id or coordinator.coordinator_id is None:
+        return
+    group, member, node = coordinator.group_id, coordinator.member_id, coordinator.coordinator_id
+    await coordinator.close()  # first, or it would join again as soon as it has left
+    try:
+        await consumer._client.send(node, LeaveGroupRequest(group, member))
+    except KafkaError as exc:  # the group drops the member at its session timeout instead
+        log.warning("leaving the consumer group failed", source=source, group=group, error=repr(exc))
 
 
 def split_name(tp: TopicPartition) -> str:
@@ -362,7 +380,8 @@ class KafkaReader(SourceReader):
         self._policy.close()
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            await consumer.stop()  # leaves the group
+            await _leave_group(consumer, self._source.name)
+            await consumer.stop()
 
     # -- partition assignment ---------------------------------------------------------
 

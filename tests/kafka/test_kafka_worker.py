@@ -126,6 +126,21 @@ def _results(broker: str, topic: str, count: int, *, committed: bool = False, se
     return anyio.run(read)
 
 
+def _members(broker: str, group: str) -> list[str]:
+    """The member ids the group has now."""
+
+    async def describe() -> list[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+        await admin.start()
+        try:
+            described = await admin.describe_consumer_groups([group])
+        finally:
+            await admin.close()
+        return [member[0] for response in described for found in response.groups for member in found[5]]
+
+    return anyio.run(describe)
+
+
 def _as_counter(results: list[dict[str, Any]]) -> collections.Counter[tuple[str, int, int]]:
     return collections.Counter((r["user"], r["i"], r["n"]) for r in results)
 
@@ -186,6 +201,7 @@ def test_a_graceful_stop_commits_to_the_group_and_a_restart_neither_loses_nor_du
     assert len(_results(broker, env["OUT"], 400)) == 400
     _stop(worker)
     assert "savepoint" in worker.text()
+    assert _members(broker, env["GROUP"]) == []  # it left: its partitions need not wait for a session timeout
 
     async def committed() -> dict[int, int | None]:
         consumer = AIOKafkaConsumer(bootstrap_servers=broker, group_id=env["GROUP"], enable_auto_commit=False)
