@@ -4,11 +4,14 @@
 included; it only adds a :class:`CollectSink` to the streams you want to look at, and
 removes it afterwards::
 
-    from aioflow.testing import replace_source, run_collect
+    from aioflow.testing import replace_sink, replace_source, run_collect
 
     def test_big_orders():
         replace_source(app, "orders", af.from_iterable([{"amount": 5}, {"amount": 50}]))
         assert run_collect(big_orders) == [{"amount": 50}]
+
+:func:`replace_sink` swaps a sink for a :class:`CollectSink` the same way, to run a
+Kafka pipeline whole without a broker.
 
 :class:`ProcessFunctionHarness` drives one process function by hand, record by record
 and watermark by watermark, as Flink's operator test harnesses do::
@@ -37,19 +40,22 @@ from typing import Any
 import anyio
 
 from aioflow.app import App
-from aioflow.connectors.base import Source
+from aioflow.connectors.base import Sink, Source
 from aioflow.connectors.sinks import CollectSink
 from aioflow.errors import PipelineError
 from aioflow.functions import OutputTag, ProcessFunction
+from aioflow.graph.logical import Node
 from aioflow.operators.base import Output
 from aioflow.operators.process import ProcessOperator
+from aioflow.operators.sink import SinkOperator
 from aioflow.runtime.events import Batch
 from aioflow.runtime.restart import NoRestart
 from aioflow.runtime.task import SubtaskEnvironment
 from aioflow.state.backend import StateBackend
 from aioflow.stream import Stream, instantiate
 
-__all__ = ["SETTINGS", "ProcessFunctionHarness", "replace_source", "run_collect", "run_collect_async"]
+__all__ = ["SETTINGS", "ProcessFunctionHarness", "replace_sink", "replace_source", "run_collect",
+           "run_collect_async"]
 
 
 def _app_of(streams: tuple[Stream, ...]) -> App:
@@ -119,14 +125,26 @@ def run_collect(*streams: Stream, timeout: float | None = 60.0, **settings: Any)
 def replace_source(app: App, name: str, source: Source) -> None:
     """Make the source operator ``name`` read from ``source`` instead (e.g. test data in
     place of a Kafka topic); its timestamps and watermarks stay as declared."""
+    _node_named(app, name, "source").source = source
+
+
+def replace_sink(app: App, name: str, sink: Sink) -> None:
+    """Make the sink operator ``name`` write to ``sink`` instead (e.g. a
+    :class:`CollectSink` in place of a Kafka topic), so a test runs the whole job, without
+    the external system, and checks what reached the sink."""
+    node = _node_named(app, name, "sink")
+    node.make_operator = lambda: SinkOperator(node.name, sink)
+
+
+def _node_named(app: App, name: str, kind: str) -> Node:
+    """The ``kind`` ("source" or "sink") operator ``name`` of ``app``; fails naming those it has."""
     for node in app.graph.nodes:
         if node.name == name:
-            if node.source is None:
-                raise PipelineError(f"operator {name!r} of app {app.name!r} is not a source")
-            node.source = source
-            return
-    sources = [node.name for node in app.graph.nodes if node.source is not None]
-    raise PipelineError(f"app {app.name!r} has no source named {name!r}; its sources are {sources}")
+            if node.kind != kind:
+                raise PipelineError(f"operator {name!r} of app {app.name!r} is not a {kind}")
+            return node
+    found = [node.name for node in app.graph.nodes if node.kind == kind]
+    raise PipelineError(f"app {app.name!r} has no {kind} named {name!r}; its {kind}s are {found}")
 
 
 class _Recorder(Output):

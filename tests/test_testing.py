@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
 import aioflow as af
-from aioflow.testing import replace_source, run_collect
+from aioflow.testing import replace_sink, replace_source, run_collect
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_run_collect_runs_the_apps_own_sinks_too(tmp_path: Path) -> None:
@@ -28,6 +31,33 @@ def test_replace_source_swaps_input_but_keeps_the_pipeline() -> None:
     assert run_collect(big) == [50, 500]
     with pytest.raises(af.PipelineError, match="no source named 'nope'; its sources are \\['numbers'\\]"):
         replace_source(app, "nope", af.from_iterable([]))
+
+
+def test_replace_sink_runs_a_kafka_pipeline_whole_without_a_broker() -> None:
+    """examples/kafka_etl.py, its topics swapped for test data and collecting sinks."""
+    spec = importlib.util.spec_from_file_location("kafka_etl_under_test", ROOT / "examples" / "kafka_etl.py")
+    assert spec is not None and spec.loader is not None
+    etl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(etl)
+
+    def record(offset: int, raw: bytes) -> af.kafka.KafkaRecord:
+        return af.kafka.KafkaRecord(key=None, value=etl.parse(raw), headers=(), topic="orders", partition=0,
+                                    offset=offset, timestamp=0)
+
+    replace_source(etl.app, "orders", af.from_iterable([
+        record(0, b'{"order": 1, "user": "ada", "amount": 2.5, "currency": "EUR"}'),
+        record(1, b'{"order": 2, "user": "", "amount": 1, "currency": "EUR"}'),
+    ]))
+    clean, dead = af.CollectSink(), af.CollectSink()
+    replace_sink(etl.app, "clean_orders", clean)
+    replace_sink(etl.app, "dead_letter_topic", dead)
+    assert run_collect(etl.checked) == [{"order": 1, "user": "ada", "amount_cents": 250, "currency": "EUR"}]
+    assert clean.results == [{"order": 1, "user": "ada", "amount_cents": 250, "currency": "EUR"}]
+    assert [(bad.location, bad.error) for bad in dead.results] == [("orders:0@1", "no user")]
+    with pytest.raises(af.PipelineError, match="operator 'orders' of app 'kafka_etl' is not a sink"):
+        replace_sink(etl.app, "orders", clean)
+    with pytest.raises(af.PipelineError, match=r"no sink named 'nope'; its sinks are \['clean_orders', "):
+        replace_sink(etl.app, "nope", clean)
 
 
 async def test_run_collect_async_times_out_on_endless_input() -> None:
