@@ -215,15 +215,22 @@ def benchmark(
     job = JobInput(events, path)
     floor, framework = Side(), Side()
     memory = Side() if versus_memory else None
+    for _ in range(repeat):
+        for side_name, side, side_state in _in_turn(floor, memory, framework, state):
+            if side.active:
+                side.record(side_name, workload.name, partial(run_child, side_name, workload.name, job, side_state))
+    return report(workload, job, seed, repeat, floor, framework, state, memory)
+
+
+def _in_turn(floor: Side, memory: Side | None, framework: Side,
+             state: StateConfig) -> list[tuple[str, Side, StateConfig]]:
+    """The sides in the order their runs alternate: floor, memory (if any), aioflow; each
+    with its name and state configuration."""
     sides = [(FLOOR, floor, IN_MEMORY)]
     if memory is not None:
         sides.append((MEMORY, memory, IN_MEMORY))
     sides.append((AIOFLOW, framework, state))
-    for _ in range(repeat):
-        for side_name, side, side_state in sides:
-            if side.active:
-                side.record(side_name, workload.name, partial(run_child, side_name, workload.name, job, side_state))
-    return report(workload, job, seed, repeat, floor, framework, state, memory)
+    return sides
 
 
 def benchmark_kafka(
@@ -246,12 +253,8 @@ def benchmark_kafka(
             kafka_bench.produce_events(servers, "events", job.file)
             _progress(f"{workload.name}: {events} events in a {PARTITIONS}-partition topic on {servers} "
                       f"({time.perf_counter() - started:.1f} s)")
-            sides = [(FLOOR, floor, IN_MEMORY)]
-            if memory is not None:
-                sides.append((MEMORY, memory, IN_MEMORY))
-            sides.append((AIOFLOW, framework, state))
             for _ in range(repeat):
-                for side_name, side, side_state in sides:
+                for side_name, side, side_state in _in_turn(floor, memory, framework, state):
                     if side.active:
                         run = kafka_bench.KafkaRun(servers, "events", events, side_state.backend,
                                                    side_state.checkpoint_interval, floor_batches)

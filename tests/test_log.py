@@ -69,47 +69,51 @@ def test_user_code_logs_with_its_app_task_and_operator(lines: list[dict[str, Any
     assert started["app"] == "logged" and "task" not in started and "operator" not in started
 
 
+def _run_json(folder: Path, job: str, *args: str, status: int = 0) -> list[dict[str, Any]]:
+    """``aioflow run`` of the job source ``job`` with JSON logs: its exit status checked,
+    every line of its log parsed (each must be JSON)."""
+    (folder / "job.py").write_text(job)
+    result = subprocess.run([sys.executable, "-m", "aioflow", "run", "job.py:app", "--log-format", "json", *args],
+                            cwd=folder, capture_output=True, text=True, timeout=120)
+    assert result.returncode == status, result.stderr
+    return [json.loads(text) for text in result.stderr.splitlines()]
+
+
 def test_json_lines_of_a_worker_name_the_operator(tmp_path: Path) -> None:
-    (tmp_path / "job.py").write_text(
+    lines = _run_json(
+        tmp_path,
         "import structlog\nimport aioflow as af\n"
         "def shout(x):\n    structlog.get_logger('user').warning('shouting', x=x)\n    return x.upper()\n"
-        "app = af.App('loud')\napp.source(['a']).map(shout).sink(af.CollectSink())\n"
+        "app = af.App('loud')\napp.source(['a']).map(shout).sink(af.CollectSink())\n",
     )
-    result = subprocess.run([sys.executable, "-m", "aioflow", "run", "job.py:app", "--log-format", "json"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    (line,) = [json.loads(text) for text in result.stderr.splitlines() if '"shouting"' in text]
+    (line,) = [line for line in lines if line["event"] == "shouting"]
     assert (line["app"], line["operator"], line["task"], line["x"]) == ("loud", "shout", "task 1 (from_iterable)[0]",
                                                                         "a")
 
 
 def test_standard_library_logging_comes_out_in_the_same_json_lines(tmp_path: Path) -> None:
     """aiokafka logs through the standard library: its lines must not break a JSON log."""
-    (tmp_path / "job.py").write_text(
+    lines = _run_json(
+        tmp_path,
         "import logging\nimport aioflow as af\n"
         "def note(x):\n    logging.getLogger('somelib').warning('library says %s', x)\n"
         "    logging.getLogger('somelib').debug('too chatty')\n    return x\n"
-        "app = af.App('quoted')\napp.source(['a']).map(note).sink(af.CollectSink())\n"
+        "app = af.App('quoted')\napp.source(['a']).map(note).sink(af.CollectSink())\n",
+        "--log-level", "debug",
     )
-    result = subprocess.run([sys.executable, "-m", "aioflow", "run", "job.py:app", "--log-format", "json",
-                             "--log-level", "debug"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    lines = [json.loads(text) for text in result.stderr.splitlines()]  # every line is JSON
     (line,) = [line for line in lines if line.get("logger") == "somelib"]
     assert (line["event"], line["level"], line["app"], line["operator"]) == ("library says a", "warning", "quoted",
                                                                              "note")
 
 
 def test_a_job_failing_with_an_unexpected_error_logs_one_job_failed_line(tmp_path: Path) -> None:
-    (tmp_path / "job.py").write_text(
+    lines = _run_json(
+        tmp_path,
         "import aioflow as af\n"
         "class Broken(af.Source):\n    def create_reader(self, subtask_index, parallelism):\n"
         "        raise KeyError('no reader')\n"
-        "app = af.App('broken')\napp.source(Broken()).sink(af.CollectSink())\n"
+        "app = af.App('broken')\napp.source(Broken()).sink(af.CollectSink())\n",
+        status=1,
     )
-    result = subprocess.run([sys.executable, "-m", "aioflow", "run", "job.py:app", "--log-format", "json"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1, result.stderr
-    lines = [json.loads(text) for text in result.stderr.splitlines()]
     (failed,) = [line for line in lines if line["event"] == "job failed"]
     assert "no reader" in failed["error"] and "KeyError" in failed["exception"]
