@@ -6,161 +6,23 @@ of messages, or for the worker to exit."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
-import anyio
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from kafka.topics import committed_offsets, create_topic, produce, read, read_all, sync, unique_name
+from recovery.jobs import Worker
+from worker.serving import get
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z: a multiple of the clickstream's 10 s windows
 
 
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def _topics(broker: str, *partitions: int) -> list[str]:
-    """New topics with these numbers of partitions."""
-    names = [_name("t") for _ in partitions]
-
-    async def create() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(name, num_partitions=n, replication_factor=1)
-                                       for name, n in zip(names, partitions)])
-        finally:
-            await admin.close()
-
-    anyio.run(create)
-    return names
-
-
-def _produce(broker: str, topic: str, records: list[dict[str, Any]]) -> None:
-    """Each dict holds send() arguments: value, and optionally key, partition, timestamp_ms."""
-    async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=broker)
-        await producer.start()
-        try:
-            for record in records:
-                await producer.send_and_wait(topic, **record)
-        finally:
-            await producer.stop()
-
-    anyio.run(produce)
-
-
-def _read(broker: str, topic: str, count: int, *, committed: bool = False, seconds: float = 60) -> list[Any]:
-    """The first ``count`` messages of ``topic``, waiting for them at most ``seconds``."""
-    async def read() -> list[Any]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest",
-                                    isolation_level="read_committed" if committed else "read_uncommitted")
-        await consumer.start()
-        found: list[Any] = []
-        try:
-            with anyio.move_on_after(seconds):
-                while len(found) < count:
-                    for messages in (await consumer.getmany(timeout_ms=200)).values():
-                        found.extend(messages)
-        finally:
-            await consumer.stop()
-        return found
-
-    return anyio.run(read)
-
-
-def _read_all(broker: str, topic: str, partitions: int, *, committed: bool = False) -> list[Any]:
-    """Every message ``topic`` holds now, up to the end offsets (its writer has finished)."""
-    async def read() -> list[Any]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False,
-                                    isolation_level="read_committed" if committed else "read_uncommitted")
-        await consumer.start()
-        found: list[Any] = []
-        try:
-            tps = [TopicPartition(topic, p) for p in range(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            with anyio.fail_after(30):
-                while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-                    for messages in (await consumer.getmany(timeout_ms=200)).values():
-                        found.extend(messages)
-        finally:
-            await consumer.stop()
-        return found
-
-    return anyio.run(read)
-
-
-def _committed(broker: str, group: str, topic: str, partitions: int) -> dict[int, int | None]:
-    async def committed() -> dict[int, int | None]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=broker, group_id=group, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
-        finally:
-            await consumer.stop()
-
-    return anyio.run(committed)
-
-
-class Worker:
-    """``aioflow run examples/<example>:app`` in a subprocess; its JSON log goes to a file."""
-
-    def __init__(self, example: str, env: dict[str, str], log: Path, *args: str) -> None:
-        self.log = log
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "aioflow", "run", f"examples/{example}:app", "--log-format", "json", *args],
-                cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=out,
-            )
-
-    def __enter__(self) -> Worker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.process.poll() is None:  # the test failed while it ran
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def events(self) -> list[dict[str, Any]]:
-        lines = self.log.read_bytes().splitlines()
-        return [orjson.loads(line) for line in lines if line.startswith(b"{")]
-
-    def wait_for(self, event: str, seconds: float = 60) -> dict[str, Any]:
-        """The first log line of ``event``, waiting for it at most ``seconds``."""
-        deadline = time.monotonic() + seconds
-        while True:
-            for line in self.events():
-                if line["event"] == event:
-                    return line
-            assert self.process.poll() is None, f"the worker exited:\n{self.log.read_text()}"
-            assert time.monotonic() < deadline, f"no {event!r} within {seconds} s:\n{self.log.read_text()}"
-            time.sleep(0.05)  # polling the log file, bounded by the deadline
-
-    def stop(self, sig: int = signal.SIGINT) -> int:
-        self.process.send_signal(sig)
-        return self.process.wait(timeout=60)
-
-
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:  # a 503 is an answer too
-        return error.code, error.read()
+def _worker(example: str, env: dict[str, str], log: Path, *args: str) -> Worker:
+    """``aioflow run examples/<example>:app`` in a subprocess; its JSON log goes to ``log``."""
+    return Worker(log.parent, env, *args, target=f"examples/{example}:app", log=log, cwd=ROOT)
 
 
 # -- examples/kafka_etl.py ------------------------------------------------------------------
@@ -203,41 +65,42 @@ def test_kafka_etl_bounded_and_exactly_once_splits_clean_orders_from_dead_letter
     transactional_kafka_broker: str, tmp_path: Path
 ) -> None:
     broker = transactional_kafka_broker
-    orders, clean, dead = _topics(broker, 1, 2, 1)
-    group = _name("g")
-    _produce(broker, orders, [{"value": value} for value in ORDERS])
+    orders, clean, dead = [sync(create_topic, broker, n) for n in (1, 2, 1)]
+    group = unique_name("g")
+    sync(produce, broker, orders, [{"value": value} for value in ORDERS])
     env = _etl_env(broker, orders, clean, dead, group, tmp_path / "state") | {
-        "KAFKA_BOUNDED": "1", "KAFKA_DELIVERY": "exactly_once", "KAFKA_TRANSACTIONAL_ID_PREFIX": _name("etl"),
+        "KAFKA_BOUNDED": "1", "KAFKA_DELIVERY": "exactly_once", "KAFKA_TRANSACTIONAL_ID_PREFIX": unique_name("etl"),
     }
-    with Worker("kafka_etl.py", env, tmp_path / "run1.log") as worker:
-        assert worker.process.wait(timeout=120) == 0, worker.log.read_text()
+    with _worker("kafka_etl.py", env, tmp_path / "run1.log") as worker:
+        assert worker.wait() == 0, worker.text()
     assert worker.wait_for("job finished")
-    _check_etl_output(_read_all(broker, clean, 2, committed=True), _read_all(broker, dead, 1, committed=True),
-                      orders)
-    assert _committed(broker, group, orders, 1) == {0: len(ORDERS)}  # by the final checkpoint
+    _check_etl_output(sync(read_all, broker, clean, 2, committed=True),
+                      sync(read_all, broker, dead, 1, committed=True), orders)
+    assert sync(committed_offsets, broker, group, orders, 1) == {0: len(ORDERS)}  # by the final checkpoint
 
     # A second run on the same state directory reads only what came since.
-    _produce(broker, orders, [{"value": b'{"order": 9, "user": "dee", "amount": 1, "currency": "USD"}'}])
-    with Worker("kafka_etl.py", env, tmp_path / "run2.log") as worker:
-        assert worker.process.wait(timeout=120) == 0, worker.log.read_text()
-    clean_orders = [orjson.loads(m.value)["order"] for m in _read_all(broker, clean, 2, committed=True)]
+    sync(produce, broker, orders, [{"value": b'{"order": 9, "user": "dee", "amount": 1, "currency": "USD"}'}])
+    with _worker("kafka_etl.py", env, tmp_path / "run2.log") as worker:
+        assert worker.wait() == 0, worker.text()
+    clean_orders = [orjson.loads(m.value)["order"] for m in sync(read_all, broker, clean, 2, committed=True)]
     assert sorted(clean_orders) == [1, 4, 8, 9]
-    assert len(_read_all(broker, dead, 1, committed=True)) == 5
+    assert len(sync(read_all, broker, dead, 1, committed=True)) == 5
 
 
 def test_kafka_etl_runs_as_a_worker_until_sigterm(kafka_broker: str, tmp_path: Path) -> None:
     """The defaults: unbounded, at least once; a SIGTERM stops it with a savepoint."""
     broker = kafka_broker
-    orders, clean, dead = _topics(broker, 1, 2, 1)
-    group = _name("g")
+    orders, clean, dead = [sync(create_topic, broker, n) for n in (1, 2, 1)]
+    group = unique_name("g")
     env = _etl_env(broker, orders, clean, dead, group, tmp_path / "state")
-    with Worker("kafka_etl.py", env, tmp_path / "worker.log") as worker:
-        _produce(broker, orders, [{"value": value} for value in ORDERS])
-        assert len(_read(broker, clean, 3)) == 3 and len(_read(broker, dead, 5)) == 5
-        assert worker.stop(signal.SIGTERM) == 0, worker.log.read_text()
+    with _worker("kafka_etl.py", env, tmp_path / "worker.log") as worker:
+        sync(produce, broker, orders, [{"value": value} for value in ORDERS])
+        assert len(sync(read, broker, clean, 3)) == 3 and len(sync(read, broker, dead, 5)) == 5
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0, worker.text()
     assert worker.wait_for("job stopped with a savepoint")
-    _check_etl_output(_read_all(broker, clean, 2), _read_all(broker, dead, 1), orders)
-    assert _committed(broker, group, orders, 1) == {0: len(ORDERS)}
+    _check_etl_output(sync(read_all, broker, clean, 2), sync(read_all, broker, dead, 1), orders)
+    assert sync(committed_offsets, broker, group, orders, 1) == {0: len(ORDERS)}
 
 
 # -- examples/kafka_clickstream.py ----------------------------------------------------------
@@ -263,48 +126,50 @@ def test_kafka_clickstream_worker_fires_windows_past_an_idle_partition_and_resum
     it goes idle (idle_timeout), then windows fire while the worker runs. Ctrl-C takes a
     savepoint (offsets committed to the group); the next run resumes the open window."""
     broker = kafka_broker
-    clicks, views = _topics(broker, 2, 2)
-    group = _name("g")
+    clicks, views = [sync(create_topic, broker, n) for n in (2, 2)]
+    group = unique_name("g")
     env = {"KAFKA_BOOTSTRAP": broker, "CLICKS_TOPIC": clicks, "PAGE_VIEWS_TOPIC": views, "KAFKA_GROUP": group,
            "AIOFLOW_STATE_DIR": str(tmp_path / "state")}
-    _produce(broker, clicks, _clicks(
+    sync(produce, broker, clicks, _clicks(
         (1_000, "u1", "/home"), (2_000, "u2", "/home"), (3_000, "u1", "/home"), (4_000, "u3", "/docs"),
         (11_000, "u1", "/home"), (12_000, "u2", "/pricing"),
         (25_000, "u4", "/docs"),  # the watermark passes 20 s: the first two windows fire, [20 s, 30 s) stays open
     ))
     first_two = [("/docs", 0, 1, 1), ("/home", 0, 3, 2), ("/home", 10_000, 1, 1), ("/pricing", 10_000, 1, 1)]
 
-    with Worker("kafka_clickstream.py", env, tmp_path / "run1.log", "--http-port", "0") as worker:
-        port = worker.wait_for("http server started")["port"]
-        assert _views(_read(broker, views, 4)) == first_two
-        status, body = _get(port, "/health")
+    with _worker("kafka_clickstream.py", env, tmp_path / "run1.log", "--http-port", "0") as worker:
+        port = worker.event("http server started")["port"]
+        assert _views(sync(read, broker, views, 4)) == first_two
+        status, body = get(port, "/health")
         assert status == 200 and json.loads(body)["status"] == "ok"
-        status, body = _get(port, "/metrics")
+        status, body = get(port, "/metrics")
         assert status == 200
-        assert f'aioflow_kafka_consumer_lag{{source="clicks",topic="{clicks}",partition="0"}} 0' in body.decode()
-        assert worker.stop(signal.SIGINT) == 0, worker.log.read_text()
+        assert f'aioflow_kafka_consumer_lag{{source="clicks",topic="{clicks}",partition="0"}} 0' in body
+        worker.signal(signal.SIGINT)
+        assert worker.wait() == 0, worker.text()
     assert worker.wait_for("job stopped with a savepoint")
-    assert _committed(broker, group, clicks, 2) == {0: 7, 1: 0}
+    assert sync(committed_offsets, broker, group, clicks, 2) == {0: 7, 1: 0}
 
-    _produce(broker, clicks, _clicks((27_000, "u5", "/docs"), (41_000, "u1", "/home")))
-    with Worker("kafka_clickstream.py", env, tmp_path / "run2.log") as worker:
+    sync(produce, broker, clicks, _clicks((27_000, "u5", "/docs"), (41_000, "u1", "/home")))
+    with _worker("kafka_clickstream.py", env, tmp_path / "run2.log") as worker:
         assert worker.wait_for("restoring")
-        assert len(_read(broker, views, 5, seconds=120)) == 5
-        assert worker.stop(signal.SIGINT) == 0, worker.log.read_text()
+        assert len(sync(read, broker, views, 5, seconds=120)) == 5
+        worker.signal(signal.SIGINT)
+        assert worker.wait() == 0, worker.text()
     # each window once; /docs in [20 s, 30 s) counts the click read before the savepoint too
-    assert _views(_read_all(broker, views, 2)) == sorted([*first_two, ("/docs", 20_000, 2, 2)])
+    assert _views(sync(read_all, broker, views, 2)) == sorted([*first_two, ("/docs", 20_000, 2, 2)])
 
 
 def test_kafka_clickstream_bounded_fires_every_window_at_the_end(kafka_broker: str, tmp_path: Path) -> None:
     broker = kafka_broker
-    clicks, views = _topics(broker, 2, 1)
-    _produce(broker, clicks, _clicks((1_000, "u1", "/home"), (1_500, "u1", "/home"), (12_000, "u2", "/docs"),
-                                     (13_000, "u3", "/docs")))
-    _produce(broker, clicks, [{"value": b"not json", "partition": 1, "timestamp_ms": T0 + 5_000}])
-    env = {"KAFKA_BOOTSTRAP": broker, "CLICKS_TOPIC": clicks, "PAGE_VIEWS_TOPIC": views, "KAFKA_GROUP": _name("g"),
-           "AIOFLOW_STATE_DIR": str(tmp_path / "state"), "KAFKA_BOUNDED": "1"}
-    with Worker("kafka_clickstream.py", env, tmp_path / "run.log") as worker:
-        assert worker.process.wait(timeout=120) == 0, worker.log.read_text()
+    clicks, views = [sync(create_topic, broker, n) for n in (2, 1)]
+    sync(produce, broker, clicks, _clicks((1_000, "u1", "/home"), (1_500, "u1", "/home"), (12_000, "u2", "/docs"),
+                                          (13_000, "u3", "/docs")))
+    sync(produce, broker, clicks, [{"value": b"not json", "partition": 1, "timestamp_ms": T0 + 5_000}])
+    env = {"KAFKA_BOOTSTRAP": broker, "CLICKS_TOPIC": clicks, "PAGE_VIEWS_TOPIC": views,
+           "KAFKA_GROUP": unique_name("g"), "AIOFLOW_STATE_DIR": str(tmp_path / "state"), "KAFKA_BOUNDED": "1"}
+    with _worker("kafka_clickstream.py", env, tmp_path / "run.log") as worker:
+        assert worker.wait() == 0, worker.text()
     assert worker.wait_for("job finished")
-    assert _views(_read_all(broker, views, 1)) == [("/docs", 10_000, 2, 2), ("/home", 0, 2, 1)]
-    assert worker.wait_for("skipped bad record")["location"] == f"{clicks}:1@0"
+    assert _views(sync(read_all, broker, views, 1)) == [("/docs", 10_000, 2, 2), ("/home", 0, 2, 1)]
+    assert worker.event("skipped bad record")["location"] == f"{clicks}:1@0"

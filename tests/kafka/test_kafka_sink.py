@@ -10,30 +10,14 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
-from kafka.topics import create_topic, refused_port, unique_name
+from kafka.topics import create_topic, read, refused_port, unique_name
 
 import aioflow as af
 import aioflow.kafka
 from aioflow.connectors.kafka_sink import KafkaSink, _hand_over
 from aioflow.testing import run_collect_async
-
-
-async def _read(broker: str, topic: str, count: int, *, committed: bool = False, seconds: float = 30) -> list[Any]:
-    """The first ``count`` messages of ``topic`` (fewer if none come for a while)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest",
-                                isolation_level="read_committed" if committed else "read_uncommitted")
-    await consumer.start()
-    found: list[Any] = []
-    try:
-        with anyio.move_on_after(seconds):
-            while len(found) < count:
-                for messages in (await consumer.getmany(timeout_ms=500)).values():
-                    found.extend(messages)
-    finally:
-        await consumer.stop()
-    return found
 
 
 def test_the_public_module_exports_the_sink() -> None:
@@ -57,7 +41,7 @@ async def test_round_trip_with_each_value_format(kafka_broker: str, value_format
     app = af.App("kafka-sink-formats")
     app.source(values).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, value_format=value_format))
     await app.run_async()
-    assert [m.value for m in await _read(kafka_broker, topic, len(values))] == raw
+    assert [m.value for m in await read(kafka_broker, topic, len(values))] == raw
 
 
 async def test_keys_headers_and_a_topic_per_record(kafka_broker: str) -> None:
@@ -69,7 +53,7 @@ async def test_keys_headers_and_a_topic_per_record(kafka_broker: str) -> None:
         key=lambda r: r["user"], headers=lambda r: [("i", str(r["i"]).encode())],
     ))
     await app.run_async()
-    messages = await _read(kafka_broker, odd, 20) + await _read(kafka_broker, even, 20)
+    messages = await read(kafka_broker, odd, 20) + await read(kafka_broker, even, 20)
     assert sorted(orjson.loads(m.value)["i"] for m in messages) == list(range(40))
     for m in messages:
         value = orjson.loads(m.value)
@@ -86,7 +70,7 @@ async def test_delivery_none_sends_without_waiting(kafka_broker: str) -> None:
     app = af.App("kafka-sink-none")
     app.source(range(100)).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, delivery="none"))
     await app.run_async()
-    assert sorted(orjson.loads(m.value) for m in await _read(kafka_broker, topic, 100)) == list(range(100))
+    assert sorted(orjson.loads(m.value) for m in await read(kafka_broker, topic, 100)) == list(range(100))
 
 
 async def test_records_filling_many_producer_batches_arrive_in_order_per_partition(kafka_broker: str) -> None:
@@ -98,7 +82,7 @@ async def test_records_filling_many_producer_batches_arrive_in_order_per_partiti
     app.source(records).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, key=lambda r: r["user"],
                                        producer_options={"max_batch_size": 512}))
     await app.run_async()
-    messages = await _read(kafka_broker, topic, len(records))
+    messages = await read(kafka_broker, topic, len(records))
     assert len(messages) == len(records)
     per_key: dict[bytes, list[int]] = {}
     for m in sorted(messages, key=lambda m: (m.partition, m.offset)):
@@ -129,7 +113,7 @@ async def test_a_hand_over_timing_out_early_is_tried_again_until_the_request_tim
         batch.append(key=None, value=b"once", timestamp=None)
         await (await _hand_over(producer, batch, topic, 0))
         assert calls == [0, 0, 0]
-        assert [m.value for m in await _read(kafka_broker, topic, 1)] == [b"once"]
+        assert [m.value for m in await read(kafka_broker, topic, 1)] == [b"once"]
 
         async def always_timing_out(batch: Any, topic: str, *, partition: int) -> Any:
             await anyio.sleep(0.1)
@@ -208,10 +192,10 @@ async def test_exactly_once_results_are_visible_when_the_checkpoint_completes(
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(app.run_async)
-            assert len(await _read(broker, topic, 49, seconds=3)) == 49  # sent, in the open transaction
-            assert await _read(broker, topic, 1, committed=True, seconds=2) == []  # not committed yet
+            assert len(await read(broker, topic, 49, seconds=3)) == 49  # sent, in the open transaction
+            assert await read(broker, topic, 1, committed=True, seconds=2) == []  # not committed yet
             gate.set()  # the end of input: the final checkpoint commits
-    assert sorted(orjson.loads(m.value) for m in await _read(broker, topic, 50, committed=True)) == list(range(50))
+    assert sorted(orjson.loads(m.value) for m in await read(broker, topic, 50, committed=True)) == list(range(50))
 
 
 async def test_a_pre_committed_transaction_is_committed_by_a_new_writer_after_a_crash(
@@ -227,7 +211,7 @@ async def test_a_pre_committed_transaction_is_committed_by_a_new_writer_after_a_
     await crashed.write(["a", "b"])
     handle = await crashed.pre_commit(1)
     # the process dies here: nothing is stopped, closed or committed
-    assert await _read(broker, topic, 1, committed=True, seconds=2) == []
+    assert await read(broker, topic, 1, committed=True, seconds=2) == []
 
     restarted = sink.create_writer(0, 1)
     restarted.resuming = True
@@ -238,7 +222,7 @@ async def test_a_pre_committed_transaction_is_committed_by_a_new_writer_after_a_
         await restarted.commit(handle)
     finally:
         await restarted.close()
-    assert [orjson.loads(m.value) for m in await _read(broker, topic, 3, committed=True, seconds=5)] == ["a", "b"]
+    assert [orjson.loads(m.value) for m in await read(broker, topic, 3, committed=True, seconds=5)] == ["a", "b"]
 
 
 async def test_transactions_a_crash_left_open_are_aborted_on_restore(transactional_kafka_broker: str) -> None:
@@ -267,7 +251,7 @@ async def test_transactions_a_crash_left_open_are_aborted_on_restore(transaction
         await restarted.commit(final)
     finally:
         await restarted.close()
-    found = [orjson.loads(m.value) for m in await _read(broker, topic, 3, committed=True, seconds=5)]
+    found = [orjson.loads(m.value) for m in await read(broker, topic, 3, committed=True, seconds=5)]
     assert found == ["committed", "after"]
 
 
@@ -295,7 +279,7 @@ async def test_rescaling_down_aborts_the_open_transactions_of_the_subtasks_gone(
             await restarted.commit(handle)
     finally:
         await restarted.close()
-    found = [orjson.loads(m.value) for m in await _read(broker, topic, 3, committed=True, seconds=5)]
+    found = [orjson.loads(m.value) for m in await read(broker, topic, 3, committed=True, seconds=5)]
     assert sorted(found) == ["kept-0", "kept-1"]
     for writer in crashed:
         await writer.close()

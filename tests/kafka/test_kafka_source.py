@@ -10,9 +10,8 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from kafka.topics import create_topic, refused_port, unique_name
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from kafka.topics import committed_offsets, create_topic, produce, refused_port, unique_name
 
 import aioflow as af
 import aioflow.kafka
@@ -22,22 +21,13 @@ from aioflow.testing import run_collect_async
 
 async def _produce(broker: str, topic: str, values: list[bytes], partitions: int = 2) -> None:
     """Value ``i`` goes to partition ``i % partitions``."""
-    producer = AIOKafkaProducer(bootstrap_servers=broker)
-    await producer.start()
-    try:
-        for i, value in enumerate(values):
-            await producer.send_and_wait(topic, value, partition=i % partitions)
-    finally:
-        await producer.stop()
+    await produce(broker, topic, [{"value": value, "partition": i % partitions} for i, value in enumerate(values)])
 
 
 async def _committed(broker: str, group: str, topic: str, partitions: int = 2) -> dict[str, int | None]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=broker, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return {f"{topic}:{p}": await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
-    finally:
-        await consumer.stop()
+    """The group's committed offsets, keyed like the source's positions (``topic:partition``)."""
+    offsets = await committed_offsets(broker, group, topic, partitions)
+    return {f"{topic}:{p}": offset for p, offset in offsets.items()}
 
 
 def _json(values: list[Any]) -> list[bytes]:
@@ -348,20 +338,9 @@ class CountPerWindow(af.ProcessWindowFunction):
         yield (context.window.start, len(elements))
 
 
-async def _produce_records(broker: str, topic: str, records: list[dict[str, Any]]) -> None:
-    """Each dict holds send() arguments: value, and optionally key, partition, timestamp_ms, headers."""
-    producer = AIOKafkaProducer(bootstrap_servers=broker)
-    await producer.start()
-    try:
-        for record in records:
-            await producer.send_and_wait(topic, **record)
-    finally:
-        await producer.stop()
-
-
 async def test_output_record_yields_kafka_records_with_their_metadata(kafka_broker: str) -> None:
     topic = await create_topic(kafka_broker, 1)
-    await _produce_records(kafka_broker, topic, [
+    await produce(kafka_broker, topic, [
         {"value": b'{"i": 0}', "key": b"user-1", "timestamp_ms": 1_000, "headers": [("h", b"x")]},
         {"value": None, "key": b"user-2", "timestamp_ms": 2_000},
     ])
@@ -377,7 +356,7 @@ async def test_output_record_yields_kafka_records_with_their_metadata(kafka_brok
 
 async def test_a_key_that_fails_to_decode_goes_to_the_dead_letter_output(kafka_broker: str) -> None:
     topic = await create_topic(kafka_broker, 1)
-    await _produce_records(kafka_broker, topic, [{"value": b"1", "key": b"k"}, {"value": b"2", "key": b"\xff"}])
+    await produce(kafka_broker, topic, [{"value": b"1", "key": b"k"}, {"value": b"2", "key": b"\xff"}])
     dead = af.OutputTag("dead")
     app = af.App("kafka-bad-key")
     events = app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
@@ -390,7 +369,7 @@ async def test_a_key_that_fails_to_decode_goes_to_the_dead_letter_output(kafka_b
 async def test_event_time_is_the_kafka_timestamp_without_a_timestamp_function(kafka_broker: str) -> None:
     topic = await create_topic(kafka_broker, 1)
     stamps = [1_000, 4_000, 9_000, 11_000, 12_500, 25_000]
-    await _produce_records(kafka_broker, topic, [{"value": b"1", "timestamp_ms": t} for t in stamps])
+    await produce(kafka_broker, topic, [{"value": b"1", "timestamp_ms": t} for t in stamps])
     app = af.App("kafka-event-time")
     source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True)
     counts = (
@@ -406,7 +385,7 @@ async def test_a_quiet_partition_goes_idle_and_windows_close_without_it(kafka_br
     """Only partition 0 gets records; with an idle timeout, partition 1 stops holding the
     watermark back and the first window fires while the job runs (no heartbeats needed)."""
     topic = await create_topic(kafka_broker, 2)
-    await _produce_records(kafka_broker, topic, [
+    await produce(kafka_broker, topic, [
         {"value": b"1", "partition": 0, "timestamp_ms": t} for t in (1_000, 2_000, 15_000)
     ])
     app = af.App("kafka-idle")
@@ -432,7 +411,7 @@ async def test_a_reader_without_partitions_does_not_hold_windows_back(kafka_brok
     """Two readers, one partition: the reader the group gives nothing goes idle after the
     idle timeout, so the window fires while the job runs."""
     topic = await create_topic(kafka_broker, 1)
-    await _produce_records(kafka_broker, topic, [
+    await produce(kafka_broker, topic, [
         {"value": b"1", "partition": 0, "timestamp_ms": t} for t in (1_000, 2_000, 15_000)
     ])
     app = af.App("kafka-partitionless")
@@ -456,13 +435,8 @@ async def test_a_reader_without_partitions_does_not_hold_windows_back(kafka_brok
 
 async def test_pattern_reads_every_matching_topic(kafka_broker: str) -> None:
     prefix = unique_name("p")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(f"{prefix}-{n}", num_partitions=1, replication_factor=1)
-                                   for n in ("a", "b", "other")])
-    finally:
-        await admin.close()
+    for n in ("a", "b", "other"):
+        await create_topic(kafka_broker, 1, f"{prefix}-{n}")
     await _produce(kafka_broker, f"{prefix}-a", _json([1, 2]), partitions=1)
     await _produce(kafka_broker, f"{prefix}-b", _json([3]), partitions=1)
     await _produce(kafka_broker, f"{prefix}-other", _json([99]), partitions=1)
@@ -534,14 +508,8 @@ async def test_backpressure_stops_the_reads_instead_of_buffering(kafka_broker: s
     consumer keeps at most one fetch per partition (aiokafka fetches a partition again only
     once its buffered records were taken)."""
     topic = await create_topic(kafka_broker, 2)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker, linger_ms=50)
-    await producer.start()
-    try:
-        for i in range(20_000):
-            await producer.send(topic, b"1", partition=i % 2)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await produce(kafka_broker, topic, [{"value": b"1", "partition": i % 2} for i in range(20_000)],
+                  batched=True, linger_ms=50)
     blocked, release = anyio.Event(), anyio.Event()
     written: list[int] = []
 

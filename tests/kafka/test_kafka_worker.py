@@ -8,14 +8,11 @@ import collections
 import random
 import signal
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import anyio
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from kafka.topics import committed_offsets, create_topic, group_members, produce, read, sync, unique_name
 from recovery.jobs import Worker
 
 JOB = '''
@@ -55,46 +52,18 @@ out.sink(af.kafka.KafkaSink(os.environ["OUT"], bootstrap_servers=os.environ["BRO
 USERS = 20
 
 
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
 def _setup(folder: Path, broker: str, delivery: str, partitions: int = 4, **env: str) -> dict[str, str]:
-    topics = {"IN": _name("in"), "OUT": _name("out")}
-
-    async def create() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1)
-                                       for t in topics.values()])
-        finally:
-            await admin.close()
-
-    anyio.run(create)
+    topics = {key: sync(create_topic, broker, partitions, unique_name(key.lower())) for key in ("IN", "OUT")}
     (folder / "job.py").write_text(JOB)
-    return {**topics, "BROKER": broker, "GROUP": _name("g"), "STATE": str(folder / "state"), "DELIVERY": delivery,
-            "TXN": _name("txn"), **env}
+    return {**topics, "BROKER": broker, "GROUP": unique_name("g"), "STATE": str(folder / "state"),
+            "DELIVERY": delivery, "TXN": unique_name("txn"), **env}
 
 
 def _produce(broker: str, topic: str, start: int, count: int) -> None:
     """Events ``start .. start+count``, keyed by user: a user's events stay in order in one partition."""
-
-    async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=broker, linger_ms=20)
-        await producer.start()
-        try:
-            sent = []
-            for i in range(start, start + count):
-                user = f"u{i % USERS}"
-                sent.append(await producer.send(topic, orjson.dumps({"user": user, "i": i}), key=user.encode()))
-            await producer.flush()
-            for future in sent:
-                await future
-        finally:
-            await producer.stop()
-
-    anyio.run(produce)
+    users = {i: f"u{i % USERS}" for i in range(start, start + count)}
+    records = [{"value": orjson.dumps({"user": user, "i": i}), "key": user.encode()} for i, user in users.items()]
+    sync(produce, broker, topic, records, batched=True, linger_ms=20)
 
 
 def _expected(count: int) -> collections.Counter[tuple[str, int, int]]:
@@ -102,43 +71,12 @@ def _expected(count: int) -> collections.Counter[tuple[str, int, int]]:
     return collections.Counter((f"u{i % USERS}", i, i // USERS + 1) for i in range(count))
 
 
-def _results(broker: str, topic: str, count: int, *, committed: bool = False, seconds: float = 90) -> list[dict[str, Any]]:
-    """Everything in ``topic`` once ``count`` results are there (or ``seconds`` passed)."""
-
-    async def read() -> list[dict[str, Any]]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest",
-                                    isolation_level="read_committed" if committed else "read_uncommitted")
-        await consumer.start()
-        found: list[dict[str, Any]] = []
-        try:
-            with anyio.move_on_after(seconds):
-                while len(found) < count:
-                    for messages in (await consumer.getmany(timeout_ms=200)).values():
-                        found.extend(orjson.loads(m.value) for m in messages)
-            # and whatever else is there: duplicates must show
-            while batch := await consumer.getmany(timeout_ms=1000):
-                for messages in batch.values():
-                    found.extend(orjson.loads(m.value) for m in messages)
-        finally:
-            await consumer.stop()
-        return found
-
-    return anyio.run(read)
-
-
-def _members(broker: str, group: str) -> list[str]:
-    """The member ids the group has now."""
-
-    async def describe() -> list[str]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker)
-        await admin.start()
-        try:
-            described = await admin.describe_consumer_groups([group])
-        finally:
-            await admin.close()
-        return [member[0] for response in described for found in response.groups for member in found[5]]
-
-    return anyio.run(describe)
+def _results(broker: str, topic: str, count: int, *, committed: bool = False,
+             seconds: float = 90) -> list[dict[str, Any]]:
+    """Everything in ``topic`` once ``count`` results are there (or ``seconds`` passed), and
+    whatever else is there: duplicates must show."""
+    found = sync(read, broker, topic, count, committed=committed, seconds=seconds, rest=True)
+    return [orjson.loads(m.value) for m in found]
 
 
 def _as_counter(results: list[dict[str, Any]]) -> collections.Counter[tuple[str, int, int]]:
@@ -201,17 +139,10 @@ def test_a_graceful_stop_commits_to_the_group_and_a_restart_neither_loses_nor_du
     assert len(_results(broker, env["OUT"], 400)) == 400
     _stop(worker)
     assert "savepoint" in worker.text()
-    assert _members(broker, env["GROUP"]) == []  # it left: its partitions need not wait for a session timeout
-
-    async def committed() -> dict[int, int | None]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=broker, group_id=env["GROUP"], enable_auto_commit=False)
-        await consumer.start()
-        try:
-            return {p: await consumer.committed(TopicPartition(env["IN"], p)) for p in range(4)}
-        finally:
-            await consumer.stop()
-
-    assert sum(offset or 0 for offset in anyio.run(committed).values()) == 400  # lag tools see it all read
+    # it left: its partitions need not wait for a session timeout
+    assert sync(group_members, broker, env["GROUP"]) == []
+    committed = sync(committed_offsets, broker, env["GROUP"], env["IN"], 4)
+    assert sum(offset or 0 for offset in committed.values()) == 400  # lag tools see it all read
 
     _produce(broker, env["IN"], 400, 200)
     worker = Worker(tmp_path, env)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -83,6 +84,15 @@ class Worker:
             cwd=cwd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=self._stderr,
         )
 
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Kill the process if it still runs (the test failed while it ran)."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.wait()
+
     def text(self) -> str:
         return self.log.read_text()
 
@@ -96,6 +106,12 @@ class Worker:
             assert time.monotonic() < deadline, f"no {count} x {event!r} within {seconds} s:\n{self.text()}"
             time.sleep(0.005)
         return True
+
+    def event(self, event: str, seconds: float = 60) -> dict[str, Any]:
+        """The first log line of ``event``, waiting for it like ``wait_for``."""
+        assert self.wait_for(event, seconds=seconds), f"the worker ended without {event!r}:\n{self.text()}"
+        lines = (orjson.loads(line) for line in self.log.read_bytes().splitlines() if line.startswith(b"{"))
+        return next(line for line in lines if line["event"] == event)  # lazily: later lines may be unfinished
 
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
