@@ -49,7 +49,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from aioflow.connectors.async_sink import AsyncBatchSink, RetryPolicy
 from aioflow.connectors.kafka import unreachable
-from aioflow.errors import PipelineError
+from aioflow.errors import ConnectorError, PipelineError
 
 __all__ = ["KafkaSink"]
 
@@ -84,11 +84,14 @@ class KafkaSink(AsyncBatchSink):
     ``"bytes"``, or a callable returning bytes; a ``None`` record is sent as a tombstone.
     ``key`` returns a record's key (``str``, ``bytes`` or ``None``): records with the same
     key go to the same partition. ``headers`` returns a record's headers, ``(name,
-    bytes)`` pairs. ``delivery`` is ``"none"``, ``"at_least_once"`` or ``"exactly_once"``
-    (see the module documentation); ``"exactly_once"`` needs ``transactional_id_prefix``,
-    unique to this sink among every job writing to the cluster, and checkpoints.
-    ``producer_options`` go to ``AIOKafkaProducer`` as they are (TLS, SASL, compression,
-    ``linger_ms``). The batching options are :class:`~aioflow.AsyncBatchSink`'s.
+    bytes)`` pairs. ``timestamp`` returns a record's Kafka timestamp, int milliseconds (a
+    window's end, say: readers that take the Kafka timestamp as event time then see the
+    result's event time); without it the producer stamps the time it sends. ``delivery``
+    is ``"none"``, ``"at_least_once"`` or ``"exactly_once"`` (see the module
+    documentation); ``"exactly_once"`` needs ``transactional_id_prefix``, unique to this
+    sink among every job writing to the cluster, and checkpoints. ``producer_options`` go
+    to ``AIOKafkaProducer`` as they are (TLS, SASL, compression, ``linger_ms``). The
+    batching options are :class:`~aioflow.AsyncBatchSink`'s.
     """
 
     default_name = "kafka_sink"
@@ -101,6 +104,7 @@ class KafkaSink(AsyncBatchSink):
         value_format: str | Callable[[Any], bytes] = "json",
         key: Callable[[Any], str | bytes | None] | None = None,
         headers: Callable[[Any], list[tuple[str, bytes]]] | None = None,
+        timestamp: Callable[[Any], int] | None = None,
         delivery: Delivery = "at_least_once",
         transactional_id_prefix: str | None = None,
         producer_options: dict[str, Any] | None = None,
@@ -121,7 +125,7 @@ class KafkaSink(AsyncBatchSink):
         else:
             raise PipelineError(f"value_format must be 'json', 'str', 'bytes' or a callable(value) -> bytes, "
                                 f"got {value_format!r}")
-        for name, fn in (("key", key), ("headers", headers)):
+        for name, fn in (("key", key), ("headers", headers), ("timestamp", timestamp)):
             if fn is not None and not callable(fn):
                 raise PipelineError(f"KafkaSink {name}= takes a function of the record, got {fn!r}")
         if delivery not in ("none", "at_least_once", "exactly_once"):
@@ -143,6 +147,7 @@ class KafkaSink(AsyncBatchSink):
         self.encode = encode
         self.key = key
         self.headers = headers
+        self.timestamp = timestamp
         self.delivery = delivery
         self.transactional_id_prefix = transactional_id_prefix
         self.producer_options = options
@@ -158,6 +163,7 @@ class KafkaSink(AsyncBatchSink):
         #: the order they started (the lock is fair): a partition's records stay in order
         self._handing_over = asyncio.Lock()
         self._failed_deliveries = 0
+        self._existing_topics: set[str] = set()  # checked to exist (in open, or at their first record)
         #: topic -> (its partitions, key -> partition), with the default partitioner
         self._keys_partitions: dict[str, tuple[frozenset[int], dict[bytes, int]]] = {}
 
@@ -175,7 +181,8 @@ class KafkaSink(AsyncBatchSink):
 
     async def _started(self, producer: AIOKafkaProducer) -> AIOKafkaProducer:
         """``producer``, started; stopped again if starting fails (no connections or tasks
-        left behind), with brokers that cannot be reached named in a ``ConnectorError``."""
+        left behind), with brokers that cannot be reached, or that refuse a transactional
+        producer, named in a ``ConnectorError``."""
         try:
             await producer.start()
         except BaseException as exc:
@@ -183,8 +190,27 @@ class KafkaSink(AsyncBatchSink):
                 await _stop_quietly(producer, self.name)
             if isinstance(exc, KafkaConnectionError):
                 raise unreachable(self.name, self.bootstrap_servers, exc) from exc
+            if isinstance(exc, KafkaError) and producer._txn_manager is not None \
+                    and producer._txn_manager.transactional_id is not None:
+                raise ConnectorError(self.name, f"the brokers at {self.bootstrap_servers} refused a transactional "
+                                                f"producer ({exc!r}): delivery='exactly_once' needs a broker with "
+                                                "transactions (Tansu has none); or use delivery='at_least_once'"
+                                     ) from exc
             raise
         return producer
+
+    async def _check_topic(self, producer: AIOKafkaProducer, topic: str) -> None:
+        """Fail, naming it, if ``topic`` does not exist. The metadata of every topic is
+        asked for, not of this one: a broker creates a topic asked for by name when it
+        does not exist (``auto.create.topics.enable``), and a typo in a sink's topic would
+        send its results to a new topic nobody reads."""
+        if topic in self._existing_topics:
+            return
+        cluster = await producer.client.fetch_all_metadata()
+        if topic not in cluster.topics():
+            raise ConnectorError(self.name, f"topic {topic!r} does not exist on {self.bootstrap_servers}; "
+                                            "create it first (the sink does not create topics)")
+        self._existing_topics.add(topic)
 
     async def open(self) -> None:
         self._prepared = {}
@@ -193,9 +219,20 @@ class KafkaSink(AsyncBatchSink):
         self._transaction = None
         self._next = 1
         self._keys_partitions = {}
+        self._existing_topics = set()
+        producer = await self._started(self._new_producer())  # not transactional: sends, or only checks
+        try:
+            if isinstance(self.topic, str):
+                await self._check_topic(producer, self.topic)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await _stop_quietly(producer, self.name)
+            raise
         if not self.exactly_once:
-            self._producer = await self._started(self._new_producer())
-        elif not self.resuming:  # a fresh start: abort what an earlier run left open (a restore
+            self._producer = producer
+            return
+        await _stop_quietly(producer, self.name)  # exactly once: a producer per transaction
+        if not self.resuming:  # a fresh start: abort what an earlier run left open (a restore
             await self._abort_lingering(self.subtask_index, self._next)  # does it in recover())
 
     async def close(self) -> None:
@@ -237,7 +274,7 @@ class KafkaSink(AsyncBatchSink):
                                  records: list[Any]) -> list[tuple[asyncio.Future[Any], int]]:
         """Encode ``records`` into record batches and hand them to ``producer``; each
         batch's delivery future and its number of records."""
-        topic, encode, key_of, headers_of = self.topic, self.encode, self.key, self.headers
+        topic, encode, key_of, headers_of, stamp_of = self.topic, self.encode, self.key, self.headers, self.timestamp
         fixed = topic if isinstance(topic, str) else None
         # aiokafka's own per-record steps of send(), without its per-record coroutine and future
         check_size, partition_of = producer._serialize, producer._partition
@@ -257,8 +294,15 @@ class KafkaSink(AsyncBatchSink):
             if value is None and key is None:
                 raise _record_error("a None record (a tombstone) needs a key", record)
             headers = (headers_of(record) if headers_of is not None else None) or []
+            stamp = None
+            if stamp_of is not None:
+                stamp = stamp_of(record)
+                if stamp.__class__ is not int:
+                    raise _record_error(f"timestamp function returned {stamp!r} ({type(stamp).__name__}); "
+                                        "a Kafka timestamp is int milliseconds", record)
             name = fixed or topic(record)  # type: ignore[operator]
             if name not in known:
+                await self._check_topic(producer, name)
                 await producer.partitions_for(name)  # waits for the topic's metadata, as send() does
                 known[name] = self._key_partitions(producer, name)
             check_size(key, value, headers)  # MessageSizeTooLargeError, as send() raises it
@@ -272,10 +316,10 @@ class KafkaSink(AsyncBatchSink):
             batch = filling.get((name, partition))
             if batch is None:
                 batch = filling[name, partition] = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:  # full: hand it over
+            if batch.append(key=key, value=value, timestamp=stamp, headers=headers) is None:  # full: hand it over
                 sent.append((await _hand_over(producer, batch, name, partition), batch.record_count()))
                 batch = filling[name, partition] = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None, headers=headers)  # the first always fits
+                batch.append(key=key, value=value, timestamp=stamp, headers=headers)  # the first always fits
         for (name, partition), batch in filling.items():
             sent.append((await _hand_over(producer, batch, name, partition), batch.record_count()))
         return sent

@@ -114,7 +114,9 @@ def _clicks(*clicks: tuple[int, str, str]) -> list[dict[str, Any]]:
 
 def _views(messages: list[Any]) -> list[tuple[str, int, int, int]]:
     rows = [orjson.loads(m.value) for m in messages]
-    assert all(m.key == row["page"].encode() and row["end"] == row["start"] + 10_000 for m, row in zip(messages, rows))
+    for m, row in zip(messages, rows, strict=True):
+        assert m.key == row["page"].encode() and row["end"] == row["start"] + 10_000
+        assert m.timestamp == row["end"] - 1  # the window's last millisecond: its event time
     return sorted((row["page"], row["start"] - T0, row["views"], row["users"]) for row in rows)
 
 

@@ -11,6 +11,7 @@ import anyio
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaTimeoutError
 from kafka.topics import create_topic, read, refused_port, unique_name
 
@@ -289,5 +290,68 @@ async def test_run_collect_of_a_kafka_sink_pipeline_is_unaffected(kafka_broker: 
     """A pipeline with a Kafka sink can still be tested in memory up to it."""
     app = af.App("kafka-sink-collect")
     stream = app.source([1, 2]).map(lambda v: v + 1)
-    stream.sink(KafkaSink("unused", bootstrap_servers=kafka_broker))
+    stream.sink(KafkaSink(await create_topic(kafka_broker, 1), bootstrap_servers=kafka_broker))
     assert await run_collect_async(stream) == [2, 3]
+
+
+async def _topics(broker: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize("delivery", ["at_least_once", "none"])
+async def test_a_topic_that_does_not_exist_fails_at_start_and_is_not_created(kafka_broker: str,
+                                                                            delivery: str) -> None:
+    missing = unique_name("missing")
+    app = af.App("kafka-sink-missing")
+    app.source([1]).sink(KafkaSink(missing, bootstrap_servers=kafka_broker, delivery=delivery))  # type: ignore[arg-type]
+    with pytest.raises(af.ConnectorError, match=f"kafka\\({missing}\\): topic '{missing}' does not exist"):
+        await app.run_async()
+    assert missing not in await _topics(kafka_broker)
+
+
+async def test_a_topic_per_record_that_does_not_exist_fails_at_its_first_record(kafka_broker: str) -> None:
+    there, missing = await create_topic(kafka_broker, 1), unique_name("missing")
+    app = af.App("kafka-sink-missing-by-record")
+    app.source([there, missing]).sink(KafkaSink(lambda r: r, bootstrap_servers=kafka_broker, max_batch_size=1,
+                                                max_in_flight=1))
+    with pytest.raises(af.AioflowError) as info:
+        await app.run_async()
+    causes = [info.value]
+    while causes[-1].__cause__ is not None:
+        causes.append(causes[-1].__cause__)
+    assert any(isinstance(c, af.ConnectorError) and f"topic '{missing}' does not exist" in str(c) for c in causes)
+    assert missing not in await _topics(kafka_broker)
+    assert [m.value for m in await read(kafka_broker, there, 1)] == [orjson.dumps(there)]
+
+
+async def test_exactly_once_on_a_broker_without_transactions_fails_saying_so(kafka_broker: str) -> None:
+    """Tansu (kafka_broker) has no transactions."""
+    app = af.App("kafka-sink-no-transactions")
+    topic = await create_topic(kafka_broker, 1)
+    app.source([1]).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, delivery="exactly_once",
+                                   transactional_id_prefix=unique_name("txn")))
+    with pytest.raises(af.ConnectorError, match="refused a transactional producer .* needs a broker with transactions"):
+        await app.run_async()
+
+
+async def test_timestamp_sets_each_records_kafka_timestamp(kafka_broker: str) -> None:
+    topic = await create_topic(kafka_broker, 1)
+    app = af.App("kafka-sink-timestamps")
+    rows = [{"end": 1_704_067_210_000}, {"end": 1_704_067_220_000}]
+    app.source(rows).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, timestamp=lambda r: r["end"] - 1))
+    await app.run_async()
+    assert [m.timestamp for m in await read(kafka_broker, topic, 2)] == [1_704_067_209_999, 1_704_067_219_999]
+
+
+async def test_a_timestamp_of_the_wrong_type_fails_naming_the_record(kafka_broker: str) -> None:
+    topic = await create_topic(kafka_broker, 1)
+    app = af.App("kafka-sink-bad-timestamp")
+    app.source([{"end": 1.5}]).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, timestamp=lambda r: r["end"]))
+    with pytest.raises(af.OperatorError, match=r"timestamp function returned 1.5 \(float\)") as info:
+        await app.run_async()
+    assert "{'end': 1.5}" in str(info.value)
