@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -226,6 +227,7 @@ def _parser() -> _Parser:
         epilog="Every option (except plan's --json) can also be set by an environment variable named after it, "
                "shown as [env AIOFLOW_...]: a flag on the command line wins over the variable.",
     )
+    parser.add_argument("--version", action="version", version=f"aioflow {importlib.metadata.version('aioflow')}")
     common = argparse.ArgumentParser(add_help=False)
     shared = EnvironmentOptions()
     shared.add(common, "--log-level", env_type=_log_level, default="info", metavar="LEVEL",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import aioflow as af
 from aioflow.cli import load_app, main
 from aioflow.errors import AppLoadError
 
@@ -78,6 +79,11 @@ def test_help_for_each_command() -> None:
     for command in ([], ["run"], ["plan"]):
         result = aioflow(*command, "--help")
         assert result.returncode == 0 and "usage: aioflow" in result.stdout
+
+
+def test_version() -> None:
+    result = aioflow("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"aioflow {af.__version__}"
 
 
 def test_bad_log_level_is_rejected() -> None:
