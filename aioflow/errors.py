@@ -19,6 +19,7 @@ original exception as ``__cause__``, so its traceback is shown.
 
 from __future__ import annotations
 
+import math
 import reprlib
 from typing import Any
 
@@ -120,6 +121,21 @@ class ConnectorError(AioflowError):
 
 class StateError(AioflowError):
     """State cannot be stored or restored; the message names the operator, state or directory."""
+
+
+def check_number(value: Any, what: str, *, integer: bool = False, minimum: float = 0.0,
+                 optional: bool = False, above: bool = False) -> None:
+    """Refuse with a :class:`PipelineError` naming ``what`` a ``value`` that is not a finite
+    number (an int with ``integer``) at least ``minimum`` (above it with ``above``; ``None``
+    allowed with ``optional``)."""
+    if optional and value is None:
+        return
+    kinds = (int,) if integer else (int, float)
+    bad = isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value)
+    if bad or (value <= minimum if above else value < minimum):
+        kind = "an int" if integer else "a number"
+        bound = f"> {minimum:g}" if above else f">= {minimum:g}"
+        raise PipelineError(f"{what} must be {kind} {bound}{' or None' if optional else ''}, got {value!r}")
 
 
 #: Errors that already say which operator and what failed: raised from operators as they are,

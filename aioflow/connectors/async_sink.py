@@ -36,7 +36,7 @@ import orjson
 import structlog
 
 from aioflow.connectors.base import Sink, SinkWriter, TwoPhaseCommitSinkWriter
-from aioflow.errors import PipelineError, SinkDeliveryError
+from aioflow.errors import PipelineError, SinkDeliveryError, check_number
 
 __all__ = ["AsyncBatchSink", "RetryPolicy"]
 
@@ -47,18 +47,6 @@ RETRY_LOG_INTERVAL = 10.0
 #: The checkpoint id the end of bounded input pre-commits under: above every checkpoint's
 #: (the runtime's own, for the end of input with checkpoints, has the same value).
 _FINAL = 2**62
-
-
-def _check_number(value: Any, what: str, *, integer: bool = False, minimum: float = 0.0,
-                  optional: bool = False, above: bool = False) -> None:
-    if optional and value is None:
-        return
-    kinds = (int,) if integer else (int, float)
-    bad = isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value)
-    if bad or (value <= minimum if above else value < minimum):
-        kind = "an int" if integer else "a number"
-        bound = f"> {minimum:g}" if above else f">= {minimum:g}"
-        raise PipelineError(f"{what} must be {kind} {bound}{' or None' if optional else ''}, got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +67,11 @@ class RetryPolicy:
     jitter: float = 0.1
 
     def __post_init__(self) -> None:
-        _check_number(self.max_attempts, "RetryPolicy max_attempts", integer=True, minimum=1)
-        _check_number(self.initial_delay, "RetryPolicy initial_delay")
-        _check_number(self.max_delay, "RetryPolicy max_delay")
-        _check_number(self.multiplier, "RetryPolicy multiplier", minimum=1)
-        _check_number(self.jitter, "RetryPolicy jitter")
+        check_number(self.max_attempts, "RetryPolicy max_attempts", integer=True, minimum=1)
+        check_number(self.initial_delay, "RetryPolicy initial_delay")
+        check_number(self.max_delay, "RetryPolicy max_delay")
+        check_number(self.multiplier, "RetryPolicy multiplier", minimum=1)
+        check_number(self.jitter, "RetryPolicy jitter")
         if self.jitter > 1:
             raise PipelineError(f"RetryPolicy jitter must be between 0 and 1, got {self.jitter!r}")
 
@@ -197,15 +185,15 @@ class AsyncBatchSink(Sink):
         name = type(self).__name__
         if type(self).send_batch is AsyncBatchSink.send_batch:
             raise TypeError(f"{name} must implement `async def send_batch(self, records)`")
-        _check_number(self.max_batch_size, f"{name} max_batch_size", integer=True, minimum=1)
-        _check_number(self.max_batch_bytes, f"{name} max_batch_bytes", integer=True, minimum=1, optional=True)
-        _check_number(self.max_linger, f"{name} max_linger", optional=True)
-        _check_number(self.max_in_flight, f"{name} max_in_flight", integer=True, minimum=1)
-        _check_number(self.max_buffered, f"{name} max_buffered", integer=True, minimum=1)
+        check_number(self.max_batch_size, f"{name} max_batch_size", integer=True, minimum=1)
+        check_number(self.max_batch_bytes, f"{name} max_batch_bytes", integer=True, minimum=1, optional=True)
+        check_number(self.max_linger, f"{name} max_linger", optional=True)
+        check_number(self.max_in_flight, f"{name} max_in_flight", integer=True, minimum=1)
+        check_number(self.max_buffered, f"{name} max_buffered", integer=True, minimum=1)
         if self.max_buffered < self.max_batch_size:
             raise PipelineError(f"{name} max_buffered ({self.max_buffered}) must be at least max_batch_size "
                                 f"({self.max_batch_size}): a full batch must fit in the buffer")
-        _check_number(self.send_timeout, f"{name} send_timeout", optional=True, above=True)
+        check_number(self.send_timeout, f"{name} send_timeout", optional=True, above=True)
         if not isinstance(self.retry, RetryPolicy):
             raise PipelineError(f"{name} retry takes an af.RetryPolicy(...), got {self.retry!r}")
         if self.exactly_once:

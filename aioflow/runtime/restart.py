@@ -18,11 +18,9 @@ counts the failures within a sliding interval instead.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
 
-from aioflow.errors import PipelineError
+from aioflow.errors import check_number
 
 __all__ = [
     "DEFAULT_RESTART_STRATEGY",
@@ -32,18 +30,6 @@ __all__ = [
     "NoRestart",
     "RestartStrategy",
 ]
-
-
-def _check(value: Any, what: str, *, integer: bool = False, minimum: float = 0.0) -> None:
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or value < minimum:
-        kind = "an int" if integer else "a number"
-        raise PipelineError(f"{what} must be {kind} >= {minimum:g}, got {value!r}")
-
-
-def _check_reset_after(strategy: RestartStrategy) -> None:
-    if strategy.reset_after is not None:
-        _check(strategy.reset_after, f"{type(strategy).__name__} reset_after")
 
 
 class RestartStrategy:
@@ -77,9 +63,9 @@ class FixedDelayRestart(RestartStrategy):
     reset_after: float | None = 60.0
 
     def __post_init__(self) -> None:
-        _check(self.attempts, "FixedDelayRestart attempts", integer=True, minimum=1)
-        _check(self.delay, "FixedDelayRestart delay")
-        _check_reset_after(self)
+        check_number(self.attempts, "FixedDelayRestart attempts", integer=True, minimum=1)
+        check_number(self.delay, "FixedDelayRestart delay")
+        check_number(self.reset_after, f"{type(self).__name__} reset_after", optional=True)
 
     def backoff(self, failures: list[float]) -> float | None:
         return self.delay if len(failures) <= self.attempts else None
@@ -98,11 +84,11 @@ class ExponentialBackoffRestart(RestartStrategy):
     reset_after: float | None = 60.0
 
     def __post_init__(self) -> None:
-        _check(self.attempts, "ExponentialBackoffRestart attempts", integer=True, minimum=1)
-        _check(self.initial_delay, "ExponentialBackoffRestart initial_delay")
-        _check(self.max_delay, "ExponentialBackoffRestart max_delay")
-        _check(self.multiplier, "ExponentialBackoffRestart multiplier", minimum=1)
-        _check_reset_after(self)
+        check_number(self.attempts, "ExponentialBackoffRestart attempts", integer=True, minimum=1)
+        check_number(self.initial_delay, "ExponentialBackoffRestart initial_delay")
+        check_number(self.max_delay, "ExponentialBackoffRestart max_delay")
+        check_number(self.multiplier, "ExponentialBackoffRestart multiplier", minimum=1)
+        check_number(self.reset_after, f"{type(self).__name__} reset_after", optional=True)
 
     def backoff(self, failures: list[float]) -> float | None:
         if len(failures) > self.attempts:
@@ -120,9 +106,9 @@ class FailureRateRestart(RestartStrategy):
     delay: float = 1.0
 
     def __post_init__(self) -> None:
-        _check(self.max_failures, "FailureRateRestart max_failures", integer=True, minimum=1)
-        _check(self.interval, "FailureRateRestart interval")
-        _check(self.delay, "FailureRateRestart delay")
+        check_number(self.max_failures, "FailureRateRestart max_failures", integer=True, minimum=1)
+        check_number(self.interval, "FailureRateRestart interval")
+        check_number(self.delay, "FailureRateRestart delay")
 
     def backoff(self, failures: list[float]) -> float | None:
         recent = [t for t in failures if t > failures[-1] - self.interval]
