@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +33,9 @@ def _accepting(port: int) -> bool:
 def _serve(command: list[str], port: int, log: Path) -> Iterator[str]:
     """Run a broker until the session ends; yield ``host:port`` once it accepts connections."""
     with log.open("wb") as out:
-        broker = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        # a session of its own: noida-db's command starts the server as a child, which a
+        # signal to the command alone would leave running after the tests
+        broker = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + 30
             while not _accepting(port):
@@ -41,11 +44,12 @@ def _serve(command: list[str], port: int, log: Path) -> Iterator[str]:
                 time.sleep(0.05)
             yield f"127.0.0.1:{port}"
         finally:
-            broker.terminate()
+            os.killpg(broker.pid, signal.SIGTERM)
             try:
                 broker.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                broker.kill()
+                os.killpg(broker.pid, signal.SIGKILL)
+                broker.wait()
 
 
 @pytest.fixture(scope="session")
