@@ -7,7 +7,8 @@
 ``KafkaSource(bounded=True)`` over the input topic, w2's pipeline
 (:func:`aioflow_jobs.window_sums`: key by user, 10 s tumbling event-time windows, 2 s
 bounded out-of-orderness), ``KafkaSink(delivery="at_least_once")`` keyed by user, JSON
-arrays ``[user, window_start, count, sum]``: every option at its default.
+arrays ``[user, window_start, count, sum]``: every option at its default
+(``BENCH_KAFKA_STATE_CACHE_SIZE`` sets ``App(state_cache_size=...)``).
 
 The source's reader and the sink are subclassed only to mark, per batch, the times the
 floor marks too (:class:`~reporting.Marks`): first records fetched, first and last batch
@@ -60,7 +61,8 @@ class MarkingKafkaSink(KafkaSink):
 
 
 def build_app(servers: str, input_topic: str, output_topic: str, group: str) -> af.App:
-    app = af.App("kafka_w2")
+    cache = os.environ.get("BENCH_KAFKA_STATE_CACHE_SIZE")  # else the default
+    app = af.App("kafka_w2", **({"state_cache_size": int(cache)} if cache else {}))
     events = app.source(
         MarkingKafkaSource(input_topic, bootstrap_servers=servers, group_id=group, bounded=True),
         timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(BOUND_MS),
