@@ -20,6 +20,8 @@ from workloads import (
     Run,
     Unavailable,
     generated_records,
+    keyed_records,
+    simulated_call,
 )
 
 import aioflow as af
@@ -205,4 +207,14 @@ def w3(job: JobInput) -> Run:
     return _run_collecting(app, results)
 
 
-JOBS: dict[str, Prepare] = {"w1": w1, "backpressure": backpressure, "w2": w2, "w3": w3}
+def async_io(job: JobInput) -> Run:
+    """Each record awaits ``simulated_call`` (10 ms) after ``key_by``: an ``async def`` map,
+    the keyed async function of the async processing issue."""
+    app = _app("async_io", job)
+    results = af.CollectSink()
+    app.source(af.from_iterable(keyed_records(job.events))).key_by(lambda r: r["key"]).map(simulated_call) \
+        .sink(results)
+    return _run_collecting(app, results)
+
+
+JOBS: dict[str, Prepare] = {"w1": w1, "backpressure": backpressure, "w2": w2, "w3": w3, "async_io": async_io}

@@ -81,6 +81,8 @@ WORKLOADS = {
         ),
         Workload("w2", "key by user, 10 s tumbling event-time windows: (user, start, count, sum)", 1_000_000),
         Workload("w3", "keyed process function: running count, 30 s inactivity event-time timers", 1_000_000),
+        Workload("async_io", "each record awaits a 10 ms call after key_by (10k keys); floor: asyncio.gather, "
+                 "at most 100 at once", 20_000, reads_file=False),
         Workload("kafka", "w2 from a 4-partition Kafka topic to a Kafka topic, each side a process of its own",
                  1_000_000),
     )

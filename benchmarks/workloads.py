@@ -29,7 +29,10 @@ __all__ = [
     "BATCH",
     "BOUND_MS",
     "FLOORS",
+    "CALL_S",
+    "CAPACITY",
     "INACTIVITY_MS",
+    "KEYS",
     "PARTITIONS",
     "SINK_SLEEP_S",
     "WINDOW_MS",
@@ -42,6 +45,8 @@ __all__ = [
     "emit_windows",
     "ensure_events",
     "generated_records",
+    "keyed_records",
+    "simulated_call",
 ]
 
 #: Event time of the first simulated second.
@@ -62,6 +67,11 @@ INACTIVITY_MS = 30_000
 SINK_SLEEP_S = 0.001
 #: kafka: partitions of the input topic (and of each output topic).
 PARTITIONS = 4
+#: async_io: each record awaits a simulated call of ``CALL_S`` seconds, at most
+#: ``CAPACITY`` calls at once, over ``KEYS`` keys.
+CALL_S = 0.010
+CAPACITY = 100
+KEYS = 10_000
 
 _MIN_TS = -(2**63)
 _MAX_TS = 2**63 - 1
@@ -139,12 +149,40 @@ def _write_events(path: Path, events: int, seed: int) -> None:
             ))
 
 
+def keyed_records(events: int) -> Iterator[dict[str, Any]]:
+    """The async_io workload's input: ``{"i": i, "key": "k<i % KEYS>"}``, lazily."""
+    return ({"i": i, "key": f"k{i % KEYS}"} for i in range(events))
+
+
+async def simulated_call(record: dict[str, Any]) -> int:
+    """The async_io workload's call: ``CALL_S`` of waiting (a model server, an HTTP API),
+    then a result."""
+    await asyncio.sleep(CALL_S)
+    return record["i"] * 2
+
+
 def generated_records(events: int) -> Iterator[dict[str, int]]:
     """The backpressure workload's input: ``{"i": i}`` for ``i`` in ``range(events)``, lazily."""
     return ({"i": i} for i in range(events))
 
 
 # -- floors ----------------------------------------------------------------------------
+
+
+async def _gather_capped(records: Iterator[dict[str, Any]]) -> list[int]:
+    """Every record's call, at most ``CAPACITY`` at once: one ``asyncio.gather``."""
+    cap = asyncio.Semaphore(CAPACITY)
+
+    async def call(record: dict[str, Any]) -> int:
+        async with cap:
+            return await simulated_call(record)
+
+    return await asyncio.gather(*map(call, records))
+
+
+def floor_async_io(job: JobInput) -> Run:
+    """The same calls with the same cap, by hand: ``asyncio.gather`` under a semaphore."""
+    return lambda: asyncio.run(_gather_capped(keyed_records(job.events)))
 
 
 def _w1(path: Path) -> int:
@@ -266,6 +304,7 @@ FLOORS: dict[str, Prepare] = {
     "backpressure": floor_backpressure,
     "w2": _file_floor(_w2),
     "w3": _file_floor(_w3),
+    "async_io": floor_async_io,
 }
 
 
@@ -277,6 +316,8 @@ def canonical(workload: str, output: Any) -> Any:
     to 2 decimals)."""
     if workload in ("w1", "backpressure"):
         return int(output)
+    if workload == "async_io":
+        return sorted(output)
     if workload == "w2":
         return sorted((user, start, count, round(total, 2)) for user, start, count, total in output)
     return sorted((user, count) for user, count in output)
