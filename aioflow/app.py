@@ -48,7 +48,9 @@ class App:
     ``checkpoint_interval`` configure persistent state and checkpoints (see
     docs/state.md and docs/fault-tolerance.md); with checkpoints, a failed job restarts
     from the last one as ``restart_strategy`` says (default: up to 3 attempts in a row,
-    1, 2 and 4 s apart).
+    1, 2 and 4 s apart). ``max_concurrency`` is how many records an ``async def`` user
+    function runs on at once (records of one key one after the other), unless its
+    operator says otherwise (see docs/async.md).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class App:
         retained_checkpoints: int = 3,
         tolerable_checkpoint_failures: int | None = None,
         restart_strategy: RestartStrategy | None = None,
+        max_concurrency: int = 100,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise PipelineError(f"App needs a non-empty name, got {name!r}")
@@ -117,6 +120,7 @@ class App:
                                 f"{tolerable_checkpoint_failures!r}")
         self.tolerable_checkpoint_failures = tolerable_checkpoint_failures
         self.state_cache_size = _positive(state_cache_size, "state_cache_size")
+        self.max_concurrency = _positive(max_concurrency, "max_concurrency")
         if restart_strategy is not None and not isinstance(restart_strategy, RestartStrategy):
             raise PipelineError(f"restart_strategy takes af.FixedDelayRestart(...), af.ExponentialBackoffRestart(...), "
                                 f"af.FailureRateRestart(...) or af.NoRestart(), got {restart_strategy!r}")
@@ -201,6 +205,7 @@ class App:
             state_dir=state_dir,
             state_backend=state_backend,
             state_cache_size=self.state_cache_size,
+            max_concurrency=self.max_concurrency,
             checkpoint_interval=checkpoint_interval,
             checkpoint_mode=self.checkpoint_mode,
             checkpoint_timeout=self.checkpoint_timeout,

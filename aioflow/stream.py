@@ -52,6 +52,22 @@ def function_name(fn: Any) -> str | None:
     return None if name == "<lambda>" else name
 
 
+def _check_concurrency(max_concurrency: Any, kind: str) -> None:
+    if max_concurrency is not None and (isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
+                                        or max_concurrency < 1):
+        raise PipelineError(f"{kind}(max_concurrency=...) takes a positive int or None, got {max_concurrency!r}")
+
+
+def _limited(operator: Operator, max_concurrency: int | None,
+             key_selector: Callable[[Any], Any] | None = None) -> Operator:
+    """``operator``, running its async user function on at most ``max_concurrency`` records
+    at once (and, with ``key_selector``, a key's records in order)."""
+    operator.max_concurrency = max_concurrency
+    if key_selector is not None:
+        operator.key_selector = key_selector
+    return operator
+
+
 def _check_callable(fn: Any, what: str, *, sync_only: bool = False) -> None:
     if not callable(fn):
         raise PipelineError(f"{what} takes a function, got {fn!r} ({type(fn).__name__})")
@@ -141,42 +157,58 @@ class Stream:
         name: str | None,
         parallelism: int | None,
         operator: Callable[[str, Callable[[Any], Any]], Operator],
+        max_concurrency: int | None,
     ) -> Any:
         if fn is None:  # used as @stream.map(name=...) with arguments
-            return lambda f: self._transform(kind, f, name, parallelism, operator)
+            return lambda f: self._transform(kind, f, name, parallelism, operator, max_concurrency)
         _check_callable(fn, f"{kind}()")
-        node = self._add(kind, fn, name, parallelism, lambda n: operator(n, fn))
+        _check_concurrency(max_concurrency, kind)
+        key_selector = self._keyed_selector()  # an async fn runs a key's records in order
+        node = self._add(kind, fn, name, parallelism,
+                         lambda n: _limited(operator(n, fn), max_concurrency, key_selector))
         return Stream(self.app, node)
 
     # -- transformations ----------------------------------------------------------------
 
     @overload
-    def map(self, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int | None = None) -> Stream: ...
+    def map(self, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int | None = None,
+            max_concurrency: int | None = None) -> Stream: ...
     @overload
-    def map(self, fn: None = None, *, name: str | None = None,
-            parallelism: int | None = None) -> Callable[[Callable[[Any], Any]], Stream]: ...
+    def map(self, fn: None = None, *, name: str | None = None, parallelism: int | None = None,
+            max_concurrency: int | None = None) -> Callable[[Callable[[Any], Any]], Stream]: ...
 
-    def map(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None) -> Any:
-        """One output per record: ``fn(value)``. ``fn`` may be ``async def``."""
-        return self._transform("map", fn, name, parallelism, MapOperator)
+    def map(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None,
+            max_concurrency: int | None = None) -> Any:
+        """One output per record: ``fn(value)``. ``fn`` may be ``async def``: then it runs
+        on up to ``max_concurrency`` records at once (default: the app's), those of one
+        key in order; outputs keep the input's order."""
+        return self._transform("map", fn, name, parallelism, MapOperator, max_concurrency)
 
-    def filter(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None) -> Any:
-        """Keep records for which ``fn(value)`` is true. ``fn`` may be ``async def``."""
-        return self._transform("filter", fn, name, parallelism, FilterOperator)
+    def filter(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None,
+               max_concurrency: int | None = None) -> Any:
+        """Keep records for which ``fn(value)`` is true. ``fn`` may be ``async def`` (as for :meth:`map`)."""
+        return self._transform("filter", fn, name, parallelism, FilterOperator, max_concurrency)
 
-    def flat_map(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None) -> Any:
-        """Zero or more outputs per record: ``fn(value)`` returns an iterable (or is a generator)."""
-        return self._transform("flat_map", fn, name, parallelism, FlatMapOperator)
+    def flat_map(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None,
+                 max_concurrency: int | None = None) -> Any:
+        """Zero or more outputs per record: ``fn(value)`` returns an iterable (or is a
+        generator). ``fn`` may be ``async def`` or an async generator (as for :meth:`map`)."""
+        return self._transform("flat_map", fn, name, parallelism, FlatMapOperator, max_concurrency)
 
-    def process(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None) -> Any:
-        """Run a :class:`ProcessFunction` (class, instance, or ``process_element``-like function)."""
+    def process(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None,
+                max_concurrency: int | None = None) -> Any:
+        """Run a :class:`ProcessFunction` (class, instance, or ``process_element``-like
+        function). An ``async def`` ``process_element`` or ``on_timer`` runs on up to
+        ``max_concurrency`` records or timers at once (default: the app's), those of one
+        key in order, each seeing its own key and state across its awaits."""
         if fn is None:
-            return lambda f: self.process(f, name=name, parallelism=parallelism)
+            return lambda f: self.process(f, name=name, parallelism=parallelism, max_concurrency=max_concurrency)
+        _check_concurrency(max_concurrency, "process")
         factory = instantiate(fn, ProcessFunction)
         key_selector = self._keyed_selector()
         node = self._add(
             "process", fn, name, parallelism,
-            lambda n: ProcessOperator(n, factory(), key_selector),
+            lambda n: _limited(ProcessOperator(n, factory(), key_selector), max_concurrency),
             stateful=key_selector is not None,
         )
         return Stream(self.app, node)

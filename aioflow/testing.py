@@ -69,7 +69,8 @@ def _app_of(streams: tuple[Stream, ...]) -> App:
 
 
 #: App settings a test may override for one run.
-SETTINGS = ("parallelism", "max_parallelism", "batch_size", "linger", "channel_capacity", "watermark_interval")
+SETTINGS = ("parallelism", "max_parallelism", "batch_size", "linger", "channel_capacity", "watermark_interval",
+            "max_concurrency")
 
 
 #: How a test run keeps state: in memory, whatever the app says.

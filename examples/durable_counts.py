@@ -72,7 +72,7 @@ views = app.source(
 )
 
 
-@views.map
+@views.map(max_concurrency=1)  # one view at a time: async calls otherwise overlap (docs/async.md)
 async def paced(view: dict) -> dict:
     """Stands in for real work (a lookup, say): about 3 s for the whole file."""
     await anyio.sleep(0.005)

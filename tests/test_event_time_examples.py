@@ -138,7 +138,8 @@ def test_rule_alerts_do_not_depend_on_which_input_comes_first(slow: str) -> None
 
 # -- the docs' snippets ------------------------------------------------------------------
 
-DOCS = ["event-time.md", "windows.md", "connected-streams.md", "state.md", "fault-tolerance.md", "kafka.md"]
+DOCS = ["event-time.md", "windows.md", "connected-streams.md", "state.md", "fault-tolerance.md", "kafka.md",
+        "async.md"]
 
 
 def snippets() -> list[Any]:

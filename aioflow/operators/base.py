@@ -24,6 +24,7 @@ from structlog.contextvars import bind_contextvars
 
 from aioflow.errors import OperatorError, truncated_repr
 from aioflow.functions import OutputTag
+from aioflow.operators.concurrent import run_concurrently
 from aioflow.runtime.events import Batch
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ __all__ = [
     "check_outputs",
     "collect_async",
     "describe_error",
+    "for_key",
     "is_async",
     "map_into",
 ]
@@ -218,6 +220,11 @@ class Operator(Output):
     records_in = 0
     #: Records this operator emitted, to its main output and its side outputs.
     records_out = 0
+    #: Most records an ``async def`` user function runs on at once (``None``: the app's
+    #: ``max_concurrency``); see :mod:`aioflow.operators.concurrent`.
+    max_concurrency: int | None = None
+    #: The key of a record, on a keyed stream (``None``: unkeyed).
+    key_selector: Callable[[Any], Any] | None = None
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -290,20 +297,43 @@ class Operator(Output):
         for tag, (values, timestamps) in collector.side.items():
             await self.emit_side(tag, values, timestamps if with_timestamps else None)
 
+    @property
+    def concurrency(self) -> int:
+        """Most records an ``async def`` user function of this operator runs on at once."""
+        assert self.env is not None, "concurrency before open()"
+        return self.max_concurrency or self.env.max_concurrency
+
     async def call_each(self, fn: Callable[[Any], Any], values: list[Any], *, is_async: bool = False,
-                        what: str = "") -> list[Any]:
-        """``[fn(v) for v in values]``, at C speed for sync functions; if ``fn`` raises, an
-        :class:`OperatorError` names this operator and the record."""
+                        what: str = "", keys: list[Any] | None = None,
+                        named: Callable[..., Any] | None = None) -> list[Any]:
+        """``[fn(v) for v in values]``, at C speed for sync functions; an ``async def``
+        ``fn`` runs on up to :attr:`concurrency` records at once, those of one key
+        (``keys``) in order. If ``fn`` raises, an :class:`OperatorError` names this
+        operator, the record and its key (and ``named``, the user's function ``fn`` wraps)."""
+        shown = named or fn
+        if is_async:
+            async def call(i: int) -> Any:
+                try:
+                    return await await_user(fn(values[i]))
+                except Exception as exc:
+                    raise self.error(what + describe_error(exc, shown) + for_key(keys, i), values[i]) from exc
+
+            return await run_concurrently(call, len(values), keys, self.concurrency)
         out: list[Any] = []
         try:
-            if is_async:
-                for value in values:
-                    out.append(await await_user(fn(value)))
-            else:
-                map_into(out, fn, values)  # on failure, ``out`` holds the results before the bad record
+            map_into(out, fn, values)  # on failure, ``out`` holds the results before the bad record
         except Exception as exc:
-            raise self.error(what + describe_error(exc, fn), values[len(out)]) from exc
+            raise self.error(what + describe_error(exc, shown), values[len(out)]) from exc
         return out
+
+    async def keys_in_order(self, batch: Batch) -> list[Any] | None:
+        """The keys an async function's records run in order by: on a keyed stream the
+        batch's keys; ``None`` on an unkeyed one (records in any order)."""
+        if batch.keys is not None:
+            return batch.keys
+        if self.key_selector is None:
+            return None
+        return await self.keys_of(batch, self.key_selector)
 
     async def keys_of(self, batch: Batch, key_selector: Callable[[Any], Any]) -> list[Any]:
         """The batch's keys: carried from the partitioner, or extracted here when chained."""
@@ -315,6 +345,11 @@ class Operator(Output):
 
 
 _STRAY_NEXT = "a StopIteration escaped the function (a stray next()?)"
+
+
+def for_key(keys: list[Any] | None, i: int) -> str:
+    """`` for key 'k'`` naming record ``i``'s key in an error, if there are keys."""
+    return "" if keys is None else f" for key {truncated_repr(keys[i])}"
 
 
 def map_into(out: list[Any], fn: Callable[[Any], Any], values: list[Any]) -> None:

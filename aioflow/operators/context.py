@@ -7,6 +7,7 @@ One context object exists per operator subtask; the runtime updates ``timestamp`
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from aioflow.errors import PipelineError
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from aioflow.state.serializers import Serializer
     from aioflow.state.table import StateTable
 
-__all__ = ["OperatorContext"]
+__all__ = ["ConcurrentContext", "OperatorContext"]
 
 
 class OperatorContext:
@@ -154,3 +155,34 @@ class OperatorContext:
 
     def current_watermark(self) -> int:
         return self.timer_service.watermark
+
+
+class ConcurrentContext(OperatorContext):
+    """The context of an operator whose ``async def`` functions run on several records at
+    once: ``key`` and ``timestamp`` live in context variables, so that each coroutine (a
+    task of its own) sees its own record's across its awaits, and keyed state and timers
+    act for that key whatever the other coroutines do meanwhile."""
+
+    __slots__ = ("_key_var", "_timestamp_var")
+
+    def __init__(self, operator_name: str, *args: Any, **kwargs: Any) -> None:
+        self._key_var: ContextVar[Any] = ContextVar(f"aioflow key of {operator_name}", default=None)
+        self._timestamp_var: ContextVar[int | None] = ContextVar(f"aioflow timestamp of {operator_name}",
+                                                                 default=None)
+        super().__init__(operator_name, *args, **kwargs)
+
+    @property  # type: ignore[override]
+    def key(self) -> Any:
+        return self._key_var.get()
+
+    @key.setter
+    def key(self, key: Any) -> None:
+        self._key_var.set(key)
+
+    @property  # type: ignore[override]
+    def timestamp(self) -> int | None:
+        return self._timestamp_var.get()
+
+    @timestamp.setter
+    def timestamp(self, timestamp: int | None) -> None:
+        self._timestamp_var.set(timestamp)

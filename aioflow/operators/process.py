@@ -14,10 +14,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aioflow.errors import DESCRIBED_ERRORS
-from aioflow.operators.base import Collector, Operator, await_user, collect_async, describe_error
-from aioflow.operators.context import OperatorContext
+from aioflow.operators.base import Collector, Operator, await_user, collect_async, describe_error, for_key
+from aioflow.operators.concurrent import run_concurrently
+from aioflow.operators.context import ConcurrentContext, OperatorContext
 from aioflow.runtime.events import Batch
-from aioflow.time.timers import EVENT_TIME, PROCESSING_TIME
+from aioflow.time.timers import EVENT_TIME, PROCESSING_TIME, now_ms
 
 if TYPE_CHECKING:
     from aioflow.runtime.task import SubtaskEnvironment
@@ -83,7 +84,10 @@ class ProcessOperator(Operator):
 
     async def open(self, env: SubtaskEnvironment) -> None:
         await super().open(env)
-        self.ctx = ctx = self.context_class(
+        context_class = self.context_class
+        if context_class is OperatorContext and self._has_async_methods():
+            context_class = ConcurrentContext  # each coroutine sees its own key and timestamp
+        self.ctx = ctx = context_class(
             self.name,
             env.subtask_index,
             env.parallelism,
@@ -94,6 +98,11 @@ class ProcessOperator(Operator):
         self.bind_methods()
         self._timer = UserCall(self.function.on_timer)
         await call_user_open(self, self.function, ctx)
+
+    def _has_async_methods(self) -> bool:
+        methods = (getattr(self.function, name, None)
+                   for name in ("process_element", "process_element1", "process_element2", "on_timer"))
+        return any(UserCall(method).kind != "sync" for method in methods if method is not None)
 
     async def process(self, batch: Batch) -> None:
         await self.run_function(batch, self._element, self.key_selector)
@@ -108,6 +117,10 @@ class ProcessOperator(Operator):
         collector = Collector()
         fn = call.fn
         sync = call.kind == "sync"
+        if not sync and isinstance(ctx, ConcurrentContext):
+            await self._run_concurrently(call, values, timestamps, keys, collector)
+            await self.emit_collected(collector, timestamps is not None)
+            return
         value = None
         try:
             for i, value in enumerate(values):
@@ -122,6 +135,34 @@ class ProcessOperator(Operator):
         except Exception as exc:
             raise self.error(describe_error(exc, fn), value) from exc
         await self.emit_collected(collector, timestamps is not None)
+
+    async def _run_concurrently(self, call: UserCall, values: list[Any], timestamps: list[Any] | None,
+                                keys: list[Any] | None, collector: Collector) -> None:
+        """An async ``call`` on up to :attr:`concurrency` records at once, those of one key
+        in order, each coroutine with its own key and timestamp; outputs in input order."""
+        ctx = self.ctx
+        assert ctx is not None
+        fn = call.fn
+
+        async def one(i: int) -> Any:
+            ctx.timestamp = timestamps[i] if timestamps is not None else None
+            if keys is not None:
+                ctx.key = keys[i]
+            try:
+                return await call.call_async(values[i], ctx)
+            except DESCRIBED_ERRORS:
+                raise
+            except Exception as exc:
+                raise self.error(describe_error(exc, fn) + for_key(keys, i), values[i]) from exc
+
+        outputs = await run_concurrently(one, len(values), keys, self.concurrency)
+        i = 0
+        try:
+            for i, produced in enumerate(outputs):
+                if produced is not None:
+                    collector.add_all(produced, timestamps[i] if timestamps is not None else None)
+        except Exception as exc:
+            raise self.error(describe_error(exc, fn) + for_key(keys, i), values[i]) from exc
 
     async def process_watermark(self, timestamp: int) -> None:
         ctx = self.ctx
@@ -150,6 +191,12 @@ class ProcessOperator(Operator):
         assert ctx is not None and self.env is not None
         ctx.time_domain = domain
         call = self._timer
+        if call.kind != "sync" and isinstance(ctx, ConcurrentContext):
+            try:
+                await self._fire_concurrently(due, domain == EVENT_TIME)
+            finally:
+                ctx.time_domain = EVENT_TIME
+            return
         fn = call.fn
         sync = call.kind == "sync"
         batch_size = self.env.batch_size
@@ -173,6 +220,50 @@ class ProcessOperator(Operator):
         finally:
             ctx.time_domain = EVENT_TIME
         await self.emit_collected(collector, event_time)
+
+    async def _fire_concurrently(self, due: Any, event_time: bool) -> None:
+        """Async ``on_timer`` for the due timers, up to :attr:`concurrency` at once, a
+        key's in timestamp order; timers that come due meanwhile fire in a next round."""
+        ctx = self.ctx
+        assert ctx is not None and self.env is not None
+        call, fn = self._timer, self._timer.fn
+        batch_size = self.env.batch_size
+        while timers := list(due):
+            async def one(i: int, timers: list[tuple[int, Any]] = timers) -> Any:
+                timestamp, key = timers[i]
+                ctx.key = key
+                ctx.timestamp = timestamp if event_time else None
+                try:
+                    return await call.call_async(timestamp, ctx)
+                except DESCRIBED_ERRORS:
+                    raise
+                except Exception as exc:
+                    raise self.error(f"on_timer at {timestamp} for key {key!r}: {describe_error(exc, fn)}", None,
+                                     has_record=False) from exc
+
+            outputs = await run_concurrently(one, len(timers), [key for _, key in timers], self.concurrency)
+            collector = Collector()
+            for (timestamp, key), produced in zip(timers, outputs, strict=True):
+                if produced is not None:
+                    try:
+                        collector.add_all(produced, timestamp if event_time else None)
+                    except Exception as exc:
+                        raise self.error(f"on_timer at {timestamp} for key {key!r}: {describe_error(exc, fn)}",
+                                         None, has_record=False) from exc
+                    if len(collector) >= batch_size:
+                        await self.emit_collected(collector, event_time)
+                        collector = Collector()
+            await self.emit_collected(collector, event_time)
+            due = self._due_again(event_time)
+
+    def _due_again(self, event_time: bool) -> Any:
+        """The timers that came due while the last round fired (registered by it)."""
+        ctx = self.ctx
+        assert ctx is not None
+        service = ctx.timer_service
+        if event_time:
+            return service.event_timers.pop_due(service.watermark)
+        return service.processing_timers.pop_due(now_ms())
 
     async def snapshot_state(self, checkpoint_id: int) -> Any:
         assert self.ctx is not None

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from itertools import compress
 from typing import TYPE_CHECKING, Any
 
-from aioflow.operators.base import Operator, await_user, collect_async, describe_error, is_async
+from aioflow.operators.base import Operator, collect_async, describe_error, is_async
 from aioflow.runtime.events import Batch
 from aioflow.state.table import MISSING
 
@@ -25,7 +25,8 @@ class MapOperator(Operator):
         self._async = is_async(fn)
 
     async def process(self, batch: Batch) -> None:
-        out = await self.call_each(self.fn, batch.values, is_async=self._async)
+        keys = await self.keys_in_order(batch) if self._async else None
+        out = await self.call_each(self.fn, batch.values, is_async=self._async, keys=keys)
         await self.out.process(Batch(out, batch.timestamps))
 
 
@@ -39,7 +40,8 @@ class FilterOperator(Operator):
 
     async def process(self, batch: Batch) -> None:
         values = batch.values
-        mask = await self.call_each(self.fn, values, is_async=self._async)
+        keys = await self.keys_in_order(batch) if self._async else None
+        mask = await self.call_each(self.fn, values, is_async=self._async, keys=keys)
         timestamps = batch.timestamps
         await self.out.process(
             Batch(list(compress(values, mask)), list(compress(timestamps, mask)) if timestamps is not None else None)
@@ -61,15 +63,17 @@ class FlatMapOperator(Operator):
         out: list[Any] = []
         out_ts: list[Any] | None = [] if timestamps is not None else None
         fn = self.fn
+        if self._async_gen:
+            outputs = await self.call_each(lambda value: collect_async(fn(value)), values, is_async=True,
+                                           keys=await self.keys_in_order(batch), named=fn)
+        elif self._async:
+            outputs = await self.call_each(fn, values, is_async=True, keys=await self.keys_in_order(batch))
+        else:
+            outputs = None
         i = 0
         try:
             for i, value in enumerate(values):
-                if self._async_gen:
-                    produced = await await_user(collect_async(fn(value)))
-                elif self._async:
-                    produced = await await_user(fn(value))
-                else:
-                    produced = fn(value)
+                produced = fn(value) if outputs is None else outputs[i]
                 if produced is None:
                     continue
                 before = len(out)

@@ -53,6 +53,7 @@ class RuntimeConfig:
     state_dir: str | None = None
     state_backend: str = "memory"  # "memory" or "lmdb"
     state_cache_size: int = DEFAULT_CACHE_SIZE
+    max_concurrency: int = 100
     checkpoint_interval: float | None = None
     checkpoint_mode: str = "exactly_once"
     checkpoint_timeout: float = 600.0
@@ -132,6 +133,7 @@ def _build(plan: Plan, config: RuntimeConfig, job: Job, store: LmdbStore | None,
                 parallelism=task.parallelism,
                 max_parallelism=config.max_parallelism,
                 batch_size=config.batch_size,
+                max_concurrency=config.max_concurrency,
                 state_backend=StateBackend(
                     store,
                     key_groups=key_group_range(index, config.max_parallelism, task.parallelism),

@@ -112,6 +112,8 @@ class SubtaskEnvironment:
     batch_size: int
     state_backend: StateBackend
     scheduler: Scheduler = field(default_factory=Scheduler)
+    #: Most records an ``async def`` user function runs on at once, unless its operator says.
+    max_concurrency: int = 100
     #: Ask the job to stop as a stop signal does: sources stop, what is in flight drains.
     request_stop: Callable[[], None] = lambda: None
     #: Takes this subtask's checkpoint acknowledgements (``None``: checkpointing is off).

@@ -3,7 +3,8 @@
 The job counts events per user with a keyed process function and event-time timers, and
 sums them in tumbling event-time windows; both results go to exactly-once file sinks
 when ``STATE`` (the state directory) is set. ``CACHE`` sets the state cache size: a small
-one makes most state live in LMDB, evicted and reloaded between checkpoints. Its input is a replayable file, so an
+one makes most state live in LMDB, evicted and reloaded between checkpoints. ``ASYNC``
+makes the counting function ``async def``, many keys at once. Its input is a replayable file, so an
 undisturbed run is the reference any disturbed one must match.
 """
 
@@ -49,6 +50,21 @@ class Count(af.KeyedProcessFunction):
 
     def on_timer(self, ts, ctx):
         yield {"user": ctx.key, "ts": ts, "n": self.n.value()}
+
+
+if os.environ.get("ASYNC"):  # the same counts, async: keys overlap across the awaits
+    import anyio
+
+    class Count(Count):
+        async def process_element(self, e, ctx):
+            n = self.n.value()
+            await anyio.sleep(0)
+            self.n.update(n + 1)
+            ctx.timer_service.register_event_time_timer(ctx.timestamp - ctx.timestamp % 1000 + 999)
+
+        async def on_timer(self, ts, ctx):
+            await anyio.sleep(0)
+            return [{"user": ctx.key, "ts": ts, "n": self.n.value()}]
 
 
 paced = events.map(pace, name="pace", parallelism=1)  # chained to the source: the order stays

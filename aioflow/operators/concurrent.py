@@ -1,0 +1,79 @@
+"""Running an ``async def`` user function over a batch, many records at once.
+
+Records of one key run one after the other, in arrival order; records of different keys
+(and records without a key) run concurrently, at most ``limit`` at a time, each in a
+worker task of its own, so that a coroutine keeps its own context (its key) across
+awaits. A batch is done when every record is: watermarks, timers and checkpoint
+barriers, which come between batches, never find a record in flight. Results come back
+in input order, as the synchronous function would give them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
+from typing import Any
+
+import anyio
+
+__all__ = ["run_concurrently"]
+
+
+async def run_concurrently(call: Callable[[int], Awaitable[Any]], count: int, keys: Sequence[Hashable] | None,
+                           limit: int) -> list[Any]:
+    """``[await call(i) for i in range(count)]``, with the records of each key (``keys[i]``;
+    ``None``: no key, no order) run in order and at most ``limit`` calls at once. The first
+    exception ``call`` raises cancels the others and is raised as it is."""
+    results: list[Any] = [None] * count
+    chains = _chains(count, keys)
+    failure: BaseException | None = None
+
+    async def worker(scope: anyio.CancelScope) -> None:
+        nonlocal failure
+        try:
+            for chain in chains:  # shared: each worker takes the next key's records
+                for i in chain:
+                    results[i] = await call(i)
+        except Exception as exc:
+            if failure is None:
+                failure = exc
+            scope.cancel()
+
+    workers = min(limit, len(chains))
+    if workers == 1:  # no concurrency to gain: no task group either
+        await worker(anyio.CancelScope())
+    else:
+        async with anyio.create_task_group() as group:
+            for _ in range(workers):
+                group.start_soon(worker, group.cancel_scope)
+    if failure is not None:
+        raise failure
+    return results
+
+
+class _Chains:
+    """The records of each key, in order, as index lists; iterated by several workers."""
+
+    __slots__ = ("_iterator", "_length")
+
+    def __init__(self, chains: list[list[int]]) -> None:
+        self._length = len(chains)
+        self._iterator: Iterator[list[int]] = iter(chains)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self._iterator
+
+
+def _chains(count: int, keys: Sequence[Hashable] | None) -> _Chains:
+    if keys is None:
+        return _Chains([[i] for i in range(count)])
+    by_key: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        chain = by_key.get(key)
+        if chain is None:
+            by_key[key] = [i]
+        else:
+            chain.append(i)
+    return _Chains(list(by_key.values()))
