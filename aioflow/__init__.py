@@ -11,7 +11,7 @@ from aioflow.connected import (
     IntervalJoin,
     IntervalJoined,
 )
-from aioflow.connectors.async_sink import AsyncBatchSink, RetryPolicy
+from aioflow.connectors.async_sink import AsyncBatchSink
 from aioflow.connectors.base import (
     BadRecord,
     Sink,
@@ -51,6 +51,7 @@ from aioflow.functions import (
 from aioflow.graph.plan import Plan
 from aioflow.operators.context import OperatorContext
 from aioflow.operators.window import TriggerContext, WindowContext
+from aioflow.retry import RetryPolicy
 from aioflow.runtime.restart import (
     ExponentialBackoffRestart,
     FailureRateRestart,

@@ -26,10 +26,8 @@ import asyncio
 import copy
 import inspect
 import math
-import random
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -37,8 +35,9 @@ import structlog
 
 from aioflow.connectors.base import Sink, SinkWriter, TwoPhaseCommitSinkWriter
 from aioflow.errors import PipelineError, SinkDeliveryError, check_number
+from aioflow.retry import RetryPolicy
 
-__all__ = ["AsyncBatchSink", "RetryPolicy"]
+__all__ = ["AsyncBatchSink"]
 
 log = structlog.get_logger("aioflow.connectors")
 
@@ -47,38 +46,6 @@ RETRY_LOG_INTERVAL = 10.0
 #: The checkpoint id the end of bounded input pre-commits under: above every checkpoint's
 #: (the runtime's own, for the end of input with checkpoints, has the same value).
 _FINAL = 2**62
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How an :class:`AsyncBatchSink` retries a batch that failed with a retryable error.
-
-    A batch is sent at most ``max_attempts`` times (the first send included: ``1`` means
-    never retry). After failed attempt *n* the sink waits ``initial_delay *
-    multiplier ** (n - 1)`` seconds, at most ``max_delay``, shortened by a random part of
-    up to ``jitter`` of it (``0.1``: up to 10 % shorter), so that subtasks failing together
-    do not retry in lockstep. The defaults retry for about half a minute in all.
-    """
-
-    max_attempts: int = 10
-    initial_delay: float = 0.1
-    max_delay: float = 10.0
-    multiplier: float = 2.0
-    jitter: float = 0.1
-
-    def __post_init__(self) -> None:
-        check_number(self.max_attempts, "RetryPolicy max_attempts", integer=True, minimum=1)
-        check_number(self.initial_delay, "RetryPolicy initial_delay")
-        check_number(self.max_delay, "RetryPolicy max_delay")
-        check_number(self.multiplier, "RetryPolicy multiplier", minimum=1)
-        check_number(self.jitter, "RetryPolicy jitter")
-        if self.jitter > 1:
-            raise PipelineError(f"RetryPolicy jitter must be between 0 and 1, got {self.jitter!r}")
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1 for the first send)."""
-        delay = min(self.initial_delay * self.multiplier ** (attempt - 1), self.max_delay)
-        return delay * (1 - self.jitter * random.random()) if self.jitter else delay
 
 
 #: Hooks a subclass writes as ``async def``; the others must be plain functions.

@@ -47,9 +47,10 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import DefaultPartitioner
 
-from aioflow.connectors.async_sink import AsyncBatchSink, RetryPolicy
+from aioflow.connectors.async_sink import AsyncBatchSink
 from aioflow.connectors.kafka import unreachable
 from aioflow.errors import ConnectorError, PipelineError
+from aioflow.retry import RetryPolicy
 
 __all__ = ["KafkaSink"]
 
