@@ -49,6 +49,7 @@ from aioflow.functions import (
     ProcessWindowFunction,
 )
 from aioflow.graph.plan import Plan
+from aioflow.operators.async_io import FailedCall
 from aioflow.operators.context import OperatorContext
 from aioflow.operators.window import TriggerContext, WindowContext
 from aioflow.retry import RetryPolicy
@@ -130,6 +131,7 @@ __all__ = [
     "EventTimeTrigger",
     "Evictor",
     "ExponentialBackoffRestart",
+    "FailedCall",
     "FailureRateRestart",
     "FileSink",
     "FixedDelayRestart",

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from aioflow.errors import PipelineError
+from aioflow.errors import PipelineError, check_number
 from aioflow.functions import OutputTag, ProcessFunction
 from aioflow.graph.logical import DEFAULT, Edge, Node
-from aioflow.operators.base import Operator
+from aioflow.operators.async_io import AsyncMapOperator
+from aioflow.operators.base import Operator, is_async
 from aioflow.operators.process import ProcessOperator
 from aioflow.operators.sink import SinkOperator
 from aioflow.operators.transform import FilterOperator, FlatMapOperator, MapOperator, RollingReduceOperator
+from aioflow.retry import RetryPolicy
 from aioflow.runtime.writer import BROADCAST, FORWARD, GLOBAL, HASH, REBALANCE
 
 if TYPE_CHECKING:
@@ -183,6 +185,51 @@ class Stream:
         on up to ``max_concurrency`` records at once (default: the app's), those of one
         key in order; outputs keep the input's order."""
         return self._transform("map", fn, name, parallelism, MapOperator, max_concurrency)
+
+    def map_async(
+        self,
+        fn: Callable[[Any], Awaitable[Any]],
+        *,
+        capacity: int | None = None,
+        ordered: bool = True,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        retry_if: Callable[[Exception], bool] | None = None,
+        retry_if_result: Callable[[Any], bool] | None = None,
+        on_error: str | OutputTag = "fail",
+        name: str | None = None,
+        parallelism: int | None = None,
+    ) -> Stream:
+        """One output per record: ``await fn(value)``, a call to another system, up to
+        ``capacity`` at once (default: the app's ``max_concurrency``), as Flink's async I/O.
+
+        ``ordered``: results in input order (default), or as calls complete (never across a
+        watermark). ``timeout``: seconds per call. ``retry``: a :class:`RetryPolicy` (default:
+        no retries); ``retry_if(exception)`` says which failures are tried again (default:
+        all, timeouts included), ``retry_if_result(result)`` which results are (e.g.
+        ``lambda r: r is None``; the last one is kept when the attempts run out). A call
+        that fails for good: ``on_error="fail"`` (default) fails the job naming the record,
+        ``"skip"`` drops it (logged, counted), an :class:`OutputTag` sends a
+        :class:`FailedCall` there. See docs/async.md.
+        """
+        if not is_async(fn):
+            raise PipelineError(f"map_async() takes an async def function, got {fn!r}; use map() for a plain one")
+        _check_concurrency(capacity, "map_async")
+        if timeout is not None:
+            check_number(timeout, "map_async timeout", above=True)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise PipelineError(f"map_async retry= takes af.RetryPolicy(...), got {retry!r}")
+        for what, predicate in (("retry_if", retry_if), ("retry_if_result", retry_if_result)):
+            if predicate is not None:
+                _check_callable(predicate, f"map_async {what}=", sync_only=True)
+        if not (on_error in ("fail", "skip") or isinstance(on_error, OutputTag)):
+            raise PipelineError(f"map_async on_error= takes 'fail', 'skip' or an OutputTag, got {on_error!r}")
+        key_selector = self._keyed_selector()
+        node = self._add("map_async", fn, name, parallelism, lambda n: _limited(AsyncMapOperator(
+            n, fn, ordered=bool(ordered), timeout=timeout, retry=retry, retry_if=retry_if,
+            retry_if_result=retry_if_result, on_error=on_error,
+        ), capacity, key_selector))
+        return Stream(self.app, node)
 
     def filter(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None,
                max_concurrency: int | None = None) -> Any:
