@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from aioflow.errors import PipelineError, check_number
 from aioflow.functions import OutputTag, ProcessFunction
 from aioflow.graph.logical import DEFAULT, Edge, Node
-from aioflow.operators.async_io import AsyncMapOperator
+from aioflow.operators.async_io import AsyncMapOperator, BatchMapOperator, CallPolicy
 from aioflow.operators.base import Operator, is_async
 from aioflow.operators.process import ProcessOperator
 from aioflow.operators.sink import SinkOperator
@@ -52,6 +52,22 @@ def function_name(fn: Any) -> str | None:
     if name is None:
         name = type(fn).__name__
     return None if name == "<lambda>" else name
+
+
+def _call_policy(kind: str, timeout: float | None, retry: RetryPolicy | None,
+                 retry_if: Callable[[Exception], bool] | None, retry_if_result: Callable[[Any], bool] | None,
+                 on_error: Any) -> CallPolicy:
+    """The checked options of a calling operator (``map_async``, ``map_batch``)."""
+    if timeout is not None:
+        check_number(timeout, f"{kind} timeout", above=True)
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise PipelineError(f"{kind} retry= takes af.RetryPolicy(...), got {retry!r}")
+    for what, predicate in (("retry_if", retry_if), ("retry_if_result", retry_if_result)):
+        if predicate is not None:
+            _check_callable(predicate, f"{kind} {what}=", sync_only=True)
+    if not (on_error in ("fail", "skip") or isinstance(on_error, OutputTag)):
+        raise PipelineError(f"{kind} on_error= takes 'fail', 'skip' or an OutputTag, got {on_error!r}")
+    return CallPolicy(timeout, retry or RetryPolicy(max_attempts=1), retry_if, retry_if_result)
 
 
 def _check_concurrency(max_concurrency: Any, kind: str) -> None:
@@ -215,20 +231,46 @@ class Stream:
         if not is_async(fn):
             raise PipelineError(f"map_async() takes an async def function, got {fn!r}; use map() for a plain one")
         _check_concurrency(capacity, "map_async")
-        if timeout is not None:
-            check_number(timeout, "map_async timeout", above=True)
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise PipelineError(f"map_async retry= takes af.RetryPolicy(...), got {retry!r}")
-        for what, predicate in (("retry_if", retry_if), ("retry_if_result", retry_if_result)):
-            if predicate is not None:
-                _check_callable(predicate, f"map_async {what}=", sync_only=True)
-        if not (on_error in ("fail", "skip") or isinstance(on_error, OutputTag)):
-            raise PipelineError(f"map_async on_error= takes 'fail', 'skip' or an OutputTag, got {on_error!r}")
         key_selector = self._keyed_selector()
-        node = self._add("map_async", fn, name, parallelism, lambda n: _limited(AsyncMapOperator(
-            n, fn, ordered=bool(ordered), timeout=timeout, retry=retry, retry_if=retry_if,
-            retry_if_result=retry_if_result, on_error=on_error,
-        ), capacity, key_selector))
+        policy = _call_policy("map_async", timeout, retry, retry_if, retry_if_result, on_error)
+        node = self._add("map_async", fn, name, parallelism, lambda n: _limited(
+            AsyncMapOperator(n, fn, policy, on_error, ordered=bool(ordered)), capacity, key_selector,
+        ))
+        return Stream(self.app, node)
+
+    def map_batch(
+        self,
+        fn: Callable[[Any], Any],
+        *,
+        max_batch_size: int = 256,
+        form: str | None = None,
+        capacity: int | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        retry_if: Callable[[Exception], bool] | None = None,
+        retry_if_result: Callable[[Any], bool] | None = None,
+        on_error: str | OutputTag = "fail",
+        name: str | None = None,
+        parallelism: int | None = None,
+    ) -> Stream:
+        """One output per record, computed a list at a time: ``fn(records)`` (plain or
+        ``async def``) gets up to ``max_batch_size`` records that arrived together and
+        returns their results in order (a list, a NumPy array or a pandas Series): a
+        model's ``predict``, a bulk lookup. ``form="pandas"`` or ``"numpy"`` hands the
+        records over as a ``DataFrame`` or an array (pandas or NumPy must be installed).
+        Calls of an ``async def`` ``fn`` run ``capacity`` at once (default: the app's
+        ``max_concurrency``); ``timeout``, ``retry``, ``retry_if``, ``retry_if_result`` and
+        ``on_error`` are :meth:`map_async`'s, per call (a failed call's records all fail).
+        """
+        _check_callable(fn, "map_batch()")
+        _check_concurrency(capacity, "map_batch")
+        check_number(max_batch_size, "map_batch max_batch_size", integer=True, minimum=1)
+        if form not in (None, "pandas", "numpy"):
+            raise PipelineError(f"map_batch form= takes None, 'pandas' or 'numpy', got {form!r}")
+        policy = _call_policy("map_batch", timeout, retry, retry_if, retry_if_result, on_error)
+        node = self._add("map_batch", fn, name, parallelism, lambda n: _limited(
+            BatchMapOperator(n, fn, policy, on_error, max_batch_size=max_batch_size, form=form), capacity,
+        ))
         return Stream(self.app, node)
 
     def filter(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None,

@@ -92,3 +92,24 @@ def test_http_sink_posts_every_result_in_batches_and_retries_a_503() -> None:
     assert all(1 <= len(batch) <= 20 for batch in batches)
     assert len({(row["page"], row["minute"]) for row in results}) == len(results)  # each window once
     assert sum(row["views"] for row in results) == 600  # every page view of examples/data/page_views.jsonl
+
+
+def test_digits_scoring_reports_per_window_what_the_model_predicts_for_each_image() -> None:
+    """The streamed, batched scoring agrees with one predict over every image."""
+    import ast
+
+    from sklearn.datasets import load_digits
+    from sklearn.svm import SVC
+
+    result = run_example("digits_scoring.py")
+    assert result.returncode == 0, result.stderr
+    windows = [ast.literal_eval(line) for line in result.stdout.splitlines()]
+    digits = load_digits()
+    half = len(digits.images) // 2
+    model = SVC(gamma=0.001).fit(digits.data[:half], digits.target[:half])
+    correct = model.predict(digits.data[half:]) == digits.target[half:]
+    expected = [
+        {"start": start, "images": len(chunk), "correct": int(chunk.sum()), "accuracy": round(chunk.sum() / len(chunk), 3)}
+        for start, chunk in ((i * 50, correct[i:i + 200]) for i in range(0, len(correct), 200))
+    ]
+    assert windows == expected

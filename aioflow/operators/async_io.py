@@ -1,4 +1,5 @@
-"""The operator behind ``stream.map_async``: calls to external systems, many at once.
+"""The operators behind ``stream.map_async`` and ``stream.map_batch``: calls to other
+systems (a model server, an HTTP API, a database), many at once or a list at a time.
 
 Like Flink's ``AsyncDataStream``: each record's call may time out and be retried (a
 :class:`~aioflow.RetryPolicy`; which errors and which results call for another attempt is
@@ -12,6 +13,7 @@ within a batch: never across a watermark.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,14 +21,14 @@ from typing import Any
 import anyio
 import structlog
 
-from aioflow.errors import truncated_repr
+from aioflow.errors import PipelineError, UserFunctionTypeError, truncated_repr
 from aioflow.functions import OutputTag
-from aioflow.operators.base import Operator, await_user, describe_error, for_key
+from aioflow.operators.base import Operator, await_user, describe_error, for_key, is_async
 from aioflow.operators.concurrent import run_concurrently
 from aioflow.retry import RetryPolicy
 from aioflow.runtime.events import Batch
 
-__all__ = ["AsyncMapOperator", "FailedCall"]
+__all__ = ["AsyncMapOperator", "BatchMapOperator", "CallPolicy", "FailedCall"]
 
 log = structlog.get_logger("aioflow.runtime")
 
@@ -47,111 +49,225 @@ class FailedCall:
 _FAILED: Any = object()  # a call that failed for good and was skipped or dead-lettered
 
 
-class AsyncMapOperator(Operator):
-    """One output per record: ``await fn(value)``, with timeouts, retries and an error policy."""
+class GaveUp(Exception):
+    """A call failed for good: ``error`` says how, after ``attempts`` calls; the last
+    exception is the ``__cause__``."""
 
-    def __init__(
-        self,
-        name: str,
-        fn: Callable[[Any], Awaitable[Any]],
-        *,
-        ordered: bool,
-        timeout: float | None,
-        retry: RetryPolicy | None,
-        retry_if: Callable[[Exception], bool] | None,
-        retry_if_result: Callable[[Any], bool] | None,
-        on_error: str | OutputTag,
-    ) -> None:
+    def __init__(self, error: str, attempts: int) -> None:
+        super().__init__(error)
+        self.error = error
+        self.attempts = attempts
+
+
+class PredicateFailed(Exception):
+    """``retry_if`` or ``retry_if_result`` itself raised: a bug to fail the job with."""
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    """When a call fails, and what is tried again: a timeout per call (``async def``
+    functions), a :class:`RetryPolicy`, and which exceptions and results call for another
+    attempt."""
+
+    timeout: float | None = None
+    retry: RetryPolicy = RetryPolicy(max_attempts=1)
+    retry_if: Callable[[Exception], bool] | None = None
+    retry_if_result: Callable[[Any], bool] | None = None
+
+    async def call(self, fn: Callable[[Any], Any], argument: Any, *, is_async: bool = True) -> tuple[Any, int]:
+        """``fn(argument)`` (awaited if ``is_async``) until a call succeeds with a result
+        ``retry_if_result`` accepts, or the attempts run out (the last result is kept);
+        the result and the calls it took. Raises :class:`GaveUp` for a failure not tried
+        again."""
+        retry, attempt = self.retry, 0
+        while True:
+            attempt += 1
+            try:
+                if not is_async:
+                    result = fn(argument)
+                elif self.timeout is None:
+                    result = await await_user(fn(argument))
+                else:
+                    with anyio.fail_after(self.timeout):
+                        result = await await_user(fn(argument))
+            except Exception as exc:
+                if attempt < retry.max_attempts and self._asks("retry_if", self.retry_if, exc, default=True):
+                    await anyio.sleep(retry.delay(attempt))
+                    continue
+                timed_out = self.timeout is not None and isinstance(exc, TimeoutError)
+                error = f"timed out after {self.timeout:g} s" if timed_out else describe_error(exc, fn)
+                raise GaveUp(f"{error} (call {attempt} of {retry.max_attempts})", attempt) from exc
+            if attempt < retry.max_attempts and self._asks("retry_if_result", self.retry_if_result, result,
+                                                           default=False):
+                await anyio.sleep(retry.delay(attempt))
+                continue
+            return result, attempt
+
+    @staticmethod
+    def _asks(what: str, predicate: Callable[[Any], bool] | None, argument: Any, *, default: bool) -> bool:
+        if predicate is None:
+            return default
+        try:
+            return bool(predicate(argument))
+        except Exception as exc:
+            raise PredicateFailed(what + " " + describe_error(exc, predicate)) from exc
+
+
+class _CallingOperator(Operator):
+    """An operator calling another system under a :class:`CallPolicy`, with ``on_error``
+    for calls that failed for good."""
+
+    def __init__(self, name: str, fn: Callable[[Any], Any], policy: CallPolicy, on_error: str | OutputTag) -> None:
         super().__init__(name)
         self.fn = fn
-        self.ordered = ordered
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy(max_attempts=1)
-        self.retry_if = retry_if
-        self.retry_if_result = retry_if_result
+        self.policy = policy
         self.on_error = on_error
         #: Records whose call failed for good (skipped or sent to the side output).
         self.calls_failed = 0
-        #: Calls made again after a failed attempt.
+        #: Calls made again after a failed attempt or a result retried.
         self.calls_retried = 0
+
+    async def call(self, argument: Any, record: Any, where: str = "", *, is_async: bool = True) -> tuple[Any, int]:
+        """The policy's call, failures not tried again raised as the operator's errors
+        (``record`` and ``where``, e.g. the key, name what failed) unless ``on_error``
+        takes them: then :class:`GaveUp`."""
+        try:
+            result, attempts = await self.policy.call(self.fn, argument, is_async=is_async)
+        except PredicateFailed as exc:
+            raise self.error(str(exc) + where, record) from exc.__cause__
+        except GaveUp as exc:
+            if self.on_error == "fail":
+                raise self.error(exc.error + where, record) from exc.__cause__
+            raise
+        self.calls_retried += attempts - 1
+        return result, attempts
+
+    def failed(self, records: list[Any], error: str, attempts: int, dead: list[FailedCall]) -> None:
+        """``records`` failed for good: skipped (counted, logged) or dead letters in ``dead``."""
+        self.calls_failed += len(records)
+        if self.on_error == "skip":
+            before = self.calls_failed - len(records)
+            if before == 0 or before // SKIP_LOG_EVERY != self.calls_failed // SKIP_LOG_EVERY:
+                log.warning("skipped a failed call", operator=self.name, error=error,
+                            record=truncated_repr(records[0]), records=len(records), failed_total=self.calls_failed)
+        else:
+            dead.extend(FailedCall(record, error, attempts) for record in records)
+
+    async def emit_failed(self, dead: list[FailedCall], timestamps: list[Any] | None) -> None:
+        if dead and isinstance(self.on_error, OutputTag):
+            await self.emit_side(self.on_error.name, dead, timestamps)
+
+
+class AsyncMapOperator(_CallingOperator):
+    """One output per record: ``await fn(value)``, under a :class:`CallPolicy`."""
+
+    def __init__(self, name: str, fn: Callable[[Any], Awaitable[Any]], policy: CallPolicy,
+                 on_error: str | OutputTag, *, ordered: bool) -> None:
+        super().__init__(name, fn, policy, on_error)
+        self.ordered = ordered
 
     async def process(self, batch: Batch) -> None:
         values = batch.values
         keys = await self.keys_in_order(batch)
         done: list[int] = []  # indexes in the order their calls completed
-        failed: list[FailedCall] = []
-        failed_at: list[int] = []
+        dead: list[FailedCall] = []
+        dead_at: list[int] = []
 
         async def call(i: int) -> Any:
-            result = await self._call(values[i], keys, i, failed, failed_at)
+            try:
+                result, _ = await self.call(values[i], values[i], for_key(keys, i))
+            except GaveUp as exc:
+                self.failed([values[i]], exc.error, exc.attempts, dead)
+                if len(dead) > len(dead_at):  # not skipped: a dead letter
+                    dead_at.append(i)
+                result = _FAILED
             done.append(i)
             return result
 
         results = await run_concurrently(call, len(values), keys, self.concurrency)
         order = range(len(values)) if self.ordered else done
         timestamps = batch.timestamps
-        out = [results[i] for i in order if results[i] is not _FAILED]
-        out_ts = None if timestamps is None else [timestamps[i] for i in order if results[i] is not _FAILED]
-        await self.out.process(Batch(out, out_ts))
-        if failed and isinstance(self.on_error, OutputTag):
-            await self.emit_side(self.on_error.name, failed,
-                                 None if timestamps is None else [timestamps[i] for i in failed_at])
+        kept = [i for i in order if results[i] is not _FAILED]
+        await self.out.process(Batch([results[i] for i in kept],
+                                     None if timestamps is None else [timestamps[i] for i in kept]))
+        await self.emit_failed(dead, None if timestamps is None else [timestamps[i] for i in dead_at])
 
-    async def _call(self, value: Any, keys: list[Any] | None, i: int, failed: list[FailedCall],
-                    failed_at: list[int]) -> Any:
-        """One record's calls: until one succeeds, or the policy says to give up."""
-        retry, fn = self.retry, self.fn
-        attempt = 0
-        while True:
-            attempt += 1
+
+class BatchMapOperator(_CallingOperator):
+    """One output per record, computed for up to ``max_batch_size`` records per call:
+    ``fn(records)`` returns their results in order (a model's ``predict``, a bulk
+    lookup). ``form`` hands the records over as a pandas ``DataFrame`` (``"pandas"``) or a
+    NumPy array (``"numpy"``) instead of a list. Calls of an ``async def`` ``fn`` run up
+    to :attr:`concurrency` at once; a plain ``fn`` runs in the event loop, one call at a
+    time (it should be quick: a ``predict`` over a batch)."""
+
+    def __init__(self, name: str, fn: Callable[[Any], Any], policy: CallPolicy, on_error: str | OutputTag, *,
+                 max_batch_size: int, form: str | None) -> None:
+        super().__init__(name, fn, policy, on_error)
+        self.max_batch_size = max_batch_size
+        self.form = form
+        self._async = is_async(fn)
+        self._convert: Callable[[list[Any]], Any] = _converter(form)
+
+    async def process(self, batch: Batch) -> None:
+        values, size = batch.values, self.max_batch_size
+        spans = [(start, min(start + size, len(values))) for start in range(0, len(values), size)]
+        results: list[Any] = [_FAILED] * len(values)
+        dead: list[FailedCall] = []
+        dead_at: list[int] = []
+
+        async def call(span: int) -> None:
+            start, end = spans[span]
+            records = values[start:end]
             try:
-                if self.timeout is None:
-                    result = await await_user(fn(value))
-                else:
-                    with anyio.fail_after(self.timeout):
-                        result = await await_user(fn(value))
-            except Exception as exc:
-                if attempt < retry.max_attempts and (self.retry_if is None or self._retryable(exc, value, keys, i)):
-                    self.calls_retried += 1
-                    await anyio.sleep(retry.delay(attempt))
-                    continue
-                timed_out = self.timeout is not None and isinstance(exc, TimeoutError)
-                error = f"timed out after {self.timeout:g} s" if timed_out else describe_error(exc, fn)
-                return self._give_up(value, f"{error} (call {attempt} of {retry.max_attempts})", attempt, exc,
-                                     keys, i, failed, failed_at)
-            if self.retry_if_result is not None and attempt < retry.max_attempts \
-                    and self._result_retried(result, value, keys, i):
-                self.calls_retried += 1
-                await anyio.sleep(retry.delay(attempt))
-                continue
-            return result
+                produced, _ = await self.call(self._convert(records), records, is_async=self._async)
+            except GaveUp as exc:
+                self.failed(records, exc.error, exc.attempts, dead)
+                dead_at.extend(range(start, start + len(dead) - len(dead_at)))
+                return
+            results[start:end] = self._results(produced, records)
 
-    def _retryable(self, exc: Exception, value: Any, keys: list[Any] | None, i: int) -> bool:
-        assert self.retry_if is not None
-        try:
-            return bool(self.retry_if(exc))
-        except Exception as raised:
-            raise self.error("retry_if " + describe_error(raised, self.retry_if) + for_key(keys, i), value) from raised
+        await run_concurrently(call, len(spans), None, self.concurrency if self._async else 1)
+        timestamps = batch.timestamps
+        kept = [i for i, result in enumerate(results) if result is not _FAILED]
+        out = results if len(kept) == len(values) else [results[i] for i in kept]
+        out_ts = timestamps if timestamps is None or len(kept) == len(values) else [timestamps[i] for i in kept]
+        await self.out.process(Batch(out, out_ts))
+        await self.emit_failed(dead, None if timestamps is None else [timestamps[i] for i in dead_at])
 
-    def _result_retried(self, result: Any, value: Any, keys: list[Any] | None, i: int) -> bool:
-        assert self.retry_if_result is not None
-        try:
-            return bool(self.retry_if_result(result))
-        except Exception as raised:
-            raise self.error("retry_if_result " + describe_error(raised, self.retry_if_result) + for_key(keys, i),
-                             value) from raised
+    def _results(self, produced: Any, records: list[Any]) -> list[Any]:
+        """The results as a list, one per record: a NumPy array or a pandas Series becomes
+        a list of plain Python values."""
+        if hasattr(produced, "tolist"):
+            produced = produced.tolist()
+        if not isinstance(produced, (list, tuple)) or len(produced) != len(records):
+            got = f"{len(produced)} results" if isinstance(produced, (list, tuple)) else \
+                f"{truncated_repr(produced)} ({type(produced).__name__})"
+            raise UserFunctionTypeError(
+                self.name, f"batch function {_name(self.fn)} returned {got} for {len(records)} records; it must "
+                "return one result per record, in order (a list, a NumPy array or a pandas Series)", records,
+            )
+        return list(produced)
 
-    def _give_up(self, value: Any, error: str, attempts: int, exc: Exception, keys: list[Any] | None, i: int,
-                 failed: list[FailedCall], failed_at: list[int]) -> Any:
-        """Apply ``on_error`` to a record whose call failed for good."""
-        if self.on_error == "fail":
-            raise self.error(error + for_key(keys, i), value) from exc
-        self.calls_failed += 1
-        if self.on_error == "skip":
-            if self.calls_failed == 1 or self.calls_failed % SKIP_LOG_EVERY == 0:
-                log.warning("skipped a failed call", operator=self.name, error=error,
-                            record=truncated_repr(value), failed_total=self.calls_failed)
-        else:
-            failed.append(FailedCall(value, error, attempts))
-            failed_at.append(i)
-        return _FAILED
+
+def _converter(form: str | None) -> Callable[[list[Any]], Any]:
+    """How a list of records is handed to a batch function in ``form``."""
+    if form is None:
+        return lambda records: records
+    if form == "numpy":
+        numpy = _optional("numpy", form)
+        return numpy.asarray
+    pandas = _optional("pandas", form)
+    return lambda records: pandas.DataFrame.from_records(records) if records and isinstance(records[0], dict) \
+        else pandas.DataFrame(records)
+
+
+def _optional(module: str, form: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise PipelineError(f"map_batch(form={form!r}) needs {module}: pip install {module}") from exc
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
