@@ -113,3 +113,21 @@ def test_digits_scoring_reports_per_window_what_the_model_predicts_for_each_imag
         for start, chunk in ((i * 50, correct[i:i + 200]) for i in range(0, len(correct), 200))
     ]
     assert windows == expected
+
+
+def test_enrichment_enriches_every_click_but_those_the_service_fails_for_good() -> None:
+    result = run_example("enrichment.py")
+    assert result.returncode == 0, result.stderr
+    out = ROOT / "examples" / "out"
+    enriched = [orjson.loads(line) for line in (out / "enriched.jsonl").read_bytes().splitlines()]
+    dead = [orjson.loads(line) for line in (out / "enrichment_dead_letters.jsonl").read_bytes().splitlines()]
+    failing = {"mallory", "slowpoke"}
+    assert [e["click"] for e in enriched] == [i for i in range(600) if i % 50 < 48]  # in input order
+    assert all(e["plan"] in ("pro", "free") and e["user"] not in failing for e in enriched)
+    assert sorted(d["click"]["click"] for d in dead) == [i for i in range(600) if i % 50 >= 48]
+    for letter in dead:
+        assert letter["attempts"] == 3
+        if letter["click"]["user"] == "slowpoke":
+            assert letter["error"] == "timed out after 0.5 s (call 3 of 3)"
+        else:
+            assert "HTTPStatusError: Server error '500 Internal Server Error'" in letter["error"]

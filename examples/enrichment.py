@@ -1,0 +1,114 @@
+"""Clicks enriched from an HTTP service: many calls at once, timeouts, retries, dead letters.
+
+Run it:
+
+    aioflow run examples/enrichment.py:app
+
+The example starts a small profile service of its own on a free loopback port (a thread
+standing in for a real service, 10 ms a request). Each click is enriched with its user's
+profile from ``GET /profiles/<user>``, through ``map_async``:
+
+- up to 50 requests at once (``capacity=50``): 600 clicks take about a tenth of a second
+  of requests instead of six seconds one at a time;
+- each request may take 0.5 s (``timeout``), and a failed one is tried twice more
+  (``retry``) when it timed out or the service answered 5xx (``retry_if``);
+- what still fails goes to a dead-letter side output (``on_error=FAILED``) as
+  ``af.FailedCall`` records: here the clicks of ``mallory`` (the service answers 500)
+  and of ``slowpoke`` (it answers after 2 s).
+
+Enriched clicks go to ``examples/out/enriched.jsonl``, dead letters to
+``examples/out/enrichment_dead_letters.jsonl`` (the click, the error, the attempts).
+Needs httpx (``pip install httpx``; the dev install has it).
+"""
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import orjson
+
+import aioflow as af
+
+OUT = Path(__file__).parent / "out"
+USERS = [f"user{i}" for i in range(48)] + ["mallory", "slowpoke"]
+CLICKS = [{"click": i, "user": USERS[i % len(USERS)], "page": f"/p{i % 7}"} for i in range(600)]
+FAILED = af.OutputTag("failed")
+
+
+class ProfileService(BaseHTTPRequestHandler):
+    """``GET /profiles/<user>``: the user's profile as JSON, after 10 ms."""
+
+    def do_GET(self):  # noqa: N802 - the http.server API
+        user = self.path.rsplit("/", 1)[-1]
+        time.sleep(2.0 if user == "slowpoke" else 0.010)
+        status, body = (500, b"internal error") if user == "mallory" else \
+            (200, orjson.dumps({"user": user, "plan": "pro" if sum(map(ord, user)) % 3 == 0 else "free"}))
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # quiet
+        pass
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # 50 connections at once: more than the default backlog of 5
+
+    def handle_error(self, request, client_address):
+        """A client that gave up (a request timed out) closed its connection: not an error."""
+
+
+def start_service() -> str:
+    """Serve profiles on a free loopback port, in a daemon thread; returns the base URL."""
+    server = Server(("127.0.0.1", 0), ProfileService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+SERVICE = start_service()
+_client = None
+
+
+def client() -> httpx.AsyncClient:
+    """One connection pool for every request of the job (made in the job's event loop)."""
+    global _client
+    if _client is None:
+        _client = httpx.AsyncClient(base_url=SERVICE, limits=httpx.Limits(max_connections=50))
+    return _client
+
+
+async def with_profile(click):
+    response = await client().get(f"/profiles/{click['user']}")
+    response.raise_for_status()
+    return {**click, "plan": response.json()["plan"]}
+
+
+def worth_retrying(error):
+    """Timeouts and the service's 5xx answers; not a 404 or a bug."""
+    if isinstance(error, httpx.HTTPStatusError):
+        return error.response.status_code >= 500
+    return isinstance(error, (TimeoutError, httpx.TransportError))
+
+
+app = af.App("enrichment")
+clicks = app.source(CLICKS, name="clicks")
+enriched = clicks.map_async(
+    with_profile,
+    capacity=50,
+    timeout=0.5,
+    retry=af.RetryPolicy(max_attempts=3, initial_delay=0.05),
+    retry_if=worth_retrying,
+    on_error=FAILED,
+    name="enrich",
+)
+enriched.sink(af.FileSink(str(OUT / "enriched.jsonl")), name="enriched")
+enriched.get_side_output(FAILED).map(
+    lambda failed: {"click": failed.value, "error": failed.error, "attempts": failed.attempts}, name="dead_letter",
+).sink(af.FileSink(str(OUT / "enrichment_dead_letters.jsonl")), name="dead_letters")
+
+if __name__ == "__main__":
+    app.run()
