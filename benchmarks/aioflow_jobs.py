@@ -11,7 +11,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from workloads import (
+    BATCH_SCORING,
     BOUND_MS,
+    CAPACITY,
     INACTIVITY_MS,
     SINK_SLEEP_S,
     WINDOW_MS,
@@ -19,9 +21,14 @@ from workloads import (
     Prepare,
     Run,
     Unavailable,
+    digits_data,
+    digits_records,
     generated_records,
+    http_call,
+    http_client,
     keyed_records,
     simulated_call,
+    start_http_service,
 )
 
 import aioflow as af
@@ -217,4 +224,60 @@ def async_io(job: JobInput) -> Run:
     return _run_collecting(app, results)
 
 
-JOBS: dict[str, Prepare] = {"w1": w1, "backpressure": backpressure, "w2": w2, "w3": w3, "async_io": async_io}
+def _map_async(name: str, ordered: bool) -> Prepare:
+    def prepare(job: JobInput) -> Run:
+        """Each record awaits ``simulated_call`` through ``map_async``, ``CAPACITY`` at once."""
+        app = _app(name, job)
+        results = af.CollectSink()
+        app.source(af.from_iterable(keyed_records(job.events))).map_async(
+            simulated_call, capacity=CAPACITY, ordered=ordered).sink(results)
+        return _run_collecting(app, results)
+
+    return prepare
+
+
+def async_http(job: JobInput) -> Run:
+    """``map_async`` of a real HTTP call (aiohttp) to the local service, ``CAPACITY`` at once."""
+    service = start_http_service()
+    clients: list[Any] = []
+
+    async def call(record: dict[str, Any]) -> int:
+        if not clients:  # made in the job's event loop
+            clients.append(http_client(service))
+        return await http_call(clients[0], record)
+
+    app = _app("async_http", job)
+    results = af.CollectSink()
+    app.source(af.from_iterable(keyed_records(job.events))).map_async(call, capacity=CAPACITY).sink(results)
+    return _run_collecting(app, results)
+
+
+def _digits(per_record: bool) -> Prepare:
+    def prepare(job: JobInput) -> Run:
+        """The digits example's scoring: ``map_batch`` of ``BATCH_SCORING`` images per
+        ``predict``, or (``per_record``) one ``predict`` per image in a ``map``."""
+        import numpy as np
+
+        model, images = digits_data()
+        app = _app("digits", job)
+        results = af.CollectSink()
+        records = app.source(af.from_iterable(digits_records(images, job.events)))
+        if per_record:
+            scored = records.map(lambda r: int(model.predict(np.array([r["pixels"]]))[0]))
+        else:
+            scored = records.map_batch(lambda rs: model.predict(np.array([r["pixels"] for r in rs])),
+                                       max_batch_size=BATCH_SCORING)
+        scored.sink(results)
+        return _run_collecting(app, results)
+
+    return prepare
+
+
+JOBS: dict[str, Prepare] = {
+    "w1": w1, "backpressure": backpressure, "w2": w2, "w3": w3, "async_io": async_io,
+    "async_io_ordered": _map_async("async_io_ordered", True),
+    "async_io_unordered": _map_async("async_io_unordered", False),
+    "async_http": async_http,
+    "digits": _digits(per_record=False),
+    "digits_per_record": _digits(per_record=True),
+}

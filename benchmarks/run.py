@@ -83,6 +83,14 @@ WORKLOADS = {
         Workload("w3", "keyed process function: running count, 30 s inactivity event-time timers", 1_000_000),
         Workload("async_io", "each record awaits a 10 ms call after key_by (10k keys); floor: asyncio.gather, "
                  "at most 100 at once", 20_000, reads_file=False),
+        Workload("async_io_ordered", "each record awaits a 10 ms call through map_async (capacity 100), results "
+                 "in input order; floor: asyncio.gather", 20_000, reads_file=False),
+        Workload("async_io_unordered", "as async_io_ordered, results as they complete", 20_000, reads_file=False),
+        Workload("async_http", "map_async of an HTTP GET (aiohttp) to a local service answering after 10 ms, "
+                 "capacity 100; floor: asyncio.gather of the same requests", 20_000, reads_file=False),
+        Workload("digits", "scikit-learn SVC predict over 8x8 digits with map_batch (64 per call); floor: the "
+                 "same batched predict loop", 20_000, reads_file=False),
+        Workload("digits_per_record", "as digits, one predict call per image in a map", 20_000, reads_file=False),
         Workload("kafka", "w2 from a 4-partition Kafka topic to a Kafka topic, each side a process of its own",
                  1_000_000),
     )
@@ -123,13 +131,14 @@ def measure(side: str, workload: str, job: JobInput) -> dict[str, Any]:
 
 
 def child_main(args: argparse.Namespace) -> int:
+    (workload,) = args.workload
     path = Path(args.path) if args.path else None
     job = JobInput(args.events, path, args.state_backend, args.checkpoint_interval)
     if args.child == AIOFLOW and args.state_backend == "lmdb":
         with tempfile.TemporaryDirectory(prefix="aioflow-bench-state-") as state_dir:
-            result = measure(args.child, args.workload, replace(job, state_dir=Path(state_dir)))
+            result = measure(args.child, workload, replace(job, state_dir=Path(state_dir)))
     else:
-        result = measure(args.child, args.workload, job)
+        result = measure(args.child, workload, job)
     print(RESULT_PREFIX + orjson.dumps(result).decode(), flush=True)
     return 0
 
@@ -299,6 +308,7 @@ def report(
     memory_best = memory.best()
     memory_rate = _rate(job.events, memory_best)
     cpu, memory_cpu = framework.min_cpu_seconds(), memory.min_cpu_seconds()
+    floor_cpu = floor.min_cpu_seconds()
     first_record, floor_first_record = _least(framework, "first_record_s"), _least(floor, "first_record_s")
     digests = {r["digest"] for r in floor.runs + memory.runs + framework.runs}
     problems = [error for error in (floor.error, memory.error, framework.error) if error]
@@ -327,6 +337,7 @@ def report(
         "ratio_to_memory": round(rate / memory_rate, 3) if rate and memory_rate else None,
         "cpu_seconds": round(cpu, 4) if cpu is not None else None,
         "memory_cpu_seconds": round(memory_cpu, 4) if memory_cpu is not None else None,
+        "floor_cpu_seconds": round(floor_cpu, 4) if floor_cpu is not None else None,
         "cpu_ratio_to_memory": round(memory_cpu / cpu, 3) if cpu and memory_cpu else None,
         "memory_peak_rss_mb": memory.max_rss_mb(),
         "memory_ratio_to_floor": round(memory_rate / floor_rate, 3) if memory_rate and floor_rate else None,
@@ -407,9 +418,19 @@ def table(reports: list[dict[str, Any]]) -> str:
 # -- command line --------------------------------------------------------------------------
 
 
+def _workloads(text: str) -> list[str]:
+    names = list(WORKLOADS) if text == "all" else text.split(",")
+    unknown = [name for name in names if name not in WORKLOADS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+    return names
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Benchmark aioflow against hand-written floors.")
-    parser.add_argument("--workload", default="all", choices=[*WORKLOADS, "all"])
+    parser.add_argument("--workload", default="all", type=_workloads,
+                        help=f"one or more, comma-separated, of {', '.join(WORKLOADS)}; or all (default)")
     parser.add_argument("--events", type=int, help="input size (default: per workload)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per side; the best is reported")
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated events")
@@ -451,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child_main(args)
-    names = list(WORKLOADS) if args.workload == "all" else [args.workload]
+    names = args.workload
     state = StateConfig(args.state_backend, args.checkpoint_interval)
     reports = []
     for name in names:

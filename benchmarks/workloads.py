@@ -29,6 +29,7 @@ __all__ = [
     "BATCH",
     "BOUND_MS",
     "FLOORS",
+    "BATCH_SCORING",
     "CALL_S",
     "CAPACITY",
     "INACTIVITY_MS",
@@ -44,9 +45,14 @@ __all__ = [
     "digest",
     "emit_windows",
     "ensure_events",
+    "digits_data",
+    "digits_records",
     "generated_records",
+    "http_call",
+    "http_client",
     "keyed_records",
     "simulated_call",
+    "start_http_service",
 ]
 
 #: Event time of the first simulated second.
@@ -72,6 +78,8 @@ PARTITIONS = 4
 CALL_S = 0.010
 CAPACITY = 100
 KEYS = 10_000
+#: digits: images per predict call when scoring in batches.
+BATCH_SCORING = 64
 
 _MIN_TS = -(2**63)
 _MAX_TS = 2**63 - 1
@@ -169,20 +177,95 @@ def generated_records(events: int) -> Iterator[dict[str, int]]:
 # -- floors ----------------------------------------------------------------------------
 
 
-async def _gather_capped(records: Iterator[dict[str, Any]]) -> list[int]:
-    """Every record's call, at most ``CAPACITY`` at once: one ``asyncio.gather``."""
+async def _gather_capped(records: Iterator[dict[str, Any]],
+                         call: Callable[[dict[str, Any]], Any] = simulated_call) -> list[Any]:
+    """Every record's ``call``, at most ``CAPACITY`` at once: one ``asyncio.gather``."""
     cap = asyncio.Semaphore(CAPACITY)
 
-    async def call(record: dict[str, Any]) -> int:
+    async def capped(record: dict[str, Any]) -> Any:
         async with cap:
-            return await simulated_call(record)
+            return await call(record)
 
-    return await asyncio.gather(*map(call, records))
+    return await asyncio.gather(*map(capped, records))
 
 
 def floor_async_io(job: JobInput) -> Run:
     """The same calls with the same cap, by hand: ``asyncio.gather`` under a semaphore."""
     return lambda: asyncio.run(_gather_capped(keyed_records(job.events)))
+
+
+def start_http_service() -> str:
+    """``http_service.py`` in a process of its own (stopped when this one exits); its URL."""
+    import atexit
+    import subprocess
+    import sys
+
+    service = subprocess.Popen([sys.executable, str(Path(__file__).with_name("http_service.py"))],
+                               stdout=subprocess.PIPE, text=True)
+    atexit.register(service.kill)
+    assert service.stdout is not None
+    return f"http://127.0.0.1:{int(service.stdout.readline())}"
+
+
+def http_client(service: str) -> Any:
+    """An aiohttp session for ``service``, with as many connections as calls at once."""
+    try:
+        import aiohttp
+    except ImportError as exc:
+        raise Unavailable("the async_http workload needs aiohttp (pip install -e '.[dev]')") from exc
+    return aiohttp.ClientSession(base_url=service, connector=aiohttp.TCPConnector(limit=CAPACITY))
+
+
+async def http_call(session: Any, record: dict[str, Any]) -> int:
+    """The async_http workload's call: ``GET /<i>`` of the local service, its ``double``."""
+    async with session.get(f"/{record['i']}") as response:
+        return (await response.json())["double"]
+
+
+def floor_async_http(job: JobInput) -> Run:
+    """``floor_async_io`` with a real HTTP call (aiohttp) to the local service."""
+    service = start_http_service()
+
+    async def run() -> list[int]:
+        async with http_client(service) as client:
+            return await _gather_capped(keyed_records(job.events), partial(http_call, client))
+
+    return lambda: asyncio.run(run())
+
+
+def digits_data() -> tuple[Any, list[dict[str, Any]]]:
+    """The digits workloads' model (an SVC trained on the first half of scikit-learn's
+    bundled digits) and records: the other half, repeated to fill ``events``."""
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.svm import SVC
+    except ImportError as exc:
+        raise Unavailable("the digits workloads need scikit-learn (pip install -e '.[dev]')") from exc
+    digits = load_digits()
+    half = len(digits.images) // 2
+    model = SVC(gamma=0.001).fit(digits.data[:half], digits.target[:half])
+    return model, [{"i": i, "pixels": row.tolist()} for i, row in enumerate(digits.data[half:])]
+
+
+def digits_records(images: list[dict[str, Any]], events: int) -> list[dict[str, Any]]:
+    return [images[i % len(images)] for i in range(events)]
+
+
+def floor_digits(job: JobInput) -> Run:
+    """``predict`` over the records in chunks of ``BATCH_SCORING``, by hand: the ceiling."""
+    import numpy as np
+
+    model, images = digits_data()
+    records = digits_records(images, job.events)
+
+    def run() -> list[int]:
+        out: list[int] = []
+        for start in range(0, len(records), BATCH_SCORING):
+            chunk = records[start:start + BATCH_SCORING]
+            out.extend(model.predict(np.array([r["pixels"] for r in chunk])).tolist())
+        return out
+
+    return run
 
 
 def _w1(path: Path) -> int:
@@ -305,6 +388,11 @@ FLOORS: dict[str, Prepare] = {
     "w2": _file_floor(_w2),
     "w3": _file_floor(_w3),
     "async_io": floor_async_io,
+    "async_io_ordered": floor_async_io,
+    "async_io_unordered": floor_async_io,
+    "async_http": floor_async_http,
+    "digits": floor_digits,
+    "digits_per_record": floor_digits,
 }
 
 
@@ -316,7 +404,7 @@ def canonical(workload: str, output: Any) -> Any:
     to 2 decimals)."""
     if workload in ("w1", "backpressure"):
         return int(output)
-    if workload == "async_io":
+    if workload.startswith(("async_", "digits")):
         return sorted(output)
     if workload == "w2":
         return sorted((user, start, count, round(total, 2)) for user, start, count, total in output)

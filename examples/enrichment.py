@@ -18,7 +18,7 @@ profile from ``GET /profiles/<user>``, through ``map_async``:
 
 Enriched clicks go to ``examples/out/enriched.jsonl``, dead letters to
 ``examples/out/enrichment_dead_letters.jsonl`` (the click, the error, the attempts).
-Needs httpx (``pip install httpx``; the dev install has it).
+Needs aiohttp (``pip install aiohttp``; the dev install has it).
 """
 
 import threading
@@ -26,7 +26,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
+import aiohttp
 import orjson
 
 import aioflow as af
@@ -70,28 +70,28 @@ def start_service() -> str:
 
 
 SERVICE = start_service()
-_client = None
+_session = None
 
 
-def client() -> httpx.AsyncClient:
+def session() -> aiohttp.ClientSession:
     """One connection pool for every request of the job (made in the job's event loop)."""
-    global _client
-    if _client is None:
-        _client = httpx.AsyncClient(base_url=SERVICE, limits=httpx.Limits(max_connections=50))
-    return _client
+    global _session
+    if _session is None:
+        _session = aiohttp.ClientSession(base_url=SERVICE, connector=aiohttp.TCPConnector(limit=50))
+    return _session
 
 
 async def with_profile(click):
-    response = await client().get(f"/profiles/{click['user']}")
-    response.raise_for_status()
-    return {**click, "plan": response.json()["plan"]}
+    async with session().get(f"/profiles/{click['user']}", raise_for_status=True) as response:
+        profile = await response.json(content_type=None)
+    return {**click, "plan": profile["plan"]}
 
 
 def worth_retrying(error):
-    """Timeouts and the service's 5xx answers; not a 404 or a bug."""
-    if isinstance(error, httpx.HTTPStatusError):
-        return error.response.status_code >= 500
-    return isinstance(error, (TimeoutError, httpx.TransportError))
+    """Timeouts, lost connections and the service's 5xx answers; not a 404 or a bug."""
+    if isinstance(error, aiohttp.ClientResponseError):
+        return error.status >= 500
+    return isinstance(error, (TimeoutError, aiohttp.ClientConnectionError))
 
 
 app = af.App("enrichment")

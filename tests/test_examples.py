@@ -130,4 +130,4 @@ def test_enrichment_enriches_every_click_but_those_the_service_fails_for_good() 
         if letter["click"]["user"] == "slowpoke":
             assert letter["error"] == "timed out after 0.5 s (call 3 of 3)"
         else:
-            assert "HTTPStatusError: Server error '500 Internal Server Error'" in letter["error"]
+            assert "ClientResponseError: 500, message='Internal Server Error'" in letter["error"]
