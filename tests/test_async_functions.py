@@ -181,3 +181,32 @@ def test_max_concurrency_must_be_a_positive_int() -> None:
         app.source([1]).map(lambda x: x, max_concurrency=0)
     with pytest.raises(af.PipelineError, match=r"process\(max_concurrency=...\)"):
         app.source([1]).key_by(lambda x: x).process(Running(), max_concurrency=True)
+
+
+async def test_an_async_keyed_co_process_function_runs_keys_at_once_with_their_own_state() -> None:
+    class Enrich(af.KeyedCoProcessFunction):
+        def open(self, ctx: af.OperatorContext) -> None:
+            self.name = ctx.value_state("name")
+            self.seen = ctx.value_state("seen", default=0)
+
+        async def process_element1(self, order: tuple[str, int], ctx: af.OperatorContext):
+            seen = self.seen.value() + 1
+            await anyio.sleep(random.uniform(0, 0.003))
+            assert ctx.key == order[0]
+            self.seen.update(seen)
+            return [(order[0], order[1], seen, self.name.value())]
+
+        async def process_element2(self, user: tuple[str, str], ctx: af.OperatorContext):
+            await anyio.sleep(random.uniform(0, 0.003))
+            self.name.update(user[1])
+            return []
+
+    app = af.App("async-co")
+    users = app.source([(f"u{k}", f"name{k}") for k in range(10)], name="users")
+    orders = app.source([(f"u{i % 10}", i) for i in range(200)], name="orders")
+    out = await run_collect_async(
+        orders.connect(users).key_by(lambda o: o[0], lambda u: u[0]).process(Enrich, name="enrich"))
+    for k in range(10):
+        mine = [row for row in out if row[0] == f"u{k}"]
+        assert [row[1] for row in mine] == list(range(k, 200, 10))  # in arrival order
+        assert [row[2] for row in mine] == list(range(1, 21))  # the key's own count, never lost to another's
