@@ -28,7 +28,7 @@ from aioflow.operators.concurrent import run_concurrently
 from aioflow.retry import RetryPolicy
 from aioflow.runtime.events import Batch
 
-__all__ = ["AsyncMapOperator", "BatchMapOperator", "CallPolicy", "FailedCall"]
+__all__ = ["AsyncMapOperator", "BatchMapOperator", "CallPolicy", "CallingOperator", "FailedCall"]
 
 log = structlog.get_logger("aioflow.runtime")
 
@@ -113,7 +113,7 @@ class CallPolicy:
             raise PredicateFailed(what + " " + describe_error(exc, predicate)) from exc
 
 
-class _CallingOperator(Operator):
+class CallingOperator(Operator):
     """An operator calling another system under a :class:`CallPolicy`, with ``on_error``
     for calls that failed for good."""
 
@@ -136,6 +136,7 @@ class _CallingOperator(Operator):
         except PredicateFailed as exc:
             raise self.error(str(exc) + where, record) from exc.__cause__
         except GaveUp as exc:
+            self.calls_retried += exc.attempts - 1
             if self.on_error == "fail":
                 raise self.error(exc.error + where, record) from exc.__cause__
             raise
@@ -158,7 +159,7 @@ class _CallingOperator(Operator):
             await self.emit_side(self.on_error.name, dead, timestamps)
 
 
-class AsyncMapOperator(_CallingOperator):
+class AsyncMapOperator(CallingOperator):
     """One output per record: ``await fn(value)``, under a :class:`CallPolicy`."""
 
     def __init__(self, name: str, fn: Callable[[Any], Awaitable[Any]], policy: CallPolicy,
@@ -193,7 +194,7 @@ class AsyncMapOperator(_CallingOperator):
         await self.emit_failed(dead, None if timestamps is None else [timestamps[i] for i in dead_at])
 
 
-class BatchMapOperator(_CallingOperator):
+class BatchMapOperator(CallingOperator):
     """One output per record, computed for up to ``max_batch_size`` records per call:
     ``fn(records)`` returns their results in order (a model's ``predict``, a bulk
     lookup). ``form`` hands the records over as a pandas ``DataFrame`` (``"pandas"``) or a

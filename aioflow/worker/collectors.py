@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+from aioflow.operators.async_io import CallingOperator
 from aioflow.runtime.events import MAX_WATERMARK, MIN_WATERMARK
 from aioflow.runtime.task import SourceTask
 from aioflow.time.timers import now_ms
@@ -104,6 +105,20 @@ def source_lag(job: Job) -> Iterable[Metric]:
     return list(families.values())
 
 
+def calls(job: Job) -> Iterable[Metric]:
+    """What ``map_async`` and ``map_batch`` operators counted."""
+    failed = Metric("aioflow_calls_failed_total", "counter",
+                    "Records whose map_async/map_batch call failed for good and were skipped or dead-lettered.")
+    retried = Metric("aioflow_calls_retried_total", "counter",
+                     "map_async/map_batch calls made again after a failure or a result retry_if_result refused.")
+    for task in job.subtasks:
+        for operator in task.operators:
+            if isinstance(operator, CallingOperator):
+                failed.add(operator.calls_failed, operator=operator.name, subtask=task.env.subtask_index)
+                retried.add(operator.calls_retried, operator=operator.name, subtask=task.env.subtask_index)
+    return [failed, retried]
+
+
 def source_statistics(job: Job) -> Iterable[Metric]:
     skipped = Metric("aioflow_source_records_skipped_total", "counter",
                      "Records a source could not decode and skipped (on_error='skip').")
@@ -155,6 +170,7 @@ JOB_COLLECTORS: dict[str, Callable[[Job], Iterable[Metric]]] = {
     "watermark_lag": watermark_lag,
     "source_lag": source_lag,
     "source_statistics": source_statistics,
+    "calls": calls,
     "checkpoints": checkpoints,
     "restarts": restarts,
 }

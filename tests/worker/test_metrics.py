@@ -236,3 +236,24 @@ def test_a_worker_serves_its_metrics_over_http(tmp_path: Path) -> None:
     assert '"job stopped with a savepoint"' in worker.text()
     assert (state / "savepoints").is_dir()  # the environment gave the state directory
 
+
+
+async def test_failed_and_retried_calls_of_map_async_are_counted_per_operator() -> None:
+    async def half(i: int) -> int:
+        await anyio.sleep(0)
+        if i % 2:
+            raise KeyError(i)
+        return i
+
+    app = af.App("calls")
+    numbers = app.source(Numbers(10), name="numbers")  # stays open after its 10 numbers
+    numbers.map_async(half, on_error="skip", retry=af.RetryPolicy(max_attempts=3, initial_delay=0),
+                      name="half").sink(af.CollectSink())
+    found: dict[str, Any] = {}
+
+    def check(metrics: dict[str, Any]) -> bool:
+        found.update(metrics)
+        return value(metrics, "aioflow_calls_failed_total", operator="half") == 5
+
+    await _scraping(app, check)
+    assert value(found, "aioflow_calls_retried_total", operator="half") == 10  # each odd number: 3 calls
