@@ -24,7 +24,7 @@ from aioflow.errors import PipelineError, check_number
 from aioflow.functions import OutputTag, ProcessFunction
 from aioflow.graph.logical import DEFAULT, Edge, Node
 from aioflow.operators.async_io import AsyncMapOperator, BatchMapOperator, CallPolicy
-from aioflow.operators.base import Operator, is_async
+from aioflow.operators.base import Operator
 from aioflow.operators.process import ProcessOperator
 from aioflow.operators.sink import SinkOperator
 from aioflow.operators.transform import FilterOperator, FlatMapOperator, MapOperator, RollingReduceOperator
@@ -70,10 +70,10 @@ def _call_policy(kind: str, timeout: float | None, retry: RetryPolicy | None,
     return CallPolicy(timeout, retry or RetryPolicy(max_attempts=1), retry_if, retry_if_result)
 
 
-def _check_concurrency(max_concurrency: Any, kind: str) -> None:
+def _check_concurrency(max_concurrency: Any, kind: str, option: str = "max_concurrency") -> None:
     if max_concurrency is not None and (isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
                                         or max_concurrency < 1):
-        raise PipelineError(f"{kind}(max_concurrency=...) takes a positive int or None, got {max_concurrency!r}")
+        raise PipelineError(f"{kind}({option}=...) takes a positive int or None, got {max_concurrency!r}")
 
 
 def _limited(operator: Operator, max_concurrency: int | None,
@@ -228,9 +228,8 @@ class Stream:
         ``"skip"`` drops it (logged, counted), an :class:`OutputTag` sends a
         :class:`FailedCall` there. See docs/async.md.
         """
-        if not is_async(fn):
-            raise PipelineError(f"map_async() takes an async def function, got {fn!r}; use map() for a plain one")
-        _check_concurrency(capacity, "map_async")
+        _check_callable(fn, "map_async()")
+        _check_concurrency(capacity, "map_async", "capacity")
         key_selector = self._keyed_selector()
         policy = _call_policy("map_async", timeout, retry, retry_if, retry_if_result, on_error)
         node = self._add("map_async", fn, name, parallelism, lambda n: _limited(
@@ -263,7 +262,7 @@ class Stream:
         ``on_error`` are :meth:`map_async`'s, per call (a failed call's records all fail).
         """
         _check_callable(fn, "map_batch()")
-        _check_concurrency(capacity, "map_batch")
+        _check_concurrency(capacity, "map_batch", "capacity")
         check_number(max_batch_size, "map_batch max_batch_size", integer=True, minimum=1)
         if form not in (None, "pandas", "numpy"):
             raise PipelineError(f"map_batch form= takes None, 'pandas' or 'numpy', got {form!r}")

@@ -210,3 +210,27 @@ async def test_an_async_keyed_co_process_function_runs_keys_at_once_with_their_o
         mine = [row for row in out if row[0] == f"u{k}"]
         assert [row[1] for row in mine] == list(range(k, 200, 10))  # in arrival order
         assert [row[2] for row in mine] == list(range(1, 21))  # the key's own count, never lost to another's
+
+
+async def test_a_lambda_returning_a_coroutine_is_refused_instead_of_emitting_coroutines() -> None:
+    async def fetch(i: int, scale: int) -> int:
+        return i * scale
+
+    app = af.App("async-lambda")
+    for stream in (app.source([1], name="a").map(lambda i: fetch(i, 2), name="wrapped"),
+                   app.source([1], name="b").filter(lambda i: fetch(i, 2), name="wrapped_filter")):
+        with pytest.raises(af.UserFunctionTypeError, match="is not async def but returned a coroutine; make it async "
+                                                           r"def, or use functools.partial"):
+            await run_collect_async(stream)
+
+
+async def test_an_async_process_element_returning_a_value_instead_of_a_list_says_so() -> None:
+    class OneValue(af.KeyedProcessFunction):
+        async def process_element(self, value: int, ctx: af.OperatorContext):  # type: ignore[override]
+            return {"v": value}
+
+    app = af.App("async-returns")
+    stream = app.source([1]).key_by(lambda v: v).process(OneValue, name="one")
+    with pytest.raises(af.UserFunctionTypeError, match=r"OneValue.process_element returned \{'v': 1\} \(dict\) for "
+                                                       r"key 1; an async def process_element returns a list"):
+        await run_collect_async(stream)

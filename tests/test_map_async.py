@@ -84,7 +84,8 @@ async def test_retry_if_says_which_failures_are_tried_again() -> None:
     app = af.App("map-async-retry-if")
     stream = app.source([1]).map_async(broken, retry=af.RetryPolicy(max_attempts=5, initial_delay=0),
                                        retry_if=lambda exc: isinstance(exc, ConnectionError))
-    with pytest.raises(af.OperatorError, match=r"raised ValueError: bad request \(call 1 of 5\)"):
+    with pytest.raises(af.OperatorError,
+                       match=r"raised ValueError: bad request \(call 1 of 5; retry_if said not to retry\)"):
         await run_collect_async(stream)
     assert calls == 1
 
@@ -126,7 +127,7 @@ async def test_calls_that_fail_for_good_are_skipped_or_sent_to_a_side_output() -
     ("kwargs", "message"),
     [
         ({"timeout": 0}, "timeout"),
-        ({"capacity": 0}, "max_concurrency"),
+        ({"capacity": 0}, r"map_async\(capacity=...\) takes a positive int"),
         ({"retry": 3}, "RetryPolicy"),
         ({"on_error": "ignore"}, "on_error"),
         ({"retry_if": "yes"}, "retry_if"),
@@ -141,7 +142,14 @@ def test_bad_arguments_are_refused_saying_what_was_wrong(kwargs: dict[str, Any],
         app.source([1]).map_async(call, **kwargs)
 
 
-def test_a_plain_function_is_refused() -> None:
-    app = af.App("map-async-sync")
-    with pytest.raises(af.PipelineError, match=r"map_async\(\) takes an async def function"):
-        app.source([1]).map_async(lambda i: i)  # type: ignore[arg-type]
+async def test_a_function_returning_an_awaitable_works_and_one_returning_a_value_is_refused() -> None:
+    async def fetch(i: int, scale: int) -> int:
+        await anyio.sleep(0)
+        return i * scale
+
+    app = af.App("map-async-lambda")
+    assert await run_collect_async(app.source([1, 2], name="a").map_async(lambda i: fetch(i, 3))) == [3, 6]
+    plain = app.source([1], name="b").map_async(lambda i: i, name="plain")  # type: ignore[arg-type, return-value]
+    with pytest.raises(af.UserFunctionTypeError, match=r"operator 'plain': .*<lambda> returned 1 \(int\), not an "
+                                                       "awaitable"):
+        await run_collect_async(plain)

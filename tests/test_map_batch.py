@@ -54,6 +54,13 @@ async def test_numpy_and_pandas_forms() -> None:
     assert got_norms == [5.0, 10.0]
 
 
+async def test_a_dataframe_result_gives_a_dict_per_row() -> None:
+    app = af.App("map-batch-frame")
+    rows = [{"x": 1, "y": 2}, {"x": 3, "y": 4}]
+    stream = app.source(rows).map_batch(lambda frame: frame.assign(total=frame["x"] + frame["y"]), form="pandas")
+    assert await run_collect_async(stream) == [{"x": 1, "y": 2, "total": 3}, {"x": 3, "y": 4, "total": 7}]
+
+
 async def test_the_wrong_number_of_results_fails_naming_the_function() -> None:
     app = af.App("map-batch-count")
     stream = app.source(range(5)).map_batch(lambda records: records[:-1], name="short")

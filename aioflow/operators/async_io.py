@@ -14,6 +14,7 @@ within a batch: never across a watermark.
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,10 @@ class PredicateFailed(Exception):
     """``retry_if`` or ``retry_if_result`` itself raised: a bug to fail the job with."""
 
 
+class NotAwaitable(Exception):
+    """An async call's function returned something that cannot be awaited: a bug, not retried."""
+
+
 @dataclass(frozen=True)
 class CallPolicy:
     """When a call fails, and what is tried again: a timeout per call (``async def``
@@ -83,20 +88,28 @@ class CallPolicy:
         while True:
             attempt += 1
             try:
-                if not is_async:
-                    result = fn(argument)
-                elif self.timeout is None:
-                    result = await await_user(fn(argument))
-                else:
-                    with anyio.fail_after(self.timeout):
-                        result = await await_user(fn(argument))
+                result = fn(argument)
+                if is_async:
+                    if not inspect.isawaitable(result):
+                        raise NotAwaitable(f"{_name(fn)} returned {truncated_repr(result)} "
+                                           f"({type(result).__name__}), not an awaitable: give map_async an async "
+                                           "def function (or one returning an awaitable)")
+                    if self.timeout is None:
+                        result = await await_user(result)
+                    else:
+                        with anyio.fail_after(self.timeout):
+                            result = await await_user(result)
+            except NotAwaitable:
+                raise
             except Exception as exc:
-                if attempt < retry.max_attempts and self._asks("retry_if", self.retry_if, exc, default=True):
+                retrying = attempt < retry.max_attempts
+                if retrying and self._asks("retry_if", self.retry_if, exc, default=True):
                     await anyio.sleep(retry.delay(attempt))
                     continue
                 timed_out = self.timeout is not None and isinstance(exc, TimeoutError)
                 error = f"timed out after {self.timeout:g} s" if timed_out else describe_error(exc, fn)
-                raise GaveUp(f"{error} (call {attempt} of {retry.max_attempts})", attempt) from exc
+                tried = f"call {attempt} of {retry.max_attempts}" + ("; retry_if said not to retry" if retrying else "")
+                raise GaveUp(f"{error} ({tried})", attempt) from exc
             if attempt < retry.max_attempts and self._asks("retry_if_result", self.retry_if_result, result,
                                                            default=False):
                 await anyio.sleep(retry.delay(attempt))
@@ -135,6 +148,8 @@ class CallingOperator(Operator):
             result, attempts = await self.policy.call(self.fn, argument, is_async=is_async)
         except PredicateFailed as exc:
             raise self.error(str(exc) + where, record) from exc.__cause__
+        except NotAwaitable as exc:
+            raise UserFunctionTypeError(self.name, str(exc) + where, record) from None
         except GaveUp as exc:
             self.calls_retried += exc.attempts - 1
             if self.on_error == "fail":
@@ -239,7 +254,9 @@ class BatchMapOperator(CallingOperator):
     def _results(self, produced: Any, records: list[Any]) -> list[Any]:
         """The results as a list, one per record: a NumPy array or a pandas Series becomes
         a list of plain Python values."""
-        if hasattr(produced, "tolist"):
+        if hasattr(produced, "columns") and hasattr(produced, "to_dict"):  # a pandas DataFrame: a dict a row
+            produced = produced.to_dict("records")
+        elif hasattr(produced, "tolist"):
             produced = produced.tolist()
         if not isinstance(produced, (list, tuple)) or len(produced) != len(records):
             got = f"{len(produced)} results" if isinstance(produced, (list, tuple)) else \

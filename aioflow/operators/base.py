@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from structlog.contextvars import bind_contextvars
 
-from aioflow.errors import OperatorError, truncated_repr
+from aioflow.errors import OperatorError, UserFunctionTypeError, truncated_repr
 from aioflow.functions import OutputTag
 from aioflow.operators.concurrent import run_concurrently
 from aioflow.runtime.events import Batch
@@ -324,6 +324,13 @@ class Operator(Output):
             map_into(out, fn, values)  # on failure, ``out`` holds the results before the bad record
         except Exception as exc:
             raise self.error(what + describe_error(exc, shown), values[len(out)]) from exc
+        if out and inspect.iscoroutine(out[0]):  # one check a batch: a lambda calling an async function
+            for coroutine in out:
+                if inspect.iscoroutine(coroutine):
+                    coroutine.close()  # never awaited: no warning for each
+            raise UserFunctionTypeError(
+                self.name, f"{what}{_name(shown)} is not async def but returned a coroutine; make it async def, "
+                "or use functools.partial(fn, ...) instead of a lambda that calls it", values[0])
         return out
 
     async def keys_in_order(self, batch: Batch) -> list[Any] | None:

@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aioflow.errors import DESCRIBED_ERRORS
+from aioflow.errors import DESCRIBED_ERRORS, UserFunctionTypeError, truncated_repr
 from aioflow.operators.base import Collector, Operator, await_user, collect_async, describe_error, for_key
 from aioflow.operators.concurrent import run_concurrently
 from aioflow.operators.context import ConcurrentContext, OperatorContext
@@ -156,13 +156,21 @@ class ProcessOperator(Operator):
                 raise self.error(describe_error(exc, fn) + for_key(keys, i), values[i]) from exc
 
         outputs = await run_concurrently(one, len(values), keys, self.concurrency)
-        i = 0
-        try:
-            for i, produced in enumerate(outputs):
-                if produced is not None:
-                    collector.add_all(produced, timestamps[i] if timestamps is not None else None)
-        except Exception as exc:
-            raise self.error(describe_error(exc, fn) + for_key(keys, i), values[i]) from exc
+        for i, produced in enumerate(outputs):
+            if produced is not None:
+                self._check_async_outputs(produced, fn, for_key(keys, i), values[i])
+                collector.add_all(produced, timestamps[i] if timestamps is not None else None)
+
+    def _check_async_outputs(self, produced: Any, fn: Callable[..., Any], where: str, record: Any,
+                             *, has_record: bool = True) -> None:
+        """An ``async def`` method returns a list of its outputs (an async generator's are
+        collected into one): anything else is refused, naming the method."""
+        if produced.__class__ is not list:
+            name = getattr(fn, "__name__", "function")
+            raise UserFunctionTypeError(
+                self.name, f"{getattr(fn, '__qualname__', name)} returned {truncated_repr(produced)} "
+                f"({type(produced).__name__}){where}; an async def {name} returns a list of its outputs (or None), "
+                "or yields them", record, has_record=has_record)
 
     async def process_watermark(self, timestamp: int) -> None:
         ctx = self.ctx
@@ -245,11 +253,9 @@ class ProcessOperator(Operator):
             collector = Collector()
             for (timestamp, key), produced in zip(timers, outputs, strict=True):
                 if produced is not None:
-                    try:
-                        collector.add_all(produced, timestamp if event_time else None)
-                    except Exception as exc:
-                        raise self.error(f"on_timer at {timestamp} for key {key!r}: {describe_error(exc, fn)}",
-                                         None, has_record=False) from exc
+                    self._check_async_outputs(produced, fn, f" at {timestamp} for key {key!r}", None,
+                                              has_record=False)
+                    collector.add_all(produced, timestamp if event_time else None)
                     if len(collector) >= batch_size:
                         await self.emit_collected(collector, event_time)
                         collector = Collector()
