@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ import structlog
 
 from aioflow.errors import PipelineError, UserFunctionTypeError, truncated_repr
 from aioflow.functions import OutputTag
-from aioflow.operators.base import Operator, await_user, describe_error, for_key, is_async
+from aioflow.operators.base import Operator, await_user, describe_error, for_key, is_async, qualified_name
 from aioflow.operators.concurrent import run_concurrently
 from aioflow.retry import RetryPolicy
 from aioflow.runtime.events import Batch
@@ -91,7 +91,7 @@ class CallPolicy:
                 result = fn(argument)
                 if is_async:
                     if not inspect.isawaitable(result):
-                        raise NotAwaitable(f"{_name(fn)} returned {truncated_repr(result)} "
+                        raise NotAwaitable(f"{qualified_name(fn)} returned {truncated_repr(result)} "
                                            f"({type(result).__name__}), not an awaitable: give map_async an async "
                                            "def function (or one returning an awaitable)")
                     if self.timeout is None:
@@ -158,20 +158,29 @@ class CallingOperator(Operator):
         self.calls_retried += attempts - 1
         return result, attempts
 
-    def failed(self, records: list[Any], error: str, attempts: int, dead: list[FailedCall]) -> None:
-        """``records`` failed for good: skipped (counted, logged) or dead letters in ``dead``."""
+    def failed(self, records: list[Any], error: str, attempts: int, dead: list[FailedCall]) -> bool:
+        """``records`` failed for good: skipped (counted, logged; ``False``) or dead letters
+        added to ``dead`` (``True``)."""
         self.calls_failed += len(records)
-        if self.on_error == "skip":
-            before = self.calls_failed - len(records)
-            if before == 0 or before // SKIP_LOG_EVERY != self.calls_failed // SKIP_LOG_EVERY:
-                log.warning("skipped a failed call", operator=self.name, error=error,
-                            record=truncated_repr(records[0]), records=len(records), failed_total=self.calls_failed)
-        else:
+        if self.on_error != "skip":
             dead.extend(FailedCall(record, error, attempts) for record in records)
+            return True
+        before = self.calls_failed - len(records)
+        if before == 0 or before // SKIP_LOG_EVERY != self.calls_failed // SKIP_LOG_EVERY:
+            log.warning("skipped a failed call", operator=self.name, error=error,
+                        record=truncated_repr(records[0]), records=len(records), failed_total=self.calls_failed)
+        return False
 
-    async def emit_failed(self, dead: list[FailedCall], timestamps: list[Any] | None) -> None:
+    async def emit(self, results: list[Any], order: Iterable[int], timestamps: list[Any] | None,
+                   dead: list[FailedCall], dead_at: list[int]) -> None:
+        """Send ``results`` in ``order`` (those of failed calls left out) with their
+        records' timestamps, and the dead letters, those of the records at ``dead_at``."""
+        kept = [i for i in order if results[i] is not _FAILED]
+        await self.out.process(Batch([results[i] for i in kept],
+                                     None if timestamps is None else [timestamps[i] for i in kept]))
         if dead and isinstance(self.on_error, OutputTag):
-            await self.emit_side(self.on_error.name, dead, timestamps)
+            await self.emit_side(self.on_error.name, dead,
+                                 None if timestamps is None else [timestamps[i] for i in dead_at])
 
 
 class AsyncMapOperator(CallingOperator):
@@ -193,20 +202,14 @@ class AsyncMapOperator(CallingOperator):
             try:
                 result, _ = await self.call(values[i], values[i], for_key(keys, i))
             except GaveUp as exc:
-                self.failed([values[i]], exc.error, exc.attempts, dead)
-                if len(dead) > len(dead_at):  # not skipped: a dead letter
+                if self.failed([values[i]], exc.error, exc.attempts, dead):
                     dead_at.append(i)
                 result = _FAILED
             done.append(i)
             return result
 
         results = await run_concurrently(call, len(values), keys, self.concurrency)
-        order = range(len(values)) if self.ordered else done
-        timestamps = batch.timestamps
-        kept = [i for i in order if results[i] is not _FAILED]
-        await self.out.process(Batch([results[i] for i in kept],
-                                     None if timestamps is None else [timestamps[i] for i in kept]))
-        await self.emit_failed(dead, None if timestamps is None else [timestamps[i] for i in dead_at])
+        await self.emit(results, range(len(values)) if self.ordered else done, batch.timestamps, dead, dead_at)
 
 
 class BatchMapOperator(CallingOperator):
@@ -238,18 +241,13 @@ class BatchMapOperator(CallingOperator):
             try:
                 produced, _ = await self.call(self._convert(records), records, is_async=self._async)
             except GaveUp as exc:
-                self.failed(records, exc.error, exc.attempts, dead)
-                dead_at.extend(range(start, start + len(dead) - len(dead_at)))
+                if self.failed(records, exc.error, exc.attempts, dead):
+                    dead_at.extend(range(start, end))
                 return
             results[start:end] = self._results(produced, records)
 
         await run_concurrently(call, len(spans), None, self.concurrency if self._async else 1)
-        timestamps = batch.timestamps
-        kept = [i for i, result in enumerate(results) if result is not _FAILED]
-        out = results if len(kept) == len(values) else [results[i] for i in kept]
-        out_ts = timestamps if timestamps is None or len(kept) == len(values) else [timestamps[i] for i in kept]
-        await self.out.process(Batch(out, out_ts))
-        await self.emit_failed(dead, None if timestamps is None else [timestamps[i] for i in dead_at])
+        await self.emit(results, range(len(values)), batch.timestamps, dead, dead_at)
 
     def _results(self, produced: Any, records: list[Any]) -> list[Any]:
         """The results as a list, one per record: a NumPy array or a pandas Series becomes
@@ -262,8 +260,8 @@ class BatchMapOperator(CallingOperator):
             got = f"{len(produced)} results" if isinstance(produced, (list, tuple)) else \
                 f"{truncated_repr(produced)} ({type(produced).__name__})"
             raise UserFunctionTypeError(
-                self.name, f"batch function {_name(self.fn)} returned {got} for {len(records)} records; it must "
-                "return one result per record, in order (a list, a NumPy array or a pandas Series)", records,
+                self.name, f"batch function {qualified_name(self.fn)} returned {got} for {len(records)} records; "
+                "it must return one result per record, in order (a list, a NumPy array or a pandas Series)", records,
             )
         return list(produced)
 
@@ -286,6 +284,3 @@ def _optional(module: str, form: str) -> Any:
     except ImportError as exc:
         raise PipelineError(f"map_batch(form={form!r}) needs {module}: pip install {module}") from exc
 
-
-def _name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__qualname__", None) or type(fn).__name__

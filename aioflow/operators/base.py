@@ -46,6 +46,7 @@ __all__ = [
     "for_key",
     "is_async",
     "map_into",
+    "qualified_name",
 ]
 
 
@@ -329,8 +330,8 @@ class Operator(Output):
                 if inspect.iscoroutine(coroutine):
                     coroutine.close()  # never awaited: no warning for each
             raise UserFunctionTypeError(
-                self.name, f"{what}{_name(shown)} is not async def but returned a coroutine; make it async def, "
-                "or use functools.partial(fn, ...) instead of a lambda that calls it", values[0])
+                self.name, f"{what}{qualified_name(shown)} is not async def but returned a coroutine; make it "
+                "async def, or use functools.partial(fn, ...) instead of a lambda that calls it", values[0])
         return out
 
     async def keys_in_order(self, batch: Batch) -> list[Any] | None:
@@ -383,7 +384,7 @@ def check_hashable(keys: list[Any], key_selector: Callable[[Any], Any], values: 
             except TypeError as exc:
                 raise OperatorError(
                     operator,
-                    f"key selector {_name(key_selector)} returned an unhashable key {truncated_repr(key)} "
+                    f"key selector {qualified_name(key_selector)} returned an unhashable key {truncated_repr(key)} "
                     f"({type(key).__name__}): {exc}; keys must be hashable (use a tuple, not a list)",
                     value,
                 ) from exc
@@ -426,13 +427,14 @@ def is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
-def _name(fn: Callable[..., Any]) -> str:
+def qualified_name(fn: Callable[..., Any]) -> str:
+    """How errors name a user function: its qualified name, or its type's."""
     return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
 def describe_error(exc: BaseException, fn: Callable[..., Any]) -> str:
     if isinstance(exc, StrayCancellation):
-        return f"{_name(fn)} raised CancelledError, but nothing cancelled the job (did it await a task " \
+        return f"{qualified_name(fn)} raised CancelledError, but nothing cancelled the job (did it await a task " \
                "that was cancelled elsewhere?)"
     detail = str(exc) or (_STRAY_NEXT if isinstance(exc, StopIteration) else "")
-    return f"{_name(fn)} raised {type(exc).__name__}" + (f": {detail}" if detail else "")
+    return f"{qualified_name(fn)} raised {type(exc).__name__}" + (f": {detail}" if detail else "")

@@ -10,7 +10,7 @@ in input order, as the synchronous function would give them.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
 import anyio
@@ -25,50 +25,38 @@ async def run_concurrently(call: Callable[[int], Awaitable[Any]], count: int, ke
     exception ``call`` raises cancels the others and is raised as it is."""
     results: list[Any] = [None] * count
     chains = _chains(count, keys)
-    failure: BaseException | None = None
+    pending = iter(chains)  # shared: each worker takes the next key's records
 
-    async def worker(scope: anyio.CancelScope) -> None:
+    async def worker() -> None:
+        for chain in pending:
+            for i in chain:
+                results[i] = await call(i)
+
+    if min(limit, len(chains)) <= 1:  # no concurrency to gain: no task group either
+        await worker()
+        return results
+    failure: Exception | None = None
+
+    async def guarded(scope: anyio.CancelScope) -> None:
         nonlocal failure
         try:
-            for chain in chains:  # shared: each worker takes the next key's records
-                for i in chain:
-                    results[i] = await call(i)
+            await worker()
         except Exception as exc:
-            if failure is None:
-                failure = exc
+            failure = failure or exc
             scope.cancel()
 
-    workers = min(limit, len(chains))
-    if workers == 1:  # no concurrency to gain: no task group either
-        await worker(anyio.CancelScope())
-    else:
-        async with anyio.create_task_group() as group:
-            for _ in range(workers):
-                group.start_soon(worker, group.cancel_scope)
+    async with anyio.create_task_group() as group:
+        for _ in range(min(limit, len(chains))):
+            group.start_soon(guarded, group.cancel_scope)
     if failure is not None:
         raise failure
     return results
 
 
-class _Chains:
-    """The records of each key, in order, as index lists; iterated by several workers."""
-
-    __slots__ = ("_iterator", "_length")
-
-    def __init__(self, chains: list[list[int]]) -> None:
-        self._length = len(chains)
-        self._iterator: Iterator[list[int]] = iter(chains)
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return self._iterator
-
-
-def _chains(count: int, keys: Sequence[Hashable] | None) -> _Chains:
+def _chains(count: int, keys: Sequence[Hashable] | None) -> list[list[int]]:
+    """The records' indexes, a list per key in arrival order (a list each without keys)."""
     if keys is None:
-        return _Chains([[i] for i in range(count)])
+        return [[i] for i in range(count)]
     by_key: dict[Hashable, list[int]] = {}
     for i, key in enumerate(keys):
         chain = by_key.get(key)
@@ -76,4 +64,4 @@ def _chains(count: int, keys: Sequence[Hashable] | None) -> _Chains:
             by_key[key] = [i]
         else:
             chain.append(i)
-    return _Chains(list(by_key.values()))
+    return list(by_key.values())

@@ -42,6 +42,8 @@ class CoProcessOperator(ProcessOperator):
         super().__init__(name, function, key_selector)
         self.key_selector2 = key_selector2
 
+    user_methods = ("process_element1", "process_element2", "on_timer")
+
     def bind_methods(self) -> None:
         self._element = UserCall(self.function.process_element1)
         self._element2 = UserCall(self.function.process_element2)
@@ -176,6 +178,7 @@ class BroadcastProcessOperator(CoProcessOperator):
     broadcast stream."""
 
     context_class = BroadcastContext
+    user_methods = ("process_element", "process_broadcast_element", "on_timer")
 
     def __init__(self, name: str, function: Any, key_selector: Callable[[Any], Any] | None,
                  state_names: tuple[str, ...]) -> None:

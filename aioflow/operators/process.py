@@ -14,7 +14,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aioflow.errors import DESCRIBED_ERRORS, UserFunctionTypeError, truncated_repr
-from aioflow.operators.base import Collector, Operator, await_user, collect_async, describe_error, for_key
+from aioflow.operators.base import (
+    Collector,
+    Operator,
+    await_user,
+    collect_async,
+    describe_error,
+    for_key,
+    qualified_name,
+)
 from aioflow.operators.concurrent import run_concurrently
 from aioflow.operators.context import ConcurrentContext, OperatorContext
 from aioflow.runtime.events import Batch
@@ -72,6 +80,8 @@ class ProcessOperator(Operator):
     """Runs a (Keyed)ProcessFunction; ``key_selector`` set means keyed."""
 
     context_class = OperatorContext
+    #: The function's methods that run per record or timer (any ``async def``: concurrently).
+    user_methods: tuple[str, ...] = ("process_element", "on_timer")
 
     def __init__(self, name: str, function: Any, key_selector: Callable[[Any], Any] | None = None) -> None:
         super().__init__(name)
@@ -100,8 +110,7 @@ class ProcessOperator(Operator):
         await call_user_open(self, self.function, ctx)
 
     def _has_async_methods(self) -> bool:
-        methods = (getattr(self.function, name, None)
-                   for name in ("process_element", "process_element1", "process_element2", "on_timer"))
+        methods = (getattr(self.function, name, None) for name in self.user_methods)
         return any(UserCall(method).kind != "sync" for method in methods if method is not None)
 
     async def process(self, batch: Batch) -> None:
@@ -168,7 +177,7 @@ class ProcessOperator(Operator):
         if produced.__class__ is not list:
             name = getattr(fn, "__name__", "function")
             raise UserFunctionTypeError(
-                self.name, f"{getattr(fn, '__qualname__', name)} returned {truncated_repr(produced)} "
+                self.name, f"{qualified_name(fn)} returned {truncated_repr(produced)} "
                 f"({type(produced).__name__}){where}; an async def {name} returns a list of its outputs (or None), "
                 "or yields them", record, has_record=has_record)
 
