@@ -62,6 +62,8 @@ class _Pending:
     kind: str
     started: float
     waiting: set[int]
+    #: Tasks that acknowledged it (with their state at its barrier, not their final one).
+    acknowledged: set[int] = field(default_factory=set)
     states: dict[str, dict[int, Any]] = field(default_factory=dict)
     writes: list[Writes] = field(default_factory=list)
     done: anyio.Event = field(default_factory=anyio.Event)
@@ -148,12 +150,15 @@ class CheckpointCoordinator:
         if pending is None or pending.checkpoint_id != checkpoint_id or id(task) not in pending.waiting:
             return  # an abandoned checkpoint: its changes stay pending in the backend
         self._add(pending, task, states, writes)
+        pending.acknowledged.add(id(task))
         pending.waiting.discard(id(task))
         if not pending.waiting:
             pending.done.set()
 
     def task_finished(self, task: _Task, states: dict[str, Any], writes: Writes) -> None:
-        """A task ended: its final state stands for it in this and every later checkpoint."""
+        """A task ended: its final state stands for it in every checkpoint it did not
+        acknowledge (one that acknowledged a checkpoint keeps its state at that barrier
+        there: the other tasks' states are from that barrier too)."""
         self._finished[id(task)] = (states, writes)
         if len(self._finished) == len(self.tasks):
             self.all_finished.set()
@@ -172,10 +177,10 @@ class CheckpointCoordinator:
     # -- completion ---------------------------------------------------------------------------
 
     async def _complete(self, pending: _Pending) -> CheckpointMetadata:
-        for task in self.tasks:
-            finished = self._finished.get(id(task))
-            if finished is not None:
-                self._add(pending, task, *finished)
+        holding_final = [task for task in self.tasks
+                         if id(task) in self._finished and id(task) not in pending.acknowledged]
+        for task in holding_final:
+            self._add(pending, task, *self._finished[id(task)])
         operators = {
             name: [by_index[i] for i in sorted(by_index)] for name, by_index in pending.states.items()
         }
@@ -190,8 +195,9 @@ class CheckpointCoordinator:
         metadata.duration_ms = int((time.monotonic() - pending.started) * 1000)
         for task in self.tasks:
             task.env.state_backend.confirm()
-        for key, (states, _) in self._finished.items():
-            self._finished[key] = (states, [])  # committed: later checkpoints keep just the states
+        for task in holding_final:  # committed: later checkpoints keep just the states
+            self._finished[id(task)] = (self._finished[id(task)][0], [])
+            task.env.final_state_checkpointed = True
         self._failures = 0
         statistics = self.statistics
         statistics.completed += 1

@@ -95,7 +95,10 @@ class SinkOperator(Operator):
 
     async def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
         async with self._committing:  # the coordinator and the end of input may both commit
-            while self._pending and (self._pending[0][0] <= checkpoint_id or self._pending[0][0] == _FINAL):
+            # the end of input's pre-commit: once a checkpoint holds this subtask's final state
+            final_checkpointed = self.env is not None and self.env.final_state_checkpointed
+            while self._pending and (self._pending[0][0] <= checkpoint_id
+                                     or (self._pending[0][0] == _FINAL and final_checkpointed)):
                 _, handle = self._pending[0]
                 try:
                     await self.writer.commit(handle)
@@ -149,7 +152,7 @@ class SinkOperator(Operator):
                 handle = await self.writer.pre_commit(_FINAL)
             except Exception as exc:
                 raise self._failed("pre-commit", exc) from exc
-            self._pending.append((_FINAL, handle))  # committed by whichever checkpoint completes next
+            self._pending.append((_FINAL, handle))  # committed by a checkpoint holding this final state
             self._final = anyio.Event()
             return
         await self._flush()

@@ -122,6 +122,9 @@ class SubtaskEnvironment:
     restored: dict[str, list[Any]] | None = None
     #: Align checkpoint barriers (exactly-once) or not (at-least-once).
     exactly_once: bool = True
+    #: A completed checkpoint holds this subtask's final state: what the end of input
+    #: pre-committed may be committed, its final position committed.
+    final_state_checkpointed: bool = False
 
     def schedule(self, at: int, callback: Callback) -> None:
         """Call ``await callback(now_ms)`` once the wall clock reaches ``at`` (epoch ms)."""
@@ -438,7 +441,7 @@ class SourceTask(_Task):
             position, self._final_position = self._final_position, None
         if position is not None and self._reading:
             await self.reader.notify_checkpoint_complete(checkpoint_id, position)
-        if self._reported_final and self._final_committed is not None:
+        if self.env.final_state_checkpointed and self._final_committed is not None:
             self._final_committed.set()
 
     async def _periodic_watermark(self, now: int) -> None:
