@@ -35,6 +35,7 @@ import structlog
 
 from aioflow.connectors.base import Sink, SinkWriter, TwoPhaseCommitSinkWriter
 from aioflow.errors import PipelineError, SinkDeliveryError, check_number
+from aioflow.operators.base import map_into
 from aioflow.retry import RetryPolicy
 
 __all__ = ["AsyncBatchSink"]
@@ -300,11 +301,11 @@ class _AsyncBatchWriter(SinkWriter):
         now = self._loop.time()
         if not self._batch:
             self._batch_since = now
-        self._unacked += len(values)
         if self._max_batch_bytes is None:
             self._add_counted(values, now)
         else:
-            self._add_sized(values, now)
+            self._add_sized(values, now)  # first: a size_of that fails leaves nothing counted
+        self._unacked += len(values)
         if self._batch:
             if self._max_linger == 0:
                 self._cut()
@@ -326,21 +327,20 @@ class _AsyncBatchWriter(SinkWriter):
         self._batch = batch
 
     def _add_sized(self, values: list[Any], now: float) -> None:
-        size_of = self._sink.size_of
+        sizes: list[int] = []
         try:
-            sizes = list(map(size_of, values))
+            map_into(sizes, self._sink.size_of, values)  # a stray StopIteration is raised, not an early end
+        except StopIteration as exc:  # leaving the coroutine, it would become a bare RuntimeError
+            error = RuntimeError(f"size_of raised StopIteration ({exc}); a stray next()?")
+            error.record = values[len(sizes)]  # type: ignore[attr-defined]  # SinkOperator shows it
+            raise error from exc
         except Exception as exc:
-            for value in values:  # find the record, for the error message
-                try:
-                    size_of(value)
-                except Exception:
-                    exc.record = value  # type: ignore[attr-defined]  # SinkOperator shows it
-                    break
+            exc.record = values[len(sizes)]  # type: ignore[attr-defined]
             raise
         max_count, max_bytes, ready = self._max_batch_size, self._max_batch_bytes, self._ready
         assert max_bytes is not None
         batch, total = self._batch, self._batch_bytes
-        for value, size in zip(values, sizes):
+        for value, size in zip(values, sizes, strict=True):
             if batch and total + size > max_bytes:
                 ready.append(batch)
                 batch, total = [], 0

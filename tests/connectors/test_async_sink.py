@@ -94,6 +94,23 @@ def test_a_record_the_default_size_of_cannot_encode_is_named() -> None:
     assert isinstance(info.value.__cause__, TypeError)
 
 
+async def test_a_size_of_leaking_stop_iteration_fails_naming_the_record_instead_of_dropping_the_rest() -> None:
+    """``map`` would take the StopIteration for the end of the records: the rest would be
+    dropped, and a flush would wait for them for ever."""
+    class Leaky(Recording):
+        def size_of(self, record: int) -> int:
+            if record == 3:
+                next(iter([]))  # a stray next()
+            return 1
+
+    app = af.App("leaky")
+    app.source([1, 2, 3, 4, 5], name="items").sink(Leaky(max_batch_bytes=100), name="out")
+    with anyio.fail_after(30), pytest.raises(af.OperatorError) as info:
+        await app.run_async()
+    assert info.value.record == 3
+    assert "size_of raised StopIteration" in str(info.value)
+
+
 def test_max_linger_zero_sends_each_write_at_once() -> None:
     sink = Recording(max_batch_size=100, max_linger=0, max_in_flight=1)
     app = af.App("eager", batch_size=10)
