@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 import structlog
 
-from aioflow.connectors.base import Sink, SinkWriter, TwoPhaseCommitSinkWriter
+from aioflow.connectors.base import END_OF_INPUT, Sink, SinkWriter, TwoPhaseCommitSinkWriter
 from aioflow.errors import PipelineError, SinkDeliveryError, check_number
 from aioflow.operators.base import map_into
 from aioflow.retry import RetryPolicy
@@ -44,10 +44,6 @@ log = structlog.get_logger("aioflow.connectors")
 
 #: Seconds between two "retrying" log lines of one sink subtask (the first is logged at once).
 RETRY_LOG_INTERVAL = 10.0
-#: The checkpoint id the end of bounded input pre-commits under: above every checkpoint's
-#: (the runtime's own, for the end of input with checkpoints, has the same value).
-_FINAL = 2**62
-
 
 #: Hooks a subclass writes as ``async def``; the others must be plain functions.
 _ASYNC_HOOKS = ("send_batch", "open", "close", "pre_commit", "commit", "abort", "recover")
@@ -548,4 +544,4 @@ class _TwoPhaseAsyncBatchWriter(_AsyncBatchWriter, TwoPhaseCommitSinkWriter):
     async def finish(self) -> None:
         """End of bounded input without checkpoints: the rest is one last transaction."""
         await self.flush()
-        await self._sink.commit(await self._sink.pre_commit(_FINAL))
+        await self._sink.commit(await self._sink.pre_commit(END_OF_INPUT))

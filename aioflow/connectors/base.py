@@ -25,6 +25,7 @@ from aioflow.errors import BadRecordError, StateError
 from aioflow.functions import OutputTag
 
 __all__ = [
+    "END_OF_INPUT",
     "BadRecord",
     "ErrorPolicy",
     "Sink",
@@ -182,6 +183,10 @@ class SinkWriter:
 
     async def close(self) -> None:
         """Release resources; called once, also when the job fails."""
+
+
+#: The checkpoint id the end of input pre-commits under: above every periodic checkpoint's.
+END_OF_INPUT = 2**62
 
 
 class TwoPhaseCommitSinkWriter(SinkWriter):

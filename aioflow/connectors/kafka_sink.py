@@ -49,7 +49,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from aioflow.connectors.async_sink import AsyncBatchSink
 from aioflow.connectors.kafka import unreachable
-from aioflow.errors import ConnectorError, PipelineError
+from aioflow.errors import ConnectorError, PipelineError, truncated_repr
 from aioflow.retry import RetryPolicy
 
 __all__ = ["KafkaSink"]
@@ -61,6 +61,9 @@ Delivery = Literal["none", "at_least_once", "exactly_once"]
 #: Producer options the sink sets itself: passing them in ``producer_options`` is an error.
 _RESERVED_OPTIONS = frozenset({"bootstrap_servers", "transactional_id", "value_serializer", "key_serializer",
                                "enable_idempotence"})
+
+#: The headers of a record without any (aiokafka's batch builder takes a list; it only reads it).
+_NO_HEADERS: list[tuple[str, bytes]] = []
 
 #: Most keys a sink subtask remembers the partition of, per topic (then it starts over).
 _KEY_PARTITIONS = 100_000
@@ -294,7 +297,7 @@ class KafkaSink(AsyncBatchSink):
                 raise _record_error(f"value_format returned {type(value).__name__}, not bytes", record)
             if value is None and key is None:
                 raise _record_error("a None record (a tombstone) needs a key", record)
-            headers = (headers_of(record) if headers_of is not None else None) or []
+            headers = (headers_of(record) if headers_of is not None else None) or _NO_HEADERS
             stamp = None
             if stamp_of is not None:
                 stamp = stamp_of(record)
@@ -340,13 +343,15 @@ class KafkaSink(AsyncBatchSink):
         return known[1]
 
     def _delivered(self, records: int, future: asyncio.Future[Any]) -> None:
-        """A batch of ``records`` sent with ``delivery="none"`` is done: count and log a failure."""
-        if not future.cancelled() and future.exception() is not None:
+        """A batch of ``records`` sent with ``delivery="none"`` is done: count and log a
+        failure (a batch cancelled when the producer stopped too)."""
+        if future.cancelled() or future.exception() is not None:
             before = self._failed_deliveries
             self._failed_deliveries += records
             if before == 0 or before // 1000 != self._failed_deliveries // 1000:
+                error = "cancelled" if future.cancelled() else repr(future.exception())
                 log.warning("kafka delivery failed (delivery='none': not retried)", sink=self.name,
-                            error=repr(future.exception()), failed_total=self._failed_deliveries)
+                            error=error, failed_total=self._failed_deliveries)
 
     def is_retryable(self, error: Exception) -> bool:
         """Broker errors Kafka marks retriable, and connection errors; never inside a
@@ -356,9 +361,6 @@ class KafkaSink(AsyncBatchSink):
         if isinstance(error, KafkaError):
             return bool(error.retriable)
         return isinstance(error, (OSError, TimeoutError))
-
-    def size_of(self, record: Any) -> int:
-        return len(self.encode(record)) if record is not None else 0
 
     # -- transactions (exactly once) ----------------------------------------------------
 
@@ -486,5 +488,4 @@ async def _hand_over(producer: AIOKafkaProducer, batch: Any, topic: str, partiti
 
 def _record_error(message: str, record: Any) -> TypeError:
     """A wrong type from a user function, naming the record (its repr, shortened)."""
-    shown = repr(record)
-    return TypeError(f"{message}; record: {shown if len(shown) <= 200 else shown[:200] + '...'}")
+    return TypeError(f"{message}; record: {truncated_repr(record)}")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from aioflow.connectors.base import SinkClosed, TwoPhaseCommitSinkWriter
+from aioflow.connectors.base import END_OF_INPUT, SinkClosed, TwoPhaseCommitSinkWriter
 from aioflow.errors import OperatorError
 from aioflow.operators.base import Operator
 from aioflow.runtime.events import Batch
@@ -21,8 +21,6 @@ __all__ = ["SinkOperator"]
 log = structlog.get_logger("aioflow.runtime")
 
 _MISSING: Any = object()
-#: The checkpoint id the end of input pre-commits under: after every periodic one.
-_FINAL = 2**62
 
 
 class SinkOperator(Operator):
@@ -98,7 +96,7 @@ class SinkOperator(Operator):
             # the end of input's pre-commit: once a checkpoint holds this subtask's final state
             final_checkpointed = self.env is not None and self.env.final_state_checkpointed
             while self._pending and (self._pending[0][0] <= checkpoint_id
-                                     or (self._pending[0][0] == _FINAL and final_checkpointed)):
+                                     or (self._pending[0][0] == END_OF_INPUT and final_checkpointed)):
                 _, handle = self._pending[0]
                 try:
                     await self.writer.commit(handle)
@@ -139,7 +137,7 @@ class SinkOperator(Operator):
         if self._two_phase and not self._closed:
             assert self.env is not None
             if self.env.coordinator is None:  # no checkpoints: commit everything now
-                await self.notify_checkpoint_complete(2**62)
+                await self.notify_checkpoint_complete(END_OF_INPUT)
                 try:
                     await self.writer.finish()
                 except Exception as exc:
@@ -149,10 +147,10 @@ class SinkOperator(Operator):
             # that holds this task's final state (as Flink's final checkpoint does): committed
             # now, a crash before that checkpoint would replay and write these records again.
             try:
-                handle = await self.writer.pre_commit(_FINAL)
+                handle = await self.writer.pre_commit(END_OF_INPUT)
             except Exception as exc:
                 raise self._failed("pre-commit", exc) from exc
-            self._pending.append((_FINAL, handle))  # committed by a checkpoint holding this final state
+            self._pending.append((END_OF_INPUT, handle))  # committed by a checkpoint holding this final state
             self._final = anyio.Event()
             return
         await self._flush()

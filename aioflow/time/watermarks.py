@@ -238,7 +238,8 @@ class SourceWatermarks:
         a split that has produced nothing yet holds it (until it produces or goes idle)."""
         if self.strategy is None:
             return
-        for gone in [name for name in self._splits if name not in active_splits]:
+        active = set(active_splits)
+        for gone in [name for name in self._splits if name not in active]:
             del self._splits[gone]
         for name in active_splits:
             self._split(name)
