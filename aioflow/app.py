@@ -18,8 +18,8 @@ from aioflow.errors import PipelineError
 from aioflow.graph.logical import LogicalGraph
 from aioflow.graph.plan import Plan, build_plan
 from aioflow.log import configure_logging
-from aioflow.operators.base import Operator
 from aioflow.runtime.job import Job, RuntimeConfig
+from aioflow.runtime.operator import Operator
 from aioflow.runtime.restart import DEFAULT_RESTART_STRATEGY, NoRestart, RestartStrategy
 from aioflow.stream import Stream
 from aioflow.time.watermarks import WatermarkStrategy

@@ -23,7 +23,7 @@ from aioflow.functions import (
 )
 from aioflow.operators.coprocess import BroadcastProcessOperator, CoProcessOperator
 from aioflow.operators.join import IntervalJoinOperator
-from aioflow.runtime.writer import BROADCAST
+from aioflow.runtime.partitioning import BROADCAST
 
 if TYPE_CHECKING:
     from aioflow.stream import KeyedStream, Stream

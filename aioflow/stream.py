@@ -24,12 +24,12 @@ from aioflow.errors import PipelineError, check_number
 from aioflow.functions import OutputTag, ProcessFunction
 from aioflow.graph.logical import DEFAULT, Edge, Node
 from aioflow.operators.async_io import AsyncMapOperator, BatchMapOperator, CallPolicy
-from aioflow.operators.base import Operator
 from aioflow.operators.process import ProcessOperator
 from aioflow.operators.sink import SinkOperator
 from aioflow.operators.transform import FilterOperator, FlatMapOperator, MapOperator, RollingReduceOperator
 from aioflow.retry import RetryPolicy
-from aioflow.runtime.writer import BROADCAST, FORWARD, GLOBAL, HASH, REBALANCE
+from aioflow.runtime.operator import Operator
+from aioflow.runtime.partitioning import BROADCAST, FORWARD, GLOBAL, HASH, REBALANCE
 
 if TYPE_CHECKING:
     from aioflow.app import App
@@ -330,7 +330,7 @@ class Stream:
     ) -> Stream:
         """Give records event timestamps (and generate watermarks) mid-stream. Prefer
         ``app.source(..., timestamps=, watermarks=)``: there watermarks are kept per split."""
-        from aioflow.time.assigner import TimestampsAndWatermarksOperator
+        from aioflow.operators.timestamps import TimestampsAndWatermarksOperator
         from aioflow.time.watermarks import PERIODIC_WATERMARK_INTERVAL, WatermarkStrategy
 
         _check_callable(timestamps, "assign_timestamps_and_watermarks()", sync_only=True)

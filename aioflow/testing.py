@@ -45,10 +45,10 @@ from aioflow.connectors.sinks import CollectSink
 from aioflow.errors import PipelineError
 from aioflow.functions import OutputTag, ProcessFunction
 from aioflow.graph.logical import Node
-from aioflow.operators.base import Output
 from aioflow.operators.process import ProcessOperator
 from aioflow.operators.sink import SinkOperator
 from aioflow.runtime.events import Batch
+from aioflow.runtime.operator import Output
 from aioflow.runtime.restart import NoRestart
 from aioflow.runtime.task import SubtaskEnvironment
 from aioflow.state.backend import StateBackend

@@ -7,9 +7,9 @@ import random
 import pytest
 
 import aioflow as af
-from aioflow.operators.base import Output
 from aioflow.operators.join import IntervalJoinOperator
 from aioflow.runtime.events import Batch
+from aioflow.runtime.operator import Output
 from aioflow.runtime.task import SubtaskEnvironment
 from aioflow.state.backend import StateBackend
 from aioflow.testing import run_collect

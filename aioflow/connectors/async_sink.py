@@ -35,8 +35,8 @@ import structlog
 
 from aioflow.connectors.base import END_OF_INPUT, Sink, SinkWriter, TwoPhaseCommitSinkWriter
 from aioflow.errors import PipelineError, SinkDeliveryError, check_number
-from aioflow.operators.base import map_into
 from aioflow.retry import RetryPolicy
+from aioflow.runtime.calls import map_into
 
 __all__ = ["AsyncBatchSink"]
 

@@ -19,7 +19,7 @@ from aioflow.errors import PipelineError
 
 if TYPE_CHECKING:
     from aioflow.connectors.base import Source
-    from aioflow.operators.base import Operator
+    from aioflow.runtime.operator import Operator
     from aioflow.time.watermarks import WatermarkStrategy
 
 __all__ = ["DEFAULT", "Edge", "LogicalGraph", "Node"]

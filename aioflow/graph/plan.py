@@ -14,7 +14,7 @@ from typing import Any
 
 from aioflow.errors import PipelineError
 from aioflow.graph.logical import DEFAULT, Edge, Node
-from aioflow.runtime.writer import FORWARD, REBALANCE
+from aioflow.runtime.partitioning import FORWARD, REBALANCE
 
 __all__ = ["Plan", "PlannedEdge", "PlannedTask", "build_plan"]
 

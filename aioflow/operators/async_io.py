@@ -5,7 +5,7 @@ Like Flink's ``AsyncDataStream``: each record's call may time out and be retried
 :class:`~aioflow.RetryPolicy`; which errors and which results call for another attempt is
 the user's choice), and a call that still fails fails the job, is skipped (logged and
 counted), or goes to a side output as a :class:`FailedCall`. Records run as for any
-``async def`` function (:mod:`aioflow.operators.concurrent`): up to ``capacity`` at once,
+``async def`` function (:mod:`aioflow.runtime.concurrent`): up to ``capacity`` at once,
 a key's records in order on a keyed stream, a batch done before a watermark or a
 barrier passes. Results come in input order, or (``ordered=False``) as they complete,
 within a batch: never across a watermark.
@@ -24,10 +24,11 @@ import structlog
 
 from aioflow.errors import PipelineError, UserFunctionTypeError, truncated_repr
 from aioflow.functions import OutputTag
-from aioflow.operators.base import Operator, await_user, describe_error, for_key, is_async, qualified_name
-from aioflow.operators.concurrent import run_concurrently
 from aioflow.retry import RetryPolicy
+from aioflow.runtime.calls import await_user, describe_error, for_key, is_async, qualified_name
+from aioflow.runtime.concurrent import run_concurrently
 from aioflow.runtime.events import Batch
+from aioflow.runtime.operator import Operator
 
 __all__ = ["AsyncMapOperator", "BatchMapOperator", "CallPolicy", "CallingOperator", "FailedCall"]
 

@@ -12,11 +12,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aioflow.errors import DESCRIBED_ERRORS, UserFunctionTypeError
-from aioflow.operators.base import Collector, Operator, describe_error
 from aioflow.operators.context import OperatorContext
 from aioflow.operators.process import UserCall, call_user_close, call_user_open
+from aioflow.runtime.calls import describe_error
 from aioflow.runtime.events import MIN_WATERMARK, Batch
 from aioflow.runtime.keygroups import key_group
+from aioflow.runtime.operator import Collector, Operator
 
 if TYPE_CHECKING:
     from aioflow.runtime.task import SubtaskEnvironment

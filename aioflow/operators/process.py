@@ -14,18 +14,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aioflow.errors import DESCRIBED_ERRORS, UserFunctionTypeError, truncated_repr
-from aioflow.operators.base import (
-    Collector,
-    Operator,
-    await_user,
-    collect_async,
-    describe_error,
-    for_key,
-    qualified_name,
-)
-from aioflow.operators.concurrent import run_concurrently
 from aioflow.operators.context import ConcurrentContext, OperatorContext
+from aioflow.runtime.calls import await_user, collect_async, describe_error, for_key, qualified_name
+from aioflow.runtime.concurrent import run_concurrently
 from aioflow.runtime.events import Batch
+from aioflow.runtime.operator import Collector, Operator
 from aioflow.time.timers import EVENT_TIME, PROCESSING_TIME, now_ms
 
 if TYPE_CHECKING:

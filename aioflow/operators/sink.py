@@ -9,8 +9,8 @@ import structlog
 
 from aioflow.connectors.base import END_OF_INPUT, SinkClosed, TwoPhaseCommitSinkWriter
 from aioflow.errors import OperatorError
-from aioflow.operators.base import Operator
 from aioflow.runtime.events import Batch
+from aioflow.runtime.operator import Operator
 from aioflow.time.timers import now_ms
 
 if TYPE_CHECKING:

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from itertools import compress
 from typing import TYPE_CHECKING, Any
 
-from aioflow.operators.base import Operator, collect_async, describe_error, is_async
+from aioflow.runtime.calls import collect_async, describe_error, is_async
 from aioflow.runtime.events import Batch
+from aioflow.runtime.operator import Operator
 from aioflow.state.table import MISSING
 
 if TYPE_CHECKING:

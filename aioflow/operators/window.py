@@ -27,11 +27,12 @@ import structlog
 
 from aioflow.errors import DESCRIBED_ERRORS, OperatorError, UserFunctionTypeError
 from aioflow.functions import OutputTag, ProcessWindowFunction
-from aioflow.operators.base import Collector, Operator, check_outputs, describe_error
 from aioflow.operators.context import OperatorContext
 from aioflow.operators.process import UserCall, call_user_close, call_user_open
+from aioflow.runtime.calls import describe_error
 from aioflow.runtime.events import MAX_WATERMARK, MIN_WATERMARK, Batch
 from aioflow.runtime.keygroups import key_group
+from aioflow.runtime.operator import Collector, Operator, check_outputs
 from aioflow.state.handles import ValueState
 from aioflow.state.table import MISSING, StateTable
 from aioflow.time.timers import now_ms

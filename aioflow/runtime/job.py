@@ -28,12 +28,14 @@ from aioflow.checkpoint.metadata import CheckpointMetadata
 from aioflow.errors import StateError
 from aioflow.graph.logical import Node
 from aioflow.graph.plan import Plan, PlannedEdge, PlannedTask
-from aioflow.operators.base import CountingOutput, FanOut, Operator, Output, cancelled_by_runtime
+from aioflow.runtime.calls import cancelled_by_runtime
 from aioflow.runtime.channel import Channel, InputGate
 from aioflow.runtime.keygroups import key_group_range
+from aioflow.runtime.operator import CountingOutput, FanOut, Operator, Output
+from aioflow.runtime.partitioning import FORWARD
 from aioflow.runtime.restart import NoRestart, RestartStrategy
 from aioflow.runtime.task import NetworkOutput, SourceTask, StreamTask, SubtaskEnvironment
-from aioflow.runtime.writer import FORWARD, RecordWriter
+from aioflow.runtime.writer import RecordWriter
 from aioflow.state.backend import DEFAULT_CACHE_SIZE, StateBackend
 from aioflow.state.lmdb import LmdbStore, StateDirLock
 from aioflow.time.watermarks import PERIODIC_WATERMARK_INTERVAL, SourceWatermarks

@@ -24,7 +24,6 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from aioflow.errors import OperatorError, StateError
-from aioflow.operators.base import Operator, Output
 from aioflow.runtime.events import (
     END_OF_INPUT,
     MAX_WATERMARK,
@@ -34,6 +33,7 @@ from aioflow.runtime.events import (
     Watermark,
     WatermarkStatus,
 )
+from aioflow.runtime.operator import Operator, Output
 from aioflow.time.timers import now_ms
 from aioflow.time.valve import WatermarkValve
 

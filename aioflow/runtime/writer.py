@@ -13,19 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 from aioflow.errors import OperatorError
-from aioflow.operators.base import check_hashable, describe_error, map_into
+from aioflow.runtime.calls import check_hashable, describe_error, map_into
 from aioflow.runtime.channel import Channel
 from aioflow.runtime.events import Batch
 from aioflow.runtime.keygroups import key_group, subtask_for_key_group
+from aioflow.runtime.partitioning import FORWARD, GLOBAL, HASH, REBALANCE
 
-__all__ = ["FORWARD", "PARTITIONINGS", "RecordWriter"]
-
-FORWARD = "forward"
-HASH = "hash"
-REBALANCE = "rebalance"
-BROADCAST = "broadcast"
-GLOBAL = "global"
-PARTITIONINGS = (FORWARD, HASH, REBALANCE, BROADCAST, GLOBAL)
+__all__ = ["RecordWriter"]
 
 _ROUTE_CACHE_LIMIT = 200_000
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aioflow.errors import OperatorError, UserFunctionTypeError
-from aioflow.operators.base import describe_error, map_into
+from aioflow.runtime.calls import describe_error, map_into
 from aioflow.runtime.events import MIN_WATERMARK, Batch
 from aioflow.time.timers import now_ms
 

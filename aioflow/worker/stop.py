@@ -31,7 +31,7 @@ import anyio
 import structlog
 
 from aioflow.app import App
-from aioflow.operators.base import Operator
+from aioflow.runtime.operator import Operator
 
 __all__ = ["CANCEL_TIMEOUT", "STOP_TIMEOUT", "StopSignals"]
 

@@ -19,9 +19,9 @@ import pytest
 
 import aioflow as af
 from aioflow.errors import StateError
-from aioflow.operators.base import Output
 from aioflow.operators.coprocess import BroadcastProcessOperator
 from aioflow.runtime.events import Batch
+from aioflow.runtime.operator import Output
 from aioflow.runtime.task import SubtaskEnvironment
 from aioflow.state.backend import StateBackend
 from aioflow.state.lmdb import LmdbStore

@@ -8,7 +8,8 @@ import sys
 from aioflow.runtime.channel import Channel, InputGate
 from aioflow.runtime.events import Batch
 from aioflow.runtime.keygroups import key_group, stable_hash
-from aioflow.runtime.writer import BROADCAST, FORWARD, HASH, REBALANCE, RecordWriter
+from aioflow.runtime.partitioning import BROADCAST, FORWARD, HASH, REBALANCE
+from aioflow.runtime.writer import RecordWriter
 
 
 def _drain(channel: Channel) -> list[object]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aioflow.operators.base import Operator
 from aioflow.runtime.events import MAX_WATERMARK, Batch
+from aioflow.runtime.operator import Operator
 from aioflow.time.timers import now_ms
 from aioflow.time.watermarks import SourceWatermarks, WatermarkStrategy
 
