@@ -51,7 +51,7 @@ from aioflow.runtime.events import Batch
 from aioflow.runtime.operator import Output
 from aioflow.runtime.restart import NoRestart
 from aioflow.runtime.task import SubtaskEnvironment
-from aioflow.state.backend import StateBackend
+from aioflow.state.memory import MemoryBackend
 from aioflow.stream import Stream, instantiate
 
 __all__ = ["SETTINGS", "ProcessFunctionHarness", "replace_sink", "replace_source", "run_collect",
@@ -207,7 +207,7 @@ class ProcessFunctionHarness:
         self._operator.side_outputs = self._sides  # type: ignore[assignment]
 
     async def __aenter__(self) -> ProcessFunctionHarness:
-        env = SubtaskEnvironment("harness", 0, 1, 128, 1024, StateBackend())
+        env = SubtaskEnvironment("harness", 0, 1, 128, 1024, MemoryBackend())
         await self._operator.open(env)
         return self
 

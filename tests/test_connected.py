@@ -11,7 +11,7 @@ from aioflow.operators.join import IntervalJoinOperator
 from aioflow.runtime.events import Batch
 from aioflow.runtime.operator import Output
 from aioflow.runtime.task import SubtaskEnvironment
-from aioflow.state.backend import StateBackend
+from aioflow.state.memory import MemoryBackend
 from aioflow.testing import run_collect
 
 
@@ -194,7 +194,7 @@ async def test_interval_join_sends_records_behind_the_watermark_to_the_side_outp
     operator.function.process_element = lambda l, r, ctx: [(l[1], r[1])]
     operator.out, late = Capture(), Capture()
     operator.side_outputs["late"] = late
-    await operator.open(SubtaskEnvironment("t", 0, 1, 128, 1024, StateBackend()))
+    await operator.open(SubtaskEnvironment("t", 0, 1, 128, 1024, MemoryBackend()))
     await operator.process(Batch([("a", 10)], [10]))
     await operator.process2(Batch([("a", 11), ("a", 16)], [11, 16]))
     await operator.process_watermark(12)
@@ -202,7 +202,7 @@ async def test_interval_join_sends_records_behind_the_watermark_to_the_side_outp
     assert operator.out.values == [((10, 11), 11), ((12, 16), 16)]  # output time: the later one
     assert late.values == [(("a", 9), 9)]
     await operator.process_watermark(100)  # the buffers are cleaned up
-    assert {side: table.entries() for side, table in operator.buffers.items()} == {"left": {}, "right": {}}
+    assert {side: table.keys_in() for side, table in operator.buffers.items()} == {"left": [], "right": []}
 
 
 def test_interval_join_bounds_are_checked() -> None:

@@ -23,6 +23,7 @@ import structlog
 
 from aioflow.checkpoint.metadata import CheckpointMetadata
 from aioflow.errors import StateError
+from aioflow.state.durable import LmdbBackend
 from aioflow.time.timers import now_ms
 
 if TYPE_CHECKING:
@@ -187,14 +188,15 @@ class CheckpointCoordinator:
         metadata = CheckpointMetadata(pending.checkpoint_id, pending.kind, now_ms(), operators=operators,
                                       max_parallelism=self.tasks[0].env.max_parallelism if self.tasks else 0)
         writes = [write for part in pending.writes for write in part]
-        keep = set().union(*(task.env.state_backend.spilled_keys() for task in self.tasks))
+        keep = set().union(*(backend.spilled_keys() for task in self.tasks
+                             if isinstance(backend := task.env.state_backend, LmdbBackend)))
         metadata.duration_ms = int((time.monotonic() - pending.started) * 1000)
         metadata.size_bytes = sum(len(k) + len(v or b"") for k, v in writes)
         self.store.commit(writes, {b"checkpoint": metadata.encode()}, keep)
         # The stored metadata could not count its own commit; the log and the record do.
         metadata.duration_ms = int((time.monotonic() - pending.started) * 1000)
         for task in self.tasks:
-            task.env.state_backend.confirm()
+            task.env.state_backend.confirm(metadata.checkpoint_id)
         for task in holding_final:  # committed: later checkpoints keep just the states
             self._finished[id(task)] = (self._finished[id(task)][0], [])
             task.env.final_state_checkpointed = True

@@ -23,15 +23,15 @@ from aioflow.state.handles import (
     TtlValueState,
     ValueState,
 )
+from aioflow.state.memory import MemoryTimerQueue
 from aioflow.state.serializers import serializer_named
 from aioflow.state.ttl import StateTtl
 from aioflow.time.timers import EVENT_TIME, TimerService, now_ms
 
 if TYPE_CHECKING:
     from aioflow.functions import AggregateFunction
-    from aioflow.state.backend import StateBackend
+    from aioflow.state.backend import KeyedStateBackend, StateTable
     from aioflow.state.serializers import Serializer
-    from aioflow.state.table import StateTable
 
 __all__ = ["ConcurrentContext", "OperatorContext"]
 
@@ -69,7 +69,7 @@ class OperatorContext:
         parallelism: int,
         *,
         keyed: bool,
-        backend: StateBackend | None,
+        backend: KeyedStateBackend | None,
         schedule_processing_time: Callable[[int], None],
     ) -> None:
         self.operator_name = operator_name
@@ -81,10 +81,11 @@ class OperatorContext:
         self.timestamp: int | None = None
         self.key: Any = None
         self.time_domain = EVENT_TIME
-        event_timers = processing_timers = None
         if keyed and backend is not None:
             event_timers = backend.timers(operator_name, "event-timers")
             processing_timers = backend.timers(operator_name, "processing-timers")
+        else:  # no key, no timers: registering one fails naming the operator
+            event_timers, processing_timers = MemoryTimerQueue(), MemoryTimerQueue()
         self.timer_service = TimerService(
             operator_name, self._current_key if keyed else None, schedule_processing_time,
             event_timers, processing_timers,

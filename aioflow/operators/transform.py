@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from aioflow.runtime.calls import collect_async, describe_error, is_async
 from aioflow.runtime.events import Batch
 from aioflow.runtime.operator import Operator
-from aioflow.state.table import MISSING
+from aioflow.state.backend import MISSING
 
 if TYPE_CHECKING:
     from aioflow.runtime.task import SubtaskEnvironment
@@ -102,19 +102,19 @@ class RollingReduceOperator(Operator):
     async def process(self, batch: Batch) -> None:
         values = batch.values
         keys = await self.keys_of(batch, self.key_selector)
-        table, fn = self._table, self.fn
-        entries, mark = table.entries(), table.marker()
+        fn = self.fn
+        view = self._table.view()
+        get, load, put = view.get, view.load, view.put
         out: list[Any] = []
         append = out.append
         value = None
         try:
             for key, value in zip(keys, values):
-                previous = entries.get(key, MISSING)
-                if previous is MISSING and table.incomplete:
-                    previous = table.load(key)
+                previous = get(key, MISSING)
+                if previous is MISSING:
+                    previous = load(key)
                 current = value if previous is MISSING else fn(previous, value)
-                entries[key] = current
-                mark(key)
+                put(key, current)
                 append(current)
         except Exception as exc:
             raise self.error(describe_error(exc, fn), value) from exc

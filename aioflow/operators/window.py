@@ -33,8 +33,8 @@ from aioflow.runtime.calls import describe_error
 from aioflow.runtime.events import MAX_WATERMARK, MIN_WATERMARK, Batch
 from aioflow.runtime.keygroups import key_group
 from aioflow.runtime.operator import Collector, Operator, check_outputs
+from aioflow.state.backend import MISSING, StateTable
 from aioflow.state.handles import ValueState
-from aioflow.state.table import MISSING, StateTable
 from aioflow.time.timers import now_ms
 from aioflow.windows.assigners import GlobalWindow, TimeWindow, TumblingEventTimeWindows, WindowAssigner, merge_windows
 from aioflow.windows.evictors import Evictor
@@ -67,13 +67,30 @@ def _no_mark(key: Any) -> None:
     pass
 
 
+def _no_get(*args: Any) -> Any:
+    return MISSING
+
+
+def _no_put(key: Any, value: Any) -> None:
+    pass
+
+
 def _window_from(stored: Any) -> Any:
     """A window read back from a checkpoint (stored as ``[start, end]`` or ``"GlobalWindow"``)."""
     return GlobalWindow() if stored == "GlobalWindow" else TimeWindow(*stored)
 
 
-def _timer_namespace(stored: Any) -> tuple[Any, Any]:
-    return stored[0], _window_from(stored[1])
+class _TimerKeys:
+    """Window timers' keys, ``(key, window)``, as stored."""
+
+    def encode(self, obj: Any) -> Any:
+        return obj
+
+    def decode(self, plain: Any) -> Any:
+        return plain[0], _window_from(plain[1])
+
+
+_TIMER_KEYS = _TimerKeys()
 
 
 class _WindowListSerializer:
@@ -190,6 +207,8 @@ class WindowOperator(Operator):
         #: -> contents) are the namespaces of the contents table.
         self._pane_heap: list[int] = []
         self._cleanup_heap: list[int] = []
+        #: The fast path's panes (window starts) that have state.
+        self._panes: set[int] = set()
         if assigner.is_merging and not self.trigger.can_merge():
             raise TypeError(f"window {name!r}: trigger {self.trigger!r} cannot be used with merging windows")
         self._fast = (
@@ -209,11 +228,11 @@ class WindowOperator(Operator):
         max_parallelism = env.max_parallelism
         self.event_timers = backend.timers(
             self.name, "window-event-timers",
-            key_group_of=lambda namespace: key_group(namespace[0], max_parallelism), restore=_timer_namespace,
+            key_group_of=lambda namespace: key_group(namespace[0], max_parallelism), keys=_TIMER_KEYS,
         )
         self.processing_timers = backend.timers(
             self.name, "window-processing-timers",
-            key_group_of=lambda namespace: key_group(namespace[0], max_parallelism), restore=_timer_namespace,
+            key_group_of=lambda namespace: key_group(namespace[0], max_parallelism), keys=_TIMER_KEYS,
         )
         self.ctx = OperatorContext(
             self.name, env.subtask_index, env.parallelism, keyed=True, backend=env.state_backend,
@@ -394,10 +413,12 @@ class WindowOperator(Operator):
         lateness = self.lateness
         watermark = self.watermark
         table = self.contents
-        panes, incomplete = table.namespaces, table.incomplete
-        pane: dict[Any, Any] = {}
+        get: Callable[[Any, Any], Any] = _no_get
+        load: Callable[[Any], Any] = _no_get
+        put: Callable[[Any, Any], None] = _no_put
         mark: Callable[[Any], None] = _no_mark
         last_start = None
+        known = self._panes
         kind = self.kind
         aggregate = kind == AGGREGATE
         reduce = kind == REDUCE
@@ -414,29 +435,32 @@ class WindowOperator(Operator):
                     late_ts.append(timestamp)
                     continue
                 if start != last_start:
-                    found = panes.get(start)
-                    if found is None:
-                        found = table.entries(start)
+                    if start not in known:
+                        known.add(start)
                         if end_ts > watermark:
                             heappush(self._pane_heap, end_ts)
                         elif lateness:  # created already fired, within the lateness
                             heappush(self._cleanup_heap, end_ts + lateness)
-                    pane, mark, last_start = found, table.marker(start), start
-                current = pane.get(key, MISSING)
-                if current is MISSING and incomplete and start in incomplete:
-                    current = table.load(key, start)
-                mark(key)
+                    view = table.view(start)
+                    get, load, put, mark, last_start = view.get, view.load, view.put, view.mark, start
+                current = get(key, MISSING)
                 if current is MISSING:
-                    pane[key] = add(value, create()) if aggregate else value if reduce else [value]
+                    current = load(key)
+                if current is MISSING:
+                    current = add(value, create()) if aggregate else value if reduce else [value]
+                    put(key, current)
                 elif aggregate:
-                    pane[key] = add(value, current)
+                    current = add(value, current)
+                    put(key, current)
                 elif reduce:
-                    pane[key] = merge(current, value)  # type: ignore[misc]
+                    current = merge(current, value)  # type: ignore[misc]
+                    put(key, current)
                 else:
                     current.append(value)
+                    mark(key)
                 if end_ts <= watermark:  # within the allowed lateness: fire again at once
                     window = TimeWindow(start, start + size)
-                    self._emit(key, window, pane[key], collector)
+                    self._emit(key, window, current, collector)
         except DESCRIBED_ERRORS:
             raise
         except Exception as exc:
@@ -640,7 +664,7 @@ class WindowOperator(Operator):
                         clear_now(context)
             while cleanup and cleanup[0] <= watermark:
                 start = heappop(cleanup) - lateness + 1 - size
-                if start in self.contents.namespaces:
+                if start in self._panes:
                     pane = self._pane(start, drop=True)
                     if clear is not None:
                         for key in pane:
@@ -655,10 +679,10 @@ class WindowOperator(Operator):
         """Every entry of the fast path's pane ``start`` (stored ones included); ``drop``
         removes the pane from state."""
         table = self.contents
-        table.keys_in(start)  # loads what the cache lacks
-        pane = table.namespaces[start]
+        pane = {key: table.get(key, start) for key in table.keys_in(start)}
         if drop:
             table.drop(start)
+            self._panes.discard(start)
         return pane
 
     def _clear_key(self, window: TimeWindow, key: Any, clear: Callable[[Any], None]) -> None:
@@ -731,10 +755,8 @@ class WindowOperator(Operator):
         self._cleanup_heap = sorted({time for state in states for time in state["cleanup"]})
         if self._fast:
             size, lateness = self.assigner.size, self.lateness  # type: ignore[attr-defined]
-            for end_ts in self._pane_heap:
-                self.contents.entries(end_ts + 1 - size)
-            for time in self._cleanup_heap:
-                self.contents.entries(time - lateness + 1 - size)
+            self._panes = {end_ts + 1 - size for end_ts in self._pane_heap}
+            self._panes.update(time - lateness + 1 - size for time in self._cleanup_heap)
         following = self.processing_timers.next_time()
         if following is not None:
             assert self.env is not None

@@ -36,8 +36,10 @@ from aioflow.runtime.partitioning import FORWARD
 from aioflow.runtime.restart import NoRestart, RestartStrategy
 from aioflow.runtime.task import NetworkOutput, SourceTask, StreamTask, SubtaskEnvironment
 from aioflow.runtime.writer import RecordWriter
-from aioflow.state.backend import DEFAULT_CACHE_SIZE, StateBackend
+from aioflow.state.backend import DEFAULT_CACHE_SIZE, KeyedStateBackend
+from aioflow.state.durable import LmdbBackend
 from aioflow.state.lmdb import LmdbStore, StateDirLock
+from aioflow.state.memory import MemoryBackend
 from aioflow.time.watermarks import PERIODIC_WATERMARK_INTERVAL, SourceWatermarks
 
 __all__ = ["Job", "JobStatus", "RuntimeConfig"]
@@ -136,13 +138,8 @@ def _build(plan: Plan, config: RuntimeConfig, job: Job, store: LmdbStore | None,
                 max_parallelism=config.max_parallelism,
                 batch_size=config.batch_size,
                 max_concurrency=config.max_concurrency,
-                state_backend=StateBackend(
-                    store,
-                    key_groups=key_group_range(index, config.max_parallelism, task.parallelism),
-                    max_parallelism=config.max_parallelism,
-                    cache_size=config.state_cache_size,
-                    checkpointed=config.checkpoint_interval is not None,
-                ),
+                state_backend=_backend(store, config, key_group_range(index, config.max_parallelism,
+                                                                      task.parallelism)),
                 request_stop=job.request_stop,
                 restored=restored,
                 exactly_once=config.checkpoint_mode == "exactly_once",
@@ -199,6 +196,14 @@ def _build(plan: Plan, config: RuntimeConfig, job: Job, store: LmdbStore | None,
                             input_numbers.append(edge.edge.input_number)
                 subtasks.append(StreamTask(env, chain, list(writers.values()), InputGate(channels), input_numbers))
     return subtasks
+
+
+def _backend(store: LmdbStore | None, config: RuntimeConfig, key_groups: range) -> KeyedStateBackend:
+    """A subtask's keyed-state backend: LMDB over the worker's store, or memory."""
+    if store is None:
+        return MemoryBackend(key_groups=key_groups, max_parallelism=config.max_parallelism)
+    return LmdbBackend(store, key_groups=key_groups, max_parallelism=config.max_parallelism,
+                       cache_size=config.state_cache_size, checkpointed=config.checkpoint_interval is not None)
 
 
 class Job:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from aioflow.connectors.base import Source, SourceReader
     from aioflow.runtime.channel import InputGate
     from aioflow.runtime.writer import RecordWriter
-    from aioflow.state.backend import StateBackend
+    from aioflow.state.backend import KeyedStateBackend
     from aioflow.time.watermarks import SourceWatermarks
 
 __all__ = ["NetworkOutput", "Scheduler", "SourceTask", "StreamTask", "SubtaskEnvironment"]
@@ -110,7 +110,7 @@ class SubtaskEnvironment:
     parallelism: int
     max_parallelism: int
     batch_size: int
-    state_backend: StateBackend
+    state_backend: KeyedStateBackend
     scheduler: Scheduler = field(default_factory=Scheduler)
     #: Most records an ``async def`` user function runs on at once, unless its operator says.
     max_concurrency: int = 100
@@ -227,7 +227,7 @@ class _Task:
         assert coordinator is not None
         states = await self._states(checkpoint_id)
         backend = self.env.state_backend
-        writes = backend.snapshot() if backend.durable else []
+        writes = backend.snapshot(checkpoint_id)
         barrier = CheckpointBarrier(checkpoint_id)
         for writer in self.writers:
             await writer.broadcast_event(barrier)
@@ -243,7 +243,7 @@ class _Task:
             self._reported_final = True
             backend = self.env.state_backend
             states = await self._states(-1)
-            coordinator.task_finished(self, states, backend.snapshot() if backend.durable else [])
+            coordinator.task_finished(self, states, backend.snapshot(-1))
 
     async def _close(self, opened: list[Operator], *, failed: bool) -> None:
         """Close what opened, head first. After a clean run a failing close (a final commit

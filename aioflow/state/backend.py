@@ -1,79 +1,170 @@
-"""The state-backend seam: where one subtask's keyed state lives.
+"""The keyed-state seam: what every operator, handle and timer service uses for state.
 
-Operators and state handles talk to :class:`StateTable` objects that a
-:class:`StateBackend` hands out, never to raw dicts of their own. A backend is either
-in memory (the tables' caches are the state; nothing survives the process) or durable
-over the worker's :class:`~aioflow.state.lmdb.LmdbStore`: the tables are then a
-write-back cache of at most ``cache_size`` entries per subtask, trimmed between batches,
-and a checkpoint writes what changed since the previous one.
+A :class:`KeyedStateBackend` holds the keyed state of one subtask, addressed by
+(key group, state, namespace, key): the key group is the key's (``key_group_of`` says how
+a table's key maps to one), the state is a :class:`StateTable` the backend hands out per
+operator and name, the namespace is ``None`` for plain keyed state and the window (or
+timer time) for state kept per window. Two implementations:
 
-The backend also owns processing time for state TTL (``clock``, injectable for tests)
-and the background cleanup of expired TTL state (:meth:`StateBackend.cleanup_expired`).
+- :class:`~aioflow.state.memory.MemoryBackend`: dicts; nothing survives the process.
+- :class:`~aioflow.state.durable.LmdbBackend`: a bounded write-back cache over the
+  worker's LMDB store; checkpoints write what changed since the previous one.
+
+The per-record interface is a :class:`NamespaceView`: the operations of one namespace of a
+table as plain callables, which the memory backend fills with a dict's own (C-level)
+methods, so that a handle's ``value()`` costs a dict lookup and not a chain of calls.
+Nothing outside the backends holds a backend's dicts.
+
+Timers go through the same seam: :meth:`KeyedStateBackend.timers` hands out a
+:class:`TimerQueue`, kept in memory or in the store like the rest of the state.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import TYPE_CHECKING, Any
-
-from aioflow.runtime.keygroups import key_group
-from aioflow.state.serializers import JsonSerializer, Serializer
-from aioflow.state.table import StateTable, Writes
-from aioflow.state.ttl import TtlSweep
-from aioflow.time.timers import TimerQueue, now_ms
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from aioflow.state.serializers import Serializer
 
-    from aioflow.state.lmdb import LmdbStore
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "MISSING",
+    "KeyCodec",
+    "KeyedStateBackend",
+    "NamespaceView",
+    "StateTable",
+    "TimerQueue",
+]
 
-__all__ = ["DEFAULT_CACHE_SIZE", "TTL_CLEANUP_BUDGET", "TTL_CLEANUP_INTERVAL_MS", "StateBackend"]
+#: "No entry": what views and tables return for a key that has no value.
+MISSING: Any = object()
 
 #: Entries a subtask keeps in its write-back cache (durable backend).
 DEFAULT_CACHE_SIZE = 100_000
-#: Background TTL cleanup: how often it runs (processing-time ms) and how many entries it
-#: looks at each time, so that it never pauses a task for long.
-TTL_CLEANUP_INTERVAL_MS = 1_000
-TTL_CLEANUP_BUDGET = 1_000
 
 
-class StateBackend:
-    """The keyed state of one subtask: its tables, in memory or over ``store``.
+def _missing(key: Any) -> Any:
+    return MISSING
 
-    ``clock`` is processing time in epoch milliseconds, as TTL state sees it (default:
-    the wall clock); tests pass a fake one to expire state without sleeping.
-    ``checkpointed`` is false for durable state that is never checkpointed (LMDB for its
-    size alone): timer changes are then not tracked.
+
+class NamespaceView:
+    """The entries of one namespace of one table, as five callables (the per-record path).
+
+    - ``get(key, default)``: the cached value, or ``default``. A miss may not be final:
+    - ``load(key)``: after a miss, the stored value (now cached) or ``MISSING``.
+    - ``put(key, value)``: set the entry.
+    - ``mark(key)``: the entry's value was changed in place (a list appended to).
+    - ``delete(key)``: remove the entry.
+
+    Views stay valid as long as their namespace is not dropped; a table hands out one view
+    per namespace, so asking again is cheap.
     """
+
+    __slots__ = ("delete", "get", "load", "mark", "put")
 
     def __init__(
         self,
-        store: LmdbStore | None = None,
-        *,
-        key_groups: range = range(128),
-        max_parallelism: int = 128,
-        cache_size: int = DEFAULT_CACHE_SIZE,
-        serializer: Serializer | None = None,
-        clock: Callable[[], int] | None = None,
-        checkpointed: bool = True,
+        get: Callable[[Any, Any], Any],
+        put: Callable[[Any, Any], None],
+        mark: Callable[[Any], None],
+        delete: Callable[[Any], None],
+        load: Callable[[Any], Any] = _missing,
     ) -> None:
-        self.store = store
-        #: Snapshots will be taken: track timer changes for them (else timers live in memory only).
-        self.checkpointed = checkpointed
-        self.key_groups = key_groups
-        self.max_parallelism = max_parallelism
-        self.cache_size = cache_size
-        self.serializer = serializer if serializer is not None else JsonSerializer()
-        self.tables: dict[tuple[str, str], StateTable] = {}
-        self._timers: list[tuple[StateTable, TimerQueue]] = []
-        self.clock = clock if clock is not None else now_ms
-        self._sweeps: list[TtlSweep] = []
-        self._next_sweep = 0
-        self._group_of = functools.partial(_group_of_key, max_parallelism=max_parallelism)
+        self.get = get
+        self.put = put
+        self.mark = mark
+        self.delete = delete
+        self.load = load
+
+
+class KeyCodec(Protocol):
+    """How objects that are not plain keys (windows) are stored as keys or namespaces:
+    ``encode`` gives a plain key (``str``, ``int``, ``None`` or tuples of them) that is the
+    same in every process, ``decode`` the object back (a window comes back as a window)."""
+
+    def encode(self, obj: Any) -> Any: ...
+
+    def decode(self, plain: Any) -> Any: ...
+
+
+class StateTable(Protocol):
+    """One state of one operator in one subtask: ``(namespace, key) -> value``."""
+
+    operator: str
+    name: str
+    kind: str
+    serializer: Serializer
+
+    def view(self, namespace: Any = None) -> NamespaceView:
+        """The per-record operations on ``namespace``."""
+        ...
+
+    def get(self, key: Any, namespace: Any = None, default: Any = None) -> Any: ...
+
+    def put(self, key: Any, value: Any, namespace: Any = None) -> None: ...
+
+    def delete(self, key: Any, namespace: Any = None) -> None:
+        """Remove the entry (a namespace left empty goes too)."""
+        ...
+
+    def keys_in(self, namespace: Any = None) -> list[Any]:
+        """Every key with an entry in ``namespace``, stored ones included."""
+        ...
+
+    def drop(self, namespace: Any) -> None:
+        """Remove every entry of ``namespace`` (a window that was purged)."""
+        ...
+
+    def scan(self) -> Iterator[tuple[Any, Any]]:
+        """Every ``(namespace, key)`` with an entry, cached or stored, in no set order
+        (background sweeps); entries changed during the walk may be seen or not."""
+        ...
+
+    def peek(self, key: Any, namespace: Any = None) -> Any:
+        """The value, or ``MISSING``, without keeping a stored one in the cache."""
+        ...
+
+
+class TimerQueue(Protocol):
+    """Timers of one operator: one per ``(timestamp, key)``, fired in timestamp order.
+
+    ``key`` is what the timer belongs to: the record key for process functions, ``(key,
+    window)`` for windows. Timers of one timestamp fire in the order they were registered
+    (stored ones, after a restore or when the cache spilled them, in key order first).
+    """
+
+    def add(self, timestamp: int, key: Any) -> None: ...
+
+    def remove(self, timestamp: int, key: Any) -> None: ...
+
+    def next_time(self) -> int | None:
+        """The earliest timestamp with a timer, or ``None``."""
+        ...
+
+    def pop_due(self, limit: int) -> Iterator[tuple[int, Any]]:
+        """Yield and remove every timer at or before ``limit``, in timestamp order; timers
+        registered meanwhile are yielded too if they are due."""
+        ...
+
+    def clear(self) -> None: ...
+
+
+class KeyedStateBackend(Protocol):
+    """The keyed state of one subtask; see the module docstring."""
+
+    #: State survives the process (and is checkpointed when ``checkpointed``).
+    durable: bool
+    max_parallelism: int
+    #: The default serializer of state values.
+    serializer: Serializer
+    #: Processing time in epoch ms, as TTL state sees it (tests pass a fake one).
+    clock: Callable[[], int]
 
     @property
-    def durable(self) -> bool:
-        return self.store is not None
+    def key_groups(self) -> frozenset[int]:
+        """The key groups this subtask owns now."""
+        ...
 
     def table(
         self,
@@ -83,36 +174,15 @@ class StateBackend:
         *,
         serializer: Serializer | None = None,
         key_group_of: Callable[[Any], int] | None = None,
+        namespaces: KeyCodec | None = None,
         ttl: bool = False,
     ) -> StateTable:
-        """The table of ``operator``'s state ``state``; declaring it again with another kind
-        fails. ``key_group_of`` maps a table key to its key group when the table key is not
-        the record key itself (e.g. ``(key, window)`` for window timers). ``ttl``: the
-        values carry their expiry (see :mod:`aioflow.state.ttl`); the table's kind is then
-        ``"TTL <kind>"`` and the background cleanup walks it."""
-        ident = (operator, state)
-        declared = f"TTL {kind}" if ttl else kind
-        table = self.tables.get(ident)
-        if table is not None:
-            if table.kind != declared:
-                raise TypeError(
-                    f"operator {operator!r}: state {state!r} was declared as {table.kind} state, "
-                    f"cannot declare it again as {declared} state"
-                )
-            return table
-        serializer = serializer if serializer is not None else self.serializer
-        if self.store is None:
-            table = StateTable(operator, state, declared, serializer)
-        else:
-            table_id, restored = self.store.register_table(operator, state, declared, serializer.name)
-            table = StateTable(
-                operator, state, declared, serializer, store=self.store, table_id=table_id,
-                key_group_of=key_group_of or self._group_of, key_groups=self.key_groups, restored=restored,
-            )
-        self.tables[ident] = table
-        if ttl:
-            self._sweeps.append(TtlSweep(table, kind))
-        return table
+        """The table of ``operator``'s state ``state``; declaring it again with another
+        kind fails. ``key_group_of`` maps a table key to its key group when the key is not
+        the record key itself; ``namespaces`` stores namespaces that are not plain JSON
+        keys (windows); ``ttl``: values carry their expiry and a background sweep walks
+        the table."""
+        ...
 
     def timers(
         self,
@@ -120,97 +190,44 @@ class StateBackend:
         name: str,
         *,
         key_group_of: Callable[[Any], int] | None = None,
-        restore: Callable[[Any], Any] | None = None,
+        keys: KeyCodec | None = None,
     ) -> TimerQueue:
-        """``operator``'s timer queue ``name``, with the timers of the last checkpoint in this
-        subtask's key groups. ``key_group_of`` maps a timer's key to its key group; ``restore``
-        turns a key read back from a checkpoint into the object the operator used."""
-        queue = TimerQueue()
-        if self.store is None:
-            return queue
-        table = self.table(operator, name, "timers", serializer=JsonSerializer(), key_group_of=key_group_of)
-        if table.restored:
-            stored = sorted((timestamp, sequence, key) for timestamp, key, sequence in table.stored_namespaces())
-            for timestamp, _, key in stored:
-                queue.add(timestamp, key if restore is None else restore(key))
-            queue.sequence = max((sequence for _, sequence, _ in stored), default=0)
-        if self.checkpointed:
-            queue.changes = {}
-            self._timers.append((table, queue))
-        return queue
+        """``operator``'s timer queue ``name`` (restored timers included). ``keys`` stores
+        timer keys that are not plain JSON keys (``(key, window)`` for windows)."""
+        ...
+
+    @property
+    def cached_entries(self) -> int:
+        """Entries held in memory now (kept as they change, never recounted)."""
+        ...
 
     def trim(self) -> None:
-        """Evict down to ``cache_size`` cached entries (durable tables; called between batches)."""
-        if self.store is None:
-            return
-        excess = sum(table.cached_entries() for table in self.tables.values()) - self.cache_size
-        if excess <= 0:
-            return
-        spill: list[tuple[bytes, bytes]] = []
-        for table in self.tables.values():
-            if excess <= 0:
-                break
-            before = table.cached_entries()
-            spill.extend(table.evict(excess))
-            excess -= before - table.cached_entries()
-        if spill:
-            self.store.spill(spill)
+        """Bring the cache back within its bound (between batches)."""
+        ...
+
+    def snapshot(self, checkpoint_id: int) -> Any:
+        """At checkpoint ``checkpoint_id``'s barrier: what changed since the last completed
+        checkpoint, for the checkpoint to store (nothing for a backend that is not
+        checkpointed)."""
+        ...
+
+    def confirm(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` completed: what its snapshot held is stored."""
+        ...
+
+    def acquire(self, groups: Iterable[int]) -> None:
+        """Start owning ``groups``: their stored state becomes visible."""
+        ...
+
+    def release(self, groups: Iterable[int]) -> None:
+        """Stop owning ``groups``: their state leaves this subtask's cache, and changes not
+        yet in a checkpoint are discarded (the next owner resumes from the checkpoint)."""
+        ...
 
     def cleanup_expired(self, now: int, budget: int) -> int:
-        """Remove TTL state expired at processing time ``now``, looking at no more than
-        ``budget`` entries (cached or stored), so a call is short however large the state.
-        Calls resume where the last one stopped, table after table. Returns how many keys'
-        state it deleted or pruned; the deletions reach the store at the next checkpoint."""
-        if budget < 1:
-            raise ValueError(f"cleanup_expired: budget must be at least 1, got {budget!r}")
-        sweeps, removed = self._sweeps, 0
-        for _ in range(len(sweeps)):
-            examined, expired = sweeps[self._next_sweep].run(now, budget)
-            removed += expired
-            budget -= examined
-            if budget <= 0:
-                break
-            self._next_sweep = (self._next_sweep + 1) % len(sweeps)  # that table's pass ended
-        return removed
+        """Delete TTL state expired at ``now``, looking at no more than ``budget`` entries."""
+        ...
 
-    def schedule_ttl_cleanup(self, schedule: Callable[[int, Callable[[int], Awaitable[None]]], None]) -> None:
-        """If any state has a TTL, have ``schedule`` (the subtask's processing-time
-        scheduler, which runs callbacks between batches) call :meth:`cleanup_expired` at
-        once and then every ``TTL_CLEANUP_INTERVAL_MS``, with ``TTL_CLEANUP_BUDGET``."""
-        if not self._sweeps:
-            return
-
-        async def cleanup(now: int) -> None:
-            self.cleanup_expired(self.clock(), TTL_CLEANUP_BUDGET)
-            schedule(now + TTL_CLEANUP_INTERVAL_MS, cleanup)
-
-        schedule(0, cleanup)
-
-    def confirm(self) -> None:
-        """The last snapshot was committed."""
-        for table in self.tables.values():
-            table.confirm()
-
-    def spilled_keys(self) -> set[bytes]:
-        return set().union(*(table.spilled_keys() for table in self.tables.values()))
-
-    def snapshot(self) -> Writes:
-        """What changed in every table and timer queue since the last committed snapshot
-        (durable backend); see :meth:`StateTable.snapshot`."""
-        for table, queue in self._timers:
-            changes = queue.changes
-            assert changes is not None and table.key_group_of is not None
-            group_of = table.key_group_of
-            table.pending.update(
-                (table.stored_key(group_of(key), timestamp, key), str(sequence).encode() if sequence else None)
-                for (timestamp, key), sequence in changes.items()
-            )
-            changes.clear()
-        writes: Writes = []
-        for table in self.tables.values():
-            writes.extend(table.snapshot())
-        return writes
-
-
-def _group_of_key(key: Any, *, max_parallelism: int) -> int:
-    return key_group(key, max_parallelism)
+    def schedule_ttl_cleanup(self, schedule: Callable[[int, Callable[[int], Any]], None]) -> None:
+        """Have ``schedule`` run the TTL cleanup between batches, if any state has a TTL."""
+        ...

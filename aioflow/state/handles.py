@@ -1,7 +1,7 @@
 """Keyed state handles, with Flink's method names.
 
 A handle reads and writes the state of the *current key*: the key of the record or
-timer being processed. Each handle works on one :class:`~aioflow.state.table.StateTable`
+timer being processed. Each handle works on one :class:`~aioflow.state.backend.StateTable`
 of the operator's state backend: it reads the table's cached entries, falls back to the
 store on a miss, and marks what it changes so the next checkpoint writes it.
 
@@ -19,7 +19,7 @@ import copy
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from aioflow.state.table import MISSING, StateTable
+from aioflow.state.backend import MISSING, StateTable
 from aioflow.state.ttl import purge_list, purge_map
 
 if TYPE_CHECKING:
@@ -41,30 +41,28 @@ __all__ = [
 
 
 class _KeyedHandle:
-    __slots__ = ("_current", "_entries", "_mark", "_namespace", "_table")
+    """A handle reads and writes the current key's entry through its namespace's view."""
+
+    __slots__ = ("_current", "_delete", "_get", "_load", "_mark", "_put", "_table")
 
     def __init__(self, table: StateTable, current: Any, namespace: Any = None) -> None:
         self._table = table
-        self._namespace = namespace
-        self._entries = table.entries(namespace)
-        self._mark = table.marker(namespace)
+        view = table.view(namespace)
+        self._get = view.get
+        self._load = view.load
+        self._put = view.put
+        self._mark = view.mark
+        self._delete = view.delete
         self._current = current  # an object whose ``key`` attribute is the current key
 
-    def _get(self, key: Any) -> Any:
-        value = self._entries.get(key, MISSING)
-        if value is MISSING and self._table.incomplete:
-            value = self._table.load(key, self._namespace)
-        return value
-
-    def _put(self, key: Any, value: Any) -> None:
-        self._entries[key] = value
-        self._mark(key)
+    def _value(self, key: Any) -> Any:
+        """``key``'s value or ``MISSING``."""
+        value = self._get(key, MISSING)
+        return self._load(key) if value is MISSING else value
 
     def clear(self) -> None:
         """Remove the current key's state."""
-        key = self._current.key
-        self._entries.pop(key, None)
-        self._mark(key)
+        self._delete(self._current.key)
 
 
 _IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, frozenset, range)
@@ -89,9 +87,12 @@ class ValueState(_KeyedHandle):
     def value(self) -> Any:
         """The current key's value, or the default given when the state was declared
         (a fresh copy per key when the default is mutable, e.g. ``[]``)."""
-        value = self._get(self._current.key)
+        key = self._current.key
+        value = self._get(key, MISSING)
         if value is MISSING:
-            return self._default if self._shared_default else copy.deepcopy(self._default)
+            value = self._load(key)
+            if value is MISSING:
+                return self._default if self._shared_default else copy.deepcopy(self._default)
         return value
 
     def update(self, value: Any) -> None:
@@ -109,23 +110,23 @@ class ListState(_KeyedHandle):
 
     def get(self) -> list[Any]:
         """A copy of the current key's list (empty if none)."""
-        items = self._get(self._current.key)
+        items = self._value(self._current.key)
         return [] if items is MISSING else list(items)
 
     def add(self, value: Any) -> None:
         key = self._current.key
-        items = self._get(key)
+        items = self._value(key)
         if items is MISSING:
-            self._entries[key] = [value]
+            self._put(key, [value])
         else:
             items.append(value)
-        self._mark(key)
+            self._mark(key)
 
     def add_all(self, values: Iterable[Any]) -> None:
         values = list(values)
         if values:
             key = self._current.key
-            items = self._get(key)
+            items = self._value(key)
             self._put(key, values if items is MISSING else items + values)
 
     def update(self, values: Iterable[Any]) -> None:
@@ -143,7 +144,7 @@ class MapState(_KeyedHandle):
     __slots__ = ()
 
     def _map(self) -> dict[Any, Any]:
-        entries = self._get(self._current.key)
+        entries = self._value(self._current.key)
         return {} if entries is MISSING else entries
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -151,22 +152,22 @@ class MapState(_KeyedHandle):
 
     def put(self, key: Any, value: Any) -> None:
         current = self._current.key
-        entries = self._get(current)
+        entries = self._value(current)
         if entries is MISSING:
-            self._entries[current] = {key: value}
+            self._put(current, {key: value})
         else:
             entries[key] = value
-        self._mark(current)
+            self._mark(current)
 
     def put_all(self, entries: dict[Any, Any]) -> None:
         if entries:
             current = self._current.key
-            existing = self._get(current)
+            existing = self._value(current)
             self._put(current, dict(entries) if existing is MISSING else {**existing, **entries})
 
     def remove(self, key: Any) -> None:
         current = self._current.key
-        entries = self._get(current)
+        entries = self._value(current)
         if entries is not MISSING and key in entries:
             del entries[key]
             if entries:
@@ -200,12 +201,12 @@ class ReducingState(_KeyedHandle):
         self._reduce = reduce
 
     def get(self) -> Any:
-        value = self._get(self._current.key)
+        value = self._value(self._current.key)
         return None if value is MISSING else value
 
     def add(self, value: Any) -> None:
         key = self._current.key
-        current = self._get(key)
+        current = self._value(key)
         self._put(key, value if current is MISSING else self._reduce(current, value))
 
 
@@ -220,12 +221,12 @@ class AggregatingState(_KeyedHandle):
 
     def get(self) -> Any:
         """The aggregate's result for the current key, or ``None`` if nothing was added."""
-        acc = self._get(self._current.key)
+        acc = self._value(self._current.key)
         return None if acc is MISSING else self._agg.get_result(acc)
 
     def add(self, value: Any) -> None:
         key = self._current.key
-        acc = self._get(key)
+        acc = self._value(key)
         self._put(key, self._agg.add(value, self._agg.create_accumulator() if acc is MISSING else acc))
 
 
@@ -243,8 +244,9 @@ class _Expiring:
     _clock: Callable[[], int]
     _refresh: bool
     _ttl_ms: int
-    _entries: dict[Any, Any]
+    _put: Callable[[Any, Any], None]
     _mark: Callable[[Any], None]
+    _delete: Callable[[Any], None]
     _current: Any
 
     def _set_ttl(self, ttl: StateTtl, clock: Callable[[], int]) -> None:
@@ -259,8 +261,7 @@ class _Expiring:
             return MISSING
         now = self._clock()
         if stored[0] <= now:
-            self._entries.pop(key, None)
-            self._mark(key)
+            self._delete(key)
             return MISSING
         if self._refresh:
             stored[0] = now + self._ttl_ms
@@ -268,16 +269,14 @@ class _Expiring:
         return stored[1]
 
     def _write(self, key: Any, value: Any) -> None:
-        self._entries[key] = [self._clock() + self._ttl_ms, value]
-        self._mark(key)
+        self._put(key, [self._clock() + self._ttl_ms, value])
 
     def _replace(self, key: Any, live: Any) -> None:
         """Store what is left of ``key``'s list or map after expired parts went (``MISSING``: nothing)."""
         if live is MISSING:
-            self._entries.pop(key, None)
+            self._delete(key)
         else:
-            self._entries[key] = live
-        self._mark(key)
+            self._put(key, live)
 
 
 class TtlValueState(_Expiring, ValueState):
@@ -292,7 +291,7 @@ class TtlValueState(_Expiring, ValueState):
 
     def value(self) -> Any:
         key = self._current.key
-        value = self._live(key, self._get(key))
+        value = self._live(key, self._value(key))
         if value is MISSING:
             return self._default if self._shared_default else copy.deepcopy(self._default)
         return value
@@ -316,7 +315,7 @@ class TtlListState(_Expiring, ListState):
 
     def get(self) -> list[Any]:
         key = self._current.key
-        items = self._get(key)
+        items = self._value(key)
         if items is MISSING:
             return []
         now = self._clock()
@@ -334,20 +333,20 @@ class TtlListState(_Expiring, ListState):
 
     def add(self, value: Any) -> None:
         key = self._current.key
-        items = self._get(key)
+        items = self._value(key)
         item = [self._clock() + self._ttl_ms, value]
         if items is MISSING:
-            self._entries[key] = [item]
+            self._put(key, [item])
         else:
             items.append(item)
-        self._mark(key)
+            self._mark(key)
 
     def add_all(self, values: Iterable[Any]) -> None:
         expires = self._clock() + self._ttl_ms
         added = [[expires, value] for value in values]
         if added:
             key = self._current.key
-            items = self._get(key)
+            items = self._value(key)
             self._put(key, added if items is MISSING else items + added)
 
     def update(self, values: Iterable[Any]) -> None:
@@ -373,7 +372,7 @@ class TtlMapState(_Expiring, MapState):
     def _map(self) -> dict[Any, Any]:
         """The current key's live ``{map_key: [expires_at, value]}`` (expired entries deleted)."""
         current = self._current.key
-        entries = self._get(current)
+        entries = self._value(current)
         if entries is MISSING:
             return {}
         now = self._clock()
@@ -396,7 +395,7 @@ class TtlMapState(_Expiring, MapState):
     def _entry(self, key: Any) -> Any:
         """``key``'s live ``[expires_at, value]``, or ``None`` (an expired one is deleted)."""
         current = self._current.key
-        entries = self._get(current)
+        entries = self._value(current)
         if entries is MISSING or key not in entries:
             return None
         entry = entries[key]
@@ -416,20 +415,20 @@ class TtlMapState(_Expiring, MapState):
 
     def put(self, key: Any, value: Any) -> None:
         current = self._current.key
-        entries = self._get(current)
+        entries = self._value(current)
         entry = [self._clock() + self._ttl_ms, value]
         if entries is MISSING:
-            self._entries[current] = {key: entry}
+            self._put(current, {key: entry})
         else:
             entries[key] = entry
-        self._mark(current)
+            self._mark(current)
 
     def put_all(self, entries: dict[Any, Any]) -> None:
         if entries:
             expires = self._clock() + self._ttl_ms
             added = {key: [expires, value] for key, value in entries.items()}
             current = self._current.key
-            existing = self._get(current)
+            existing = self._value(current)
             self._put(current, added if existing is MISSING else {**existing, **added})
 
     def contains(self, key: Any) -> bool:
@@ -461,12 +460,12 @@ class TtlReducingState(_Expiring, ReducingState):
 
     def get(self) -> Any:
         key = self._current.key
-        value = self._live(key, self._get(key))
+        value = self._live(key, self._value(key))
         return None if value is MISSING else value
 
     def add(self, value: Any) -> None:
         key = self._current.key
-        current = self._live(key, self._get(key))
+        current = self._live(key, self._value(key))
         self._write(key, value if current is MISSING else self._reduce(current, value))
 
 
@@ -483,10 +482,10 @@ class TtlAggregatingState(_Expiring, AggregatingState):
 
     def get(self) -> Any:
         key = self._current.key
-        acc = self._live(key, self._get(key))
+        acc = self._live(key, self._value(key))
         return None if acc is MISSING else self._agg.get_result(acc)
 
     def add(self, value: Any) -> None:
         key = self._current.key
-        acc = self._live(key, self._get(key))
+        acc = self._live(key, self._value(key))
         self._write(key, self._agg.add(value, self._agg.create_accumulator() if acc is MISSING else acc))

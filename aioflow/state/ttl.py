@@ -21,14 +21,23 @@ Expired values are never returned. They are removed lazily, by the read that fin
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from aioflow.errors import PipelineError
-from aioflow.state.table import MISSING, StateTable
+from aioflow.state.backend import MISSING, StateTable
 
-__all__ = ["StateTtl", "TtlSweep", "purge_entry", "purge_list", "purge_map"]
+__all__ = [
+    "TTL_CLEANUP_BUDGET",
+    "TTL_CLEANUP_INTERVAL_MS",
+    "StateTtl",
+    "TtlCleanup",
+    "TtlSweep",
+    "purge_entry",
+    "purge_list",
+    "purge_map",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +114,10 @@ _PURGE: dict[str, Callable[[Any, int], Any]] = {
 class TtlSweep:
     """The background cleanup of one TTL table: a walk over its entries, resumed call after call.
 
-    A pass looks at the cached entries (of a snapshot of the keys taken when the pass
-    reaches their namespace), then, for a durable table, at the entries the store holds
-    that the cache does not (checkpointed, or evicted to the working area), one key group
-    at a time. Stored entries are read without staying in the cache, so the sweep does
-    not push hot state out. An expired entry is deleted, a partly expired list or map is
-    pruned; both reach the store at the next checkpoint.
+    A pass walks the table's ``scan()``, cached and stored entries alike; stored entries
+    are read with ``peek`` (without staying in the cache), so the sweep does not push hot
+    state out. An expired entry is deleted, a partly expired list or map is pruned; both
+    reach the store at the next checkpoint.
     """
 
     def __init__(self, table: StateTable, kind: str) -> None:
@@ -123,7 +130,7 @@ class TtlSweep:
         deleted or pruned. Fewer looked at than ``budget``: the pass ended, the next call
         starts another."""
         if self._walk is None:
-            self._walk = self._candidates()
+            self._walk = self.table.scan()
         examined = removed = 0
         for namespace, key in self._walk:
             examined += 1
@@ -133,39 +140,64 @@ class TtlSweep:
         self._walk = None
         return examined, removed
 
-    def _candidates(self) -> Iterator[tuple[Any, Any]]:
-        table = self.table
-        for namespace in list(table.namespaces):
-            for key in list(table.namespaces.get(namespace, ())):
-                yield namespace, key
-        if table.store is None:
-            return
-        for group in table.key_groups:
-            for namespace, key in table.stored_keys(group):
-                entries = table.namespaces.get(namespace)
-                if entries is None or key not in entries:  # cached ones were looked at above
-                    yield namespace, key
-
     def _expire(self, namespace: Any, key: Any, now: int) -> int:
         table = self.table
-        entries = table.namespaces.get(namespace)
-        if entries is None:
-            if not table.restored:
-                return 0  # dropped since the pass began
-            entries = table.entries(namespace)
-        value = entries.get(key, MISSING)
-        cached = value is not MISSING
-        if not cached:
-            value = table.load(key, namespace)
-            if value is MISSING:
-                return 0
+        value = table.peek(key, namespace)
+        if value is MISSING:
+            return 0  # deleted since the pass began
         live = self.purge(value, now)
         if live is value:
-            if not cached:
-                del entries[key]  # clean, and its namespace incomplete: the cache is as it was
             return 0
         if live is MISSING:
             table.delete(key, namespace)
         else:
             table.put(key, live, namespace)
         return 1
+
+
+#: Background TTL cleanup: how often it runs (processing-time ms) and how many entries it
+#: looks at each time, so that it never pauses a task for long.
+TTL_CLEANUP_INTERVAL_MS = 1_000
+TTL_CLEANUP_BUDGET = 1_000
+
+
+class TtlCleanup:
+    """The TTL sweeps of one backend's tables, taking turns within one budget."""
+
+    def __init__(self, clock: Callable[[], int]) -> None:
+        self.clock = clock
+        self._sweeps: list[TtlSweep] = []
+        self._next = 0
+
+    def add(self, table: StateTable, kind: str) -> None:
+        self._sweeps.append(TtlSweep(table, kind))
+
+    def run(self, now: int, budget: int) -> int:
+        """Remove TTL state expired at processing time ``now``, looking at no more than
+        ``budget`` entries (cached or stored), so a call is short however large the state.
+        Calls resume where the last one stopped, table after table. Returns how many keys'
+        state it deleted or pruned."""
+        if budget < 1:
+            raise ValueError(f"cleanup_expired: budget must be at least 1, got {budget!r}")
+        sweeps, removed = self._sweeps, 0
+        for _ in range(len(sweeps)):
+            examined, expired = sweeps[self._next].run(now, budget)
+            removed += expired
+            budget -= examined
+            if budget <= 0:
+                break
+            self._next = (self._next + 1) % len(sweeps)  # that table's pass ended
+        return removed
+
+    def schedule(self, schedule: Callable[[int, Callable[[int], Awaitable[None]]], None]) -> None:
+        """If any state has a TTL, have ``schedule`` (the subtask's processing-time
+        scheduler, which runs callbacks between batches) run the cleanup at once and then
+        every ``TTL_CLEANUP_INTERVAL_MS``, with ``TTL_CLEANUP_BUDGET``."""
+        if not self._sweeps:
+            return
+
+        async def cleanup(now: int) -> None:
+            self.run(self.clock(), TTL_CLEANUP_BUDGET)
+            schedule(now + TTL_CLEANUP_INTERVAL_MS, cleanup)
+
+        schedule(0, cleanup)

@@ -1,18 +1,21 @@
-"""Timers: per-key queues ordered by time, de-duplicated per (key, timestamp).
+"""Timers as user code sees them: ``ctx.timer_service``, and processing time.
 
-:class:`TimerQueue` is the data structure (a heap of distinct timestamps, each with an
-insertion-ordered set of keys). :class:`TimerService` is what user code sees as
-``ctx.timer_service``; it registers timers for the key of the record being processed.
+:class:`TimerService` registers timers for the key of the record being processed, in the
+operator's timer queues. The queues themselves (de-duplicated per key and timestamp,
+fired in timestamp order) belong to the state backend, which keeps them in memory or in
+its store: see :meth:`aioflow.state.backend.KeyedStateBackend.timers`.
 """
 
 from __future__ import annotations
 
-import heapq
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["EVENT_TIME", "PROCESSING_TIME", "TimerQueue", "TimerService", "now_ms"]
+if TYPE_CHECKING:
+    from aioflow.state.backend import TimerQueue
+
+__all__ = ["EVENT_TIME", "PROCESSING_TIME", "TimerService", "now_ms"]
 
 EVENT_TIME = "event_time"
 PROCESSING_TIME = "processing_time"
@@ -21,79 +24,6 @@ PROCESSING_TIME = "processing_time"
 def now_ms() -> int:
     """Processing time: wall-clock milliseconds since the epoch."""
     return time.time_ns() // 1_000_000
-
-
-class TimerQueue:
-    """Timers ordered by timestamp; one timer per (timestamp, key).
-
-    A queue of a durable state backend also records its changes since the last
-    checkpoint (``changes``: (timestamp, key) -> registered or deleted), which the
-    backend writes at the next checkpoint.
-    """
-
-    __slots__ = ("_by_time", "_heap", "changes", "sequence")
-
-    def __init__(self) -> None:
-        self._by_time: dict[int, dict[Any, None]] = {}
-        self._heap: list[int] = []
-        #: (timestamp, key) -> the registration's sequence number, or ``False`` when deleted.
-        self.changes: dict[tuple[int, Any], int | bool] | None = None
-        #: Registrations so far: timers of one timestamp fire in registration order, also
-        #: after a restore.
-        self.sequence = 0
-
-    def add(self, timestamp: int, key: Any) -> None:
-        keys = self._by_time.get(timestamp)
-        if keys is None:
-            self._by_time[timestamp] = {key: None}
-            heapq.heappush(self._heap, timestamp)
-        elif key in keys:
-            return
-        else:
-            keys[key] = None
-        if self.changes is not None:
-            self.sequence += 1
-            self.changes[timestamp, key] = self.sequence
-
-    def remove(self, timestamp: int, key: Any) -> None:
-        keys = self._by_time.get(timestamp)
-        if keys is not None:
-            if self.changes is not None and key in keys:
-                self.changes[timestamp, key] = False
-            keys.pop(key, None)
-            if not keys:
-                del self._by_time[timestamp]
-                if len(self._heap) > 2 * len(self._by_time) + 1024:  # drop stale heap entries
-                    self._heap[:] = self._by_time  # in place: pop_due may be iterating it
-                    heapq.heapify(self._heap)
-
-    def next_time(self) -> int | None:
-        """The earliest timestamp with a timer, or ``None``."""
-        heap, by_time = self._heap, self._by_time
-        while heap:
-            if by_time.get(heap[0]):
-                return heap[0]
-            by_time.pop(heapq.heappop(heap), None)
-        return None
-
-    def pop_due(self, limit: int) -> Iterator[tuple[int, Any]]:
-        """Yield and remove ``(timestamp, key)`` for every timer at or before ``limit``, in
-        timestamp order. Timers added while iterating are yielded too if they are due."""
-        heap, by_time = self._heap, self._by_time
-        while heap and heap[0] <= limit:
-            timestamp = heapq.heappop(heap)
-            keys = by_time.pop(timestamp, None)
-            if keys:
-                changes = self.changes
-                for key in keys:
-                    if changes is not None:
-                        changes[timestamp, key] = False
-                    yield timestamp, key
-
-    def clear(self) -> None:
-        """Delete every timer."""
-        for _ in self.pop_due(2**63 - 1):
-            pass
 
 
 class TimerService:
@@ -109,14 +39,14 @@ class TimerService:
         operator: str,
         key_of: Callable[[], Any] | None,
         schedule_processing_time: Callable[[int], None],
-        event_timers: TimerQueue | None = None,
-        processing_timers: TimerQueue | None = None,
+        event_timers: TimerQueue,
+        processing_timers: TimerQueue,
     ) -> None:
         self._operator = operator
         self._key_of = key_of
         self._schedule = schedule_processing_time
-        self.event_timers = event_timers if event_timers is not None else TimerQueue()
-        self.processing_timers = processing_timers if processing_timers is not None else TimerQueue()
+        self.event_timers = event_timers
+        self.processing_timers = processing_timers
         self.watermark = -(2**63)
 
     def _key(self) -> Any:

@@ -23,8 +23,8 @@ from aioflow.operators.coprocess import BroadcastProcessOperator
 from aioflow.runtime.events import Batch
 from aioflow.runtime.operator import Output
 from aioflow.runtime.task import SubtaskEnvironment
-from aioflow.state.backend import StateBackend
 from aioflow.state.lmdb import LmdbStore
+from aioflow.state.memory import MemoryBackend
 
 NO_PERIODIC_CHECKPOINT = 3600.0  # seconds: the final checkpoint of a finished job is the only one
 
@@ -193,7 +193,7 @@ class _Capture(Output):
 async def _opened(index: int, parallelism: int) -> BroadcastProcessOperator:
     operator = BroadcastProcessOperator("table", Table(), None, ("table",))
     operator.out = _Capture()
-    await operator.open(SubtaskEnvironment("t", index, parallelism, 128, 1024, StateBackend()))
+    await operator.open(SubtaskEnvironment("t", index, parallelism, 128, 1024, MemoryBackend()))
     return operator
 
 

@@ -21,7 +21,7 @@ class Backend:
     def spilled_keys(self) -> set[bytes]:
         return set()
 
-    def confirm(self) -> None:
+    def confirm(self, checkpoint_id: int) -> None:
         pass
 
 

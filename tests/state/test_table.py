@@ -3,8 +3,9 @@
 import pytest
 
 from aioflow.errors import StateError
-from aioflow.state.backend import StateBackend
+from aioflow.state.durable import LmdbBackend
 from aioflow.state.handles import ValueState
+from aioflow.state.memory import MemoryBackend
 from aioflow.state.serializers import JsonSerializer, PickleSerializer, decode_key, encode_key, serializer_named
 
 
@@ -50,13 +51,13 @@ def test_declaring_a_table_again_returns_the_same_table(make_backend):
 
 
 def test_memory_backend_is_not_durable_and_trim_keeps_everything():
-    backend = StateBackend(cache_size=1)
+    backend = MemoryBackend()
     table = backend.table("op", "t", "value")
     for i in range(10):
         table.put(i, i)
     backend.trim()
-    assert not backend.durable and not table.durable
-    assert table.cached_entries() == 10
+    assert not backend.durable
+    assert table.cached_entries() == 10 == backend.cached_entries
 
 
 # -- snapshots --------------------------------------------------------------------------------
@@ -67,13 +68,13 @@ def test_snapshot_writes_only_what_changed_since_the_last_one(durable):
     table = backend.table("op", "t", "value")
     table.put("a", 1)
     table.put("b", 2)
-    first = backend.snapshot()
+    first = backend.snapshot(1)
     assert sorted(value for _, value in first) == [b"1", b"2"]
-    backend.confirm()  # committed
-    assert backend.snapshot() == []
+    backend.confirm(1)  # committed
+    assert backend.snapshot(1) == []
     table.put("a", 5)
     table.delete("b")
-    second = dict(backend.snapshot())
+    second = dict(backend.snapshot(1))
     assert sorted(second.values(), key=repr) == [None, b"5"]
 
 
@@ -86,12 +87,12 @@ def test_a_snapshot_that_was_not_committed_is_read_and_written_again(durable):
     durable.checkpoint(backend)
     table.delete("a")
     table.put("b", 2)
-    first = dict(backend.snapshot())  # never committed
+    first = dict(backend.snapshot(1))  # never committed
     table.namespaces.clear()
     table.incomplete.add(None)  # as after an eviction
     assert table.get("a") is None and table.get("b") == 2
     table.put("c", 3)
-    second = dict(backend.snapshot())
+    second = dict(backend.snapshot(1))
     assert set(first) < set(second) and len(second) == 3
 
 
@@ -102,9 +103,9 @@ def test_a_handle_created_before_a_snapshot_keeps_marking_changes(durable):
     state.update(1)
     durable.checkpoint(backend)
     state.update(2)
-    assert [value for _, value in backend.snapshot()] == [b"2"]
+    assert [value for _, value in backend.snapshot(1)] == [b"2"]
     state.clear()
-    assert [value for _, value in backend.snapshot()] == [None]
+    assert [value for _, value in backend.snapshot(1)] == [None]
 
 
 def test_tuple_keys_and_namespaces_round_trip_as_tuples(durable):
@@ -239,8 +240,8 @@ def test_a_table_split_by_key_group_ranges(durable):
     durable.close()
 
     durable.open()
-    low = StateBackend(durable.store, key_groups=range(0, 64), max_parallelism=128).table("op", "t", "value")
-    high = StateBackend(durable.store, key_groups=range(64, 128), max_parallelism=128).table("op", "t", "value")
+    low = LmdbBackend(durable.store, key_groups=range(0, 64), max_parallelism=128).table("op", "t", "value")
+    high = LmdbBackend(durable.store, key_groups=range(64, 128), max_parallelism=128).table("op", "t", "value")
     low_keys, high_keys = set(low.keys_in()), set(high.keys_in())
     assert low_keys and high_keys and not low_keys & high_keys
     assert low_keys | high_keys == {f"k{i}" for i in range(200)}
@@ -352,7 +353,7 @@ def test_a_set_in_json_state_is_refused_at_snapshot_naming_operator_state_and_ty
     backend = durable.open()
     backend.table("counter", "seen", "value").put("a", {1, 2})
     with pytest.raises(StateError, match=r"operator 'counter': state 'seen'.*type set") as info:
-        backend.snapshot()
+        backend.snapshot(1)
     assert "serializer='pickle'" in str(info.value)
 
 
@@ -386,12 +387,12 @@ def test_json_map_state_refuses_non_string_map_keys(durable):
     backend = durable.open()
     backend.table("op", "m", "map").put("a", {1: "one"})
     with pytest.raises(StateError, match=r"operator 'op': state 'm'.*type dict"):
-        backend.snapshot()
+        backend.snapshot(1)
 
 
 def test_backend_serializer_is_the_default_for_its_tables(durable):
     durable.open()
-    backend = StateBackend(durable.store, serializer=PickleSerializer())
+    backend = LmdbBackend(durable.store, serializer=PickleSerializer())
     table = backend.table("op", "t", "value")
     assert table.serializer.name == "pickle"
     table.put("a", frozenset({1}))
@@ -432,13 +433,13 @@ def test_an_entry_evicted_while_its_snapshot_is_pending_is_still_found(durable):
     table = backend.table("op", "t", "window")
     table.put("a", 1, namespace="w")
     table.put("b", 2, namespace="w")
-    writes = backend.snapshot()  # taken, not yet committed
+    writes = backend.snapshot(1)  # taken, not yet committed
     backend.trim()  # both are clean now: evicted without a spill
     assert table.cached_entries() <= 1
     assert sorted(table.keys_in("w")) == ["a", "b"]
     assert (table.get("a", namespace="w"), table.get("b", namespace="w")) == (1, 2)
     durable.store.commit(writes, {}, set())
-    backend.confirm()
+    backend.confirm(1)
     backend.trim()
     assert sorted(table.keys_in("w")) == ["a", "b"]
 
@@ -455,8 +456,8 @@ def test_json_refuses_values_and_keys_that_would_come_back_as_another_type(durab
     table = backend.table("op", "t", "value")
     table.put("a", datetime.datetime(2026, 1, 1))
     with pytest.raises(StateError, match="operator 'op': state 't' cannot serialise a value of type datetime"):
-        backend.snapshot()
+        backend.snapshot(1)
     table.delete("a")
     table.put(UserKey("u"), 1)
     with pytest.raises(StateError, match="cannot store a key of type UserKey.*state_key"):
-        backend.snapshot()
+        backend.snapshot(1)

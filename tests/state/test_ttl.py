@@ -1,6 +1,6 @@
 """State TTL: expiry per kind on both backends, lazy and background cleanup, restore.
 
-Processing time comes from a fake clock given to the backend (``StateBackend(clock=)``),
+Processing time comes from a fake clock given to the backend (``MemoryBackend(clock=)``),
 so nothing sleeps. The durable backend has a two-entry cache and the tests evict
 (``churn``) between steps, so most reads there come back from the store.
 """
@@ -12,13 +12,15 @@ from dataclasses import dataclass
 import pytest
 
 import aioflow as af
-import aioflow.state.backend as backend_module
+import aioflow.state.durable as durable_module
+import aioflow.state.memory as memory_module
 from aioflow.errors import PipelineError, StateError
 from aioflow.functions import AggregateFunction
 from aioflow.operators.context import OperatorContext
-from aioflow.state.backend import TTL_CLEANUP_BUDGET, TTL_CLEANUP_INTERVAL_MS, StateBackend
+from aioflow.state.durable import LmdbBackend
 from aioflow.state.handles import AggregatingState, ListState, MapState, ReducingState, ValueState
-from aioflow.state.ttl import StateTtl
+from aioflow.state.memory import MemoryBackend
+from aioflow.state.ttl import TTL_CLEANUP_BUDGET, TTL_CLEANUP_INTERVAL_MS, StateTtl
 from aioflow.testing import run_collect
 
 START = 1_700_000_000_000
@@ -39,7 +41,7 @@ class Clock:
 
 @dataclass
 class Setup:
-    backend: StateBackend
+    backend: MemoryBackend | LmdbBackend
     clock: Clock
     durable: object | None  # conftest's Durable, for the LMDB backend
 
@@ -60,16 +62,16 @@ class Setup:
             self.durable.checkpoint(self.backend)
 
 
-def _open(durable, clock: Clock, cache_size: int = 2) -> StateBackend:
+def _open(durable, clock: Clock, cache_size: int = 2) -> LmdbBackend:
     durable.open(cache_size=cache_size)
-    return StateBackend(durable.store, cache_size=cache_size, clock=clock)
+    return LmdbBackend(durable.store, cache_size=cache_size, clock=clock)
 
 
 @pytest.fixture(params=["memory", "durable"])
 def setup(request: pytest.FixtureRequest, durable) -> Setup:
     clock = Clock()
     if request.param == "memory":
-        return Setup(StateBackend(clock=clock), clock, None)
+        return Setup(MemoryBackend(clock=clock), clock, None)
     return Setup(_open(durable, clock), clock, durable)
 
 
@@ -375,12 +377,12 @@ def test_background_cleanup_removes_expired_entries_never_read_again(setup):
     for _ in range(12):
         removed.append(setup.backend.cleanup_expired(setup.clock(), 3))
     assert max(removed) <= 3 and sum(removed) == 11
-    assert not [key for key in table.namespaces.get(None, {}) if key.startswith("old")]
     new = [f"new-{i}" for i in range(5)]
     if setup.durable is None:
-        assert sorted(table.namespaces[None]) == new
+        assert sorted(table.keys_in()) == new
     else:
         assert table.cached_entries() <= 2  # stored entries were read, not cached
+        assert sorted(table.keys_in()) == new
         setup.checkpoint()
         assert _stored_keys(table) == new
         setup.backend = _open(setup.durable, setup.clock)  # restored into a fresh backend
@@ -444,7 +446,7 @@ async def test_the_runtime_cleans_up_every_second_with_a_bounded_budget():
     def schedule(at, callback):
         scheduled.append((at, callback))
 
-    backend = StateBackend(clock=clock)
+    backend = MemoryBackend(clock=clock)
     backend.schedule_ttl_cleanup(schedule)
     assert scheduled == []  # no TTL state: nothing to do
 
@@ -543,7 +545,8 @@ def test_background_cleanup_of_a_restored_table_reads_the_store(durable):
 @pytest.mark.parametrize("backend", ["memory", "lmdb"])
 def test_value_state_with_ttl_in_a_keyed_process_function(tmp_path, monkeypatch, backend):
     clock = Clock(0)
-    monkeypatch.setattr(backend_module, "now_ms", clock)  # the backends' processing time
+    monkeypatch.setattr(memory_module, "now_ms", clock)  # the backends' processing time
+    monkeypatch.setattr(durable_module, "now_ms", clock)
 
     class Last(af.KeyedProcessFunction):
         def open(self, ctx):

@@ -15,8 +15,8 @@ from support import Count
 
 import aioflow as af
 from aioflow.state.handles import ValueState
+from aioflow.state.memory import MemoryTable
 from aioflow.state.serializers import JsonSerializer
-from aioflow.state.table import StateTable
 from aioflow.testing import run_collect
 
 
@@ -64,8 +64,7 @@ class Clock:
     def __init__(self, now: int) -> None:
         self.now = now
         self.timers: list[int] = []
-        self.table = StateTable("trigger", "state", "trigger", JsonSerializer())
-        self.state = self.table.entries()
+        self.table = MemoryTable("trigger", "state", "trigger", JsonSerializer())
 
     def current_processing_time(self) -> int:
         return self.now
@@ -86,6 +85,6 @@ def test_continuous_processing_time_trigger_schedules_as_flink_does() -> None:
     assert negative.timers == [-20]
 
     merged = Clock(now=16)
-    merged.state["next_fire"] = 16  # a merged session's fire time, off the grid of 10
+    merged.table.put("next_fire", 16)  # a merged session's fire time, off the grid of 10
     assert trigger.on_processing_time(16, af.TimeWindow(12, 33), merged) == af.TriggerResult.FIRE
     assert merged.timers == [26]

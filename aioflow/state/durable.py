@@ -1,4 +1,4 @@
-"""One state of one operator in one subtask: a write-back cache over the state store.
+"""The LMDB keyed-state backend: tables that are a write-back cache over the worker's store.
 
 A table maps ``(namespace, key)`` to a value. The namespace is ``None`` for plain keyed
 state and the window (or pane start, or timer time) for state kept per window. The cache
@@ -28,32 +28,33 @@ ranges when the parallelism changes.
 
 from __future__ import annotations
 
+import functools
 import struct
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from aioflow.errors import StateError
-from aioflow.state.serializers import Serializer, decode_key, encode_key
+from aioflow.runtime.keygroups import key_group
+from aioflow.state.backend import DEFAULT_CACHE_SIZE, MISSING, KeyCodec, NamespaceView, TimerQueue
+from aioflow.state.memory import MemoryTimerQueue, check_declaration
+from aioflow.state.serializers import JsonSerializer, Serializer, decode_key, encode_key
+from aioflow.state.ttl import TtlCleanup
+from aioflow.time.timers import now_ms
 
 if TYPE_CHECKING:
     from aioflow.state.lmdb import LmdbStore
 
-__all__ = ["MISSING", "StateTable", "Writes"]
-
-MISSING: Any = object()
+__all__ = ["LmdbBackend", "LmdbTable", "Writes"]
 
 #: (stored key, serialized value or ``None`` for a deletion), in order.
 Writes = list[tuple[bytes, bytes | None]]
 
 _HEAD = struct.Struct(">IH")  # table id, key group
 _LEN = struct.Struct(">H")
-_DISCARD = deque(maxlen=0)  # ``_DISCARD.append`` is a no-op at C speed: the memory backend's dirty marker
 
 
-class StateTable:
-    """See the module docstring. ``store`` is ``None`` for the in-memory backend: the cache
-    is then all there is, and nothing is tracked."""
+class LmdbTable:
+    """A table of the LMDB backend; see the module docstring."""
 
     def __init__(
         self,
@@ -62,7 +63,7 @@ class StateTable:
         kind: str,
         serializer: Serializer,
         *,
-        store: LmdbStore | None = None,
+        store: LmdbStore,
         table_id: int = 0,
         key_group_of: Callable[[Any], int] | None = None,
         key_groups: range = range(0),
@@ -89,27 +90,62 @@ class StateTable:
         self.restored = restored
 
     def __repr__(self) -> str:
-        return f"<StateTable {self.operator!r}/{self.name!r} ({self.kind})>"
-
-    @property
-    def durable(self) -> bool:
-        return self.store is not None
+        return f"<LmdbTable {self.operator!r}/{self.name!r} ({self.kind})>"
 
     # -- the per-record interface ----------------------------------------------------------
+
+    def view(self, namespace: Any = None) -> NamespaceView:
+        entries = self.entries(namespace)
+        mark = self.marker(namespace)
+
+        def put(key: Any, value: Any) -> None:
+            entries[key] = value
+            mark(key)
+
+        def delete(key: Any) -> None:
+            entries.pop(key, None)
+            mark(key)
+
+        def load(key: Any) -> Any:
+            return self.load(key, namespace)
+
+        return NamespaceView(entries.get, put, mark, delete, load)
+
+
+    def scan(self) -> Iterator[tuple[Any, Any]]:
+        for namespace in list(self.namespaces):
+            for key in list(self.namespaces.get(namespace, ())):
+                yield namespace, key
+        for group in self.key_groups:
+            for namespace, key in self.stored_keys(group):
+                entries = self.namespaces.get(namespace)
+                if entries is None or key not in entries:  # cached ones were seen above
+                    yield namespace, key
+
+    def peek(self, key: Any, namespace: Any = None) -> Any:
+        entries = self.namespaces.get(namespace)
+        if entries is not None and key in entries:
+            return entries[key]
+        if entries is None:
+            if not self.restored and namespace not in self.stored_in:
+                return MISSING
+            entries = self.entries(namespace)
+        value = self.load(key, namespace)
+        if value is not MISSING:
+            del entries[key]  # clean, and its namespace incomplete: the cache is as it was
+        return value
 
     def entries(self, namespace: Any = None) -> dict[Any, Any]:
         """The cached entries of ``namespace`` (created empty); mark what you change."""
         entries = self.namespaces.get(namespace)
         if entries is None:
             entries = self.namespaces[namespace] = {}
-            if self.restored and self.store is not None and namespace not in self.dropped:
+            if self.restored and namespace not in self.dropped:
                 self.incomplete.add(namespace)
         return entries
 
     def marker(self, namespace: Any = None) -> Callable[[Any], None]:
         """``mark(key)``: record that ``key``'s entry in ``namespace`` changed."""
-        if self.store is None:
-            return _DISCARD.append
         dirty = self.dirty.get(namespace)
         if dirty is None:
             dirty = self.dirty[namespace] = set()
@@ -125,16 +161,14 @@ class StateTable:
 
     def put(self, key: Any, value: Any, namespace: Any = None) -> None:
         self.entries(namespace)[key] = value
-        if self.store is not None:
-            self.marker(namespace)(key)
+        self.marker(namespace)(key)
 
     def delete(self, key: Any, namespace: Any = None) -> None:
         entries = self.namespaces.get(namespace)
         if entries is not None:
             entries.pop(key, None)
-        if self.store is not None:
-            self.entries(namespace)
-            self.marker(namespace)(key)
+        self.entries(namespace)
+        self.marker(namespace)(key)
 
     def load(self, key: Any, namespace: Any = None) -> Any:
         """After a cache miss: the stored value (now cached), or ``MISSING``."""
@@ -163,13 +197,12 @@ class StateTable:
         """Remove every entry of ``namespace`` (a window that was purged)."""
         self.namespaces.pop(namespace, None)
         self.dirty.pop(namespace, None)
-        if self.store is not None:
-            self.incomplete.discard(namespace)
-            self.spilled.pop(namespace, None)
-            if self.restored or namespace in self.stored_in:
-                self.dropped.add(namespace)
+        self.incomplete.discard(namespace)
+        self.spilled.pop(namespace, None)
+        if self.restored or namespace in self.stored_in:
+            self.dropped.add(namespace)
 
-    def keys_in(self, namespace: Any = None) -> Iterator[Any]:
+    def keys_in(self, namespace: Any = None) -> list[Any]:
         """Every key with an entry in ``namespace``, stored ones included."""
         if self.restored and namespace not in self.namespaces:
             self.entries(namespace)  # any namespace of a restored table may have stored entries
@@ -178,7 +211,7 @@ class StateTable:
             for key in self._stored_keys(namespace):
                 if key not in entries:
                     self.load(key, namespace)
-        return iter(list(self.namespaces.get(namespace, {})))
+        return list(self.namespaces.get(namespace, {}))
 
     # -- snapshot, eviction and restore ----------------------------------------------------
 
@@ -306,8 +339,6 @@ class StateTable:
         checkpoint (unless the namespace was dropped), in a snapshot not yet committed, or
         evicted to the working area. (:meth:`load` then sorts out which value is current.)"""
         store = self.store
-        if store is None:
-            return
         dropped = namespace in self.dropped
         spilled = self.spilled.get(namespace, ())
         if not dropped and self.pending:  # an entry evicted clean may live only in the pending snapshot
@@ -328,8 +359,6 @@ class StateTable:
     def stored_namespaces(self) -> Iterator[tuple[Any, Any, Any]]:
         """Every stored ``(namespace, key, value)`` of this table's key groups (for restoring
         small operator-managed state such as timers)."""
-        if self.store is None:
-            return
         for group in self.key_groups:
             for stored, data in self.store.items_with_prefix(_HEAD.pack(self.table_id, group)):
                 yield *_split(stored), self._loads(data)
@@ -359,3 +388,183 @@ def _split(stored: bytes) -> tuple[Any, Any]:
     start = _HEAD.size + _LEN.size
     namespace = None if size == 0 else decode_key(stored[start:start + size])
     return namespace, decode_key(stored[start + size:])
+
+
+class LmdbBackend:
+    """Keyed state over the worker's :class:`~aioflow.state.lmdb.LmdbStore`: each table a
+    write-back cache of at most ``cache_size`` entries per subtask, trimmed between
+    batches; a checkpoint writes what changed since the previous one. ``checkpointed`` is
+    false for LMDB used for its size alone (never checkpointed): timer changes are then
+    not tracked."""
+
+    durable = True
+
+    def __init__(
+        self,
+        store: LmdbStore,
+        *,
+        key_groups: range = range(128),
+        max_parallelism: int = 128,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        serializer: Serializer | None = None,
+        clock: Callable[[], int] | None = None,
+        checkpointed: bool = True,
+    ) -> None:
+        self.store = store
+        self.checkpointed = checkpointed
+        self._key_groups = key_groups
+        self.max_parallelism = max_parallelism
+        self.cache_size = cache_size
+        self.serializer = serializer if serializer is not None else JsonSerializer()
+        self.tables: dict[tuple[str, str], LmdbTable] = {}
+        self._timers: list[tuple[LmdbTable, MemoryTimerQueue]] = []
+        self.clock = clock if clock is not None else now_ms
+        self._ttl = TtlCleanup(self.clock)
+        self._group_of = functools.partial(_group_of_key, max_parallelism=max_parallelism)
+
+    @property
+    def key_groups(self) -> frozenset[int]:
+        return frozenset(self._key_groups)
+
+    def table(
+        self,
+        operator: str,
+        state: str,
+        kind: str,
+        *,
+        serializer: Serializer | None = None,
+        key_group_of: Callable[[Any], int] | None = None,
+        namespaces: KeyCodec | None = None,
+        ttl: bool = False,
+    ) -> LmdbTable:
+        ident = (operator, state)
+        declared = f"TTL {kind}" if ttl else kind
+        table = self.tables.get(ident)
+        if table is not None:
+            check_declaration(table, operator, state, declared)
+            return table
+        serializer = serializer if serializer is not None else self.serializer
+        table_id, restored = self.store.register_table(operator, state, declared, serializer.name)
+        table = LmdbTable(
+            operator, state, declared, serializer, store=self.store, table_id=table_id,
+            key_group_of=key_group_of or self._group_of, key_groups=self._key_groups, restored=restored,
+        )
+        self.tables[ident] = table
+        if ttl:
+            self._ttl.add(table, kind)
+        return table
+
+    def timers(
+        self,
+        operator: str,
+        name: str,
+        *,
+        key_group_of: Callable[[Any], int] | None = None,
+        keys: KeyCodec | None = None,
+    ) -> TimerQueue:
+        queue = _TrackedTimerQueue()
+        table = self.table(operator, name, "timers", serializer=JsonSerializer(), key_group_of=key_group_of)
+        restore = keys.decode if keys is not None else None
+        if table.restored:
+            stored = sorted((timestamp, sequence, key) for timestamp, key, sequence in table.stored_namespaces())
+            for timestamp, _, key in stored:
+                queue.add(timestamp, key if restore is None else restore(key))
+            queue.sequence = max((sequence for _, sequence, _ in stored), default=0)
+        if self.checkpointed:
+            queue.changes = {}
+            self._timers.append((table, queue))
+        return queue
+
+    @property
+    def cached_entries(self) -> int:
+        return sum(table.cached_entries() for table in self.tables.values())
+
+    def trim(self) -> None:
+        """Evict down to ``cache_size`` cached entries (called between batches)."""
+        excess = self.cached_entries - self.cache_size
+        if excess <= 0:
+            return
+        spill: list[tuple[bytes, bytes]] = []
+        for table in self.tables.values():
+            if excess <= 0:
+                break
+            before = table.cached_entries()
+            spill.extend(table.evict(excess))
+            excess -= before - table.cached_entries()
+        if spill:
+            self.store.spill(spill)
+
+    def acquire(self, groups: Iterable[int]) -> None:
+        raise StateError("acquiring key groups at run time needs the checkpoint storage of a later step")
+
+    def release(self, groups: Iterable[int]) -> None:
+        raise StateError("releasing key groups at run time needs the checkpoint storage of a later step")
+
+    def cleanup_expired(self, now: int, budget: int) -> int:
+        return self._ttl.run(now, budget)
+
+    def schedule_ttl_cleanup(self, schedule: Callable[[int, Callable[[int], Any]], None]) -> None:
+        self._ttl.schedule(schedule)
+
+    def confirm(self, checkpoint_id: int) -> None:
+        """The last snapshot was committed."""
+        for table in self.tables.values():
+            table.confirm()
+
+    def spilled_keys(self) -> set[bytes]:
+        return set().union(*(table.spilled_keys() for table in self.tables.values()))
+
+    def snapshot(self, checkpoint_id: int) -> Writes:
+        """What changed in every table and timer queue since the last committed snapshot;
+        see :meth:`LmdbTable.snapshot`."""
+        for table, queue in self._timers:
+            changes = queue.changes
+            assert changes is not None and table.key_group_of is not None
+            group_of = table.key_group_of
+            table.pending.update(
+                (table.stored_key(group_of(key), timestamp, key), str(sequence).encode() if sequence else None)
+                for (timestamp, key), sequence in changes.items()
+            )
+            changes.clear()
+        writes: Writes = []
+        for table in self.tables.values():
+            writes.extend(table.snapshot())
+        return writes
+
+
+class _TrackedTimerQueue(MemoryTimerQueue):
+    """A memory timer queue that records its changes since the last checkpoint
+    (``changes``: (timestamp, key) -> registration sequence, or ``False`` when deleted)."""
+
+    __slots__ = ("changes", "sequence")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes: dict[tuple[int, Any], int | bool] | None = None
+        self.sequence = 0
+
+    def add(self, timestamp: int, key: Any) -> None:
+        keys = self._by_time.get(timestamp)
+        if keys is not None and key in keys:
+            return
+        super().add(timestamp, key)
+        if self.changes is not None:
+            self.sequence += 1
+            self.changes[timestamp, key] = self.sequence
+
+    def remove(self, timestamp: int, key: Any) -> None:
+        keys = self._by_time.get(timestamp)
+        if self.changes is not None and keys is not None and key in keys:
+            self.changes[timestamp, key] = False
+        super().remove(timestamp, key)
+
+    def pop_due(self, limit: int) -> Iterator[tuple[int, Any]]:
+        changes = self.changes
+        for timestamp, key in super().pop_due(limit):
+            if changes is not None:
+                changes[timestamp, key] = False
+            yield timestamp, key
+
+
+def _group_of_key(key: Any, *, max_parallelism: int) -> int:
+    return key_group(key, max_parallelism)
