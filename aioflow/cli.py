@@ -5,7 +5,9 @@
 
 Exit status of ``aioflow run``: 0 the job finished (its input ended, or a stop signal
 drained it or stopped it with a savepoint); 1 it failed; 2 the app could not be loaded or the command line is wrong;
-128 + the signal number (130 for SIGINT, 143 for SIGTERM) it was cancelled before
+3 the worker refused to run (:class:`~aioflow.errors.RefusedError`: corrupt, missing or
+foreign state, a checkpoint the job cannot resume as it is): restarting it would repeat
+that, so a supervisor should not; 128 + the signal number (130 for SIGINT, 143 for SIGTERM) it was cancelled before
 completion, by a second signal or because the stop took longer than ``--stop-timeout``.
 
 Configuration: every option can also be set by an environment variable named after it
@@ -45,7 +47,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from aioflow.app import App
-from aioflow.errors import AioflowError, AppLoadError
+from aioflow.errors import AioflowError, AppLoadError, RefusedError
 from aioflow.log import LOG_LEVELS, configure_logging
 from aioflow.worker.collectors import register_job_metrics
 from aioflow.worker.config import EnvironmentOptionError, EnvironmentOptions
@@ -54,13 +56,15 @@ from aioflow.worker.http import DEFAULT_HOST, HttpServer, worker_routes
 from aioflow.worker.metrics import MetricsRegistry
 from aioflow.worker.stop import STOP_TIMEOUT, StopSignals
 
-__all__ = ["EXIT_CANNOT_LOAD", "EXIT_FAILED", "EXIT_FINISHED", "HttpOptions", "load_app", "main", "parse_args"]
+__all__ = ["EXIT_CANNOT_LOAD", "EXIT_FAILED", "EXIT_FINISHED", "EXIT_REFUSED", "HttpOptions", "load_app", "main",
+           "parse_args"]
 
 log = structlog.get_logger("aioflow.cli")
 
 EXIT_FINISHED = 0
 EXIT_FAILED = 1
 EXIT_CANNOT_LOAD = 2
+EXIT_REFUSED = 3
 
 
 def load_app(target: str) -> App:
@@ -345,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
                    "allow_non_restored_state": args.allow_non_restored_state, "drain_on_stop": args.drain,
                    "state_dir": args.state_dir, "checkpoint_interval": args.checkpoint_interval}
         return anyio.run(_run_worker, app, args.stop_timeout, options, http)
+    except RefusedError as exc:
+        log.error("refused", app=app.name, error=str(exc), exit_status=EXIT_REFUSED)
+        return EXIT_REFUSED
     except Exception as exc:  # whatever it was: one "job failed" line, in the log's format
         log.error("job failed", app=app.name, error=str(exc) or repr(exc), exc_info=exc)
         return EXIT_FAILED

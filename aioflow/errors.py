@@ -5,7 +5,13 @@
     ├── AppLoadError             ``aioflow run module:attr`` could not find or load the app
     ├── BadRecordError           a source could not decode a record (names the file and line)
     ├── StateError               state cannot be stored or restored: a value the serializer refuses,
-    │                            a corrupt, incompatible or mismatched state directory or checkpoint
+    │                            a disk that is full
+    ├── RefusedError             the worker will not run, and restarting cannot help: the command exits
+    │   │                        with status 3, says what is wrong and what to do, and touches nothing
+    │   ├── CorruptStateError    stored state failed verification: a missing, empty, truncated or damaged
+    │   │                        working copy or checkpoint, or one of another job (also a StateError)
+    │   └── IncompatibleStateError   a checkpoint the job cannot resume as it is now: state of operators it
+    │                            no longer has, a changed window definition (also a StateError)
     ├── SinkDeliveryError        an async batching sink could not deliver a batch: a non-retryable
     │                            error, or retryable ones through every attempt (names sink and attempts)
     ├── ConnectorError           a connector cannot use its external system: brokers that cannot be
@@ -28,8 +34,11 @@ __all__ = [
     "AppLoadError",
     "BadRecordError",
     "ConnectorError",
+    "CorruptStateError",
+    "IncompatibleStateError",
     "OperatorError",
     "PipelineError",
+    "RefusedError",
     "SinkDeliveryError",
     "StateError",
     "UserFunctionTypeError",
@@ -121,6 +130,30 @@ class ConnectorError(AioflowError):
 
 class StateError(AioflowError):
     """State cannot be stored or restored; the message names the operator, state or directory."""
+
+
+class RefusedError(AioflowError):
+    """The worker will not run, and a restart would only repeat it: ``aioflow run`` exits
+    with status 3 and the restart strategy does not retry. Raised before the job touches
+    any consumer, producer, transaction, output or checkpoint storage; or, for damage
+    found while running, at once, so that nothing is committed after it."""
+
+
+class CorruptStateError(RefusedError, StateError):
+    """Stored state failed verification: the working copy in the state directory is
+    missing, empty, truncated, damaged or another job's, or a checkpoint is. The message
+    names the directory (and operator, state and key where known) and what to do."""
+
+
+class IncompatibleStateError(RefusedError, StateError):
+    """A checkpoint or savepoint does not fit the job as it is now: state of operators the
+    job no longer has, a window definition changed in a way its windows cannot follow, a
+    different ``max_parallelism``. The message names the operator and what changed;
+    ``was`` is the declaration the checkpoint holds, where one state changed."""
+
+    def __init__(self, message: str, *, was: str | None = None) -> None:
+        super().__init__(message)
+        self.was = was
 
 
 def check_number(value: Any, what: str, *, integer: bool = False, minimum: float = 0.0,

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from aioflow.app import App
     from aioflow.connected import BroadcastStream, IntervalJoin
     from aioflow.connectors.base import Sink
+    from aioflow.state.serializers import Serializer
     from aioflow.time.watermarks import WatermarkStrategy
     from aioflow.windows.assigners import WindowAssigner
     from aioflow.windows.stream import WindowedStream
@@ -404,13 +405,17 @@ class KeyedStream(Stream):
     def _keyed_selector(self) -> Callable[[Any], Any] | None:
         return self._key_selector
 
-    def window(self, assigner: WindowAssigner) -> WindowedStream:
-        """Cut each key's records into windows (tumbling, sliding, session, global)."""
+    def window(self, assigner: WindowAssigner, *, serializer: str | Serializer | None = None) -> WindowedStream:
+        """Cut each key's records into windows (tumbling, sliding, session, global).
+        ``serializer`` (``"json"``, the default, ``"pickle"`` or a :class:`Serializer`) says
+        how the windows' contents (accumulators, elements) and trigger state are stored
+        in checkpoints, as for keyed state."""
         from aioflow.windows.stream import WindowedStream
 
-        return WindowedStream(self, assigner)
+        return WindowedStream(self, assigner, serializer)
 
-    def count_window(self, size: int, slide: int | None = None) -> WindowedStream:
+    def count_window(self, size: int, slide: int | None = None, *,
+                     serializer: str | Serializer | None = None) -> WindowedStream:
         """Windows of ``size`` records per key, every ``slide`` records if given (as in Flink:
         global windows with a count trigger, and a count evictor when sliding)."""
         from aioflow.windows.assigners import GlobalWindows
@@ -418,7 +423,7 @@ class KeyedStream(Stream):
         from aioflow.windows.stream import WindowedStream
         from aioflow.windows.triggers import CountTrigger, PurgingTrigger
 
-        windowed = WindowedStream(self, GlobalWindows())
+        windowed = WindowedStream(self, GlobalWindows(), serializer)
         if slide is None:
             return windowed.trigger(PurgingTrigger(CountTrigger(size)))
         return windowed.evictor(CountEvictor(size)).trigger(CountTrigger(slide))

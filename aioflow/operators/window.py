@@ -6,26 +6,35 @@ window's contents (an accumulator for ``aggregate``/``reduce``, the elements for
 the cleanup timer at ``max_timestamp + allowed_lateness``. A record whose windows are
 all late goes to the late side output (or is dropped and counted).
 
-Timers are per (key, window) and de-duplicated, so the trigger's timer at the window
-end and the cleanup timer coincide when the lateness is 0. Session windows merge with
-the overlapping windows of the same key; their contents, trigger state and timers move
-to the merged window.
+One layout for every assigner, all of it in the state backend: the contents table keyed
+by (window, key), trigger state per (window, key), the timers of each (key, window) in
+the backend's timer queues, and for merging (session) windows each key's windows. A
+window is stored as ``(start, end)`` (a global window as ``"global"``), the same bytes in
+every process. Timers are de-duplicated per (key, window) and timestamp, so the
+trigger's timer at the window end and the cleanup timer coincide when the lateness is 0.
+Session windows merge with the overlapping windows of the same key; their contents,
+trigger state and timers move to the merged window.
 
-Tumbling event-time windows with the default trigger and no evictor take a fast path
-that inlines exactly that logic (no trigger calls, no window objects per record).
+Tumbling and sliding event-time windows with the default trigger and no evictor take a
+fast path that inlines exactly that logic (no trigger calls, a key's timers registered
+when its window gets its first record), over the same tables and timers: a checkpoint of
+either path restores into the other. How the contents are kept (accumulators, reduce
+results, elements, elements with timestamps for an evictor), event or processing time,
+and merging or not are part of the stored layout: a restore into a job that changed one
+of them is refused naming the operator and the change; any other change of the window
+definition resumes every window.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
 
-from aioflow.errors import DESCRIBED_ERRORS, OperatorError, UserFunctionTypeError
+from aioflow.errors import DESCRIBED_ERRORS, IncompatibleStateError, OperatorError, UserFunctionTypeError
 from aioflow.functions import OutputTag, ProcessWindowFunction
 from aioflow.operators.context import OperatorContext
 from aioflow.operators.process import UserCall, call_user_close, call_user_open
@@ -35,8 +44,16 @@ from aioflow.runtime.keygroups import key_group
 from aioflow.runtime.operator import Collector, Operator, check_outputs
 from aioflow.state.backend import MISSING, StateTable
 from aioflow.state.handles import ValueState
+from aioflow.state.serializers import Serializer
 from aioflow.time.timers import now_ms
-from aioflow.windows.assigners import GlobalWindow, TimeWindow, TumblingEventTimeWindows, WindowAssigner, merge_windows
+from aioflow.windows.assigners import (
+    WINDOW_KEYS,
+    SlidingEventTimeWindows,
+    TimeWindow,
+    TumblingEventTimeWindows,
+    WindowAssigner,
+    merge_windows,
+)
 from aioflow.windows.evictors import Evictor
 from aioflow.windows.triggers import EventTimeTrigger, Trigger, TriggerResult
 
@@ -63,34 +80,49 @@ class _WindowCollector(Collector):
 AGGREGATE, REDUCE, PROCESS = "aggregate", "reduce", "process"
 
 
-def _no_mark(key: Any) -> None:
-    pass
-
-
 def _no_get(*args: Any) -> Any:
     return MISSING
-
-
-def _no_put(key: Any, value: Any) -> None:
-    pass
-
-
-def _window_from(stored: Any) -> Any:
-    """A window read back from a checkpoint (stored as ``[start, end]`` or ``"GlobalWindow"``)."""
-    return GlobalWindow() if stored == "GlobalWindow" else TimeWindow(*stored)
 
 
 class _TimerKeys:
     """Window timers' keys, ``(key, window)``, as stored."""
 
     def encode(self, obj: Any) -> Any:
-        return obj
+        return obj[0], WINDOW_KEYS.encode(obj[1])
 
     def decode(self, plain: Any) -> Any:
-        return plain[0], _window_from(plain[1])
+        return plain[0], WINDOW_KEYS.decode(plain[1])
 
 
 _TIMER_KEYS = _TimerKeys()
+
+#: How each kind of window keeps its contents, as the stored layout names it.
+_CONTENTS = {AGGREGATE: "aggregate accumulators", REDUCE: "reduce results", PROCESS: "process elements"}
+
+
+def _layout_change(was: str, now: str) -> str:
+    """What changed between two :func:`contents_layout` s, in the user's words."""
+    changes = []
+    if ("evictor" in was) != ("evictor" in now):
+        changes.append("an evictor was " + ("added" if "evictor" in now else "removed"))
+    else:
+        for function in _CONTENTS:
+            if function in was and function not in now:
+                changes.append(f"the {function} function was replaced ({was} -> {now})")
+    if ("processing time" in was) != ("processing time" in now):
+        changes.append("the assigner changed between event time and processing time")
+    if ("merging" in was) != ("merging" in now):
+        changes.append("the assigner changed between session (merging) windows and others")
+    detail = "; ".join(changes) or f"{was} -> {now}"
+    return f"{detail} (the checkpoint keeps them as {was}, the job as {now})"
+
+
+def contents_layout(assigner: WindowAssigner, evictor: Evictor | None, kind: str) -> str:
+    """The stored layout of a window operator's contents: what a restore must find again."""
+    time = "event time" if assigner.is_event_time else "processing time"
+    merging = ", merging" if assigner.is_merging else ""
+    contents = "elements with timestamps for an evictor" if evictor is not None else _CONTENTS[kind]
+    return f"window contents ({time}{merging}: {contents})"
 
 
 class _WindowListSerializer:
@@ -187,6 +219,7 @@ class WindowOperator(Operator):
         kind: str,
         function: Any,
         window_function: Any,
+        serializer: Serializer | None = None,
     ) -> None:
         super().__init__(name)
         self.key_selector = key_selector
@@ -198,21 +231,15 @@ class WindowOperator(Operator):
         self.kind = kind
         self.function = function
         self.window_function = window_function
+        self.serializer = serializer
         self.watermark = MIN_WATERMARK
         self.late_records_dropped = 0
         self._late_logged = 0  # of late_records_dropped, how many a log line reported
         self._late_logged_at = 0.0
-        #: The fast path's timers: the end timestamps of its panes (to fire) and their
-        #: cleanup times (with allowed lateness), as heaps. Its panes (window start -> key
-        #: -> contents) are the namespaces of the contents table.
-        self._pane_heap: list[int] = []
-        self._cleanup_heap: list[int] = []
-        #: The fast path's panes (window starts) that have state.
-        self._panes: set[int] = set()
         if assigner.is_merging and not self.trigger.can_merge():
             raise TypeError(f"window {name!r}: trigger {self.trigger!r} cannot be used with merging windows")
         self._fast = (
-            type(assigner) is TumblingEventTimeWindows
+            type(assigner) in (TumblingEventTimeWindows, SlidingEventTimeWindows)
             and type(self.trigger) is EventTimeTrigger
             and evictor is None
         )
@@ -222,8 +249,20 @@ class WindowOperator(Operator):
     async def open(self, env: SubtaskEnvironment) -> None:
         await super().open(env)
         backend = env.state_backend
-        self.contents = backend.table(self.name, "window-contents", "window")
-        self.sessions = backend.table(self.name, "window-sessions", "sessions", serializer=_WindowListSerializer())
+        layout = contents_layout(self.assigner, self.evictor, self.kind)
+        try:
+            self.contents = backend.table(self.name, "window-contents", layout, serializer=self.serializer,
+                                          namespaces=WINDOW_KEYS)
+        except IncompatibleStateError as exc:
+            raise IncompatibleStateError(
+                f"window operator {self.name!r}: the windows in the checkpoint cannot be resumed: "
+                f"{_layout_change(exc.was or '', layout)}. Resume with the old window definition, or give the "
+                "changed operator a new name and restore with --allow-non-restored-state to drop its windows",
+                was=exc.was,
+            ) from None
+        if self.assigner.is_merging:
+            self.sessions = backend.table(self.name, "window-sessions", "sessions",
+                                          serializer=_WindowListSerializer())
         self._trigger_tables: dict[str, StateTable] = {}
         max_parallelism = env.max_parallelism
         self.event_timers = backend.timers(
@@ -253,7 +292,8 @@ class WindowOperator(Operator):
         table = self._trigger_tables.get(name)
         if table is None:
             assert self.env is not None
-            table = self._trigger_tables[name] = self.env.state_backend.table(self.name, f"trigger-{name}", "trigger")
+            table = self._trigger_tables[name] = self.env.state_backend.table(
+                self.name, f"trigger-{name}", "trigger", serializer=self.serializer, namespaces=WINDOW_KEYS)
         return table
 
     def register_processing_timer(self, time: int, namespace: tuple[Any, Any]) -> None:
@@ -404,21 +444,19 @@ class WindowOperator(Operator):
         self, values: list[Any], stamps: list[int], keys: list[Any], collector: _WindowCollector,
         late: list[Any], late_ts: list[Any],
     ) -> None:
-        """Tumbling event-time windows, default trigger, no evictor: the generic logic
-        inlined over panes (window start -> key -> contents). A pane's existence stands for
-        the per-key timers of the generic path: it fires when the watermark reaches its
-        last millisecond and is dropped at its cleanup time."""
-        size = self.assigner.size  # type: ignore[attr-defined]
-        offset = self.assigner.offset  # type: ignore[attr-defined]
+        """Tumbling and sliding event-time windows, default trigger, no evictor: the generic
+        logic inlined. A (key, window) gets its timers (the window end, and the cleanup
+        time if later) when the window gets its first record of that key, which is when
+        the default trigger's de-duplicated registrations would first take effect."""
+        assigner = self.assigner
+        size = assigner.size  # type: ignore[attr-defined]
+        slide = getattr(assigner, "slide", size)
+        offset = assigner.offset  # type: ignore[attr-defined]
         lateness = self.lateness
         watermark = self.watermark
         table = self.contents
-        get: Callable[[Any, Any], Any] = _no_get
-        load: Callable[[Any], Any] = _no_get
-        put: Callable[[Any, Any], None] = _no_put
-        mark: Callable[[Any], None] = _no_mark
-        last_start = None
-        known = self._panes
+        add_timer = self.event_timers.add
+        panes: dict[int, tuple[Any, Any, Any, Any, Any]] = {}  # window start -> window and view, this batch
         kind = self.kind
         aggregate = kind == AGGREGATE
         reduce = kind == REDUCE
@@ -428,39 +466,44 @@ class WindowOperator(Operator):
         value = None
         try:
             for value, key, timestamp in zip(values, keys, stamps):
-                start = timestamp - (timestamp - offset) % size
-                end_ts = start + size - 1
-                if end_ts + lateness <= watermark:  # the window is gone: the record is late
+                assigned = False
+                for start in range(timestamp - (timestamp - offset) % slide, timestamp - size, -slide):
+                    end_ts = start + size - 1
+                    if end_ts + lateness <= watermark:  # this window (and every earlier one) is gone
+                        break
+                    assigned = True
+                    pane = panes.get(start)
+                    if pane is None:
+                        view = table.view(window := TimeWindow(start, start + size))
+                        pane = panes[start] = (window, view.get, view.load, view.put, view.mark)
+                    window, get, load, put, mark = pane
+                    current = get(key, MISSING)
+                    if current is MISSING:
+                        current = load(key)
+                        if current is MISSING:
+                            current = add(value, create()) if aggregate else value if reduce else [value]
+                            put(key, current)
+                            if end_ts > watermark:
+                                add_timer(end_ts, (key, window))
+                            if lateness:
+                                add_timer(min(end_ts + lateness, MAX_WATERMARK), (key, window))
+                            if end_ts <= watermark:  # within the allowed lateness: fire at once
+                                self._emit(key, window, current, collector)
+                            continue
+                    if aggregate:
+                        current = add(value, current)
+                        put(key, current)
+                    elif reduce:
+                        current = merge(current, value)  # type: ignore[misc]
+                        put(key, current)
+                    else:
+                        current.append(value)
+                        mark(key)
+                    if end_ts <= watermark:  # within the allowed lateness: fire again at once
+                        self._emit(key, window, current, collector)
+                if not assigned:
                     late.append(value)
                     late_ts.append(timestamp)
-                    continue
-                if start != last_start:
-                    if start not in known:
-                        known.add(start)
-                        if end_ts > watermark:
-                            heappush(self._pane_heap, end_ts)
-                        elif lateness:  # created already fired, within the lateness
-                            heappush(self._cleanup_heap, end_ts + lateness)
-                    view = table.view(start)
-                    get, load, put, mark, last_start = view.get, view.load, view.put, view.mark, start
-                current = get(key, MISSING)
-                if current is MISSING:
-                    current = load(key)
-                if current is MISSING:
-                    current = add(value, create()) if aggregate else value if reduce else [value]
-                    put(key, current)
-                elif aggregate:
-                    current = add(value, current)
-                    put(key, current)
-                elif reduce:
-                    current = merge(current, value)  # type: ignore[misc]
-                    put(key, current)
-                else:
-                    current.append(value)
-                    mark(key)
-                if end_ts <= watermark:  # within the allowed lateness: fire again at once
-                    window = TimeWindow(start, start + size)
-                    self._emit(key, window, current, collector)
         except DESCRIBED_ERRORS:
             raise
         except Exception as exc:
@@ -606,90 +649,75 @@ class WindowOperator(Operator):
             raise self.error(f"firing a window: {type(exc).__name__}: {exc}", None, has_record=False) from exc
         await self._flush(collector)
 
-    async def _fire_panes(self, watermark: int) -> None:
-        """The fast path's timers: fire every pane whose last millisecond the watermark
-        reached (in order), and drop panes whose allowed lateness has passed."""
+    async def _fire_fast(self, watermark: int) -> None:
+        """The fast path's timers: each (key, window) fires when the watermark reaches the
+        window's end and is cleared at its cleanup time (the same timer when there is no
+        lateness); a window whose cleanup time came is dropped from the contents whole."""
         assert self.env is not None
         batch_size = self.env.batch_size
-        heap, cleanup = self._pane_heap, self._cleanup_heap
-        size, lateness = self.assigner.size, self.lateness  # type: ignore[attr-defined]
+        lateness = self.lateness
         function = self.window_function
         clear = function.clear if function is not None and type(function).clear is not ProcessWindowFunction.clear \
             else None  # the default does nothing: skip the call
         call = self._window_call
         sync_fn = call.fn if call is not None and call.kind == "sync" and self.kind != PROCESS else None
         get_result = self.function.get_result if self.kind == AGGREGATE else None
-        context = self.window_ctx
+        context, ctx, table = self.window_ctx, self.ctx, self.contents
         collector = _WindowCollector()
+        values, stamps = collector.values, collector.timestamps
+        current_window: Any = None
+        get = _no_get
+        load = _no_get
+        cleared: list[Any] = []  # windows whose cleanup time came: dropped once their timers are done
         try:
-            while heap and heap[0] <= watermark:
-                end_ts = heappop(heap)
-                start = end_ts + 1 - size
-                window = TimeWindow(start, start + size)
-                pane = self._pane(start, drop=not lateness)
-                if lateness:
-                    heappush(cleanup, end_ts + lateness)
-                clear_now = clear if not lateness else None  # else at the cleanup time, below
-                if sync_fn is None:
-                    for key, current in pane.items():
-                        self._emit(key, window, current, collector)
-                        if clear_now is not None:  # as in Flink: process, then clear, key by key
-                            await self._flush(collector)  # an async window function runs first
-                            collector = _WindowCollector()
-                            self._clear_key(window, key, clear_now)
-                        elif len(collector) >= batch_size or len(collector.pending) >= batch_size:
-                            await self._flush(collector)
-                            collector = _WindowCollector()
-                    continue
-                context.window = window
-                values, stamps = collector.values, collector.timestamps
-                ctx = self.ctx
-                for key, current in pane.items():  # _emit inlined for a sync window function
-                    context.key = ctx.key = key
-                    produced = sync_fn(key, context, [get_result(current)] if get_result else [current])
-                    if produced is not None:
-                        check_outputs(produced)
-                        before = len(values)
-                        for item in produced:
-                            if item.__class__ is tuple and len(item) == 2 and item[0].__class__ is OutputTag:
-                                collector.add_all([item], end_ts)
-                            else:
-                                values.append(item)
-                        stamps.extend([end_ts] * (len(values) - before))
-                        if len(values) >= batch_size:
-                            await self._flush(collector)
-                            collector = _WindowCollector()
-                            values, stamps = collector.values, collector.timestamps
-                    if clear_now is not None:
-                        clear_now(context)
-            while cleanup and cleanup[0] <= watermark:
-                start = heappop(cleanup) - lateness + 1 - size
-                if start in self._panes:
-                    pane = self._pane(start, drop=True)
+            for time, (key, window) in self.event_timers.pop_due(watermark):
+                if window is not current_window:
+                    view = table.view(window)
+                    current_window, get, load = window, view.get, view.load
+                    context.window = window
+                end_ts = window.end - 1
+                if time == end_ts:
+                    contents = get(key, MISSING)
+                    if contents is MISSING:
+                        contents = load(key)
+                    if contents is not MISSING:
+                        if sync_fn is None:
+                            self._emit(key, window, contents, collector)
+                            if clear is not None and not lateness:  # as in Flink: process, then clear
+                                await self._flush(collector)  # an async window function runs first
+                                collector = _WindowCollector()
+                                values, stamps = collector.values, collector.timestamps
+                        else:  # _emit inlined for a sync window function
+                            context.window, context.key = window, key
+                            ctx.key = key
+                            produced = sync_fn(key, context, [get_result(contents)] if get_result else [contents])
+                            if produced is not None:
+                                check_outputs(produced)
+                                before = len(values)
+                                for item in produced:
+                                    if item.__class__ is tuple and len(item) == 2 and item[0].__class__ is OutputTag:
+                                        collector.add_all([item], end_ts)
+                                    else:
+                                        values.append(item)
+                                stamps.extend([end_ts] * (len(values) - before))
+                if time == min(end_ts + lateness, MAX_WATERMARK):
                     if clear is not None:
-                        for key in pane:
-                            self._clear_key(TimeWindow(start, start + size), key, clear)
+                        context.window, context.key = window, key
+                        ctx.key = key
+                        clear(context)
+                    if not cleared or cleared[-1] is not window:
+                        cleared.append(window)
+                if len(values) >= batch_size or len(collector.pending) >= batch_size:
+                    await self._flush(collector)
+                    collector = _WindowCollector()
+                    values, stamps = collector.values, collector.timestamps
+            for window in cleared:
+                table.drop(window)
         except DESCRIBED_ERRORS:
             raise
         except Exception as exc:
             raise self.error(f"firing a window: {type(exc).__name__}: {exc}", None, has_record=False) from exc
         await self._flush(collector)
-
-    def _pane(self, start: int, *, drop: bool) -> dict[Any, Any]:
-        """Every entry of the fast path's pane ``start`` (stored ones included); ``drop``
-        removes the pane from state."""
-        table = self.contents
-        pane = {key: table.get(key, start) for key in table.keys_in(start)}
-        if drop:
-            table.drop(start)
-            self._panes.discard(start)
-        return pane
-
-    def _clear_key(self, window: TimeWindow, key: Any, clear: Callable[[Any], None]) -> None:
-        context = self.window_ctx
-        context.window, context.key = window, key
-        self.ctx.key = key
-        clear(context)
 
     async def _flush(self, collector: _WindowCollector) -> None:
         """Emit collected outputs, first awaiting deferred ``async def`` window functions."""
@@ -713,7 +741,7 @@ class WindowOperator(Operator):
             return  # not after a restore's watermark: those windows fired already
         self.watermark = timestamp
         if self._fast:
-            await self._fire_panes(timestamp)
+            await self._fire_fast(timestamp)
         else:
             await self._fire(self.event_timers.pop_due(timestamp), True)
         await self.forward_watermark(timestamp)
@@ -747,16 +775,10 @@ class WindowOperator(Operator):
         self._late_logged, self._late_logged_at = self.late_records_dropped, now
 
     async def snapshot_state(self, checkpoint_id: int) -> Any:
-        return {"watermark": self.watermark, "panes": sorted(self._pane_heap), "cleanup": sorted(self._cleanup_heap)}
+        return {"watermark": self.watermark}
 
     async def restore_state(self, states: list[Any]) -> None:
         self.watermark = min(state["watermark"] for state in states)
-        self._pane_heap = sorted({end for state in states for end in state["panes"]})
-        self._cleanup_heap = sorted({time for state in states for time in state["cleanup"]})
-        if self._fast:
-            size, lateness = self.assigner.size, self.lateness  # type: ignore[attr-defined]
-            self._panes = {end_ts + 1 - size for end_ts in self._pane_heap}
-            self._panes.update(time - lateness + 1 - size for time in self._cleanup_heap)
         following = self.processing_timers.next_time()
         if following is not None:
             assert self.env is not None

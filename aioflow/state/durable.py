@@ -68,7 +68,9 @@ class LmdbTable:
         key_group_of: Callable[[Any], int] | None = None,
         key_groups: range = range(0),
         restored: bool = False,
+        namespaces: KeyCodec | None = None,
     ) -> None:
+        self.namespace_codec = namespaces
         self.operator = operator
         self.name = name
         self.kind = kind
@@ -218,9 +220,15 @@ class LmdbTable:
     def stored_key(self, key_group: int, namespace: Any, key: Any) -> bytes:
         return self._namespace_prefix(key_group, namespace) + self._encode(key)
 
+    def _encode_namespace(self, namespace: Any) -> bytes:
+        if namespace is None:
+            return b""
+        codec = self.namespace_codec
+        return self._encode(namespace if codec is None else codec.encode(namespace))
+
     def _namespace_prefix(self, key_group: int, namespace: Any) -> bytes:
         """What every stored key of ``namespace`` in ``key_group`` starts with."""
-        ns = b"" if namespace is None else self._encode(namespace)
+        ns = self._encode_namespace(namespace)
         return _HEAD.pack(self.table_id, key_group) + _LEN.pack(len(ns)) + ns
 
     def _encode(self, key: Any) -> bytes:
@@ -272,7 +280,7 @@ class LmdbTable:
                 continue
             self.stored_in.add(namespace)
             entries = self.namespaces.get(namespace, {})
-            ns = b"" if namespace is None else self._encode(namespace)
+            ns = self._encode_namespace(namespace)
             part = _LEN.pack(len(ns)) + ns
             encode = self._encode
             for key in keys:
@@ -342,7 +350,7 @@ class LmdbTable:
         dropped = namespace in self.dropped
         spilled = self.spilled.get(namespace, ())
         if not dropped and self.pending:  # an entry evicted clean may live only in the pending snapshot
-            ns = b"" if namespace is None else encode_key(namespace)
+            ns = self._encode_namespace(namespace)
             part = _LEN.pack(len(ns)) + ns
             for stored, data in self.pending.items():
                 if data is not None and stored.startswith(part, _HEAD.size):
@@ -361,7 +369,16 @@ class LmdbTable:
         small operator-managed state such as timers)."""
         for group in self.key_groups:
             for stored, data in self.store.items_with_prefix(_HEAD.pack(self.table_id, group)):
-                yield *_split(stored), self._loads(data)
+                yield *self._split(stored), self._loads(data)
+
+    def _split(self, stored: bytes) -> tuple[Any, Any]:
+        """The namespace and key of a stored key."""
+        (size,) = _LEN.unpack_from(stored, _HEAD.size)
+        start = _HEAD.size + _LEN.size
+        namespace = None if size == 0 else decode_key(stored[start:start + size])
+        if namespace is not None and self.namespace_codec is not None:
+            namespace = self.namespace_codec.decode(namespace)
+        return namespace, decode_key(stored[start + size:])
 
     def stored_keys(self, key_group: int) -> list[tuple[Any, Any]]:
         """``(namespace, key)`` of every entry of ``key_group`` the store may hold: checkpointed
@@ -372,22 +389,17 @@ class LmdbTable:
         prefix = _HEAD.pack(self.table_id, key_group)
         found: dict[tuple[Any, Any], None] = {}
         for stored in store.keys_with_prefix(prefix):
-            namespace, key = _split(stored)
+            namespace, key = self._split(stored)
             if namespace not in self.dropped:
                 found[namespace, key] = None
         for stored in store.keys_with_prefix(prefix, working=True):
-            namespace, key = _split(stored)
+            namespace, key = self._split(stored)
             if namespace not in self.dropped or stored in self.spilled.get(namespace, ()):
                 found[namespace, key] = None
         return list(found)
 
 
-def _split(stored: bytes) -> tuple[Any, Any]:
-    """The namespace and key of a stored key."""
-    (size,) = _LEN.unpack_from(stored, _HEAD.size)
-    start = _HEAD.size + _LEN.size
-    namespace = None if size == 0 else decode_key(stored[start:start + size])
-    return namespace, decode_key(stored[start + size:])
+
 
 
 class LmdbBackend:
@@ -448,6 +460,7 @@ class LmdbBackend:
         table = LmdbTable(
             operator, state, declared, serializer, store=self.store, table_id=table_id,
             key_group_of=key_group_of or self._group_of, key_groups=self._key_groups, restored=restored,
+            namespaces=namespaces,
         )
         self.tables[ident] = table
         if ttl:
@@ -465,6 +478,7 @@ class LmdbBackend:
         queue = _TrackedTimerQueue()
         table = self.table(operator, name, "timers", serializer=JsonSerializer(), key_group_of=key_group_of)
         restore = keys.decode if keys is not None else None
+        queue.encode = keys.encode if keys is not None else None
         if table.restored:
             stored = sorted((timestamp, sequence, key) for timestamp, key, sequence in table.stored_namespaces())
             for timestamp, _, key in stored:
@@ -521,8 +535,10 @@ class LmdbBackend:
             changes = queue.changes
             assert changes is not None and table.key_group_of is not None
             group_of = table.key_group_of
+            encode = queue.encode
             table.pending.update(
-                (table.stored_key(group_of(key), timestamp, key), str(sequence).encode() if sequence else None)
+                (table.stored_key(group_of(key), timestamp, key if encode is None else encode(key)),
+                 str(sequence).encode() if sequence else None)
                 for (timestamp, key), sequence in changes.items()
             )
             changes.clear()
@@ -536,12 +552,13 @@ class _TrackedTimerQueue(MemoryTimerQueue):
     """A memory timer queue that records its changes since the last checkpoint
     (``changes``: (timestamp, key) -> registration sequence, or ``False`` when deleted)."""
 
-    __slots__ = ("changes", "sequence")
+    __slots__ = ("changes", "encode", "sequence")
 
     def __init__(self) -> None:
         super().__init__()
         self.changes: dict[tuple[int, Any], int | bool] | None = None
         self.sequence = 0
+        self.encode: Callable[[Any], Any] | None = None
 
     def add(self, timestamp: int, key: Any) -> None:
         keys = self._by_time.get(timestamp)

@@ -27,7 +27,7 @@ import lmdb
 import orjson
 import structlog
 
-from aioflow.errors import StateError
+from aioflow.errors import IncompatibleStateError, StateError
 
 __all__ = ["FORMAT", "LmdbStore", "StateDirLock"]
 
@@ -138,10 +138,10 @@ class LmdbStore:
         known = self._tables.get(name)
         if known is not None:
             if known["kind"] != kind or known["serializer"] != serializer:
-                raise StateError(
+                raise IncompatibleStateError(
                     f"operator {operator!r}: state {state!r} was checkpointed as {known['kind']} state with the "
                     f"{known['serializer']!r} serializer; it is now declared as {kind} state with {serializer!r}. "
-                    "Keep the declaration, or start from an empty state directory"
+                    "Keep the declaration, or start from an empty state directory", was=str(known["kind"]),
                 )
             return int(known["id"]), bool(known.get("committed"))  # type: ignore[call-overload]
         ids = [int(t["id"]) for t in self._tables.values()]  # type: ignore[call-overload]

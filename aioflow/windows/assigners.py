@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from aioflow.runtime.events import MAX_WATERMARK
 
 __all__ = [
+    "WINDOW_KEYS",
     "EventTimeSessionWindows",
     "GlobalWindow",
     "GlobalWindows",
@@ -58,12 +59,23 @@ class GlobalWindow:
     def max_timestamp(self) -> int:
         return MAX_WATERMARK
 
-    def state_key(self) -> str:
-        """What stands for the window in stored state."""
-        return "GlobalWindow"
-
     def __repr__(self) -> str:
         return "GlobalWindow()"
+
+
+class _WindowKeys:
+    """Windows as stored keys and namespaces: a :class:`TimeWindow` as ``(start, end)``, the
+    :class:`GlobalWindow` as ``"global"``; the same bytes in every process and version."""
+
+    def encode(self, window: Any) -> Any:
+        return "global" if window.__class__ is GlobalWindow else (window.start, window.end)
+
+    def decode(self, plain: Any) -> Any:
+        return GlobalWindow() if plain == "global" else TimeWindow(*plain)
+
+
+#: How every window operator stores its windows (see :mod:`aioflow.state.backend`).
+WINDOW_KEYS = _WindowKeys()
 
 
 def _start(timestamp: int, offset: int, size: int) -> int:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aioflow.errors import PipelineError
 from aioflow.functions import AggregateFunction, OutputTag, ProcessWindowFunction
 from aioflow.operators.window import AGGREGATE, PROCESS, REDUCE, WindowOperator
+from aioflow.state.serializers import Serializer, serializer_named
 from aioflow.stream import instantiate
 from aioflow.windows.assigners import WindowAssigner
 from aioflow.windows.evictors import Evictor
@@ -29,11 +30,16 @@ __all__ = ["WindowedStream"]
 class WindowedStream:
     """A keyed stream cut into windows; call :meth:`aggregate`, :meth:`reduce` or :meth:`process`."""
 
-    def __init__(self, keyed: KeyedStream, assigner: WindowAssigner) -> None:
+    def __init__(self, keyed: KeyedStream, assigner: WindowAssigner,
+                 serializer: str | Serializer | None = None) -> None:
         if not isinstance(assigner, WindowAssigner):
             raise PipelineError(f"window() takes a WindowAssigner (e.g. TumblingEventTimeWindows), got {assigner!r}")
         self._keyed = keyed
         self._assigner = assigner
+        try:
+            self._serializer = None if serializer is None else serializer_named(serializer, "window()")
+        except TypeError as exc:
+            raise PipelineError(str(exc)) from None
         self._trigger: Trigger | None = None
         self._evictor: Evictor | None = None
         self._lateness = 0
@@ -125,6 +131,7 @@ class WindowedStream:
             return WindowOperator(
                 operator_name, key_selector, assigner, _copy(trigger), evictor, lateness,
                 late.name if late is not None else None, kind, make_function(), make_window_fn(),
+                self._serializer,
             )
 
         node = keyed.app.graph.add_node(
