@@ -76,14 +76,25 @@ windows.sink(af.FileSink(os.environ["OUT"] + "-sums.jsonl", exactly_once=bool(st
 '''
 
 
-def write_job(folder: Path, events: int, seed: int) -> dict[str, str]:
-    """The job file and its input in ``folder``; returns the environment the job reads."""
+def write_events(folder: Path, events: int, seed: int) -> dict[str, str]:
+    """The jobs' input in ``folder``: an event every 5 ms, of one of 300 users; returns the
+    environment the jobs read it from."""
     rng = random.Random(seed)
     with (folder / "events.jsonl").open("wb") as f:
         for i in range(events):
             f.write(orjson.dumps({"user": f"u{rng.randrange(300)}", "ts": i * 5, "v": rng.randrange(100)}) + b"\n")
-    (folder / "job.py").write_text(JOB)
     return {"EVENTS": str(folder / "events.jsonl")}
+
+
+def write_job(folder: Path, events: int, seed: int) -> dict[str, str]:
+    """The job file and its input in ``folder``; returns the environment the job reads."""
+    env = write_events(folder, events, seed)
+    (folder / "job.py").write_text(JOB)
+    return env
+
+
+WINDOW_JOB = str(Path(__file__).with_name("window_job.py")) + ":app"
+"""The window job (``Worker(..., target=WINDOW_JOB)``): its module says what it reads."""
 
 
 class Worker:
@@ -140,6 +151,20 @@ class Worker:
             self._stderr.close()
 
 
+def explain(worker: Worker) -> str:
+    """What a worker's log says went wrong, for an assertion message: its last warning and
+    error lines without their tracebacks (or, without any, the end of the log)."""
+    found = []
+    for raw in worker.log.read_bytes().splitlines():
+        try:
+            line = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(line, dict) and line.get("level") in ("warning", "error", "critical"):
+            found.append(orjson.dumps({k: v for k, v in line.items() if k not in ("exception", "timestamp")}).decode())
+    return "\n".join(found[-10:]) or worker.text()[-3000:]
+
+
 def run(folder: Path, env: dict[str, str], *args: str) -> int:
     """Run the job to its end; returns the exit status."""
     return Worker(folder, env, *args).wait()
@@ -148,10 +173,11 @@ def run(folder: Path, env: dict[str, str], *args: str) -> int:
 def outputs(folder: Path, stem: str) -> dict[str, dict[str, list[bytes]]]:
     """Each output kind's lines (all subtasks' files of it), per key in file order: what
     must match exactly. (Results of different keys fired by the same watermark may come
-    in another order after a restore.)"""
+    in another order after a restore.) The kind is the file name's next part after the
+    stem: ``counts`` of ``out-counts.jsonl`` or ``out-counts-1.jsonl``."""
     found: dict[str, dict[str, list[bytes]]] = {}
-    for path in sorted(folder.glob(f"{stem}*.jsonl")):
-        kind = "counts" if "-counts" in path.name else "sums"
+    for path in sorted(folder.glob(f"{stem}-*.jsonl")):
+        kind = path.name[len(stem) + 1:].split(".")[0].split("-")[0]
         per_key = found.setdefault(kind, {})
         for line in path.read_bytes().splitlines(keepends=True):
             assert line.endswith(b"\n"), f"torn line in {path}: {line!r}"
