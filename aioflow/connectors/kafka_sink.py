@@ -162,9 +162,10 @@ class KafkaSink(AsyncBatchSink):
         self._transaction: int | None = None  # n of the open transaction (exactly once)
         self._next: int = 1  # n of the next transaction to start
         self._prepared: dict[str, AIOKafkaProducer] = {}  # pre-committed, by transactional id
-        self._beginning = asyncio.Lock()  # concurrent sends start one transaction
-        #: concurrent sends hand their records to the producer one send after the other, in
-        #: the order they started (the lock is fair): a partition's records stay in order
+        #: Concurrent sends hand their records to the producer one send after the other, in
+        #: the order they started: a partition's records stay in order. Taking it is the first
+        #: thing a send does, and the lock is fair. The send that finds no transaction open
+        #: starts one while holding it (see send_batch).
         self._handing_over = asyncio.Lock()
         self._failed_deliveries = 0
         self._existing_topics: set[str] = set()  # checked to exist (in open, or at their first record)
@@ -218,7 +219,6 @@ class KafkaSink(AsyncBatchSink):
 
     async def open(self) -> None:
         self._prepared = {}
-        self._beginning = asyncio.Lock()
         self._handing_over = asyncio.Lock()
         self._transaction = None
         self._next = 1
@@ -257,16 +257,20 @@ class KafkaSink(AsyncBatchSink):
         ``AIOKafkaProducer.send`` would apply to each record: the producer's partitioner
         (the same key, the same partition), the size limit (``max_request_size``), a key
         or a value required. Concurrent sends hand their records over in the order they
-        started, so a key's records keep the stream's order, but for retries. With
-        ``delivery="at_least_once"`` or ``"exactly_once"``, returns once the broker
-        acknowledged every batch."""
-        if self.exactly_once and self._transaction is None:
-            async with self._beginning:
-                if self._transaction is None:
-                    await self._begin()
-        producer = self._producer
-        assert producer is not None
-        async with self._handing_over:
+        started, so a key's records keep the stream's order, but for retries (at least once).
+        With ``delivery="at_least_once"`` or ``"exactly_once"``, returns once the broker
+        acknowledged every batch.
+
+        Exactly once, the first send after a checkpoint starts the next transaction, inside
+        the hand-over lock: the sends behind it wait in the order they started. (Starting it
+        under a lock of its own let a send that started in the loop turn the transaction's
+        start completed find it open and hand its records over before the sends still
+        waiting for it: a key's records were committed out of order.)"""
+        async with self._handing_over:  # the first await of a send: sends queue in the order they started
+            if self.exactly_once and self._transaction is None:
+                await self._begin()
+            producer = self._producer
+            assert producer is not None
             sent = await self._hand_over_records(producer, records)
         if self.delivery == "none":
             for future, count in sent:

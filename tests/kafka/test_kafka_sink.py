@@ -4,6 +4,7 @@ has transactions; Tansu has none)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +255,87 @@ async def test_transactions_a_crash_left_open_are_aborted_on_restore(transaction
         await restarted.close()
     found = [orjson.loads(m.value) for m in await read(broker, topic, 3, committed=True, seconds=5)]
     assert found == ["committed", "after"]
+
+
+def _counts(key: str, first: int, last: int) -> list[list[Any]]:
+    """Records ``[key, n]`` for ``n`` in ``first..last``: a key's running count."""
+    return [[key, n] for n in range(first, last + 1)]
+
+
+async def _per_key(broker: str, topic: str, count: int) -> dict[str, list[int]]:
+    """Each key's counts in the order a read_committed consumer reads them (a key's
+    records are in one partition, in offset order)."""
+    found: dict[str, list[int]] = {}
+    for m in await read(broker, topic, count, committed=True, seconds=10, rest=True):
+        key, n = orjson.loads(m.value)
+        found.setdefault(key, []).append(n)
+    return found
+
+
+async def test_a_send_starting_while_a_transaction_begins_after_a_restore_keeps_each_keys_order(
+    transactional_kafka_broker: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by SIGKILL campaigns (a key's counts committed as 2981, 3000-3005, 2982-2999,
+    right after a checkpoint, by a restored worker). The first send of a transaction starts
+    it; sends behind it wait. A send that started in the loop turn the broker's answer came
+    in found the transaction open and handed its records over before the waiting ones.
+    Here the answer to the restored writer's first transaction start is held back until
+    two sends wait for it, and a third batch is cut in the turn it comes: each key's
+    committed counts must be in the order an undisturbed writer commits them."""
+    broker = transactional_kafka_broker
+    disturbed, undisturbed = await create_topic(broker, 2), await create_topic(broker, 2)
+    keys = ("a", "b", "c")
+    before = [r for k in keys for r in _counts(k, 1, 3)]  # transaction 1, pre-committed before the crash
+    first, second = _counts("a", 4, 5) + _counts("b", 4, 5), _counts("c", 4, 5) + _counts("a", 6, 7)
+    third = _counts("b", 6, 7) + _counts("a", 8, 9)  # cut as the transaction's start is answered
+
+    def sink(topic: str) -> KafkaSink:  # batches of 4, cut only when full (or at a checkpoint)
+        return KafkaSink(topic, bootstrap_servers=broker, key=lambda r: r[0], delivery="exactly_once",
+                         transactional_id_prefix=unique_name("x"), max_batch_size=4, max_linger=None)
+
+    reference = sink(undisturbed).create_writer(0, 1)
+    await reference.open()
+    try:
+        for checkpoint, records in enumerate((before, first + second + third), start=1):
+            await reference.write(records)
+            await reference.commit(await reference.pre_commit(checkpoint))
+    finally:
+        await reference.close()
+
+    crashing = sink(disturbed)
+    crashed = crashing.create_writer(0, 1)
+    await crashed.open()
+    await crashed.write(before)
+    handle = await crashed.pre_commit(1)  # checkpoint 1 completes; the process dies before committing
+    restarted = crashing.create_writer(0, 1)
+    restarted.resuming = True
+    await restarted.open()
+    try:
+        await restarted.recover([handle])
+        await restarted.commit(handle)  # the restore finishes checkpoint 1's commit
+
+        begin, begun, answered = AIOKafkaProducer.begin_transaction, asyncio.Event(), asyncio.Event()
+
+        async def answered_late(producer: AIOKafkaProducer) -> None:
+            await begin(producer)
+            if not begun.is_set():  # the restored writer's first transaction: its start is answered late
+                begun.set()
+                await answered.wait()
+
+        monkeypatch.setattr(AIOKafkaProducer, "begin_transaction", answered_late)
+        await restarted.write(first + second)  # two full batches: two sends, the first starts the transaction
+        await begun.wait()
+        assert restarted.statistics()["batches_in_flight"] == 2  # both wait for the transaction's start
+        answered.set()  # the answer is in: the waiting send resumes at the loop's next turn ...
+        await restarted.write(third)  # ... and, in this same turn, a third batch is cut and its send starts
+        assert restarted.statistics()["batches_in_flight"] == 3
+        await restarted.commit(await restarted.pre_commit(2))
+    finally:
+        await restarted.close()
+        await crashed.close()
+    expected = await _per_key(broker, undisturbed, 21)
+    assert expected == {"a": list(range(1, 10)), "b": list(range(1, 8)), "c": list(range(1, 6))}
+    assert await _per_key(broker, disturbed, 21) == expected
 
 
 async def test_rescaling_down_aborts_the_open_transactions_of_the_subtasks_gone(
