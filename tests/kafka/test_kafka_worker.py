@@ -83,6 +83,15 @@ def _as_counter(results: list[dict[str, Any]]) -> collections.Counter[tuple[str,
     return collections.Counter((r["user"], r["i"], r["n"]) for r in results)
 
 
+def _per_user(results: list[dict[str, Any]]) -> dict[str, list[tuple[int, int]]]:
+    """Each user's (i, n) in the order read: a user's results are in one partition, so this
+    is the order they were committed in."""
+    found: dict[str, list[tuple[int, int]]] = {}
+    for r in results:
+        found.setdefault(r["user"], []).append((r["i"], r["n"]))
+    return found
+
+
 def _kill_and_restart(folder: Path, env: dict[str, str], kills: int) -> Worker:
     """SIGKILL the worker ``kills`` times at random moments past a checkpoint; return a
     last, running one."""
@@ -102,7 +111,8 @@ def _stop(worker: Worker) -> None:
 
 
 def test_exactly_once_through_sigkills(transactional_kafka_broker: str, tmp_path: Path) -> None:
-    """A read_committed consumer sees each result exactly once, whatever the kills."""
+    """A read_committed consumer sees each result exactly once, whatever the kills, and
+    each user's results in order."""
     broker, events = transactional_kafka_broker, 3_000
     env = _setup(tmp_path, broker, "exactly_once", PACE="0.001")
     _produce(broker, env["IN"], 0, events)
@@ -112,6 +122,8 @@ def test_exactly_once_through_sigkills(transactional_kafka_broker: str, tmp_path
     finally:
         _stop(worker)
     assert _as_counter(results) == _expected(events)
+    # and in the order of an undisturbed run, key by key
+    assert _per_user(results) == _per_user([{"user": u, "i": i, "n": n} for u, i, n in sorted(_expected(events))])
 
 
 def test_at_least_once_through_sigkills(kafka_broker: str, tmp_path: Path) -> None:
