@@ -177,7 +177,12 @@ class _Task:
         return f"{self.env.task_name}[{self.env.subtask_index}]"
 
     def trigger(self, checkpoint_id: int, *, stop: bool = False) -> None:
-        """Inject checkpoint ``checkpoint_id``'s barrier between two batches (source tasks)."""
+        """Inject checkpoint ``checkpoint_id``'s barrier between two batches (source tasks).
+
+        A trigger replaces one whose barrier is not injected yet (the coordinator abandoned
+        that checkpoint). One that comes while the task is inside an earlier checkpoint
+        (pre-committing, waiting for credit to send the barrier) is injected right after it.
+        """
         self.pending_barrier = checkpoint_id
         self.stop_after_barrier = stop
 
@@ -329,8 +334,7 @@ class SourceTask(_Task):
             try:
                 await reader.open()
                 self._reading = True
-                await self._read_until_done()
-                if self.stop_after_barrier:
+                if await self._read_until_done():
                     # Stopping with a savepoint: no final watermark, so open windows and timers
                     # are kept in it, not fired. The job cancels this task once the savepoint
                     # completed (and its position was committed).
@@ -355,21 +359,21 @@ class SourceTask(_Task):
         if failure is not None:
             raise failure
 
-    async def _read_until_done(self) -> None:
+    async def _read_until_done(self) -> bool:
+        """Read until the end of input or a stop; True when stopped at a savepoint's barrier."""
         reader, head, env = self.reader, self.head, self.env
         watermarks, scheduler = self.watermarks, env.scheduler
         trim = env.state_backend.trim if env.state_backend.durable else None
         while not self.stop_requested():
-            if self.pending_barrier is not None:
-                checkpoint_id, self.pending_barrier = self.pending_barrier, None
-                await self.checkpoint(checkpoint_id)
-                if self.stop_after_barrier:
-                    return
+            if self.pending_barrier is not None and await self._inject_barriers():
+                return True
             await scheduler.run_due()
             wait = scheduler.seconds_until_due()
             source_batch = await reader.read(env.batch_size, 0.1 if wait is None else min(wait, 0.1))
             if source_batch is None:
-                return
+                # Barriers triggered while the last read waited go out first: a stop's savepoint
+                # then holds the end position instead of waiting for this task in vain.
+                return await self._inject_barriers()
             records = source_batch.records
             head.records_in += len(records)
             if source_batch.bad and self.dead_letter_tag is not None:
@@ -386,6 +390,20 @@ class SourceTask(_Task):
             else:
                 await self.flush_all()
             await anyio.lowlevel.checkpoint()
+
+    async def _inject_barriers(self) -> bool:
+        """Inject the pending barrier, then any triggered while this task was inside that
+        checkpoint: the savepoint of a stop abandons the periodic checkpoint in flight and
+        triggers at once, often while that one's barrier is still being injected. True once
+        a stop's barrier is injected: read nothing after it. Whether to stop is taken with
+        the checkpoint id, before any await, as a later trigger overwrites both."""
+        while self.pending_barrier is not None:
+            checkpoint_id, stop = self.pending_barrier, self.stop_after_barrier
+            self.pending_barrier = None
+            await self.checkpoint(checkpoint_id)
+            if stop:
+                return True
+        return False
 
     async def _states(self, checkpoint_id: int) -> dict[str, Any]:
         states = await super()._states(checkpoint_id)
