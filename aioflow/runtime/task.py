@@ -390,6 +390,7 @@ class SourceTask(_Task):
             else:
                 await self.flush_all()
             await anyio.lowlevel.checkpoint()
+        return False  # a stop that drains
 
     async def _inject_barriers(self) -> bool:
         """Inject the pending barrier, then any triggered while this task was inside that
