@@ -15,7 +15,9 @@ from workloads import (
     BOUND_MS,
     CAPACITY,
     INACTIVITY_MS,
+    SESSION_GAP_MS,
     SINK_SLEEP_S,
+    SLIDE_MS,
     WINDOW_MS,
     JobInput,
     Prepare,
@@ -138,9 +140,10 @@ class SumCount(af.AggregateFunction[dict[str, Any], tuple[int, float], tuple[int
         return (a[0] + b[0], a[1] + b[1])
 
 
-def _require_windows() -> None:
-    """Raise :class:`Unavailable` unless aioflow has the window API w2 is written against."""
-    missing = [name for name in ("TumblingEventTimeWindows", "ProcessWindowFunction") if not hasattr(af, name)]
+def _require_windows(assigner: str = "TumblingEventTimeWindows") -> None:
+    """Raise :class:`Unavailable` unless aioflow has the window API a window workload is
+    written against: ``assigner``, ``ProcessWindowFunction`` and ``KeyedStream.window``."""
+    missing = [name for name in (assigner, "ProcessWindowFunction") if not hasattr(af, name)]
     if not hasattr(af.KeyedStream, "window"):
         missing.append("KeyedStream.window")
     if missing:
@@ -164,15 +167,58 @@ def window_sums(events: af.Stream) -> af.Stream:
     return windows.aggregate(SumCount(), window_function=WithStart())
 
 
+def _timed_events(app: af.App, job: JobInput) -> af.Stream:
+    """The events file as a source with event time ``ts`` and a ``BOUND_MS`` bounded
+    out-of-orderness watermark (emitted periodically, the default: no event is late, so
+    the window workloads' output does not depend on when watermarks come)."""
+    return app.source(
+        af.read_jsonl(job.file), timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(BOUND_MS)
+    )
+
+
 def w2(job: JobInput) -> Run:
     """10 s tumbling event-time windows per user: (user, window_start, count, sum)."""
     _require_windows()
     app = _app("w2", job)
     results = af.CollectSink()
-    events = app.source(
-        af.read_jsonl(job.file), timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(BOUND_MS)
-    )
-    window_sums(events).sink(results)
+    window_sums(_timed_events(app, job)).sink(results)
+    return _run_collecting(app, results)
+
+
+def sliding(job: JobInput) -> Run:
+    """10 s windows sliding by 2 s per user: (user, window_start, count, sum). Each event is
+    in five windows; what the window operator does about that (panes or not) is measured."""
+    _require_windows("SlidingEventTimeWindows")
+
+    class WithStart(af.ProcessWindowFunction):
+        def process(self, key: str, context: Any, elements: Iterable[tuple[int, float]]) -> Iterator[Any]:
+            for count, total in elements:
+                yield (key, context.window.start, count, total)
+
+    app = _app("sliding", job)
+    results = af.CollectSink()
+    per_user = _timed_events(app, job).key_by(lambda e: e["user"])
+    per_user.window(af.SlidingEventTimeWindows(WINDOW_MS, SLIDE_MS)) \
+        .aggregate(SumCount(), window_function=WithStart()).sink(results)
+    return _run_collecting(app, results)
+
+
+def session(job: JobInput) -> Run:
+    """Event-time session windows per user (gap ``SESSION_GAP_MS``): (user, session_start,
+    session_end, count, sum). Merging windows: the generic path of the window operator, with
+    the open sessions of every user in keyed state."""
+    _require_windows("EventTimeSessionWindows")
+
+    class WithBounds(af.ProcessWindowFunction):
+        def process(self, key: str, context: Any, elements: Iterable[tuple[int, float]]) -> Iterator[Any]:
+            for count, total in elements:
+                yield (key, context.window.start, context.window.end, count, total)
+
+    app = _app("session", job)
+    results = af.CollectSink()
+    per_user = _timed_events(app, job).key_by(lambda e: e["user"])
+    per_user.window(af.EventTimeSessionWindows(SESSION_GAP_MS)) \
+        .aggregate(SumCount(), window_function=WithBounds()).sink(results)
     return _run_collecting(app, results)
 
 
@@ -274,7 +320,8 @@ def _digits(per_record: bool) -> Prepare:
 
 
 JOBS: dict[str, Prepare] = {
-    "w1": w1, "backpressure": backpressure, "w2": w2, "w3": w3, "async_io": async_io,
+    "w1": w1, "backpressure": backpressure, "w2": w2, "w3": w3, "sliding": sliding, "session": session,
+    "async_io": async_io,
     "async_io_ordered": _map_async("async_io_ordered", True),
     "async_io_unordered": _map_async("async_io_unordered", False),
     "async_http": async_http,

@@ -40,7 +40,18 @@ from typing import Any
 
 import orjson
 from reporting import RESULT_PREFIX, ChildFailed, completed_checkpoints, peak_rss_mb
-from workloads import FLOORS, PARTITIONS, JobInput, Prepare, Unavailable, canonical, digest, ensure_events
+from workloads import (
+    FLOORS,
+    PARTITIONS,
+    SLIDING_FLOORS,
+    JobInput,
+    Prepare,
+    Unavailable,
+    canonical,
+    digest,
+    ensure_events,
+    floor_of,
+)
 
 DATA_DIR = Path(__file__).resolve().parent / ".data"
 FLOOR, AIOFLOW = "floor", "aioflow"
@@ -81,6 +92,10 @@ WORKLOADS = {
         ),
         Workload("w2", "key by user, 10 s tumbling event-time windows: (user, start, count, sum)", 1_000_000),
         Workload("w3", "keyed process function: running count, 30 s inactivity event-time timers", 1_000_000),
+        Workload("sliding", "key by user, 10 s event-time windows sliding by 2 s: (user, start, count, sum)",
+                 1_000_000),
+        Workload("session", "key by user, event-time session windows, 5 s gap: (user, start, end, count, sum)",
+                 1_000_000),
         Workload("async_io", "each record awaits a 10 ms call after key_by (10k keys); floor: asyncio.gather, "
                  "at most 100 at once", 20_000, reads_file=False),
         Workload("async_io_ordered", "each record awaits a 10 ms call through map_async (capacity 100), results "
@@ -100,19 +115,19 @@ WORKLOADS = {
 # -- child: one measurement --------------------------------------------------------------
 
 
-def _prepare(side: str, workload: str) -> Prepare:
+def _prepare(side: str, workload: str, sliding_floor: str) -> Prepare:
     if side == FLOOR:
-        return FLOORS[workload]
+        return floor_of(workload, sliding_floor)
     import aioflow_jobs  # only here: a floor child never imports aioflow
 
     aioflow_jobs.warm_up()
     return aioflow_jobs.JOBS[workload]
 
 
-def measure(side: str, workload: str, job: JobInput) -> dict[str, Any]:
+def measure(side: str, workload: str, job: JobInput, sliding_floor: str = "panes") -> dict[str, Any]:
     """Run one side of a workload once; its time, peak RSS and output fingerprint."""
     try:
-        run = _prepare(side, workload)(job)
+        run = _prepare(side, workload, sliding_floor)(job)
     except Unavailable as exc:
         return {"unavailable": str(exc)}
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -136,9 +151,9 @@ def child_main(args: argparse.Namespace) -> int:
     job = JobInput(args.events, path, args.state_backend, args.checkpoint_interval)
     if args.child == AIOFLOW and args.state_backend == "lmdb":
         with tempfile.TemporaryDirectory(prefix="aioflow-bench-state-") as state_dir:
-            result = measure(args.child, workload, replace(job, state_dir=Path(state_dir)))
+            result = measure(args.child, workload, replace(job, state_dir=Path(state_dir)), args.sliding_floor)
     else:
-        result = measure(args.child, workload, job)
+        result = measure(args.child, workload, job, args.sliding_floor)
     print(RESULT_PREFIX + orjson.dumps(result).decode(), flush=True)
     return 0
 
@@ -146,12 +161,14 @@ def child_main(args: argparse.Namespace) -> int:
 # -- parent: the harness -------------------------------------------------------------------
 
 
-def run_child(side: str, workload: str, job: JobInput, state: StateConfig = IN_MEMORY) -> dict[str, Any]:
+def run_child(side: str, workload: str, job: JobInput, state: StateConfig = IN_MEMORY,
+              sliding_floor: str = "panes") -> dict[str, Any]:
     """Measure one side of ``workload`` in a fresh Python process (the aioflow side with
-    its state configured by ``state``)."""
+    its state configured by ``state``; the sliding floor as ``sliding_floor`` says)."""
     child = AIOFLOW if side == MEMORY else side
     command = [sys.executable, str(Path(__file__).resolve()), "--child", child,
-               "--workload", workload, "--events", str(job.events), "--state-backend", state.backend]
+               "--workload", workload, "--events", str(job.events), "--state-backend", state.backend,
+               "--sliding-floor", sliding_floor]
     if state.checkpoint_interval is not None:
         command += ["--checkpoint-interval", repr(state.checkpoint_interval)]
     if job.path is not None:
@@ -215,10 +232,11 @@ def _progress(message: str) -> None:
 
 def benchmark(
     workload: Workload, events: int, seed: int, repeat: int, state: StateConfig = IN_MEMORY,
-    versus_memory: bool = False,
+    versus_memory: bool = False, sliding_floor: str = "panes",
 ) -> dict[str, Any]:
     """Alternate floor and aioflow runs (and aioflow in memory, with ``versus_memory``)
-    ``repeat`` times; the report of the best of each."""
+    ``repeat`` times; the report of the best of each. ``sliding_floor``: which of
+    ``SLIDING_FLOORS`` is the ``sliding`` workload's floor."""
     path = None
     if workload.reads_file:
         _progress(f"{workload.name}: preparing {events} events (seed {seed})")
@@ -229,8 +247,12 @@ def benchmark(
     for _ in range(repeat):
         for side_name, side, side_state in _in_turn(floor, memory, framework, state):
             if side.active:
-                side.record(side_name, workload.name, partial(run_child, side_name, workload.name, job, side_state))
-    return report(workload, job, seed, repeat, floor, framework, state, memory)
+                side.record(side_name, workload.name,
+                            partial(run_child, side_name, workload.name, job, side_state, sliding_floor))
+    result = report(workload, job, seed, repeat, floor, framework, state, memory)
+    if workload.name == "sliding":
+        result["sliding_floor"] = sliding_floor
+    return result
 
 
 def _in_turn(floor: Side, memory: Side | None, framework: Side,
@@ -453,6 +475,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="how the kafka workload's floor produces its results: a send() per result (the plain loop), "
              "or record batches built by hand (default: send)",
     )
+    parser.add_argument(
+        "--sliding-floor", default="panes", choices=list(SLIDING_FLOORS),
+        help="the sliding workload's floor: partial aggregates per 2 s pane, summed when a window fires "
+             "(the faster), or a dict per window with each event added to its five windows (default: panes)",
+    )
     parser.add_argument("--child", choices=[FLOOR, AIOFLOW], help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -482,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
             result = benchmark_kafka(workload, events, args.seed, args.repeat, state, args.versus_memory,
                                      floor_batches=args.kafka_floor == "batches")
         else:
-            result = benchmark(workload, events, args.seed, args.repeat, state, args.versus_memory)
+            result = benchmark(workload, events, args.seed, args.repeat, state, args.versus_memory,
+                               args.sliding_floor)
         reports.append(result)
         if args.json:
             print(orjson.dumps(result).decode(), flush=True)

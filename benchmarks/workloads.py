@@ -35,7 +35,10 @@ __all__ = [
     "INACTIVITY_MS",
     "KEYS",
     "PARTITIONS",
+    "SESSION_GAP_MS",
+    "SLIDING_FLOORS",
     "SINK_SLEEP_S",
+    "SLIDE_MS",
     "WINDOW_MS",
     "JobInput",
     "Prepare",
@@ -44,6 +47,7 @@ __all__ = [
     "canonical",
     "digest",
     "emit_windows",
+    "floor_of",
     "ensure_events",
     "digits_data",
     "digits_records",
@@ -65,8 +69,14 @@ MAX_DISORDER_MS = 2_000
 BATCH = 1024
 #: Bounded out-of-orderness of the event-time workloads: watermark = max ts - BOUND_MS - 1.
 BOUND_MS = 2_000
-#: w2: tumbling window size.
+#: w2: tumbling window size; sliding: the size of its sliding windows.
 WINDOW_MS = 10_000
+#: sliding: a window starts every ``SLIDE_MS`` (each event is in ``WINDOW_MS / SLIDE_MS`` = 5).
+SLIDE_MS = 2_000
+#: session: the session gap. A user has an event every 10 s on average (1000 events/s over
+#: 10,000 users), so with 5 s about 40% of a user's events extend a session and the rest
+#: start a new one: sessions of 1 to several events, some merged by a late bridging event.
+SESSION_GAP_MS = 5_000
 #: w3: a user is inactive after this long without events.
 INACTIVITY_MS = 30_000
 #: backpressure: the sink sleeps this long per batch.
@@ -375,6 +385,197 @@ def _w3(path: Path) -> list[tuple[str, int]]:
     return _Inactivity().run(path)
 
 
+def _fire_sliding_panes(panes: dict[int, dict[str, list[Any]]], next_start: int, watermark: int,
+                        out: list[Any]) -> int:
+    """Emit every sliding window whose last millisecond is at or before ``watermark``, from
+    its ``WINDOW_MS / SLIDE_MS`` panes, oldest first; drop each pane once the last window
+    holding it has fired. Returns the start of the next window to fire.
+
+    Windows start every ``SLIDE_MS``; the first to fire is at or after ``next_start`` and
+    no earlier than the oldest pane's first window (so empty stretches are skipped). A
+    window with no events in any of its panes is not emitted, as in Flink (a window exists
+    only once a record was assigned to it).
+    """
+    span = WINDOW_MS - SLIDE_MS
+    while panes:
+        start = max(next_start, min(panes) - span)
+        if start + WINDOW_MS - 1 > watermark:
+            return start
+        totals: dict[str, list[Any]] = {}
+        for pane_start in range(start, start + WINDOW_MS, SLIDE_MS):
+            pane = panes.get(pane_start)
+            if pane:
+                for user, (count, total) in pane.items():
+                    acc = totals.get(user)
+                    if acc is None:
+                        totals[user] = [count, total]
+                    else:
+                        acc[0] += count
+                        acc[1] += total
+        out.extend((user, start, count, total) for user, (count, total) in totals.items())
+        panes.pop(start, None)  # the last window holding this pane
+        next_start = start + SLIDE_MS
+    return next_start
+
+
+def _sliding(path: Path) -> list[tuple[str, int, int, float]]:
+    """Sliding windows by hand, from panes: each event adds to one ``SLIDE_MS`` pane per
+    user (``pane start -> user -> [count, sum]``); a window, when it fires, sums its five
+    panes. One dict update per event instead of five (one per window holding it): faster
+    than per-window dicts (see the README)."""
+    loads = orjson.loads
+    panes: dict[int, dict[str, list[Any]]] = {}
+    out: list[Any] = []
+    max_ts = _MIN_TS
+    next_start = _MIN_TS
+    with open(path, "rb") as file:
+        while lines := list(islice(file, BATCH)):
+            for e in map(loads, lines):
+                ts = e["ts"]
+                if ts > max_ts:
+                    max_ts = ts
+                start = ts - ts % SLIDE_MS
+                pane = panes.get(start)
+                if pane is None:
+                    pane = panes[start] = {}
+                acc = pane.get(e["user"])
+                if acc is None:
+                    pane[e["user"]] = [1, e["amount"]]
+                else:
+                    acc[0] += 1
+                    acc[1] += e["amount"]
+            next_start = _fire_sliding_panes(panes, next_start, max_ts - BOUND_MS - 1, out)
+    _fire_sliding_panes(panes, next_start, _MAX_TS, out)
+    return out
+
+
+def _sliding_per_window(path: Path) -> list[tuple[str, int, int, float]]:
+    """Sliding windows by hand, the other way: one ``user -> [count, sum]`` dict per window,
+    each event added to the five windows holding it (w2's floor with an inner loop). Not
+    the default floor (:func:`_sliding` is faster); ``run.py --sliding-floor windows``
+    measures it."""
+    loads = orjson.loads
+    windows: dict[int, dict[str, list[Any]]] = {}
+    out: list[Any] = []
+    max_ts = _MIN_TS
+    span = WINDOW_MS - SLIDE_MS
+    with open(path, "rb") as file:
+        while lines := list(islice(file, BATCH)):
+            for e in map(loads, lines):
+                ts, user, amount = e["ts"], e["user"], e["amount"]
+                if ts > max_ts:
+                    max_ts = ts
+                last = ts - ts % SLIDE_MS
+                for start in range(last - span, last + 1, SLIDE_MS):
+                    window = windows.get(start)
+                    if window is None:
+                        window = windows[start] = {}
+                    acc = window.get(user)
+                    if acc is None:
+                        window[user] = [1, amount]
+                    else:
+                        acc[0] += 1
+                        acc[1] += amount
+            _emit_sliding(windows, max_ts - BOUND_MS - 1, out)
+    _emit_sliding(windows, _MAX_TS, out)
+    return out
+
+
+def _emit_sliding(windows: dict[int, dict[str, list[Any]]], watermark: int, out: list[Any]) -> None:
+    for start in sorted(start for start in windows if start + WINDOW_MS - 1 <= watermark):
+        out.extend((user, start, count, total) for user, (count, total) in windows.pop(start).items())
+
+
+class _Sessions:
+    """Session windows by hand, with Flink's semantics: a record opens ``[ts, ts + gap)``;
+    a user's windows that overlap or touch merge (so a late record between two sessions
+    joins them); a session fires when the watermark reaches its last millisecond
+    (``end - 1``), and is then gone.
+
+    State: per user, the list of open sessions ``[start, end, count, sum]`` (almost always
+    one, two while a bridging record may still come), and a heap of ``(end, user)`` to find
+    the due ones. A heap entry whose session has since grown or merged is skipped when
+    popped: no open session of that user ends there any more.
+    """
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, list[list[Any]]] = {}
+        self.heap: list[tuple[int, str]] = []
+        self.out: list[tuple[str, int, int, int, float]] = []
+
+    def add(self, user: str, ts: int, amount: float) -> None:
+        end = ts + SESSION_GAP_MS
+        open_ = self.sessions.get(user)
+        if open_ is None:
+            self.sessions[user] = [[ts, end, 1, amount]]
+            heapq.heappush(self.heap, (end, user))
+            return
+        if len(open_) == 1:  # the common case: extend the one open session, or open a second
+            session = open_[0]
+            if session[0] <= end and session[1] >= ts:
+                if ts < session[0]:
+                    session[0] = ts
+                if end > session[1]:
+                    session[1] = end
+                    heapq.heappush(self.heap, (end, user))
+                session[2] += 1
+                session[3] += amount
+            else:
+                open_.append([ts, end, 1, amount])
+                heapq.heappush(self.heap, (end, user))
+            return
+        # Several open sessions: the new window merges every one it overlaps or touches.
+        merged = [ts, end, 1, amount]
+        rest = []
+        for session in open_:
+            if session[0] <= merged[1] and session[1] >= merged[0]:
+                merged[0] = min(merged[0], session[0])
+                merged[1] = max(merged[1], session[1])
+                merged[2] += session[2]
+                merged[3] += session[3]
+            else:
+                rest.append(session)
+        rest.append(merged)
+        self.sessions[user] = rest
+        heapq.heappush(self.heap, (merged[1], user))
+
+    def fire(self, watermark: int) -> None:
+        """Emit and drop every session whose last millisecond is at or before ``watermark``."""
+        heap, sessions, out = self.heap, self.sessions, self.out
+        while heap and heap[0][0] - 1 <= watermark:
+            end, user = heapq.heappop(heap)
+            open_ = sessions.get(user)
+            if open_ is None:
+                continue
+            for i, session in enumerate(open_):
+                if session[1] == end:
+                    out.append((user, session[0], end, session[2], session[3]))
+                    if len(open_) == 1:
+                        del sessions[user]
+                    else:
+                        del open_[i]
+                    break
+
+    def run(self, path: Path) -> list[tuple[str, int, int, int, float]]:
+        loads = orjson.loads
+        add = self.add
+        max_ts = _MIN_TS
+        with open(path, "rb") as file:
+            while lines := list(islice(file, BATCH)):
+                for e in map(loads, lines):
+                    ts = e["ts"]
+                    if ts > max_ts:
+                        max_ts = ts
+                    add(e["user"], ts, e["amount"])
+                self.fire(max_ts - BOUND_MS - 1)
+        self.fire(_MAX_TS)
+        return self.out
+
+
+def _session(path: Path) -> list[tuple[str, int, int, int, float]]:
+    return _Sessions().run(path)
+
+
 def _file_floor(loop: Callable[[Path], Any]) -> Prepare:
     def prepare(job: JobInput) -> Run:
         return partial(loop, job.file)
@@ -382,11 +583,16 @@ def _file_floor(loop: Callable[[Path], Any]) -> Prepare:
     return prepare
 
 
+#: The two hand-written ways of computing sliding windows (``run.py --sliding-floor``).
+SLIDING_FLOORS: dict[str, Prepare] = {"panes": _file_floor(_sliding), "windows": _file_floor(_sliding_per_window)}
+
 FLOORS: dict[str, Prepare] = {
     "w1": _file_floor(_w1),
     "backpressure": floor_backpressure,
     "w2": _file_floor(_w2),
     "w3": _file_floor(_w3),
+    "sliding": SLIDING_FLOORS["panes"],
+    "session": _file_floor(_session),
     "async_io": floor_async_io,
     "async_io_ordered": floor_async_io,
     "async_io_unordered": floor_async_io,
@@ -396,18 +602,26 @@ FLOORS: dict[str, Prepare] = {
 }
 
 
+def floor_of(workload: str, sliding_floor: str = "panes") -> Prepare:
+    """The floor of ``workload``; for ``sliding``, the variant ``sliding_floor``."""
+    return SLIDING_FLOORS[sliding_floor] if workload == "sliding" else FLOORS[workload]
+
+
 # -- outputs ---------------------------------------------------------------------------
 
 
 def canonical(workload: str, output: Any) -> Any:
-    """The comparable form of a job's output: a count, or the sorted rows (w2 sums rounded
-    to 2 decimals)."""
+    """The comparable form of a job's output: a count, or the sorted rows (the sums of w2,
+    sliding and session rounded to 2 decimals: the sides may add the same amounts in
+    another order)."""
     if workload in ("w1", "backpressure"):
         return int(output)
     if workload.startswith(("async_", "digits")):
         return sorted(output)
-    if workload == "w2":
+    if workload in ("w2", "sliding"):
         return sorted((user, start, count, round(total, 2)) for user, start, count, total in output)
+    if workload == "session":
+        return sorted((user, start, end, count, round(total, 2)) for user, start, end, count, total in output)
     return sorted((user, count) for user, count in output)
 
 
