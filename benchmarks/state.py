@@ -20,8 +20,9 @@ it). All checkpoint numbers are read from the jobs' logs: each completed checkpo
   state_jobs.py:app`` restore it and a second source sends a few probe records: the time
   from process start to the first output line. The baseline is the same job on an empty
   state directory. Runs alternate between sizes, ``--repeat`` times.
-- **rss**: the peak RSS of the populating run for ``--rss-keys`` keys with a bounded cache
-  (``--cache``), beside the same job with the memory backend (``--memory-keys``).
+- **rss**: the peak RSS (and the sampled peak of ``RssAnon``, the process's own memory) of
+  the populating run for ``--rss-keys`` keys at each cache size of ``--rss-caches``, side
+  by side, and of the same job with the memory backend (``--memory-keys``).
 """
 
 from __future__ import annotations
@@ -291,6 +292,38 @@ def recovery(root: Path, sizes: list[int], repeat: int, cache: int, interval: fl
     return report
 
 
+# -- peak RSS -----------------------------------------------------------------------------------
+
+
+def rss(root: Path, keys: int, caches: list[int], memory_keys: int, interval: float, keep: bool,
+        builds: dict[int, dict[str, Any]], recovery_cache: int) -> dict[str, Any]:
+    """Peak memory of populating ``keys`` keys with LMDB at each of ``caches``, and of
+    ``memory_keys`` keys with the memory backend: one fresh process each. A recovery build
+    of the same size and cache is reused rather than run again."""
+    lmdb: dict[str, dict[str, Any]] = {}
+    for cache in caches:
+        run = builds.get(keys) if cache == recovery_cache else None
+        if run is None:
+            _progress(f"rss: populating {keys:,} keys in LMDB (cache {cache:,})")
+            state_dir = root / f"rss-{keys}-{cache}"
+            run = build(state_dir, keys, cache, interval)
+            if not keep:  # 5M keys take hundreds of MB: one state directory on disk at a time
+                shutil.rmtree(state_dir, ignore_errors=True)
+        _progress(f"  peak RssAnon {run['peak_anon_mb']:.0f} MB, VmHWM {run['peak_rss_mb']:.0f} MB, "
+                  f"{run['seconds']:.1f} s")
+        lmdb[str(cache)] = run
+    _progress(f"rss: populating {memory_keys:,} keys in memory")
+    memory = build(None, memory_keys, 0, interval)
+    return {
+        "keys": keys,
+        "lmdb": lmdb,
+        "memory": memory,
+        "peak_anon_mb": {**{cache: run["peak_anon_mb"] for cache, run in lmdb.items()},
+                         "memory": memory["peak_anon_mb"]},
+        "problems": [],
+    }
+
+
 # -- command line -----------------------------------------------------------------------------
 
 
@@ -318,9 +351,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--recovery-keys", type=_sizes, default=[50_000, 1_000_000, 5_000_000],
                         help="comma-separated state sizes (keys) to recover")
     parser.add_argument("--repeat", type=int, default=3, help="recovery runs per size (median and min reported)")
-    parser.add_argument("--rss-keys", type=int, default=5_000_000, help="keys of the peak-RSS run with LMDB")
+    parser.add_argument("--rss-keys", type=int, default=5_000_000, help="keys of the peak-RSS runs with LMDB")
+    parser.add_argument("--rss-caches", type=_sizes, default=[10_000, 100_000, 1_000_000],
+                        help="comma-separated state_cache_size values of the peak-RSS runs, one run each")
     parser.add_argument("--memory-keys", type=int, help="keys of the memory-backend run (default: --rss-keys)")
-    parser.add_argument("--cache", type=int, default=100_000, help="state_cache_size of the LMDB runs")
+    parser.add_argument("--cache", type=int, default=100_000,
+                        help="state_cache_size of the checkpoint-cost and recovery runs")
     parser.add_argument("--build-interval", type=float, default=0.25, metavar="SECONDS",
                         help="checkpoint interval of the populating runs (recovery and RSS)")
     parser.add_argument("--state-root", type=Path, help="where the state directories go (default: the temp folder)")
@@ -338,6 +374,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rss_keys, args.memory_keys = min(args.rss_keys, cap), min(args.memory_keys, cap)
     if not 0 < args.touch <= 1 or args.rounds < 1 or args.repeat < 1 or args.checkpoint_interval <= 0:
         parser.error("--touch must be in (0, 1]; --rounds, --repeat and --checkpoint-interval positive")
+    if args.rss_keys < 1:
+        parser.error("--rss-keys must be positive")
     return args
 
 
@@ -367,14 +405,14 @@ def _text(results: dict[str, Any]) -> str:
                          f"{entry['state_dir_mb']} MB on disk")
     rss = results.get("rss")
     if rss:
-        lines.append("peak RSS of the populating run:")
-        for run in (rss.get("lmdb"), rss.get("memory")):
-            if run:
-                extra = (f", cache {run['state_cache_size']:,}, {run['checkpoints']} checkpoints"
-                         if run["backend"] == "lmdb" else "")
-                lines.append(f"  {run['backend']:6} {run['keys']:>9,} keys: {run['peak_rss_mb']:.0f} MB "
-                             f"(anon {run['peak_anon_mb']:.0f}, file {run['peak_file_mb']:.0f}), "
-                             f"{run['seconds']:.1f} s{extra}")
+        lines += ["peak memory of the populating run (MB; RssAnon and RssFile sampled every 20 ms):",
+                  f"  {'backend':8}{'cache':>11}{'keys':>11}{'RssAnon':>9}{'RssFile':>9}{'VmHWM':>7}"
+                  f"{'seconds':>9}{'checkpoints':>13}"]
+        for run in [*rss["lmdb"].values(), rss["memory"]]:
+            cache = f"{run['state_cache_size']:,}" if run["backend"] == "lmdb" else "-"
+            lines.append(f"  {run['backend']:8}{cache:>11}{run['keys']:>11,}{run['peak_anon_mb']:>9.0f}"
+                         f"{run['peak_file_mb']:>9.0f}{run['peak_rss_mb']:>7.0f}{run['seconds']:>9.1f}"
+                         f"{run.get('checkpoints', '-'):>13}")
     for section, result in results.items():
         if isinstance(result, dict):
             lines += [f"{section}: PROBLEM: {problem}" for problem in result.get("problems", [])]
@@ -397,12 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             results["recovery"] = recovery(root, args.recovery_keys, args.repeat, args.cache, args.build_interval,
                                            builds)
         if "rss" in args.only:
-            lmdb = builds.get(args.rss_keys)
-            if lmdb is None:
-                _progress(f"rss: populating {args.rss_keys:,} keys in LMDB (cache {args.cache:,})")
-                lmdb = build(root / f"rss-{args.rss_keys}", args.rss_keys, args.cache, args.build_interval)
-            _progress(f"rss: populating {args.memory_keys:,} keys in memory")
-            results["rss"] = {"lmdb": lmdb, "memory": build(None, args.memory_keys, args.cache, args.build_interval)}
+            results["rss"] = rss(root, args.rss_keys, args.rss_caches, args.memory_keys, args.build_interval,
+                                 args.keep, builds, args.cache)
     except ChildFailed as exc:
         print(f"state.py: {exc}", file=sys.stderr)
         return 1
