@@ -23,6 +23,11 @@ it). All checkpoint numbers are read from the jobs' logs: each completed checkpo
 - **rss**: the peak RSS (and the sampled peak of ``RssAnon``, the process's own memory) of
   the populating run for ``--rss-keys`` keys at each cache size of ``--rss-caches``, side
   by side, and of the same job with the memory backend (``--memory-keys``).
+- **timers**: a job with ``--timer-keys`` pending event-time timers (one per key, far in
+  the future), for each cache size of ``--timer-caches``: the peak ``RssAnon`` of putting
+  them in, the checkpoint that writes them all and the next one (nothing changed), then
+  the restore: process start to the first answer to a probe record, and, apart from it,
+  the end of input's watermark firing every restored timer (their count is checked).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -46,8 +52,10 @@ JOBS = HERE / "state_jobs.py"
 #: As in ``state_jobs.py`` (not imported from there: importing it builds its app).
 RESULT_PREFIX = "@@state-result "
 TOUCH_BARRIER = "touch barrier"
+TIMERS_BARRIER = "timers barrier"
+FIRED = "fired"
 CHECKPOINT_COMPLETE = "checkpoint complete"
-SECTIONS = ("checkpoint", "recovery", "rss")
+SECTIONS = ("checkpoint", "recovery", "rss", "timers")
 
 
 class ChildFailed(Exception):
@@ -324,6 +332,219 @@ def rss(root: Path, keys: int, caches: list[int], memory_keys: int, interval: fl
     }
 
 
+# -- pending timers -----------------------------------------------------------------------------
+
+
+def _timers_run(state_dir: Path, keys: int, cache: int,
+                interval: float) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str], bool]:
+    """Populate ``keys`` pending timers once: the run's measurement, its checkpoints by role
+    (``full``: the first, holding every timer; ``unchanged``: the next; ``savepoint``: the
+    stop's), what went wrong, and whether the first checkpoint came too early (before
+    every timer was in, so that no checkpoint writes them all)."""
+    result, events = run_script(_environment(
+        job="timers", keys=keys, state_dir=state_dir, checkpoint_interval=interval, cache=cache,
+    ))
+    completed = {int(e["checkpoint"]): e for e in events if e["event"] == CHECKPOINT_COMPLETE}
+    barriers = [e for e in events if e["event"] == TIMERS_BARRIER]
+    problems = []
+    early = bool(barriers) and not barriers[0]["complete"]
+    if early:
+        problems.append(f"checkpoint {barriers[0]['barrier']} came before every timer was in "
+                        f"({barriers[0]['sent']:,} of {keys:,} keys sent)")
+    checkpoints: dict[str, dict[str, Any]] = {}
+    for barrier in barriers:
+        done = completed.get(int(barrier["barrier"]))
+        role = barrier["role"] or (done["kind"] if done is not None and done["kind"] == "savepoint" else None)
+        if role is None:
+            continue
+        if done is None:
+            problems.append(f"the {role} checkpoint {barrier['barrier']} did not complete")
+            continue
+        checkpoints[role] = {
+            "checkpoint": int(done["checkpoint"]),
+            "ms": int(done["ms"]),
+            "bytes": int(done["bytes"]),
+            "barrier_to_durable_ms": round((_epoch(done) - _epoch(barrier)) * 1000, 1),
+        }
+    for role in ("full", "unchanged", "savepoint"):
+        if role not in checkpoints:
+            problems.append(f"no {role} checkpoint in the log")
+    if result.get("fired"):
+        problems.append(f"{result['fired']:,} timers fired while populating; none should")
+    return result, checkpoints, problems, early
+
+
+def held_timers(root: Path, keys: int, cache: int, interval: float) -> tuple[dict[str, Any], Path]:
+    """Put ``keys`` pending timers in LMDB state with ``cache``; the report and the state
+    directory, which holds them in its last checkpoint (the stop's savepoint). The first
+    checkpoint must come after every timer is in; when it did not, the run is repeated
+    with twice the interval, at most twice."""
+    for attempt in range(3):
+        state_dir = root / f"timers-{keys}-{cache}-{attempt}"
+        _progress(f"timers: {keys:,} pending timers, cache {cache:,}, a checkpoint every {interval:g} s")
+        result, checkpoints, problems, early = _timers_run(state_dir, keys, cache, interval)
+        if not early:
+            break
+        _progress(f"  {problems[0]}")
+        if attempt < 2:  # the last attempt's state directory stays, to be reported and probed
+            shutil.rmtree(state_dir, ignore_errors=True)
+            interval *= 2
+    else:
+        problems.append("the first checkpoint never held every timer; raise --checkpoint-interval")
+    report = {"keys": keys, "state_cache_size": cache, "checkpoint_interval": interval, "attempts": attempt + 1,
+              **_rounded(result), **{f"{role}_checkpoint": c for role, c in checkpoints.items()},
+              "state_dir_mb": round(_disk_mb(state_dir), 1) if state_dir.exists() else None,
+              "problems": problems}
+    full = checkpoints.get("full")
+    _progress(f"  {result['seconds']:.1f} s, peak RssAnon {result['peak_anon_mb']:.0f} MB"
+              + (f", full checkpoint {full['ms']} ms logged, {full['barrier_to_durable_ms']:.0f} ms "
+                 f"barrier to durable, {full['bytes']:,} bytes" if full else ""))
+    return report, state_dir
+
+
+class _AnonSampler(threading.Thread):
+    """Samples another process's ``RssAnon`` every ``interval`` s until it ends."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        super().__init__(name=f"anon-sampler-{pid}", daemon=True)
+        self.status = Path(f"/proc/{pid}/status")
+        self.interval = interval
+        self.peak_kb = 0
+        self._done = threading.Event()
+
+    def sample(self) -> bool:
+        try:
+            for line in self.status.read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+                    return True
+        except (OSError, ValueError):
+            pass
+        return False
+
+    def run(self) -> None:
+        while self.sample() and not self._done.wait(self.interval):
+            pass
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def timers_probe(state_dir: Path, keys: int, cache: int, records: int) -> dict[str, Any]:
+    """Start a worker on a copy of ``state_dir`` (made before the clock starts: the probe's
+    end of input fires the timers and checkpoints that) and time it: to the first answer
+    to a probe record (the restore), to the first fired timer, to the sink's count of
+    fired timers, to its exit; with its sampled peak ``RssAnon``."""
+    work = state_dir.with_name(state_dir.name + "-probe")
+    shutil.rmtree(work, ignore_errors=True)
+    if state_dir.exists():
+        shutil.copytree(state_dir, work)
+    env = _environment(job="timers", keys=keys, probe=records, state_dir=work, checkpoint_interval=3600, cache=cache)
+    command = [sys.executable, "-m", "aioflow", "run", f"{JOBS}:app", "--log-format", "json"]
+    marks: dict[str, float] = {}
+    answers, fired, index_sum, anon_at_first_kb = 0, None, None, 0
+    try:
+        with tempfile.TemporaryFile() as stderr:
+            started_wall, started = time.time(), time.perf_counter()
+            process = subprocess.Popen(command, env=env, cwd=HERE.parent, stdout=subprocess.PIPE, stderr=stderr)
+            sampler = _AnonSampler(process.pid)
+            sampler.start()
+            assert process.stdout is not None
+            for raw in process.stdout:
+                now = time.perf_counter() - started
+                line = raw.decode(errors="replace").split()
+                if line and line[0] == "probe":
+                    answers += 1
+                    if "first_record_s" not in marks:
+                        marks["first_record_s"] = now
+                        anon_at_first_kb = sampler.peak_kb
+                elif line and line[0] == "firing":
+                    marks["firing_s"] = now
+                elif len(line) == 3 and line[0] == FIRED:
+                    marks["fired_s"] = now
+                    fired, index_sum = int(line[1]), int(line[2])
+            code = process.wait(timeout=600)
+            marks["exit_s"] = time.perf_counter() - started
+            sampler.stop()
+            stderr.seek(0)
+            log = stderr.read()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if code != 0 or "first_record_s" not in marks:
+        raise ChildFailed(f"the timers probe on {state_dir} exited with {code}:\n"
+                          f"{log.decode(errors='replace')[-3000:]}")
+    events = _log_events(log)
+    restoring = [e for e in events if e["event"] == "restoring"]
+    final = [e for e in events if e["event"] == CHECKPOINT_COMPLETE and e.get("kind") == "final"]
+    return {
+        **marks,
+        "restoring_s": _epoch(restoring[0]) - started_wall if restoring else None,
+        "restored": bool(restoring),
+        "answers": answers,
+        "fired": fired,
+        "index_sum": index_sum,
+        "final_checkpoint_ms": int(final[0]["ms"]) if final else None,
+        "anon_at_first_record_mb": anon_at_first_kb / 1024,
+        "peak_anon_mb": sampler.peak_kb / 1024,
+    }
+
+
+def timers(root: Path, keys: int, caches: list[int], repeat: int, interval: float, keep: bool) -> dict[str, Any]:
+    """Pending timers: populate and checkpoint them at each cache size, then restore each
+    ``repeat`` times, alternating with a start on an empty state directory."""
+    probes = 3
+    report: dict[str, Any] = {"keys": keys, "probe_records": probes, "caches": {}}
+    problems: list[str] = []
+    dirs = {}
+    for cache in caches:
+        entry, dirs[cache] = held_timers(root, keys, cache, interval)
+        problems += [f"cache {cache:,}: {p}" for p in entry.pop("problems")]
+        report["caches"][str(cache)] = entry
+    runs: dict[str, list[dict[str, Any]]] = {"none": [], **{str(cache): [] for cache in caches}}
+    expected_sum = keys * (keys - 1) // 2
+    for round_ in range(repeat):
+        runs["none"].append(timers_probe(root / f"timers-empty-{round_}", 0, caches[0], probes))
+        for cache in caches:
+            run = timers_probe(dirs[cache], keys, cache, probes)
+            if not run["restored"]:
+                problems.append(f"cache {cache:,}: the probe restored nothing")
+            if (run["fired"], run["index_sum"]) != (keys, expected_sum):
+                problems.append(f"cache {cache:,}: {run['fired']} timers fired after the restore (key index sum "
+                                f"{run['index_sum']}), expected {keys:,} ({expected_sum})")
+            if run["answers"] != probes:
+                problems.append(f"cache {cache:,}: {run['answers']} probe answers, expected {probes}")
+            runs[str(cache)].append(run)
+        _progress("  restore round {}: {}".format(round_ + 1, ", ".join(
+            f"{'no state' if name == 'none' else 'cache ' + name}: first record {rows[-1]['first_record_s']:.3f} s, "
+            f"exit {rows[-1]['exit_s']:.3f} s" for name, rows in runs.items())))
+    if any(run["restored"] or run["fired"] for run in runs["none"]):
+        problems.append("the no-state probe restored or fired something: its state directory was not empty")
+
+    def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {"runs": len(rows)}
+        for field in ("first_record_s", "restoring_s", "firing_s", "fired_s", "exit_s", "final_checkpoint_ms",
+                      "anon_at_first_record_mb", "peak_anon_mb"):
+            values = [row[field] for row in rows if row.get(field) is not None]
+            if values:
+                out[field] = round(statistics.median(values), 3)
+                out[f"min_{field}"] = round(min(values), 3)
+        out["fired"] = rows[-1]["fired"]
+        out["all_first_record_s"] = [round(row["first_record_s"], 3) for row in rows]
+        return out
+
+    report["no_state"] = summary(runs["none"])
+    for cache in caches:
+        restore = summary(runs[str(cache)])
+        restore["ratio_to_no_state"] = round(restore["first_record_s"] / report["no_state"]["first_record_s"], 3)
+        report["caches"][str(cache)]["restore"] = restore
+    if not keep:
+        for state_dir in dirs.values():
+            shutil.rmtree(state_dir, ignore_errors=True)
+    report["problems"] = problems
+    return report
+
+
 # -- command line -----------------------------------------------------------------------------
 
 
@@ -346,7 +567,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="incremental checkpoints measured")
     parser.add_argument(
         "--checkpoint-interval", type=float, default=20.0, metavar="SECONDS",
-        help="checkpoint interval of the checkpoint-cost job: more than putting in the keys takes (else doubled)",
+        help="checkpoint interval of the checkpoint-cost and timers jobs: more than putting in the keys takes "
+             "(else doubled)",
     )
     parser.add_argument("--recovery-keys", type=_sizes, default=[50_000, 1_000_000, 5_000_000],
                         help="comma-separated state sizes (keys) to recover")
@@ -355,6 +577,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rss-caches", type=_sizes, default=[10_000, 100_000, 1_000_000],
                         help="comma-separated state_cache_size values of the peak-RSS runs, one run each")
     parser.add_argument("--memory-keys", type=int, help="keys of the memory-backend run (default: --rss-keys)")
+    parser.add_argument("--timer-keys", type=int, default=1_000_000,
+                        help="pending event-time timers (one per key) of the timers section")
+    parser.add_argument("--timer-caches", type=_sizes, default=[10_000, 100_000],
+                        help="comma-separated state_cache_size values of the timers section, one job each")
     parser.add_argument("--cache", type=int, default=100_000,
                         help="state_cache_size of the checkpoint-cost and recovery runs")
     parser.add_argument("--build-interval", type=float, default=0.25, metavar="SECONDS",
@@ -372,10 +598,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.checkpoint_keys = min(args.checkpoint_keys, cap)
         args.recovery_keys = sorted({min(keys, cap) for keys in args.recovery_keys})
         args.rss_keys, args.memory_keys = min(args.rss_keys, cap), min(args.memory_keys, cap)
+        args.timer_keys = min(args.timer_keys, cap)
     if not 0 < args.touch <= 1 or args.rounds < 1 or args.repeat < 1 or args.checkpoint_interval <= 0:
         parser.error("--touch must be in (0, 1]; --rounds, --repeat and --checkpoint-interval positive")
-    if args.rss_keys < 1:
-        parser.error("--rss-keys must be positive")
+    if args.timer_keys < 1 or args.rss_keys < 1:
+        parser.error("--timer-keys and --rss-keys must be positive")
     return args
 
 
@@ -413,6 +640,30 @@ def _text(results: dict[str, Any]) -> str:
             lines.append(f"  {run['backend']:8}{cache:>11}{run['keys']:>11,}{run['peak_anon_mb']:>9.0f}"
                          f"{run['peak_file_mb']:>9.0f}{run['peak_rss_mb']:>7.0f}{run['seconds']:>9.1f}"
                          f"{run.get('checkpoints', '-'):>13}")
+    held = results.get("timers")
+    if held:
+        lines.append(f"{held['keys']:,} pending event-time timers (LMDB): populate, checkpoint, restore "
+                     "(restore: median of the runs; min)")
+        base = held["no_state"]
+        lines.append(f"  no state: first record {base['first_record_s']:.3f} s; {base['min_first_record_s']:.3f} s")
+        for cache, entry in held["caches"].items():
+            lines.append(f"  cache {int(cache):,}: populating run {entry['seconds']:.1f} s (two checkpoint intervals "
+                         f"of waiting included), peak RssAnon {entry['peak_anon_mb']:.0f} MB, "
+                         f"{entry['state_dir_mb']} MB on disk")
+            for role in ("full", "unchanged", "savepoint"):
+                c = entry.get(f"{role}_checkpoint")
+                if c:
+                    lines.append(f"    {role + ' checkpoint':22}{c['ms']:>8,} ms logged"
+                                 f"{c['barrier_to_durable_ms']:>10,.0f} ms barrier->durable{c['bytes']:>14,} bytes")
+            r = entry.get("restore")
+            if r:
+                lines.append(f"    restore: first record {r['first_record_s']:.3f} s; {r['min_first_record_s']:.3f} s "
+                             f"(x{r['ratio_to_no_state']:.2f} of no state), RssAnon at it "
+                             f"{r['anon_at_first_record_mb']:.0f} MB")
+                lines.append(f"    then: first timer fired at {r.get('firing_s', float('nan')):.3f} s, "
+                             f"{r['fired']:,} fired by {r.get('fired_s', float('nan')):.3f} s, exit "
+                             f"{r['exit_s']:.3f} s (final checkpoint {r.get('final_checkpoint_ms')} ms), "
+                             f"peak RssAnon {r['peak_anon_mb']:.0f} MB")
     for section, result in results.items():
         if isinstance(result, dict):
             lines += [f"{section}: PROBLEM: {problem}" for problem in result.get("problems", [])]
@@ -437,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
         if "rss" in args.only:
             results["rss"] = rss(root, args.rss_keys, args.rss_caches, args.memory_keys, args.build_interval,
                                  args.keep, builds, args.cache)
+        if "timers" in args.only:
+            results["timers"] = timers(root, args.timer_keys, args.timer_caches, args.repeat,
+                                       args.checkpoint_interval, args.keep)
     except ChildFailed as exc:
         print(f"state.py: {exc}", file=sys.stderr)
         return 1

@@ -18,6 +18,18 @@ starts only after the checkpoint taken after the previous one has *completed* (i
 every barrier the source logs ``touch barrier`` with what it had sent; ``state.py``
 pairs those events with the ``checkpoint complete`` events of the same log.
 
+``BENCH_JOB=timers`` (pending timers): a source of keys ``k0`` .. ``k<N-1>`` and a probe
+source into ``arm``, which registers one event-time timer per key at ``FAR_FUTURE`` (the
+source has no event time, so no watermark comes before the end of input and none
+fires). Populating (no probe records): once every key is sent, the source waits for two
+checkpoints, the one holding every timer (``full``) and the next (``unchanged``: nothing
+changed since), logging ``timers barrier`` at every barrier; when the second has
+completed it stops the job, which takes a savepoint and keeps the timers (a stop is not
+a drain). Probing (``BENCH_PROBE`` > 0): the keys source resumes at its end and ends; the
+probe records are answered at once (``probe k<i>``, the restore time), then the end of
+input's final watermark fires every restored timer, and the sink prints ``firing`` when
+the first one arrives and ``fired <count> <sum of i>`` when it closes.
+
 Environment: ``BENCH_JOB``, ``BENCH_KEYS``, ``BENCH_PROBE`` (probe records, default 0),
 ``BENCH_STATE_DIR`` (absent: memory backend), ``BENCH_CHECKPOINT_INTERVAL`` (seconds),
 ``BENCH_CACHE`` (``state_cache_size``), ``BENCH_TOUCH``, ``BENCH_ROUNDS``, ``BENCH_SEED``.
@@ -30,7 +42,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +52,18 @@ import structlog
 
 import aioflow as af
 
-__all__ = ["RESULT_PREFIX", "TOUCH_BARRIER", "app", "build_app"]
+__all__ = ["FAR_FUTURE", "FIRED", "RESULT_PREFIX", "TIMERS_BARRIER", "TOUCH_BARRIER", "app", "build_app", "timers_sink"]
 
 #: Marks the line of stdout on which a script run reports its measurement.
 RESULT_PREFIX = "@@state-result "
 #: The log event of the touch source at each barrier.
 TOUCH_BARRIER = "touch barrier"
+#: The log event of the timers source at each barrier.
+TIMERS_BARRIER = "timers barrier"
+#: Where the timers job's timers are: 2100-01-01, far past any watermark but the last.
+FAR_FUTURE = 4_102_444_800_000
+#: The line the timers job's sink prints when it closes: ``fired <count> <sum of i>``.
+FIRED = "fired"
 
 log = structlog.get_logger("benchmarks.state")
 
@@ -183,6 +201,119 @@ class PhasedSource(af.Source):
         return _PhasedReader(self.keys, self.fraction, self.rounds, self.seed, self.records)
 
 
+# -- the timers job: a timer per key, kept over a stop -------------------------------------
+
+
+class Arm(af.KeyedProcessFunction):
+    """Registers one event-time timer per key at ``FAR_FUTURE``; answers a probe record
+    ``(key, 1)`` with ``("probe", key)`` at once; a timer that fires yields ``("fired", key)``."""
+
+    def process_element(self, value: tuple[str, int], ctx: af.OperatorContext) -> Iterator[tuple[str, str]]:
+        if value[1]:
+            yield ("probe", value[0])
+        else:
+            ctx.timer_service.register_event_time_timer(FAR_FUTURE)
+
+    def on_timer(self, timestamp: int, ctx: af.OperatorContext) -> Iterator[tuple[str, str]]:
+        yield ("fired", ctx.key)
+
+
+class _TimersReader(_KeysReader):
+    IDLE_SLEEP = 0.002  # between reads while waiting: a barrier comes at most this late
+
+    def __init__(self, keys: int, records: Path | None, on_held: Callable[[], None]) -> None:
+        super().__init__(keys)
+        self._records = records  # None: bounded (probing)
+        self._on_held = on_held
+        self._barriers = 0  # position() calls so far: one per checkpoint, ids from 1 in a fresh job
+        self._full: int | None = None
+        self._unchanged: int | None = None
+        self._stopping = False
+
+    async def read(self, max_records: int, timeout: float) -> af.SourceBatch | None:
+        batch = await super().read(max_records, timeout)
+        if batch is not None or self._records is None:
+            return batch
+        after = self._unchanged
+        if not self._stopping and after is not None and (self._records / f"chk-{after}.json").exists():
+            self._stopping = True
+            self._on_held()
+        await anyio.sleep(min(timeout, self.IDLE_SLEEP))
+        return af.SourceBatch([])
+
+    def position(self) -> int:
+        self._barriers += 1
+        complete = self._next >= self._keys
+        role = None
+        if complete and self._records is not None and not self._stopping:
+            if self._full is None:
+                self._full, role = self._barriers, "full"
+            elif self._unchanged is None:
+                self._unchanged, role = self._barriers, "unchanged"
+        log.info(TIMERS_BARRIER, barrier=self._barriers, sent=self._next, keys=self._keys, complete=complete,
+                 role=role)
+        return self._next
+
+
+class TimersSource(KeysSource):
+    """``KeysSource`` that, populating, waits after its keys for the checkpoints holding
+    every timer and then calls ``on_held`` (``app.stop``); probing, it ends like
+    ``KeysSource``."""
+
+    default_name = "timer-keys"
+
+    def __init__(self, keys: int, state_dir: Path, on_held: Callable[[], None], *, probing: bool) -> None:
+        super().__init__(keys)
+        self.records = None if probing else state_dir / "checkpoints"
+        self.on_held = on_held
+
+    def create_reader(self, subtask_index: int, parallelism: int) -> af.SourceReader:
+        return _TimersReader(self.keys, self.records, self.on_held)
+
+
+class _TimersWriter(af.SinkWriter):
+    def __init__(self, sink: TimersSink) -> None:
+        self._sink = sink
+
+    async def write(self, values: list[tuple[str, str]]) -> None:
+        sink = self._sink
+        lines = []
+        for kind, key in values:
+            if kind == "probe":
+                lines.append(f"probe {key}\n")
+            else:
+                if not sink.fired:
+                    lines.append("firing\n")
+                sink.fired += 1
+                sink.index_sum += int(key[1:])
+        if lines:
+            sys.stdout.write("".join(lines))
+            sys.stdout.flush()
+
+    async def close(self) -> None:
+        sys.stdout.write(f"{FIRED} {self._sink.fired} {self._sink.index_sum}\n")
+        sys.stdout.flush()
+
+
+class TimersSink(af.Sink):
+    """Prints probe answers at once, counts fired timers (and sums their key indexes, to
+    tell every key fired once from miscounts) and prints the totals when it closes.
+    Parallelism 1 (the benchmark's jobs run with 1): one writer keeps the counts."""
+
+    default_name = "timers-out"
+
+    def __init__(self) -> None:
+        self.fired = 0
+        self.index_sum = 0
+
+    def create_writer(self, subtask_index: int, parallelism: int) -> af.SinkWriter:
+        return _TimersWriter(self)
+
+
+#: The timers job's sink: script mode reports its count of fired timers (0 when populating).
+timers_sink = TimersSink()
+
+
 # -- the app ---------------------------------------------------------------------------------
 
 
@@ -206,9 +337,16 @@ def build_app(environ: dict[str, str] | os._Environ[str]) -> af.App:
                               int(environ.get("BENCH_SEED", "1")), Path(state_dir))
         app.source(source, name="phases").key_by(lambda r: r[0]).process(Count(), name="count")
         return app
-    if job != "keys":
-        raise ValueError(f"BENCH_JOB must be 'keys' or 'touch', got {job!r}")
     probe = ProbeSource(int(environ.get("BENCH_PROBE", "0")))
+    if job == "timers":
+        if not state_dir:
+            raise ValueError("the timers job needs BENCH_STATE_DIR: it measures checkpoints and restores")
+        keys_source = TimersSource(keys, Path(state_dir), app.stop, probing=probe.records > 0)
+        records = app.source(keys_source, name="keys").union(app.source(probe, name="probe"))
+        records.key_by(lambda r: r[0]).process(Arm(), name="arm").sink(timers_sink, name="out")
+        return app
+    if job != "keys":
+        raise ValueError(f"BENCH_JOB must be 'keys', 'touch' or 'timers', got {job!r}")
     records = app.source(KeysSource(keys), name="keys").union(app.source(probe, name="probe"))
     records.key_by(lambda r: r[0]).process(Count(), name="count").sink(af.PrintSink(), name="out")
     return app
@@ -268,6 +406,7 @@ def main() -> int:
         "peak_rss_mb": _status().get("VmHWM", 0) / 1024,
         "peak_anon_mb": sampler.peak_anon / 1024,
         "peak_file_mb": sampler.peak_file / 1024,
+        "fired": timers_sink.fired,
     }
     sys.stdout.write(RESULT_PREFIX + orjson.dumps(result).decode() + "\n")
     return 0
