@@ -12,6 +12,7 @@ from typing import Any, cast
 import anyio
 import structlog
 
+from aioflow.checkpoint.storage import storage_at
 from aioflow.connectors.base import Source
 from aioflow.connectors.collection import from_iterable
 from aioflow.errors import PipelineError
@@ -25,6 +26,16 @@ from aioflow.stream import Stream
 from aioflow.time.watermarks import WatermarkStrategy
 
 __all__ = ["App"]
+
+
+def _storage_location(location: str | os.PathLike[str] | None) -> str | None:
+    """A checkpoint storage location, checked now (a path or ``file://`` URL)."""
+    if location is None:
+        return None
+    if not isinstance(location, (str, os.PathLike)):
+        raise PipelineError(f"checkpoint_storage takes a path or a file:// URL, got {location!r}")
+    storage_at(location)  # refuses what it cannot use, naming it
+    return os.fspath(location)
 
 
 def _positive(value: Any, what: str, kinds: tuple[type, ...] = (int,)) -> Any:
@@ -59,6 +70,7 @@ class App:
         *,
         state_dir: str | None = None,
         checkpoint_interval: float | None = None,
+        checkpoint_storage: str | os.PathLike[str] | None = None,
         parallelism: int = 1,
         max_parallelism: int = 128,
         batch_size: int = 1024,
@@ -80,6 +92,7 @@ class App:
         self.name = name
         self.state_dir = state_dir
         self.checkpoint_interval = checkpoint_interval
+        self.checkpoint_storage = _storage_location(checkpoint_storage)
         self.max_parallelism = _positive(max_parallelism, "max_parallelism")
         self.graph = LogicalGraph(name, self.max_parallelism)
         self.parallelism = self.graph.check_parallelism(parallelism, "App")
@@ -96,9 +109,9 @@ class App:
             raise PipelineError(f"state_backend must be 'memory' or 'lmdb', got {state_backend!r}")
         self.state_backend = state_backend or ("lmdb" if state_dir is not None else "memory")
         if checkpoint_interval is not None and (self.state_backend != "lmdb" or state_dir is None):
-            raise PipelineError("checkpoint_interval needs state_dir= and the 'lmdb' state_backend (checkpoints are "
-                                f"kept in the LMDB state store); got state_dir={state_dir!r}, "
-                                f"state_backend={self.state_backend!r}")
+            raise PipelineError("checkpoint_interval needs state_dir= and the 'lmdb' state_backend (a checkpoint "
+                                "records the state's working copy in state_dir); got "
+                                f"state_dir={state_dir!r}, state_backend={self.state_backend!r}")
         if checkpoint_interval is not None:
             _positive(checkpoint_interval, "checkpoint_interval", (int, float))
         if checkpoint_mode not in ("exactly_once", "at_least_once"):
@@ -177,7 +190,7 @@ class App:
         return build_plan(self.name, self.graph.nodes, parallelism or self.parallelism)
 
     def _config(self, *, state_dir: str | None = None, checkpoint_interval: float | None = None,
-                **run_options: Any) -> RuntimeConfig:
+                checkpoint_storage: str | None = None, **run_options: Any) -> RuntimeConfig:
         """The runtime configuration; ``state_dir`` and ``checkpoint_interval`` override the
         app's for one run (``aioflow run --state-dir/--checkpoint-interval``), with what
         derives from them (the LMDB backend, the default restart strategy) derived again."""
@@ -191,9 +204,9 @@ class App:
         else:
             _positive(checkpoint_interval, "checkpoint_interval", (int, float))
             if state_backend != "lmdb" or state_dir is None:
-                raise PipelineError(f"checkpoint_interval needs a state_dir (and the 'lmdb' state_backend): "
-                                    f"checkpoints are kept in the LMDB state store; got state_dir={state_dir!r}, "
-                                    f"state_backend={state_backend!r}")
+                raise PipelineError(f"checkpoint_interval needs a state_dir (and the 'lmdb' state_backend): a "
+                                    f"checkpoint records the state's working copy in state_dir; got "
+                                    f"state_dir={state_dir!r}, state_backend={state_backend!r}")
             if self._chosen["restart_strategy"] is None and isinstance(restart_strategy, NoRestart):
                 restart_strategy = DEFAULT_RESTART_STRATEGY
         return RuntimeConfig(
@@ -203,6 +216,7 @@ class App:
             max_parallelism=self.max_parallelism,
             watermark_interval=self.watermark_interval,
             state_dir=state_dir,
+            checkpoint_storage=_storage_location(checkpoint_storage) or self.checkpoint_storage,
             state_backend=state_backend,
             state_cache_size=self.state_cache_size,
             max_concurrency=self.max_concurrency,
@@ -225,6 +239,7 @@ class App:
         drain_on_stop: bool = False,
         state_dir: str | os.PathLike[str] | None = None,
         checkpoint_interval: float | None = None,
+        checkpoint_storage: str | os.PathLike[str] | None = None,
     ) -> None:
         """Run the job inside a running event loop; returns when bounded input is done, or
         after a stop. ``parallelism`` overrides the app's default parallelism.
@@ -232,8 +247,9 @@ class App:
         checkpoint or savepoint with state of operators the job no longer has is refused
         unless ``allow_non_restored_state``. With checkpoints, :meth:`stop` takes a
         savepoint and keeps open windows and timers in it, unless ``drain_on_stop``.
-        ``state_dir`` and ``checkpoint_interval`` override the app's for this run (a
-        ``state_dir`` then means the LMDB backend, unless the app chose one)."""
+        ``state_dir``, ``checkpoint_interval`` and ``checkpoint_storage`` override the
+        app's for this run (a ``state_dir`` then means the LMDB backend, unless the app
+        chose one)."""
         if not structlog.is_configured():
             configure_logging()
         plan = self.plan(parallelism=parallelism)
@@ -243,6 +259,7 @@ class App:
             drain_on_stop=drain_on_stop,
             state_dir=None if state_dir is None else os.fspath(state_dir),
             checkpoint_interval=checkpoint_interval,
+            checkpoint_storage=None if checkpoint_storage is None else os.fspath(checkpoint_storage),
         )
         self._job = job = Job(plan, config)
         try:

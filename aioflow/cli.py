@@ -15,7 +15,8 @@ Configuration: every option can also be set by an environment variable named aft
 the command line wins over the variable, and a variable that does not parse is refused
 naming it (exit status 2). See :mod:`aioflow.worker.config`. ``aioflow run`` reads
 ``AIOFLOW_LOG_LEVEL``, ``AIOFLOW_LOG_FORMAT``, ``AIOFLOW_PARALLELISM``,
-``AIOFLOW_STATE_DIR``, ``AIOFLOW_CHECKPOINT_INTERVAL``, ``AIOFLOW_FROM_SAVEPOINT``,
+``AIOFLOW_STATE_DIR``, ``AIOFLOW_CHECKPOINT_INTERVAL``, ``AIOFLOW_CHECKPOINT_STORAGE``,
+``AIOFLOW_FROM_SAVEPOINT``,
 ``AIOFLOW_ALLOW_NON_RESTORED_STATE``, ``AIOFLOW_DRAIN``, ``AIOFLOW_STOP_TIMEOUT``,
 ``AIOFLOW_HTTP_PORT``, ``AIOFLOW_HTTP_HOST``, ``AIOFLOW_HEALTH_MAX_CHECKPOINT_FAILURES``,
 ``AIOFLOW_HEALTH_MAX_WATERMARK_LAG`` and ``AIOFLOW_HEALTH_MAX_SOURCE_LAG``;
@@ -30,9 +31,12 @@ with a JSON body saying why) and ``/metrics`` (Prometheus text format) on
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import importlib
 import importlib.metadata
 import importlib.util
+import io
 import json
 import os
 import signal
@@ -252,11 +256,16 @@ def _parser() -> _Parser:
     env.add(run, "--parallelism", "-p", type=_parallelism, metavar="N",
             help="override the app's default parallelism (a restore redistributes keyed state)")
     env.add(run, "--state-dir", metavar="PATH",
-            help="override the app's state_dir: where keyed state, checkpoints and savepoints live (LMDB)")
+            help="override the app's state_dir: where the working copy of keyed state (LMDB), savepoints and, "
+                 "by default, checkpoints live")
+    env.add(run, "--checkpoint-storage", metavar="PATH_OR_URL",
+            help="override the app's checkpoint_storage: a directory or file:// URL where checkpoints are "
+                 "written (default: STATE_DIR/checkpoints)")
     env.add(run, "--checkpoint-interval", type=_positive_seconds, metavar="SECONDS",
             help="override the app's checkpoint_interval (needs a state directory)")
     env.add(run, "--from-savepoint", metavar="PATH",
-            help="restore the savepoint directory PATH into the app's state_dir, then resume from it")
+            help="rebuild the app's state_dir from the savepoint PATH (or a retained checkpoint's folder), then "
+                 "resume from it as a new job")
     env.add(run, "--allow-non-restored-state", action="store_true", default=False,
             help="restore even if the checkpoint has state of operators the job no longer has "
                  "(that state is dropped)")
@@ -336,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # `aioflow plan ... | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FINISHED
+    # LMDB asserts on pages it finds damaged (SIGABRT): then at least the Python stack is shown.
+    with contextlib.suppress(io.UnsupportedOperation, ValueError):  # stderr without a file (captured)
+        faulthandler.enable()
     if args.checkpoint_interval is not None and args.state_dir is None and app.state_dir is None:
         print("aioflow: --checkpoint-interval needs a state directory: set --state-dir (AIOFLOW_STATE_DIR) "
               "or App(state_dir=...)", file=sys.stderr)
@@ -347,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         options = {"parallelism": args.parallelism, "from_savepoint": args.from_savepoint,
                    "allow_non_restored_state": args.allow_non_restored_state, "drain_on_stop": args.drain,
-                   "state_dir": args.state_dir, "checkpoint_interval": args.checkpoint_interval}
+                   "state_dir": args.state_dir, "checkpoint_interval": args.checkpoint_interval,
+                   "checkpoint_storage": args.checkpoint_storage}
         return anyio.run(_run_worker, app, args.stop_timeout, options, http)
     except RefusedError as exc:
         log.error("refused", app=app.name, error=str(exc), exit_status=EXIT_REFUSED)

@@ -14,7 +14,7 @@ was restored.
 ``BENCH_JOB=touch`` (checkpoint cost): a source in phases into the same ``count``. Phase 0
 sends every key once; each later phase a random ``BENCH_TOUCH`` fraction of them. A phase
 starts only after the checkpoint taken after the previous one has *completed* (its
-``checkpoints/chk-<id>.json`` exists), so each checkpoint holds exactly one phase. At
+manifest is in checkpoint storage), so each checkpoint holds exactly one phase. At
 every barrier the source logs ``touch barrier`` with what it had sent; ``state.py``
 pairs those events with the ``checkpoint complete`` events of the same log.
 
@@ -163,7 +163,7 @@ class _PhasedReader(af.SourceReader):
     async def read(self, max_records: int, timeout: float) -> af.SourceBatch | None:
         if self._offset >= len(self._phase_keys):
             after = self._checkpoint_after_phase
-            if after is None or not (self._records / f"chk-{after}.json").exists():
+            if after is None or not _completed(self._records, after):
                 await anyio.sleep(min(timeout, self.IDLE_SLEEP))
                 return af.SourceBatch([])
             if self._phase == self._rounds:
@@ -235,7 +235,7 @@ class _TimersReader(_KeysReader):
         if batch is not None or self._records is None:
             return batch
         after = self._unchanged
-        if not self._stopping and after is not None and (self._records / f"chk-{after}.json").exists():
+        if not self._stopping and after is not None and _completed(self._records, after):
             self._stopping = True
             self._on_held()
         await anyio.sleep(min(timeout, self.IDLE_SLEEP))
@@ -410,6 +410,11 @@ def main() -> int:
     }
     sys.stdout.write(RESULT_PREFIX + orjson.dumps(result).decode() + "\n")
     return 0
+
+
+def _completed(storage: Path, checkpoint_id: int) -> bool:
+    """Checkpoint ``checkpoint_id``'s manifest is in checkpoint storage: it completed."""
+    return any(storage.glob(f"*/chk-{checkpoint_id}/_manifest"))
 
 
 if __name__ == "__main__":

@@ -19,3 +19,4 @@ class Count(af.AggregateFunction):
 
     def merge(self, a, b):
         return a + b
+

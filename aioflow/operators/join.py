@@ -17,7 +17,7 @@ from aioflow.operators.process import UserCall, call_user_close, call_user_open
 from aioflow.runtime.calls import describe_error
 from aioflow.runtime.events import MIN_WATERMARK, Batch
 from aioflow.runtime.keygroups import key_group
-from aioflow.runtime.operator import Collector, Operator
+from aioflow.runtime.operator import TRIM_EVERY, Collector, Operator
 
 if TYPE_CHECKING:
     from aioflow.runtime.task import SubtaskEnvironment
@@ -167,7 +167,11 @@ class IntervalJoinOperator(Operator):
         if timestamp <= self.watermark:
             return  # not after a restore's watermark
         self.watermark = timestamp
-        for time, (key, side) in self.timers.pop_due(timestamp):
+        assert self.env is not None
+        trim = self.env.state_backend.trim
+        for fired, (time, (key, side)) in enumerate(self.timers.pop_due(timestamp), 1):
+            if not fired & TRIM_EVERY:  # a watermark may fire millions: keep the state cache bounded
+                trim()
             if side == LEFT:
                 buffered = time if self.upper <= 0 else time - self.upper
             else:

@@ -28,7 +28,7 @@ definition resumes every window.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -41,7 +41,7 @@ from aioflow.operators.process import UserCall, call_user_close, call_user_open
 from aioflow.runtime.calls import describe_error
 from aioflow.runtime.events import MAX_WATERMARK, MIN_WATERMARK, Batch
 from aioflow.runtime.keygroups import key_group
-from aioflow.runtime.operator import Collector, Operator, check_outputs
+from aioflow.runtime.operator import TRIM_EVERY, Collector, Operator, check_outputs
 from aioflow.state.backend import MISSING, StateTable
 from aioflow.state.handles import ValueState
 from aioflow.state.serializers import Serializer
@@ -249,17 +249,8 @@ class WindowOperator(Operator):
     async def open(self, env: SubtaskEnvironment) -> None:
         await super().open(env)
         backend = env.state_backend
-        layout = contents_layout(self.assigner, self.evictor, self.kind)
-        try:
-            self.contents = backend.table(self.name, "window-contents", layout, serializer=self.serializer,
-                                          namespaces=WINDOW_KEYS)
-        except IncompatibleStateError as exc:
-            raise IncompatibleStateError(
-                f"window operator {self.name!r}: the windows in the checkpoint cannot be resumed: "
-                f"{_layout_change(exc.was or '', layout)}. Resume with the old window definition, or give the "
-                "changed operator a new name and restore with --allow-non-restored-state to drop its windows",
-                was=exc.was,
-            ) from None
+        self.contents = backend.table(self.name, "window-contents", self._layout(), serializer=self.serializer,
+                                      namespaces=WINDOW_KEYS)
         if self.assigner.is_merging:
             self.sessions = backend.table(self.name, "window-sessions", "sessions",
                                           serializer=_WindowListSerializer())
@@ -287,6 +278,30 @@ class WindowOperator(Operator):
             self._create, self._add_one, self._merge = agg.create_accumulator, agg.add, agg.merge
         elif self.kind == REDUCE:
             self._merge = agg
+
+    def _layout(self) -> str:
+        return contents_layout(self.assigner, self.evictor, self.kind)
+
+    def check_restore(self, tables: Mapping[str, Mapping[str, Any]]) -> None:
+        """Refuse a checkpoint whose windows this operator would keep another way (an
+        evictor added or removed, another kind of function, of time, of merging), or with
+        another serializer, naming what changed; any other change resumes every window."""
+        stored = tables.get(f"{self.name}\x1fwindow-contents")
+        if stored is None:
+            return
+        layout = self._layout()
+        serializer = self.serializer.name if self.serializer is not None else "json"
+        if stored["kind"] != layout:
+            change = _layout_change(str(stored["kind"]), layout)
+        elif stored["serializer"] != serializer:
+            change = (f"the window contents were stored with the {stored['serializer']!r} serializer, and the job "
+                      f"now declares {serializer!r} (window(..., serializer=...))")
+        else:
+            return
+        raise IncompatibleStateError(
+            f"window operator {self.name!r}: the windows in the checkpoint cannot be resumed: {change}. Resume with "
+            "the old window definition, or give the changed operator a new name and restore with "
+            "--allow-non-restored-state to drop its windows", was=str(stored["kind"]))
 
     def trigger_table(self, name: str) -> StateTable:
         table = self._trigger_tables.get(name)
@@ -637,8 +652,12 @@ class WindowOperator(Operator):
         assert self.env is not None
         batch_size = self.env.batch_size
         collector = _WindowCollector()
+        trim, fired = self.env.state_backend.trim, 0
         try:
             for time, namespace in due:
+                fired += 1
+                if not fired & TRIM_EVERY:  # a watermark may fire millions: keep the state cache bounded
+                    trim()
                 self._on_timer(time, namespace[0], namespace[1], event_time, collector)
                 if len(collector) >= batch_size or len(collector.pending) >= batch_size:
                     await self._flush(collector)
@@ -669,8 +688,13 @@ class WindowOperator(Operator):
         get = _no_get
         load = _no_get
         cleared: list[Any] = []  # windows whose cleanup time came: dropped once their timers are done
+        trim, fired = self.env.state_backend.trim, 0
         try:
             for time, (key, window) in self.event_timers.pop_due(watermark):
+                fired += 1
+                if not fired & TRIM_EVERY:  # keep the state cache bounded; a window's view lasts until a trim
+                    trim()
+                    current_window = None
                 if window is not current_window:
                     view = table.view(window)
                     current_window, get, load = window, view.get, view.load

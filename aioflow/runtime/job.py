@@ -10,22 +10,23 @@ concerns the run as a whole lives: the stop request, and the checkpoint coordina
 from __future__ import annotations
 
 import hashlib
-import shutil
 import socket
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 import structlog
 from structlog.contextvars import bound_contextvars
 
 from aioflow.checkpoint.coordinator import CheckpointCoordinator, CheckpointStatistics
-from aioflow.checkpoint.metadata import CheckpointMetadata
-from aioflow.errors import StateError
+from aioflow.checkpoint.manifest import Manifest
+from aioflow.checkpoint.restore import OpenedState, open_state
+from aioflow.checkpoint.storage import storage_at
+from aioflow.errors import IncompatibleStateError, RefusedError, StateError
 from aioflow.graph.logical import Node
 from aioflow.graph.plan import Plan, PlannedEdge, PlannedTask
 from aioflow.runtime.calls import cancelled_by_runtime
@@ -55,6 +56,8 @@ class RuntimeConfig:
     max_parallelism: int
     watermark_interval: float | None  # None: after every batch for replayable sources, else periodic
     state_dir: str | None = None
+    #: Where checkpoints go: a path or file:// URL (None: state_dir/checkpoints).
+    checkpoint_storage: str | None = None
     state_backend: str = "memory"  # "memory" or "lmdb"
     state_cache_size: int = DEFAULT_CACHE_SIZE
     max_concurrency: int = 100
@@ -125,8 +128,8 @@ def _wire(task: PlannedTask, operators: dict[int, Operator], writers: dict[int, 
                 operator.side_outputs[tag] = combined
 
 
-def _build(plan: Plan, config: RuntimeConfig, job: Job, store: LmdbStore | None,
-           restored: dict[str, list[Any]] | None) -> list[Subtask]:
+def _build(plan: Plan, config: RuntimeConfig, job: Job, state: OpenedState | None) -> list[Subtask]:
+    restored = state.manifest.operators if state is not None and state.manifest is not None else None
     matrices = {id(edge): _channels(edge, config.channel_capacity) for edge in plan.edges}
     subtasks: list[Subtask] = []
     for task in plan.tasks:
@@ -138,7 +141,7 @@ def _build(plan: Plan, config: RuntimeConfig, job: Job, store: LmdbStore | None,
                 max_parallelism=config.max_parallelism,
                 batch_size=config.batch_size,
                 max_concurrency=config.max_concurrency,
-                state_backend=_backend(store, config, key_group_range(index, config.max_parallelism,
+                state_backend=_backend(state, config, key_group_range(index, config.max_parallelism,
                                                                       task.parallelism)),
                 request_stop=job.request_stop,
                 restored=restored,
@@ -198,12 +201,13 @@ def _build(plan: Plan, config: RuntimeConfig, job: Job, store: LmdbStore | None,
     return subtasks
 
 
-def _backend(store: LmdbStore | None, config: RuntimeConfig, key_groups: range) -> KeyedStateBackend:
+def _backend(state: OpenedState | None, config: RuntimeConfig, key_groups: range) -> KeyedStateBackend:
     """A subtask's keyed-state backend: LMDB over the worker's store, or memory."""
-    if store is None:
+    if state is None:
         return MemoryBackend(key_groups=key_groups, max_parallelism=config.max_parallelism)
-    return LmdbBackend(store, key_groups=key_groups, max_parallelism=config.max_parallelism,
-                       cache_size=config.state_cache_size, checkpointed=config.checkpoint_interval is not None)
+    return LmdbBackend(state.store, key_groups=key_groups, max_parallelism=config.max_parallelism,
+                       cache_size=config.state_cache_size, checkpointed=config.checkpoint_interval is not None,
+                       completed=state.manifest.checkpoint_id if state.manifest is not None else 0)
 
 
 class Job:
@@ -273,7 +277,6 @@ class Job:
                     raise StateError("stop with a savepoint failed: the savepoint did not complete (see the log); "
                                      "a restart resumes from the last completed checkpoint")
                 path = Path(coordinator.store.path) / "savepoints" / f"savepoint-{metadata.checkpoint_id}"
-                coordinator.store.copy_to(path)
             except Exception as exc:
                 fail(exc)
                 return
@@ -310,56 +313,69 @@ class Job:
         """The checkpoint coordinator of the current attempt (``None`` without checkpoints)."""
         return self._coordinator
 
-    def _open_state(self, *, install_savepoint: bool) -> tuple[LmdbStore | None, CheckpointMetadata | None]:
-        """The worker's state store, and the checkpoint in it this run resumes from."""
+    def _open_state(self, *, install_savepoint: bool) -> OpenedState | None:
+        """The worker's working copy and checkpoint storage, and the checkpoint this run
+        resumes from (see :mod:`aioflow.checkpoint.restore`): all checked before anything
+        is written, so a refused worker changes nothing."""
         config = self.config
         if config.state_backend != "lmdb" or config.state_dir is None:
             if config.from_savepoint is not None:
-                raise StateError("restoring from a savepoint needs a state_dir to restore into")
-            return None, None
+                raise RefusedError("restoring from a savepoint needs a state_dir to restore into")
+            return None
         if self._lock is None:  # held until the job ends, restarts included
-            self._lock = StateDirLock(config.state_dir)  # before a savepoint replaces what another worker uses
-        if config.from_savepoint is not None and install_savepoint:
-            _install_savepoint(Path(config.from_savepoint), Path(config.state_dir))
-        store = LmdbStore(config.state_dir, lock=self._lock)
-        data = store.read_meta(b"checkpoint")
-        if data is None:
-            return store, None
+            self._lock = StateDirLock(config.state_dir)  # before anything reads what another worker uses
+        storage = storage_at(config.checkpoint_storage or Path(config.state_dir) / "checkpoints")
+        savepoint = Path(config.from_savepoint) if config.from_savepoint is not None and install_savepoint else None
+        state = open_state(Path(config.state_dir), self._lock, storage, self.plan.app_name, config.max_parallelism,
+                           savepoint, self._check_restorable)
         try:
-            metadata = CheckpointMetadata.decode(data, f"state directory {config.state_dir}")
-            self._check_restorable(store, metadata)
+            if state.manifest is not None:
+                self._drop_removed_operators(state)
         except BaseException:
-            store.close()
+            state.store.close()
             raise
-        log.info("restoring", checkpoint=metadata.checkpoint_id, kind=metadata.kind, state_dir=config.state_dir,
-                 taken_at=metadata.time_ms)
-        if metadata.kind == "final":
+        if state.manifest is not None and state.manifest.kind == "final":
             log.warning("the state directory holds the final checkpoint of a job that ended (its input ended or a "
                         "stop drained it): sources resume where they ended, and its windows have fired: records "
                         "older than its watermark are late", state_dir=config.state_dir)
-        return store, metadata
+        return state
 
-    def _check_restorable(self, store: LmdbStore, metadata: CheckpointMetadata) -> None:
-        """Refuse a checkpoint this job cannot take as it is; drop the state of removed
-        operators when the user allowed it."""
-        config = self.config
-        where = f"state directory {config.state_dir}: {metadata.kind} {metadata.checkpoint_id}"
-        if metadata.max_parallelism and metadata.max_parallelism != config.max_parallelism:
-            raise StateError(f"{where} was taken with max_parallelism {metadata.max_parallelism} and the app now has "
-                             f"{config.max_parallelism}: keyed state is split into max_parallelism key groups, "
-                             "which cannot change across a restore")
+    def _removed_operators(self, manifest: Manifest) -> list[str]:
+        """Operators with state in ``manifest`` that the job no longer has."""
         names = {node.name for task in self.plan.tasks for node in task.nodes}
-        gone = sorted({name.split("#")[0] for name in metadata.operators} - names | store.operators() - names)
+        stored = {name.split("\x1f", 1)[0] for name, table in manifest.tables.items() if table["kind"] != "forgotten"}
+        return sorted(({name.split("#")[0] for name in manifest.operators} | stored) - names - {""})
+
+    def _check_restorable(self, manifest: Manifest, store: LmdbStore | None) -> None:
+        """Refuse a checkpoint this job cannot take as it is (before anything is written)."""
+        config = self.config
+        where = f"state directory {config.state_dir}: {manifest.kind} {manifest.checkpoint_id}"
+        if manifest.max_parallelism != config.max_parallelism:
+            raise IncompatibleStateError(
+                f"{where} was taken with max_parallelism {manifest.max_parallelism} and the app now has "
+                f"{config.max_parallelism}: keyed state is split into max_parallelism key groups, which cannot "
+                "change across a restore")
+        gone = self._removed_operators(manifest)
+        if gone and not config.allow_non_restored_state:
+            raise IncompatibleStateError(
+                f"{where} has state of operators {gone} that the job no longer has; restore anyway with "
+                "--allow-non-restored-state (that state is then dropped)")
+        for task in self.plan.tasks:
+            for node in task.nodes:
+                node.make_operator().check_restore(manifest.tables)
+
+    def _drop_removed_operators(self, state: OpenedState) -> None:
+        """With ``--allow-non-restored-state``: drop the state of operators the job no longer has."""
+        manifest = state.manifest
+        assert manifest is not None
+        gone = self._removed_operators(manifest)
         if not gone:
             return
-        if not config.allow_non_restored_state:
-            raise StateError(f"{where} has state of operators {gone} that the job no longer has; restore anyway "
-                             "with --allow-non-restored-state (that state is then dropped)")
-        metadata.operators = {name: states for name, states in metadata.operators.items()
+        manifest.operators = {name: states for name, states in manifest.operators.items()
                               if name.split("#")[0] not in gone}
-        store.forget_operators(set(gone), {b"checkpoint": metadata.encode()})
+        state.store.forget_operators(set(gone), self.config.max_parallelism)
         log.warning("dropped the state of operators the job no longer has", operators=gone,
-                    state_dir=config.state_dir)
+                    state_dir=self.config.state_dir)
 
     async def run(self) -> None:
         """Run until every task finished; raise the first failure, once the restart
@@ -386,9 +402,9 @@ class Job:
         self._stopping = anyio.Event()
         while True:
             started = time.monotonic()
-            store, restored = self._open_state(install_savepoint=self.restarts == 0)
+            state = self._open_state(install_savepoint=self.restarts == 0)
             try:
-                await self._run(store, restored)
+                await self._run(state)
                 return
             except StateError:
                 raise  # the state itself is at fault (serialisation, declarations, disk): a restart repeats it
@@ -410,8 +426,8 @@ class Job:
                 log.warning("job failed: restarting from the last checkpoint", app=self.plan.app_name,
                             error=f"{type(exc).__name__}: {exc}", restart=self.restarts, delay=delay)
             finally:
-                if store is not None:
-                    store.close()
+                if state is not None:
+                    state.store.close()
             self._reset()
             with anyio.move_on_after(delay):
                 await self._stopping.wait()
@@ -427,17 +443,16 @@ class Job:
         self._periodic = anyio.CancelScope()
         self._savepoint = anyio.CancelScope()
 
-    async def _run(self, store: LmdbStore | None, restored: CheckpointMetadata | None) -> None:
+    async def _run(self, state: OpenedState | None) -> None:
         plan, config = self.plan, self.config
-        subtasks = self.subtasks = _build(plan, config, self, store,
-                                          restored.operators if restored is not None else None)
+        subtasks = self.subtasks = _build(plan, config, self, state)
         coordinator = None
-        if store is not None and config.checkpoint_interval is not None:
+        if state is not None and config.checkpoint_interval is not None:
             coordinator = self._coordinator = CheckpointCoordinator(
-                store, list(subtasks), interval=config.checkpoint_interval,
+                state.store, state.storage, list(subtasks), identity=state.identity,
+                max_parallelism=config.max_parallelism, last=state.manifest, interval=config.checkpoint_interval,
                 timeout=config.checkpoint_timeout, min_pause=config.min_pause_between_checkpoints,
                 retained=config.retained_checkpoints, tolerable_failures=config.tolerable_checkpoint_failures,
-                last_id=restored.checkpoint_id if restored is not None else 0,
                 statistics=self.checkpoint_statistics,
             )
             self._savepoint_requested = anyio.Event()
@@ -508,16 +523,3 @@ def _worker_id(state_dir: str | None) -> str:
     if state_dir is None:
         return uuid.uuid4().hex[:12]
     return hashlib.sha256(f"{socket.gethostname()}:{Path(state_dir).resolve()}".encode()).hexdigest()[:12]
-
-
-def _install_savepoint(savepoint: Path, state_dir: Path) -> None:
-    """Make ``state_dir`` hold the savepoint's state (a copy: the savepoint stays as it is)."""
-    data = savepoint / "data.mdb"
-    if not savepoint.is_dir():
-        raise StateError(f"savepoint {savepoint} does not exist")
-    if not data.is_file():
-        raise StateError(f"savepoint {savepoint}: there is no data.mdb in it; a savepoint is a directory that "
-                         "aioflow wrote under <state_dir>/savepoints/")
-    state_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(data, state_dir / "data.mdb")
-    log.info("restoring from savepoint", savepoint=str(savepoint), state_dir=str(state_dir))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,11 @@ from aioflow.runtime.events import Batch
 if TYPE_CHECKING:
     from aioflow.runtime.task import SubtaskEnvironment
 
-__all__ = ["DISCARD", "Collector", "CountingOutput", "FanOut", "Operator", "Output", "check_outputs"]
+__all__ = ["DISCARD", "TRIM_EVERY", "Collector", "CountingOutput", "FanOut", "Operator", "Output", "check_outputs"]
+
+#: Operators firing timers bring the state cache back within its bound every
+#: ``TRIM_EVERY + 1`` timers (a mask: 1023 means every 1024), as tasks do between batches.
+TRIM_EVERY = 1023
 
 
 class Output:
@@ -258,6 +262,13 @@ class Operator(Output):
     async def restore_state(self, states: list[Any]) -> None:
         """After ``open``: the states :meth:`snapshot_state` returned in the checkpoint, one
         per subtask of the run that wrote it (more or fewer than now after a rescale)."""
+
+    def check_restore(self, tables: Mapping[str, Mapping[str, Any]]) -> None:
+        """Before the job starts: raise :class:`~aioflow.errors.IncompatibleStateError` if
+        this operator cannot take the state a checkpoint holds (``tables``: its table
+        registry, ``"operator\\x1fstate" -> {"kind", "serializer", ...}``). Keyed state
+        declared otherwise is refused when it is declared; this is for operators that know
+        better what a change means (windows)."""
 
     async def notify_checkpoint_complete(self, checkpoint_id: int) -> None:
         """Checkpoint ``checkpoint_id`` is durable: commit what was pre-committed for it."""

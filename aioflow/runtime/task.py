@@ -199,7 +199,7 @@ class _Task:
                 await operator.open(self.env)
                 opened.append(operator)
             await self._restore()
-            self.env.state_backend.schedule_ttl_cleanup(self.env.schedule)  # expired TTL state, between batches
+            self.env.state_backend.schedule_maintenance(self.env.schedule)  # TTL cleanup, verification
             await self._loop()
             await self._finished()
             for operator in self.operators:
@@ -231,12 +231,11 @@ class _Task:
         coordinator = self.env.coordinator
         assert coordinator is not None
         states = await self._states(checkpoint_id)
-        backend = self.env.state_backend
-        writes = backend.snapshot(checkpoint_id)
+        snapshot = coordinator.persist(self, checkpoint_id)
         barrier = CheckpointBarrier(checkpoint_id)
         for writer in self.writers:
             await writer.broadcast_event(barrier)
-        coordinator.acknowledge(self, checkpoint_id, states, writes)
+        coordinator.acknowledge(self, checkpoint_id, states, snapshot)
 
     async def checkpoint_complete(self, checkpoint_id: int) -> None:
         """Checkpoint ``checkpoint_id`` completed (sources pass it on to their reader)."""
@@ -246,9 +245,8 @@ class _Task:
         coordinator = self.env.coordinator
         if coordinator is not None and not self._reported_final:
             self._reported_final = True
-            backend = self.env.state_backend
             states = await self._states(-1)
-            coordinator.task_finished(self, states, backend.snapshot(-1))
+            coordinator.task_finished(self, states, coordinator.persist(self, None))
 
     async def _close(self, opened: list[Operator], *, failed: bool) -> None:
         """Close what opened, head first. After a clean run a failing close (a final commit

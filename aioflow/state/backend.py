@@ -57,8 +57,10 @@ class NamespaceView:
     - ``mark(key)``: the entry's value was changed in place (a list appended to).
     - ``delete(key)``: remove the entry.
 
-    Views stay valid as long as their namespace is not dropped; a table hands out one view
-    per namespace, so asking again is cheap.
+    The view of the ``None`` namespace (plain keyed state) stays valid for good; a view of
+    another namespace (a window) until that namespace is dropped, or, in a bounded cache,
+    until the cache is trimmed (between batches): ask the table again then. A table hands
+    out one view per namespace, so asking again is cheap.
     """
 
     __slots__ = ("delete", "get", "load", "mark", "put")
@@ -215,6 +217,10 @@ class KeyedStateBackend(Protocol):
         """Checkpoint ``checkpoint_id`` completed: what its snapshot held is stored."""
         ...
 
+    def table_ids(self) -> tuple[int, ...]:
+        """The stored ids of this subtask's tables and timer queues (what its snapshots cover)."""
+        ...
+
     def acquire(self, groups: Iterable[int]) -> None:
         """Start owning ``groups``: their stored state becomes visible."""
         ...
@@ -228,6 +234,7 @@ class KeyedStateBackend(Protocol):
         """Delete TTL state expired at ``now``, looking at no more than ``budget`` entries."""
         ...
 
-    def schedule_ttl_cleanup(self, schedule: Callable[[int, Callable[[int], Any]], None]) -> None:
-        """Have ``schedule`` run the TTL cleanup between batches, if any state has a TTL."""
+    def schedule_maintenance(self, schedule: Callable[[int, Callable[[int], Any]], None]) -> None:
+        """Have ``schedule`` (the subtask's processing-time scheduler) run the backend's
+        upkeep between batches: TTL cleanup, verification of what is stored."""
         ...

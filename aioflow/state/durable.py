@@ -1,42 +1,43 @@
-"""The LMDB keyed-state backend: tables that are a write-back cache over the worker's store.
+"""The LMDB keyed-state backend: a bounded write-back cache over the worker's working copy.
 
-A table maps ``(namespace, key)`` to a value. The namespace is ``None`` for plain keyed
-state and the window (or pane start, or timer time) for state kept per window. The cache
-is namespace-first (``namespace -> {key: value}``), the layout window firing wants, and
-it is what operators read and write on the per-record path: one dict operation, plus one
-``set.add`` to mark the key dirty when the table is durable.
+Each table caches ``namespace -> {key: value}`` (namespace-first: window firing wants a
+window's keys together) and marks what it changes: a *dirty* key is either in the cache
+(its new value) or absent from it (a deletion still to be written). Timer queues cache
+their timers the same way. The subtask's cache counts every entry it holds, values and
+deletions, in every table and queue, as the entries come and go (never recounted).
 
-Durable tables (LMDB) keep three facts besides the cache:
+Between batches, when the count passes ``cache_size``, the backend writes every dirty
+entry to the store (:class:`~aioflow.state.lmdb.LmdbStore`, with undo records when
+checkpoints are on) and drops the oldest clean entries until the count is back under
+the bound: memory follows the cache size, not the state size nor what was evicted since
+the last checkpoint. At a checkpoint barrier it writes every dirty entry and hands the
+checkpoint what changed since the last completed one, key group by key group, read back
+from the store as it goes (:meth:`LmdbBackend.snapshot`): nothing is gathered in memory.
 
-- ``dirty``: keys changed since the last snapshot, per namespace. A dirty key is either
-  in the cache (its new value) or absent from it (deleted); dirty entries are never
-  evicted, so a miss on a dirty key means "deleted", without a lookup.
-- ``incomplete``: namespaces whose cache may lack entries the store has (restored ones,
-  and those the cache evicted from). A miss elsewhere is a true absence: a fresh window
-  never reads the store.
-- ``spilled``: stored keys of changed entries the cache evicted to the store's working
-  area, per namespace; the next snapshot takes their values from there.
-- ``dropped``: namespaces dropped since the last snapshot. Their checkpointed entries
-  are void (the snapshot deletes them); only what was spilled since the drop counts.
+A miss reads the store only where the store may hold something: a namespace the table
+wrote out, or any namespace of a table a checkpoint restored. A fresh window never reads
+the store.
 
-The dirty sets are kept (cleared in place) across snapshots: handles and operators hold
-their ``marker``.
-
-Stored keys are ``table id | key group | namespace | key``, so state splits by key-group
-ranges when the parallelism changes.
+Stored keys are ``key group | table id | namespace | key``: a key group's state is one
+contiguous range, which is what checkpoints (a delta per key group) and rescaling want.
+Namespaces are length-prefixed JSON; timer timestamps are 8 big-endian bytes, so a key
+group's timers are in time order. Every value read is verified (its CRC-32), and a
+damaged one stops the job naming the state directory, operator, state and key.
 """
 
 from __future__ import annotations
 
 import functools
+import heapq
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from aioflow.errors import StateError
+from aioflow.errors import CorruptStateError, IncompatibleStateError, StateError
 from aioflow.runtime.keygroups import key_group
-from aioflow.state.backend import DEFAULT_CACHE_SIZE, MISSING, KeyCodec, NamespaceView, TimerQueue
-from aioflow.state.memory import MemoryTimerQueue, check_declaration
+from aioflow.state.backend import DEFAULT_CACHE_SIZE, MISSING, KeyCodec, NamespaceView
+from aioflow.state.lmdb import KEY_GROUP, TABLE, StoredValueDamaged, after
+from aioflow.state.memory import check_declaration
 from aioflow.state.serializers import JsonSerializer, Serializer, decode_key, encode_key
 from aioflow.state.ttl import TtlCleanup
 from aioflow.time.timers import now_ms
@@ -44,13 +45,58 @@ from aioflow.time.timers import now_ms
 if TYPE_CHECKING:
     from aioflow.state.lmdb import LmdbStore
 
-__all__ = ["LmdbBackend", "LmdbTable", "Writes"]
+__all__ = ["Change", "LmdbBackend", "LmdbTable", "LmdbTimerQueue"]
 
-#: (stored key, serialized value or ``None`` for a deletion), in order.
-Writes = list[tuple[bytes, bytes | None]]
+#: One entry of a snapshot: (key group, stored key, sealed value or ``None`` for deleted).
+Change = tuple[int, bytes, bytes | None]
 
-_HEAD = struct.Struct(">IH")  # table id, key group
 _LEN = struct.Struct(">H")
+_TIME = struct.Struct(">Q")
+_TIME_OFFSET = 2**63  # timestamps are signed: stored shifted, so bytes sort as numbers do
+_HEAD = KEY_GROUP.size + TABLE.size
+#: After evicting, the cache holds at most this share of ``cache_size``, so that a full
+#: cache is not written out again after every batch.
+_LOW_WATER = 0.8
+#: The working copy is read through in the background, in key order, a budget of entries
+#: every interval (processing-time ms): a damaged key, which no lookup can find, is found
+#: within a pass (10,000 entries a second per subtask; about 1 % of a core).
+VERIFY_INTERVAL_MS = 100
+VERIFY_BUDGET = 1_000
+
+
+class _Count:
+    """The subtask's cached entries, shared by its tables and queues."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
+def _encode(operator: str, state: str, key: Any) -> bytes:
+    try:
+        return encode_key(key)
+    except TypeError as exc:
+        raise StateError(
+            f"operator {operator!r}: state {state!r} cannot store a key of type {type(key).__name__} ({exc}); "
+            "keys must be str, int, float, bool, None or tuples of them, or objects with a state_key() method "
+            "that returns one of those"
+        ) from exc
+
+
+def _damage_error(store: LmdbStore, what: str, exc: StoredValueDamaged,
+                  split: Callable[[bytes], tuple[Any, Any]]) -> CorruptStateError:
+    """A damaged stored entry, named as the table or queue that read it knows it."""
+    try:
+        namespace, key = split(exc.key)
+        where = f"key {key!r}" + ("" if namespace is None else f" in namespace {namespace!r}")
+    except Exception:
+        where = f"stored key {exc.key!r} (itself damaged)"
+    advice = store.advice() or ("restore the working copy from checkpoint storage with --from-savepoint (a "
+                                "retained checkpoint works as a savepoint), or start from an empty state directory")
+    return CorruptStateError(
+        f"state directory {store.path}: {what}: the stored entry of {where} is damaged ({exc.why}); the job stops "
+        f"here so that nothing is committed after the damage. To go on, {advice}")
 
 
 class LmdbTable:
@@ -58,356 +104,562 @@ class LmdbTable:
 
     def __init__(
         self,
+        backend: LmdbBackend,
         operator: str,
         name: str,
         kind: str,
         serializer: Serializer,
-        *,
-        store: LmdbStore,
-        table_id: int = 0,
-        key_group_of: Callable[[Any], int] | None = None,
-        key_groups: range = range(0),
-        restored: bool = False,
-        namespaces: KeyCodec | None = None,
+        table_id: int,
+        key_group_of: Callable[[Any], int],
+        namespaces: KeyCodec | None,
+        restored: bool,
     ) -> None:
-        self.namespace_codec = namespaces
         self.operator = operator
         self.name = name
         self.kind = kind
         self.serializer = serializer
-        self.store = store
-        self.table_id = table_id
-        self.key_group_of = key_group_of
-        self.key_groups = key_groups
-        self.namespaces: dict[Any, dict[Any, Any]] = {}
-        self.dirty: dict[Any, set[Any]] = {}
-        self.incomplete: set[Any] = set()
-        self.spilled: dict[Any, set[bytes]] = {}
-        self.dropped: set[Any] = set()
-        #: Namespaces that may have entries in the store (snapshotted or spilled): only these
-        #: need stored entries deleted when dropped.
-        self.stored_in: set[Any] = set()
-        self.pending: dict[bytes, bytes | None] = {}
-        #: Restored from a checkpoint: any namespace may have stored entries.
+        self._backend = backend
+        self._store = backend.store
+        self._count = backend.count
+        self._prefix = self.prefix = TABLE.pack(table_id)
+        self._group_of = key_group_of
+        self._codec = namespaces
+        #: A checkpoint restored this table: any namespace may have stored entries.
         self.restored = restored
+        self._namespaces: dict[Any, dict[Any, Any]] = {}
+        self._dirty: dict[Any, set[Any]] = {}
+        self._views: dict[Any, NamespaceView] = {}
+        #: Namespaces this table wrote to the store (they may have stored entries).
+        self._written: set[Any] = set()
 
     def __repr__(self) -> str:
         return f"<LmdbTable {self.operator!r}/{self.name!r} ({self.kind})>"
 
     # -- the per-record interface ----------------------------------------------------------
 
+    def _cache(self, namespace: Any) -> tuple[dict[Any, Any], set[Any]]:
+        entries = self._namespaces.get(namespace)
+        if entries is None:
+            entries = self._namespaces[namespace] = {}
+            self._dirty[namespace] = set()
+        return entries, self._dirty[namespace]
+
+    def _maybe_stored(self, namespace: Any) -> bool:
+        return self.restored or namespace in self._written
+
     def view(self, namespace: Any = None) -> NamespaceView:
-        entries = self.entries(namespace)
-        mark = self.marker(namespace)
+        view = self._views.get(namespace)
+        if view is not None:
+            return view
+        entries, dirty = self._cache(namespace)
+        count = self._count
 
         def put(key: Any, value: Any) -> None:
+            if key not in entries and key not in dirty:
+                count.n += 1
             entries[key] = value
-            mark(key)
+            dirty.add(key)
 
         def delete(key: Any) -> None:
-            entries.pop(key, None)
-            mark(key)
+            self._delete(namespace, entries, dirty, key)
 
         def load(key: Any) -> Any:
-            return self.load(key, namespace)
+            return self._load(namespace, entries, dirty, key, keep=True)
 
-        return NamespaceView(entries.get, put, mark, delete, load)
+        view = self._views[namespace] = NamespaceView(entries.get, put, dirty.add, delete, load)
+        return view
 
+    def _delete(self, namespace: Any, entries: dict[Any, Any], dirty: set[Any], key: Any) -> None:
+        count = self._count
+        present = entries.pop(key, MISSING) is not MISSING
+        if not self._maybe_stored(namespace):
+            if present:
+                count.n -= 1
+            dirty.discard(key)
+        elif key not in dirty or present:  # a deletion to write: it takes the entry's place
+            if not present:
+                count.n += 1
+            dirty.add(key)
 
-    def scan(self) -> Iterator[tuple[Any, Any]]:
-        for namespace in list(self.namespaces):
-            for key in list(self.namespaces.get(namespace, ())):
-                yield namespace, key
-        for group in self.key_groups:
-            for namespace, key in self.stored_keys(group):
-                entries = self.namespaces.get(namespace)
-                if entries is None or key not in entries:  # cached ones were seen above
-                    yield namespace, key
-
-    def peek(self, key: Any, namespace: Any = None) -> Any:
-        entries = self.namespaces.get(namespace)
-        if entries is not None and key in entries:
-            return entries[key]
-        if entries is None:
-            if not self.restored and namespace not in self.stored_in:
-                return MISSING
-            entries = self.entries(namespace)
-        value = self.load(key, namespace)
-        if value is not MISSING:
-            del entries[key]  # clean, and its namespace incomplete: the cache is as it was
-        return value
-
-    def entries(self, namespace: Any = None) -> dict[Any, Any]:
-        """The cached entries of ``namespace`` (created empty); mark what you change."""
-        entries = self.namespaces.get(namespace)
-        if entries is None:
-            entries = self.namespaces[namespace] = {}
-            if self.restored and namespace not in self.dropped:
-                self.incomplete.add(namespace)
-        return entries
-
-    def marker(self, namespace: Any = None) -> Callable[[Any], None]:
-        """``mark(key)``: record that ``key``'s entry in ``namespace`` changed."""
-        dirty = self.dirty.get(namespace)
-        if dirty is None:
-            dirty = self.dirty[namespace] = set()
-        return dirty.add
-
-    def get(self, key: Any, namespace: Any = None, default: Any = None) -> Any:
-        value = self.entries(namespace).get(key, MISSING)
-        if value is MISSING:
-            value = self.load(key, namespace)
-            if value is MISSING:
-                return default
-        return value
-
-    def put(self, key: Any, value: Any, namespace: Any = None) -> None:
-        self.entries(namespace)[key] = value
-        self.marker(namespace)(key)
-
-    def delete(self, key: Any, namespace: Any = None) -> None:
-        entries = self.namespaces.get(namespace)
-        if entries is not None:
-            entries.pop(key, None)
-        self.entries(namespace)
-        self.marker(namespace)(key)
-
-    def load(self, key: Any, namespace: Any = None) -> Any:
-        """After a cache miss: the stored value (now cached), or ``MISSING``."""
-        if namespace not in self.incomplete:
+    def _load(self, namespace: Any, entries: dict[Any, Any], dirty: set[Any], key: Any, *, keep: bool) -> Any:
+        """After a miss: the stored value (cached if ``keep``), or ``MISSING``."""
+        if key in dirty or not self._maybe_stored(namespace):
             return MISSING
-        dirty = self.dirty.get(namespace)
-        if dirty is not None and key in dirty:
-            return MISSING  # deleted since the last snapshot
-        assert self.store is not None and self.key_group_of is not None
-        stored = self.stored_key(self.key_group_of(key), namespace, key)
-        if namespace in self.dropped:  # the checkpoint's entries are void; spilled since the drop count
-            data = self.store.get_working(stored) if stored in self.spilled.get(namespace, ()) else None
-        elif stored in self.spilled.get(namespace, ()):
-            data = self.store.get_working(stored)
-        elif stored in self.pending:  # snapshotted, not yet committed
-            data = self.pending[stored]
-        else:
-            data = self.store.get(stored)
+        stored = self.stored_key(self._group_of(key), namespace, key)
+        data = self._read(stored)
         if data is None:
             return MISSING
-        value = self._loads(data)
-        self.namespaces[namespace][key] = value
+        value = self._loads(data, stored)
+        if keep:
+            entries[key] = value
+            self._count.n += 1
         return value
 
-    def drop(self, namespace: Any) -> None:
-        """Remove every entry of ``namespace`` (a window that was purged)."""
-        self.namespaces.pop(namespace, None)
-        self.dirty.pop(namespace, None)
-        self.incomplete.discard(namespace)
-        self.spilled.pop(namespace, None)
-        if self.restored or namespace in self.stored_in:
-            self.dropped.add(namespace)
+    def _read(self, stored: bytes) -> bytes | None:
+        try:
+            return self._store.get(stored)
+        except StoredValueDamaged as exc:
+            raise self._damaged(exc) from None
+
+    def _damaged(self, exc: StoredValueDamaged) -> CorruptStateError:
+        return _damage_error(self._store, f"operator {self.operator!r}: state {self.name!r}", exc, self._split)
+
+    def get(self, key: Any, namespace: Any = None, default: Any = None) -> Any:
+        entries, dirty = self._cache(namespace)
+        value = entries.get(key, MISSING)
+        if value is MISSING:
+            value = self._load(namespace, entries, dirty, key, keep=True)
+        return default if value is MISSING else value
+
+    def put(self, key: Any, value: Any, namespace: Any = None) -> None:
+        self.view(namespace).put(key, value)
+
+    def delete(self, key: Any, namespace: Any = None) -> None:
+        entries, dirty = self._cache(namespace)
+        self._delete(namespace, entries, dirty, key)
+        if not entries and not dirty and namespace is not None and not self._maybe_stored(namespace):
+            self._forget(namespace)
+
+    def _forget(self, namespace: Any) -> None:
+        self._namespaces.pop(namespace, None)
+        self._dirty.pop(namespace, None)
+        self._views.pop(namespace, None)
 
     def keys_in(self, namespace: Any = None) -> list[Any]:
-        """Every key with an entry in ``namespace``, stored ones included."""
-        if self.restored and namespace not in self.namespaces:
-            self.entries(namespace)  # any namespace of a restored table may have stored entries
-        if namespace in self.incomplete:
-            entries = self.namespaces[namespace]
-            for key in self._stored_keys(namespace):
-                if key not in entries:
-                    self.load(key, namespace)
-        return list(self.namespaces.get(namespace, {}))
+        entries, dirty = self._cache(namespace)
+        keys = list(entries)
+        if self._maybe_stored(namespace):
+            seen = set(keys)
+            for _, key in self._stored_entries(namespace):
+                if key not in seen and key not in dirty:
+                    keys.append(key)
+        return keys
 
-    # -- snapshot, eviction and restore ----------------------------------------------------
+    def drop(self, namespace: Any) -> None:
+        entries = self._namespaces.get(namespace)
+        if entries is not None:
+            dirty = self._dirty[namespace]
+            self._count.n -= len(entries) + sum(1 for key in dirty if key not in entries)
+            self._forget(namespace)
+        if self._maybe_stored(namespace):
+            backend = self._backend
+            try:
+                for group in backend.owned_groups():
+                    start = self._namespace_prefix(group, namespace)
+                    self._store.delete_range(start, after(start), backend.epoch)
+            except StoredValueDamaged as exc:
+                raise self._damaged(exc) from None
+            self._written.discard(namespace)
 
-    def stored_key(self, key_group: int, namespace: Any, key: Any) -> bytes:
-        return self._namespace_prefix(key_group, namespace) + self._encode(key)
+    def scan(self) -> Iterator[tuple[Any, Any]]:
+        for namespace in list(self._namespaces):
+            for key in list(self._namespaces.get(namespace, ())):
+                yield namespace, key
+        for group in self._backend.owned_groups():
+            start = KEY_GROUP.pack(group) + self._prefix
+            for stored, _ in self._scan(start, after(start)):
+                namespace, key = self._split(stored)
+                entries = self._namespaces.get(namespace)
+                if entries is None or (key not in entries and key not in self._dirty[namespace]):
+                    yield namespace, key
 
-    def _encode_namespace(self, namespace: Any) -> bytes:
+    def stored(self) -> Iterator[tuple[Any, Any, Any]]:
+        """Every ``(namespace, key, value)`` the store holds for this table in the owned key
+        groups, as stored (not what the cache changed since): for tools and tests."""
+        for group in self._backend.owned_groups():
+            start = KEY_GROUP.pack(group) + self._prefix
+            for stored, data in self._store.scan(start, after(start)):
+                assert data is not None
+                yield *self._split(stored), self._loads(data, stored)
+
+    def peek(self, key: Any, namespace: Any = None) -> Any:
+        entries = self._namespaces.get(namespace)
+        if entries is not None:
+            value = entries.get(key, MISSING)
+            if value is not MISSING or key in self._dirty[namespace]:
+                return value
+            return self._load(namespace, entries, self._dirty[namespace], key, keep=False)
+        return self._load(namespace, {}, set(), key, keep=False)
+
+    # -- the store ----------------------------------------------------------------------------
+
+    def stored_key(self, group: int, namespace: Any, key: Any) -> bytes:
+        return self._namespace_prefix(group, namespace) + _encode(self.operator, self.name, key)
+
+    def _namespace_prefix(self, group: int, namespace: Any) -> bytes:
         if namespace is None:
-            return b""
-        codec = self.namespace_codec
-        return self._encode(namespace if codec is None else codec.encode(namespace))
+            ns = b""
+        else:
+            ns = _encode(self.operator, self.name, namespace if self._codec is None else self._codec.encode(namespace))
+        return KEY_GROUP.pack(group) + self._prefix + _LEN.pack(len(ns)) + ns
 
-    def _namespace_prefix(self, key_group: int, namespace: Any) -> bytes:
-        """What every stored key of ``namespace`` in ``key_group`` starts with."""
-        ns = self._encode_namespace(namespace)
-        return _HEAD.pack(self.table_id, key_group) + _LEN.pack(len(ns)) + ns
+    def _split(self, stored: bytes) -> tuple[Any, Any]:
+        (size,) = _LEN.unpack_from(stored, _HEAD)
+        start = _HEAD + _LEN.size
+        namespace = None if size == 0 else decode_key(stored[start:start + size])
+        if namespace is not None and self._codec is not None:
+            namespace = self._codec.decode(namespace)
+        return namespace, decode_key(stored[start + size:])
 
-    def _encode(self, key: Any) -> bytes:
+    def _stored_entries(self, namespace: Any) -> Iterator[tuple[bytes, Any]]:
+        """``(stored key, key)`` of ``namespace`` in the owned key groups."""
+        for group in self._backend.owned_groups():
+            start = self._namespace_prefix(group, namespace)
+            for stored, _ in self._scan(start, after(start)):
+                yield stored, decode_key(stored[len(start):])
+
+    def _scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes | None]]:
         try:
-            return encode_key(key)
-        except TypeError as exc:
-            raise StateError(
-                f"operator {self.operator!r}: state {self.name!r} cannot store a key of type {type(key).__name__} "
-                f"({exc}); keys must be str, int, float, bool, None or tuples of them, or objects with a "
-                "state_key() method that returns one of those"
-            ) from exc
+            yield from self._store.scan(start, end, values=False)
+        except StoredValueDamaged as exc:
+            raise self._damaged(exc) from None
 
     def _dumps(self, value: Any) -> bytes:
         try:
             return self.serializer.dumps(value)
         except Exception as exc:
+            windows = self.kind.startswith("window contents") or self.name.startswith("trigger-")
+            how = "give the window serializer='pickle' (.window(assigner, serializer='pickle'))" if windows else \
+                "declare the state with serializer='pickle'"
             raise StateError(
                 f"operator {self.operator!r}: state {self.name!r} cannot serialise a value of type "
-                f"{type(value).__name__} with {self.serializer!r}: {exc}; keep JSON types in state, "
-                "or declare the state with serializer='pickle'"
+                f"{type(value).__name__} with {self.serializer!r}: {exc}; keep JSON types in state, or {how}"
             ) from exc
 
-    def _loads(self, data: bytes) -> Any:
+    def _loads(self, data: bytes, stored: bytes) -> Any:
         try:
             return self.serializer.loads(data)
         except Exception as exc:
-            raise StateError(
-                f"operator {self.operator!r}: state {self.name!r}: a stored value cannot be read with "
-                f"{self.serializer!r}: {exc}"
+            try:
+                namespace, key = self._split(stored)
+                where = f"key {key!r}" + ("" if namespace is None else f" in namespace {namespace!r}")
+            except Exception:
+                where = f"stored key {stored!r}"
+            raise IncompatibleStateError(
+                f"state directory {self._store.path}: operator {self.operator!r}: state {self.name!r}: the stored "
+                f"value of {where} is intact (its checksum verifies) but {self.serializer!r} cannot read it: "
+                f"{type(exc).__name__}: {exc}. The code that reads it changed (a class renamed or moved?): run the "
+                "code that wrote it, or start this operator afresh (a new name, --allow-non-restored-state)"
             ) from exc
 
-    def snapshot(self) -> Writes:
-        """The changes since the last committed snapshot, as writes. Until :meth:`confirm`
-        says they were committed, they stay pending: reads see them, and a snapshot after a
-        failed checkpoint includes them again."""
-        store = self.store
-        assert store is not None and self.key_group_of is not None
-        writes: Writes = []
-        for namespace in self.dropped:  # first: entries put or spilled since the drop come after
-            writes.extend(self._range_deletes(namespace))
-            self.stored_in.discard(namespace)
-        self.dropped.clear()
-        for spilled in self.spilled.values():
-            writes.extend((stored, store.get_working(stored)) for stored in spilled)
-        self.spilled.clear()
-        group_of, dumps, head, table_id = self.key_group_of, self._dumps, _HEAD.pack, self.table_id
-        for namespace, keys in self.dirty.items():
-            if not keys:
+    def flush(self, changes: list[tuple[bytes, bytes | None]]) -> None:
+        """Add every dirty entry to ``changes`` (serialized, or ``None`` to delete); they are
+        clean once the caller wrote them."""
+        dumps, group_of, count = self._dumps, self._group_of, self._count
+        for namespace, dirty in self._dirty.items():
+            if not dirty:
                 continue
-            self.stored_in.add(namespace)
-            entries = self.namespaces.get(namespace, {})
-            ns = self._encode_namespace(namespace)
-            part = _LEN.pack(len(ns)) + ns
-            encode = self._encode
-            for key in keys:
+            entries = self._namespaces[namespace]
+            prefix_of = functools.partial(self._namespace_prefix, namespace=namespace)
+            prefixes: dict[int, bytes] = {}
+            encode = functools.partial(_encode, self.operator, self.name)
+            for key in dirty:
+                group = group_of(key)
+                prefix = prefixes.get(group)
+                if prefix is None:
+                    prefix = prefixes[group] = prefix_of(group)
                 value = entries.get(key, MISSING)
-                stored = head(table_id, group_of(key)) + part + encode(key)
-                writes.append((stored, None if value is MISSING else dumps(value)))
-            keys.clear()  # in place: markers handed out stay live
-        self.pending.update(writes)
-        return list(self.pending.items())
+                if value is MISSING:
+                    changes.append((prefix + encode(key), None))
+                    count.n -= 1  # the deletion leaves the cache once written
+                else:
+                    changes.append((prefix + encode(key), dumps(value)))
+            dirty.clear()  # in place: views hold it
+            self._written.add(namespace)
+        for namespace in [ns for ns, entries in self._namespaces.items() if ns is not None and not entries]:
+            self._forget(namespace)  # an emptied window's view goes with it (views live until a trim)
 
-    def confirm(self) -> None:
-        """The last snapshot was committed: the store now holds it."""
-        self.pending.clear()
-
-    def spilled_keys(self) -> set[bytes]:
-        """Stored keys whose newest value is in the store's working area."""
-        return set().union(*self.spilled.values())
-
-    def _range_deletes(self, namespace: Any) -> Writes:
-        assert self.store is not None
-        writes: Writes = []
-        for group in self.key_groups:
-            prefix = self._namespace_prefix(group, namespace)
-            writes.extend((stored, None) for stored in self.store.keys_with_prefix(prefix))
-            writes.extend((stored, None) for stored in self.store.keys_with_prefix(prefix, working=True))
-        return writes
-
-    def cached_entries(self) -> int:
-        return sum(map(len, self.namespaces.values()))
-
-    def evict(self, count: int) -> list[tuple[bytes, bytes]]:
-        """Drop up to ``count`` clean entries from the cache, oldest namespaces and entries
-        first; return the changed ones the store must keep in its working area."""
-        assert self.key_group_of is not None
-        spill: list[tuple[bytes, bytes]] = []
-        for namespace in list(self.namespaces):
-            entries = self.namespaces[namespace]
-            dirty = self.dirty.get(namespace, ())
+    def evict(self, budget: int) -> int:
+        """Drop up to ``budget`` clean entries, oldest namespaces and entries first; returns
+        how many went."""
+        evicted = 0
+        for namespace in list(self._namespaces):
+            if evicted >= budget:
+                break
+            entries, dirty = self._namespaces[namespace], self._dirty[namespace]
             victims = []
             for key in entries:
-                if len(victims) >= count:
-                    break
-                victims.append(key)
+                if key not in dirty:
+                    victims.append(key)
+                    if evicted + len(victims) >= budget:
+                        break
             for key in victims:
-                value = entries.pop(key)
-                if key in dirty:
-                    stored = self.stored_key(self.key_group_of(key), namespace, key)
-                    spill.append((stored, self._dumps(value)))
-                    spilled = self.spilled.get(namespace)
-                    if spilled is None:
-                        spilled = self.spilled[namespace] = set()
-                        self.stored_in.add(namespace)
-                    spilled.add(stored)
-                    dirty.discard(key)  # type: ignore[attr-defined]
+                del entries[key]
+            evicted += len(victims)
             if victims:
-                self.incomplete.add(namespace)
-            count -= len(victims)
-            if count <= 0:
-                break
-        return spill
+                self._written.add(namespace)  # clean entries are stored: the namespace may have more
+            if not entries and not dirty and namespace is not None:
+                self._forget(namespace)
+        self._count.n -= evicted
+        return evicted
 
-    def _stored_keys(self, namespace: Any) -> Iterator[Any]:
-        """Keys of ``namespace`` in this table's key groups that the store may hold: in the
-        checkpoint (unless the namespace was dropped), in a snapshot not yet committed, or
-        evicted to the working area. (:meth:`load` then sorts out which value is current.)"""
-        store = self.store
-        dropped = namespace in self.dropped
-        spilled = self.spilled.get(namespace, ())
-        if not dropped and self.pending:  # an entry evicted clean may live only in the pending snapshot
-            ns = self._encode_namespace(namespace)
-            part = _LEN.pack(len(ns)) + ns
-            for stored, data in self.pending.items():
-                if data is not None and stored.startswith(part, _HEAD.size):
-                    yield decode_key(stored[_HEAD.size + len(part):])
-        for group in self.key_groups:
-            prefix = self._namespace_prefix(group, namespace)
-            if not dropped:
-                for stored in store.keys_with_prefix(prefix):
-                    yield decode_key(stored[len(prefix):])
-            for stored in store.keys_with_prefix(prefix, working=True):
-                if not dropped or stored in spilled:
-                    yield decode_key(stored[len(prefix):])
+    def release(self, groups: frozenset[int]) -> None:
+        """Forget cached entries and unwritten changes of ``groups``."""
+        group_of, count = self._group_of, self._count
+        for namespace in list(self._namespaces):
+            entries, dirty = self._namespaces[namespace], self._dirty[namespace]
+            for key in [key for key in (*entries, *dirty) if group_of(key) in groups]:
+                if entries.pop(key, MISSING) is not MISSING or key in dirty:
+                    count.n -= 1
+                dirty.discard(key)
 
-    def stored_namespaces(self) -> Iterator[tuple[Any, Any, Any]]:
-        """Every stored ``(namespace, key, value)`` of this table's key groups (for restoring
-        small operator-managed state such as timers)."""
-        for group in self.key_groups:
-            for stored, data in self.store.items_with_prefix(_HEAD.pack(self.table_id, group)):
-                yield *self._split(stored), self._loads(data)
+    def cached_entries(self) -> int:
+        """Entries this table caches now (values and deletions); counted by walking the
+        cache, for tests and statistics (the backend keeps its own count as it goes)."""
+        return sum(len(entries) + sum(1 for key in self._dirty[namespace] if key not in entries)
+                   for namespace, entries in self._namespaces.items())
+
+
+class LmdbTimerQueue:
+    """A timer queue over the store: timers cached in memory up to the backend's bound,
+    the rest in the store in time order per key group; restoring reads none of them.
+
+    Each cached timer says whether the store may hold it too: ``_NEW`` (only cached: write
+    it out when flushing), ``_STORED`` (the store has it: delete it there when it fires
+    or is removed) or ``_MAYBE`` (registered again at a time the store may hold: write it,
+    and delete it when it fires). Fired or removed stored timers become deletions, written
+    at the next flush; a timer the store holds but the cache does not fires straight from
+    the store. Timers of one timestamp fire in registration order (cached ones), then in
+    key order (stored ones).
+    """
+
+    _NEW, _STORED, _MAYBE = 0, 1, 2
+
+    def __init__(self, backend: LmdbBackend, table_id: int, key_group_of: Callable[[Any], int],
+                 keys: KeyCodec | None, restored: bool, name: str) -> None:
+        self._backend = backend
+        self._store = backend.store
+        self._count = backend.count
+        self._prefix = self.prefix = TABLE.pack(table_id)
+        self._group_of = key_group_of
+        self._codec = keys
+        self.name = name
+        self._by_time: dict[int, dict[Any, int]] = {}
+        self._heap: list[int] = []
+        self._deleted: set[tuple[int, Any]] = set()
+        #: The latest timestamp the store may hold a timer at (``None``: it holds none).
+        self._stored_until: int | None = 2**63 - 1 if restored else None
+        #: Per owned key group, the earliest stored timer not yet fired (lazily found).
+        self._heads: dict[int, int | None] | None = None
+        self._head_heap: list[tuple[int, int]] = []
+
+    # -- registration -------------------------------------------------------------------------
+
+    def add(self, timestamp: int, key: Any) -> None:
+        keys = self._by_time.get(timestamp)
+        if keys is None:
+            keys = self._by_time[timestamp] = {}
+            heapq.heappush(self._heap, timestamp)
+        elif key in keys:
+            return
+        if self._deleted and (timestamp, key) in self._deleted:
+            self._deleted.discard((timestamp, key))  # the deletion's place in the count goes to the timer
+            keys[key] = self._STORED
+            return
+        stored_until = self._stored_until
+        keys[key] = self._NEW if stored_until is None or timestamp > stored_until else self._MAYBE
+        self._count.n += 1
+
+    def remove(self, timestamp: int, key: Any) -> None:
+        keys = self._by_time.get(timestamp)
+        flag = keys.pop(key, None) if keys is not None else None
+        if flag is not None:
+            if not keys:
+                del self._by_time[timestamp]
+            if flag == self._NEW:
+                self._count.n -= 1
+                return
+            self._deleted.add((timestamp, key))  # takes the timer's place in the count
+            return
+        stored_until = self._stored_until
+        if stored_until is not None and timestamp <= stored_until and (timestamp, key) not in self._deleted:
+            self._deleted.add((timestamp, key))
+            self._count.n += 1
+
+    # -- firing -------------------------------------------------------------------------------
+
+    def next_time(self) -> int | None:
+        heap, by_time = self._heap, self._by_time
+        while heap and not by_time.get(heap[0]):
+            by_time.pop(heapq.heappop(heap), None)
+        cached = heap[0] if heap else None
+        stored = self._next_stored()
+        if stored is None:
+            return cached
+        return stored if cached is None else min(cached, stored)
+
+    def pop_due(self, limit: int) -> Iterator[tuple[int, Any]]:
+        heap, by_time, count = self._heap, self._by_time, self._count
+        while True:
+            while heap and not by_time.get(heap[0]):
+                by_time.pop(heapq.heappop(heap), None)
+            cached = heap[0] if heap else None
+            stored = self._next_stored()
+            if cached is not None and (stored is None or cached <= stored):
+                if cached > limit:
+                    return
+                heapq.heappop(heap)
+                keys = by_time.pop(cached)
+                for key, flag in keys.items():
+                    if flag == self._NEW:
+                        count.n -= 1
+                    else:  # the stored copy goes at the next flush
+                        self._deleted.add((cached, key))
+                    yield cached, key
+            elif stored is not None:
+                if stored > limit:
+                    return
+                for key in self._fire_stored(stored):
+                    yield stored, key
+            else:
+                return
+
+    def _fire_stored(self, timestamp: int) -> list[Any]:
+        """The stored timers at ``timestamp`` not fired or removed yet, in every key group
+        whose earliest stored timer it is; each becomes a deletion to write."""
+        assert self._heads is not None
+        fired: list[Any] = []
+        head_heap = self._head_heap
+        while head_heap and head_heap[0][0] == timestamp:
+            _, group = heapq.heappop(head_heap)
+            if self._heads.get(group) != timestamp:
+                continue  # stale
+            start = self._time_prefix(group, timestamp)
+            for stored, _ in self._scan(start, self._time_prefix(group, timestamp + 1)):
+                key = self._decode(stored[len(start):])
+                if (timestamp, key) in self._deleted:
+                    continue
+                cached = self._by_time.get(timestamp)
+                if cached is not None and key in cached:
+                    continue  # fires from the cache
+                self._deleted.add((timestamp, key))
+                self._count.n += 1
+                fired.append(key)
+            self._set_head(group, self._first_stored(group, timestamp + 1))
+        return fired
+
+    def _next_stored(self) -> int | None:
+        if self._stored_until is None:
+            return None
+        if self._heads is None:
+            self._heads = {}
+            for group in self._backend.owned_groups():
+                self._set_head(group, self._first_stored(group, -_TIME_OFFSET))
+        head_heap, heads = self._head_heap, self._heads
+        while head_heap and heads.get(head_heap[0][1]) != head_heap[0][0]:
+            heapq.heappop(head_heap)
+        return head_heap[0][0] if head_heap else None
+
+    def _set_head(self, group: int, timestamp: int | None) -> None:
+        assert self._heads is not None
+        self._heads[group] = timestamp
+        if timestamp is not None:
+            heapq.heappush(self._head_heap, (timestamp, group))
+
+    def _first_stored(self, group: int, timestamp: int) -> int | None:
+        start = self._time_prefix(group, max(timestamp, -_TIME_OFFSET))
+        found = self._store.first_key(start, after(KEY_GROUP.pack(group) + self._prefix))
+        if found is None:
+            return None
+        return _TIME.unpack_from(found, _HEAD)[0] - _TIME_OFFSET
+
+    def clear(self) -> None:
+        for _ in self.pop_due(2**63 - 1):
+            pass
+
+    # -- the store ----------------------------------------------------------------------------
+
+    def _time_prefix(self, group: int, timestamp: int) -> bytes:
+        return KEY_GROUP.pack(group) + self._prefix + _TIME.pack(min(timestamp + _TIME_OFFSET, 2**64 - 1))
+
+    def _stored_key(self, timestamp: int, key: Any) -> bytes:
+        plain = key if self._codec is None else self._codec.encode(key)
+        return self._time_prefix(self._group_of(key), timestamp) + _encode("timers", self.name, plain)
+
+    def _decode(self, data: bytes) -> Any:
+        plain = decode_key(data)
+        return plain if self._codec is None else self._codec.decode(plain)
+
+    def _scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes | None]]:
+        try:
+            yield from self._store.scan(start, end, values=False)
+        except StoredValueDamaged as exc:
+            raise self._damaged(exc) from None
+
+    def _damaged(self, exc: StoredValueDamaged) -> CorruptStateError:
+        return _damage_error(self._store, f"timers {self.name!r}", exc, self._split)
 
     def _split(self, stored: bytes) -> tuple[Any, Any]:
-        """The namespace and key of a stored key."""
-        (size,) = _LEN.unpack_from(stored, _HEAD.size)
-        start = _HEAD.size + _LEN.size
-        namespace = None if size == 0 else decode_key(stored[start:start + size])
-        if namespace is not None and self.namespace_codec is not None:
-            namespace = self.namespace_codec.decode(namespace)
-        return namespace, decode_key(stored[start + size:])
+        """The timestamp and key of a stored timer."""
+        return _TIME.unpack_from(stored, _HEAD)[0] - _TIME_OFFSET, self._decode(stored[_HEAD + _TIME.size:])
 
-    def stored_keys(self, key_group: int) -> list[tuple[Any, Any]]:
-        """``(namespace, key)`` of every entry of ``key_group`` the store may hold: checkpointed
-        (unless its namespace was dropped since) or evicted to the working area. Some may
-        have changed or been deleted since; :meth:`load` reads what they hold now."""
-        store = self.store
-        assert store is not None
-        prefix = _HEAD.pack(self.table_id, key_group)
-        found: dict[tuple[Any, Any], None] = {}
-        for stored in store.keys_with_prefix(prefix):
-            namespace, key = self._split(stored)
-            if namespace not in self.dropped:
-                found[namespace, key] = None
-        for stored in store.keys_with_prefix(prefix, working=True):
-            namespace, key = self._split(stored)
-            if namespace not in self.dropped or stored in self.spilled.get(namespace, ()):
-                found[namespace, key] = None
-        return list(found)
+    def flush(self, changes: list[tuple[bytes, bytes | None]]) -> None:
+        """Add the timers the store lacks and the deletions to ``changes``."""
+        written: int | None = None
+        for timestamp, keys in self._by_time.items():
+            for key, flag in keys.items():
+                if flag != self._STORED:
+                    changes.append((self._stored_key(timestamp, key), b""))
+                    keys[key] = self._STORED
+                    written = timestamp if written is None else max(written, timestamp)
+                    if self._heads is not None:
+                        group = self._group_of(key)
+                        head = self._heads.get(group)
+                        if head is None or timestamp < head:
+                            self._set_head(group, timestamp)
+        if written is not None and (self._stored_until is None or written > self._stored_until):
+            self._stored_until = written
+        for timestamp, key in self._deleted:
+            changes.append((self._stored_key(timestamp, key), None))
+        self._count.n -= len(self._deleted)
+        self._deleted.clear()
 
+    def evict(self, budget: int) -> int:
+        """Drop up to ``budget`` stored timers from the cache, the latest first (they fire last)."""
+        evicted = 0
+        for timestamp in sorted(self._by_time, reverse=True):
+            if evicted >= budget:
+                break
+            keys = self._by_time[timestamp]
+            for key in [key for key, flag in keys.items() if flag == self._STORED][:budget - evicted]:
+                del keys[key]
+                evicted += 1
+            if not keys:
+                del self._by_time[timestamp]
+        if len(self._heap) > 2 * len(self._by_time) + 1024:  # the evicted times' entries go too
+            self._heap[:] = self._by_time
+            heapq.heapify(self._heap)
+        self._count.n -= evicted
+        return evicted
 
+    def release(self, groups: frozenset[int]) -> None:
+        group_of, count = self._group_of, self._count
+        for timestamp in list(self._by_time):
+            keys = self._by_time[timestamp]
+            for key in [key for key in keys if group_of(key) in groups]:
+                del keys[key]
+                count.n -= 1
+            if not keys:
+                del self._by_time[timestamp]
+        doomed = {item for item in self._deleted if group_of(item[1]) in groups}
+        self._deleted -= doomed
+        count.n -= len(doomed)
+        if self._heads is not None:
+            for group in groups:
+                self._heads.pop(group, None)
 
+    def acquire(self, groups: frozenset[int]) -> None:
+        self._stored_until = 2**63 - 1
+        if self._heads is not None:
+            for group in groups:
+                self._set_head(group, self._first_stored(group, -_TIME_OFFSET))
 
 
 class LmdbBackend:
-    """Keyed state over the worker's :class:`~aioflow.state.lmdb.LmdbStore`: each table a
-    write-back cache of at most ``cache_size`` entries per subtask, trimmed between
-    batches; a checkpoint writes what changed since the previous one. ``checkpointed`` is
-    false for LMDB used for its size alone (never checkpointed): timer changes are then
-    not tracked."""
+    """Keyed state over the worker's :class:`~aioflow.state.lmdb.LmdbStore`; see the
+    module docstring. ``checkpointed`` is false for LMDB used for its size alone (no
+    checkpoints: no undo records are kept). ``completed`` is the checkpoint the working
+    copy holds (0: none)."""
 
     durable = True
 
@@ -415,28 +667,45 @@ class LmdbBackend:
         self,
         store: LmdbStore,
         *,
-        key_groups: range = range(128),
+        key_groups: Iterable[int] = range(128),
         max_parallelism: int = 128,
         cache_size: int = DEFAULT_CACHE_SIZE,
         serializer: Serializer | None = None,
         clock: Callable[[], int] | None = None,
         checkpointed: bool = True,
+        completed: int = 0,
     ) -> None:
         self.store = store
         self.checkpointed = checkpointed
-        self._key_groups = key_groups
+        self._key_groups = frozenset(key_groups)
+        self._owned = sorted(self._key_groups)
         self.max_parallelism = max_parallelism
         self.cache_size = cache_size
         self.serializer = serializer if serializer is not None else JsonSerializer()
-        self.tables: dict[tuple[str, str], LmdbTable] = {}
-        self._timers: list[tuple[LmdbTable, MemoryTimerQueue]] = []
         self.clock = clock if clock is not None else now_ms
+        self.count = _Count()
+        self.tables: dict[tuple[str, str], LmdbTable] = {}
+        self._queues: list[LmdbTimerQueue] = []
         self._ttl = TtlCleanup(self.clock)
         self._group_of = functools.partial(_group_of_key, max_parallelism=max_parallelism)
+        #: The checkpoint the stored state is at, and the one changes made now belong to.
+        self.completed = completed
+        self._epoch = completed + 1
+        self._verify_queue: list[bytes] = []
+        self._verify_from: bytes | None = None
 
     @property
     def key_groups(self) -> frozenset[int]:
-        return frozenset(self._key_groups)
+        return self._key_groups
+
+    def owned_groups(self) -> list[int]:
+        """The owned key groups, in order."""
+        return self._owned
+
+    @property
+    def epoch(self) -> int | None:
+        """The checkpoint that changes written now belong to (``None``: no checkpoints)."""
+        return self._epoch if self.checkpointed else None
 
     def table(
         self,
@@ -449,20 +718,16 @@ class LmdbBackend:
         namespaces: KeyCodec | None = None,
         ttl: bool = False,
     ) -> LmdbTable:
-        ident = (operator, state)
         declared = f"TTL {kind}" if ttl else kind
-        table = self.tables.get(ident)
+        table = self.tables.get((operator, state))
         if table is not None:
             check_declaration(table, operator, state, declared)
             return table
         serializer = serializer if serializer is not None else self.serializer
         table_id, restored = self.store.register_table(operator, state, declared, serializer.name)
-        table = LmdbTable(
-            operator, state, declared, serializer, store=self.store, table_id=table_id,
-            key_group_of=key_group_of or self._group_of, key_groups=self._key_groups, restored=restored,
-            namespaces=namespaces,
-        )
-        self.tables[ident] = table
+        table = self.tables[operator, state] = LmdbTable(
+            self, operator, state, declared, serializer, table_id, key_group_of or self._group_of, namespaces,
+            restored)
         if ttl:
             self._ttl.add(table, kind)
         return table
@@ -474,113 +739,152 @@ class LmdbBackend:
         *,
         key_group_of: Callable[[Any], int] | None = None,
         keys: KeyCodec | None = None,
-    ) -> TimerQueue:
-        queue = _TrackedTimerQueue()
-        table = self.table(operator, name, "timers", serializer=JsonSerializer(), key_group_of=key_group_of)
-        restore = keys.decode if keys is not None else None
-        queue.encode = keys.encode if keys is not None else None
-        if table.restored:
-            stored = sorted((timestamp, sequence, key) for timestamp, key, sequence in table.stored_namespaces())
-            for timestamp, _, key in stored:
-                queue.add(timestamp, key if restore is None else restore(key))
-            queue.sequence = max((sequence for _, sequence, _ in stored), default=0)
-        if self.checkpointed:
-            queue.changes = {}
-            self._timers.append((table, queue))
+    ) -> LmdbTimerQueue:
+        table_id, restored = self.store.register_table(operator, name, "timers", "none")
+        queue = LmdbTimerQueue(self, table_id, key_group_of or self._group_of, keys, restored, f"{operator}/{name}")
+        self._queues.append(queue)
         return queue
 
     @property
     def cached_entries(self) -> int:
-        return sum(table.cached_entries() for table in self.tables.values())
+        return self.count.n
+
+    def _flush(self) -> int:
+        """Write every dirty entry of every table and queue, in one transaction."""
+        changes: list[tuple[bytes, bytes | None]] = []
+        for table in self.tables.values():
+            table.flush(changes)
+        for queue in self._queues:
+            queue.flush(changes)
+        if changes:
+            self.store.write(changes, self.epoch)
+        return len(changes)
 
     def trim(self) -> None:
-        """Evict down to ``cache_size`` cached entries (called between batches)."""
-        excess = self.cached_entries - self.cache_size
-        if excess <= 0:
+        """Past ``cache_size`` entries: write what changed, then drop the oldest clean
+        entries until the cache holds at most 80 % of ``cache_size``."""
+        if self.count.n <= self.cache_size:
             return
-        spill: list[tuple[bytes, bytes]] = []
-        for table in self.tables.values():
+        self._flush()
+        excess = self.count.n - int(self.cache_size * _LOW_WATER)
+        for holder in (*self.tables.values(), *self._queues):
             if excess <= 0:
                 break
-            before = table.cached_entries()
-            spill.extend(table.evict(excess))
-            excess -= before - table.cached_entries()
-        if spill:
-            self.store.spill(spill)
+            excess -= holder.evict(excess)
+
+    def snapshot(self, checkpoint_id: int) -> Iterator[Change]:
+        """At checkpoint ``checkpoint_id``'s barrier: write every dirty entry, then yield what
+        changed in the owned key groups since the last completed checkpoint, key group by
+        key group (read from the store as the caller consumes it: consume it before the
+        next record). Changes made afterwards belong to the next checkpoint."""
+        if not self.checkpointed:
+            return iter(())
+        self._flush()
+        self._epoch = max(self._epoch, checkpoint_id + 1)
+        return self._changes()
+
+    def table_ids(self) -> tuple[int, ...]:
+        """The ids of this subtask's tables and timer queues in the store."""
+        return tuple(sorted(TABLE.unpack(holder.prefix)[0] for holder in (*self.tables.values(), *self._queues)))
+
+    def _prefixes(self) -> list[bytes]:
+        """The stored-key prefix (key group and table id) of every table and timer queue
+        of this subtask in every key group it owns, in order: what is this subtask's in a
+        store its worker's other subtasks share (their key groups overlap when their
+        parallelisms differ)."""
+        tables = sorted({*(table.prefix for table in self.tables.values()), *(q.prefix for q in self._queues)})
+        return [KEY_GROUP.pack(group) + table for group in self._owned for table in tables]
+
+    def _changes(self) -> Iterator[Change]:
+        store, completed = self.store, self.completed
+        for group, stored in store.changed_keys(self._prefixes(), completed):
+            try:
+                yield group, stored, store.read_raw(stored)
+            except StoredValueDamaged as exc:
+                raise self._named(exc) from None
+
+    def contents(self) -> Iterator[Change]:
+        """Every stored entry of this subtask's tables in the key groups it owns, key group
+        by key group (a full copy: savepoints; write dirty entries first with
+        :meth:`snapshot`)."""
+        for prefix in self._prefixes():
+            group = KEY_GROUP.unpack_from(prefix)[0]
+            try:
+                for stored, sealed in self.store.scan_sealed(prefix, after(prefix)):
+                    yield group, stored, sealed
+            except StoredValueDamaged as exc:
+                raise self._named(exc) from None
+
+    def _named(self, exc: StoredValueDamaged) -> CorruptStateError:
+        """A damaged entry, named by the table or timer queue it belongs to."""
+        holder = self._by_prefix().get(exc.key[KEY_GROUP.size:KEY_GROUP.size + TABLE.size])
+        return holder._damaged(exc) if holder is not None else exc
+
+    def confirm(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` completed: later snapshots are deltas from it."""
+        self.completed = max(self.completed, checkpoint_id)
 
     def acquire(self, groups: Iterable[int]) -> None:
-        raise StateError("acquiring key groups at run time needs the checkpoint storage of a later step")
+        gained = frozenset(groups) - self._key_groups
+        if not gained:
+            return
+        self._key_groups |= gained
+        self._owned = sorted(self._key_groups)
+        for table in self.tables.values():
+            table.restored = True  # the new groups' stored state is visible now
+        for queue in self._queues:
+            queue.acquire(gained)
 
     def release(self, groups: Iterable[int]) -> None:
-        raise StateError("releasing key groups at run time needs the checkpoint storage of a later step")
+        """Stop owning ``groups``: their cached entries go, and the working copy of their
+        state returns to the last completed checkpoint (changes not in it are discarded)."""
+        gone = frozenset(groups) & self._key_groups
+        if not gone:
+            return
+        for table in self.tables.values():
+            table.release(gone)
+        for queue in self._queues:
+            queue.release(gone)
+        self._key_groups -= gone
+        self._owned = sorted(self._key_groups)
+        if self.checkpointed:
+            self.store.rollback(self.completed, groups=gone)
 
     def cleanup_expired(self, now: int, budget: int) -> int:
         return self._ttl.run(now, budget)
 
-    def schedule_ttl_cleanup(self, schedule: Callable[[int, Callable[[int], Any]], None]) -> None:
+    def verify(self, budget: int) -> int:
+        """Read up to ``budget`` entries of this subtask's state in key order, checking each
+        (a damaged one stops the job naming it); calls go on where the last one stopped,
+        and start another pass after the last. Returns how many prefixes are left in this pass."""
+        if not self._verify_queue:
+            self._verify_queue = self._prefixes()
+            self._verify_from = None
+        while self._verify_queue and budget > 0:
+            prefix = self._verify_queue[0]
+            start = self._verify_from if self._verify_from is not None else prefix
+            try:
+                self._verify_from, checked = self.store.verify(start, after(prefix), budget)
+            except StoredValueDamaged as exc:
+                raise self._named(exc) from None
+            budget -= checked + 1  # a range costs at least a seek
+            if self._verify_from is None:
+                self._verify_queue.pop(0)
+        return len(self._verify_queue)
+
+    def _by_prefix(self) -> dict[bytes, LmdbTable | LmdbTimerQueue]:
+        return {holder.prefix: holder for holder in (*self.tables.values(), *self._queues)}
+
+    def schedule_maintenance(self, schedule: Callable[[int, Callable[[int], Any]], None]) -> None:
+        """TTL cleanup (if any state has a TTL) and the background verification of the
+        working copy, between batches (see :data:`VERIFY_INTERVAL_MS`)."""
         self._ttl.schedule(schedule)
 
-    def confirm(self, checkpoint_id: int) -> None:
-        """The last snapshot was committed."""
-        for table in self.tables.values():
-            table.confirm()
+        async def verify(now: int) -> None:
+            self.verify(VERIFY_BUDGET)
+            schedule(now + VERIFY_INTERVAL_MS, verify)
 
-    def spilled_keys(self) -> set[bytes]:
-        return set().union(*(table.spilled_keys() for table in self.tables.values()))
-
-    def snapshot(self, checkpoint_id: int) -> Writes:
-        """What changed in every table and timer queue since the last committed snapshot;
-        see :meth:`LmdbTable.snapshot`."""
-        for table, queue in self._timers:
-            changes = queue.changes
-            assert changes is not None and table.key_group_of is not None
-            group_of = table.key_group_of
-            encode = queue.encode
-            table.pending.update(
-                (table.stored_key(group_of(key), timestamp, key if encode is None else encode(key)),
-                 str(sequence).encode() if sequence else None)
-                for (timestamp, key), sequence in changes.items()
-            )
-            changes.clear()
-        writes: Writes = []
-        for table in self.tables.values():
-            writes.extend(table.snapshot())
-        return writes
-
-
-class _TrackedTimerQueue(MemoryTimerQueue):
-    """A memory timer queue that records its changes since the last checkpoint
-    (``changes``: (timestamp, key) -> registration sequence, or ``False`` when deleted)."""
-
-    __slots__ = ("changes", "encode", "sequence")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.changes: dict[tuple[int, Any], int | bool] | None = None
-        self.sequence = 0
-        self.encode: Callable[[Any], Any] | None = None
-
-    def add(self, timestamp: int, key: Any) -> None:
-        keys = self._by_time.get(timestamp)
-        if keys is not None and key in keys:
-            return
-        super().add(timestamp, key)
-        if self.changes is not None:
-            self.sequence += 1
-            self.changes[timestamp, key] = self.sequence
-
-    def remove(self, timestamp: int, key: Any) -> None:
-        keys = self._by_time.get(timestamp)
-        if self.changes is not None and keys is not None and key in keys:
-            self.changes[timestamp, key] = False
-        super().remove(timestamp, key)
-
-    def pop_due(self, limit: int) -> Iterator[tuple[int, Any]]:
-        changes = self.changes
-        for timestamp, key in super().pop_due(limit):
-            if changes is not None:
-                changes[timestamp, key] = False
-            yield timestamp, key
+        schedule(0, verify)
 
 
 def _group_of_key(key: Any, *, max_parallelism: int) -> int:

@@ -222,6 +222,10 @@ class MemoryBackend:
         """Memory state is not checkpointed."""
         return []
 
+    def table_ids(self) -> tuple[int, ...]:
+        """Memory tables are not stored."""
+        return ()
+
     def confirm(self, checkpoint_id: int) -> None:
         """Memory state is not checkpointed."""
 
@@ -250,5 +254,6 @@ class MemoryBackend:
     def cleanup_expired(self, now: int, budget: int) -> int:
         return self._ttl.run(now, budget)
 
-    def schedule_ttl_cleanup(self, schedule: Callable[[int, Callable[[int], Any]], None]) -> None:
+    def schedule_maintenance(self, schedule: Callable[[int, Callable[[int], Any]], None]) -> None:
+        """TTL cleanup, if any state has a TTL."""
         self._ttl.schedule(schedule)

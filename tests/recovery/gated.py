@@ -9,28 +9,34 @@ imports nothing but aioflow and the standard library.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
-import orjson
 
 import aioflow as af
 
 
-def completed_checkpoints(state_dir: str | Path, kind: str = "checkpoint") -> int:
-    """How many ``kind`` records (``"checkpoint"``, ``"savepoint"``, ``"final"``) the state
-    directory's ``checkpoints/chk-<id>.json`` hold (the last few are retained)."""
-    found = 0
-    for path in (Path(state_dir) / "checkpoints").glob("chk-*.json"):
+def checkpoint_manifests(state_dir: str | Path) -> list[dict[str, Any]]:
+    """The manifests of the checkpoints a state directory's default checkpoint storage
+    holds (``checkpoints/<job id>/chk-<id>/_manifest``; the last few are retained), oldest
+    first, as dicts. Ones being written or removed are skipped."""
+    found = []
+    for path in (Path(state_dir) / "checkpoints").glob("*/chk-*/_manifest"):
         try:
-            body = orjson.loads(path.read_bytes())["body"]
-        except (OSError, ValueError, KeyError):  # being written, or just removed
+            found.append(json.loads(path.read_bytes())["body"])
+        except (OSError, ValueError, KeyError):
             continue
-        found += body.get("kind") == kind
-    return found
+    return sorted(found, key=lambda body: body["checkpoint_id"])
+
+
+def completed_checkpoints(state_dir: str | Path, kind: str = "checkpoint") -> int:
+    """How many ``kind`` checkpoints (``"checkpoint"``, ``"savepoint"``, ``"final"``) the
+    state directory's checkpoint storage holds (the last few are retained)."""
+    return sum(body.get("kind") == kind for body in checkpoint_manifests(state_dir))
 
 
 class GatedSource(af.Source):

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import orjson
 import pytest
+from recovery.gated import checkpoint_manifests
 
 import aioflow as af
 
@@ -60,8 +60,7 @@ async def ticks(n: int) -> Any:
 
 
 def _records(folder: Path) -> list[dict[str, Any]]:
-    paths = sorted((folder / "checkpoints").glob("chk-*.json"), key=lambda p: int(p.stem.split("-")[1]))
-    return [orjson.loads(p.read_bytes())["body"] for p in paths]
+    return checkpoint_manifests(folder)
 
 
 async def test_a_checkpoint_that_times_out_is_abandoned_and_the_next_one_commits_its_records(tmp_path: Path) -> None:

@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import orjson
 import pytest
+from recovery.gated import checkpoint_manifests
 
 import aioflow as af
-from aioflow.errors import StateError
+from aioflow.errors import CorruptStateError, StateError
 from aioflow.operators.coprocess import BroadcastProcessOperator
 from aioflow.runtime.events import Batch
 from aioflow.runtime.operator import Output
 from aioflow.runtime.task import SubtaskEnvironment
-from aioflow.state.lmdb import LmdbStore
+from aioflow.state.lmdb import LmdbStore, StoredValueDamaged
 from aioflow.state.memory import MemoryBackend
 
 NO_PERIODIC_CHECKPOINT = 3600.0  # seconds: the final checkpoint of a finished job is the only one
@@ -35,9 +35,8 @@ async def _run(app: af.App, **options: Any) -> None:
 
 
 def _last_record(state_dir: Path) -> dict[str, Any]:
-    """The body of the newest ``checkpoints/chk-<id>.json``."""
-    records = sorted((state_dir / "checkpoints").glob("chk-*.json"), key=lambda p: int(p.stem.split("-")[1]))
-    return orjson.loads(records[-1].read_bytes())["body"]
+    """The manifest of the newest checkpoint."""
+    return checkpoint_manifests(state_dir)[-1]
 
 
 # -- broadcast state -------------------------------------------------------------------------
@@ -239,49 +238,54 @@ def _count_app(state_dir: Path, values: list[Any]) -> tuple[af.App, af.CollectSi
     return app, sink
 
 
-def _corrupt_checkpoint(data: bytes, how: str) -> bytes:
+def _corrupt_manifest(data: bytes, how: str) -> bytes:
     if how == "garbled":  # bytes flipped in the middle
         middle = len(data) // 2
         return data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 8]) + data[middle + 8:]
-    assert b'"checkpoint_id":1' in data  # valid JSON still, but not what was checksummed
-    return data.replace(b'"checkpoint_id":1', b'"checkpoint_id":7')
+    assert b'"checkpoint_id": 1' in data  # valid JSON still, but not what was checksummed
+    return data.replace(b'"checkpoint_id": 1', b'"checkpoint_id": 7')
 
 
 @pytest.mark.parametrize("how", ["garbled", "tampered"])
-async def test_a_corrupt_checkpoint_is_refused(tmp_path: Path, how: str) -> None:
+async def test_a_damaged_manifest_in_checkpoint_storage_is_refused(tmp_path: Path, how: str) -> None:
     app, _ = _count_app(tmp_path, ["x", "y"])
     await _run(app)
-    store = LmdbStore(tmp_path)
-    try:
-        data = store.read_meta(b"checkpoint")
-        assert data is not None
-        store.commit([], {b"checkpoint": _corrupt_checkpoint(data, how)}, set())
-    finally:
-        store.close()
+    [manifest] = (tmp_path / "checkpoints").glob("*/chk-*/_manifest")
+    manifest.write_bytes(_corrupt_manifest(manifest.read_bytes(), how))
 
     app, sink = _count_app(tmp_path, ["x", "y", "x"])
-    with pytest.raises(StateError, match="corrupt") as info:
+    with pytest.raises(CorruptStateError, match="manifest is damaged") as info:
         await _run(app)
-    assert f"state directory {tmp_path}" in str(info.value)
+    assert str(manifest.parent) in str(info.value)
     assert sink.results == []
 
 
 async def test_a_state_directory_of_garbage_is_refused(tmp_path: Path) -> None:
     (tmp_path / "data.mdb").write_bytes(random.Random(1).randbytes(64 * 1024))
     app, sink = _count_app(tmp_path, ["x"])
-    with pytest.raises(StateError, match="cannot open the LMDB environment") as info:
+    with pytest.raises(CorruptStateError, match="cannot open the LMDB environment") as info:
         await _run(app)
     assert f"state directory {tmp_path}:" in str(info.value)
     assert sink.results == []
 
 
-async def test_a_damaged_page_gives_a_state_error_naming_the_directory(tmp_path: Path) -> None:
-    """LMDB has no checksums: a damaged page is found (or not) when it is read. Whatever
-    the page, opening and reading the store either works or raises a StateError naming
-    the directory, never a bare lmdb exception."""
+def _everything(store: LmdbStore) -> list[tuple[bytes, bytes | None]]:
+    return list(store.scan(b"", b"\xff" * 8))
+
+
+async def test_a_damaged_page_is_refused_or_harmless_never_misread(tmp_path: Path) -> None:
+    """LMDB has no checksums of its own: a damaged page is found (or not) when it is read.
+    Whatever the page, opening and reading the working copy either gives exactly what was
+    written (the page was not in use) or is refused naming the directory: never a bare
+    lmdb exception, never a wrong value."""
     base = tmp_path / "base"
     app, _ = _count_app(base, [f"k{i}" for i in range(200)])
     await _run(app)
+    store = LmdbStore(base)
+    try:
+        written = _everything(store)
+    finally:
+        store.close()
     page_size = 4096
     pages = (base / "data.mdb").stat().st_size // page_size
     refused = 0
@@ -294,13 +298,16 @@ async def test_a_damaged_page_gives_a_state_error_naming_the_directory(tmp_path:
         try:
             store = LmdbStore(damaged)
             try:
-                store.read_meta(b"checkpoint")
-                list(store.items_with_prefix(b""))
+                read = _everything(store)
             finally:
                 store.close()
-        except StateError as exc:
+        except CorruptStateError as exc:
             assert f"state directory {damaged}" in str(exc)
             refused += 1
+        except StoredValueDamaged:
+            refused += 1  # a table that read it says which operator, state and key
+        else:
+            assert read == written, f"page {page}: damage read back as state"
     assert refused > 0
 
 

@@ -13,16 +13,22 @@ from typing import Any
 
 import anyio
 
-from aioflow.checkpoint.coordinator import CheckpointCoordinator
+from aioflow.checkpoint.coordinator import CheckpointCoordinator, TaskSnapshot
+from aioflow.checkpoint.manifest import Section
+from aioflow.checkpoint.storage import LocalCheckpointStorage
 from aioflow.state.lmdb import LmdbStore
 
 
 class Backend:
-    def spilled_keys(self) -> set[bytes]:
-        return set()
+    durable = False
 
     def confirm(self, checkpoint_id: int) -> None:
         pass
+
+
+def _delta(name: str) -> TaskSnapshot:
+    """A snapshot that changed key group 5 (in a section named after what it holds)."""
+    return TaskSnapshot({5: [Section(f"../shared/{name}", 0, 0, "", 1, False, (1,))]})
 
 
 class Task:
@@ -46,7 +52,8 @@ class Task:
 async def test_a_task_that_acknowledged_a_checkpoint_keeps_its_barrier_state_there(tmp_path: Path) -> None:
     store = LmdbStore(tmp_path / "state")
     ended, running = Task(0), Task(1)
-    coordinator = CheckpointCoordinator(store, [ended, running], interval=None)
+    coordinator = CheckpointCoordinator(store, LocalCheckpointStorage(tmp_path / "checkpoints"), [ended, running],
+                                        identity={"app": "a", "job_id": "j"}, max_parallelism=128, interval=None)
     try:
         async with anyio.create_task_group() as group:
             taken: list[Any] = []
@@ -58,19 +65,20 @@ async def test_a_task_that_acknowledged_a_checkpoint_keeps_its_barrier_state_the
             with anyio.fail_after(5):
                 while coordinator.pending is None:  # until the checkpoint is under way
                     await anyio.sleep(0)
-            coordinator.acknowledge(ended, 1, {"source": {"position": 10}}, [(b"k", b"at-barrier")])
-            coordinator.task_finished(ended, {"source": {"position": 99}}, [(b"k", b"final")])  # read on, ended
-            coordinator.acknowledge(running, 1, {"window": {"open": 3}}, [])
+            coordinator.acknowledge(ended, 1, {"source": {"position": 10}}, _delta("at-barrier"))
+            coordinator.task_finished(ended, {"source": {"position": 99}}, _delta("final"))  # read on, ended
+            coordinator.acknowledge(running, 1, {"window": {"open": 3}}, TaskSnapshot())
         (first,) = taken
         assert first.operators["source"] == [{"position": 10}]  # not the end position
         assert ended.completed == [(1, False)]  # it may not commit what its end pre-committed
-        assert store.get(b"k") == b"at-barrier"
+        assert [section.file for section in first.key_groups[5]] == ["../shared/at-barrier"]
 
-        coordinator.task_finished(running, {"window": {"open": 0}}, [])
+        coordinator.task_finished(running, {"window": {"open": 0}}, TaskSnapshot())
         final = await coordinator.checkpoint("final")
         assert final is not None
         assert final.operators == {"source": [{"position": 99}], "window": [{"open": 0}]}
         assert ended.completed[-1] == (2, True) and running.completed == [(1, False), (2, True)]
-        assert store.get(b"k") == b"final"  # the final writes, kept for the checkpoint that holds them
+        # the final changes, kept for the checkpoint that holds them
+        assert [section.file for section in final.key_groups[5]] == ["../shared/at-barrier", "../shared/final"]
     finally:
         store.close()

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from recovery.gated import checkpoint_manifests
 
 import aioflow as af
 from aioflow.runtime.restart import DEFAULT_RESTART_STRATEGY
@@ -44,7 +45,7 @@ def _expected(folder: Path) -> dict[str, list[bytes]]:
 
 
 def _checkpoints(folder: Path) -> int:
-    return len(list((folder / "state" / "checkpoints").glob("chk-*.json")))
+    return len(checkpoint_manifests(folder / "state"))
 
 
 def test_a_failed_job_restarts_from_its_last_checkpoint_and_completes_the_output(tmp_path: Path) -> None:

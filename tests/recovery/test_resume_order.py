@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
+from recovery.gated import checkpoint_manifests
 
 import aioflow as af
 from aioflow.testing import run_collect
@@ -27,7 +28,7 @@ def _running(folder: Path, files: str, fail: bool) -> af.App:
     failed: list[int] = []
 
     def total(e: dict[str, Any], ctx: Any) -> Any:
-        if fail and not failed and e["ts"] >= 1_500 and any((folder / "state" / "checkpoints").glob("chk-*")):
+        if fail and not failed and e["ts"] >= 1_500 and checkpoint_manifests(folder / "state"):
             failed.append(1)
             raise ConnectionError("flaky")
         state = ctx.value_state("sum", 0)

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
+from recovery.gated import checkpoint_manifests
 
 import aioflow as af
 from aioflow.connectors.files import _truncate_torn_line
@@ -17,10 +18,9 @@ def _flaky_job(folder: Path, fail_at: int, source: Any) -> af.App:
     app = af.App("resume", state_dir=str(folder / "state"), checkpoint_interval=0.005,
                  restart_strategy=af.FixedDelayRestart(attempts=1, delay=0))
     failed: list[int] = []
-    checkpoints = folder / "state" / "checkpoints"
 
     def once(v: int) -> int:
-        if v >= fail_at and not failed and any(checkpoints.glob("chk-*.json")):
+        if v >= fail_at and not failed and checkpoint_manifests(folder / "state"):
             failed.append(v)
             raise ConnectionError("flaky")
         return v

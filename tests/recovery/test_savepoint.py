@@ -38,7 +38,7 @@ def test_sigterm_stops_with_a_savepoint_and_a_restart_completes_the_output(tmp_p
     assert '"stop requested: with a savepoint"' in log and '"job stopped with a savepoint"' in log
     assert '"job finished"' not in log
     savepoints = list((tmp_path / "state" / "savepoints").iterdir())
-    assert len(savepoints) == 1 and (savepoints[0] / "data.mdb").is_file()
+    assert len(savepoints) == 1 and (savepoints[0] / "_manifest").is_file()
     stopped = outputs(tmp_path, "out")
     # Nothing fired early: every key's committed results are the start of its undisturbed ones.
     assert sum(len(lines) for per_key in stopped.values() for lines in per_key.values()) > 0
@@ -88,7 +88,7 @@ def test_drain_fires_open_windows_on_stop(tmp_path: Path) -> None:
 def test_a_missing_savepoint_is_a_clear_error(tmp_path: Path) -> None:
     base = {**write_job(tmp_path, 10, seed=1), "P": "1", "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "s")}
     worker = Worker(tmp_path, base, "--from-savepoint", str(tmp_path / "nowhere"))
-    assert worker.wait() == 1
+    assert worker.wait() == 3  # refused
     assert "savepoint " + str(tmp_path / "nowhere") + " does not exist" in worker.text()
 
 
@@ -142,3 +142,31 @@ def test_file_sources_resume_their_files_at_another_parallelism(tmp_path: Path, 
             e = orjson.loads(line)
             found[e["user"], e["ts"] // 1000, e["v"]] += 1
     assert found == expected
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 2), (2, 3)], ids=["same-parallelism", "rescaled"])
+def test_a_retained_checkpoint_rebuilds_the_state_from_checkpoint_storage(tmp_path: Path, before: int,
+                                                                         after: int) -> None:
+    """A checkpoint folder in checkpoint storage works as a savepoint: the working copy is
+    rebuilt from its key groups' chains of deltas (what a worker taking over partitions
+    reads), in another state directory, and the job completes exactly the undisturbed
+    output. A small cache makes the deltas hold state evicted between checkpoints too."""
+    base = {**write_job(tmp_path, 100_000, seed=3), "P": str(before), "PACE": "1", "CACHE": "64"}
+    assert run(tmp_path, {**base, "OUT": str(tmp_path / "ref")}) == 0
+    expected = outputs(tmp_path, "ref")
+    env = {**base, "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "state")}
+    worker = Worker(tmp_path, env)
+    assert worker.wait_for("checkpoint complete", 4), worker.text()
+    worker.signal(signal.SIGKILL)
+    worker.wait()
+    newest = max((tmp_path / "state" / "checkpoints").glob("*/chk-*"), key=lambda p: int(p.name[4:]))
+    manifest = orjson.loads((newest / "_manifest").read_bytes())["body"]
+    assert max(len(chain) for chain in manifest["key_groups"].values()) >= 2  # deltas on deltas, not one copy
+
+    resumed = Worker(tmp_path, {**env, "STATE": str(tmp_path / "rebuilt"), "P": str(after)},
+                     "--from-savepoint", str(newest), log=tmp_path / "rebuilt.log")
+    assert resumed.wait() == 0, resumed.text()
+    assert '"restored from savepoint"' in resumed.text()
+    assert as_multisets(outputs(tmp_path, "out")) == as_multisets(expected)
+    if before == after:
+        assert outputs(tmp_path, "out") == expected

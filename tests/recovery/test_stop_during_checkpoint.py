@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import orjson
 import pytest
 from recovery.endless import build
+from recovery.gated import checkpoint_manifests
 from recovery.jobs import Worker
 
 import aioflow as af
@@ -113,7 +113,7 @@ async def _until_savepoint_triggered(app: af.App) -> None:
 
 
 def _position_in(state: Path, checkpoint_id: int) -> int:
-    record = orjson.loads((state / "checkpoints" / f"chk-{checkpoint_id}.json").read_bytes())["body"]
+    [record] = [body for body in checkpoint_manifests(state) if body["checkpoint_id"] == checkpoint_id]
     assert record["kind"] == "savepoint"
     return record["operators"]["numbers#source"][0]["position"]
 
@@ -218,7 +218,7 @@ async def _stop_once(folder: Path, rng: random.Random) -> str | None:
         return f"{moment}: the stop hung (no end within {STOP_TIMEOUT} s)" if stopped else "no checkpoint in 60 s"
     if failure is not None:
         return f"{moment}: {type(failure).__name__}: {failure}"
-    if job.savepoint is None or not (job.savepoint / "data.mdb").is_file():
+    if job.savepoint is None or not (job.savepoint / "_manifest").is_file():
         return f"{moment}: stopped without a savepoint"
     return None
 
@@ -252,7 +252,7 @@ def _sigterm_once(folder: Path, seed: int) -> str | None:
         code = worker.wait()
         seconds = time.monotonic() - signalled
     log = worker.text()
-    savepoints = list((folder / "state" / "savepoints").glob("savepoint-*/data.mdb"))
+    savepoints = list((folder / "state" / "savepoints").glob("savepoint-*/_manifest"))
     if code != 0 or '"savepoint taken"' not in log or len(savepoints) != 1 or seconds >= STOP_TIMEOUT:
         return f"exit {code} after {seconds:.1f} s, savepoints {savepoints}:\n{log[-3000:]}"
     return None

@@ -129,17 +129,22 @@ def test_namespaced_value_state_is_separate_per_namespace(make_backend):
     backend, current = make_backend(), Current("a")
     table = backend.table("op", "trigger", "value")
     plain = ValueState(table, current, default=0)
-    w1 = ValueState(table, current, default=0, namespace=(0, 10))
-    w2 = ValueState(table, current, default=0, namespace=(10, 20))
+
+    def windows() -> tuple[ValueState, ValueState]:  # a window's handle lasts until the next trim, as triggers use it
+        return (ValueState(table, current, default=0, namespace=(0, 10)),
+                ValueState(table, current, default=0, namespace=(10, 20)))
+
     for i in range(10):
         current.key = f"k{i}"
         plain.update(i)
+        w1, w2 = windows()
         w1.update(100 + i)
         w2.update(200 + i)
         backend.trim()
     _fill(backend, current, "other")
     for i in range(10):
         current.key = f"k{i}"
+        w1, w2 = windows()
         assert (plain.value(), w1.value(), w2.value()) == (i, 100 + i, 200 + i)
     assert table.get("k3", namespace=(0, 10)) == 103
 

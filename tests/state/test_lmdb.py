@@ -1,10 +1,13 @@
-"""LmdbStore: the worker's state directory."""
+"""LmdbStore: the worker's working copy of its state, verified, private, and undoable."""
+
+import os
+import stat
 
 import lmdb
 import pytest
 
-from aioflow.errors import StateError
-from aioflow.state.lmdb import FORMAT, LmdbStore
+from aioflow.errors import CorruptStateError, IncompatibleStateError, StateError
+from aioflow.state.lmdb import FORMAT, KEY_GROUP, PREFIX, LmdbStore, StoredValueDamaged
 
 
 @pytest.fixture
@@ -21,186 +24,211 @@ def opened():
         store.close()  # closing twice is harmless
 
 
-def _close(store):
-    store.close()
+def _key(group: int, name: bytes) -> bytes:
+    return KEY_GROUP.pack(group) + b"\x00\x00\x00\x01\x00\x00" + name
 
 
 # -- opening ----------------------------------------------------------------------------------
 
 
-def test_open_creates_the_directory_and_marks_the_format(tmp_path, opened):
+def test_open_creates_a_private_directory_whatever_the_umask(tmp_path, opened):
     path = tmp_path / "a" / "b"
-    store = opened(path)
-    assert (path / "data.mdb").exists()
-    assert store.read_meta(b"format") == FORMAT
+    old = os.umask(0)
+    try:
+        store = opened(path)
+        store.write([(_key(0, b"k"), b"v")], None)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    for name in ("data.mdb", "lock.mdb", "lock"):
+        assert stat.S_IMODE((path / name).stat().st_mode) == 0o600, name
 
 
 def test_a_directory_with_a_file_that_is_not_lmdb_is_refused(tmp_path):
     (tmp_path / "data.mdb").write_bytes(b"garbage, not an LMDB environment " * 1024)
-    with pytest.raises(StateError, match="cannot open the LMDB environment") as info:
+    with pytest.raises(CorruptStateError, match="cannot open the LMDB environment") as info:
         LmdbStore(tmp_path)
     assert f"state directory {tmp_path}:" in str(info.value)
 
 
-def test_a_store_of_another_format_version_is_refused(tmp_path):
+def test_a_working_copy_of_an_older_format_is_refused_naming_both(tmp_path):
     env = lmdb.open(str(tmp_path), max_dbs=4)
     with env.begin(write=True) as txn:
-        txn.put(b"format", b"aioflow-state/0", db=env.open_db(b"meta", txn=txn))
+        txn.put(b"format", b"aioflow-state/1", db=env.open_db(b"meta", txn=txn))
     env.close()
-
-    with pytest.raises(StateError, match="incompatible") as info:
+    with pytest.raises(CorruptStateError, match="incompatible version") as info:
         LmdbStore(tmp_path)
     message = str(info.value)
-    assert str(tmp_path) in message and "aioflow-state/0" in message and FORMAT.decode() in message
+    assert str(tmp_path) in message and "aioflow-state/1" in message and FORMAT in message
 
 
 def test_an_lmdb_environment_aioflow_did_not_write_is_refused(tmp_path):
     env = lmdb.open(str(tmp_path), max_dbs=4)
     with env.begin(write=True) as txn:
-        txn.put(b"some key", b"some value", db=env.open_db(b"state", txn=txn))
+        txn.put(b"some key", b"some value", db=env.open_db(b"live", txn=txn))
     env.close()
-
-    with pytest.raises(StateError, match="did not write") as info:
+    with pytest.raises(CorruptStateError, match="no aioflow format marker") as info:
         LmdbStore(tmp_path)
     assert str(tmp_path) in str(info.value)
 
 
-# -- the map grows ----------------------------------------------------------------------------
-
-
-def test_the_map_grows_for_a_large_checkpoint(tmp_path, opened):
-    store = opened(tmp_path, map_size=1 << 20)
-    value = b"v" * 1000
-    writes = [(b"key %06d" % i, value) for i in range(5000)]  # ~5 MB into a 1 MB map
-    assert store.commit(writes, {}, set()) == sum(len(k) + len(v) for k, v in writes)
-    assert store.env.info()["map_size"] >= 5 * (1 << 20)
-    assert store.get(b"key 004999") == value
-    _close(store)
-
-    store = opened(tmp_path, map_size=1 << 20)
-    assert len(store.keys_with_prefix(b"key ")) == 5000
-    store.commit([(b"more %06d" % i, value) for i in range(2000)], {}, set())
-    assert store.get(b"more 001999") == value
-
-
-def test_the_map_grows_for_a_large_spill(tmp_path, opened):
-    store = opened(tmp_path, map_size=1 << 20)
-    store.spill([(b"key %06d" % i, b"w" * 1000) for i in range(5000)])
-    assert store.get(b"key 000000") == b"w" * 1000
-    assert store.get_working(b"key 004999") == b"w" * 1000
-
-
-# -- reads and writes -------------------------------------------------------------------------
-
-
-def test_reads_see_each_commit(tmp_path, opened):
+def test_a_truncated_data_file_is_refused_before_a_page_is_read(tmp_path, opened):
     store = opened(tmp_path)
-    store.commit([(b"k", b"1")], {}, set())
-    assert store.get(b"k") == b"1"
-    store.commit([(b"k", b"2")], {}, set())
-    assert store.get(b"k") == b"2"
-    store.commit([(b"k", None), (b"never written", None)], {}, set())
-    assert store.get(b"k") is None
+    store.write([(_key(0, b"k%05d" % i), b"v" * 200) for i in range(5000)], None)
+    store.close()
+    data = tmp_path / "data.mdb"
+    size = data.stat().st_size
+    with data.open("r+b") as file:
+        file.truncate(size // 2)
+    with pytest.raises(CorruptStateError, match="data.mdb is truncated") as info:
+        LmdbStore(tmp_path)
+    assert f"{size // 2} bytes" in str(info.value)
 
 
-def test_get_prefers_the_working_area(tmp_path, opened):
+def test_an_empty_data_file_is_a_new_working_copy(tmp_path, opened):
+    (tmp_path / "data.mdb").write_bytes(b"")
     store = opened(tmp_path)
-    store.commit([(b"k", b"checkpointed")], {}, set())
-    store.spill([(b"k", b"evicted")])
-    assert store.get(b"k") == b"evicted"
-    assert store.get_working(b"k") == b"evicted"
-    assert store.keys_with_prefix(b"k") == [b"k"]
-    assert list(store.items_with_prefix(b"k")) == [(b"k", b"checkpointed")]
-    assert list(store.items_with_prefix(b"k", working=True)) == [(b"k", b"evicted")]
+    assert not store.existed and store.identity is None and store.manifest is None
 
 
-def test_commit_clears_working_copies_except_those_kept(tmp_path, opened):
+def test_two_stores_on_one_directory_are_refused(tmp_path, opened):
+    opened(tmp_path)
+    with pytest.raises(StateError, match="is in use by process"):
+        LmdbStore(tmp_path)
+
+
+# -- values are verified ----------------------------------------------------------------------
+
+
+def _flip_value_byte(path, needle: bytes) -> None:
+    data = bytearray((path / "data.mdb").read_bytes())
+    at = data.index(needle)
+    data[at] ^= 0x01
+    (path / "data.mdb").write_bytes(bytes(data))
+
+
+def test_a_damaged_value_is_found_when_read(tmp_path, opened):
     store = opened(tmp_path)
-    store.spill([(b"a", b"old a"), (b"b", b"old b"), (b"c", b"c")])
-    store.commit([(b"a", b"old a"), (b"b", b"old b")], {}, {b"b"})
-    assert store.get_working(b"a") is None
-    assert store.get_working(b"b") == b"old b"  # spilled again after the snapshot
-    assert store.get_working(b"c") == b"c"  # not part of this checkpoint
-    assert store.get(b"a") == b"old a"
-
-
-def test_the_working_area_is_cleared_on_open(tmp_path, opened):
+    store.write([(_key(1, b"a"), b"value of a 12345"), (_key(1, b"b"), b"value of b 67890")], None)
+    store.close()
+    _flip_value_byte(tmp_path, b"12345")
     store = opened(tmp_path)
-    store.commit([(b"k", b"committed")], {}, set())
-    store.spill([(b"k", b"uncommitted"), (b"new", b"uncommitted")])
-    _close(store)
+    assert store.get(_key(1, b"b")) == b"value of b 67890"
+    with pytest.raises(StoredValueDamaged) as info:
+        store.get(_key(1, b"a"))
+    assert info.value.key == _key(1, b"a")
+    with pytest.raises(StoredValueDamaged):
+        list(store.scan(KEY_GROUP.pack(1), KEY_GROUP.pack(2)))
 
+
+def test_a_value_under_another_key_does_not_verify(tmp_path, opened):
     store = opened(tmp_path)
-    assert store.get(b"k") == b"committed"
-    assert store.get(b"new") is None
-    assert store.keys_with_prefix(b"", working=True) == []
+    store.write([(_key(1, b"a"), b"payload")], None)
+    sealed = store.read_raw(_key(1, b"a"))
+    store.load([(_key(1, b"b"), sealed)])  # the bytes of a's value, stored under b
+    with pytest.raises(StoredValueDamaged):
+        store.get(_key(1, b"b"))
 
 
-def test_items_with_prefix_in_key_order_within_the_prefix(tmp_path, opened):
+# -- undo -------------------------------------------------------------------------------------
+
+
+def test_rollback_restores_the_last_completed_checkpoint(tmp_path, opened):
     store = opened(tmp_path)
-    store.commit([(b"b2", b"2"), (b"a", b"0"), (b"b1", b"1"), (b"c", b"3"), (b"b", b"x")], {}, set())
-    assert list(store.items_with_prefix(b"b")) == [(b"b", b"x"), (b"b1", b"1"), (b"b2", b"2")]
-    assert store.keys_with_prefix(b"d") == []
+    store.write([(_key(0, b"a"), b"1"), (_key(5, b"b"), b"2")], 1)
+    store.complete(1, {"app": "x", "job_id": "j"}, b"manifest 1")
+    assert store.statistics() == {"live": 2, "undo": 0}
+    store.write([(_key(0, b"a"), b"10"), (_key(5, b"b"), None), (_key(7, b"c"), b"new")], 2)
+    store.write([(_key(0, b"a"), b"100")], 3)  # a second epoch: the oldest undo record wins
+    assert store.statistics()["undo"] == 4
+    assert store.rollback(1) == 4
+    assert (store.get(_key(0, b"a")), store.get(_key(5, b"b")), store.get(_key(7, b"c"))) == (b"1", b"2", None)
+    assert store.statistics() == {"live": 2, "undo": 0}
 
 
-def test_meta_is_committed_with_the_checkpoint(tmp_path, opened):
+def test_rollback_of_some_key_groups_only(tmp_path, opened):
     store = opened(tmp_path)
-    store.commit([], {b"checkpoint": b"7"}, set())
-    _close(store)
-    assert opened(tmp_path).read_meta(b"checkpoint") == b"7"
+    store.write([(_key(0, b"a"), b"1"), (_key(5, b"b"), b"2")], 1)
+    store.complete(1, {"app": "x", "job_id": "j"}, b"manifest 1")
+    store.write([(_key(0, b"a"), b"10"), (_key(5, b"b"), b"20")], 2)
+    store.rollback(1, groups=frozenset({5}))
+    assert (store.get(_key(0, b"a")), store.get(_key(5, b"b"))) == (b"10", b"2")
+    assert [key for _, key in store.changed_keys([_key(0, b"")[:PREFIX], _key(5, b"")[:PREFIX]], 1)] == [_key(0, b"a")]
 
 
-# -- the table registry -----------------------------------------------------------------------
-
-
-def test_table_ids_are_stable_once_committed(tmp_path, opened):
+def test_changed_keys_are_listed_key_group_by_key_group(tmp_path, opened):
     store = opened(tmp_path)
-    one = store.register_table("op", "one", "value", "json")
-    two = store.register_table("op", "two", "list", "pickle")
-    assert one == (1, False) and two == (2, False)
-    assert store.register_table("op", "one", "value", "json") == (1, False)
-    assert store.operators() == set()
-    store.commit([], {}, set())
-    assert store.operators() == {"op"}
-    _close(store)
+    store.write([(_key(3, b"x"), b"1"), (_key(1, b"y"), b"1")], 1)
+    store.complete(1, {"app": "x", "job_id": "j"}, b"m")
+    store.write([(_key(3, b"z"), b"1"), (_key(1, b"y"), b"2")], 2)
+    store.write([(_key(1, b"y"), b"3")], 3)
+    prefixes = [_key(1, b"")[:PREFIX], _key(3, b"")[:PREFIX]]
+    assert list(store.changed_keys(prefixes, 1)) == [(1, _key(1, b"y")), (1, _key(1, b"y")), (3, _key(3, b"z"))]
+    store.complete(2, {"app": "x", "job_id": "j"}, b"m")
+    assert list(store.changed_keys(prefixes, 2)) == [(1, _key(1, b"y"))]
 
+
+def test_identity_and_manifest_survive_reopen(tmp_path, opened):
     store = opened(tmp_path)
-    assert store.register_table("op", "two", "list", "pickle") == (2, True)
-    assert store.register_table("op", "one", "value", "json") == (1, True)
-    assert store.register_table("other", "one", "value", "json") == (3, False)
-
-
-def test_a_registration_without_a_checkpoint_is_not_kept(tmp_path, opened):
+    store.complete(4, {"app": "x", "job_id": "j"}, b"the manifest")
+    store.close()
     store = opened(tmp_path)
-    store.register_table("op", "one", "value", "json")
-    _close(store)
+    assert store.identity == {"app": "x", "job_id": "j"} and store.manifest == b"the manifest"
 
+
+def test_damaged_metadata_is_refused(tmp_path, opened):
     store = opened(tmp_path)
-    assert store.register_table("op", "other", "value", "json") == (1, False)
-    assert store.operators() == set()
+    store.complete(4, {"app": "application-name", "job_id": "j"}, b"m")
+    store.close()
+    _flip_value_byte(tmp_path, b"application-name")
+    with pytest.raises(CorruptStateError, match="job identity is damaged"):
+        LmdbStore(tmp_path)
+
+
+# -- tables -----------------------------------------------------------------------------------
+
+
+def test_table_ids_are_stable_once_completed(tmp_path, opened):
+    store = opened(tmp_path)
+    assert store.register_table("op", "a", "value", "json") == (1, False)
+    assert store.register_table("op", "b", "list", "json") == (2, False)
+    store.complete(1, {"app": "x", "job_id": "j"}, b"m")
+    store.close()
+    store = opened(tmp_path)
+    assert store.register_table("op", "b", "list", "json") == (2, True)
+    assert store.register_table("op", "c", "value", "json") == (3, False)
 
 
 @pytest.mark.parametrize(("kind", "serializer"), [("map", "json"), ("value", "pickle")])
 def test_a_table_declared_otherwise_after_a_restart_is_refused(tmp_path, opened, kind, serializer):
     store = opened(tmp_path)
-    store.register_table("counter", "seen", "value", "json")
-    store.commit([], {}, set())
-    _close(store)
-
+    store.register_table("op", "a", "value", "json")
+    store.complete(1, {"app": "x", "job_id": "j"}, b"m")
+    store.close()
     store = opened(tmp_path)
-    with pytest.raises(StateError, match=r"operator 'counter': state 'seen' was checkpointed as value state "
-                                         r"with the 'json' serializer"):
-        store.register_table("counter", "seen", kind, serializer)
+    with pytest.raises(IncompatibleStateError, match="operator 'op': state 'a' was checkpointed as value state") as info:
+        store.register_table("op", "a", kind, serializer)
+    assert info.value.was == "value"
 
 
-def test_copy_to_makes_an_openable_copy(tmp_path, opened):
-    store = opened(tmp_path / "live")
-    store.register_table("op", "one", "value", "json")
-    store.commit([(b"k", b"v")], {b"checkpoint": b"3"}, set())
-    store.spill([(b"k", b"uncommitted")])
-    store.copy_to(tmp_path / "copy")
+def test_forgotten_operators_never_give_their_ids_away(tmp_path, opened):
+    store = opened(tmp_path)
+    store.register_table("gone", "a", "value", "json")
+    store.register_table("kept", "b", "value", "json")
+    store.write([(KEY_GROUP.pack(9) + b"\x00\x00\x00\x01\x00\x00k", b"v")], None)
+    store.complete(1, {"app": "x", "job_id": "j"}, b"m")
+    store.forget_operators({"gone"}, 128)
+    assert store.operators() == {"kept"}
+    assert store.statistics()["live"] == 0
+    assert store.register_table("new", "c", "value", "json") == (3, False)
 
-    copy = opened(tmp_path / "copy")
-    assert copy.get(b"k") == b"v"
-    assert copy.read_meta(b"checkpoint") == b"3"
-    assert copy.register_table("op", "one", "value", "json") == (1, True)
+
+# -- the map grows ----------------------------------------------------------------------------
+
+
+def test_the_map_grows_for_a_large_write(tmp_path, opened):
+    store = opened(tmp_path, map_size=1 << 20)
+    value = b"v" * 1000
+    store.write([(_key(2, b"key %06d" % i), value) for i in range(5000)], 1)  # ~10 MB with undo into 1 MB
+    assert store.env.info()["map_size"] >= 8 * (1 << 20)
+    assert store.get(_key(2, b"key 004999")) == value

@@ -2,7 +2,7 @@
 
 import pytest
 
-from aioflow.errors import StateError
+from aioflow.errors import CorruptStateError, StateError
 from aioflow.state.durable import LmdbBackend
 from aioflow.state.handles import ValueState
 from aioflow.state.memory import MemoryBackend
@@ -63,49 +63,54 @@ def test_memory_backend_is_not_durable_and_trim_keeps_everything():
 # -- snapshots --------------------------------------------------------------------------------
 
 
-def test_snapshot_writes_only_what_changed_since_the_last_one(durable):
+def _changes(backend, checkpoint_id):
+    """What a snapshot hands the checkpoint: ``{stored key: payload or None}`` (values
+    without their checksum); a key changed in several checkpoints since the last completed
+    one comes once per checkpoint, with its value now."""
+    return {key: None if value is None else value[4:] for _, key, value in backend.snapshot(checkpoint_id)}
+
+
+def test_snapshot_writes_only_what_changed_since_the_last_completed_checkpoint(durable):
     backend = durable.open()
     table = backend.table("op", "t", "value")
     table.put("a", 1)
     table.put("b", 2)
-    first = backend.snapshot(1)
-    assert sorted(value for _, value in first) == [b"1", b"2"]
-    backend.confirm(1)  # committed
-    assert backend.snapshot(1) == []
+    assert sorted(_changes(backend, 1).values()) == [b"1", b"2"]
+    durable.checkpoint(backend)  # checkpoint 1 completes (its snapshot is taken again: nothing new)
+    assert _changes(backend, 3) == {}
     table.put("a", 5)
     table.delete("b")
-    second = dict(backend.snapshot(1))
-    assert sorted(second.values(), key=repr) == [None, b"5"]
+    assert sorted(_changes(backend, 4).values(), key=repr) == [None, b"5"]
 
 
-def test_a_snapshot_that_was_not_committed_is_read_and_written_again(durable):
-    """Between a snapshot and its commit, reads see the snapshot; after a failed
-    checkpoint, the next snapshot still carries its changes."""
-    backend = durable.open()
+def test_a_snapshot_whose_checkpoint_did_not_complete_is_taken_again(durable):
+    """A checkpoint that failed leaves its changes for the next one: every snapshot holds
+    what changed since the last *completed* checkpoint; reads see the latest values."""
+    backend = durable.open(cache_size=1)
     table = backend.table("op", "t", "value")
     table.put("a", 1)
     durable.checkpoint(backend)
     table.delete("a")
     table.put("b", 2)
-    first = dict(backend.snapshot(1))  # never committed
-    table.namespaces.clear()
-    table.incomplete.add(None)  # as after an eviction
+    first = _changes(backend, 2)  # checkpoint 2 never completes
+    backend.trim()  # written out, then evicted
     assert table.get("a") is None and table.get("b") == 2
     table.put("c", 3)
-    second = dict(backend.snapshot(1))
+    second = _changes(backend, 3)
     assert set(first) < set(second) and len(second) == 3
+    assert sorted(second.values(), key=repr) == [None, b"2", b"3"]
 
 
-def test_a_handle_created_before_a_snapshot_keeps_marking_changes(durable):
-    """Handles live as long as the operator: their dirty markers must outlive snapshots."""
+def test_a_handle_created_before_a_checkpoint_keeps_marking_changes(durable):
+    """Handles live as long as the operator: their dirty markers must outlive checkpoints."""
     backend, current = durable.open(), Current("a")
     state = ValueState(backend.table("op", "v", "value"), current)
     state.update(1)
     durable.checkpoint(backend)
     state.update(2)
-    assert [value for _, value in backend.snapshot(1)] == [b"2"]
+    assert list(_changes(backend, 2).values()) == [b"2"]
     state.clear()
-    assert [value for _, value in backend.snapshot(1)] == [None]
+    assert set(_changes(backend, 3).values()) == {None}
 
 
 def test_tuple_keys_and_namespaces_round_trip_as_tuples(durable):
@@ -116,7 +121,7 @@ def test_tuple_keys_and_namespaces_round_trip_as_tuples(durable):
     durable.close()
 
     table = durable.open().table("op", "t", "window")
-    assert list(table.stored_namespaces()) == [((0, 10), ("user", 1), "v")]
+    assert list(table.stored()) == [((0, 10), ("user", 1), "v")]
     assert table.get(("user", 1), namespace=(0, 10)) == "v"
     assert list(table.keys_in((0, 10))) == [("user", 1)]
 
@@ -154,7 +159,7 @@ def test_namespaced_entries_and_drop_survive_reopen(durable, cache_size):
     assert table.get("k3", namespace=0) == 3
     assert table.get("k0", namespace=20) == "changed"
     assert table.get("k1", namespace=20, default="absent") == "absent"
-    assert sorted(ns for ns, _, _ in table.stored_namespaces()) == [0] * 10 + [20] * 9
+    assert sorted(ns for ns, _, _ in table.stored()) == [0] * 10 + [20] * 9
 
 
 def test_drop_of_a_namespace_whose_entries_were_evicted(durable):
@@ -172,7 +177,7 @@ def test_drop_of_a_namespace_whose_entries_were_evicted(durable):
     durable.close()
 
     table = durable.open().table("op", "panes", "window")
-    assert [ns for ns, _, _ in table.stored_namespaces()] == ["x"]
+    assert [ns for ns, _, _ in table.stored()] == ["x"]
 
 
 def test_a_dropped_namespace_used_again_starts_empty(durable):
@@ -198,7 +203,7 @@ def test_a_dropped_namespace_used_again_starts_empty(durable):
     durable.close()
 
     table = durable.open().table("op", "panes", "window")
-    assert sorted((key, value) for _, key, value in table.stored_namespaces()) == [
+    assert sorted((key, value) for _, key, value in table.stored()) == [
         ("k0", "new"), ("k5", "new"), ("k6", "new"), ("k7", "new"), ("k8", "new"), ("k9", "new"),
     ]
 
@@ -209,7 +214,7 @@ def test_keys_in_sees_evicted_entries_not_yet_checkpointed(durable):
     for i in range(10):
         table.put(f"k{i}", i, namespace="w")
     backend.trim()
-    assert table.cached_entries() == 3
+    assert table.cached_entries() <= 3
     assert sorted(table.keys_in("w")) == sorted(f"k{i}" for i in range(10))
     assert {key: table.get(key, namespace="w") for key in table.keys_in("w")} == {f"k{i}": i for i in range(10)}
 
@@ -247,6 +252,45 @@ def test_a_table_split_by_key_group_ranges(durable):
     assert low_keys | high_keys == {f"k{i}" for i in range(200)}
 
 
+def test_subtasks_sharing_a_store_snapshot_only_their_own_tables(durable):
+    """A worker's subtasks share one store, and their key groups overlap when their
+    operators' parallelisms differ (a source task at parallelism 1 owns every key group):
+    each snapshot and full copy holds only the tables of its own subtask."""
+    everything = durable.open()  # all 128 key groups, like a source task's
+    half = LmdbBackend(durable.store, key_groups=range(0, 64), max_parallelism=128)
+    mine, theirs = everything.table("source", "s", "value"), half.table("window", "w", "value")
+    for i in range(50):
+        mine.put(f"m{i}", i)
+        theirs.put(f"t{i}", i)
+    half.snapshot(1)  # written to the shared store by the other subtask first
+    changed = {key for _, key, _ in everything.snapshot(1)}
+    full = {key for _, key, _ in everything.contents()}
+    assert changed == full == {mine.stored_key(everything._group_of(f"m{i}"), None, f"m{i}") for i in range(50)}
+
+
+def test_a_damaged_key_is_found_by_reading_the_working_copy_in_order(durable):
+    """A lookup by key cannot find a key whose bytes were damaged (it looks for the right
+    bytes); the background verification reads the working copy in key order and can."""
+    backend = durable.open()
+    table = backend.table("op", "count", "value")
+    for i in range(100):
+        table.put(f"user-{i:03d}", i)
+    durable.checkpoint(backend)
+    durable.close()
+    data = bytearray((durable.path / "data.mdb").read_bytes())
+    at = data.index(b'"user-042"') + 3
+    data[at] ^= 0x01
+    (durable.path / "data.mdb").write_bytes(bytes(data))
+
+    backend = durable.open()
+    table = backend.table("op", "count", "value")
+    assert table.get("user-042") is None  # not found: nothing to verify
+    with pytest.raises(CorruptStateError, match="operator 'op': state 'count': the stored entry of key") as info:
+        for _ in range(10):
+            backend.verify(30)
+    assert f"state directory {durable.path}" in str(info.value) and "--from-savepoint" in str(info.value)
+
+
 # -- the bounded cache ------------------------------------------------------------------------
 
 
@@ -276,35 +320,35 @@ def test_bounded_cache_with_ten_thousand_keys(durable):
     assert table.cached_entries() <= cache_size
 
 
-def test_trim_spreads_over_tables_and_spills_changed_entries(durable):
+def test_trim_writes_every_change_and_evicts_down_to_the_low_water_mark(durable):
     backend = durable.open(cache_size=10)
     one, two = backend.table("op", "one", "value"), backend.table("op", "two", "value")
     for i in range(20):
         one.put(i, i)
         two.put(i, -i)
+    assert backend.cached_entries == 40
     backend.trim()
-    assert one.cached_entries() + two.cached_entries() == 10
-    store = durable.store
-    spilled = [one.stored_key(backend._group_of(i), None, i) for i in range(20)]
-    assert sum(store.get_working(key) is not None for key in spilled) >= 10
+    assert one.cached_entries() + two.cached_entries() == backend.cached_entries == 8  # 80 % of the bound
+    stored = [one.stored_key(backend._group_of(i), None, i) for i in range(20)]
+    assert all(durable.store.get(key) is not None for key in stored)  # every change is in the working copy
+    assert durable.store.statistics()["undo"] == 40  # and can be undone: no checkpoint holds it yet
     assert [one.get(i) for i in range(20)] == list(range(20))
     assert [two.get(i) for i in range(20)] == [-i for i in range(20)]
 
 
-def test_checkpoint_moves_spilled_entries_out_of_the_working_area(durable):
+def test_a_completed_checkpoint_drops_the_undo_of_what_it_holds(durable):
     backend = durable.open(cache_size=1)
     table = backend.table("op", "t", "value")
     for i in range(10):
         table.put(i, i)
     backend.trim()
-    stored = [table.stored_key(backend._group_of(i), None, i) for i in range(10)]
-    assert sum(durable.store.get_working(key) is not None for key in stored) == 9
+    assert durable.store.statistics() == {"live": 10, "undo": 10}
     durable.checkpoint(backend)
-    assert all(durable.store.get_working(key) is None for key in stored)
+    assert durable.store.statistics() == {"live": 10, "undo": 0}
     assert [table.get(i) for i in range(10)] == list(range(10))
 
 
-def test_uncommitted_spilled_changes_are_gone_after_reopen(durable):
+def test_changes_after_the_last_checkpoint_are_gone_after_reopen(durable):
     backend = durable.open(cache_size=50)
     table = backend.table("op", "t", "value")
     for i in range(1000):
@@ -317,14 +361,14 @@ def test_uncommitted_spilled_changes_are_gone_after_reopen(durable):
             backend.trim()
     table.put("new", "uncommitted")
     backend.trim()
-    assert table.get(3) == "uncommitted 3"  # read back from the working area
+    assert table.get(3) == "uncommitted 3"  # read back from the working copy
     durable.close()  # a crash: no checkpoint
 
     backend = durable.open(cache_size=50)
     table = backend.table("op", "t", "value")
     assert all(table.get(i) == f"committed {i}" for i in range(1000))
     assert table.get("new") is None
-    assert durable.store.get_working(table.stored_key(backend._group_of(3), None, 3)) is None
+    assert durable.store.statistics() == {"live": 1000, "undo": 0}
 
 
 def test_deleting_an_evicted_entry(durable):
@@ -353,7 +397,7 @@ def test_a_set_in_json_state_is_refused_at_snapshot_naming_operator_state_and_ty
     backend = durable.open()
     backend.table("counter", "seen", "value").put("a", {1, 2})
     with pytest.raises(StateError, match=r"operator 'counter': state 'seen'.*type set") as info:
-        backend.snapshot(1)
+        list(backend.snapshot(1))
     assert "serializer='pickle'" in str(info.value)
 
 
@@ -387,7 +431,7 @@ def test_json_map_state_refuses_non_string_map_keys(durable):
     backend = durable.open()
     backend.table("op", "m", "map").put("a", {1: "one"})
     with pytest.raises(StateError, match=r"operator 'op': state 'm'.*type dict"):
-        backend.snapshot(1)
+        list(backend.snapshot(1))
 
 
 def test_backend_serializer_is_the_default_for_its_tables(durable):
@@ -426,20 +470,19 @@ def test_serializer_named():
         serializer_named(object(), "operator x")
 
 
-def test_an_entry_evicted_while_its_snapshot_is_pending_is_still_found(durable):
-    """Between a snapshot and its commit a clean entry may be evicted: its value is then only
-    in the pending snapshot, and iterating the namespace (a window firing) must still see it."""
+def test_an_entry_evicted_between_a_barrier_and_its_checkpoint_is_still_found(durable):
+    """Between a snapshot and its checkpoint's completion a clean entry may be evicted:
+    iterating the namespace (a window firing) must still see it."""
     backend = durable.open(cache_size=1)
     table = backend.table("op", "t", "window")
     table.put("a", 1, namespace="w")
     table.put("b", 2, namespace="w")
-    writes = backend.snapshot(1)  # taken, not yet committed
-    backend.trim()  # both are clean now: evicted without a spill
+    _changes(backend, 1)  # taken, not yet completed
+    backend.trim()  # both are clean now: evicted
     assert table.cached_entries() <= 1
     assert sorted(table.keys_in("w")) == ["a", "b"]
     assert (table.get("a", namespace="w"), table.get("b", namespace="w")) == (1, 2)
-    durable.store.commit(writes, {}, set())
-    backend.confirm(1)
+    durable.checkpoint(backend)
     backend.trim()
     assert sorted(table.keys_in("w")) == ["a", "b"]
 
@@ -456,8 +499,8 @@ def test_json_refuses_values_and_keys_that_would_come_back_as_another_type(durab
     table = backend.table("op", "t", "value")
     table.put("a", datetime.datetime(2026, 1, 1))
     with pytest.raises(StateError, match="operator 'op': state 't' cannot serialise a value of type datetime"):
-        backend.snapshot(1)
+        list(backend.snapshot(1))
     table.delete("a")
     table.put(UserKey("u"), 1)
     with pytest.raises(StateError, match="cannot store a key of type UserKey.*state_key"):
-        backend.snapshot(1)
+        list(backend.snapshot(1))
