@@ -6,6 +6,7 @@ One context object exists per operator subtask; the runtime updates ``timestamp`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -87,12 +88,9 @@ class OperatorContext:
         else:  # no key, no timers: registering one fails naming the operator
             event_timers, processing_timers = MemoryTimerQueue(), MemoryTimerQueue()
         self.timer_service = TimerService(
-            operator_name, self._current_key if keyed else None, schedule_processing_time,
+            operator_name, functools.partial(getattr, self, "key") if keyed else None, schedule_processing_time,
             event_timers, processing_timers,
         )
-
-    def _current_key(self) -> Any:
-        return self.key
 
     def _table(self, name: str, kind: str, serializer: str | Serializer | None, ttl: StateTtl | None) -> StateTable:
         if not self.keyed or self._backend is None:

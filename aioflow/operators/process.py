@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from itertools import repeat
+from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
 from aioflow.errors import DESCRIBED_ERRORS, UserFunctionTypeError, truncated_repr
+from aioflow.functions import OutputTag
 from aioflow.operators.context import ConcurrentContext, OperatorContext
 from aioflow.runtime.calls import await_user, collect_async, describe_error, for_key, qualified_name
 from aioflow.runtime.concurrent import run_concurrently
 from aioflow.runtime.events import Batch
-from aioflow.runtime.operator import Collector, Operator
+from aioflow.runtime.operator import TRIM_EVERY, Collector, Operator
 from aioflow.time.timers import EVENT_TIME, PROCESSING_TIME, now_ms
 
 if TYPE_CHECKING:
@@ -124,14 +127,27 @@ class ProcessOperator(Operator):
             await self.emit_collected(collector, timestamps is not None)
             return
         value = None
+        add_all = collector.add_all
+        out, out_stamps = collector.values, collector.timestamps
+        keyed = keys is not None  # else the key stays as it is (no key, or a broadcast input's)
         try:
-            for i, value in enumerate(values):
-                timestamp = ctx.timestamp = timestamps[i] if timestamps is not None else None
-                if keys is not None:
-                    ctx.key = keys[i]
+            for value, timestamp, key in zip(values, timestamps if timestamps is not None else repeat(None),
+                                             keys if keys is not None else repeat(None)):
+                ctx.timestamp = timestamp
+                if keyed:
+                    ctx.key = key
                 produced = fn(value, ctx) if sync else await call.call_async(value, ctx)
-                if produced is not None:
-                    collector.add_all(produced, timestamp)
+                if produced is None:
+                    continue
+                if produced.__class__ is GeneratorType:  # add_all inlined: the usual case
+                    for item in produced:
+                        if item.__class__ is tuple and len(item) == 2 and item[0].__class__ is OutputTag:
+                            add_all([item], timestamp)
+                        else:
+                            out.append(item)
+                            out_stamps.append(timestamp)
+                else:
+                    add_all(produced, timestamp)
         except DESCRIBED_ERRORS:
             raise
         except Exception as exc:
@@ -211,17 +227,32 @@ class ProcessOperator(Operator):
         sync = call.kind == "sync"
         batch_size = self.env.batch_size
         collector = Collector()
+        add_all, out, out_stamps = collector.add_all, collector.values, collector.timestamps
         event_time = domain == EVENT_TIME
+        trim, fired = self.env.state_backend.trim, 0
         try:
             for timestamp, key in due:
+                fired += 1
+                if not fired & TRIM_EVERY:  # a watermark may fire millions: keep the state cache bounded
+                    trim()
                 ctx.key = key
-                ctx.timestamp = timestamp if event_time else None
+                ctx.timestamp = stamp = timestamp if event_time else None
                 produced = fn(timestamp, ctx) if sync else await call.call_async(timestamp, ctx)
-                if produced is not None:
-                    collector.add_all(produced, ctx.timestamp)
-                    if len(collector) >= batch_size:
-                        await self.emit_collected(collector, event_time)
-                        collector = Collector()
+                if produced is None:
+                    continue
+                if produced.__class__ is GeneratorType:  # add_all inlined: the usual case
+                    for item in produced:
+                        if item.__class__ is tuple and len(item) == 2 and item[0].__class__ is OutputTag:
+                            add_all([item], stamp)
+                        else:
+                            out.append(item)
+                            out_stamps.append(stamp)
+                else:
+                    add_all(produced, stamp)
+                if len(out) >= batch_size:
+                    await self.emit_collected(collector, event_time)
+                    collector = Collector()
+                    add_all, out, out_stamps = collector.add_all, collector.values, collector.timestamps
         except DESCRIBED_ERRORS:
             raise
         except Exception as exc:

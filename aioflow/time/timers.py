@@ -47,6 +47,7 @@ class TimerService:
         self._schedule = schedule_processing_time
         self.event_timers = event_timers
         self.processing_timers = processing_timers
+        self._add_event = event_timers.add
         self.watermark = -(2**63)
 
     def _key(self) -> Any:
@@ -58,7 +59,11 @@ class TimerService:
         return self._key_of()
 
     def register_event_time_timer(self, timestamp: int) -> None:
-        self.event_timers.add(_check_time(timestamp, self._operator), self._key())
+        key_of = self._key_of
+        if timestamp.__class__ is not int or key_of is None:  # checked inline: this runs per record
+            _check_time(timestamp, self._operator)
+            self._key()  # raises, naming the operator
+        self._add_event(timestamp, key_of())
 
     def delete_event_time_timer(self, timestamp: int) -> None:
         self.event_timers.remove(timestamp, self._key())
