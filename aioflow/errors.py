@@ -10,8 +10,9 @@
     │   │                        with status 3, says what is wrong and what to do, and touches nothing
     │   ├── CorruptStateError    stored state failed verification: a missing, empty, truncated or damaged
     │   │                        working copy or checkpoint, or one of another job (also a StateError)
-    │   └── IncompatibleStateError   a checkpoint the job cannot resume as it is now: state of operators it
-    │                            no longer has, a changed window definition (also a StateError)
+    │   ├── IncompatibleStateError   a checkpoint the job cannot resume as it is now: state of operators it
+    │   │                        no longer has, a changed window definition (also a StateError)
+    │   └── DuplicateWorkerError another worker holds the state directory (also a StateError)
     ├── SinkDeliveryError        an async batching sink could not deliver a batch: a non-retryable
     │                            error, or retryable ones through every attempt (names sink and attempts)
     ├── ConnectorError           a connector cannot use its external system: brokers that cannot be
@@ -35,6 +36,7 @@ __all__ = [
     "BadRecordError",
     "ConnectorError",
     "CorruptStateError",
+    "DuplicateWorkerError",
     "IncompatibleStateError",
     "OperatorError",
     "PipelineError",
@@ -143,6 +145,11 @@ class CorruptStateError(RefusedError, StateError):
     """Stored state failed verification: the working copy in the state directory is
     missing, empty, truncated, damaged or another job's, or a checkpoint is. The message
     names the directory (and operator, state and key where known) and what to do."""
+
+
+class DuplicateWorkerError(RefusedError, StateError):
+    """Another worker holds the state directory: two would overwrite each other's state,
+    checkpoints and output. The message names the process holding it."""
 
 
 class IncompatibleStateError(RefusedError, StateError):

@@ -36,7 +36,7 @@ from typing import Any
 import lmdb
 import structlog
 
-from aioflow.errors import CorruptStateError, IncompatibleStateError, RefusedError, StateError
+from aioflow.errors import CorruptStateError, DuplicateWorkerError, IncompatibleStateError, StateError
 from aioflow.state.integrity import (
     FILE_MODE,
     Damaged,
@@ -78,10 +78,6 @@ class StoredValueDamaged(CorruptStateError):
         super().__init__(_corrupt(store.path, f"the stored entry {key!r} is damaged ({why})", store.advice()).args[0])
         self.key = key
         self.why = why
-
-
-class DuplicateWorkerError(RefusedError, StateError):
-    """Another worker holds the state directory."""
 
 
 class StateDirLock:
