@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -42,7 +43,7 @@ from aioflow.runtime.calls import describe_error
 from aioflow.runtime.events import MAX_WATERMARK, MIN_WATERMARK, Batch
 from aioflow.runtime.keygroups import key_group
 from aioflow.runtime.operator import TRIM_EVERY, Collector, Operator, check_outputs
-from aioflow.state.backend import MISSING, StateTable
+from aioflow.state.backend import MISSING, NamespaceView, StateTable
 from aioflow.state.handles import ValueState
 from aioflow.state.serializers import Serializer
 from aioflow.time.timers import now_ms
@@ -82,6 +83,18 @@ AGGREGATE, REDUCE, PROCESS = "aggregate", "reduce", "process"
 
 def _no_get(*args: Any) -> Any:
     return MISSING
+
+
+class _FastPane:
+    """A window the fast path touched in this batch: its contents' view, and the keys that
+    entered it (whose timers are registered when the batch ends)."""
+
+    __slots__ = ("get", "load", "mark", "new", "put", "window")
+
+    def __init__(self, window: TimeWindow, view: NamespaceView) -> None:
+        self.window = window
+        self.get, self.load, self.put, self.mark = view.get, view.load, view.put, view.mark
+        self.new: list[Any] = []
 
 
 class _TimerKeys:
@@ -462,7 +475,8 @@ class WindowOperator(Operator):
         """Tumbling and sliding event-time windows, default trigger, no evictor: the generic
         logic inlined. A (key, window) gets its timers (the window end, and the cleanup
         time if later) when the window gets its first record of that key, which is when
-        the default trigger's de-duplicated registrations would first take effect."""
+        the default trigger's de-duplicated registrations would first take effect; they
+        are registered per window at the end of the batch (no watermark comes in between)."""
         assigner = self.assigner
         size = assigner.size  # type: ignore[attr-defined]
         slide = getattr(assigner, "slide", size)
@@ -470,8 +484,7 @@ class WindowOperator(Operator):
         lateness = self.lateness
         watermark = self.watermark
         table = self.contents
-        add_timer = self.event_timers.add
-        panes: dict[int, tuple[Any, Any, Any, Any, Any]] = {}  # window start -> window and view, this batch
+        panes: dict[int, _FastPane] = {}  # window start -> the window's pane, this batch
         kind = self.kind
         aggregate = kind == AGGREGATE
         reduce = kind == REDUCE
@@ -479,33 +492,34 @@ class WindowOperator(Operator):
             create, add = self._create, self._add_one
         merge = self._merge if reduce else None
         value = None
+        last_start = None
+        window: Any = None
+        get = load = put = mark = new = _no_get
+        end_ts = 0
+        sliding = slide != size
+        gone = watermark + 1 - size - lateness  # a window starting at or before this is gone
         try:
             for value, key, timestamp in zip(values, keys, stamps):
-                assigned = False
-                for start in range(timestamp - (timestamp - offset) % slide, timestamp - size, -slide):
-                    end_ts = start + size - 1
-                    if end_ts + lateness <= watermark:  # this window (and every earlier one) is gone
-                        break
-                    assigned = True
-                    pane = panes.get(start)
-                    if pane is None:
-                        view = table.view(window := TimeWindow(start, start + size))
-                        pane = panes[start] = (window, view.get, view.load, view.put, view.mark)
-                    window, get, load, put, mark = pane
+                start = timestamp - (timestamp - offset) % slide  # the latest window's start
+                if start <= gone:  # the record's latest window is gone: the record is late
+                    late.append(value)
+                    late_ts.append(timestamp)
+                    continue
+                while True:
+                    if start != last_start:  # tumbling windows: once per run of one window's records
+                        pane = panes.get(start)
+                        if pane is None:
+                            window = TimeWindow(start, start + size)
+                            pane = panes[start] = _FastPane(window, table.view(window))
+                        window, get, load, put, mark, new = pane.window, pane.get, pane.load, pane.put, pane.mark, \
+                            pane.new.append
+                        end_ts, last_start = start + size - 1, start
                     current = get(key, MISSING)
-                    if current is MISSING:
-                        current = load(key)
-                        if current is MISSING:
-                            current = add(value, create()) if aggregate else value if reduce else [value]
-                            put(key, current)
-                            if end_ts > watermark:
-                                add_timer(end_ts, (key, window))
-                            if lateness:
-                                add_timer(min(end_ts + lateness, MAX_WATERMARK), (key, window))
-                            if end_ts <= watermark:  # within the allowed lateness: fire at once
-                                self._emit(key, window, current, collector)
-                            continue
-                    if aggregate:
+                    if current is MISSING and (current := load(key)) is MISSING:
+                        current = add(value, create()) if aggregate else value if reduce else [value]
+                        put(key, current)
+                        new(key)
+                    elif aggregate:
                         current = add(value, current)
                         put(key, current)
                     elif reduce:
@@ -514,15 +528,35 @@ class WindowOperator(Operator):
                     else:
                         current.append(value)
                         mark(key)
-                    if end_ts <= watermark:  # within the allowed lateness: fire again at once
+                    if end_ts <= watermark:  # within the allowed lateness: fire (again) at once
                         self._emit(key, window, current, collector)
-                if not assigned:
-                    late.append(value)
-                    late_ts.append(timestamp)
+                    if not sliding:
+                        break
+                    start -= slide
+                    if start <= timestamp - size or start <= gone:  # not the record's, or gone
+                        break
         except DESCRIBED_ERRORS:
             raise
         except Exception as exc:
             raise self.error(describe_error(exc, self.function), value) from exc
+        finally:
+            self._register_fast_timers(panes)
+
+    def _register_fast_timers(self, panes: dict[int, _FastPane]) -> None:
+        """The timers of the (key, window)s a batch created: the window end (unless the
+        watermark passed it already) and, with allowed lateness, the cleanup time."""
+        watermark, lateness, timers = self.watermark, self.lateness, self.event_timers
+        for pane in panes.values():
+            if pane.new:
+                window = pane.window
+                end_ts = window.end - 1
+                # The window as a plain tuple (equal to it, and hashed alike): the collector
+                # stops tracking tuples of plain values, and there is one per (key, window).
+                pairs = list(zip(pane.new, repeat((window.start, window.end))))
+                if end_ts > watermark:
+                    timers.add_all(end_ts, pairs)
+                if lateness:
+                    timers.add_all(min(end_ts + lateness, MAX_WATERMARK), pairs)
 
     def _process_generic(
         self, values: list[Any], stamps: list[Any] | None, keys: list[Any], collector: _WindowCollector,
@@ -689,52 +723,56 @@ class WindowOperator(Operator):
         load = _no_get
         cleared: list[Any] = []  # windows whose cleanup time came: dropped once their timers are done
         trim, fired = self.env.state_backend.trim, 0
+        end_ts, fires, cleans, shown = 0, False, False, None
         try:
-            for time, (key, window) in self.event_timers.pop_due(watermark):
-                fired += 1
-                if not fired & TRIM_EVERY:  # keep the state cache bounded; a window's view lasts until a trim
-                    trim()
-                    current_window = None
-                if window is not current_window:
-                    view = table.view(window)
-                    current_window, get, load = window, view.get, view.load
-                    context.window = window
-                end_ts = window.end - 1
-                if time == end_ts:
-                    contents = get(key, MISSING)
-                    if contents is MISSING:
-                        contents = load(key)
-                    if contents is not MISSING:
-                        if sync_fn is None:
-                            self._emit(key, window, contents, collector)
-                            if clear is not None and not lateness:  # as in Flink: process, then clear
-                                await self._flush(collector)  # an async window function runs first
-                                collector = _WindowCollector()
-                                values, stamps = collector.values, collector.timestamps
-                        else:  # _emit inlined for a sync window function
-                            context.window, context.key = window, key
-                            ctx.key = key
-                            produced = sync_fn(key, context, [get_result(contents)] if get_result else [contents])
-                            if produced is not None:
-                                check_outputs(produced)
-                                before = len(values)
-                                for item in produced:
-                                    if item.__class__ is tuple and len(item) == 2 and item[0].__class__ is OutputTag:
-                                        collector.add_all([item], end_ts)
-                                    else:
-                                        values.append(item)
-                                stamps.extend([end_ts] * (len(values) - before))
-                if time == min(end_ts + lateness, MAX_WATERMARK):
-                    if clear is not None:
-                        context.window, context.key = window, key
+            for time, pairs in self.event_timers.pop_due_groups(watermark):
+                current_window = None  # what a window's timer at this time does is worked out again
+                for key, window in pairs:
+                    fired += 1
+                    if not fired & TRIM_EVERY:  # keep the state cache bounded; a window's view lasts until a trim
+                        trim()
+                        current_window = None
+                    if window is not current_window:  # (start, end) from this run, a TimeWindow if restored
+                        view = table.view(window)
+                        current_window, get, load = window, view.get, view.load
+                        context.window = shown = window if window.__class__ is TimeWindow else TimeWindow(*window)
+                        end_ts = window[1] - 1
+                        fires = time == end_ts
+                        cleans = time == min(end_ts + lateness, MAX_WATERMARK)
+                        if cleans and (not cleared or cleared[-1] != window):
+                            cleared.append(window)
+                    if fires:
+                        contents = get(key, MISSING)
+                        if contents is MISSING:
+                            contents = load(key)
+                        if contents is not MISSING:
+                            if sync_fn is None:
+                                self._emit(key, shown, contents, collector)
+                                if clear is not None and not lateness:  # as in Flink: process, then clear
+                                    await self._flush(collector)  # an async window function runs first
+                                    collector = _WindowCollector()
+                                    values, stamps = collector.values, collector.timestamps
+                            else:  # _emit inlined for a sync window function
+                                context.key = ctx.key = key
+                                produced = sync_fn(key, context, [get_result(contents)] if get_result else [contents])
+                                if produced is not None:
+                                    check_outputs(produced)
+                                    before = len(values)
+                                    for item in produced:
+                                        if item.__class__ is tuple and len(item) == 2 \
+                                                and item[0].__class__ is OutputTag:
+                                            collector.add_all([item], end_ts)
+                                        else:
+                                            values.append(item)
+                                    stamps.extend([end_ts] * (len(values) - before))
+                    if cleans and clear is not None:
+                        context.window, context.key = shown, key
                         ctx.key = key
                         clear(context)
-                    if not cleared or cleared[-1] is not window:
-                        cleared.append(window)
-                if len(values) >= batch_size or len(collector.pending) >= batch_size:
-                    await self._flush(collector)
-                    collector = _WindowCollector()
-                    values, stamps = collector.values, collector.timestamps
+                    if len(values) >= batch_size or len(collector.pending) >= batch_size:
+                        await self._flush(collector)
+                        collector = _WindowCollector()
+                        values, stamps = collector.values, collector.timestamps
             for window in cleared:
                 table.drop(window)
         except DESCRIBED_ERRORS:

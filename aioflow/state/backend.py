@@ -138,6 +138,10 @@ class TimerQueue(Protocol):
 
     def add(self, timestamp: int, key: Any) -> None: ...
 
+    def add_all(self, timestamp: int, keys: list[Any]) -> None:
+        """``add(timestamp, key)`` for each of ``keys``, in order."""
+        ...
+
     def remove(self, timestamp: int, key: Any) -> None: ...
 
     def next_time(self) -> int | None:
@@ -147,6 +151,11 @@ class TimerQueue(Protocol):
     def pop_due(self, limit: int) -> Iterator[tuple[int, Any]]:
         """Yield and remove every timer at or before ``limit``, in timestamp order; timers
         registered meanwhile are yielded too if they are due."""
+        ...
+
+    def pop_due_groups(self, limit: int) -> Iterator[tuple[int, Iterable[Any]]]:
+        """:meth:`pop_due` a timestamp at a time: ``(timestamp, keys)``, each group removed
+        whole before it is yielded (for callers that fire many timers of one timestamp)."""
         ...
 
     def clear(self) -> None: ...

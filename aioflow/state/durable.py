@@ -460,6 +460,19 @@ class LmdbTimerQueue:
         keys[key] = self._NEW if stored_until is None or timestamp > stored_until else self._MAYBE
         self._count.n += 1
 
+    def add_all(self, timestamp: int, keys: list[Any]) -> None:
+        existing = self._by_time.get(timestamp)
+        stored_until = self._stored_until
+        if existing is None and not self._deleted and (stored_until is None or timestamp > stored_until):
+            fresh = dict.fromkeys(keys, self._NEW)  # the usual case: new timers, none stored
+            self._by_time[timestamp] = fresh
+            heapq.heappush(self._heap, timestamp)
+            self._count.n += len(fresh)
+            return
+        add = self.add
+        for key in keys:
+            add(timestamp, key)
+
     def remove(self, timestamp: int, key: Any) -> None:
         keys = self._by_time.get(timestamp)
         flag = keys.pop(key, None) if keys is not None else None
@@ -489,6 +502,11 @@ class LmdbTimerQueue:
         return stored if cached is None else min(cached, stored)
 
     def pop_due(self, limit: int) -> Iterator[tuple[int, Any]]:
+        for timestamp, keys in self.pop_due_groups(limit):
+            for key in keys:
+                yield timestamp, key
+
+    def pop_due_groups(self, limit: int) -> Iterator[tuple[int, Iterable[Any]]]:
         heap, by_time, count = self._heap, self._by_time, self._count
         while True:
             while heap and not by_time.get(heap[0]):
@@ -500,17 +518,17 @@ class LmdbTimerQueue:
                     return
                 heapq.heappop(heap)
                 keys = by_time.pop(cached)
+                deleted = self._deleted
                 for key, flag in keys.items():
                     if flag == self._NEW:
                         count.n -= 1
                     else:  # the stored copy goes at the next flush
-                        self._deleted.add((cached, key))
-                    yield cached, key
+                        deleted.add((cached, key))
+                yield cached, keys
             elif stored is not None:
                 if stored > limit:
                     return
-                for key in self._fire_stored(stored):
-                    yield stored, key
+                yield stored, self._fire_stored(stored)
             else:
                 return
 

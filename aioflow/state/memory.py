@@ -118,6 +118,14 @@ class MemoryTimerQueue:
         else:
             keys[key] = None
 
+    def add_all(self, timestamp: int, keys: list[Any]) -> None:
+        existing = self._by_time.get(timestamp)
+        if existing is None:
+            self._by_time[timestamp] = dict.fromkeys(keys)
+            heapq.heappush(self._heap, timestamp)
+        else:
+            existing.update(dict.fromkeys(keys))
+
     def remove(self, timestamp: int, key: Any) -> None:
         keys = self._by_time.get(timestamp)
         if keys is not None:
@@ -144,6 +152,14 @@ class MemoryTimerQueue:
             if keys:
                 for key in keys:
                     yield timestamp, key
+
+    def pop_due_groups(self, limit: int) -> Iterator[tuple[int, Iterable[Any]]]:
+        heap, by_time = self._heap, self._by_time
+        while heap and heap[0] <= limit:
+            timestamp = heapq.heappop(heap)
+            keys = by_time.pop(timestamp, None)
+            if keys:
+                yield timestamp, keys
 
     def clear(self) -> None:
         self._by_time.clear()

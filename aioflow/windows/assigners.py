@@ -68,7 +68,9 @@ class _WindowKeys:
     :class:`GlobalWindow` as ``"global"``; the same bytes in every process and version."""
 
     def encode(self, window: Any) -> Any:
-        return "global" if window.__class__ is GlobalWindow else (window.start, window.end)
+        """A window, or (as the window operator's fast path keeps its timers) its
+        ``(start, end)`` as a plain tuple."""
+        return "global" if window.__class__ is GlobalWindow else (window[0], window[1])
 
     def decode(self, plain: Any) -> Any:
         return GlobalWindow() if plain == "global" else TimeWindow(*plain)
