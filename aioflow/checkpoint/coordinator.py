@@ -299,6 +299,7 @@ class CheckpointCoordinator:
         manifest.duration_ms = int((time.monotonic() - pending.started) * 1000)
         if self.storage.job() != self.identity:
             self.storage.start_job(self.identity)
+        self.store.prepare(manifest.checkpoint_id)  # the working copy holds it, before storage says so
         self.storage.commit(manifest)  # the checkpoint is complete
         self.store.complete(manifest.checkpoint_id, self.identity, manifest.encode())
         self.last = manifest

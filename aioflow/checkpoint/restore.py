@@ -1,8 +1,10 @@
 """Opening a job's state at start: the working copy, checkpoint storage, and which checkpoint to resume.
 
 The working copy (LMDB in ``state_dir``) and checkpoint storage must tell the same story:
-the same job, and the working copy at the newest checkpoint storage holds (or one behind:
-the worker died between writing a manifest and recording it locally). Then restart
+the same job, and the working copy at the newest checkpoint storage holds (or one behind,
+when the worker died between writing a manifest and recording it locally: the working
+copy then has the record, written before the manifest, that it took that checkpoint's
+barrier; without it, it is an older copy of the state directory). Then restart
 rolls back whatever changed after that checkpoint and resumes it, reading nothing else.
 Anything else is refused (:class:`~aioflow.errors.CorruptStateError`, exit status 3)
 with what is wrong and what to do, before the job touches any consumer, producer,
@@ -111,8 +113,15 @@ def _resume(store: LmdbStore, storage: LocalCheckpointStorage, app: str, job: di
         store.reset()  # state of a run that never completed a checkpoint: not to be resumed
         return OpenedState(store, storage, None, {"app": app, "job_id": uuid.uuid4().hex})
     identity = store.identity
-    if job is None or job.get("job_id") != identity.get("job_id"):
-        held = f"job {job['job_id']} (app {job.get('app')!r})" if job else "no checkpoint"
+    if job is None:
+        raise CorruptStateError(
+            f"{where} holds the state of job {identity.get('job_id')} (app {identity.get('app')!r}) at its "
+            f"checkpoint {_held_id(store)}, but checkpoint storage {storage.location} holds no job's checkpoints: "
+            "was it deleted, or does checkpoint_storage (--checkpoint-storage, AIOFLOW_CHECKPOINT_STORAGE) name "
+            "another place than the runs before? Point it at this job's checkpoint storage; if that is lost, the "
+            "state cannot be resumed: start from an empty state directory")
+    if job.get("job_id") != identity.get("job_id"):
+        held = f"job {job['job_id']} (app {job.get('app')!r})"
         raise CorruptStateError(
             f"{where} holds the state of job {identity.get('job_id')} (app {identity.get('app')!r}), but checkpoint "
             f"storage {storage.location} holds {held}: they are not the same job's. Point checkpoint_storage at "
@@ -138,6 +147,12 @@ def _resume(store: LmdbStore, storage: LocalCheckpointStorage, app: str, job: di
             f"{where} holds checkpoint {held_manifest.checkpoint_id} of job {identity['job_id']}, but checkpoint "
             f"storage {storage.location} has only checkpoint {latest.checkpoint_id} of it: checkpoints are missing "
             "from the storage. Restore the storage, or start from an empty state directory")
+    if latest.checkpoint_id > held_manifest.checkpoint_id and store.prepared != latest.checkpoint_id:
+        raise CorruptStateError(
+            f"{where} holds checkpoint {held_manifest.checkpoint_id} of job {identity['job_id']}, but checkpoint "
+            f"storage {storage.location} has its checkpoint {latest.checkpoint_id}, which this working copy never "
+            "took: it is an older copy (restored from a backup or snapshot?). Rebuild it from checkpoint storage "
+            f"with --from-savepoint {storage.folder(latest.checkpoint_id)}")
     manifest = held_manifest if latest.checkpoint_id == held_manifest.checkpoint_id else latest
     check(manifest, store)
     if latest.checkpoint_id > held_manifest.checkpoint_id:  # the manifest was written, the working copy not told
@@ -147,6 +162,14 @@ def _resume(store: LmdbStore, storage: LocalCheckpointStorage, app: str, job: di
     log.info("restoring", checkpoint=manifest.checkpoint_id, kind=manifest.kind, state_dir=str(store.path),
              taken_at=manifest.time_ms, rolled_back=undone)
     return OpenedState(store, storage, manifest, dict(identity))
+
+
+def _held_id(store: LmdbStore) -> str:
+    """The id of the checkpoint the working copy holds, for messages (``?`` if unreadable)."""
+    try:
+        return str(Manifest.decode(store.manifest or b"", str(store.path)).checkpoint_id)
+    except CorruptStateError:
+        return "?"
 
 
 def _from_savepoint(state_dir: Path, lock: StateDirLock, storage: LocalCheckpointStorage, app: str,

@@ -25,7 +25,7 @@ from structlog.contextvars import bound_contextvars
 from aioflow.checkpoint.coordinator import CheckpointCoordinator, CheckpointStatistics
 from aioflow.checkpoint.manifest import Manifest
 from aioflow.checkpoint.restore import OpenedState, open_state
-from aioflow.checkpoint.storage import storage_at
+from aioflow.checkpoint.storage import CheckpointStorage, storage_at
 from aioflow.errors import IncompatibleStateError, RefusedError, StateError
 from aioflow.graph.logical import Node
 from aioflow.graph.plan import Plan, PlannedEdge, PlannedTask
@@ -326,6 +326,8 @@ class Job:
             self._lock = StateDirLock(config.state_dir)  # before anything reads what another worker uses
         storage = storage_at(config.checkpoint_storage or Path(config.state_dir) / "checkpoints")
         savepoint = Path(config.from_savepoint) if config.from_savepoint is not None and install_savepoint else None
+        if config.checkpoint_interval is None:
+            self._refuse_without_checkpoints(storage, savepoint)
         state = open_state(Path(config.state_dir), self._lock, storage, self.plan.app_name, config.max_parallelism,
                            savepoint, self._check_restorable)
         try:
@@ -339,6 +341,27 @@ class Job:
                         "stop drained it): sources resume where they ended, and its windows have fired: records "
                         "older than its watermark are late", state_dir=config.state_dir)
         return state
+
+    def _refuse_without_checkpoints(self, storage: CheckpointStorage, savepoint: Path | None) -> None:
+        """A run without checkpoints writes its working copy with nothing to roll back to:
+        on the state of a job that has checkpoints, the next run with checkpoints would
+        resume a working copy that no longer matches its checkpoint (and replay outputs)."""
+        where = f"state directory {self.config.state_dir}"
+        if savepoint is not None:
+            raise IncompatibleStateError(
+                f"{where}: restoring {savepoint} needs checkpoints (checkpoint_interval, --checkpoint-interval): "
+                "without them the restored state would change with no checkpoint to come back to")
+        job = storage.job()
+        if job is not None:
+            newest = storage.checkpoints()
+            held = f"checkpoint {newest[-1]}" if newest else "the checkpoints"
+            raise IncompatibleStateError(
+                f"{where} holds {held} of job {job['job_id']} (app {job.get('app')!r}, checkpoint storage "
+                f"{storage.location}), but this run has no checkpoint_interval: it would change that state with no "
+                "checkpoint to come back to, and the next run with checkpoints would resume a working copy that no "
+                "longer matches its checkpoint. Run with checkpoint_interval (--checkpoint-interval) to resume the "
+                "job, or give this run another state_dir (to start afresh, delete the state directory and its "
+                "checkpoint storage together)")
 
     def _removed_operators(self, manifest: Manifest) -> list[str]:
         """Operators with state in ``manifest`` that the job no longer has."""

@@ -338,8 +338,10 @@ class LmdbTable:
             raise IncompatibleStateError(
                 f"state directory {self._store.path}: operator {self.operator!r}: state {self.name!r}: the stored "
                 f"value of {where} is intact (its checksum verifies) but {self.serializer!r} cannot read it: "
-                f"{type(exc).__name__}: {exc}. The code that reads it changed (a class renamed or moved?): run the "
-                "code that wrote it, or start this operator afresh (a new name, --allow-non-restored-state)"
+                f"{type(exc).__name__}: {exc}. The code that reads it changed (a class renamed or moved? a pickled "
+                "class of the pipeline's file takes its module from how the job starts: aioflow run job.py:app "
+                "and job:app differ): run the code that wrote it, the way it was started, or start this operator "
+                "afresh (a new name, --allow-non-restored-state)"
             ) from exc
 
     def flush(self, changes: list[tuple[bytes, bytes | None]]) -> None:

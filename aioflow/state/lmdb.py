@@ -11,9 +11,13 @@ Three databases:
   the id of the checkpoint the change belongs to): what one table changed in one key group
   is one range, whichever subtask of the worker owns it. Restart rolls ``live`` back with it, so the working copy is
   exactly the last completed checkpoint: no replay, no rebuild, whatever the state's size.
-  A completed checkpoint drops the undo of its epoch and earlier.
-- ``meta``: the format marker, the job's identity, the table registry and the manifest of
-  the checkpoint the working copy holds, each a sealed (SHA-256) JSON document.
+  A completed checkpoint drops the undo of its epoch and earlier. Each record carries a
+  CRC-32 of its key and value too, checked when it is read.
+- ``meta``: the format marker, the job's identity, the table registry, the manifest of
+  the checkpoint the working copy holds, and the id of the checkpoint whose barrier the
+  working copy took last (written before checkpoint storage records the checkpoint: a
+  copy of the working copy from before that cannot pass for it), each a sealed (SHA-256)
+  JSON document.
 
 Writes are batched (one transaction per eviction round and per barrier, never one per
 record) and not synced one by one: a SIGKILL loses nothing the kernel has, and a
@@ -27,6 +31,7 @@ store checks the file's size against LMDB's own page count before it reads a pag
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -162,7 +167,7 @@ class LmdbStore:
             if (self.path / name).exists():
                 os.chmod(self.path / name, FILE_MODE)
         try:
-            self._check_size()
+            self._check_file()
             self._live = self.env.open_db(b"live")
             self._undo = self.env.open_db(b"undo")
             self._meta = self.env.open_db(b"meta")
@@ -173,27 +178,32 @@ class LmdbStore:
                 raise _corrupt(self.path, f"the LMDB environment is damaged ({exc})", self.advice()) from exc
             raise
 
-    def _check_size(self) -> None:
+    def _check_file(self) -> None:
         """Refuse a ``data.mdb`` missing pages LMDB uses (reading those would kill the
-        process with SIGBUS). LMDB may count a few pages past the end of the file that it
-        freed before ever writing them: those are fine, and found in its free list."""
+        process with SIGBUS; LMDB may count a few pages past the end of the file that it
+        freed before ever writing them: those are fine, and found in its free list), or
+        whose B-trees have a page that is not what its place says (see
+        :func:`_check_structure`): before LMDB reads or writes any of it."""
         if not self.existed:
             return
         pages = self.env.info()["last_pgno"] + 1
         size = self.data_file.stat().st_size
         psize = self.env.stat()["psize"]
-        if size >= pages * psize:
-            return
-        missing = range(size // psize, pages)
+        if size < pages * psize:
+            missing = range(size // psize, pages)
+            try:
+                free = _free_pages(self.data_file, psize, size // psize)
+            except ValueError as exc:
+                free, why = set(), f" ({exc})"
+            else:
+                why = ""
+            if not all(page in free for page in missing):
+                raise _corrupt(self.path, f"data.mdb is truncated: it has {size} bytes, and LMDB's own record says "
+                                          f"{pages * psize} ({pages} pages, the last ones in use){why}", self.advice())
         try:
-            free = _free_pages(self.data_file, psize, size // psize)
+            _check_structure(self.data_file, psize, min(pages, size // psize))
         except ValueError as exc:
-            free, why = set(), f" ({exc})"
-        else:
-            why = ""
-        if not all(page in free for page in missing):
-            raise _corrupt(self.path, f"data.mdb is truncated: it has {size} bytes, and LMDB's own record says "
-                                      f"{pages * psize} ({pages} pages, the last ones in use){why}", self.advice())
+            raise _corrupt(self.path, f"data.mdb is damaged: {exc}", self.advice()) from None
 
     def _read_meta(self) -> None:
         with self.env.begin() as txn:
@@ -214,12 +224,15 @@ class LmdbStore:
             tables = txn.get(b"tables", db=self._meta)
             identity = txn.get(b"identity", db=self._meta)
             manifest = txn.get(b"manifest", db=self._meta)
+            prepared = txn.get(b"prepared", db=self._meta)
         self._tables: dict[str, dict[str, Any]] = self._document(tables, "table registry") if tables else {}
         #: ``{"app": ..., "job_id": ...}`` of the job whose state this is (``None``: no
         #: checkpoint completed in it yet).
         self.identity: dict[str, str] | None = self._document(identity, "job identity") if identity else None
         #: The manifest of the checkpoint the working copy holds, as stored (sealed).
         self.manifest: bytes | None = manifest
+        #: The checkpoint whose barrier the working copy took last (see :meth:`prepare`).
+        self.prepared: int | None = self._document(prepared, "checkpoint record")["checkpoint"] if prepared else None
 
     def _document(self, data: bytes, what: str) -> Any:
         try:
@@ -384,6 +397,7 @@ class LmdbStore:
                             key = cursor.key()
                             if key >= end:
                                 break
+                            self._open_undo(key, cursor.value())
                             chunk.append(key)
                             found = cursor.next()
                 except lmdb.Error as exc:
@@ -417,7 +431,8 @@ class LmdbStore:
                     old = txn.replace(key, stored, db=live)
                     size += len(key) + len(stored)
                 if stamp is not None:
-                    txn.put(key[:PREFIX] + stamp + key[PREFIX:], _PRESENT + old if old is not None else _ABSENT,
+                    undo_key = key[:PREFIX] + stamp + key[PREFIX:]
+                    txn.put(undo_key, seal_value(undo_key, _PRESENT + old if old is not None else _ABSENT),
                             db=undo, overwrite=False)
 
         self._write(write)
@@ -469,7 +484,27 @@ class LmdbStore:
                 raise StoredValueDamaged(self, key, str(exc)) from None
         return stored
 
+    def _open_undo(self, key: bytes, stored: bytes) -> bytes:
+        """The payload of an undo record (its flag, then the live value it keeps), verified."""
+        try:
+            return open_value(key, stored)
+        except Damaged as exc:
+            raise StoredValueDamaged(self, key, f"undo record: {exc}") from None
+
     # -- checkpoints --------------------------------------------------------------------------
+
+    def prepare(self, checkpoint_id: int) -> None:
+        """Every subtask wrote its changes up to checkpoint ``checkpoint_id``'s barrier:
+        record it before checkpoint storage does. A restart that finds storage one
+        checkpoint ahead of the working copy trusts the copy to hold it only with this
+        record (LMDB keeps transactions in order: the flushes before it are there too)."""
+        record = seal_document({"checkpoint": checkpoint_id})
+
+        def write(txn: lmdb.Transaction) -> None:
+            txn.put(b"prepared", record, db=self._meta)
+
+        self._write(write)
+        self.prepared = checkpoint_id
 
     def complete(self, checkpoint_id: int, identity: dict[str, str], manifest: bytes) -> None:
         """Checkpoint ``checkpoint_id`` completed: record it and the job's identity, drop
@@ -503,16 +538,19 @@ class LmdbStore:
             cursor = txn.cursor(db=self._undo)
             found = cursor.last()  # newest epochs first, so each key ends at its oldest record
             while found:
-                key = cursor.key()
+                key = bytes(cursor.key())
                 if groups is not None and KEY_GROUP.unpack_from(key)[0] not in groups:
                     found = cursor.prev()
                     continue
+                value = self._open_undo(key, bytes(cursor.value()))
                 if _EPOCH.unpack_from(key, PREFIX)[0] > checkpoint_id:
-                    value, live_key = cursor.value(), key[:PREFIX] + key[_UNDO_HEAD:]
+                    live_key = key[:PREFIX] + key[_UNDO_HEAD:]
                     if value[:1] == _PRESENT:
                         txn.put(live_key, value[1:], db=live)
-                    else:
+                    elif value == _ABSENT:
                         txn.delete(live_key, db=live)
+                    else:
+                        raise StoredValueDamaged(self, key, f"undo record: unknown flag {value[:1]!r}")
                     restored += 1
                 found = cursor.prev()
             self._drop_undo(txn, lambda epoch: groups is None or epoch > checkpoint_id, groups)
@@ -541,11 +579,11 @@ class LmdbStore:
         def write(txn: lmdb.Transaction) -> None:
             txn.drop(self._live, delete=False)
             txn.drop(self._undo, delete=False)
-            for key in (b"identity", b"tables", b"manifest"):
+            for key in (b"identity", b"tables", b"manifest", b"prepared"):
                 txn.delete(key, db=self._meta)
 
         self._write(write)
-        self._tables, self.identity, self.manifest = {}, None, None
+        self._tables, self.identity, self.manifest, self.prepared = {}, None, None, None
 
     def _sync(self) -> None:
         try:
@@ -592,68 +630,128 @@ _F_BIGDATA = 0x01
 _NO_PAGE = 2**64 - 1
 
 
-def _free_pages(path: Path, psize: int, pages: int) -> set[int]:
-    """The page numbers in LMDB's free list, read from ``path`` (LMDB 0.9's file format:
-    the newer of the two meta pages, then the free database's B-tree, whose values are
-    lists of free page numbers). Only pages below ``pages`` (what the file has) are read;
-    ``ValueError`` when the format is not as expected, or a page needed is missing."""
-    with path.open("rb") as file:
-        def page(number: int) -> bytes:
-            if number >= pages:
-                raise ValueError(f"page {number} is past the end of the file")
-            file.seek(number * psize)
-            data = file.read(psize)
-            if _PAGE_HEADER.unpack_from(data)[0] != number:
-                raise ValueError(f"page {number} does not say it is")
-            return data
+_F_SUBDATA = 0x02
 
+
+class _PageFile:
+    """LMDB 0.9's ``data.mdb`` read page by page, as far as the checks here need its
+    format: the newer of the two meta pages, and B-trees walked from their roots. Every
+    page read must say it is the page it was read as, and lie within the file's
+    ``pages``; ``ValueError`` otherwise."""
+
+    def __init__(self, data: Any, psize: int, pages: int) -> None:
+        self._data, self._psize, self._pages = data, psize, pages
+
+    def page(self, number: int, flag: int = 0) -> int:
+        """Where page ``number`` starts, once checked (and, with ``flag``, of that kind)."""
+        if number >= self._pages:
+            raise ValueError(f"page {number} is past the end of the file")
+        base = number * self._psize
+        found, _, flags, _, _ = _PAGE_HEADER.unpack_from(self._data, base)
+        if found != number:
+            raise ValueError(f"page {number} says it is page {found}")
+        if flag and not flags & flag:
+            raise ValueError(f"page {number} has flags {flags:#x}, not those of its place in the tree")
+        return base
+
+    def roots(self) -> tuple[int, int]:
+        """The roots of the free and of the main database, from the newer valid meta page."""
         metas = []
         for number in (0, 1):
-            data = page(number)
-            magic = _META.unpack_from(data, _PAGE_HEADER.size)[0]
-            if magic != 0xBEEFC0DE:
+            base = self.page(number) + _PAGE_HEADER.size
+            if _META.unpack_from(self._data, base)[0] != 0xBEEFC0DE:
                 continue
-            base = _PAGE_HEADER.size + _META.size
-            free_root = _DB.unpack_from(data, base)[7]
-            txnid = struct.unpack_from("<Q", data, base + 2 * _DB.size + 8)[0]
-            metas.append((txnid, free_root))
+            base += _META.size
+            txnid = struct.unpack_from("<Q", self._data, base + 2 * _DB.size + 8)[0]
+            metas.append((txnid, _DB.unpack_from(self._data, base)[7], _DB.unpack_from(self._data, base + _DB.size)[7]))
         if not metas:
             raise ValueError("no valid meta page")
-        free: set[int] = set()
-        stack = [max(metas)[1]]
+        _, free, main = max(metas)
+        return free, main
+
+    def leaves(self, root: int) -> Iterator[tuple[int, tuple[int, ...]]]:
+        """Where each leaf page of the tree at ``root`` starts, with its nodes' offsets in
+        it; every branch and leaf page on the way is checked."""
+        data = self._data
+        stack = [root]
         while stack:
             number = stack.pop()
             if number == _NO_PAGE:
                 continue
-            data = page(number)
-            _, _, flags, lower, _ = _PAGE_HEADER.unpack_from(data)
-            for slot in range((lower - _PAGE_HEADER.size) // 2):
-                offset = struct.unpack_from("<H", data, _PAGE_HEADER.size + 2 * slot)[0]
-                lo, hi, node_flags, key_size = _NODE.unpack_from(data, offset)
-                if flags & _P_BRANCH:
+            base = self.page(number, _P_BRANCH | _P_LEAF)
+            _, _, flags, lower, _ = _PAGE_HEADER.unpack_from(data, base)
+            offsets = struct.unpack_from(f"<{(lower - _PAGE_HEADER.size) // 2}H", data, base + _PAGE_HEADER.size)
+            if flags & _P_BRANCH:
+                for offset in offsets:
+                    lo, hi, node_flags, _ = _NODE.unpack_from(data, base + offset)
                     stack.append(lo | hi << 16 | node_flags << 32)
-                    continue
-                if not flags & _P_LEAF:
-                    raise ValueError(f"page {number} is neither a branch nor a leaf")
-                start, size = offset + _NODE.size + key_size, lo | hi << 16
-                if node_flags & _F_BIGDATA:  # the list is on overflow pages
-                    first = struct.unpack_from("<Q", data, start)[0]
-                    count = -(-(size + _PAGE_HEADER.size) // psize)
-                    listed = b"".join(page(first + i) if i == 0 else _raw(file, first + i, psize, pages)
-                                      for i in range(count))[_PAGE_HEADER.size:_PAGE_HEADER.size + size]
-                else:
-                    listed = data[start:start + size]
+            else:
+                yield base, offsets
+
+    def value(self, base: int, offset: int) -> tuple[int, bytes]:
+        """A leaf node's flags and value (read from its overflow pages if it has them)."""
+        data = self._data
+        lo, hi, node_flags, key_size = _NODE.unpack_from(data, base + offset)
+        start, size = base + offset + _NODE.size + key_size, lo | hi << 16
+        if not node_flags & _F_BIGDATA:
+            return node_flags, bytes(data[start:start + size])
+        first = self.page(struct.unpack_from("<Q", data, start)[0], _P_OVERFLOW) + _PAGE_HEADER.size
+        if first + size > self._pages * self._psize:
+            raise ValueError(f"a value on overflow pages from page {first // self._psize} runs past the file's end")
+        return node_flags, bytes(data[first:first + size])
+
+    def overflow_heads(self, base: int, offsets: tuple[int, ...]) -> list[int]:
+        """The first overflow page of each node of the leaf at ``base`` that has one."""
+        page = self._data[base:base + self._psize]
+        return [struct.unpack_from("<Q", page, offset + _NODE.size + _NODE.unpack_from(page, offset)[3])[0]
+                for offset in offsets if page[offset + 4] & _F_BIGDATA]
+
+
+def _mapped(path: Path, check: Callable[[Any], Any]) -> Any:
+    """``check(the file's bytes)``, read through a read-only mapping (the caller bounds its
+    reads by the file's size)."""
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ) as data:
+        return check(data)
+
+
+def _free_pages(path: Path, psize: int, pages: int) -> set[int]:
+    """The page numbers in LMDB's free list, read from ``path`` (the free database's
+    values are lists of free page numbers). Only pages below ``pages`` (what the file
+    has) are read; ``ValueError`` when the format is not as expected, or a page needed is
+    missing."""
+    def free_pages(data: Any) -> set[int]:
+        pages_file = _PageFile(data, psize, pages)
+        free: set[int] = set()
+        for base, offsets in pages_file.leaves(pages_file.roots()[0]):
+            for offset in offsets:
+                listed = pages_file.value(base, offset)[1]
                 count = struct.unpack_from("<Q", listed)[0]
                 free.update(struct.unpack_from(f"<{count}Q", listed, 8))
-    return free
+        return free
+
+    return _mapped(path, free_pages)  # type: ignore[no-any-return]
 
 
-def _raw(file: Any, number: int, psize: int, pages: int) -> bytes:
-    """An overflow page's continuation (no header of its own)."""
-    if number >= pages:
-        raise ValueError(f"page {number} is past the end of the file")
-    file.seek(number * psize)
-    return file.read(psize)  # type: ignore[no-any-return]
+def _check_structure(path: Path, psize: int, pages: int) -> None:
+    """Walk every B-tree of ``path`` (the free, main and named databases) and check each
+    page on the way, the first page of every overflow value included: LMDB trusts a
+    page's own header when it frees it, so a damaged one would make it free, and later
+    overwrite, a page still in use. ``ValueError`` naming what is wrong."""
+    def check(data: Any) -> None:
+        pages_file = _PageFile(data, psize, pages)
+        free, main = pages_file.roots()
+        roots = [free]
+        for base, offsets in pages_file.leaves(main):
+            for offset in offsets:
+                node_flags, value = pages_file.value(base, offset)
+                if node_flags & _F_SUBDATA:
+                    roots.append(_DB.unpack_from(value)[7])
+        for root in roots:
+            for base, offsets in pages_file.leaves(root):
+                for first in pages_file.overflow_heads(base, offsets):
+                    pages_file.page(first, _P_OVERFLOW)
+
+    _mapped(path, check)
 
 
 def after(prefix: bytes) -> bytes:

@@ -53,7 +53,8 @@ import aioflow as af
 from aioflow.state.lmdb import _free_pages
 
 state = os.environ["STATE"]
-app = af.App(os.environ.get("APP", "corrupt"), state_dir=state, checkpoint_interval=float(os.environ.get("INTERVAL", 0.1)),
+interval = os.environ.get("INTERVAL", "0.1")  # "": no checkpoints
+app = af.App(os.environ.get("APP", "corrupt"), state_dir=state, checkpoint_interval=float(interval) if interval else None,
              parallelism=1)
 with open(os.environ["EVENTS"], "rb") as f:
     records = [orjson.loads(line) for line in f]
@@ -620,6 +621,37 @@ def test_the_state_directory_of_another_app_is_refused(prepared: Prepared) -> No
     before = _before(folder)
     worker = Worker(folder, _env(folder, APP="renamed"))
     _assert_refused(worker, folder, before, "'corrupt'", advice="--from-savepoint")
+
+
+def test_a_working_copy_older_than_checkpoint_storage_is_refused(prepared: Prepared) -> None:
+    """A's working copy as it was at the savepoint, put back after a resume took more
+    checkpoints (a state directory restored from a backup, its checkpoint storage kept
+    elsewhere): it never took those checkpoints, and must not pass for the newest."""
+    folder = prepared.checkout()
+    state = folder / "state"
+    old = (state / "data.mdb").read_bytes()
+    held = open_document(_databases(state)["meta"][b"manifest"])
+    _assert_resumes(folder, prepared)
+    newest = max(int(path.name.split("-")[1]) for path in (state / "checkpoints" / _job_id(state)).glob("chk-*"))
+    assert newest > held["checkpoint_id"], "the resume took no checkpoint after the savepoint"
+    (state / "data.mdb").write_bytes(old)
+    before = _before(folder)
+    worker = Worker(folder, _env(folder))
+    error = _assert_refused(worker, folder, before, f"checkpoint {held['checkpoint_id']}", f"checkpoint {newest}",
+                            advice=f"--from-savepoint {_checkpoint(state, newest)}")
+    assert "older copy" in error
+
+
+def test_a_run_without_checkpoints_on_the_state_of_a_checkpointed_job_is_refused(prepared: Prepared) -> None:
+    """Without checkpoint_interval the working copy is written with nothing to roll back to:
+    on A's state it would leave the next checkpointed run a copy that no longer matches its
+    checkpoint. Refused; A then resumes with its output exact."""
+    folder = prepared.checkout()
+    before = _before(folder)
+    worker = Worker(folder, _env(folder, INTERVAL=""))
+    error = _assert_refused(worker, folder, before, _job_id(folder / "state"), advice="--checkpoint-interval")
+    assert "no checkpoint_interval" in error
+    _assert_resumes(folder, prepared)
 
 
 # -- damaged values: found when read, the job stops at once -------------------------------------

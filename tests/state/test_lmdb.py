@@ -91,6 +91,33 @@ def test_an_empty_data_file_is_a_new_working_copy(tmp_path, opened):
     assert not store.existed and store.identity is None and store.manifest is None
 
 
+def _flip_page_number(path, flags: int) -> int:
+    """Flip a bit of the page number in the header of the last page of kind ``flags``
+    (LMDB's ``P_BRANCH`` 1, ``P_LEAF`` 2, ``P_OVERFLOW`` 4) that says it is where it is."""
+    data = bytearray((path / "data.mdb").read_bytes())
+    pages = [number for number in range(2, len(data) // 4096)
+             if int.from_bytes(data[number * 4096:number * 4096 + 8], "little") == number
+             and int.from_bytes(data[number * 4096 + 10:number * 4096 + 12], "little") & flags]
+    data[pages[-1] * 4096] ^= 0x08
+    (path / "data.mdb").write_bytes(bytes(data))
+    return pages[-1]
+
+
+@pytest.mark.parametrize("flags", [1, 2, 4], ids=["branch", "leaf", "overflow"])
+def test_a_page_whose_header_names_another_page_is_refused_at_open(tmp_path, opened, flags):
+    """LMDB frees a page by the number its own header gives when it first writes it: a
+    damaged header would free, and later overwrite, a page in use. Found before then."""
+    store = opened(tmp_path)
+    store.write([(_key(0, b"k%05d" % i), b"v" * 200) for i in range(5000)], None)
+    store.write([(_key(1, b"large"), b"x" * 20_000)], None)  # on overflow pages
+    store.close()
+    page = _flip_page_number(tmp_path, flags)
+    with pytest.raises(CorruptStateError, match="data.mdb is damaged") as info:
+        LmdbStore(tmp_path)
+    assert f"page {page} says it is page {page ^ 0x08}" in str(info.value)
+    assert f"state directory {tmp_path}" in str(info.value)
+
+
 def test_two_stores_on_one_directory_are_refused(tmp_path, opened):
     opened(tmp_path)
     with pytest.raises(StateError, match="is in use by process"):
@@ -144,6 +171,70 @@ def test_rollback_restores_the_last_completed_checkpoint(tmp_path, opened):
     assert store.rollback(1) == 4
     assert (store.get(_key(0, b"a")), store.get(_key(5, b"b")), store.get(_key(7, b"c"))) == (b"1", b"2", None)
     assert store.statistics() == {"live": 2, "undo": 0}
+
+
+def _undo_record(path) -> tuple[bytes, bytes]:
+    env = lmdb.open(str(path), max_dbs=4)
+    with env.begin() as txn:
+        [(key, value)] = list(txn.cursor(db=env.open_db(b"undo", txn=txn)))
+    env.close()
+    return key, value
+
+
+@pytest.mark.parametrize("where", ["flag", "epoch", "old value"])
+def test_a_damaged_undo_record_is_refused_not_rolled_back(tmp_path, opened, where):
+    """The undo log is verified like values: a present value read as absent, an epoch
+    that would keep a change after the checkpoint, or a damaged old value all stop the
+    rollback, naming the record, before the working copy changes."""
+    store = opened(tmp_path)
+    store.write([(_key(0, b"a"), b"at checkpoint 1: 4711")], 1)
+    store.complete(1, {"app": "x", "job_id": "j"}, b"manifest 1")
+    store.write([(_key(0, b"a"), b"after checkpoint 1")], 2)
+    store.close()
+    key, value = _undo_record(tmp_path)
+    data = bytearray((tmp_path / "data.mdb").read_bytes())
+    if where == "flag":  # the record's payload starts with its flag, after the CRC
+        at = data.index(value)
+        data[at + 4] ^= 0x01
+    elif where == "epoch":  # key group (2) and table (4), then the epoch: 2 -> 0
+        at = data.index(key)
+        data[at + 6 + 7] ^= 0x02
+    else:
+        at = data.index(value) + value.index(b"4711")
+        data[at] ^= 0x01
+    (tmp_path / "data.mdb").write_bytes(bytes(data))
+    store = opened(tmp_path)
+    with pytest.raises(StoredValueDamaged, match="undo record") as info:
+        store.rollback(1)
+    assert f"state directory {tmp_path}" in str(info.value)
+    assert store.statistics()["undo"] == 1  # nothing rolled back
+
+
+def test_changed_keys_verify_the_undo_records_they_list(tmp_path, opened):
+    store = opened(tmp_path)
+    store.write([(_key(0, b"a"), b"1"), (_key(0, b"b"), b"keep 4711")], 1)
+    store.complete(1, {"app": "x", "job_id": "j"}, b"manifest 1")
+    store.write([(_key(0, b"b"), b"2")], 2)
+    store.close()
+    _, value = _undo_record(tmp_path)
+    data = bytearray((tmp_path / "data.mdb").read_bytes())
+    data[data.index(value) + value.index(b"4711")] ^= 0x01
+    (tmp_path / "data.mdb").write_bytes(bytes(data))
+    store = opened(tmp_path)
+    with pytest.raises(StoredValueDamaged, match="undo record"):
+        list(store.changed_keys([_key(0, b"")[:PREFIX]], 1))
+
+
+def test_prepare_is_kept_until_the_working_copy_is_reset(tmp_path, opened):
+    store = opened(tmp_path)
+    assert store.prepared is None
+    store.prepare(3)
+    store.close()
+    store = opened(tmp_path)
+    assert store.prepared == 3
+    store.reset()
+    store.close()
+    assert opened(tmp_path).prepared is None
 
 
 def test_rollback_of_some_key_groups_only(tmp_path, opened):
