@@ -24,6 +24,8 @@ that is checked when they are read.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -66,6 +68,17 @@ _LENGTH = struct.Struct(">I")
 _DELETED = 0xFFFFFFFF
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Writing ``path`` in checkpoint storage: an ``OSError`` (a full disk, a read-only or
+    vanished mount) becomes a :class:`StateError` naming it, which no restart retries."""
+    try:
+        yield
+    except OSError as exc:
+        full = " (the disk is full)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise StateError(f"checkpoint storage: writing {path} failed: {exc}{full}") from exc
+
+
 class SectionWriter:
     """Writes one file of sections, one per key group, from ``(key group, key, value)``
     changes given key group by key group (a value of ``None`` is a deletion)."""
@@ -75,14 +88,16 @@ class SectionWriter:
         self.full = full
         self.tables = tables
         self.size = 0
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        with _writing(path):
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         self._offset = len(_MAGIC)
         self._write(_MAGIC)
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
+        with _writing(self.path):
+            while view:
+                view = view[os.write(self._fd, view):]
 
     def write(self, changes: Iterable[tuple[int, bytes, bytes | None]], relative: str) -> dict[int, list[Section]]:
         """Write ``changes``; their sections, named by ``relative`` (the file's path as
@@ -125,7 +140,8 @@ class SectionWriter:
                     self._offset += len(data)
                     buffer, pending = [], 0
             close_section()
-            os.fsync(self._fd)
+            with _writing(self.path):
+                os.fsync(self._fd)
         finally:
             os.close(self._fd)
         self.size = self._offset if sections else 0
@@ -254,8 +270,9 @@ class LocalCheckpointStorage:
         return self._job
 
     def start_job(self, identity: dict[str, str]) -> None:
-        private_dir(self.root / identity["job_id"] / "shared")
-        private_file(self.root / "JOB", seal_document(identity))
+        with _writing(self.root / "JOB"):
+            private_dir(self.root / identity["job_id"] / "shared")
+            private_file(self.root / "JOB", seal_document(identity))
         self._job = dict(identity)
 
     def _job_dir(self) -> Path:
@@ -301,16 +318,18 @@ class LocalCheckpointStorage:
     def write(self, changes: Iterable[tuple[int, bytes, bytes | None]], *, full: bool,
               tables: tuple[int, ...]) -> tuple[dict[int, list[Section]], int]:
         shared = self._job_dir() / "shared"
-        private_dir(shared)
+        with _writing(shared):
+            private_dir(shared)
         name = f"{uuid.uuid4().hex}.{'full' if full else 'delta'}"
         writer = SectionWriter(shared / name, full=full, tables=tables)
         return writer.write(changes, f"../shared/{name}"), writer.size
 
     def commit(self, manifest: Manifest) -> None:
         folder = self.folder(manifest.checkpoint_id)
-        private_dir(folder)
-        sync_dir(folder.parent / "shared")  # the sections' files are there for good before the manifest says so
-        private_file(folder / MANIFEST, manifest.encode())
+        with _writing(folder / MANIFEST):
+            private_dir(folder)
+            sync_dir(folder.parent / "shared")  # the sections' files are there for good before the manifest says so
+            private_file(folder / MANIFEST, manifest.encode())
 
     def retain(self, keep: int, in_use: set[str]) -> None:
         ids = self.checkpoints()
