@@ -51,7 +51,8 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from aioflow.app import App
-from aioflow.errors import AioflowError, AppLoadError, RefusedError
+from aioflow.checkpoint.storage import storage_at
+from aioflow.errors import AioflowError, AppLoadError, PipelineError, RefusedError
 from aioflow.log import LOG_LEVELS, configure_logging
 from aioflow.worker.collectors import register_job_metrics
 from aioflow.worker.config import EnvironmentOptionError, EnvironmentOptions
@@ -187,10 +188,23 @@ def _seconds(text: str) -> float:
 
 
 def _positive_seconds(text: str) -> float:
-    seconds = _seconds(text)
+    try:
+        seconds = _seconds(text)
+    except argparse.ArgumentTypeError:
+        seconds = 0.0
     if seconds == 0:
         raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
     return seconds
+
+
+def _storage_location(text: str) -> str:
+    """A checkpoint storage location the worker can use (checked now: a wrong one is a
+    wrong command line, exit status 2)."""
+    try:
+        storage_at(text)
+    except PipelineError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -258,7 +272,7 @@ def _parser() -> _Parser:
     env.add(run, "--state-dir", metavar="PATH",
             help="override the app's state_dir: where the working copy of keyed state (LMDB), savepoints and, "
                  "by default, checkpoints live")
-    env.add(run, "--checkpoint-storage", metavar="PATH_OR_URL",
+    env.add(run, "--checkpoint-storage", type=_storage_location, metavar="PATH_OR_URL",
             help="override the app's checkpoint_storage: a directory or file:// URL where checkpoints are "
                  "written (default: STATE_DIR/checkpoints)")
     env.add(run, "--checkpoint-interval", type=_positive_seconds, metavar="SECONDS",

@@ -146,3 +146,14 @@ def test_a_pipeline_split_over_sibling_modules_shares_one_app(tmp_path: Path) ->
 def test_stop_timeout_must_not_be_negative() -> None:
     result = aioflow("run", "examples/wordcount.py:app", "--stop-timeout", "-1")
     assert result.returncode == 2 and "expected seconds >= 0" in result.stderr
+
+
+@pytest.mark.parametrize(("option", "value", "said"), [
+    ("--checkpoint-storage", "s3://bucket/prefix", "only directories are supported"),
+    ("--checkpoint-storage", "", "checkpoint_storage is empty"),
+    ("--checkpoint-interval", "-1", "expected seconds > 0"),
+    ("--checkpoint-interval", "0", "expected seconds > 0"),
+])
+def test_a_wrong_checkpoint_option_is_a_wrong_command_line(option: str, value: str, said: str) -> None:
+    result = aioflow("run", "examples/wordcount.py:app", option, value)
+    assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr, result.stderr
