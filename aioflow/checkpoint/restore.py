@@ -22,6 +22,7 @@ with a copy of what it restored.
 from __future__ import annotations
 
 import functools
+import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from pathlib import Path
 import structlog
 
 from aioflow.checkpoint.manifest import Manifest
-from aioflow.checkpoint.storage import LocalCheckpointStorage, read_manifest, read_section
+from aioflow.checkpoint.storage import MANIFEST, LocalCheckpointStorage, read_manifest, read_section
 from aioflow.errors import CorruptStateError, IncompatibleStateError, RefusedError
 from aioflow.state.lmdb import KEY_GROUP, TABLE, LmdbStore, StateDirLock, after
 
@@ -57,7 +58,25 @@ def open_state(state_dir: Path, lock: StateDirLock, storage: LocalCheckpointStor
     ``check`` is the job's own check of the checkpoint it would resume (refusing what it
     cannot take), called before anything changes."""
     if from_savepoint is not None:
-        return _from_savepoint(state_dir, lock, storage, app, max_parallelism, from_savepoint, check)
+        opened = _from_savepoint(state_dir, lock, storage, app, max_parallelism, from_savepoint, check)
+    else:
+        opened = _open_working_copy(state_dir, lock, storage, app, check)
+    _discard_incomplete_savepoints(state_dir)
+    return opened
+
+
+def _discard_incomplete_savepoints(state_dir: Path) -> None:
+    """Remove savepoint folders without a manifest: a worker killed while taking a
+    savepoint leaves one behind (nothing refers to it, and it cannot be restored)."""
+    for folder in sorted(state_dir.glob("savepoints/savepoint-*")):
+        if folder.is_dir() and not (folder / MANIFEST).exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed an incomplete savepoint", folder=str(folder))
+
+
+def _open_working_copy(state_dir: Path, lock: StateDirLock, storage: LocalCheckpointStorage, app: str,
+                       check: Callable[[Manifest, LmdbStore | None], None]) -> OpenedState:
+    """Resume the working copy (no savepoint given)."""
     where = f"state directory {state_dir}"
     job = storage.job()
     latest = _latest(storage, state_dir) if job is not None else None

@@ -642,6 +642,22 @@ def test_a_working_copy_older_than_checkpoint_storage_is_refused(prepared: Prepa
     assert "older copy" in error
 
 
+def test_a_savepoint_a_killed_worker_left_incomplete_is_removed_at_the_next_start(prepared: Prepared) -> None:
+    """A worker killed while writing a savepoint leaves its folder without a manifest:
+    nothing can restore it, and the next start removes it (and nothing else)."""
+    folder = prepared.checkout()
+    savepoints = folder / "state" / "savepoints"
+    complete = sorted(savepoints.iterdir())
+    assert complete and all((path / "_manifest").exists() for path in complete)
+    incomplete = savepoints / "savepoint-99"
+    incomplete.mkdir()
+    (incomplete / "0123.full").write_bytes(b"half a section")
+    worker = _assert_resumes(folder, prepared)
+    assert not incomplete.exists()
+    assert all((path / "_manifest").exists() for path in complete)
+    assert '"removed an incomplete savepoint"' in worker.text()
+
+
 def test_a_run_without_checkpoints_on_the_state_of_a_checkpointed_job_is_refused(prepared: Prepared) -> None:
     """Without checkpoint_interval the working copy is written with nothing to roll back to:
     on A's state it would leave the next checkpointed run a copy that no longer matches its
