@@ -27,7 +27,9 @@ def test_sigkilled_worker_restarted_produces_exactly_the_undisturbed_output(
     expected = outputs(tmp_path, "ref")
     assert expected.keys() == {"counts", "sums"} and all(expected.values())
 
-    crashing = {**base, "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "state")}
+    # Paced (a 1 ms pause per 100 records: two seconds more), so that the first run is still
+    # running after the checkpoints it waits for, however fast the machine or the job.
+    crashing = {**base, "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "state"), "PACE": "1"}
     moments = random.Random()  # a new schedule of kills every run
     kills = 0
     for _ in range(4):
