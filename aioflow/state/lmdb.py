@@ -654,8 +654,9 @@ class _PageFile:
             raise ValueError(f"page {number} has flags {flags:#x}, not those of its place in the tree")
         return base
 
-    def roots(self) -> tuple[int, int]:
-        """The roots of the free and of the main database, from the newer valid meta page."""
+    def roots(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``(root, entries)`` of the free and of the main database, from the newer valid
+        meta page."""
         metas = []
         for number in (0, 1):
             base = self.page(number) + _PAGE_HEADER.size
@@ -663,7 +664,8 @@ class _PageFile:
                 continue
             base += _META.size
             txnid = struct.unpack_from("<Q", self._data, base + 2 * _DB.size + 8)[0]
-            metas.append((txnid, _DB.unpack_from(self._data, base)[7], _DB.unpack_from(self._data, base + _DB.size)[7]))
+            free, main = _DB.unpack_from(self._data, base), _DB.unpack_from(self._data, base + _DB.size)
+            metas.append((txnid, (free[7], free[6]), (main[7], main[6])))
         if not metas:
             raise ValueError("no valid meta page")
         _, free, main = max(metas)
@@ -700,11 +702,18 @@ class _PageFile:
             raise ValueError(f"a value on overflow pages from page {first // self._psize} runs past the file's end")
         return node_flags, bytes(data[first:first + size])
 
-    def overflow_heads(self, base: int, offsets: tuple[int, ...]) -> list[int]:
-        """The first overflow page of each node of the leaf at ``base`` that has one."""
+    def check_overflows(self, base: int, offsets: tuple[int, ...]) -> None:
+        """Check the first overflow page of each node of the leaf at ``base`` that has one,
+        and that it counts the pages its value needs."""
         page = self._data[base:base + self._psize]
-        return [struct.unpack_from("<Q", page, offset + _NODE.size + _NODE.unpack_from(page, offset)[3])[0]
-                for offset in offsets if page[offset + 4] & _F_BIGDATA]
+        for offset in offsets:
+            if page[offset + 4] & _F_BIGDATA:
+                lo, hi, _, key_size = _NODE.unpack_from(page, offset)
+                first = struct.unpack_from("<Q", page, offset + _NODE.size + key_size)[0]
+                count = struct.unpack_from("<I", self._data, self.page(first, _P_OVERFLOW) + 12)[0]
+                needed = -(-((lo | hi << 16) + _PAGE_HEADER.size) // self._psize)
+                if count != needed:
+                    raise ValueError(f"overflow page {first} counts {count} pages for a value that needs {needed}")
 
 
 def _mapped(path: Path, check: Callable[[Any], Any]) -> Any:
@@ -722,7 +731,7 @@ def _free_pages(path: Path, psize: int, pages: int) -> set[int]:
     def free_pages(data: Any) -> set[int]:
         pages_file = _PageFile(data, psize, pages)
         free: set[int] = set()
-        for base, offsets in pages_file.leaves(pages_file.roots()[0]):
+        for base, offsets in pages_file.leaves(pages_file.roots()[0][0]):
             for offset in offsets:
                 listed = pages_file.value(base, offset)[1]
                 count = struct.unpack_from("<Q", listed)[0]
@@ -736,20 +745,33 @@ def _check_structure(path: Path, psize: int, pages: int) -> None:
     """Walk every B-tree of ``path`` (the free, main and named databases) and check each
     page on the way, the first page of every overflow value included: LMDB trusts a
     page's own header when it frees it, so a damaged one would make it free, and later
-    overwrite, a page still in use. ``ValueError`` naming what is wrong."""
+    overwrite, a page still in use. Each tree must also hold as many entries as its
+    database record counts: a damaged slot count in a page header would hide entries (an
+    undo record never rolled back) without failing any checksum. ``ValueError`` naming
+    what is wrong."""
     def check(data: Any) -> None:
         pages_file = _PageFile(data, psize, pages)
         free, main = pages_file.roots()
-        roots = [free]
-        for base, offsets in pages_file.leaves(main):
+        trees = {"free list": free}
+        found = 0
+        for base, offsets in pages_file.leaves(main[0]):
+            found += len(offsets)
             for offset in offsets:
                 node_flags, value = pages_file.value(base, offset)
                 if node_flags & _F_SUBDATA:
-                    roots.append(_DB.unpack_from(value)[7])
-        for root in roots:
+                    record = _DB.unpack_from(value)
+                    key_size = _NODE.unpack_from(data, base + offset)[3]
+                    name = bytes(data[base + offset + _NODE.size:base + offset + _NODE.size + key_size])
+                    trees[f"database {name.decode(errors='replace')!r}"] = (record[7], record[6])
+        if found != main[1]:
+            raise ValueError(f"the main database has {found} entries in its pages, and its record says {main[1]}")
+        for name, (root, entries) in trees.items():
+            found = 0
             for base, offsets in pages_file.leaves(root):
-                for first in pages_file.overflow_heads(base, offsets):
-                    pages_file.page(first, _P_OVERFLOW)
+                found += len(offsets)
+                pages_file.check_overflows(base, offsets)
+            if found != entries:
+                raise ValueError(f"the {name} has {found} entries in its pages, and its record says {entries}")
 
     _mapped(path, check)
 

@@ -118,6 +118,41 @@ def test_a_page_whose_header_names_another_page_is_refused_at_open(tmp_path, ope
     assert f"state directory {tmp_path}" in str(info.value)
 
 
+def _pages_of_kind(data: bytearray, flags: int) -> list[int]:
+    return [number for number in range(2, len(data) // 4096)
+            if int.from_bytes(data[number * 4096:number * 4096 + 8], "little") == number
+            and int.from_bytes(data[number * 4096 + 10:number * 4096 + 12], "little") & flags]
+
+
+def test_a_page_header_that_hides_an_entry_is_refused_at_open(tmp_path, opened):
+    """One slot fewer in a leaf's header (its ``lower`` bound two bytes down) hides that
+    leaf's last entry from every lookup and scan without failing any checksum: the tree
+    then holds fewer entries than its database record counts."""
+    store = opened(tmp_path)
+    store.write([(_key(0, b"k%05d" % i), b"v" * 200) for i in range(5000)], None)
+    store.close()
+    data = bytearray((tmp_path / "data.mdb").read_bytes())
+    leaf = _pages_of_kind(data, 2)[-1] * 4096
+    lower = int.from_bytes(data[leaf + 12:leaf + 14], "little")
+    data[leaf + 12:leaf + 14] = (lower - 2).to_bytes(2, "little")
+    (tmp_path / "data.mdb").write_bytes(bytes(data))
+    with pytest.raises(CorruptStateError, match="entries in its pages, and its record says"):
+        LmdbStore(tmp_path)
+
+
+def test_an_overflow_page_counting_other_pages_is_refused_at_open(tmp_path, opened):
+    store = opened(tmp_path)
+    store.write([(_key(1, b"large"), b"x" * 20_000)], None)  # 5 pages of 4096 bytes
+    store.close()
+    data = bytearray((tmp_path / "data.mdb").read_bytes())
+    head = _pages_of_kind(data, 4)[-1] * 4096
+    assert int.from_bytes(data[head + 12:head + 16], "little") == 5
+    data[head + 12] ^= 0x02
+    (tmp_path / "data.mdb").write_bytes(bytes(data))
+    with pytest.raises(CorruptStateError, match="counts 7 pages for a value that needs 5"):
+        LmdbStore(tmp_path)
+
+
 def test_two_stores_on_one_directory_are_refused(tmp_path, opened):
     opened(tmp_path)
     with pytest.raises(StateError, match="is in use by process"):
