@@ -761,17 +761,18 @@ def _check_structure(path: Path, psize: int, pages: int) -> None:
                 if node_flags & _F_SUBDATA:
                     record = _DB.unpack_from(value)
                     key_size = _NODE.unpack_from(data, base + offset)[3]
-                    name = bytes(data[base + offset + _NODE.size:base + offset + _NODE.size + key_size])
-                    trees[f"database {name.decode(errors='replace')!r}"] = (record[7], record[6])
+                    start = base + offset + _NODE.size
+                    trees[f"database {bytes(data[start:start + key_size]).decode(errors='replace')!r}"] = \
+                        (record[7], record[6])
         if found != main[1]:
             raise ValueError(f"the main database has {found} entries in its pages, and its record says {main[1]}")
-        for name, (root, entries) in trees.items():
+        for tree, (root, entries) in trees.items():
             found = 0
             for base, offsets in pages_file.leaves(root):
                 found += len(offsets)
                 pages_file.check_overflows(base, offsets)
             if found != entries:
-                raise ValueError(f"the {name} has {found} entries in its pages, and its record says {entries}")
+                raise ValueError(f"the {tree} has {found} entries in its pages, and its record says {entries}")
 
     _mapped(path, check)
 
