@@ -534,11 +534,12 @@ class LmdbTimerQueue:
             else:
                 return
 
-    def _fire_stored(self, timestamp: int) -> list[Any]:
+    def _fire_stored(self, timestamp: int) -> Iterator[Any]:
         """The stored timers at ``timestamp`` not fired or removed yet, in every key group
-        whose earliest stored timer it is; each becomes a deletion to write."""
+        whose earliest stored timer it is; each becomes a deletion to write. Read as the
+        caller fires them (in chunks: a trim between two writes their deletions), so a
+        million timers of one timestamp never sit in memory at once."""
         assert self._heads is not None
-        fired: list[Any] = []
         head_heap = self._head_heap
         while head_heap and head_heap[0][0] == timestamp:
             _, group = heapq.heappop(head_heap)
@@ -554,9 +555,8 @@ class LmdbTimerQueue:
                     continue  # fires from the cache
                 self._deleted.add((timestamp, key))
                 self._count.n += 1
-                fired.append(key)
+                yield key
             self._set_head(group, self._first_stored(group, timestamp + 1))
-        return fired
 
     def _next_stored(self) -> int | None:
         if self._stored_until is None:
