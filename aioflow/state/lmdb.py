@@ -313,12 +313,23 @@ class LmdbStore:
 
     def scan_sealed(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
         """``(key, value as stored)`` for every live key in ``[start, end)``, verified."""
+        for key, stored in self._chunked(self._live, start, end):
+            try:
+                open_value(key, stored)
+            except Damaged as exc:
+                raise StoredValueDamaged(self, key, str(exc)) from None
+            yield key, stored
+
+    def _chunked(self, db: Any, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """``(key, value as stored)`` of ``db`` in ``[start, end)``, in key order, read
+        :data:`_CHUNK` entries per transaction: no read transaction stays open while the
+        caller writes."""
         last: bytes | None = None
         while True:
             chunk: list[tuple[bytes, bytes]] = []
             try:
                 with self.env.begin(buffers=False) as txn:
-                    cursor = txn.cursor(db=self._live)
+                    cursor = txn.cursor(db=db)
                     found = cursor.set_range(start if last is None else last)
                     if found and last is not None and cursor.key() == last:
                         found = cursor.next()
@@ -330,12 +341,7 @@ class LmdbStore:
                         found = cursor.next()
             except lmdb.Error as exc:
                 raise self._read_failed(exc) from exc
-            for key, stored in chunk:
-                try:
-                    open_value(key, stored)
-                except Damaged as exc:
-                    raise StoredValueDamaged(self, key, str(exc)) from None
-                yield key, stored
+            yield from chunk
             if len(chunk) < _CHUNK:
                 return
             last = chunk[-1][0]
@@ -383,30 +389,9 @@ class LmdbStore:
         ``after_epoch`` completed (a key changed in several epochs comes once per epoch)."""
         for prefix in prefixes:
             group = KEY_GROUP.unpack_from(prefix)[0]
-            start, end = prefix + _EPOCH.pack(after_epoch + 1), after(prefix)
-            last: bytes | None = None
-            while True:
-                try:
-                    with self.env.begin(buffers=False) as txn:
-                        cursor = txn.cursor(db=self._undo)
-                        found = cursor.set_range(start if last is None else last)
-                        if found and last is not None and cursor.key() == last:
-                            found = cursor.next()
-                        chunk = []
-                        while found and len(chunk) < _CHUNK:
-                            key = cursor.key()
-                            if key >= end:
-                                break
-                            self._open_undo(key, cursor.value())
-                            chunk.append(key)
-                            found = cursor.next()
-                except lmdb.Error as exc:
-                    raise self._read_failed(exc) from exc
-                for key in chunk:
-                    yield group, key[:PREFIX] + key[_UNDO_HEAD:]
-                if len(chunk) < _CHUNK:
-                    break
-                last = chunk[-1]
+            for key, stored in self._chunked(self._undo, prefix + _EPOCH.pack(after_epoch + 1), after(prefix)):
+                self._open_undo(key, stored)
+                yield group, key[:PREFIX] + key[_UNDO_HEAD:]
 
     # -- writes -------------------------------------------------------------------------------
 
