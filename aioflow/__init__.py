@@ -3,16 +3,16 @@
 Everything a pipeline needs is importable from here (``import aioflow as af``).
 """
 
-from aioflow.app import App
-from aioflow.connected import (
+from aioflow._core.app import App
+from aioflow._core.connected import (
     BroadcastConnectedStreams,
     BroadcastStream,
     ConnectedStreams,
     IntervalJoin,
     IntervalJoined,
 )
-from aioflow.connectors.async_sink import AsyncBatchSink
-from aioflow.connectors.base import (
+from aioflow._core.connectors.async_sink import AsyncBatchSink
+from aioflow._core.connectors.base import (
     BadRecord,
     Sink,
     SinkClosed,
@@ -22,10 +22,10 @@ from aioflow.connectors.base import (
     SourceReader,
     TwoPhaseCommitSinkWriter,
 )
-from aioflow.connectors.collection import from_iterable
-from aioflow.connectors.files import FileSink, read_jsonl, read_text
-from aioflow.connectors.sinks import CollectSink, PrintSink
-from aioflow.errors import (
+from aioflow._core.connectors.collection import from_iterable
+from aioflow._core.connectors.files import FileSink, read_jsonl, read_text
+from aioflow._core.connectors.sinks import CollectSink, PrintSink
+from aioflow._core.errors import (
     AioflowError,
     AppLoadError,
     BadRecordError,
@@ -40,7 +40,7 @@ from aioflow.errors import (
     StateError,
     UserFunctionTypeError,
 )
-from aioflow.functions import (
+from aioflow._core.functions import (
     AggregateFunction,
     BroadcastProcessFunction,
     CoProcessFunction,
@@ -52,28 +52,28 @@ from aioflow.functions import (
     ProcessJoinFunction,
     ProcessWindowFunction,
 )
-from aioflow.graph.plan import Plan
-from aioflow.operators.async_io import FailedCall
-from aioflow.operators.context import OperatorContext
-from aioflow.operators.window import TriggerContext, WindowContext
-from aioflow.retry import RetryPolicy
-from aioflow.runtime.restart import (
+from aioflow._core.graph.plan import Plan
+from aioflow._core.operators.async_io import FailedCall
+from aioflow._core.operators.context import OperatorContext
+from aioflow._core.operators.window import TriggerContext, WindowContext
+from aioflow._core.retry import RetryPolicy
+from aioflow._core.runtime.restart import (
     ExponentialBackoffRestart,
     FailureRateRestart,
     FixedDelayRestart,
     NoRestart,
     RestartStrategy,
 )
-from aioflow.state.ttl import StateTtl
-from aioflow.stream import KeyedStream, Stream
-from aioflow.time.watermarks import (
+from aioflow._core.state.ttl import StateTtl
+from aioflow._core.stream import KeyedStream, Stream
+from aioflow._core.time.watermarks import (
     BoundedOutOfOrderness,
     MonotonousTimestamps,
     WatermarkGenerator,
     WatermarkOutput,
     WatermarkStrategy,
 )
-from aioflow.windows.assigners import (
+from aioflow._core.windows.assigners import (
     EventTimeSessionWindows,
     GlobalWindow,
     GlobalWindows,
@@ -85,9 +85,9 @@ from aioflow.windows.assigners import (
     TumblingProcessingTimeWindows,
     WindowAssigner,
 )
-from aioflow.windows.evictors import CountEvictor, DeltaEvictor, Evictor, TimeEvictor
-from aioflow.windows.stream import WindowedStream
-from aioflow.windows.triggers import (
+from aioflow._core.windows.evictors import CountEvictor, DeltaEvictor, Evictor, TimeEvictor
+from aioflow._core.windows.stream import WindowedStream
+from aioflow._core.windows.triggers import (
     ContinuousEventTimeTrigger,
     ContinuousProcessingTimeTrigger,
     CountTrigger,

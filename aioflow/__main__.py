@@ -2,6 +2,6 @@
 
 import sys
 
-from aioflow.cli import main
+from aioflow._core.cli import main
 
 sys.exit(main())

@@ -1,7 +1,7 @@
 """Kafka connectors: ``af.kafka.KafkaSource`` and ``af.kafka.KafkaSink`` (see
-:mod:`aioflow.connectors.kafka` and :mod:`aioflow.connectors.kafka_sink`)."""
+:mod:`aioflow._core.connectors.kafka` and :mod:`aioflow._core.connectors.kafka_sink`)."""
 
-from aioflow.connectors.kafka import KafkaRecord, KafkaSource
-from aioflow.connectors.kafka_sink import KafkaSink
+from aioflow._core.connectors.kafka import KafkaRecord, KafkaSource
+from aioflow._core.connectors.kafka_sink import KafkaSink
 
 __all__ = ["KafkaRecord", "KafkaSink", "KafkaSource"]

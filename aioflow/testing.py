@@ -39,20 +39,20 @@ from typing import Any
 
 import anyio
 
-from aioflow.app import App
-from aioflow.connectors.base import Sink, Source
-from aioflow.connectors.sinks import CollectSink
-from aioflow.errors import PipelineError
-from aioflow.functions import OutputTag, ProcessFunction
-from aioflow.graph.logical import Node
-from aioflow.operators.process import ProcessOperator
-from aioflow.operators.sink import SinkOperator
-from aioflow.runtime.events import Batch
-from aioflow.runtime.operator import Output
-from aioflow.runtime.restart import NoRestart
-from aioflow.runtime.task import SubtaskEnvironment
-from aioflow.state.memory import MemoryBackend
-from aioflow.stream import Stream, instantiate
+from aioflow._core.app import App
+from aioflow._core.connectors.base import Sink, Source
+from aioflow._core.connectors.sinks import CollectSink
+from aioflow._core.errors import PipelineError
+from aioflow._core.functions import OutputTag, ProcessFunction
+from aioflow._core.graph.logical import Node
+from aioflow._core.operators.process import ProcessOperator
+from aioflow._core.operators.sink import SinkOperator
+from aioflow._core.runtime.events import Batch
+from aioflow._core.runtime.operator import Output
+from aioflow._core.runtime.restart import NoRestart
+from aioflow._core.runtime.task import SubtaskEnvironment
+from aioflow._core.state.memory import MemoryBackend
+from aioflow._core.stream import Stream, instantiate
 
 __all__ = ["SETTINGS", "ProcessFunctionHarness", "replace_sink", "replace_source", "run_collect",
            "run_collect_async"]

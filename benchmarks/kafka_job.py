@@ -27,8 +27,8 @@ from reporting import Marks
 from workloads import BOUND_MS
 
 import aioflow as af
-from aioflow.connectors.kafka import KafkaReader, KafkaSource
-from aioflow.connectors.kafka_sink import KafkaSink
+from aioflow._core.connectors.kafka import KafkaReader, KafkaSource
+from aioflow._core.connectors.kafka_sink import KafkaSink
 
 __all__ = ["app", "marks"]
 

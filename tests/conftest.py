@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aioflow.log import configure_logging
+from aioflow._core.log import configure_logging
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import aioflow as af
-from aioflow.cli import load_app, main
-from aioflow.errors import AppLoadError
+from aioflow._core.cli import load_app, main
+from aioflow._core.errors import AppLoadError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,11 +7,11 @@ import random
 import pytest
 
 import aioflow as af
-from aioflow.operators.join import IntervalJoinOperator
-from aioflow.runtime.events import Batch
-from aioflow.runtime.operator import Output
-from aioflow.runtime.task import SubtaskEnvironment
-from aioflow.state.memory import MemoryBackend
+from aioflow._core.operators.join import IntervalJoinOperator
+from aioflow._core.runtime.events import Batch
+from aioflow._core.runtime.operator import Output
+from aioflow._core.runtime.task import SubtaskEnvironment
+from aioflow._core.state.memory import MemoryBackend
 from aioflow.testing import run_collect
 
 

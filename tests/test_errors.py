@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 import aioflow as af
-from aioflow.errors import OperatorError
+from aioflow._core.errors import OperatorError
 from aioflow.testing import run_collect
 
 

@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 import aioflow as af
-from aioflow.cli import load_app
+from aioflow._core.cli import load_app
 from aioflow.testing import replace_source, run_collect
 
 ROOT = Path(__file__).resolve().parent.parent

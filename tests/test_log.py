@@ -14,7 +14,7 @@ import pytest
 import structlog
 
 import aioflow as af
-from aioflow.log import configure_logging
+from aioflow._core.log import configure_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,13 +13,13 @@ from typing import Any
 import anyio
 import pytest
 
-import aioflow.checkpoint.coordinator as coordinator_module
-from aioflow.checkpoint.coordinator import CheckpointCoordinator
-from aioflow.checkpoint.restore import open_state
-from aioflow.checkpoint.storage import LocalCheckpointStorage
-from aioflow.runtime.keygroups import key_group_range
-from aioflow.state.durable import LmdbBackend
-from aioflow.state.lmdb import LmdbStore, StateDirLock
+import aioflow._core.checkpoint.coordinator as coordinator_module
+from aioflow._core.checkpoint.coordinator import CheckpointCoordinator
+from aioflow._core.checkpoint.restore import open_state
+from aioflow._core.checkpoint.storage import LocalCheckpointStorage
+from aioflow._core.runtime.keygroups import key_group_range
+from aioflow._core.state.durable import LmdbBackend
+from aioflow._core.state.lmdb import LmdbStore, StateDirLock
 
 
 class Task:

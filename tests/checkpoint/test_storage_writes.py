@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from aioflow.checkpoint.storage import SectionWriter, storage_at
-from aioflow.errors import StateError
+from aioflow._core.checkpoint.storage import SectionWriter, storage_at
+from aioflow._core.errors import StateError
 
 
 def test_a_full_disk_while_writing_a_section_is_a_state_error_naming_the_file(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import structlog
 
-from aioflow.connectors.base import ErrorPolicy
+from aioflow._core.connectors.base import ErrorPolicy
 
 
 def test_skip_logs_the_first_bad_record_then_one_summary_per_interval() -> None:

@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 import aioflow as af
-from aioflow.connectors import files
-from aioflow.connectors.base import Sink, TwoPhaseCommitSinkWriter
-from aioflow.errors import StateError
+from aioflow._core.connectors import files
+from aioflow._core.connectors.base import Sink, TwoPhaseCommitSinkWriter
+from aioflow._core.errors import StateError
 
 
 def _records(path: Path) -> list[Any]:

@@ -18,7 +18,7 @@ from kafka.topics import create_topic, read, refused_port, unique_name
 
 import aioflow as af
 import aioflow.kafka
-from aioflow.connectors.kafka_sink import KafkaSink, _hand_over
+from aioflow._core.connectors.kafka_sink import KafkaSink, _hand_over
 from aioflow.testing import run_collect_async
 
 

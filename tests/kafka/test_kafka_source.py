@@ -15,7 +15,7 @@ from kafka.topics import committed_offsets, create_topic, produce, refused_port,
 
 import aioflow as af
 import aioflow.kafka
-from aioflow.connectors.kafka import KafkaSource
+from aioflow._core.connectors.kafka import KafkaSource
 from aioflow.testing import run_collect_async
 
 

@@ -18,13 +18,13 @@ import pytest
 from recovery.gated import checkpoint_manifests
 
 import aioflow as af
-from aioflow.errors import CorruptStateError, StateError
-from aioflow.operators.coprocess import BroadcastProcessOperator
-from aioflow.runtime.events import Batch
-from aioflow.runtime.operator import Output
-from aioflow.runtime.task import SubtaskEnvironment
-from aioflow.state.lmdb import LmdbStore, StoredValueDamaged
-from aioflow.state.memory import MemoryBackend
+from aioflow._core.errors import CorruptStateError, StateError
+from aioflow._core.operators.coprocess import BroadcastProcessOperator
+from aioflow._core.runtime.events import Batch
+from aioflow._core.runtime.operator import Output
+from aioflow._core.runtime.task import SubtaskEnvironment
+from aioflow._core.state.lmdb import LmdbStore, StoredValueDamaged
+from aioflow._core.state.memory import MemoryBackend
 
 NO_PERIODIC_CHECKPOINT = 3600.0  # seconds: the final checkpoint of a finished job is the only one
 

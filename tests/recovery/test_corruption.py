@@ -39,8 +39,8 @@ import pytest
 from recovery import gated
 from recovery.jobs import Worker, explain, write_events
 
-from aioflow.state.integrity import open_document
-from aioflow.state.lmdb import _free_pages
+from aioflow._core.state.integrity import open_document
+from aioflow._core.state.lmdb import _free_pages
 
 JOB = '''
 import os
@@ -50,7 +50,7 @@ import structlog
 from gated import GatedSource, at_least_checkpoints
 
 import aioflow as af
-from aioflow.state.lmdb import _free_pages
+from aioflow._core.state.lmdb import _free_pages
 
 state = os.environ["STATE"]
 interval = os.environ.get("INTERVAL", "0.1")  # "": no checkpoints

@@ -13,10 +13,10 @@ from typing import Any
 
 import anyio
 
-from aioflow.checkpoint.coordinator import CheckpointCoordinator, TaskSnapshot
-from aioflow.checkpoint.manifest import Section
-from aioflow.checkpoint.storage import LocalCheckpointStorage
-from aioflow.state.lmdb import LmdbStore
+from aioflow._core.checkpoint.coordinator import CheckpointCoordinator, TaskSnapshot
+from aioflow._core.checkpoint.manifest import Section
+from aioflow._core.checkpoint.storage import LocalCheckpointStorage
+from aioflow._core.state.lmdb import LmdbStore
 
 
 class Backend:

@@ -12,7 +12,7 @@ import pytest
 from recovery.gated import checkpoint_manifests
 
 import aioflow as af
-from aioflow.runtime.restart import DEFAULT_RESTART_STRATEGY
+from aioflow._core.runtime.restart import DEFAULT_RESTART_STRATEGY
 
 EVENTS = [{"user": f"u{i % 7}", "ts": i * 10, "v": i % 5} for i in range(20_000)]
 

@@ -11,7 +11,7 @@ import pytest
 from recovery.gated import checkpoint_manifests
 
 import aioflow as af
-from aioflow.connectors.files import _truncate_torn_line
+from aioflow._core.connectors.files import _truncate_torn_line
 
 
 def _flaky_job(folder: Path, fail_at: int, source: Any) -> af.App:

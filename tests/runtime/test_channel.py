@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from aioflow.runtime.channel import Channel, InputGate
+from aioflow._core.runtime.channel import Channel, InputGate
 
 
 async def test_send_nowait_fails_without_credit() -> None:

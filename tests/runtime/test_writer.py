@@ -5,11 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from aioflow.runtime.channel import Channel, InputGate
-from aioflow.runtime.events import Batch
-from aioflow.runtime.keygroups import key_group, stable_hash
-from aioflow.runtime.partitioning import BROADCAST, FORWARD, HASH, REBALANCE
-from aioflow.runtime.writer import RecordWriter
+from aioflow._core.runtime.channel import Channel, InputGate
+from aioflow._core.runtime.events import Batch
+from aioflow._core.runtime.keygroups import key_group, stable_hash
+from aioflow._core.runtime.partitioning import BROADCAST, FORWARD, HASH, REBALANCE
+from aioflow._core.runtime.writer import RecordWriter
 
 
 def _drain(channel: Channel) -> list[object]:
@@ -70,7 +70,7 @@ async def test_control_events_follow_buffered_records() -> None:
 
 
 def test_stable_hash_does_not_depend_on_the_process() -> None:
-    code = "from aioflow.runtime.keygroups import stable_hash; print(stable_hash('user-1'), stable_hash(('a', 7)))"
+    code = "from aioflow._core.runtime.keygroups import stable_hash; print(stable_hash('user-1'), stable_hash(('a', 7)))"
     runs = {
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env={"PYTHONHASHSEED": seed}).stdout

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from aioflow.checkpoint.manifest import Manifest
-from aioflow.checkpoint.restore import open_state
-from aioflow.checkpoint.storage import LocalCheckpointStorage
-from aioflow.state.durable import LmdbBackend
-from aioflow.state.lmdb import LmdbStore, StateDirLock
-from aioflow.state.memory import MemoryBackend
+from aioflow._core.checkpoint.manifest import Manifest
+from aioflow._core.checkpoint.restore import open_state
+from aioflow._core.checkpoint.storage import LocalCheckpointStorage
+from aioflow._core.state.durable import LmdbBackend
+from aioflow._core.state.lmdb import LmdbStore, StateDirLock
+from aioflow._core.state.memory import MemoryBackend
 
 
 class Durable:

@@ -8,9 +8,9 @@ miss the cache and come back from the store's working area or its checkpoint.
 import pytest
 
 import aioflow as af
-from aioflow.functions import AggregateFunction
-from aioflow.state.handles import AggregatingState, ListState, MapState, ReducingState, ValueState
-from aioflow.state.serializers import PickleSerializer
+from aioflow._core.functions import AggregateFunction
+from aioflow._core.state.handles import AggregatingState, ListState, MapState, ReducingState, ValueState
+from aioflow._core.state.serializers import PickleSerializer
 from aioflow.testing import run_collect
 
 

@@ -6,8 +6,8 @@ import stat
 import lmdb
 import pytest
 
-from aioflow.errors import CorruptStateError, IncompatibleStateError, StateError
-from aioflow.state.lmdb import FORMAT, KEY_GROUP, PREFIX, LmdbStore, StoredValueDamaged
+from aioflow._core.errors import CorruptStateError, IncompatibleStateError, StateError
+from aioflow._core.state.lmdb import FORMAT, KEY_GROUP, PREFIX, LmdbStore, StoredValueDamaged
 
 
 @pytest.fixture

@@ -2,11 +2,11 @@
 
 import pytest
 
-from aioflow.errors import CorruptStateError, StateError
-from aioflow.state.durable import LmdbBackend
-from aioflow.state.handles import ValueState
-from aioflow.state.memory import MemoryBackend
-from aioflow.state.serializers import JsonSerializer, PickleSerializer, decode_key, encode_key, serializer_named
+from aioflow._core.errors import CorruptStateError, StateError
+from aioflow._core.state.durable import LmdbBackend
+from aioflow._core.state.handles import ValueState
+from aioflow._core.state.memory import MemoryBackend
+from aioflow._core.state.serializers import JsonSerializer, PickleSerializer, decode_key, encode_key, serializer_named
 
 
 class Current:

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 import pytest
 
 import aioflow as af
-import aioflow.state.durable as durable_module
-import aioflow.state.memory as memory_module
-from aioflow.errors import PipelineError, StateError
-from aioflow.functions import AggregateFunction
-from aioflow.operators.context import OperatorContext
-from aioflow.state.durable import LmdbBackend
-from aioflow.state.handles import AggregatingState, ListState, MapState, ReducingState, ValueState
-from aioflow.state.memory import MemoryBackend
-from aioflow.state.ttl import TTL_CLEANUP_BUDGET, TTL_CLEANUP_INTERVAL_MS, StateTtl
+import aioflow._core.state.durable as durable_module
+import aioflow._core.state.memory as memory_module
+from aioflow._core.errors import PipelineError, StateError
+from aioflow._core.functions import AggregateFunction
+from aioflow._core.operators.context import OperatorContext
+from aioflow._core.state.durable import LmdbBackend
+from aioflow._core.state.handles import AggregatingState, ListState, MapState, ReducingState, ValueState
+from aioflow._core.state.memory import MemoryBackend
+from aioflow._core.state.ttl import TTL_CLEANUP_BUDGET, TTL_CLEANUP_INTERVAL_MS, StateTtl
 from aioflow.testing import run_collect
 
 START = 1_700_000_000_000

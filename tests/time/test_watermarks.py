@@ -7,8 +7,8 @@ import pytest
 from support import Count
 
 import aioflow as af
+from aioflow._core.time.watermarks import SourceWatermarks
 from aioflow.testing import run_collect, run_collect_async
-from aioflow.time.watermarks import SourceWatermarks
 
 
 class WindowOf(af.ProcessWindowFunction):

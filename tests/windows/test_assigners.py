@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import aioflow as af
-from aioflow.windows.assigners import merge_windows
+from aioflow._core.windows.assigners import merge_windows
 
 W = af.TimeWindow
 

@@ -14,9 +14,9 @@ from types import SimpleNamespace
 from support import Count
 
 import aioflow as af
-from aioflow.state.handles import ValueState
-from aioflow.state.memory import MemoryTable
-from aioflow.state.serializers import JsonSerializer
+from aioflow._core.state.handles import ValueState
+from aioflow._core.state.memory import MemoryTable
+from aioflow._core.state.serializers import JsonSerializer
 from aioflow.testing import run_collect
 
 

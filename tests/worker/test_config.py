@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 import aioflow as af
-from aioflow.cli import main, parse_args
-from aioflow.log import configure_logging
-from aioflow.runtime.restart import DEFAULT_RESTART_STRATEGY, NoRestart
-from aioflow.worker.config import EnvironmentOptionError
+from aioflow._core.cli import main, parse_args
+from aioflow._core.log import configure_logging
+from aioflow._core.runtime.restart import DEFAULT_RESTART_STRATEGY, NoRestart
+from aioflow._core.worker.config import EnvironmentOptionError
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TARGET = "examples/wordcount.py:app"

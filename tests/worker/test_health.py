@@ -12,10 +12,10 @@ import anyio
 from worker.serving import Numbers, NumbersReader, ServedWorker, observed_app, wait_until, wait_until_async
 
 import aioflow as af
-from aioflow.checkpoint.coordinator import CheckpointStatistics
-from aioflow.worker.collectors import register_job_metrics
-from aioflow.worker.health import HealthCheck
-from aioflow.worker.metrics import MetricsRegistry
+from aioflow._core.checkpoint.coordinator import CheckpointStatistics
+from aioflow._core.worker.collectors import register_job_metrics
+from aioflow._core.worker.health import HealthCheck
+from aioflow._core.worker.metrics import MetricsRegistry
 
 
 def _job(status: str = "running", *, failures: int = 0, restarts: int = 0) -> Any:

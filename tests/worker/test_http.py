@@ -13,7 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from aioflow.worker.http import HttpServer, Response
+from aioflow._core.worker.http import HttpServer, Response
 
 
 def _routes() -> dict[str, object]:

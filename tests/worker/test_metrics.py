@@ -16,9 +16,9 @@ from structlog.testing import capture_logs
 from worker.serving import Numbers, ServedWorker, observed_app, parse_metrics, value, wait_until, wait_until_async
 
 import aioflow as af
-from aioflow.worker.collectors import register_job_metrics
-from aioflow.worker.health import HealthCheck
-from aioflow.worker.metrics import Metric, MetricsRegistry, render
+from aioflow._core.worker.collectors import register_job_metrics
+from aioflow._core.worker.health import HealthCheck
+from aioflow._core.worker.metrics import Metric, MetricsRegistry, render
 
 # -- the registry and the text format ------------------------------------------------------------
 
