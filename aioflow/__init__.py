@@ -1,8 +1,11 @@
 """aioflow: asyncio-native stream processing with Flink's model.
 
-Everything a pipeline needs is importable from here (``import aioflow as af``).
+Everything a pipeline needs is importable from here (``import aioflow as af``); the Kafka
+connectors from :mod:`aioflow.kafka` (also ``af.kafka``) and test harnesses from
+:mod:`aioflow.testing`. The implementation lives in ``aioflow._core``, which is private.
 """
 
+from aioflow._core import rehome as _rehome
 from aioflow._core.app import App
 from aioflow._core.connected import (
     BroadcastConnectedStreams,
@@ -53,6 +56,7 @@ from aioflow._core.functions import (
     ProcessWindowFunction,
 )
 from aioflow._core.graph.plan import Plan
+from aioflow._core.log import configure_logging
 from aioflow._core.operators.async_io import FailedCall
 from aioflow._core.operators.context import OperatorContext
 from aioflow._core.operators.window import TriggerContext, WindowContext
@@ -64,6 +68,7 @@ from aioflow._core.runtime.restart import (
     NoRestart,
     RestartStrategy,
 )
+from aioflow._core.state.serializers import Serializer
 from aioflow._core.state.ttl import StateTtl
 from aioflow._core.stream import KeyedStream, Stream
 from aioflow._core.time.watermarks import (
@@ -109,6 +114,7 @@ def __getattr__(name: str) -> object:
 
         return importlib.import_module("aioflow.kafka")
     raise AttributeError(f"module 'aioflow' has no attribute {name!r}")
+
 
 __all__ = [
     "AggregateFunction",
@@ -172,6 +178,7 @@ __all__ = [
     "SinkClosed",
     "SinkDeliveryError",
     "SinkWriter",
+    "Serializer",
     "SlidingEventTimeWindows",
     "SlidingProcessingTimeWindows",
     "Source",
@@ -195,7 +202,11 @@ __all__ = [
     "WindowAssigner",
     "WindowContext",
     "WindowedStream",
+    "configure_logging",
     "from_iterable",
     "read_jsonl",
     "read_text",
 ]
+
+
+_rehome(__all__, globals(), __name__)

@@ -249,7 +249,12 @@ class App:
         savepoint and keeps open windows and timers in it, unless ``drain_on_stop``.
         ``state_dir``, ``checkpoint_interval`` and ``checkpoint_storage`` override the
         app's for this run (a ``state_dir`` then means the LMDB backend, unless the app
-        chose one)."""
+        chose one). The loop must be asyncio's (see docs/api.md, "asyncio only")."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise PipelineError("aioflow runs on asyncio only: run_async() needs a running asyncio event loop "
+                                "(asyncio.run, anyio with the asyncio backend); trio is not supported") from None
         if not structlog.is_configured():
             configure_logging()
         plan = self.plan(parallelism=parallelism)
@@ -273,7 +278,7 @@ class App:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            anyio.run(functools.partial(self.run_async, **options))
+            anyio.run(functools.partial(self.run_async, **options), backend="asyncio")
             return
         raise RuntimeError("App.run() was called inside a running event loop; use `await app.run_async()`")
 

@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                    "allow_non_restored_state": args.allow_non_restored_state, "drain_on_stop": args.drain,
                    "state_dir": args.state_dir, "checkpoint_interval": args.checkpoint_interval,
                    "checkpoint_storage": args.checkpoint_storage}
-        return anyio.run(_run_worker, app, args.stop_timeout, options, http)
+        return anyio.run(_run_worker, app, args.stop_timeout, options, http, backend="asyncio")
     except RefusedError as exc:
         log.error("refused", app=app.name, error=str(exc), exit_status=EXIT_REFUSED)
         return EXIT_REFUSED
