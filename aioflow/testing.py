@@ -41,7 +41,6 @@ from aioflow._core.testing import (
     run_collect_async,
 )
 
-__all__ = ["SETTINGS", "ProcessFunctionHarness", "replace_sink", "replace_source", "run_collect",
-           "run_collect_async"]
+__all__ = ["SETTINGS", "ProcessFunctionHarness", "replace_sink", "replace_source", "run_collect", "run_collect_async"]
 
 _rehome(__all__, globals(), __name__)

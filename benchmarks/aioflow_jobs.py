@@ -86,8 +86,7 @@ def _app(name: str, job: JobInput, **options: Any) -> af.App:
     if job.state_backend == "lmdb":
         if job.state_dir is None:
             raise ValueError("the lmdb state backend needs a state directory")
-        options.update(state_backend="lmdb", state_dir=str(job.state_dir),
-                       checkpoint_interval=job.checkpoint_interval)
+        options.update(state_backend="lmdb", state_dir=str(job.state_dir), checkpoint_interval=job.checkpoint_interval)
     return af.App(name, **options)
 
 
@@ -198,8 +197,9 @@ def sliding(job: JobInput) -> Run:
     app = _app("sliding", job)
     results = af.CollectSink()
     per_user = _timed_events(app, job).key_by(lambda e: e["user"])
-    per_user.window(af.SlidingEventTimeWindows(WINDOW_MS, SLIDE_MS)) \
-        .aggregate(SumCount(), window_function=WithStart()).sink(results)
+    per_user.window(af.SlidingEventTimeWindows(WINDOW_MS, SLIDE_MS)).aggregate(
+        SumCount(), window_function=WithStart()
+    ).sink(results)
     return _run_collecting(app, results)
 
 
@@ -217,8 +217,9 @@ def session(job: JobInput) -> Run:
     app = _app("session", job)
     results = af.CollectSink()
     per_user = _timed_events(app, job).key_by(lambda e: e["user"])
-    per_user.window(af.EventTimeSessionWindows(SESSION_GAP_MS)) \
-        .aggregate(SumCount(), window_function=WithBounds()).sink(results)
+    per_user.window(af.EventTimeSessionWindows(SESSION_GAP_MS)).aggregate(
+        SumCount(), window_function=WithBounds()
+    ).sink(results)
     return _run_collecting(app, results)
 
 
@@ -265,8 +266,7 @@ def async_io(job: JobInput) -> Run:
     the keyed async function of the async processing issue."""
     app = _app("async_io", job)
     results = af.CollectSink()
-    app.source(af.from_iterable(keyed_records(job.events))).key_by(lambda r: r["key"]).map(simulated_call) \
-        .sink(results)
+    app.source(af.from_iterable(keyed_records(job.events))).key_by(lambda r: r["key"]).map(simulated_call).sink(results)
     return _run_collecting(app, results)
 
 
@@ -276,7 +276,8 @@ def _map_async(name: str, ordered: bool) -> Prepare:
         app = _app(name, job)
         results = af.CollectSink()
         app.source(af.from_iterable(keyed_records(job.events))).map_async(
-            simulated_call, capacity=CAPACITY, ordered=ordered).sink(results)
+            simulated_call, capacity=CAPACITY, ordered=ordered
+        ).sink(results)
         return _run_collecting(app, results)
 
     return prepare
@@ -311,8 +312,9 @@ def _digits(per_record: bool) -> Prepare:
         if per_record:
             scored = records.map(lambda r: int(model.predict(np.array([r["pixels"]]))[0]))
         else:
-            scored = records.map_batch(lambda rs: model.predict(np.array([r["pixels"] for r in rs])),
-                                       max_batch_size=BATCH_SCORING)
+            scored = records.map_batch(
+                lambda rs: model.predict(np.array([r["pixels"] for r in rs])), max_batch_size=BATCH_SCORING
+            )
         scored.sink(results)
         return _run_collecting(app, results)
 
@@ -320,7 +322,12 @@ def _digits(per_record: bool) -> Prepare:
 
 
 JOBS: dict[str, Prepare] = {
-    "w1": w1, "backpressure": backpressure, "w2": w2, "w3": w3, "sliding": sliding, "session": session,
+    "w1": w1,
+    "backpressure": backpressure,
+    "w2": w2,
+    "w3": w3,
+    "sliding": sliding,
+    "session": session,
     "async_io": async_io,
     "async_io_ordered": _map_async("async_io_ordered", True),
     "async_io_unordered": _map_async("async_io_unordered", False),

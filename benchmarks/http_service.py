@@ -24,8 +24,12 @@ async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.Stream
             i = int(path.rsplit(b"/", 1)[-1])
             await asyncio.sleep(CALL_S)
             body = orjson.dumps({"i": i, "double": 2 * i})
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                         + str(len(body)).encode() + b"\r\n\r\n" + body)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\n\r\n"
+                + body
+            )
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass

@@ -75,8 +75,20 @@ def tansu_broker(log_path: Path) -> Iterator[str]:
     url = f"tcp://127.0.0.1:{port}"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
-        broker = subprocess.Popen([binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                                   "--storage-engine", "memory://tansu/"], stdout=log, stderr=subprocess.STDOUT)
+        broker = subprocess.Popen(
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 30
             while not _accepting(port):
@@ -157,8 +169,12 @@ async def _produce(servers: str, topic: str, path: Path) -> int:
         for partition, batch in batches.items():
             sent.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*sent)
-        await asyncio.gather(*[await producer.send(topic, value, key=key, partition=partition)
-                               for partition, (key, value) in held.items()])
+        await asyncio.gather(
+            *[
+                await producer.send(topic, value, key=key, partition=partition)
+                for partition, (key, value) in held.items()
+            ]
+        )
     finally:
         await producer.stop()
     return n
@@ -210,8 +226,10 @@ async def _read(servers: str, topic: str, expected: int) -> list[tuple[Any, ...]
                     if key not in partition_of:
                         partition_of[key] = partitioner(key, ids, ids)
                     if tp.partition != partition_of[key]:
-                        raise ChildFailed(f"{topic}: record {row!r} is in partition {tp.partition}, "
-                                          f"not {partition_of[key]} as its key says")
+                        raise ChildFailed(
+                            f"{topic}: record {row!r} is in partition {tp.partition}, "
+                            f"not {partition_of[key]} as its key says"
+                        )
                     rows.append(row)
         return rows
     finally:
@@ -243,9 +261,13 @@ def run_side(side: str, run: KafkaRun) -> dict[str, Any]:
     n = next(_run_numbers)
     output = f"results-{side}-{n}"
     create_topic(run.servers, output)
-    env = os.environ | {"BENCH_KAFKA_SERVERS": run.servers, "BENCH_KAFKA_INPUT": run.input_topic,
-                        "BENCH_KAFKA_OUTPUT": output, "BENCH_KAFKA_GROUP": f"kafka-w2-{n}",
-                        "BENCH_KAFKA_FLOOR_BATCHES": "1" if run.floor_batches else "0"}
+    env = os.environ | {
+        "BENCH_KAFKA_SERVERS": run.servers,
+        "BENCH_KAFKA_INPUT": run.input_topic,
+        "BENCH_KAFKA_OUTPUT": output,
+        "BENCH_KAFKA_GROUP": f"kafka-w2-{n}",
+        "BENCH_KAFKA_FLOOR_BATCHES": "1" if run.floor_batches else "0",
+    }
     try:
         with tempfile.TemporaryDirectory(prefix="aioflow-bench-state-") as state_dir:
             if side == "floor":
@@ -262,7 +284,7 @@ def run_side(side: str, run: KafkaRun) -> dict[str, Any]:
         marks = None
         for line in reversed(done.stdout.splitlines()):
             if line.startswith(RESULT_PREFIX):
-                marks = orjson.loads(line[len(RESULT_PREFIX):])
+                marks = orjson.loads(line[len(RESULT_PREFIX) :])
                 break
         if done.returncode != 0 or marks is None:
             raise ChildFailed(f"{side} run exited with {done.returncode}:\n{done.stderr.strip()[-3000:]}")

@@ -38,8 +38,13 @@ _MIN_TS = -(2**63)
 _MAX_TS = 2**63 - 1
 
 
-async def _send_batches(producer: AIOKafkaProducer, topic: str, rows: list[tuple[str, int, int, float]],
-                        partitioner: DefaultPartitioner, partition_of: dict[bytes, int]) -> list[Any]:
+async def _send_batches(
+    producer: AIOKafkaProducer,
+    topic: str,
+    rows: list[tuple[str, int, int, float]],
+    partitioner: DefaultPartitioner,
+    partition_of: dict[bytes, int],
+) -> list[Any]:
     """Hand ``rows`` over as record batches, one (or more, as they fill) per partition:
     the batch-producing variant of the floor. Their delivery futures."""
     ids = list(range(PARTITIONS))
@@ -126,8 +131,15 @@ async def floor(servers: str, input_topic: str, output_topic: str, marks: Marks,
 def main() -> None:
     marks = Marks()
     environ = os.environ
-    asyncio.run(floor(environ["BENCH_KAFKA_SERVERS"], environ["BENCH_KAFKA_INPUT"],
-                      environ["BENCH_KAFKA_OUTPUT"], marks, batches=environ.get("BENCH_KAFKA_FLOOR_BATCHES") == "1"))
+    asyncio.run(
+        floor(
+            environ["BENCH_KAFKA_SERVERS"],
+            environ["BENCH_KAFKA_INPUT"],
+            environ["BENCH_KAFKA_OUTPUT"],
+            marks,
+            batches=environ.get("BENCH_KAFKA_FLOOR_BATCHES") == "1",
+        )
+    )
     marks.report()
 
 

@@ -65,7 +65,8 @@ def build_app(servers: str, input_topic: str, output_topic: str, group: str) -> 
     app = af.App("kafka_w2", **({"state_cache_size": int(cache)} if cache else {}))
     events = app.source(
         MarkingKafkaSource(input_topic, bootstrap_servers=servers, group_id=group, bounded=True),
-        timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(BOUND_MS),
+        timestamps=lambda e: e["ts"],
+        watermarks=af.BoundedOutOfOrderness(BOUND_MS),
     )
     window_sums(events).sink(
         MarkingKafkaSink(output_topic, bootstrap_servers=servers, key=lambda r: r[0], delivery="at_least_once")

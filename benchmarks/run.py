@@ -87,27 +87,52 @@ WORKLOADS = {
     for w in (
         Workload("w1", "parse JSON lines, filter amount > 10, map to (user, amount * 1.1), count", 1_000_000),
         Workload(
-            "backpressure", "generator into a sink sleeping 1 ms per batch; peak RSS must stay small",
-            5_000_000, reads_file=False, rss_limit_mb=250.0,
+            "backpressure",
+            "generator into a sink sleeping 1 ms per batch; peak RSS must stay small",
+            5_000_000,
+            reads_file=False,
+            rss_limit_mb=250.0,
         ),
         Workload("w2", "key by user, 10 s tumbling event-time windows: (user, start, count, sum)", 1_000_000),
         Workload("w3", "keyed process function: running count, 30 s inactivity event-time timers", 1_000_000),
-        Workload("sliding", "key by user, 10 s event-time windows sliding by 2 s: (user, start, count, sum)",
-                 1_000_000),
-        Workload("session", "key by user, event-time session windows, 5 s gap: (user, start, end, count, sum)",
-                 1_000_000),
-        Workload("async_io", "each record awaits a 10 ms call after key_by (10k keys); floor: asyncio.gather, "
-                 "at most 100 at once", 20_000, reads_file=False),
-        Workload("async_io_ordered", "each record awaits a 10 ms call through map_async (capacity 100), results "
-                 "in input order; floor: asyncio.gather", 20_000, reads_file=False),
+        Workload(
+            "sliding", "key by user, 10 s event-time windows sliding by 2 s: (user, start, count, sum)", 1_000_000
+        ),
+        Workload(
+            "session", "key by user, event-time session windows, 5 s gap: (user, start, end, count, sum)", 1_000_000
+        ),
+        Workload(
+            "async_io",
+            "each record awaits a 10 ms call after key_by (10k keys); floor: asyncio.gather, at most 100 at once",
+            20_000,
+            reads_file=False,
+        ),
+        Workload(
+            "async_io_ordered",
+            "each record awaits a 10 ms call through map_async (capacity 100), results "
+            "in input order; floor: asyncio.gather",
+            20_000,
+            reads_file=False,
+        ),
         Workload("async_io_unordered", "as async_io_ordered, results as they complete", 20_000, reads_file=False),
-        Workload("async_http", "map_async of an HTTP GET (aiohttp) to a local service answering after 10 ms, "
-                 "capacity 100; floor: asyncio.gather of the same requests", 20_000, reads_file=False),
-        Workload("digits", "scikit-learn SVC predict over 8x8 digits with map_batch (64 per call); floor: the "
-                 "same batched predict loop", 20_000, reads_file=False),
+        Workload(
+            "async_http",
+            "map_async of an HTTP GET (aiohttp) to a local service answering after 10 ms, "
+            "capacity 100; floor: asyncio.gather of the same requests",
+            20_000,
+            reads_file=False,
+        ),
+        Workload(
+            "digits",
+            "scikit-learn SVC predict over 8x8 digits with map_batch (64 per call); floor: the "
+            "same batched predict loop",
+            20_000,
+            reads_file=False,
+        ),
         Workload("digits_per_record", "as digits, one predict call per image in a map", 20_000, reads_file=False),
-        Workload("kafka", "w2 from a 4-partition Kafka topic to a Kafka topic, each side a process of its own",
-                 1_000_000),
+        Workload(
+            "kafka", "w2 from a 4-partition Kafka topic to a Kafka topic, each side a process of its own", 1_000_000
+        ),
     )
 }
 
@@ -161,14 +186,26 @@ def child_main(args: argparse.Namespace) -> int:
 # -- parent: the harness -------------------------------------------------------------------
 
 
-def run_child(side: str, workload: str, job: JobInput, state: StateConfig = IN_MEMORY,
-              sliding_floor: str = "panes") -> dict[str, Any]:
+def run_child(
+    side: str, workload: str, job: JobInput, state: StateConfig = IN_MEMORY, sliding_floor: str = "panes"
+) -> dict[str, Any]:
     """Measure one side of ``workload`` in a fresh Python process (the aioflow side with
     its state configured by ``state``; the sliding floor as ``sliding_floor`` says)."""
     child = AIOFLOW if side == MEMORY else side
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", child,
-               "--workload", workload, "--events", str(job.events), "--state-backend", state.backend,
-               "--sliding-floor", sliding_floor]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        child,
+        "--workload",
+        workload,
+        "--events",
+        str(job.events),
+        "--state-backend",
+        state.backend,
+        "--sliding-floor",
+        sliding_floor,
+    ]
     if state.checkpoint_interval is not None:
         command += ["--checkpoint-interval", repr(state.checkpoint_interval)]
     if job.path is not None:
@@ -176,7 +213,7 @@ def run_child(side: str, workload: str, job: JobInput, state: StateConfig = IN_M
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            result: dict[str, Any] = orjson.loads(line[len(RESULT_PREFIX):])
+            result: dict[str, Any] = orjson.loads(line[len(RESULT_PREFIX) :])
             durations = completed_checkpoints(done.stderr)
             result["checkpoints"] = len(durations)
             result["checkpoint_max_ms"] = max(durations, default=None)
@@ -231,8 +268,13 @@ def _progress(message: str) -> None:
 
 
 def benchmark(
-    workload: Workload, events: int, seed: int, repeat: int, state: StateConfig = IN_MEMORY,
-    versus_memory: bool = False, sliding_floor: str = "panes",
+    workload: Workload,
+    events: int,
+    seed: int,
+    repeat: int,
+    state: StateConfig = IN_MEMORY,
+    versus_memory: bool = False,
+    sliding_floor: str = "panes",
 ) -> dict[str, Any]:
     """Alternate floor and aioflow runs (and aioflow in memory, with ``versus_memory``)
     ``repeat`` times; the report of the best of each. ``sliding_floor``: which of
@@ -247,16 +289,20 @@ def benchmark(
     for _ in range(repeat):
         for side_name, side, side_state in _in_turn(floor, memory, framework, state):
             if side.active:
-                side.record(side_name, workload.name,
-                            partial(run_child, side_name, workload.name, job, side_state, sliding_floor))
+                side.record(
+                    side_name,
+                    workload.name,
+                    partial(run_child, side_name, workload.name, job, side_state, sliding_floor),
+                )
     result = report(workload, job, seed, repeat, floor, framework, state, memory)
     if workload.name == "sliding":
         result["sliding_floor"] = sliding_floor
     return result
 
 
-def _in_turn(floor: Side, memory: Side | None, framework: Side,
-             state: StateConfig) -> list[tuple[str, Side, StateConfig]]:
+def _in_turn(
+    floor: Side, memory: Side | None, framework: Side, state: StateConfig
+) -> list[tuple[str, Side, StateConfig]]:
     """The sides in the order their runs alternate: floor, memory (if any), aioflow; each
     with its name and state configuration."""
     sides = [(FLOOR, floor, IN_MEMORY)]
@@ -267,8 +313,13 @@ def _in_turn(floor: Side, memory: Side | None, framework: Side,
 
 
 def benchmark_kafka(
-    workload: Workload, events: int, seed: int, repeat: int, state: StateConfig = IN_MEMORY,
-    versus_memory: bool = False, floor_batches: bool = False,
+    workload: Workload,
+    events: int,
+    seed: int,
+    repeat: int,
+    state: StateConfig = IN_MEMORY,
+    versus_memory: bool = False,
+    floor_batches: bool = False,
 ) -> dict[str, Any]:
     """The ``kafka`` workload: a broker of its own, the events in a topic (untimed), then
     floor and aioflow processes alternating as in :func:`benchmark` (see ``kafka_bench``);
@@ -280,19 +331,27 @@ def benchmark_kafka(
     floor, framework = Side(), Side()
     memory = Side() if versus_memory else None
     try:
-        with tempfile.TemporaryDirectory(prefix="aioflow-bench-kafka-") as folder, \
-                kafka_bench.tansu_broker(Path(folder) / "broker.log") as servers:
+        with (
+            tempfile.TemporaryDirectory(prefix="aioflow-bench-kafka-") as folder,
+            kafka_bench.tansu_broker(Path(folder) / "broker.log") as servers,
+        ):
             started = time.perf_counter()
             kafka_bench.produce_events(servers, "events", job.file)
-            _progress(f"{workload.name}: {events} events in a {PARTITIONS}-partition topic on {servers} "
-                      f"({time.perf_counter() - started:.1f} s)")
+            _progress(
+                f"{workload.name}: {events} events in a {PARTITIONS}-partition topic on {servers} "
+                f"({time.perf_counter() - started:.1f} s)"
+            )
             for _ in range(repeat):
                 for side_name, side, side_state in _in_turn(floor, memory, framework, state):
                     if side.active:
-                        run = kafka_bench.KafkaRun(servers, "events", events, side_state.backend,
-                                                   side_state.checkpoint_interval, floor_batches)
-                        side.record(side_name, workload.name,
-                                    partial(kafka_bench.run_side, FLOOR if side_name == FLOOR else AIOFLOW, run))
+                        run = kafka_bench.KafkaRun(
+                            servers, "events", events, side_state.backend, side_state.checkpoint_interval, floor_batches
+                        )
+                        side.record(
+                            side_name,
+                            workload.name,
+                            partial(kafka_bench.run_side, FLOOR if side_name == FLOOR else AIOFLOW, run),
+                        )
     except Unavailable as exc:
         floor.unavailable = framework.unavailable = str(exc)
     except ChildFailed as exc:  # the broker
@@ -320,8 +379,14 @@ def _least(side: Side, key: str) -> float | None:
 
 
 def report(
-    workload: Workload, job: JobInput, seed: int, repeat: int, floor: Side, framework: Side,
-    state: StateConfig = IN_MEMORY, memory: Side | None = None,
+    workload: Workload,
+    job: JobInput,
+    seed: int,
+    repeat: int,
+    floor: Side,
+    framework: Side,
+    state: StateConfig = IN_MEMORY,
+    memory: Side | None = None,
 ) -> dict[str, Any]:
     """The JSON report of one workload, with the checks that decide ``ok``."""
     best, floor_best = framework.best(), floor.best()
@@ -367,7 +432,8 @@ def report(
         "floor_first_record_s": floor_first_record,
         "memory_first_record_s": _least(memory, "first_record_s"),
         "first_record_delta_s": round(first_record - floor_first_record, 3)
-        if first_record is not None and floor_first_record is not None else None,
+        if first_record is not None and floor_first_record is not None
+        else None,
         "first_result_s": _least(framework, "first_result_s"),
         "floor_first_result_s": _least(floor, "first_result_s"),
         "memory_first_result_s": _least(memory, "first_result_s"),
@@ -423,9 +489,13 @@ def table(reports: list[dict[str, Any]]) -> str:
     """The reports as a fixed-width text table, with any problems listed below it."""
     rows = [[title for title, _, _ in _COLUMNS] + ["check"]] + [_row(r) for r in reports]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.rjust(width) if i else cell.ljust(width)
-                       for i, (cell, width) in enumerate(zip(row, widths, strict=True))).rstrip()
-             for row in rows]
+    lines = [
+        "  ".join(
+            cell.rjust(width) if i else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
     for r in reports:
         notes = r["problems"] + ([f"aioflow unavailable: {r['unavailable']}"] if r["unavailable"] else [])
         if r["memory_events_per_sec"] is not None:
@@ -445,40 +515,54 @@ def _workloads(text: str) -> list[str]:
     unknown = [name for name in names if name not in WORKLOADS]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+            f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}"
+        )
     return names
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Benchmark aioflow against hand-written floors.")
-    parser.add_argument("--workload", default="all", type=_workloads,
-                        help=f"one or more, comma-separated, of {', '.join(WORKLOADS)}; or all (default)")
+    parser.add_argument(
+        "--workload",
+        default="all",
+        type=_workloads,
+        help=f"one or more, comma-separated, of {', '.join(WORKLOADS)}; or all (default)",
+    )
     parser.add_argument("--events", type=int, help="input size (default: per workload)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per side; the best is reported")
     parser.add_argument("--seed", type=int, default=1, help="seed of the generated events")
     parser.add_argument("--json", action="store_true", help="one JSON object per workload")
     parser.add_argument(
-        "--state-backend", default="memory", choices=["memory", "lmdb"],
+        "--state-backend",
+        default="memory",
+        choices=["memory", "lmdb"],
         help="where the aioflow side keeps keyed state; lmdb: a fresh temporary state_dir per run (default: memory)",
     )
     parser.add_argument(
-        "--checkpoint-interval", type=float, metavar="SECONDS",
+        "--checkpoint-interval",
+        type=float,
+        metavar="SECONDS",
         help="take a checkpoint every SECONDS (needs --state-backend lmdb; default: no checkpoints)",
     )
     parser.add_argument(
-        "--versus-memory", action="store_true",
+        "--versus-memory",
+        action="store_true",
         help="also run the aioflow side with the memory backend and no checkpoints, alternating with "
-             "the others, and report ratio_to_memory",
+        "the others, and report ratio_to_memory",
     )
     parser.add_argument(
-        "--kafka-floor", default="send", choices=["send", "batches"],
+        "--kafka-floor",
+        default="send",
+        choices=["send", "batches"],
         help="how the kafka workload's floor produces its results: a send() per result (the plain loop), "
-             "or record batches built by hand (default: send)",
+        "or record batches built by hand (default: send)",
     )
     parser.add_argument(
-        "--sliding-floor", default="panes", choices=list(SLIDING_FLOORS),
+        "--sliding-floor",
+        default="panes",
+        choices=list(SLIDING_FLOORS),
         help="the sliding workload's floor: partial aggregates per 2 s pane, summed when a window fires "
-             "(the faster), or a dict per window with each event added to its five windows (default: panes)",
+        "(the faster), or a dict per window with each event added to its five windows (default: panes)",
     )
     parser.add_argument("--child", choices=[FLOOR, AIOFLOW], help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
@@ -506,11 +590,17 @@ def main(argv: list[str] | None = None) -> int:
         workload = WORKLOADS[name]
         events = args.events or workload.default_events
         if name == "kafka":
-            result = benchmark_kafka(workload, events, args.seed, args.repeat, state, args.versus_memory,
-                                     floor_batches=args.kafka_floor == "batches")
+            result = benchmark_kafka(
+                workload,
+                events,
+                args.seed,
+                args.repeat,
+                state,
+                args.versus_memory,
+                floor_batches=args.kafka_floor == "batches",
+            )
         else:
-            result = benchmark(workload, events, args.seed, args.repeat, state, args.versus_memory,
-                               args.sliding_floor)
+            result = benchmark(workload, events, args.seed, args.repeat, state, args.versus_memory, args.sliding_floor)
         reports.append(result)
         if args.json:
             print(orjson.dumps(result).decode(), flush=True)

@@ -101,7 +101,7 @@ def run_script(env: dict[str, str]) -> tuple[dict[str, Any], list[dict[str, Any]
     done = subprocess.run([sys.executable, str(JOBS)], env=env, capture_output=True, check=False)
     for line in reversed(done.stdout.decode(errors="replace").splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return orjson.loads(line[len(RESULT_PREFIX):]), _log_events(done.stderr)
+            return orjson.loads(line[len(RESULT_PREFIX) :]), _log_events(done.stderr)
     raise ChildFailed(f"{JOBS.name} exited with {done.returncode}:\n{done.stderr.decode(errors='replace')[-3000:]}")
 
 
@@ -112,14 +112,23 @@ def _rounded(result: dict[str, Any]) -> dict[str, Any]:
 # -- checkpoint cost -------------------------------------------------------------------------
 
 
-def _touch_run(state_dir: Path, keys: int, touch: float, rounds: int, interval: float,
-               cache: int) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+def _touch_run(
+    state_dir: Path, keys: int, touch: float, rounds: int, interval: float, cache: int
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
     """Run the touch job once: its measurement, its checkpoints (one per phase, paired with
     the source's barrier log events), and what went wrong."""
-    result, events = run_script(_environment(
-        job="touch", keys=keys, touch=touch, rounds=rounds, seed=1, state_dir=state_dir,
-        checkpoint_interval=interval, cache=cache,
-    ))
+    result, events = run_script(
+        _environment(
+            job="touch",
+            keys=keys,
+            touch=touch,
+            rounds=rounds,
+            seed=1,
+            state_dir=state_dir,
+            checkpoint_interval=interval,
+            cache=cache,
+        )
+    )
     completed = {int(e["checkpoint"]): e for e in events if e["event"] == CHECKPOINT_COMPLETE}
     problems = []
     checkpoints = []
@@ -130,17 +139,21 @@ def _touch_run(state_dir: Path, keys: int, touch: float, rounds: int, interval: 
             problems.append(f"checkpoint {checkpoint_id} (barrier at phase {barrier['phase']}) did not complete")
             continue
         if not barrier["complete"]:
-            problems.append(f"checkpoint {checkpoint_id} came in the middle of phase {barrier['phase']} "
-                            f"({barrier['sent']:,} of {barrier['phase_size']:,} records sent)")
-        checkpoints.append({
-            "checkpoint": checkpoint_id,
-            "phase": barrier["phase"],
-            "keys_changed": barrier["sent"] if barrier["phase"] == 0 else barrier["phase_size"],
-            "whole_phase": barrier["complete"],
-            "ms": int(done["ms"]),
-            "bytes": int(done["bytes"]),
-            "barrier_to_durable_ms": round((_epoch(done) - _epoch(barrier)) * 1000, 1),
-        })
+            problems.append(
+                f"checkpoint {checkpoint_id} came in the middle of phase {barrier['phase']} "
+                f"({barrier['sent']:,} of {barrier['phase_size']:,} records sent)"
+            )
+        checkpoints.append(
+            {
+                "checkpoint": checkpoint_id,
+                "phase": barrier["phase"],
+                "keys_changed": barrier["sent"] if barrier["phase"] == 0 else barrier["phase_size"],
+                "whole_phase": barrier["complete"],
+                "ms": int(done["ms"]),
+                "bytes": int(done["bytes"]),
+                "barrier_to_durable_ms": round((_epoch(done) - _epoch(barrier)) * 1000, 1),
+            }
+        )
     # The records the coordinator keeps on disk (the last few) must say what the log said.
     records = sorted((state_dir / "checkpoints").glob("*/chk-*/_manifest"))
     disagree = []
@@ -163,8 +176,9 @@ def checkpoint_cost(root: Path, keys: int, touch: float, rounds: int, interval: 
     with twice the interval, at most twice."""
     for attempt in range(3):
         state_dir = root / f"checkpoint-cost-{attempt}"
-        _progress(f"checkpoint: {keys:,} keys, then {rounds} rounds touching {touch:.1%}, "
-                  f"a checkpoint every {interval:g} s")
+        _progress(
+            f"checkpoint: {keys:,} keys, then {rounds} rounds touching {touch:.1%}, a checkpoint every {interval:g} s"
+        )
         result, checkpoints, problems = _touch_run(state_dir, keys, touch, rounds, interval, cache)
         full = checkpoints[0] if checkpoints and checkpoints[0]["phase"] == 0 else None
         if full is not None and full["whole_phase"]:
@@ -179,8 +193,14 @@ def checkpoint_cost(root: Path, keys: int, touch: float, rounds: int, interval: 
     incremental = [c for c in checkpoints if c["phase"] > 0 and c["whole_phase"]]
     if not incremental:
         problems.append("no incremental checkpoint to compare with the full copy")
-    summary: dict[str, Any] = {"keys": keys, "touched_fraction": touch, "rounds": rounds,
-                               "checkpoint_interval": interval, "attempts": attempt + 1, "state_cache_size": cache}
+    summary: dict[str, Any] = {
+        "keys": keys,
+        "touched_fraction": touch,
+        "rounds": rounds,
+        "checkpoint_interval": interval,
+        "attempts": attempt + 1,
+        "state_cache_size": cache,
+    }
     if full is not None and incremental:
         for field in ("ms", "bytes", "barrier_to_durable_ms"):
             median = round(statistics.median(c[field] for c in incremental), 1)
@@ -203,20 +223,32 @@ def checkpoint_cost(root: Path, keys: int, touch: float, rounds: int, interval: 
 
 def build(state_dir: Path | None, keys: int, cache: int, interval: float) -> dict[str, Any]:
     """A bounded run putting ``keys`` keys in state (LMDB under ``state_dir``, or memory)."""
-    result, events = run_script(_environment(
-        job="keys", keys=keys, state_dir=state_dir, cache=cache if state_dir else None,
-        checkpoint_interval=interval if state_dir else None,
-    ))
+    result, events = run_script(
+        _environment(
+            job="keys",
+            keys=keys,
+            state_dir=state_dir,
+            cache=cache if state_dir else None,
+            checkpoint_interval=interval if state_dir else None,
+        )
+    )
     checkpoints = [e for e in events if e["event"] == CHECKPOINT_COMPLETE]
     result = _rounded(result)
-    result.update(keys=keys, backend="lmdb" if state_dir else "memory",
-                  keys_per_sec=round(keys / result["seconds"]) if result["seconds"] else None)
+    result.update(
+        keys=keys,
+        backend="lmdb" if state_dir else "memory",
+        keys_per_sec=round(keys / result["seconds"]) if result["seconds"] else None,
+    )
     if state_dir is not None:
         if not checkpoints:
             raise ChildFailed(f"the populating run of {keys:,} keys took no checkpoint")
-        result.update(state_cache_size=cache, checkpoint_interval=interval, checkpoints=len(checkpoints),
-                      checkpoint_max_ms=max(int(e["ms"]) for e in checkpoints),
-                      state_dir_mb=round(_disk_mb(state_dir), 1))
+        result.update(
+            state_cache_size=cache,
+            checkpoint_interval=interval,
+            checkpoints=len(checkpoints),
+            checkpoint_max_ms=max(int(e["ms"]) for e in checkpoints),
+            state_dir_mb=round(_disk_mb(state_dir), 1),
+        )
     return result
 
 
@@ -251,15 +283,18 @@ def probe(state_dir: Path, keys: int, records: int) -> dict[str, Any]:
     return result
 
 
-def recovery(root: Path, sizes: list[int], repeat: int, cache: int, interval: float,
-             builds: dict[int, dict[str, Any]]) -> dict[str, Any]:
+def recovery(
+    root: Path, sizes: list[int], repeat: int, cache: int, interval: float, builds: dict[int, dict[str, Any]]
+) -> dict[str, Any]:
     """Recovery time for each of ``sizes`` keys, against a start with no state."""
     probes = 3
     for keys in sizes:
         _progress(f"recovery: populating {keys:,} keys (cache {cache:,}, a checkpoint every {interval:g} s)")
         builds[keys] = build(root / f"keys-{keys}", keys, cache, interval)
-        _progress(f"  {builds[keys]['seconds']:.1f} s, peak RSS {builds[keys]['peak_rss_mb']:.0f} MB, "
-                  f"{builds[keys]['checkpoints']} checkpoints")
+        _progress(
+            f"  {builds[keys]['seconds']:.1f} s, peak RSS {builds[keys]['peak_rss_mb']:.0f} MB, "
+            f"{builds[keys]['checkpoints']} checkpoints"
+        )
     runs: dict[str, list[dict[str, Any]]] = {"none": [], **{str(keys): [] for keys in sizes}}
     problems = []
     for round_ in range(repeat):
@@ -271,8 +306,11 @@ def recovery(root: Path, sizes: list[int], repeat: int, cache: int, interval: fl
             if not run["restored"] or run["min_count"] < 2:
                 problems.append(f"the run on {keys:,} keys did not restore them (count {run['min_count']})")
             runs[str(keys)].append(run)
-        _progress("  round {}: {}".format(round_ + 1, ", ".join(
-            f"{name}: {rows[-1]['first_record_s']:.3f} s" for name, rows in runs.items())))
+        _progress(
+            "  round {}: {}".format(
+                round_ + 1, ", ".join(f"{name}: {rows[-1]['first_record_s']:.3f} s" for name, rows in runs.items())
+            )
+        )
     if any(run["restored"] for run in runs["none"]):
         problems.append("the baseline run restored something: its state directory was not empty")
 
@@ -303,8 +341,16 @@ def recovery(root: Path, sizes: list[int], repeat: int, cache: int, interval: fl
 # -- peak RSS -----------------------------------------------------------------------------------
 
 
-def rss(root: Path, keys: int, caches: list[int], memory_keys: int, interval: float, keep: bool,
-        builds: dict[int, dict[str, Any]], recovery_cache: int) -> dict[str, Any]:
+def rss(
+    root: Path,
+    keys: int,
+    caches: list[int],
+    memory_keys: int,
+    interval: float,
+    keep: bool,
+    builds: dict[int, dict[str, Any]],
+    recovery_cache: int,
+) -> dict[str, Any]:
     """Peak memory of populating ``keys`` keys with LMDB at each of ``caches``, and of
     ``memory_keys`` keys with the memory backend: one fresh process each. A recovery build
     of the same size and cache is reused rather than run again."""
@@ -317,8 +363,9 @@ def rss(root: Path, keys: int, caches: list[int], memory_keys: int, interval: fl
             run = build(state_dir, keys, cache, interval)
             if not keep:  # 5M keys take hundreds of MB: one state directory on disk at a time
                 shutil.rmtree(state_dir, ignore_errors=True)
-        _progress(f"  peak RssAnon {run['peak_anon_mb']:.0f} MB, VmHWM {run['peak_rss_mb']:.0f} MB, "
-                  f"{run['seconds']:.1f} s")
+        _progress(
+            f"  peak RssAnon {run['peak_anon_mb']:.0f} MB, VmHWM {run['peak_rss_mb']:.0f} MB, {run['seconds']:.1f} s"
+        )
         lmdb[str(cache)] = run
     _progress(f"rss: populating {memory_keys:,} keys in memory")
     memory = build(None, memory_keys, 0, interval)
@@ -326,8 +373,10 @@ def rss(root: Path, keys: int, caches: list[int], memory_keys: int, interval: fl
         "keys": keys,
         "lmdb": lmdb,
         "memory": memory,
-        "peak_anon_mb": {**{cache: run["peak_anon_mb"] for cache, run in lmdb.items()},
-                         "memory": memory["peak_anon_mb"]},
+        "peak_anon_mb": {
+            **{cache: run["peak_anon_mb"] for cache, run in lmdb.items()},
+            "memory": memory["peak_anon_mb"],
+        },
         "problems": [],
     }
 
@@ -335,22 +384,31 @@ def rss(root: Path, keys: int, caches: list[int], memory_keys: int, interval: fl
 # -- pending timers -----------------------------------------------------------------------------
 
 
-def _timers_run(state_dir: Path, keys: int, cache: int,
-                interval: float) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str], bool]:
+def _timers_run(
+    state_dir: Path, keys: int, cache: int, interval: float
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[str], bool]:
     """Populate ``keys`` pending timers once: the run's measurement, its checkpoints by role
     (``full``: the first, holding every timer; ``unchanged``: the next; ``savepoint``: the
     stop's), what went wrong, and whether the first checkpoint came too early (before
     every timer was in, so that no checkpoint writes them all)."""
-    result, events = run_script(_environment(
-        job="timers", keys=keys, state_dir=state_dir, checkpoint_interval=interval, cache=cache,
-    ))
+    result, events = run_script(
+        _environment(
+            job="timers",
+            keys=keys,
+            state_dir=state_dir,
+            checkpoint_interval=interval,
+            cache=cache,
+        )
+    )
     completed = {int(e["checkpoint"]): e for e in events if e["event"] == CHECKPOINT_COMPLETE}
     barriers = [e for e in events if e["event"] == TIMERS_BARRIER]
     problems = []
     early = bool(barriers) and not barriers[0]["complete"]
     if early:
-        problems.append(f"checkpoint {barriers[0]['barrier']} came before every timer was in "
-                        f"({barriers[0]['sent']:,} of {keys:,} keys sent)")
+        problems.append(
+            f"checkpoint {barriers[0]['barrier']} came before every timer was in "
+            f"({barriers[0]['sent']:,} of {keys:,} keys sent)"
+        )
     checkpoints: dict[str, dict[str, Any]] = {}
     for barrier in barriers:
         done = completed.get(int(barrier["barrier"]))
@@ -391,14 +449,26 @@ def held_timers(root: Path, keys: int, cache: int, interval: float) -> tuple[dic
             interval *= 2
     else:
         problems.append("the first checkpoint never held every timer; raise --checkpoint-interval")
-    report = {"keys": keys, "state_cache_size": cache, "checkpoint_interval": interval, "attempts": attempt + 1,
-              **_rounded(result), **{f"{role}_checkpoint": c for role, c in checkpoints.items()},
-              "state_dir_mb": round(_disk_mb(state_dir), 1) if state_dir.exists() else None,
-              "problems": problems}
+    report = {
+        "keys": keys,
+        "state_cache_size": cache,
+        "checkpoint_interval": interval,
+        "attempts": attempt + 1,
+        **_rounded(result),
+        **{f"{role}_checkpoint": c for role, c in checkpoints.items()},
+        "state_dir_mb": round(_disk_mb(state_dir), 1) if state_dir.exists() else None,
+        "problems": problems,
+    }
     full = checkpoints.get("full")
-    _progress(f"  {result['seconds']:.1f} s, peak RssAnon {result['peak_anon_mb']:.0f} MB"
-              + (f", full checkpoint {full['ms']} ms logged, {full['barrier_to_durable_ms']:.0f} ms "
-                 f"barrier to durable, {full['bytes']:,} bytes" if full else ""))
+    _progress(
+        f"  {result['seconds']:.1f} s, peak RssAnon {result['peak_anon_mb']:.0f} MB"
+        + (
+            f", full checkpoint {full['ms']} ms logged, {full['barrier_to_durable_ms']:.0f} ms "
+            f"barrier to durable, {full['bytes']:,} bytes"
+            if full
+            else ""
+        )
+    )
     return report, state_dir
 
 
@@ -472,8 +542,9 @@ def timers_probe(state_dir: Path, keys: int, cache: int, records: int) -> dict[s
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if code != 0 or "first_record_s" not in marks:
-        raise ChildFailed(f"the timers probe on {state_dir} exited with {code}:\n"
-                          f"{log.decode(errors='replace')[-3000:]}")
+        raise ChildFailed(
+            f"the timers probe on {state_dir} exited with {code}:\n{log.decode(errors='replace')[-3000:]}"
+        )
     events = _log_events(log)
     restoring = [e for e in events if e["event"] == "restoring"]
     final = [e for e in events if e["event"] == CHECKPOINT_COMPLETE and e.get("kind") == "final"]
@@ -510,21 +581,39 @@ def timers(root: Path, keys: int, caches: list[int], repeat: int, interval: floa
             if not run["restored"]:
                 problems.append(f"cache {cache:,}: the probe restored nothing")
             if (run["fired"], run["index_sum"]) != (keys, expected_sum):
-                problems.append(f"cache {cache:,}: {run['fired']} timers fired after the restore (key index sum "
-                                f"{run['index_sum']}), expected {keys:,} ({expected_sum})")
+                problems.append(
+                    f"cache {cache:,}: {run['fired']} timers fired after the restore (key index sum "
+                    f"{run['index_sum']}), expected {keys:,} ({expected_sum})"
+                )
             if run["answers"] != probes:
                 problems.append(f"cache {cache:,}: {run['answers']} probe answers, expected {probes}")
             runs[str(cache)].append(run)
-        _progress("  restore round {}: {}".format(round_ + 1, ", ".join(
-            f"{'no state' if name == 'none' else 'cache ' + name}: first record {rows[-1]['first_record_s']:.3f} s, "
-            f"exit {rows[-1]['exit_s']:.3f} s" for name, rows in runs.items())))
+        _progress(
+            "  restore round {}: {}".format(
+                round_ + 1,
+                ", ".join(
+                    f"{'no state' if name == 'none' else 'cache ' + name}: "
+                    f"first record {rows[-1]['first_record_s']:.3f} s, "
+                    f"exit {rows[-1]['exit_s']:.3f} s"
+                    for name, rows in runs.items()
+                ),
+            )
+        )
     if any(run["restored"] or run["fired"] for run in runs["none"]):
         problems.append("the no-state probe restored or fired something: its state directory was not empty")
 
     def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {"runs": len(rows)}
-        for field in ("first_record_s", "restoring_s", "firing_s", "fired_s", "exit_s", "final_checkpoint_ms",
-                      "anon_at_first_record_mb", "peak_anon_mb"):
+        for field in (
+            "first_record_s",
+            "restoring_s",
+            "firing_s",
+            "fired_s",
+            "exit_s",
+            "final_checkpoint_ms",
+            "anon_at_first_record_mb",
+            "peak_anon_mb",
+        ):
             values = [row[field] for row in rows if row.get(field) is not None]
             if values:
                 out[field] = round(statistics.median(values), 3)
@@ -566,25 +655,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--touch", type=float, default=0.01, help="fraction of the keys touched between checkpoints")
     parser.add_argument("--rounds", type=int, default=3, help="incremental checkpoints measured")
     parser.add_argument(
-        "--checkpoint-interval", type=float, default=20.0, metavar="SECONDS",
+        "--checkpoint-interval",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
         help="checkpoint interval of the checkpoint-cost and timers jobs: more than putting in the keys takes "
-             "(else doubled)",
+        "(else doubled)",
     )
-    parser.add_argument("--recovery-keys", type=_sizes, default=[50_000, 1_000_000, 5_000_000],
-                        help="comma-separated state sizes (keys) to recover")
+    parser.add_argument(
+        "--recovery-keys",
+        type=_sizes,
+        default=[50_000, 1_000_000, 5_000_000],
+        help="comma-separated state sizes (keys) to recover",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="recovery runs per size (median and min reported)")
     parser.add_argument("--rss-keys", type=int, default=5_000_000, help="keys of the peak-RSS runs with LMDB")
-    parser.add_argument("--rss-caches", type=_sizes, default=[10_000, 100_000, 1_000_000],
-                        help="comma-separated state_cache_size values of the peak-RSS runs, one run each")
+    parser.add_argument(
+        "--rss-caches",
+        type=_sizes,
+        default=[10_000, 100_000, 1_000_000],
+        help="comma-separated state_cache_size values of the peak-RSS runs, one run each",
+    )
     parser.add_argument("--memory-keys", type=int, help="keys of the memory-backend run (default: --rss-keys)")
-    parser.add_argument("--timer-keys", type=int, default=1_000_000,
-                        help="pending event-time timers (one per key) of the timers section")
-    parser.add_argument("--timer-caches", type=_sizes, default=[10_000, 100_000],
-                        help="comma-separated state_cache_size values of the timers section, one job each")
-    parser.add_argument("--cache", type=int, default=100_000,
-                        help="state_cache_size of the checkpoint-cost and recovery runs")
-    parser.add_argument("--build-interval", type=float, default=0.25, metavar="SECONDS",
-                        help="checkpoint interval of the populating runs (recovery and RSS)")
+    parser.add_argument(
+        "--timer-keys",
+        type=int,
+        default=1_000_000,
+        help="pending event-time timers (one per key) of the timers section",
+    )
+    parser.add_argument(
+        "--timer-caches",
+        type=_sizes,
+        default=[10_000, 100_000],
+        help="comma-separated state_cache_size values of the timers section, one job each",
+    )
+    parser.add_argument(
+        "--cache", type=int, default=100_000, help="state_cache_size of the checkpoint-cost and recovery runs"
+    )
+    parser.add_argument(
+        "--build-interval",
+        type=float,
+        default=0.25,
+        metavar="SECONDS",
+        help="checkpoint interval of the populating runs (recovery and RSS)",
+    )
     parser.add_argument("--state-root", type=Path, help="where the state directories go (default: the temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the state directories")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -615,55 +729,78 @@ def _text(results: dict[str, Any]) -> str:
             f"(median of {len([c for c in cost['checkpoints'] if c['phase'] > 0])} incremental checkpoints):",
             f"  {'':22}{'full copy':>14}{'incremental':>14}{'ratio':>9}",
         ]
-        for field, label in (("ms", "duration ms (logged)"), ("bytes", "size bytes"),
-                             ("barrier_to_durable_ms", "barrier->durable ms")):
-            lines.append(f"  {label:22}{cost[f'full_{field}']:>14,.0f}{cost[f'incremental_{field}']:>14,.0f}"
-                         f"{cost[f'ratio_{field}']:>9.4f}")
+        for field, label in (
+            ("ms", "duration ms (logged)"),
+            ("bytes", "size bytes"),
+            ("barrier_to_durable_ms", "barrier->durable ms"),
+        ):
+            lines.append(
+                f"  {label:22}{cost[f'full_{field}']:>14,.0f}{cost[f'incremental_{field}']:>14,.0f}"
+                f"{cost[f'ratio_{field}']:>9.4f}"
+            )
         lines.append(f"  run {cost['run_seconds']} s, peak RSS {cost['peak_rss_mb']} MB")
     rec = results.get("recovery")
     if rec:
         base = rec["no_state"]
-        lines += ["recovery: process start to first record (median; min)",
-                  f"  no state      {base['first_record_s']:.3f} s; {base['min_first_record_s']:.3f} s"]
+        lines += [
+            "recovery: process start to first record (median; min)",
+            f"  no state      {base['first_record_s']:.3f} s; {base['min_first_record_s']:.3f} s",
+        ]
         for keys, entry in rec["keys"].items():
-            lines.append(f"  {int(keys):>9,} keys {entry['first_record_s']:.3f} s; {entry['min_first_record_s']:.3f} s"
-                         f"   x{entry['ratio_to_no_state']:.2f} of no state, x{entry['ratio_to_smallest']:.2f} of "
-                         f"the smallest, restoring logged at {entry.get('restoring_s', float('nan')):.3f} s, "
-                         f"{entry['state_dir_mb']} MB on disk")
+            lines.append(
+                f"  {int(keys):>9,} keys {entry['first_record_s']:.3f} s; {entry['min_first_record_s']:.3f} s"
+                f"   x{entry['ratio_to_no_state']:.2f} of no state, x{entry['ratio_to_smallest']:.2f} of "
+                f"the smallest, restoring logged at {entry.get('restoring_s', float('nan')):.3f} s, "
+                f"{entry['state_dir_mb']} MB on disk"
+            )
     rss = results.get("rss")
     if rss:
-        lines += ["peak memory of the populating run (MB; RssAnon and RssFile sampled every 20 ms):",
-                  f"  {'backend':8}{'cache':>11}{'keys':>11}{'RssAnon':>9}{'RssFile':>9}{'VmHWM':>7}"
-                  f"{'seconds':>9}{'checkpoints':>13}"]
+        lines += [
+            "peak memory of the populating run (MB; RssAnon and RssFile sampled every 20 ms):",
+            f"  {'backend':8}{'cache':>11}{'keys':>11}{'RssAnon':>9}{'RssFile':>9}{'VmHWM':>7}"
+            f"{'seconds':>9}{'checkpoints':>13}",
+        ]
         for run in [*rss["lmdb"].values(), rss["memory"]]:
             cache = f"{run['state_cache_size']:,}" if run["backend"] == "lmdb" else "-"
-            lines.append(f"  {run['backend']:8}{cache:>11}{run['keys']:>11,}{run['peak_anon_mb']:>9.0f}"
-                         f"{run['peak_file_mb']:>9.0f}{run['peak_rss_mb']:>7.0f}{run['seconds']:>9.1f}"
-                         f"{run.get('checkpoints', '-'):>13}")
+            lines.append(
+                f"  {run['backend']:8}{cache:>11}{run['keys']:>11,}{run['peak_anon_mb']:>9.0f}"
+                f"{run['peak_file_mb']:>9.0f}{run['peak_rss_mb']:>7.0f}{run['seconds']:>9.1f}"
+                f"{run.get('checkpoints', '-'):>13}"
+            )
     held = results.get("timers")
     if held:
-        lines.append(f"{held['keys']:,} pending event-time timers (LMDB): populate, checkpoint, restore "
-                     "(restore: median of the runs; min)")
+        lines.append(
+            f"{held['keys']:,} pending event-time timers (LMDB): populate, checkpoint, restore "
+            "(restore: median of the runs; min)"
+        )
         base = held["no_state"]
         lines.append(f"  no state: first record {base['first_record_s']:.3f} s; {base['min_first_record_s']:.3f} s")
         for cache, entry in held["caches"].items():
-            lines.append(f"  cache {int(cache):,}: populating run {entry['seconds']:.1f} s (two checkpoint intervals "
-                         f"of waiting included), peak RssAnon {entry['peak_anon_mb']:.0f} MB, "
-                         f"{entry['state_dir_mb']} MB on disk")
+            lines.append(
+                f"  cache {int(cache):,}: populating run {entry['seconds']:.1f} s (two checkpoint intervals "
+                f"of waiting included), peak RssAnon {entry['peak_anon_mb']:.0f} MB, "
+                f"{entry['state_dir_mb']} MB on disk"
+            )
             for role in ("full", "unchanged", "savepoint"):
                 c = entry.get(f"{role}_checkpoint")
                 if c:
-                    lines.append(f"    {role + ' checkpoint':22}{c['ms']:>8,} ms logged"
-                                 f"{c['barrier_to_durable_ms']:>10,.0f} ms barrier->durable{c['bytes']:>14,} bytes")
+                    lines.append(
+                        f"    {role + ' checkpoint':22}{c['ms']:>8,} ms logged"
+                        f"{c['barrier_to_durable_ms']:>10,.0f} ms barrier->durable{c['bytes']:>14,} bytes"
+                    )
             r = entry.get("restore")
             if r:
-                lines.append(f"    restore: first record {r['first_record_s']:.3f} s; {r['min_first_record_s']:.3f} s "
-                             f"(x{r['ratio_to_no_state']:.2f} of no state), RssAnon at it "
-                             f"{r['anon_at_first_record_mb']:.0f} MB")
-                lines.append(f"    then: first timer fired at {r.get('firing_s', float('nan')):.3f} s, "
-                             f"{r['fired']:,} fired by {r.get('fired_s', float('nan')):.3f} s, exit "
-                             f"{r['exit_s']:.3f} s (final checkpoint {r.get('final_checkpoint_ms')} ms), "
-                             f"peak RssAnon {r['peak_anon_mb']:.0f} MB")
+                lines.append(
+                    f"    restore: first record {r['first_record_s']:.3f} s; {r['min_first_record_s']:.3f} s "
+                    f"(x{r['ratio_to_no_state']:.2f} of no state), RssAnon at it "
+                    f"{r['anon_at_first_record_mb']:.0f} MB"
+                )
+                lines.append(
+                    f"    then: first timer fired at {r.get('firing_s', float('nan')):.3f} s, "
+                    f"{r['fired']:,} fired by {r.get('fired_s', float('nan')):.3f} s, exit "
+                    f"{r['exit_s']:.3f} s (final checkpoint {r.get('final_checkpoint_ms')} ms), "
+                    f"peak RssAnon {r['peak_anon_mb']:.0f} MB"
+                )
     for section, result in results.items():
         if isinstance(result, dict):
             lines += [f"{section}: PROBLEM: {problem}" for problem in result.get("problems", [])]
@@ -680,17 +817,28 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         if "checkpoint" in args.only:
-            results["checkpoint"] = checkpoint_cost(root, args.checkpoint_keys, args.touch, args.rounds,
-                                                    args.checkpoint_interval, args.cache)
+            results["checkpoint"] = checkpoint_cost(
+                root, args.checkpoint_keys, args.touch, args.rounds, args.checkpoint_interval, args.cache
+            )
         if "recovery" in args.only:
-            results["recovery"] = recovery(root, args.recovery_keys, args.repeat, args.cache, args.build_interval,
-                                           builds)
+            results["recovery"] = recovery(
+                root, args.recovery_keys, args.repeat, args.cache, args.build_interval, builds
+            )
         if "rss" in args.only:
-            results["rss"] = rss(root, args.rss_keys, args.rss_caches, args.memory_keys, args.build_interval,
-                                 args.keep, builds, args.cache)
+            results["rss"] = rss(
+                root,
+                args.rss_keys,
+                args.rss_caches,
+                args.memory_keys,
+                args.build_interval,
+                args.keep,
+                builds,
+                args.cache,
+            )
         if "timers" in args.only:
-            results["timers"] = timers(root, args.timer_keys, args.timer_caches, args.repeat,
-                                       args.checkpoint_interval, args.keep)
+            results["timers"] = timers(
+                root, args.timer_keys, args.timer_caches, args.repeat, args.checkpoint_interval, args.keep
+            )
     except ChildFailed as exc:
         print(f"state.py: {exc}", file=sys.stderr)
         return 1

@@ -182,8 +182,15 @@ class _PhasedReader(af.SourceReader):
         complete = self._offset >= len(self._phase_keys)
         if complete and self._checkpoint_after_phase is None and not self._exhausted:
             self._checkpoint_after_phase = self._barriers
-        log.info(TOUCH_BARRIER, barrier=self._barriers, phase=self._phase, sent=self._offset,
-                 phase_size=len(self._phase_keys), complete=complete, final=self._exhausted)
+        log.info(
+            TOUCH_BARRIER,
+            barrier=self._barriers,
+            phase=self._phase,
+            sent=self._offset,
+            phase_size=len(self._phase_keys),
+            complete=complete,
+            final=self._exhausted,
+        )
         return {"phase": self._phase, "sent": self._offset}
 
 
@@ -250,8 +257,7 @@ class _TimersReader(_KeysReader):
                 self._full, role = self._barriers, "full"
             elif self._unchanged is None:
                 self._unchanged, role = self._barriers, "unchanged"
-        log.info(TIMERS_BARRIER, barrier=self._barriers, sent=self._next, keys=self._keys, complete=complete,
-                 role=role)
+        log.info(TIMERS_BARRIER, barrier=self._barriers, sent=self._next, keys=self._keys, complete=complete, role=role)
         return self._next
 
 
@@ -325,16 +331,22 @@ def build_app(environ: dict[str, str] | os._Environ[str]) -> af.App:
     options: dict[str, Any] = {}
     if state_dir:
         interval = environ.get("BENCH_CHECKPOINT_INTERVAL")
-        options.update(state_dir=state_dir, state_backend="lmdb",
-                       checkpoint_interval=float(interval) if interval else None)
+        options.update(
+            state_dir=state_dir, state_backend="lmdb", checkpoint_interval=float(interval) if interval else None
+        )
         if "BENCH_CACHE" in environ:
             options["state_cache_size"] = int(environ["BENCH_CACHE"])
     app = af.App(f"state-{job}", **options)
     if job == "touch":
         if not state_dir:
             raise ValueError("the touch job needs BENCH_STATE_DIR: it measures checkpoints")
-        source = PhasedSource(keys, float(environ.get("BENCH_TOUCH", "0.01")), int(environ.get("BENCH_ROUNDS", "4")),
-                              int(environ.get("BENCH_SEED", "1")), Path(state_dir))
+        source = PhasedSource(
+            keys,
+            float(environ.get("BENCH_TOUCH", "0.01")),
+            int(environ.get("BENCH_ROUNDS", "4")),
+            int(environ.get("BENCH_SEED", "1")),
+            Path(state_dir),
+        )
         app.source(source, name="phases").key_by(lambda r: r[0]).process(Count(), name="count")
         return app
     probe = ProbeSource(int(environ.get("BENCH_PROBE", "0")))

@@ -161,10 +161,12 @@ def _write_events(path: Path, events: int, seed: int) -> None:
     chunk = 65_536
     with open(path, "wb") as file:
         for start in range(0, events, chunk):
-            file.write(b"".join(
-                dumps({"user": f"u{user}", "item": item, "amount": cents / 100, "ts": ts}) + b"\n"
-                for _, ts, user, item, cents in rows[start:start + chunk]
-            ))
+            file.write(
+                b"".join(
+                    dumps({"user": f"u{user}", "item": item, "amount": cents / 100, "ts": ts}) + b"\n"
+                    for _, ts, user, item, cents in rows[start : start + chunk]
+                )
+            )
 
 
 def keyed_records(events: int) -> Iterator[dict[str, Any]]:
@@ -187,8 +189,9 @@ def generated_records(events: int) -> Iterator[dict[str, int]]:
 # -- floors ----------------------------------------------------------------------------
 
 
-async def _gather_capped(records: Iterator[dict[str, Any]],
-                         call: Callable[[dict[str, Any]], Any] = simulated_call) -> list[Any]:
+async def _gather_capped(
+    records: Iterator[dict[str, Any]], call: Callable[[dict[str, Any]], Any] = simulated_call
+) -> list[Any]:
     """Every record's ``call``, at most ``CAPACITY`` at once: one ``asyncio.gather``."""
     cap = asyncio.Semaphore(CAPACITY)
 
@@ -210,8 +213,9 @@ def start_http_service() -> str:
     import subprocess
     import sys
 
-    service = subprocess.Popen([sys.executable, str(Path(__file__).with_name("http_service.py"))],
-                               stdout=subprocess.PIPE, text=True)
+    service = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("http_service.py"))], stdout=subprocess.PIPE, text=True
+    )
     atexit.register(service.kill)
     assert service.stdout is not None
     return f"http://127.0.0.1:{int(service.stdout.readline())}"
@@ -271,7 +275,7 @@ def floor_digits(job: JobInput) -> Run:
     def run() -> list[int]:
         out: list[int] = []
         for start in range(0, len(records), BATCH_SCORING):
-            chunk = records[start:start + BATCH_SCORING]
+            chunk = records[start : start + BATCH_SCORING]
             out.extend(model.predict(np.array([r["pixels"] for r in chunk])).tolist())
         return out
 
@@ -385,8 +389,7 @@ def _w3(path: Path) -> list[tuple[str, int]]:
     return _Inactivity().run(path)
 
 
-def _fire_sliding_panes(panes: dict[int, dict[str, list[Any]]], next_start: int, watermark: int,
-                        out: list[Any]) -> int:
+def _fire_sliding_panes(panes: dict[int, dict[str, list[Any]]], next_start: int, watermark: int, out: list[Any]) -> int:
     """Emit every sliding window whose last millisecond is at or before ``watermark``, from
     its ``WINDOW_MS / SLIDE_MS`` panes, oldest first; drop each pane once the last window
     holding it has fired. Returns the start of the next window to fire.

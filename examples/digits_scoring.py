@@ -40,8 +40,10 @@ IMAGES = [
 def predict(images):
     """The model's predictions for a batch of images: one ``predict`` call for all of them."""
     predicted = model.predict(np.array([image["pixels"] for image in images]))
-    return [{"id": image["id"], "label": image["label"], "predicted": int(digit)}
-            for image, digit in zip(images, predicted, strict=True)]
+    return [
+        {"id": image["id"], "label": image["label"], "predicted": int(digit)}
+        for image, digit in zip(images, predicted, strict=True)
+    ]
 
 
 class Accuracy(af.AggregateFunction):
@@ -63,13 +65,16 @@ class Accuracy(af.AggregateFunction):
 class PerWindow(af.ProcessWindowFunction):
     def process(self, key, context, results):
         images, correct = results[0]
-        yield {"start": context.window.start, "images": images, "correct": correct,
-               "accuracy": round(correct / images, 3)}
+        yield {
+            "start": context.window.start,
+            "images": images,
+            "correct": correct,
+            "accuracy": round(correct / images, 3),
+        }
 
 
 app = af.App("digits_scoring")
-images = app.source(IMAGES, name="images", timestamps=lambda image: image["ts"],
-                    watermarks=af.MonotonousTimestamps())
+images = app.source(IMAGES, name="images", timestamps=lambda image: image["ts"], watermarks=af.MonotonousTimestamps())
 scored = images.map_batch(predict, max_batch_size=64, name="predict")  # results keep the images' event time
 accuracy = (
     scored.key_by(lambda _: "all")

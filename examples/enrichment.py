@@ -43,8 +43,11 @@ class ProfileService(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - the http.server API
         user = self.path.rsplit("/", 1)[-1]
         time.sleep(2.0 if user == "slowpoke" else 0.010)
-        status, body = (500, b"internal error") if user == "mallory" else \
-            (200, orjson.dumps({"user": user, "plan": "pro" if sum(map(ord, user)) % 3 == 0 else "free"}))
+        status, body = (
+            (500, b"internal error")
+            if user == "mallory"
+            else (200, orjson.dumps({"user": user, "plan": "pro" if sum(map(ord, user)) % 3 == 0 else "free"}))
+        )
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -107,7 +110,8 @@ enriched = clicks.map_async(
 )
 enriched.sink(af.FileSink(str(OUT / "enriched.jsonl")), name="enriched")
 enriched.get_side_output(FAILED).map(
-    lambda failed: {"click": failed.value, "error": failed.error, "attempts": failed.attempts}, name="dead_letter",
+    lambda failed: {"click": failed.value, "error": failed.error, "attempts": failed.attempts},
+    name="dead_letter",
 ).sink(af.FileSink(str(OUT / "enrichment_dead_letters.jsonl")), name="dead_letters")
 
 if __name__ == "__main__":

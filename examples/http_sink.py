@@ -38,8 +38,10 @@ async def post_json(url: str, body: bytes) -> int:
     target = urlsplit(url)
     reader, writer = await asyncio.open_connection(target.hostname, target.port or 80)
     try:
-        head = (f"POST {target.path or '/'} HTTP/1.1\r\nHost: {target.netloc}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        head = (
+            f"POST {target.path or '/'} HTTP/1.1\r\nHost: {target.netloc}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
         writer.write(head.encode("latin-1") + body)
         await writer.drain()
         status_line = await reader.readline()  # b"HTTP/1.1 200 OK\r\n"
@@ -66,8 +68,13 @@ class JsonPostSink(af.AsyncBatchSink):
     default_name = "http_sink"
 
     def __init__(self, url: str) -> None:
-        super().__init__(max_batch_size=20, max_linger=0.2, max_in_flight=2, send_timeout=10.0,
-                         retry=af.RetryPolicy(max_attempts=5, initial_delay=0.05))
+        super().__init__(
+            max_batch_size=20,
+            max_linger=0.2,
+            max_in_flight=2,
+            send_timeout=10.0,
+            retry=af.RetryPolicy(max_attempts=5, initial_delay=0.05),
+        )
         self.url = url
 
     async def send_batch(self, records: list) -> None:
@@ -121,8 +128,9 @@ views = app.source(
 )
 
 per_page = (
-    views.map(lambda view: {"page": view["page"], "minute": view["ts"] - view["ts"] % MINUTE, "views": 1},
-              name="one_view")
+    views.map(
+        lambda view: {"page": view["page"], "minute": view["ts"] - view["ts"] % MINUTE, "views": 1}, name="one_view"
+    )
     .key_by(lambda row: row["page"])
     .window(af.TumblingEventTimeWindows(MINUTE))
     .reduce(lambda a, b: {**a, "views": a["views"] + b["views"]}, name="per_page")

@@ -69,8 +69,7 @@ class ViewsAndUsers(af.AggregateFunction):
 class WithWindow(af.ProcessWindowFunction):
     def process(self, page, context, results):
         views, users = results[0]  # after aggregate(): the window's one result
-        yield {"page": page, "start": context.window.start, "end": context.window.end, "views": views,
-               "users": users}
+        yield {"page": page, "start": context.window.start, "end": context.window.end, "views": views, "users": users}
 
 
 app = af.App(
@@ -101,7 +100,9 @@ page_views = (
 )
 page_views.sink(
     af.kafka.KafkaSink(
-        PAGE_VIEWS, bootstrap_servers=BOOTSTRAP, key=lambda row: row["page"],
+        PAGE_VIEWS,
+        bootstrap_servers=BOOTSTRAP,
+        key=lambda row: row["page"],
         timestamp=lambda row: row["end"] - 1,  # a window's result happens at its last millisecond
     ),
     name="page_views_topic",

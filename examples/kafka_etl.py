@@ -80,8 +80,9 @@ def problem(order: object) -> str | None:
 def kafka_sink(topic: str, name: str, **options) -> af.kafka.KafkaSink:
     """A sink with this job's delivery; each exactly-once sink needs its own transactional ids."""
     prefix = f"{PREFIX}-{name}" if DELIVERY == "exactly_once" else None
-    return af.kafka.KafkaSink(topic, bootstrap_servers=BOOTSTRAP, delivery=DELIVERY,
-                              transactional_id_prefix=prefix, **options)
+    return af.kafka.KafkaSink(
+        topic, bootstrap_servers=BOOTSTRAP, delivery=DELIVERY, transactional_id_prefix=prefix, **options
+    )
 
 
 app = af.App(
@@ -115,8 +116,12 @@ def checked(record: af.kafka.KafkaRecord, ctx):
         location = f"{record.topic}:{record.partition}@{record.offset}"  # as the source's BadRecords
         yield INVALID, af.BadRecord(source="checked", location=location, error=error, raw=raw)
         return
-    yield {"order": order.get("order"), "user": order["user"], "amount_cents": round(order["amount"] * 100),
-           "currency": order["currency"]}
+    yield {
+        "order": order.get("order"),
+        "user": order["user"],
+        "amount_cents": round(order["amount"] * 100),
+        "currency": order["currency"],
+    }
 
 
 checked.sink(kafka_sink(CLEAN, "clean", key=lambda order: order["user"]), name="clean_orders")
@@ -124,7 +129,8 @@ checked.sink(kafka_sink(CLEAN, "clean", key=lambda order: order["user"]), name="
 dead_letters = orders.get_side_output(BAD_JSON).union(checked.get_side_output(INVALID), name="dead_letters")
 dead_letters.sink(
     kafka_sink(
-        DEAD_LETTERS, "dead",
+        DEAD_LETTERS,
+        "dead",
         value_format=lambda bad: bad.raw,  # the bytes exactly as read
         headers=lambda bad: [("location", bad.location.encode()), ("error", bad.error.encode())],
     ),

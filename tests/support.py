@@ -19,4 +19,3 @@ class Count(af.AggregateFunction):
 
     def merge(self, a, b):
         return a + b
-

@@ -54,8 +54,7 @@ async def test_an_async_map_after_key_by_overlaps_keys_and_keeps_each_keys_order
 
 
 @pytest.mark.parametrize(("app_limit", "operator_limit", "most"), [(5, None, 5), (100, 3, 3), (100, 1, 1)])
-async def test_max_concurrency_caps_the_calls_in_flight(app_limit: int, operator_limit: int | None,
-                                                       most: int) -> None:
+async def test_max_concurrency_caps_the_calls_in_flight(app_limit: int, operator_limit: int | None, most: int) -> None:
     flight = InFlight()
 
     async def call(i: int) -> int:
@@ -123,8 +122,7 @@ class AsyncRunning(Running):
 async def _counts(function: Running, events: list[tuple[str, int]], **settings: Any) -> list[Any]:
     app = af.App("async-process")
     stream = app.source(events, timestamps=lambda e: e[1], watermarks=af.MonotonousTimestamps())
-    return await run_collect_async(stream.key_by(lambda e: e[0]).process(function, name="running"),
-                                   **settings)
+    return await run_collect_async(stream.key_by(lambda e: e[0]).process(function, name="running"), **settings)
 
 
 def _per_key(out: list[Any]) -> dict[str, list[Any]]:
@@ -142,7 +140,10 @@ def _per_key(out: list[Any]) -> dict[str, list[Any]]:
     batch_size=st.sampled_from([1, 3, 1024]),
 )
 def test_an_async_process_function_gives_what_the_synchronous_one_gives(
-    keys: list[str], delays: list[float], concurrency: int, batch_size: int,
+    keys: list[str],
+    delays: list[float],
+    concurrency: int,
+    batch_size: int,
 ) -> None:
     """For any keys, completion order (delays), concurrency and batching: per key the same
     outputs in the same order, and the same multiset overall, timers included."""
@@ -166,8 +167,9 @@ async def test_a_failing_coroutine_names_the_operator_the_key_and_the_record() -
 
     app = af.App("async-failure")
     stream = app.source([{"user": "ada", "n": 1}, {"user": "bob", "n": 0}]).key_by(lambda e: e["user"])
-    with pytest.raises(af.OperatorError, match=r"operator 'lookup': .*lookup raised ZeroDivisionError.* for key 'bob'") \
-            as info:
+    with pytest.raises(
+        af.OperatorError, match=r"operator 'lookup': .*lookup raised ZeroDivisionError.* for key 'bob'"
+    ) as info:
         await run_collect_async(stream.map(lookup))
     assert "'user': 'bob'" in str(info.value) and "'n': 0" in str(info.value)
     assert isinstance(info.value.__cause__, ZeroDivisionError)
@@ -205,7 +207,8 @@ async def test_an_async_keyed_co_process_function_runs_keys_at_once_with_their_o
     users = app.source([(f"u{k}", f"name{k}") for k in range(10)], name="users")
     orders = app.source([(f"u{i % 10}", i) for i in range(200)], name="orders")
     out = await run_collect_async(
-        orders.connect(users).key_by(lambda o: o[0], lambda u: u[0]).process(Enrich, name="enrich"))
+        orders.connect(users).key_by(lambda o: o[0], lambda u: u[0]).process(Enrich, name="enrich")
+    )
     for k in range(10):
         mine = [row for row in out if row[0] == f"u{k}"]
         assert [row[1] for row in mine] == list(range(k, 200, 10))  # in arrival order
@@ -217,10 +220,15 @@ async def test_a_lambda_returning_a_coroutine_is_refused_instead_of_emitting_cor
         return i * scale
 
     app = af.App("async-lambda")
-    for stream in (app.source([1], name="a").map(lambda i: fetch(i, 2), name="wrapped"),
-                   app.source([1], name="b").filter(lambda i: fetch(i, 2), name="wrapped_filter")):
-        with pytest.raises(af.UserFunctionTypeError, match="is not async def but returned a coroutine; make it async "
-                                                           r"def, or use functools.partial"):
+    for stream in (
+        app.source([1], name="a").map(lambda i: fetch(i, 2), name="wrapped"),
+        app.source([1], name="b").filter(lambda i: fetch(i, 2), name="wrapped_filter"),
+    ):
+        with pytest.raises(
+            af.UserFunctionTypeError,
+            match="is not async def but returned a coroutine; make it async "
+            r"def, or use functools.partial",
+        ):
             await run_collect_async(stream)
 
 
@@ -231,6 +239,9 @@ async def test_an_async_process_element_returning_a_value_instead_of_a_list_says
 
     app = af.App("async-returns")
     stream = app.source([1]).key_by(lambda v: v).process(OneValue, name="one")
-    with pytest.raises(af.UserFunctionTypeError, match=r"OneValue.process_element returned \{'v': 1\} \(dict\) for "
-                                                       r"key 1; an async def process_element returns a list"):
+    with pytest.raises(
+        af.UserFunctionTypeError,
+        match=r"OneValue.process_element returned \{'v': 1\} \(dict\) for "
+        r"key 1; an async def process_element returns a list",
+    ):
         await run_collect_async(stream)

@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def aioflow(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "aioflow", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "aioflow", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize(
@@ -102,7 +103,10 @@ def test_sigterm_stops_an_endless_job_which_drains_and_exits_cleanly(tmp_path: P
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "aioflow", "run", "endless.py:app", "--log-format", "json"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         ready, _, _ = select.select([process.stdout], [], [], 60)  # bounded wait for the first output
@@ -117,7 +121,9 @@ def test_sigterm_stops_an_endless_job_which_drains_and_exits_cleanly(tmp_path: P
 
 
 def test_a_pipeline_file_named_like_a_standard_module_loads_privately(tmp_path: Path) -> None:
-    (tmp_path / "json.py").write_text("import aioflow as af\napp = af.App('shadow')\napp.source([1]).sink(af.PrintSink())\n")
+    (tmp_path / "json.py").write_text(
+        "import aioflow as af\napp = af.App('shadow')\napp.source([1]).sink(af.PrintSink())\n"
+    )
     command = str(Path(sys.executable).parent / "aioflow")  # not `python -m`, which puts the folder first itself
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -148,12 +154,15 @@ def test_stop_timeout_must_not_be_negative() -> None:
     assert result.returncode == 2 and "expected seconds >= 0" in result.stderr
 
 
-@pytest.mark.parametrize(("option", "value", "said"), [
-    ("--checkpoint-storage", "s3://bucket/prefix", "only directories are supported"),
-    ("--checkpoint-storage", "", "checkpoint_storage is empty"),
-    ("--checkpoint-interval", "-1", "expected seconds > 0"),
-    ("--checkpoint-interval", "0", "expected seconds > 0"),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--checkpoint-storage", "s3://bucket/prefix", "only directories are supported"),
+        ("--checkpoint-storage", "", "checkpoint_storage is empty"),
+        ("--checkpoint-interval", "-1", "expected seconds > 0"),
+        ("--checkpoint-interval", "0", "expected seconds > 0"),
+    ],
+)
 def test_a_wrong_checkpoint_option_is_a_wrong_command_line(option: str, value: str, said: str) -> None:
     result = aioflow("run", "examples/wordcount.py:app", option, value)
     assert result.returncode == 2 and said in result.stderr and "Traceback" not in result.stderr, result.stderr

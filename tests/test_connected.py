@@ -89,14 +89,24 @@ class Thresholds(af.KeyedBroadcastProcessFunction):
 
 def test_broadcast_state_reaches_every_subtask() -> None:
     app = af.App("rules", parallelism=3)
-    rules = app.source([{"name": "big", "limit": 100, "ts": 0}, {"name": "huge", "limit": 1000, "ts": 0}],
-                       timestamps=lambda r: r["ts"], watermarks=af.BoundedOutOfOrderness(0), name="rules")
-    orders = app.source([{"user": f"u{i}", "amount": amount, "ts": 10 + i} for i, amount in
-                         enumerate([50, 500, 5000, 150, 99])],
-                        timestamps=lambda o: o["ts"], watermarks=af.BoundedOutOfOrderness(0), name="orders")
+    rules = app.source(
+        [{"name": "big", "limit": 100, "ts": 0}, {"name": "huge", "limit": 1000, "ts": 0}],
+        timestamps=lambda r: r["ts"],
+        watermarks=af.BoundedOutOfOrderness(0),
+        name="rules",
+    )
+    orders = app.source(
+        [{"user": f"u{i}", "amount": amount, "ts": 10 + i} for i, amount in enumerate([50, 500, 5000, 150, 99])],
+        timestamps=lambda o: o["ts"],
+        watermarks=af.BoundedOutOfOrderness(0),
+        name="orders",
+    )
     alerts = orders.key_by(lambda o: o["user"]).connect(rules.broadcast("rules")).process(Thresholds)
     assert sorted(run_collect(alerts)) == [
-        ("u1", 500, "big"), ("u2", 5000, "big"), ("u2", 5000, "huge"), ("u3", 150, "big"),
+        ("u1", 500, "big"),
+        ("u2", 5000, "big"),
+        ("u2", 5000, "huge"),
+        ("u3", 150, "big"),
     ]
     assert app.plan().tasks[-1].parallelism == 3
 
@@ -112,7 +122,8 @@ def test_broadcast_state_is_read_only_on_the_keyed_side() -> None:
 
     app = af.App("ro")
     app.source([1]).key_by(lambda v: v).connect(app.source([]).broadcast("rules")).process(Writes).sink(
-        af.CollectSink())
+        af.CollectSink()
+    )
     with pytest.raises(af.OperatorError, match="read-only in process_element"):
         app.run()
 
@@ -232,10 +243,10 @@ def test_process_broadcast_element_has_no_key_for_timers_or_state() -> None:
 
 def test_interval_join_pairs_within_the_bounds():
     app = af.App("ij", batch_size=1, watermark_interval=0)
-    left = app.source([("k", 10), ("k", 20)], name="L", timestamps=lambda r: r[1],
-                      watermarks=af.MonotonousTimestamps())
-    right = app.source([("k", 8), ("k", 12), ("k", 25)], name="R", timestamps=lambda r: r[1],
-                       watermarks=af.MonotonousTimestamps())
+    left = app.source([("k", 10), ("k", 20)], name="L", timestamps=lambda r: r[1], watermarks=af.MonotonousTimestamps())
+    right = app.source(
+        [("k", 8), ("k", 12), ("k", 25)], name="R", timestamps=lambda r: r[1], watermarks=af.MonotonousTimestamps()
+    )
 
     def pair(l, r, ctx):
         yield (l[1], r[1])
@@ -249,8 +260,9 @@ def _join_at_ten(bounds) -> list:
     ``bounds(interval_join)`` sets."""
     app = af.App("ij-bounds", batch_size=1, watermark_interval=0)
     left = app.source([("k", 10)], name="L", timestamps=lambda r: r[1], watermarks=af.MonotonousTimestamps())
-    right = app.source([("k", ts) for ts in range(8, 15)], name="R", timestamps=lambda r: r[1],
-                       watermarks=af.MonotonousTimestamps())
+    right = app.source(
+        [("k", ts) for ts in range(8, 15)], name="R", timestamps=lambda r: r[1], watermarks=af.MonotonousTimestamps()
+    )
     joined = bounds(left.key_by(lambda r: r[0]).interval_join(right.key_by(lambda r: r[0])))
     return sorted(run_collect(joined.process(lambda l, r, ctx: [r[1]], name="j"), timeout=5))
 
@@ -258,8 +270,15 @@ def _join_at_ten(bounds) -> list:
 def test_interval_join_exclusive_bounds_are_flags() -> None:
     # Flink's lowerBoundExclusive()/upperBoundExclusive() set a flag, so a second call
     # changes nothing: (0, 4) exclusive on both sides is 10 < r.ts < 14.
-    out = _join_at_ten(lambda j: j.between(0, 4).lower_bound_exclusive().lower_bound_exclusive()
-                       .upper_bound_exclusive().upper_bound_exclusive())
+    out = _join_at_ten(
+        lambda j: (
+            j.between(0, 4)
+            .lower_bound_exclusive()
+            .lower_bound_exclusive()
+            .upper_bound_exclusive()
+            .upper_bound_exclusive()
+        )
+    )
     assert out == [11, 12, 13]
 
 

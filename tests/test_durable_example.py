@@ -19,8 +19,13 @@ EXAMPLE = ROOT / "examples" / "durable_counts.py"
 def worker(folder: Path, log_name: str) -> Worker:
     """``aioflow run examples/durable_counts.py:app`` writing into ``folder``."""
     folder.mkdir(exist_ok=True)
-    return Worker(folder, {"DURABLE_COUNTS_DIR": str(folder)}, target="examples/durable_counts.py:app",
-                  log=folder.parent / f"{folder.name}-{log_name}.log", cwd=ROOT)
+    return Worker(
+        folder,
+        {"DURABLE_COUNTS_DIR": str(folder)},
+        target="examples/durable_counts.py:app",
+        log=folder.parent / f"{folder.name}-{log_name}.log",
+        cwd=ROOT,
+    )
 
 
 def results(folder: Path) -> list[bytes]:

@@ -113,6 +113,7 @@ def test_failure_in_async_source_fails_job():
     async def gen():
         yield 1
         raise RuntimeError("source broke")
+
     app = af.App("err2", batch_size=1, watermark_interval=0)
     out = app.source(af.from_iterable(gen())).map(lambda x: x, name="m", parallelism=2)
     with pytest.raises(RuntimeError, match="source broke"):
@@ -157,8 +158,9 @@ def test_an_on_timer_that_returns_a_tuple_fails() -> None:
             return (ctx.key, timestamp)
 
     app = af.App("timer_returns")
-    stream = app.source([1], timestamps=lambda e: 1, watermarks=af.MonotonousTimestamps()).key_by(
-        lambda e: e).process(Timer)
+    stream = (
+        app.source([1], timestamps=lambda e: 1, watermarks=af.MonotonousTimestamps()).key_by(lambda e: e).process(Timer)
+    )
     with pytest.raises(af.OperatorError, match="yield"):
         run_collect(stream)
 
@@ -178,7 +180,11 @@ def test_a_window_function_that_returns_a_tuple_fails() -> None:
             return (key, len(elements))
 
     app = af.App("window_returns")
-    stream = (app.source([1, 2], timestamps=lambda e: e, watermarks=af.MonotonousTimestamps())
-              .key_by(lambda e: 0).window(af.TumblingEventTimeWindows(10)).process(Window))
+    stream = (
+        app.source([1, 2], timestamps=lambda e: e, watermarks=af.MonotonousTimestamps())
+        .key_by(lambda e: 0)
+        .window(af.TumblingEventTimeWindows(10))
+        .process(Window)
+    )
     with pytest.raises(af.OperatorError, match="yield"):
         run_collect(stream)

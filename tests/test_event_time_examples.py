@@ -32,7 +32,10 @@ DATA = ROOT / "examples" / "data"
 def run_example(name: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "aioflow", "run", f"examples/{name}:app", "--log-format", "json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -79,8 +82,9 @@ def test_example_prints_exactly_its_results(name: str, expected: list[str]) -> N
 
 @pytest.mark.parametrize("name", ["fraud_detection.py", "clickstream.py", "dynamic_rules.py"])
 def test_example_docstring_shows_its_output(name: str) -> None:
-    expected = {"fraud_detection.py": FRAUD_ALERTS, "clickstream.py": CLICKSTREAM,
-                "dynamic_rules.py": RULE_ALERTS}[name]
+    expected = {"fraud_detection.py": FRAUD_ALERTS, "clickstream.py": CLICKSTREAM, "dynamic_rules.py": RULE_ALERTS}[
+        name
+    ]
     text = (ROOT / "examples" / name).read_text()
     assert "\n".join(f"    {line}" for line in expected) in text
 
@@ -138,8 +142,7 @@ def test_rule_alerts_do_not_depend_on_which_input_comes_first(slow: str) -> None
 
 # -- the docs' snippets ------------------------------------------------------------------
 
-DOCS = ["event-time.md", "windows.md", "connected-streams.md", "state.md", "fault-tolerance.md", "kafka.md",
-        "async.md"]
+DOCS = ["event-time.md", "windows.md", "connected-streams.md", "state.md", "fault-tolerance.md", "kafka.md", "async.md"]
 
 
 def snippets() -> list[Any]:

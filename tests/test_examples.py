@@ -11,13 +11,18 @@ import orjson
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.py") if not p.name.startswith("kafka_"))  # those: tests/kafka
+EXAMPLES = sorted(
+    p.name for p in (ROOT / "examples").glob("*.py") if not p.name.startswith("kafka_")
+)  # those: tests/kafka
 
 
 def run_example(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "aioflow", "run", f"examples/{name}:app", "--log-format", "json", *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -80,7 +85,11 @@ def test_http_sink_posts_every_result_in_batches_and_retries_a_503() -> None:
         url = f"http://127.0.0.1:{server.server_address[1]}/results"
         result = subprocess.run(
             [sys.executable, "-m", "aioflow", "run", "examples/http_sink.py:app", "--log-format", "json"],
-            cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "HTTP_SINK_URL": url},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "HTTP_SINK_URL": url},
         )
     finally:
         server.shutdown()
@@ -109,8 +118,13 @@ def test_digits_scoring_reports_per_window_what_the_model_predicts_for_each_imag
     model = SVC(gamma=0.001).fit(digits.data[:half], digits.target[:half])
     correct = model.predict(digits.data[half:]) == digits.target[half:]
     expected = [
-        {"start": start, "images": len(chunk), "correct": int(chunk.sum()), "accuracy": round(chunk.sum() / len(chunk), 3)}
-        for start, chunk in ((i * 50, correct[i:i + 200]) for i in range(0, len(correct), 200))
+        {
+            "start": start,
+            "images": len(chunk),
+            "correct": int(chunk.sum()),
+            "accuracy": round(chunk.sum() / len(chunk), 3),
+        }
+        for start, chunk in ((i * 50, correct[i : i + 200]) for i in range(0, len(correct), 200))
     ]
     assert windows == expected
 

@@ -50,8 +50,9 @@ class GenericEventTimeTrigger(af.EventTimeTrigger):
 
 def tumbling_job(events_file: Path, parallelism: int, trigger: af.Trigger | None = None) -> af.Stream:
     app = af.App("flink-tumbling", parallelism=parallelism)
-    events = app.source(af.read_jsonl(events_file), timestamps=lambda e: e["ts"],
-                        watermarks=af.BoundedOutOfOrderness(2000))
+    events = app.source(
+        af.read_jsonl(events_file), timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(2000)
+    )
     windowed = events.key_by(lambda e: e["user"]).window(af.TumblingEventTimeWindows(10_000))
     if trigger is not None:
         windowed = windowed.trigger(trigger)
@@ -83,7 +84,8 @@ class CountUpTo(af.KeyedProcessFunction):
 @pytest.mark.parametrize("parallelism", [1, 3])
 def test_timers_equal_flink(events_file: Path, parallelism: int) -> None:
     app = af.App("flink-timers", parallelism=parallelism)
-    events = app.source(af.read_jsonl(events_file), timestamps=lambda e: e["ts"],
-                        watermarks=af.BoundedOutOfOrderness(2000))
+    events = app.source(
+        af.read_jsonl(events_file), timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(2000)
+    )
     out = events.key_by(lambda e: e["user"]).process(CountUpTo)
     assert sorted(run_collect(out)) == expected("flink_timers_100k")

@@ -28,9 +28,12 @@ def lines() -> Iterator[list[dict[str, Any]]]:
         captured.append(dict(event))
         return ""
 
-    structlog.configure(processors=[structlog.contextvars.merge_contextvars, keep],
-                        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
-                        logger_factory=structlog.ReturnLoggerFactory(), cache_logger_on_first_use=False)
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, keep],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        logger_factory=structlog.ReturnLoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
     try:
         yield captured
     finally:
@@ -62,7 +65,10 @@ def test_user_code_logs_with_its_app_task_and_operator(lines: list[dict[str, Any
     app.run()
     (parsing,) = [line for line in lines if line["event"] == "parsing three"]
     assert {key: parsing[key] for key in ("app", "task", "operator")} == {
-        "app": "logged", "task": "task 1 (numbers)[0]", "operator": "parse"}
+        "app": "logged",
+        "task": "task 1 (numbers)[0]",
+        "operator": "parse",
+    }
     (fired,) = [line for line in lines if line["event"] == "timer fired"]
     assert fired["app"] == "logged" and fired["operator"] == "tally" and fired["task"].startswith("task 2 (tally)[")
     (started,) = [line for line in lines if line["event"] == "job started"]
@@ -73,8 +79,13 @@ def _run_json(folder: Path, job: str, *args: str, status: int = 0) -> list[dict[
     """``aioflow run`` of the job source ``job`` with JSON logs: its exit status checked,
     every line of its log parsed (each must be JSON)."""
     (folder / "job.py").write_text(job)
-    result = subprocess.run([sys.executable, "-m", "aioflow", "run", "job.py:app", "--log-format", "json", *args],
-                            cwd=folder, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "aioflow", "run", "job.py:app", "--log-format", "json", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == status, result.stderr
     return [json.loads(text) for text in result.stderr.splitlines()]
 
@@ -87,8 +98,12 @@ def test_json_lines_of_a_worker_name_the_operator(tmp_path: Path) -> None:
         "app = af.App('loud')\napp.source(['a']).map(shout).sink(af.CollectSink())\n",
     )
     (line,) = [line for line in lines if line["event"] == "shouting"]
-    assert (line["app"], line["operator"], line["task"], line["x"]) == ("loud", "shout", "task 1 (from_iterable)[0]",
-                                                                        "a")
+    assert (line["app"], line["operator"], line["task"], line["x"]) == (
+        "loud",
+        "shout",
+        "task 1 (from_iterable)[0]",
+        "a",
+    )
 
 
 def test_standard_library_logging_comes_out_in_the_same_json_lines(tmp_path: Path) -> None:
@@ -99,11 +114,16 @@ def test_standard_library_logging_comes_out_in_the_same_json_lines(tmp_path: Pat
         "def note(x):\n    logging.getLogger('somelib').warning('library says %s', x)\n"
         "    logging.getLogger('somelib').debug('too chatty')\n    return x\n"
         "app = af.App('quoted')\napp.source(['a']).map(note).sink(af.CollectSink())\n",
-        "--log-level", "debug",
+        "--log-level",
+        "debug",
     )
     (line,) = [line for line in lines if line.get("logger") == "somelib"]
-    assert (line["event"], line["level"], line["app"], line["operator"]) == ("library says a", "warning", "quoted",
-                                                                             "note")
+    assert (line["event"], line["level"], line["app"], line["operator"]) == (
+        "library says a",
+        "warning",
+        "quoted",
+        "note",
+    )
 
 
 def test_a_job_failing_with_an_unexpected_error_logs_one_job_failed_line(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ async def test_ordered_results_come_in_input_order_whatever_the_completion_order
 
 async def test_unordered_results_come_as_they_complete_but_never_across_a_batch() -> None:
     """A watermark comes between batches: unordered results never pass one."""
+
     async def call(i: int) -> int:
         await anyio.sleep(0.001 * (5 - i % 5))  # within each batch of 5, the last finishes first
         return i
@@ -41,7 +42,7 @@ async def test_unordered_results_come_as_they_complete_but_never_across_a_batch(
     out = await run_collect_async(app.source(range(20)).map_async(call, ordered=False))
     assert out != list(range(20))
     for start in range(0, 20, 5):
-        assert sorted(out[start:start + 5]) == list(range(start, start + 5))
+        assert sorted(out[start : start + 5]) == list(range(start, start + 5))
 
 
 async def test_a_call_that_times_out_fails_the_job_naming_the_record() -> None:
@@ -51,8 +52,10 @@ async def test_a_call_that_times_out_fails_the_job_naming_the_record() -> None:
 
     app = af.App("map-async-timeout")
     stream = app.source(range(5)).map_async(stuck, timeout=0.05, name="lookup")
-    with anyio.fail_after(5), pytest.raises(af.OperatorError,
-                                             match=r"operator 'lookup': timed out after 0.05 s \(call 1 of 1\)") as info:
+    with (
+        anyio.fail_after(5),
+        pytest.raises(af.OperatorError, match=r"operator 'lookup': timed out after 0.05 s \(call 1 of 1\)") as info,
+    ):
         await run_collect_async(stream)
     assert "record: 3" in str(info.value)
 
@@ -82,10 +85,14 @@ async def test_retry_if_says_which_failures_are_tried_again() -> None:
         raise ValueError("bad request")
 
     app = af.App("map-async-retry-if")
-    stream = app.source([1]).map_async(broken, retry=af.RetryPolicy(max_attempts=5, initial_delay=0),
-                                       retry_if=lambda exc: isinstance(exc, ConnectionError))
-    with pytest.raises(af.OperatorError,
-                       match=r"raised ValueError: bad request \(call 1 of 5; retry_if said not to retry\)"):
+    stream = app.source([1]).map_async(
+        broken,
+        retry=af.RetryPolicy(max_attempts=5, initial_delay=0),
+        retry_if=lambda exc: isinstance(exc, ConnectionError),
+    )
+    with pytest.raises(
+        af.OperatorError, match=r"raised ValueError: bad request \(call 1 of 5; retry_if said not to retry\)"
+    ):
         await run_collect_async(stream)
     assert calls == 1
 
@@ -99,8 +106,9 @@ async def test_retry_if_result_calls_again_and_keeps_the_last_result() -> None:
         return i if calls[i] >= i else None  # record i needs i calls
 
     app = af.App("map-async-retry-result")
-    stream = app.source([1, 2, 5]).map_async(eventually, retry=af.RetryPolicy(max_attempts=3, initial_delay=0),
-                                             retry_if_result=lambda r: r is None)
+    stream = app.source([1, 2, 5]).map_async(
+        eventually, retry=af.RetryPolicy(max_attempts=3, initial_delay=0), retry_if_result=lambda r: r is None
+    )
     assert await run_collect_async(stream) == [1, 2, None]  # 5 would need 5 calls: the 3rd result stays
     assert calls == {1: 1, 2: 2, 5: 3}
 
@@ -115,8 +123,9 @@ async def test_calls_that_fail_for_good_are_skipped_or_sent_to_a_side_output() -
     app = af.App("map-async-on-error")
     skipped = app.source(range(6), name="a").map_async(half, on_error="skip")
     failed = af.OutputTag("failed")
-    kept = app.source(range(6), name="b").map_async(half, on_error=failed,
-                                                    retry=af.RetryPolicy(max_attempts=2, initial_delay=0))
+    kept = app.source(range(6), name="b").map_async(
+        half, on_error=failed, retry=af.RetryPolicy(max_attempts=2, initial_delay=0)
+    )
     got, kept_out, dead = await run_collect_async(skipped, kept, kept.get_side_output(failed))
     assert got == kept_out == [0, 2, 4]
     assert [(f.value, f.attempts) for f in dead] == [(1, 2), (3, 2), (5, 2)]
@@ -150,6 +159,9 @@ async def test_a_function_returning_an_awaitable_works_and_one_returning_a_value
     app = af.App("map-async-lambda")
     assert await run_collect_async(app.source([1, 2], name="a").map_async(lambda i: fetch(i, 3))) == [3, 6]
     plain = app.source([1], name="b").map_async(lambda i: i, name="plain")  # type: ignore[arg-type, return-value]
-    with pytest.raises(af.UserFunctionTypeError, match=r"operator 'plain': .*<lambda> returned 1 \(int\), not an "
-                                                       "awaitable"):
+    with pytest.raises(
+        af.UserFunctionTypeError,
+        match=r"operator 'plain': .*<lambda> returned 1 \(int\), not an "
+        "awaitable",
+    ):
         await run_collect_async(plain)

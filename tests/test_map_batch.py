@@ -48,7 +48,8 @@ async def test_numpy_and_pandas_forms() -> None:
     rows = [{"x": float(i), "y": 2.0 * i} for i in range(10)]
     total = app.source(rows, name="rows").map_batch(lambda frame: frame["x"] + frame["y"], form="pandas")
     norms = app.source([[3, 4], [6, 8]], name="vectors").map_batch(
-        lambda array: np.sqrt((array ** 2).sum(axis=1)), form="numpy")
+        lambda array: np.sqrt((array**2).sum(axis=1)), form="numpy"
+    )
     got_total, got_norms = await run_collect_async(total, norms)
     assert got_total == [3.0 * i for i in range(10)] and all(type(v) is float for v in got_total)
     assert got_norms == [5.0, 10.0]
@@ -64,8 +65,11 @@ async def test_a_dataframe_result_gives_a_dict_per_row() -> None:
 async def test_the_wrong_number_of_results_fails_naming_the_function() -> None:
     app = af.App("map-batch-count")
     stream = app.source(range(5)).map_batch(lambda records: records[:-1], name="short")
-    with pytest.raises(af.UserFunctionTypeError, match=r"operator 'short': batch function .* returned 4 results "
-                                                       r"for 5 records"):
+    with pytest.raises(
+        af.UserFunctionTypeError,
+        match=r"operator 'short': batch function .* returned 4 results "
+        r"for 5 records",
+    ):
         await run_collect_async(stream)
 
 
@@ -81,8 +85,9 @@ async def test_a_failed_batch_is_retried_then_goes_to_the_side_output_whole() ->
 
     failed = af.OutputTag("failed")
     app = af.App("map-batch-errors")
-    stream = app.source(range(8)).map_batch(bulk, max_batch_size=4, on_error=failed,
-                                            retry=af.RetryPolicy(max_attempts=2, initial_delay=0))
+    stream = app.source(range(8)).map_batch(
+        bulk, max_batch_size=4, on_error=failed, retry=af.RetryPolicy(max_attempts=2, initial_delay=0)
+    )
     ok, dead = await run_collect_async(stream, stream.get_side_output(failed))
     assert ok == [4, 5, 6, 7]
     assert [(f.value, f.attempts) for f in dead] == [(i, 2) for i in range(4)]
@@ -90,11 +95,14 @@ async def test_a_failed_batch_is_retried_then_goes_to_the_side_output_whole() ->
     assert calls.count([0, 1, 2, 3]) == 2
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"max_batch_size": 0}, "max_batch_size"),
-    ({"form": "arrow"}, "form"),
-    ({"on_error": "drop"}, "on_error"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size"),
+        ({"form": "arrow"}, "form"),
+        ({"on_error": "drop"}, "on_error"),
+    ],
+)
 def test_bad_arguments_are_refused(kwargs: dict[str, Any], message: str) -> None:
     app = af.App("map-batch-bad")
     with pytest.raises(af.PipelineError, match=message):

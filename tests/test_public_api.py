@@ -41,10 +41,13 @@ def test_all_is_complete_and_names_only_what_the_module_has(module: str) -> None
     exported_anywhere = {id(getattr(public, name)) for public in _public_modules().values() for name in public.__all__}
     # Anything else a public module holds is a submodule, or what it imported for its own use:
     # never something of aioflow's that only it has.
-    stray = [name for name in extras
-             if not isinstance(getattr(namespace, name), ModuleType)
-             and getattr(getattr(namespace, name), "__module__", "").startswith("aioflow")
-             and id(getattr(namespace, name)) not in exported_anywhere]
+    stray = [
+        name
+        for name in extras
+        if not isinstance(getattr(namespace, name), ModuleType)
+        and getattr(getattr(namespace, name), "__module__", "").startswith("aioflow")
+        and id(getattr(namespace, name)) not in exported_anywhere
+    ]
     assert stray == [], module
 
 
@@ -63,14 +66,14 @@ def test_public_classes_and_functions_name_their_public_module() -> None:
     for module_name, module in _public_modules().items():
         for name in module.__all__:
             value = getattr(module, name)
-            if isinstance(value, type) or callable(value):
-                if getattr(value, "__module__", module_name) != module_name:
-                    wrong.append(f"{module_name}.{name}: {value.__module__}")
+            if callable(value) and getattr(value, "__module__", module_name) != module_name:
+                wrong.append(f"{module_name}.{name}: {value.__module__}")
     assert wrong == []
     assert repr(aioflow.App) == "<class 'aioflow.App'>"
 
 
 # -- what the docs and examples import -------------------------------------------------------------------------
+
 
 def _documents() -> list[Path]:
     return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "examples").glob("*.py"))]
@@ -132,8 +135,9 @@ def test_every_import_path_in_the_docs_and_examples_is_public() -> None:
     assert "aioflow.kafka.KafkaSource" in used and "aioflow.App" in used
     loggers = _logger_names()
     assert "aioflow.runtime" in loggers
-    assert {dotted: sorted(places) for dotted, places in used.items()
-            if dotted not in loggers and not _resolves(dotted)} == {}
+    assert {
+        dotted: sorted(places) for dotted, places in used.items() if dotted not in loggers and not _resolves(dotted)
+    } == {}
 
 
 def test_py_typed_marker_ships() -> None:

@@ -32,8 +32,9 @@ def test_readme_example_and_its_test(tmp_path: Path) -> None:
     for line in shell[1].splitlines():
         args = line.split("#")[0].split()
         assert args[0] == "aioflow", line
-        result = subprocess.run([sys.executable, "-m", "aioflow", *args[1:]], cwd=tmp_path,
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [sys.executable, "-m", "aioflow", *args[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, result.stderr
         outputs[args[1]] = result.stdout
     promised = re.search(r"`aioflow run` prints (.*?) \(and logs", (ROOT / "README.md").read_text())
@@ -42,7 +43,12 @@ def test_readme_example_and_its_test(tmp_path: Path) -> None:
     assert outputs["run"].splitlines() == ["('a', 22.0)", "('b', 110.0)"]
     assert "RunningTotal" in outputs["plan"]
 
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_clicks.py"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    tests = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_clicks.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert "1 passed" in tests.stdout

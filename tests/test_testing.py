@@ -41,13 +41,20 @@ def test_replace_sink_runs_a_kafka_pipeline_whole_without_a_broker() -> None:
     spec.loader.exec_module(etl)
 
     def record(offset: int, raw: bytes) -> af.kafka.KafkaRecord:
-        return af.kafka.KafkaRecord(key=None, value=etl.parse(raw), headers=(), topic="orders", partition=0,
-                                    offset=offset, timestamp=0)
+        return af.kafka.KafkaRecord(
+            key=None, value=etl.parse(raw), headers=(), topic="orders", partition=0, offset=offset, timestamp=0
+        )
 
-    replace_source(etl.app, "orders", af.from_iterable([
-        record(0, b'{"order": 1, "user": "ada", "amount": 2.5, "currency": "EUR"}'),
-        record(1, b'{"order": 2, "user": "", "amount": 1, "currency": "EUR"}'),
-    ]))
+    replace_source(
+        etl.app,
+        "orders",
+        af.from_iterable(
+            [
+                record(0, b'{"order": 1, "user": "ada", "amount": 2.5, "currency": "EUR"}'),
+                record(1, b'{"order": 2, "user": "", "amount": 1, "currency": "EUR"}'),
+            ]
+        ),
+    )
     clean, dead = af.CollectSink(), af.CollectSink()
     replace_sink(etl.app, "clean_orders", clean)
     replace_sink(etl.app, "dead_letter_topic", dead)

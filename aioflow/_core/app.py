@@ -100,7 +100,8 @@ class App:
         self.linger = float(_positive(linger, "linger", (int, float))) if linger else 0.0
         self.channel_capacity = _positive(channel_capacity, "channel_capacity")
         if watermark_interval is not None and (
-            isinstance(watermark_interval, bool) or not isinstance(watermark_interval, (int, float))
+            isinstance(watermark_interval, bool)
+            or not isinstance(watermark_interval, (int, float))
             or watermark_interval < 0
         ):
             raise PipelineError(f"watermark_interval must be seconds >= 0 or None, got {watermark_interval!r}")
@@ -109,37 +110,48 @@ class App:
             raise PipelineError(f"state_backend must be 'memory' or 'lmdb', got {state_backend!r}")
         self.state_backend = state_backend or ("lmdb" if state_dir is not None else "memory")
         if checkpoint_interval is not None and (self.state_backend != "lmdb" or state_dir is None):
-            raise PipelineError("checkpoint_interval needs state_dir= and the 'lmdb' state_backend (a checkpoint "
-                                "records the state's working copy in state_dir); got "
-                                f"state_dir={state_dir!r}, state_backend={self.state_backend!r}")
+            raise PipelineError(
+                "checkpoint_interval needs state_dir= and the 'lmdb' state_backend (a checkpoint "
+                "records the state's working copy in state_dir); got "
+                f"state_dir={state_dir!r}, state_backend={self.state_backend!r}"
+            )
         if checkpoint_interval is not None:
             _positive(checkpoint_interval, "checkpoint_interval", (int, float))
         if checkpoint_mode not in ("exactly_once", "at_least_once"):
             raise PipelineError(f"checkpoint_mode must be 'exactly_once' or 'at_least_once', got {checkpoint_mode!r}")
         self.checkpoint_mode = checkpoint_mode
         self.checkpoint_timeout = float(_positive(checkpoint_timeout, "checkpoint_timeout", (int, float)))
-        if isinstance(min_pause_between_checkpoints, bool) or not isinstance(min_pause_between_checkpoints,
-                                                                              (int, float)) \
-                or min_pause_between_checkpoints < 0:
-            raise PipelineError(f"min_pause_between_checkpoints must be seconds >= 0, got "
-                                f"{min_pause_between_checkpoints!r}")
+        if (
+            isinstance(min_pause_between_checkpoints, bool)
+            or not isinstance(min_pause_between_checkpoints, (int, float))
+            or min_pause_between_checkpoints < 0
+        ):
+            raise PipelineError(
+                f"min_pause_between_checkpoints must be seconds >= 0, got {min_pause_between_checkpoints!r}"
+            )
         self.min_pause_between_checkpoints = float(min_pause_between_checkpoints)
         self.retained_checkpoints = _positive(retained_checkpoints, "retained_checkpoints")
         if tolerable_checkpoint_failures is not None and (
-            isinstance(tolerable_checkpoint_failures, bool) or not isinstance(tolerable_checkpoint_failures, int)
+            isinstance(tolerable_checkpoint_failures, bool)
+            or not isinstance(tolerable_checkpoint_failures, int)
             or tolerable_checkpoint_failures < 0
         ):
-            raise PipelineError(f"tolerable_checkpoint_failures must be an int >= 0 or None, got "
-                                f"{tolerable_checkpoint_failures!r}")
+            raise PipelineError(
+                f"tolerable_checkpoint_failures must be an int >= 0 or None, got {tolerable_checkpoint_failures!r}"
+            )
         self.tolerable_checkpoint_failures = tolerable_checkpoint_failures
         self.state_cache_size = _positive(state_cache_size, "state_cache_size")
         self.max_concurrency = _positive(max_concurrency, "max_concurrency")
         if restart_strategy is not None and not isinstance(restart_strategy, RestartStrategy):
-            raise PipelineError(f"restart_strategy takes af.FixedDelayRestart(...), af.ExponentialBackoffRestart(...), "
-                                f"af.FailureRateRestart(...) or af.NoRestart(), got {restart_strategy!r}")
+            raise PipelineError(
+                f"restart_strategy takes af.FixedDelayRestart(...), af.ExponentialBackoffRestart(...), "
+                f"af.FailureRateRestart(...) or af.NoRestart(), got {restart_strategy!r}"
+            )
         if checkpoint_interval is None and restart_strategy is not None and not isinstance(restart_strategy, NoRestart):
-            raise PipelineError("restart_strategy needs checkpoint_interval: a restart resumes from the last "
-                                "checkpoint (without one it would replay the input into the sinks)")
+            raise PipelineError(
+                "restart_strategy needs checkpoint_interval: a restart resumes from the last "
+                "checkpoint (without one it would replay the input into the sinks)"
+            )
         self._chosen = {"state_backend": state_backend, "restart_strategy": restart_strategy}  # None: derived
         if restart_strategy is None:
             restart_strategy = DEFAULT_RESTART_STRATEGY if checkpoint_interval is not None else NoRestart()
@@ -177,8 +189,15 @@ class App:
             if timestamps is None and not source.timestamped:
                 raise PipelineError("watermarks= needs timestamps= to know each record's event time")
         node = self.graph.add_node(
-            "source", name, source.default_name, Operator, parallelism, [],
-            source=source, timestamps=timestamps, watermarks=watermarks,
+            "source",
+            name,
+            source.default_name,
+            Operator,
+            parallelism,
+            [],
+            source=source,
+            timestamps=timestamps,
+            watermarks=watermarks,
         )
         return Stream(self, node)
 
@@ -189,8 +208,14 @@ class App:
             self.graph.check_parallelism(parallelism, "parallelism")
         return build_plan(self.name, self.graph.nodes, parallelism or self.parallelism)
 
-    def _config(self, *, state_dir: str | None = None, checkpoint_interval: float | None = None,
-                checkpoint_storage: str | None = None, **run_options: Any) -> RuntimeConfig:
+    def _config(
+        self,
+        *,
+        state_dir: str | None = None,
+        checkpoint_interval: float | None = None,
+        checkpoint_storage: str | None = None,
+        **run_options: Any,
+    ) -> RuntimeConfig:
         """The runtime configuration; ``state_dir`` and ``checkpoint_interval`` override the
         app's for one run (``aioflow run --state-dir/--checkpoint-interval``), with what
         derives from them (the LMDB backend, the default restart strategy) derived again."""
@@ -204,9 +229,11 @@ class App:
         else:
             _positive(checkpoint_interval, "checkpoint_interval", (int, float))
             if state_backend != "lmdb" or state_dir is None:
-                raise PipelineError(f"checkpoint_interval needs a state_dir (and the 'lmdb' state_backend): a "
-                                    f"checkpoint records the state's working copy in state_dir; got "
-                                    f"state_dir={state_dir!r}, state_backend={state_backend!r}")
+                raise PipelineError(
+                    f"checkpoint_interval needs a state_dir (and the 'lmdb' state_backend): a "
+                    f"checkpoint records the state's working copy in state_dir; got "
+                    f"state_dir={state_dir!r}, state_backend={state_backend!r}"
+                )
             if self._chosen["restart_strategy"] is None and isinstance(restart_strategy, NoRestart):
                 restart_strategy = DEFAULT_RESTART_STRATEGY
         return RuntimeConfig(
@@ -253,8 +280,10 @@ class App:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            raise PipelineError("aioflow runs on asyncio only: run_async() needs a running asyncio event loop "
-                                "(asyncio.run, anyio with the asyncio backend); trio is not supported") from None
+            raise PipelineError(
+                "aioflow runs on asyncio only: run_async() needs a running asyncio event loop "
+                "(asyncio.run, anyio with the asyncio backend); trio is not supported"
+            ) from None
         if not structlog.is_configured():
             configure_logging()
         plan = self.plan(parallelism=parallelism)

@@ -61,8 +61,16 @@ from aioflow._core.worker.http import DEFAULT_HOST, HttpServer, worker_routes
 from aioflow._core.worker.metrics import MetricsRegistry
 from aioflow._core.worker.stop import STOP_TIMEOUT, StopSignals
 
-__all__ = ["EXIT_CANNOT_LOAD", "EXIT_FAILED", "EXIT_FINISHED", "EXIT_REFUSED", "HttpOptions", "load_app", "main",
-           "parse_args"]
+__all__ = [
+    "EXIT_CANNOT_LOAD",
+    "EXIT_FAILED",
+    "EXIT_FINISHED",
+    "EXIT_REFUSED",
+    "HttpOptions",
+    "load_app",
+    "main",
+    "parse_args",
+]
 
 log = structlog.get_logger("aioflow.cli")
 
@@ -144,9 +152,14 @@ async def _serve_and_run(app: App, stop_timeout: float, options: dict[str, Any],
     if http is not None:
         registry = MetricsRegistry()
         register_job_metrics(registry, lambda: app.job)
-        health = HealthCheck(app.name, lambda: app.job, ended=lambda: ended[-1] if ended else None,
-                             max_checkpoint_failures=http.max_checkpoint_failures,
-                             max_watermark_lag=http.max_watermark_lag, max_source_lag=http.max_source_lag)
+        health = HealthCheck(
+            app.name,
+            lambda: app.job,
+            ended=lambda: ended[-1] if ended else None,
+            max_checkpoint_failures=http.max_checkpoint_failures,
+            max_watermark_lag=http.max_watermark_lag,
+            max_source_lag=http.max_source_lag,
+        )
         server = HttpServer(worker_routes(health, registry), host=http.host, port=http.port)
         try:
             await server.open()
@@ -245,75 +258,160 @@ class _Parser(NamedTuple):
 
 def _parser() -> _Parser:
     parser = argparse.ArgumentParser(
-        prog="aioflow", description="Run and inspect aioflow pipelines.",
+        prog="aioflow",
+        description="Run and inspect aioflow pipelines.",
         epilog="Every option (except plan's --json) can also be set by an environment variable named after it, "
-               "shown as [env AIOFLOW_...]: a flag on the command line wins over the variable.",
+        "shown as [env AIOFLOW_...]: a flag on the command line wins over the variable.",
     )
     parser.add_argument("--version", action="version", version=f"aioflow {importlib.metadata.version('aioflow')}")
     common = argparse.ArgumentParser(add_help=False)
     shared = EnvironmentOptions()
-    shared.add(common, "--log-level", env_type=_log_level, default="info", metavar="LEVEL",
-               help="debug, info, warning or error (default: info)")
-    shared.add(common, "--log-format", default="auto", choices=["auto", "console", "json"],
-               help="console lines, JSON lines, or auto: console on a terminal, JSON otherwise (default: auto)")
+    shared.add(
+        common,
+        "--log-level",
+        env_type=_log_level,
+        default="info",
+        metavar="LEVEL",
+        help="debug, info, warning or error (default: info)",
+    )
+    shared.add(
+        common,
+        "--log-format",
+        default="auto",
+        choices=["auto", "console", "json"],
+        help="console lines, JSON lines, or auto: console on a terminal, JSON otherwise (default: auto)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
-        "run", parents=[common], help="run a pipeline until its input ends (or SIGINT/SIGTERM)",
+        "run",
+        parents=[common],
+        help="run a pipeline until its input ends (or SIGINT/SIGTERM)",
         description="Run the App named by TARGET. Bounded jobs end by themselves. SIGINT or SIGTERM "
-                    "stops the job: with checkpoints, with a savepoint (open windows and timers are kept "
-                    "in it, not fired); without, or with --drain, the sources stop and what is in flight "
-                    "drains. A state_dir that holds a checkpoint or savepoint is resumed from. Each option "
-                    "can be set by the environment variable shown with it; a flag wins over the variable.",
+        "stops the job: with checkpoints, with a savepoint (open windows and timers are kept "
+        "in it, not fired); without, or with --drain, the sources stop and what is in flight "
+        "drains. A state_dir that holds a checkpoint or savepoint is resumed from. Each option "
+        "can be set by the environment variable shown with it; a flag wins over the variable.",
     )
     run.add_argument("target", metavar="TARGET", help="module.path:app or path/to/file.py:app")
     env = EnvironmentOptions()
-    env.add(run, "--parallelism", "-p", type=_parallelism, metavar="N",
-            help="override the app's default parallelism (a restore redistributes keyed state)")
-    env.add(run, "--state-dir", metavar="PATH",
-            help="override the app's state_dir: where the working copy of keyed state (LMDB), savepoints and, "
-                 "by default, checkpoints live")
-    env.add(run, "--checkpoint-storage", type=_storage_location, metavar="PATH_OR_URL",
-            help="override the app's checkpoint_storage: a directory or file:// URL where checkpoints are "
-                 "written (default: STATE_DIR/checkpoints)")
-    env.add(run, "--checkpoint-interval", type=_positive_seconds, metavar="SECONDS",
-            help="override the app's checkpoint_interval (needs a state directory)")
-    env.add(run, "--from-savepoint", metavar="PATH",
-            help="rebuild the app's state_dir from the savepoint PATH (or a retained checkpoint's folder), then "
-                 "resume from it as a new job")
-    env.add(run, "--allow-non-restored-state", action="store_true", default=False,
-            help="restore even if the checkpoint has state of operators the job no longer has "
-                 "(that state is dropped)")
-    env.add(run, "--drain", action="store_true", default=False,
-            help="on SIGINT/SIGTERM drain (fire every window and timer, as at the end of input) "
-                 "instead of stopping with a savepoint")
-    env.add(run, "--stop-timeout", type=_seconds, default=STOP_TIMEOUT, metavar="SECONDS",
-            help=f"after a stop signal, cancel the job if it has not drained within SECONDS; an operator "
-                 f"stuck in synchronous code makes the worker exit 3 s later (default: {STOP_TIMEOUT:g})")
-    env.add(run, "--http-port", type=_port, metavar="N",
-            help="serve /health and /metrics (Prometheus) over HTTP on port N; 0 picks a free port, "
-                 "logged as `http server started` (default: no HTTP server)")
-    env.add(run, "--http-host", default=DEFAULT_HOST, metavar="HOST",
-            help=f"the address the HTTP server listens on (default: {DEFAULT_HOST}, this machine only; "
-                 "0.0.0.0 for every interface)")
-    env.add(run, "--health-max-checkpoint-failures", type=_positive_int, metavar="N",
-            default=DEFAULT_MAX_CHECKPOINT_FAILURES,
-            help=f"/health answers 503 once N checkpoints in a row failed "
-                 f"(default: {DEFAULT_MAX_CHECKPOINT_FAILURES})")
-    env.add(run, "--health-max-watermark-lag", type=_positive_seconds, metavar="SECONDS",
-            help="/health answers 503 while a source's watermark is more than SECONDS behind the wall clock "
-                 "(default: no limit)")
-    env.add(run, "--health-max-source-lag", type=_positive_int, metavar="RECORDS",
-            help="/health answers 503 while a source is more than RECORDS behind the end of a split, "
-                 "e.g. Kafka consumer lag (default: no limit)")
+    env.add(
+        run,
+        "--parallelism",
+        "-p",
+        type=_parallelism,
+        metavar="N",
+        help="override the app's default parallelism (a restore redistributes keyed state)",
+    )
+    env.add(
+        run,
+        "--state-dir",
+        metavar="PATH",
+        help="override the app's state_dir: where the working copy of keyed state (LMDB), savepoints and, "
+        "by default, checkpoints live",
+    )
+    env.add(
+        run,
+        "--checkpoint-storage",
+        type=_storage_location,
+        metavar="PATH_OR_URL",
+        help="override the app's checkpoint_storage: a directory or file:// URL where checkpoints are "
+        "written (default: STATE_DIR/checkpoints)",
+    )
+    env.add(
+        run,
+        "--checkpoint-interval",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="override the app's checkpoint_interval (needs a state directory)",
+    )
+    env.add(
+        run,
+        "--from-savepoint",
+        metavar="PATH",
+        help="rebuild the app's state_dir from the savepoint PATH (or a retained checkpoint's folder), then "
+        "resume from it as a new job",
+    )
+    env.add(
+        run,
+        "--allow-non-restored-state",
+        action="store_true",
+        default=False,
+        help="restore even if the checkpoint has state of operators the job no longer has (that state is dropped)",
+    )
+    env.add(
+        run,
+        "--drain",
+        action="store_true",
+        default=False,
+        help="on SIGINT/SIGTERM drain (fire every window and timer, as at the end of input) "
+        "instead of stopping with a savepoint",
+    )
+    env.add(
+        run,
+        "--stop-timeout",
+        type=_seconds,
+        default=STOP_TIMEOUT,
+        metavar="SECONDS",
+        help=f"after a stop signal, cancel the job if it has not drained within SECONDS; an operator "
+        f"stuck in synchronous code makes the worker exit 3 s later (default: {STOP_TIMEOUT:g})",
+    )
+    env.add(
+        run,
+        "--http-port",
+        type=_port,
+        metavar="N",
+        help="serve /health and /metrics (Prometheus) over HTTP on port N; 0 picks a free port, "
+        "logged as `http server started` (default: no HTTP server)",
+    )
+    env.add(
+        run,
+        "--http-host",
+        default=DEFAULT_HOST,
+        metavar="HOST",
+        help=f"the address the HTTP server listens on (default: {DEFAULT_HOST}, this machine only; "
+        "0.0.0.0 for every interface)",
+    )
+    env.add(
+        run,
+        "--health-max-checkpoint-failures",
+        type=_positive_int,
+        metavar="N",
+        default=DEFAULT_MAX_CHECKPOINT_FAILURES,
+        help=f"/health answers 503 once N checkpoints in a row failed (default: {DEFAULT_MAX_CHECKPOINT_FAILURES})",
+    )
+    env.add(
+        run,
+        "--health-max-watermark-lag",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="/health answers 503 while a source's watermark is more than SECONDS behind the wall clock "
+        "(default: no limit)",
+    )
+    env.add(
+        run,
+        "--health-max-source-lag",
+        type=_positive_int,
+        metavar="RECORDS",
+        help="/health answers 503 while a source is more than RECORDS behind the end of a split, "
+        "e.g. Kafka consumer lag (default: no limit)",
+    )
     plan = commands.add_parser(
-        "plan", parents=[common], help="print the physical plan (tasks, chaining, partitioning)",
+        "plan",
+        parents=[common],
+        help="print the physical plan (tasks, chaining, partitioning)",
         description="Print how the App named by TARGET is split into tasks of chained operators.",
     )
     plan.add_argument("target", metavar="TARGET", help="module.path:app or path/to/file.py:app")
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan_env = EnvironmentOptions()
-    plan_env.add(plan, "--parallelism", "-p", type=_parallelism, metavar="N",
-                 help="the plan with this default parallelism, as `aioflow run -p N` would run it")
+    plan_env.add(
+        plan,
+        "--parallelism",
+        "-p",
+        type=_parallelism,
+        metavar="N",
+        help="the plan with this default parallelism, as `aioflow run -p N` would run it",
+    )
     return _Parser(parser, {"run": [shared, env], "plan": [shared, plan_env]})
 
 
@@ -363,18 +461,31 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(io.UnsupportedOperation, ValueError):  # stderr without a file (captured)
         faulthandler.enable()
     if args.checkpoint_interval is not None and args.state_dir is None and app.state_dir is None:
-        print("aioflow: --checkpoint-interval needs a state directory: set --state-dir (AIOFLOW_STATE_DIR) "
-              "or App(state_dir=...)", file=sys.stderr)
+        print(
+            "aioflow: --checkpoint-interval needs a state directory: set --state-dir (AIOFLOW_STATE_DIR) "
+            "or App(state_dir=...)",
+            file=sys.stderr,
+        )
         return EXIT_CANNOT_LOAD
     http = None
     if args.http_port is not None:
-        http = HttpOptions(args.http_host, args.http_port, args.health_max_checkpoint_failures,
-                           args.health_max_watermark_lag, args.health_max_source_lag)
+        http = HttpOptions(
+            args.http_host,
+            args.http_port,
+            args.health_max_checkpoint_failures,
+            args.health_max_watermark_lag,
+            args.health_max_source_lag,
+        )
     try:
-        options = {"parallelism": args.parallelism, "from_savepoint": args.from_savepoint,
-                   "allow_non_restored_state": args.allow_non_restored_state, "drain_on_stop": args.drain,
-                   "state_dir": args.state_dir, "checkpoint_interval": args.checkpoint_interval,
-                   "checkpoint_storage": args.checkpoint_storage}
+        options = {
+            "parallelism": args.parallelism,
+            "from_savepoint": args.from_savepoint,
+            "allow_non_restored_state": args.allow_non_restored_state,
+            "drain_on_stop": args.drain,
+            "state_dir": args.state_dir,
+            "checkpoint_interval": args.checkpoint_interval,
+            "checkpoint_storage": args.checkpoint_storage,
+        }
         return anyio.run(_run_worker, app, args.stop_timeout, options, http, backend="asyncio")
     except RefusedError as exc:
         log.error("refused", app=app.name, error=str(exc), exit_status=EXIT_REFUSED)

@@ -31,14 +31,23 @@ if TYPE_CHECKING:
 __all__ = ["BroadcastConnectedStreams", "BroadcastStream", "ConnectedStreams", "IntervalJoin", "IntervalJoined"]
 
 
-def _add_two_input(first: Stream, second: Stream, kind: str, fn: Any, name: str | None,
-                   parallelism: int | None, make: Callable[[str], Any], stateful: bool) -> Stream:
+def _add_two_input(
+    first: Stream,
+    second: Stream,
+    kind: str,
+    fn: Any,
+    name: str | None,
+    parallelism: int | None,
+    make: Callable[[str], Any],
+    stateful: bool,
+) -> Stream:
     from aioflow._core.stream import Stream, function_name
 
     if second.app is not first.app:
         raise PipelineError("connect() and interval_join() take streams of the same app")
-    node = first.app.graph.add_node(kind, name, function_name(fn), make, parallelism,
-                               [first._edge(1), second._edge(2)], stateful=stateful)
+    node = first.app.graph.add_node(
+        kind, name, function_name(fn), make, parallelism, [first._edge(1), second._edge(2)], stateful=stateful
+    )
     return Stream(first.app, node)
 
 
@@ -69,8 +78,16 @@ class ConnectedStreams:
         factory = instantiate(fn, CoProcessFunction, method=None)
         key1 = self.first.key_selector if first_keyed else None  # type: ignore[attr-defined]
         key2 = self.second.key_selector if first_keyed else None  # type: ignore[attr-defined]
-        return _add_two_input(self.first, self.second, "co_process", fn, name, parallelism,
-                              lambda n: CoProcessOperator(n, factory(), key1, key2), stateful=first_keyed)
+        return _add_two_input(
+            self.first,
+            self.second,
+            "co_process",
+            fn,
+            name,
+            parallelism,
+            lambda n: CoProcessOperator(n, factory(), key1, key2),
+            stateful=first_keyed,
+        )
 
 
 class BroadcastStream:
@@ -102,8 +119,16 @@ class BroadcastConnectedStreams:
         factory = instantiate(fn, KeyedBroadcastProcessFunction if keyed else BroadcastProcessFunction, method=None)
         key = self.stream.key_selector if keyed else None  # type: ignore[attr-defined]
         names = self.broadcast.state_names
-        return _add_two_input(self.stream, self.broadcast.stream, "broadcast_process", fn, name, parallelism,
-                              lambda n: BroadcastProcessOperator(n, factory(), key, names), stateful=keyed)
+        return _add_two_input(
+            self.stream,
+            self.broadcast.stream,
+            "broadcast_process",
+            fn,
+            name,
+            parallelism,
+            lambda n: BroadcastProcessOperator(n, factory(), key, names),
+            stateful=keyed,
+        )
 
 
 class IntervalJoin:
@@ -166,8 +191,14 @@ class IntervalJoined:
         upper = self.upper if self.upper_inclusive else self.upper - 1
         late = dict(self._late)
         return _add_two_input(
-            self.left, self.right, "interval_join", fn, name, parallelism,
-            lambda n: IntervalJoinOperator(n, factory(), left_key, right_key, lower, upper,
-                                           late["left"], late["right"]),
+            self.left,
+            self.right,
+            "interval_join",
+            fn,
+            name,
+            parallelism,
+            lambda n: IntervalJoinOperator(
+                n, factory(), left_key, right_key, lower, upper, late["left"], late["right"]
+            ),
             stateful=True,
         )

@@ -163,8 +163,9 @@ class IncompatibleStateError(RefusedError, StateError):
         self.was = was
 
 
-def check_number(value: Any, what: str, *, integer: bool = False, minimum: float = 0.0,
-                 optional: bool = False, above: bool = False) -> None:
+def check_number(
+    value: Any, what: str, *, integer: bool = False, minimum: float = 0.0, optional: bool = False, above: bool = False
+) -> None:
     """Refuse with a :class:`PipelineError` naming ``what`` a ``value`` that is not a finite
     number (an int with ``integer``) at least ``minimum`` (above it with ``above``; ``None``
     allowed with ``optional``)."""

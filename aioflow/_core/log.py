@@ -50,8 +50,12 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
 _handler: logging.Handler | None = None
 
 
-def _route_standard_logging(level: int, pre_chain: list[structlog.typing.Processor],
-                            exc_info: structlog.typing.Processor, renderer: structlog.typing.Processor) -> None:
+def _route_standard_logging(
+    level: int,
+    pre_chain: list[structlog.typing.Processor],
+    exc_info: structlog.typing.Processor,
+    renderer: structlog.typing.Processor,
+) -> None:
     """Render the standard library's log records (aiokafka's, say) as aioflow's own lines,
     in the same format, with the logger's name: a JSON log stays all JSON. Libraries log at
     ``info`` at most: their debug lines (one per fetch) drown everything else."""
@@ -60,9 +64,11 @@ def _route_standard_logging(level: int, pre_chain: list[structlog.typing.Process
     if _handler is not None:
         root.removeHandler(_handler)
     _handler = logging.StreamHandler(sys.stderr)
-    _handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=pre_chain,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, exc_info, renderer],
-    ))
+    _handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=pre_chain,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, exc_info, renderer],
+        )
+    )
     root.addHandler(_handler)
     root.setLevel(max(level, logging.INFO))

@@ -55,9 +55,14 @@ def function_name(fn: Any) -> str | None:
     return None if name == "<lambda>" else name
 
 
-def _call_policy(kind: str, timeout: float | None, retry: RetryPolicy | None,
-                 retry_if: Callable[[Exception], bool] | None, retry_if_result: Callable[[Any], bool] | None,
-                 on_error: Any) -> CallPolicy:
+def _call_policy(
+    kind: str,
+    timeout: float | None,
+    retry: RetryPolicy | None,
+    retry_if: Callable[[Exception], bool] | None,
+    retry_if_result: Callable[[Any], bool] | None,
+    on_error: Any,
+) -> CallPolicy:
     """The checked options of a calling operator (``map_async``, ``map_batch``)."""
     if timeout is not None:
         check_number(timeout, f"{kind} timeout", above=True)
@@ -72,13 +77,15 @@ def _call_policy(kind: str, timeout: float | None, retry: RetryPolicy | None,
 
 
 def _check_concurrency(max_concurrency: Any, kind: str, option: str = "max_concurrency") -> None:
-    if max_concurrency is not None and (isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int)
-                                        or max_concurrency < 1):
+    if max_concurrency is not None and (
+        isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1
+    ):
         raise PipelineError(f"{kind}({option}=...) takes a positive int or None, got {max_concurrency!r}")
 
 
-def _limited(operator: Operator, max_concurrency: int | None,
-             key_selector: Callable[[Any], Any] | None = None) -> Operator:
+def _limited(
+    operator: Operator, max_concurrency: int | None, key_selector: Callable[[Any], Any] | None = None
+) -> Operator:
     """``operator``, running its async user function on at most ``max_concurrency`` records
     at once (and, with ``key_selector``, a key's records in order)."""
     operator.max_concurrency = max_concurrency
@@ -94,8 +101,9 @@ def _check_callable(fn: Any, what: str, *, sync_only: bool = False) -> None:
         raise PipelineError(f"{what} takes a plain function; {function_name(fn) or fn!r} is async")
 
 
-def instantiate(fn: Any, base: type, *, method: str | None = "process_element",
-                what: str = "process()") -> Callable[[], Any]:
+def instantiate(
+    fn: Any, base: type, *, method: str | None = "process_element", what: str = "process()"
+) -> Callable[[], Any]:
     """A factory giving each subtask its own function object: a ``base`` subclass is
     instantiated, an instance deep-copied, and a plain function (when ``method`` is given)
     becomes that method of a ``base`` subclass."""
@@ -145,8 +153,9 @@ class Stream:
         return Edge(self.node, self._partitioning, self._key_selector, self._side_tag, input_number)
 
     def _view(self, partitioning: str, key_selector: Callable[[Any], Any] | None = None) -> Stream:
-        return Stream(self.app, self.node, partitioning=partitioning, key_selector=key_selector,
-                      side_tag=self._side_tag)
+        return Stream(
+            self.app, self.node, partitioning=partitioning, key_selector=key_selector, side_tag=self._side_tag
+        )
 
     def _add(
         self,
@@ -183,21 +192,40 @@ class Stream:
         _check_callable(fn, f"{kind}()")
         _check_concurrency(max_concurrency, kind)
         key_selector = self._keyed_selector()  # an async fn runs a key's records in order
-        node = self._add(kind, fn, name, parallelism,
-                         lambda n: _limited(operator(n, fn), max_concurrency, key_selector))
+        node = self._add(
+            kind, fn, name, parallelism, lambda n: _limited(operator(n, fn), max_concurrency, key_selector)
+        )
         return Stream(self.app, node)
 
     # -- transformations ----------------------------------------------------------------
 
     @overload
-    def map(self, fn: Callable[[Any], Any], *, name: str | None = None, parallelism: int | None = None,
-            max_concurrency: int | None = None) -> Stream: ...
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        max_concurrency: int | None = None,
+    ) -> Stream: ...
     @overload
-    def map(self, fn: None = None, *, name: str | None = None, parallelism: int | None = None,
-            max_concurrency: int | None = None) -> Callable[[Callable[[Any], Any]], Stream]: ...
+    def map(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        max_concurrency: int | None = None,
+    ) -> Callable[[Callable[[Any], Any]], Stream]: ...
 
-    def map(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None,
-            max_concurrency: int | None = None) -> Any:
+    def map(
+        self,
+        fn: Any = None,
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        max_concurrency: int | None = None,
+    ) -> Any:
         """One output per record: ``fn(value)``. ``fn`` may be ``async def``: then it runs
         on up to ``max_concurrency`` records at once (default: the app's), those of one
         key in order; outputs keep the input's order."""
@@ -233,9 +261,17 @@ class Stream:
         _check_concurrency(capacity, "map_async", "capacity")
         key_selector = self._keyed_selector()
         policy = _call_policy("map_async", timeout, retry, retry_if, retry_if_result, on_error)
-        node = self._add("map_async", fn, name, parallelism, lambda n: _limited(
-            AsyncMapOperator(n, fn, policy, on_error, ordered=bool(ordered)), capacity, key_selector,
-        ))
+        node = self._add(
+            "map_async",
+            fn,
+            name,
+            parallelism,
+            lambda n: _limited(
+                AsyncMapOperator(n, fn, policy, on_error, ordered=bool(ordered)),
+                capacity,
+                key_selector,
+            ),
+        )
         return Stream(self.app, node)
 
     def map_batch(
@@ -268,24 +304,49 @@ class Stream:
         if form not in (None, "pandas", "numpy"):
             raise PipelineError(f"map_batch form= takes None, 'pandas' or 'numpy', got {form!r}")
         policy = _call_policy("map_batch", timeout, retry, retry_if, retry_if_result, on_error)
-        node = self._add("map_batch", fn, name, parallelism, lambda n: _limited(
-            BatchMapOperator(n, fn, policy, on_error, max_batch_size=max_batch_size, form=form), capacity,
-        ))
+        node = self._add(
+            "map_batch",
+            fn,
+            name,
+            parallelism,
+            lambda n: _limited(
+                BatchMapOperator(n, fn, policy, on_error, max_batch_size=max_batch_size, form=form),
+                capacity,
+            ),
+        )
         return Stream(self.app, node)
 
-    def filter(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None,
-               max_concurrency: int | None = None) -> Any:
+    def filter(
+        self,
+        fn: Any = None,
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        max_concurrency: int | None = None,
+    ) -> Any:
         """Keep records for which ``fn(value)`` is true. ``fn`` may be ``async def`` (as for :meth:`map`)."""
         return self._transform("filter", fn, name, parallelism, FilterOperator, max_concurrency)
 
-    def flat_map(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None,
-                 max_concurrency: int | None = None) -> Any:
+    def flat_map(
+        self,
+        fn: Any = None,
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        max_concurrency: int | None = None,
+    ) -> Any:
         """Zero or more outputs per record: ``fn(value)`` returns an iterable (or is a
         generator). ``fn`` may be ``async def`` or an async generator (as for :meth:`map`)."""
         return self._transform("flat_map", fn, name, parallelism, FlatMapOperator, max_concurrency)
 
-    def process(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None,
-                max_concurrency: int | None = None) -> Any:
+    def process(
+        self,
+        fn: Any = None,
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        max_concurrency: int | None = None,
+    ) -> Any:
         """Run a :class:`ProcessFunction` (class, instance, or ``process_element``-like
         function). An ``async def`` ``process_element`` or ``on_timer`` runs on up to
         ``max_concurrency`` records or timers at once (default: the app's), those of one
@@ -296,7 +357,10 @@ class Stream:
         factory = instantiate(fn, ProcessFunction)
         key_selector = self._keyed_selector()
         node = self._add(
-            "process", fn, name, parallelism,
+            "process",
+            fn,
+            name,
+            parallelism,
             lambda n: _limited(ProcessOperator(n, factory(), key_selector), max_concurrency),
             stateful=key_selector is not None,
         )
@@ -326,8 +390,11 @@ class Stream:
         return ConnectedStreams(self, other)
 
     def assign_timestamps_and_watermarks(
-        self, timestamps: Callable[[Any], int], watermarks: WatermarkStrategy | None = None,
-        *, name: str | None = None,
+        self,
+        timestamps: Callable[[Any], int],
+        watermarks: WatermarkStrategy | None = None,
+        *,
+        name: str | None = None,
     ) -> Stream:
         """Give records event timestamps (and generate watermarks) mid-stream. Prefer
         ``app.source(..., timestamps=, watermarks=)``: there watermarks are kept per split."""
@@ -339,9 +406,14 @@ class Stream:
             raise PipelineError(f"watermarks= takes a WatermarkStrategy, got {watermarks!r}")
         app = self.app
         node = self._add(
-            "timestamps", None, name, None,
+            "timestamps",
+            None,
+            name,
+            None,
             lambda n: TimestampsAndWatermarksOperator(
-                n, timestamps, watermarks,
+                n,
+                timestamps,
+                watermarks,
                 PERIODIC_WATERMARK_INTERVAL if app.watermark_interval is None else app.watermark_interval,
             ),
         )
@@ -358,8 +430,12 @@ class Stream:
         if not hasattr(sink, "create_writer"):
             raise PipelineError(f"sink() takes an aioflow Sink, got {sink!r} ({type(sink).__name__})")
         self.app.graph.add_node(
-            "sink", name, getattr(sink, "default_name", None) or type(sink).__name__,
-            lambda n: SinkOperator(n, sink), parallelism, [self._edge()],
+            "sink",
+            name,
+            getattr(sink, "default_name", None) or type(sink).__name__,
+            lambda n: SinkOperator(n, sink),
+            parallelism,
+            [self._edge()],
         )
 
     # -- partitioning -------------------------------------------------------------------
@@ -368,8 +444,7 @@ class Stream:
         """Partition by ``key_selector(value)``: records with equal keys go to the same
         subtask, in order, and keyed state and timers are per key."""
         _check_callable(key_selector, "key_by()", sync_only=True)
-        return KeyedStream(self.app, self.node, partitioning=HASH, key_selector=key_selector,
-                           side_tag=self._side_tag)
+        return KeyedStream(self.app, self.node, partitioning=HASH, key_selector=key_selector, side_tag=self._side_tag)
 
     def rebalance(self) -> Stream:
         """Spread batches round-robin over the next operator's subtasks."""
@@ -414,8 +489,9 @@ class KeyedStream(Stream):
 
         return WindowedStream(self, assigner, serializer)
 
-    def count_window(self, size: int, slide: int | None = None, *,
-                     serializer: str | Serializer | None = None) -> WindowedStream:
+    def count_window(
+        self, size: int, slide: int | None = None, *, serializer: str | Serializer | None = None
+    ) -> WindowedStream:
         """Windows of ``size`` records per key, every ``slide`` records if given (as in Flink:
         global windows with a count trigger, and a count evictor when sliding)."""
         from aioflow._core.windows.assigners import GlobalWindows
@@ -441,7 +517,7 @@ class KeyedStream(Stream):
             return lambda f: self.reduce(f, name=name, parallelism=parallelism)
         _check_callable(fn, "reduce()", sync_only=True)
         key_selector = self.key_selector
-        node = self._add("reduce", fn, name, parallelism,
-                         lambda n: RollingReduceOperator(n, fn, key_selector), stateful=True)
+        node = self._add(
+            "reduce", fn, name, parallelism, lambda n: RollingReduceOperator(n, fn, key_selector), stateful=True
+        )
         return Stream(self.app, node)
-

@@ -23,8 +23,7 @@ from aioflow._core.runtime.task import SubtaskEnvironment
 from aioflow._core.state.memory import MemoryBackend
 from aioflow._core.stream import Stream, instantiate
 
-__all__ = ["SETTINGS", "ProcessFunctionHarness", "replace_sink", "replace_source", "run_collect",
-           "run_collect_async"]
+__all__ = ["SETTINGS", "ProcessFunctionHarness", "replace_sink", "replace_source", "run_collect", "run_collect_async"]
 
 
 def _app_of(streams: tuple[Stream, ...]) -> App:
@@ -38,13 +37,24 @@ def _app_of(streams: tuple[Stream, ...]) -> App:
 
 
 #: App settings a test may override for one run.
-SETTINGS = ("parallelism", "max_parallelism", "batch_size", "linger", "channel_capacity", "watermark_interval",
-            "max_concurrency")
+SETTINGS = (
+    "parallelism",
+    "max_parallelism",
+    "batch_size",
+    "linger",
+    "channel_capacity",
+    "watermark_interval",
+    "max_concurrency",
+)
 
 
 #: How a test run keeps state: in memory, whatever the app says.
-_IN_MEMORY: dict[str, Any] = {"state_dir": None, "state_backend": "memory", "checkpoint_interval": None,
-                              "restart_strategy": NoRestart()}
+_IN_MEMORY: dict[str, Any] = {
+    "state_dir": None,
+    "state_backend": "memory",
+    "checkpoint_interval": None,
+    "restart_strategy": NoRestart(),
+}
 _DURABLE = tuple(_IN_MEMORY)
 
 

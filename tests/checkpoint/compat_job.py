@@ -52,8 +52,14 @@ class Tally(af.KeyedProcessFunction):
         yield from ()
 
     def on_timer(self, timestamp: int, ctx: af.OperatorContext) -> Iterator[Any]:
-        yield ["tally", ctx.key, timestamp, self.count.value(), list(self.recent.get()),
-               sorted(self.by_residue.items())]
+        yield [
+            "tally",
+            ctx.key,
+            timestamp,
+            self.count.value(),
+            list(self.recent.get()),
+            sorted(self.by_residue.items()),
+        ]
 
 
 class Sum(af.AggregateFunction):
@@ -95,18 +101,23 @@ def build(state_dir: Path, stop_after: int | None = None) -> tuple[af.App, af.Co
         return e
 
     results = af.CollectSink()
-    source = app.source(af.from_iterable(events()), timestamps=lambda e: e["ts"],
-                        watermarks=af.BoundedOutOfOrderness(10), name="events")
+    source = app.source(
+        af.from_iterable(events()), timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(10), name="events"
+    )
     users = source.map(stopper, name="stopper").key_by(lambda e: e["user"])
     users.process(Tally, name="tally").sink(results, name="out-tally")
     users.window(af.TumblingEventTimeWindows(1000)).aggregate(
-        Sum(), window_function=_labelled("tumbling")(), name="tumbling").sink(results, name="out-tumbling")
+        Sum(), window_function=_labelled("tumbling")(), name="tumbling"
+    ).sink(results, name="out-tumbling")
     users.window(af.SlidingEventTimeWindows(1000, 500)).aggregate(
-        Sum(), window_function=_labelled("sliding")(), name="sliding").sink(results, name="out-sliding")
+        Sum(), window_function=_labelled("sliding")(), name="sliding"
+    ).sink(results, name="out-sliding")
     users.window(af.EventTimeSessionWindows(100)).aggregate(
-        Sum(), window_function=_labelled("session")(), name="session").sink(results, name="out-session")
-    users.window(af.TumblingEventTimeWindows(1000)).evictor(af.CountEvictor(4)).process(
-        Values(), name="evicting").sink(results, name="out-evicting")
+        Sum(), window_function=_labelled("session")(), name="session"
+    ).sink(results, name="out-session")
+    users.window(af.TumblingEventTimeWindows(1000)).evictor(af.CountEvictor(4)).process(Values(), name="evicting").sink(
+        results, name="out-evicting"
+    )
     return app, results
 
 

@@ -28,8 +28,13 @@ class Task:
     is_source = False
 
     def __init__(self, name: str, index: int, backend: LmdbBackend) -> None:
-        self.env = SimpleNamespace(task_name=name, subtask_index=index, max_parallelism=128, state_backend=backend,
-                                   final_state_checkpointed=False)
+        self.env = SimpleNamespace(
+            task_name=name,
+            subtask_index=index,
+            max_parallelism=128,
+            state_backend=backend,
+            final_state_checkpointed=False,
+        )
         self.operators: list[Any] = []
 
     def trigger(self, checkpoint_id: int, *, stop: bool = False) -> None:
@@ -61,8 +66,9 @@ async def _checkpoint(coordinator: CheckpointCoordinator, tasks: list[Task]) -> 
 
 
 @pytest.mark.parametrize("cache_size", [100_000, 50], ids=["cached", "evicting"])
-async def test_every_retained_checkpoint_rebuilds_the_state_it_holds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                     cache_size: int) -> None:
+async def test_every_retained_checkpoint_rebuilds_the_state_it_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_size: int
+) -> None:
     monkeypatch.setattr(coordinator_module, "MAX_CHAIN", 3)  # key groups are written whole often
     monkeypatch.setattr(coordinator_module, "REBASES_PER_CHECKPOINT", 16)
     state_dir, storage = tmp_path / "state", LocalCheckpointStorage(tmp_path / "state" / "checkpoints")
@@ -70,12 +76,22 @@ async def test_every_retained_checkpoint_rebuilds_the_state_it_holds(tmp_path: P
     # One operator at parallelism 1 (all key groups), another at 2: both keep state in every key group.
     whole = LmdbBackend(store, key_groups=range(128), cache_size=cache_size)
     halves = [LmdbBackend(store, key_groups=key_group_range(i, 128, 2), cache_size=cache_size) for i in range(2)]
-    tables = {"counts": whole.table("counts", "n", "value"),
-              "lists-0": halves[0].table("lists", "l", "list"), "lists-1": halves[1].table("lists", "l", "list")}
+    tables = {
+        "counts": whole.table("counts", "n", "value"),
+        "lists-0": halves[0].table("lists", "l", "list"),
+        "lists-1": halves[1].table("lists", "l", "list"),
+    }
     timers = whole.timers("counts", "timers")
     tasks = [Task("a", 0, whole), Task("b", 0, halves[0]), Task("b", 1, halves[1])]
-    coordinator = CheckpointCoordinator(store, storage, tasks, identity={"app": "chains", "job_id": "j"},
-                                        max_parallelism=128, interval=None, retained=20)
+    coordinator = CheckpointCoordinator(
+        store,
+        storage,
+        tasks,
+        identity={"app": "chains", "job_id": "j"},
+        max_parallelism=128,
+        interval=None,
+        retained=20,
+    )
     rng = random.Random(7)
     expected: dict[int, Any] = {}
     for _ in range(12):
@@ -100,14 +116,20 @@ async def test_every_retained_checkpoint_rebuilds_the_state_it_holds(tmp_path: P
     for checkpoint_id in storage.checkpoints():
         rebuilt = tmp_path / f"rebuilt-{checkpoint_id}"
         lock = StateDirLock(rebuilt)
-        state = open_state(rebuilt, lock, LocalCheckpointStorage(rebuilt / "checkpoints"), "chains", 128,
-                           storage.folder(checkpoint_id))
+        state = open_state(
+            rebuilt, lock, LocalCheckpointStorage(rebuilt / "checkpoints"), "chains", 128, storage.folder(checkpoint_id)
+        )
         try:
-            again = [LmdbBackend(state.store, key_groups=range(128), completed=checkpoint_id),
-                     LmdbBackend(state.store, key_groups=key_group_range(0, 128, 2), completed=checkpoint_id),
-                     LmdbBackend(state.store, key_groups=key_group_range(1, 128, 2), completed=checkpoint_id)]
-            found = {"counts": again[0].table("counts", "n", "value"),
-                     "lists-0": again[1].table("lists", "l", "list"), "lists-1": again[2].table("lists", "l", "list")}
+            again = [
+                LmdbBackend(state.store, key_groups=range(128), completed=checkpoint_id),
+                LmdbBackend(state.store, key_groups=key_group_range(0, 128, 2), completed=checkpoint_id),
+                LmdbBackend(state.store, key_groups=key_group_range(1, 128, 2), completed=checkpoint_id),
+            ]
+            found = {
+                "counts": again[0].table("counts", "n", "value"),
+                "lists-0": again[1].table("lists", "l", "list"),
+                "lists-1": again[2].table("lists", "l", "list"),
+            }
             assert _snapshot(found) == expected[checkpoint_id], f"checkpoint {checkpoint_id}"
         finally:
             state.store.close()

@@ -56,8 +56,12 @@ def test_full_batches_by_count_and_the_rest_at_the_end() -> None:
     app.run()
     assert sink.batches == [list(range(start, min(start + 100, 1050))) for start in range(0, 1050, 100)]
     assert sink.writers[0].statistics() == {
-        "records_buffered": 0, "batches_in_flight": 0, "batches_ready": 0, "records_sent": 1050,
-        "batches_sent": 11, "retries": 0,
+        "records_buffered": 0,
+        "batches_in_flight": 0,
+        "batches_ready": 0,
+        "records_sent": 1050,
+        "batches_sent": 11,
+        "retries": 0,
     }
 
 
@@ -97,6 +101,7 @@ def test_a_record_the_default_size_of_cannot_encode_is_named() -> None:
 async def test_a_size_of_leaking_stop_iteration_fails_naming_the_record_instead_of_dropping_the_rest() -> None:
     """``map`` would take the StopIteration for the end of the records: the rest would be
     dropped, and a flush would wait for them for ever."""
+
     class Leaky(Recording):
         def size_of(self, record: int) -> int:
             if record == 3:
@@ -140,7 +145,8 @@ async def test_linger_sends_a_partial_batch_while_the_input_pauses() -> None:
 
     app = af.App("linger")
     app.source(af.from_iterable(three_then_nothing()), name="numbers").sink(
-        Timed(max_batch_size=100, max_linger=0.2), name="out")
+        Timed(max_batch_size=100, max_linger=0.2), name="out"
+    )
     async with anyio.create_task_group() as group:
         group.start_soon(app.run_async)
         with anyio.fail_after(10):
@@ -282,8 +288,10 @@ def test_a_non_retryable_error_fails_the_job_at_once_naming_sink_attempt_and_cau
     assert "operator 'out'" in message and "SinkDeliveryError" in message
     error = info.value.__cause__
     assert isinstance(error, af.SinkDeliveryError)
-    assert str(error) == ("Rejecting[0]: a batch of 10 records failed with a non-retryable error (attempt 1 of 3): "
-                          "ValueError: 400 Bad Request: no field 'user'")
+    assert str(error) == (
+        "Rejecting[0]: a batch of 10 records failed with a non-retryable error (attempt 1 of 3): "
+        "ValueError: 400 Bad Request: no field 'user'"
+    )
     assert error.sink == "Rejecting[0]" and error.attempts == 1 and error.records == list(range(10))
     assert isinstance(error.__cause__, ValueError)
     assert [entry["event"] for entry in logs if entry["log_level"] == "error"][:1] == ["sink delivery failed"]
@@ -304,7 +312,9 @@ def test_retries_exhausted_fail_the_job_with_the_last_error() -> None:
     error = info.value.__cause__
     assert isinstance(error, af.SinkDeliveryError)
     assert calls == [3] and error.attempts == 3
-    assert str(error) == "Down[0]: a batch of 5 records still failed after 3 attempts: TimeoutError: store did not answer"
+    assert (
+        str(error) == "Down[0]: a batch of 5 records still failed after 3 attempts: TimeoutError: store did not answer"
+    )
     assert isinstance(error.__cause__, TimeoutError)
 
 
@@ -327,8 +337,8 @@ def test_is_retryable_decides_what_is_retried() -> None:
 
     app = af.App("http")
     app.source(range(20), name="numbers").sink(
-        Http(max_batch_size=10, max_in_flight=1, retry=af.RetryPolicy(max_attempts=5, initial_delay=0.001)),
-        name="out")
+        Http(max_batch_size=10, max_in_flight=1, retry=af.RetryPolicy(max_attempts=5, initial_delay=0.001)), name="out"
+    )
     with pytest.raises(af.OperatorError, match=r"non-retryable error \(attempt 1 of 5\): Status: answered 400"):
         app.run()
     assert answers == []
@@ -358,8 +368,9 @@ def test_send_batch_must_return_none_or_a_list() -> None:
 
     app = af.App("returns")
     app.source(range(3), name="numbers").sink(ReturnsResponse(), name="out")
-    with pytest.raises(af.OperatorError, match="send_batch must return None or a list of the records to send "
-                                               "again, got dict"):
+    with pytest.raises(
+        af.OperatorError, match="send_batch must return None or a list of the records to send again, got dict"
+    ):
         app.run()
 
 
@@ -385,7 +396,8 @@ def test_a_failing_job_cancels_the_sends_and_closes_the_sink() -> None:
 
     app = af.App("stuck", batch_size=10)
     app.source(range(1000), name="numbers").map(fail_late, name="fails").sink(
-        Stuck(max_batch_size=10, max_in_flight=1), name="out")
+        Stuck(max_batch_size=10, max_in_flight=1), name="out"
+    )
     with pytest.raises(af.OperatorError, match="boom"):
         app.run()
     assert events == ["send", "cancelled", "close"]
@@ -472,8 +484,9 @@ def test_a_completed_checkpoint_means_every_record_before_it_was_acknowledged(tm
 
     # max_linger=None: a partial batch waits for the flush of the checkpoint
     sink = Slow(max_batch_size=7, max_linger=None, max_in_flight=2, max_buffered=100)
-    app = af.App("checkpointed", state_dir=str(tmp_path / "state"), checkpoint_interval=0.02, batch_size=20,
-                 state_backend="lmdb")
+    app = af.App(
+        "checkpointed", state_dir=str(tmp_path / "state"), checkpoint_interval=0.02, batch_size=20, state_backend="lmdb"
+    )
     app.source(Numbers(3000, completed), name="numbers").sink(sink, name="out")
     app.run()
     assert acknowledged == set(range(3000))
@@ -546,15 +559,18 @@ class _Valid(af.AsyncBatchSink):
         pass
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"max_batch_size": 0}, "_Valid max_batch_size must be an int >= 1, got 0"),
-    ({"max_batch_bytes": 0}, "_Valid max_batch_bytes must be an int >= 1 or None, got 0"),
-    ({"max_linger": -1}, "_Valid max_linger must be a number >= 0 or None, got -1"),
-    ({"max_in_flight": 1.5}, "_Valid max_in_flight must be an int >= 1, got 1.5"),
-    ({"max_batch_size": 100, "max_buffered": 50}, "max_buffered (50) must be at least max_batch_size (100)"),
-    ({"send_timeout": 0}, "_Valid send_timeout must be a number > 0 or None, got 0"),
-    ({"retry": 3}, "_Valid retry takes an af.RetryPolicy(...), got 3"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_batch_size": 0}, "_Valid max_batch_size must be an int >= 1, got 0"),
+        ({"max_batch_bytes": 0}, "_Valid max_batch_bytes must be an int >= 1 or None, got 0"),
+        ({"max_linger": -1}, "_Valid max_linger must be a number >= 0 or None, got -1"),
+        ({"max_in_flight": 1.5}, "_Valid max_in_flight must be an int >= 1, got 1.5"),
+        ({"max_batch_size": 100, "max_buffered": 50}, "max_buffered (50) must be at least max_batch_size (100)"),
+        ({"send_timeout": 0}, "_Valid send_timeout must be a number > 0 or None, got 0"),
+        ({"retry": 3}, "_Valid retry takes an af.RetryPolicy(...), got 3"),
+    ],
+)
 def test_bad_options_are_refused(options: dict[str, Any], message: str) -> None:
     with pytest.raises(af.PipelineError, match=re.escape(message)):
         _Valid(**options)
@@ -569,11 +585,13 @@ def test_bad_retry_policies_are_refused() -> None:
 
 def test_hooks_are_checked_when_the_class_is_defined() -> None:
     with pytest.raises(TypeError, match=r"Sync.send_batch must be an `async def` method"):
+
         class Sync(af.AsyncBatchSink):
             def send_batch(self, records):
                 pass
 
     with pytest.raises(TypeError, match=r"Half has exactly_once = True and must implement commit\(\)"):
+
         class Half(af.AsyncBatchSink):
             exactly_once = True
 
@@ -597,7 +615,9 @@ def test_retry_delays_grow_exponentially_up_to_max_delay() -> None:
 # -- the documentation ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("index", range(len(re.findall(r"```python\n", (ROOT / "docs" / "async-sinks.md").read_text()))))
+@pytest.mark.parametrize(
+    "index", range(len(re.findall(r"```python\n", (ROOT / "docs" / "async-sinks.md").read_text())))
+)
 def test_doc_snippet_runs(index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     block = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "async-sinks.md").read_text(), re.S)[index]
     monkeypatch.chdir(tmp_path)

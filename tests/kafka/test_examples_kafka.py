@@ -40,8 +40,14 @@ ORDERS = [
 
 
 def _etl_env(broker: str, orders: str, clean: str, dead: str, group: str, state: Path) -> dict[str, str]:
-    return {"KAFKA_BOOTSTRAP": broker, "ORDERS_TOPIC": orders, "CLEAN_TOPIC": clean, "DEAD_LETTER_TOPIC": dead,
-            "KAFKA_GROUP": group, "AIOFLOW_STATE_DIR": str(state)}
+    return {
+        "KAFKA_BOOTSTRAP": broker,
+        "ORDERS_TOPIC": orders,
+        "CLEAN_TOPIC": clean,
+        "DEAD_LETTER_TOPIC": dead,
+        "KAFKA_GROUP": group,
+        "AIOFLOW_STATE_DIR": str(state),
+    }
 
 
 def _check_etl_output(clean: list[Any], dead: list[Any], orders: str) -> None:
@@ -69,13 +75,16 @@ def test_kafka_etl_bounded_and_exactly_once_splits_clean_orders_from_dead_letter
     group = unique_name("g")
     sync(produce, broker, orders, [{"value": value} for value in ORDERS])
     env = _etl_env(broker, orders, clean, dead, group, tmp_path / "state") | {
-        "KAFKA_BOUNDED": "1", "KAFKA_DELIVERY": "exactly_once", "KAFKA_TRANSACTIONAL_ID_PREFIX": unique_name("etl"),
+        "KAFKA_BOUNDED": "1",
+        "KAFKA_DELIVERY": "exactly_once",
+        "KAFKA_TRANSACTIONAL_ID_PREFIX": unique_name("etl"),
     }
     with _worker("kafka_etl.py", env, tmp_path / "run1.log") as worker:
         assert worker.wait() == 0, worker.text()
     assert worker.wait_for("job finished")
-    _check_etl_output(sync(read_all, broker, clean, 2, committed=True),
-                      sync(read_all, broker, dead, 1, committed=True), orders)
+    _check_etl_output(
+        sync(read_all, broker, clean, 2, committed=True), sync(read_all, broker, dead, 1, committed=True), orders
+    )
     assert sync(committed_offsets, broker, group, orders, 1) == {0: len(ORDERS)}  # by the final checkpoint
 
     # A second run on the same state directory reads only what came since.
@@ -108,8 +117,10 @@ def test_kafka_etl_runs_as_a_worker_until_sigterm(kafka_broker: str, tmp_path: P
 
 def _clicks(*clicks: tuple[int, str, str]) -> list[dict[str, Any]]:
     """``(ms after T0, user, page)`` -> records for partition 0 with that Kafka timestamp."""
-    return [{"value": orjson.dumps({"user": user, "page": page}), "partition": 0, "timestamp_ms": T0 + ms}
-            for ms, user, page in clicks]
+    return [
+        {"value": orjson.dumps({"user": user, "page": page}), "partition": 0, "timestamp_ms": T0 + ms}
+        for ms, user, page in clicks
+    ]
 
 
 def _views(messages: list[Any]) -> list[tuple[str, int, int, int]]:
@@ -130,13 +141,27 @@ def test_kafka_clickstream_worker_fires_windows_past_an_idle_partition_and_resum
     broker = kafka_broker
     clicks, views = [sync(create_topic, broker, n) for n in (2, 2)]
     group = unique_name("g")
-    env = {"KAFKA_BOOTSTRAP": broker, "CLICKS_TOPIC": clicks, "PAGE_VIEWS_TOPIC": views, "KAFKA_GROUP": group,
-           "AIOFLOW_STATE_DIR": str(tmp_path / "state")}
-    sync(produce, broker, clicks, _clicks(
-        (1_000, "u1", "/home"), (2_000, "u2", "/home"), (3_000, "u1", "/home"), (4_000, "u3", "/docs"),
-        (11_000, "u1", "/home"), (12_000, "u2", "/pricing"),
-        (25_000, "u4", "/docs"),  # the watermark passes 20 s: the first two windows fire, [20 s, 30 s) stays open
-    ))
+    env = {
+        "KAFKA_BOOTSTRAP": broker,
+        "CLICKS_TOPIC": clicks,
+        "PAGE_VIEWS_TOPIC": views,
+        "KAFKA_GROUP": group,
+        "AIOFLOW_STATE_DIR": str(tmp_path / "state"),
+    }
+    sync(
+        produce,
+        broker,
+        clicks,
+        _clicks(
+            (1_000, "u1", "/home"),
+            (2_000, "u2", "/home"),
+            (3_000, "u1", "/home"),
+            (4_000, "u3", "/docs"),
+            (11_000, "u1", "/home"),
+            (12_000, "u2", "/pricing"),
+            (25_000, "u4", "/docs"),  # the watermark passes 20 s: the first two windows fire, [20 s, 30 s) stays open
+        ),
+    )
     first_two = [("/docs", 0, 1, 1), ("/home", 0, 3, 2), ("/home", 10_000, 1, 1), ("/pricing", 10_000, 1, 1)]
 
     with _worker("kafka_clickstream.py", env, tmp_path / "run1.log", "--http-port", "0") as worker:
@@ -165,11 +190,21 @@ def test_kafka_clickstream_worker_fires_windows_past_an_idle_partition_and_resum
 def test_kafka_clickstream_bounded_fires_every_window_at_the_end(kafka_broker: str, tmp_path: Path) -> None:
     broker = kafka_broker
     clicks, views = [sync(create_topic, broker, n) for n in (2, 1)]
-    sync(produce, broker, clicks, _clicks((1_000, "u1", "/home"), (1_500, "u1", "/home"), (12_000, "u2", "/docs"),
-                                          (13_000, "u3", "/docs")))
+    sync(
+        produce,
+        broker,
+        clicks,
+        _clicks((1_000, "u1", "/home"), (1_500, "u1", "/home"), (12_000, "u2", "/docs"), (13_000, "u3", "/docs")),
+    )
     sync(produce, broker, clicks, [{"value": b"not json", "partition": 1, "timestamp_ms": T0 + 5_000}])
-    env = {"KAFKA_BOOTSTRAP": broker, "CLICKS_TOPIC": clicks, "PAGE_VIEWS_TOPIC": views,
-           "KAFKA_GROUP": unique_name("g"), "AIOFLOW_STATE_DIR": str(tmp_path / "state"), "KAFKA_BOUNDED": "1"}
+    env = {
+        "KAFKA_BOOTSTRAP": broker,
+        "CLICKS_TOPIC": clicks,
+        "PAGE_VIEWS_TOPIC": views,
+        "KAFKA_GROUP": unique_name("g"),
+        "AIOFLOW_STATE_DIR": str(tmp_path / "state"),
+        "KAFKA_BOUNDED": "1",
+    }
     with _worker("kafka_clickstream.py", env, tmp_path / "run.log") as worker:
         assert worker.wait() == 0, worker.text()
     assert worker.wait_for("job finished")

@@ -37,8 +37,9 @@ def test_the_public_module_exports_the_sink() -> None:
     ],
     ids=["json", "str", "bytes", "callable"],
 )
-async def test_round_trip_with_each_value_format(kafka_broker: str, value_format: Any, values: list[Any],
-                                                 raw: list[bytes]) -> None:
+async def test_round_trip_with_each_value_format(
+    kafka_broker: str, value_format: Any, values: list[Any], raw: list[bytes]
+) -> None:
     topic = await create_topic(kafka_broker, 1)
     app = af.App("kafka-sink-formats")
     app.source(values).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, value_format=value_format))
@@ -50,10 +51,14 @@ async def test_keys_headers_and_a_topic_per_record(kafka_broker: str) -> None:
     odd, even = await create_topic(kafka_broker, 3), await create_topic(kafka_broker, 3)
     app = af.App("kafka-sink-keys")
     records = [{"user": f"u{i % 4}", "i": i} for i in range(40)]
-    app.source(records).sink(KafkaSink(
-        lambda r: odd if r["i"] % 2 else even, bootstrap_servers=kafka_broker,
-        key=lambda r: r["user"], headers=lambda r: [("i", str(r["i"]).encode())],
-    ))
+    app.source(records).sink(
+        KafkaSink(
+            lambda r: odd if r["i"] % 2 else even,
+            bootstrap_servers=kafka_broker,
+            key=lambda r: r["user"],
+            headers=lambda r: [("i", str(r["i"]).encode())],
+        )
+    )
     await app.run_async()
     messages = await read(kafka_broker, odd, 20) + await read(kafka_broker, even, 20)
     assert sorted(orjson.loads(m.value)["i"] for m in messages) == list(range(40))
@@ -81,8 +86,11 @@ async def test_records_filling_many_producer_batches_arrive_in_order_per_partiti
     topic = await create_topic(kafka_broker, 3)
     app = af.App("kafka-sink-batches")
     records = [{"user": f"u{i % 5}", "i": i} for i in range(3000)]
-    app.source(records).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, key=lambda r: r["user"],
-                                       producer_options={"max_batch_size": 512}))
+    app.source(records).sink(
+        KafkaSink(
+            topic, bootstrap_servers=kafka_broker, key=lambda r: r["user"], producer_options={"max_batch_size": 512}
+        )
+    )
     await app.run_async()
     messages = await read(kafka_broker, topic, len(records))
     assert len(messages) == len(records)
@@ -93,7 +101,8 @@ async def test_records_filling_many_producer_batches_arrive_in_order_per_partiti
 
 
 async def test_a_hand_over_timing_out_early_is_tried_again_until_the_request_timeout(
-    kafka_broker: str, monkeypatch: pytest.MonkeyPatch,
+    kafka_broker: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """aiokafka's ``send_batch`` can raise ``KafkaTimeoutError`` long before
     ``request_timeout_ms`` (it deducts its whole wait after each of several short ones):
@@ -181,8 +190,9 @@ async def test_exactly_once_results_are_visible_when_the_checkpoint_completes(
     broker = transactional_kafka_broker
     topic = await create_topic(broker, 1)
     app = af.App("kafka-sink-eo", state_dir=str(tmp_path / "state"), checkpoint_interval=3600, batch_size=7)
-    sink = KafkaSink(topic, bootstrap_servers=broker, delivery="exactly_once", transactional_id_prefix=unique_name("x"),
-                     max_linger=0)
+    sink = KafkaSink(
+        topic, bootstrap_servers=broker, delivery="exactly_once", transactional_id_prefix=unique_name("x"), max_linger=0
+    )
     gate = anyio.Event()
 
     async def wait_for_gate(v: int) -> int:
@@ -273,7 +283,8 @@ async def _per_key(broker: str, topic: str, count: int) -> dict[str, list[int]]:
 
 
 async def test_a_send_starting_while_a_transaction_begins_after_a_restore_keeps_each_keys_order(
-    transactional_kafka_broker: str, monkeypatch: pytest.MonkeyPatch,
+    transactional_kafka_broker: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Found by SIGKILL campaigns (a key's counts committed as 2981, 3000-3005, 2982-2999,
     right after a checkpoint, by a restored worker). The first send of a transaction starts
@@ -290,8 +301,15 @@ async def test_a_send_starting_while_a_transaction_begins_after_a_restore_keeps_
     third = _counts("b", 6, 7) + _counts("a", 8, 9)  # cut as the transaction's start is answered
 
     def sink(topic: str) -> KafkaSink:  # batches of 4, cut only when full (or at a checkpoint)
-        return KafkaSink(topic, bootstrap_servers=broker, key=lambda r: r[0], delivery="exactly_once",
-                         transactional_id_prefix=unique_name("x"), max_batch_size=4, max_linger=None)
+        return KafkaSink(
+            topic,
+            bootstrap_servers=broker,
+            key=lambda r: r[0],
+            delivery="exactly_once",
+            transactional_id_prefix=unique_name("x"),
+            max_batch_size=4,
+            max_linger=None,
+        )
 
     reference = sink(undisturbed).create_writer(0, 1)
     await reference.open()
@@ -386,8 +404,7 @@ async def _topics(broker: str) -> set[str]:
 
 
 @pytest.mark.parametrize("delivery", ["at_least_once", "none"])
-async def test_a_topic_that_does_not_exist_fails_at_start_and_is_not_created(kafka_broker: str,
-                                                                            delivery: str) -> None:
+async def test_a_topic_that_does_not_exist_fails_at_start_and_is_not_created(kafka_broker: str, delivery: str) -> None:
     missing = unique_name("missing")
     app = af.App("kafka-sink-missing")
     app.source([1]).sink(KafkaSink(missing, bootstrap_servers=kafka_broker, delivery=delivery))  # type: ignore[arg-type]
@@ -399,8 +416,9 @@ async def test_a_topic_that_does_not_exist_fails_at_start_and_is_not_created(kaf
 async def test_a_topic_per_record_that_does_not_exist_fails_at_its_first_record(kafka_broker: str) -> None:
     there, missing = await create_topic(kafka_broker, 1), unique_name("missing")
     app = af.App("kafka-sink-missing-by-record")
-    app.source([there, missing]).sink(KafkaSink(lambda r: r, bootstrap_servers=kafka_broker, max_batch_size=1,
-                                                max_in_flight=1))
+    app.source([there, missing]).sink(
+        KafkaSink(lambda r: r, bootstrap_servers=kafka_broker, max_batch_size=1, max_in_flight=1)
+    )
     with pytest.raises(af.AioflowError) as info:
         await app.run_async()
     causes = [info.value]
@@ -415,8 +433,11 @@ async def test_exactly_once_on_a_broker_without_transactions_fails_saying_so(kaf
     """Tansu (kafka_broker) has no transactions."""
     app = af.App("kafka-sink-no-transactions")
     topic = await create_topic(kafka_broker, 1)
-    app.source([1]).sink(KafkaSink(topic, bootstrap_servers=kafka_broker, delivery="exactly_once",
-                                   transactional_id_prefix=unique_name("txn")))
+    app.source([1]).sink(
+        KafkaSink(
+            topic, bootstrap_servers=kafka_broker, delivery="exactly_once", transactional_id_prefix=unique_name("txn")
+        )
+    )
     with pytest.raises(af.ConnectorError, match="refused a transactional producer .* needs a broker with transactions"):
         await app.run_async()
 

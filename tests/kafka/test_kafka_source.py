@@ -55,8 +55,9 @@ async def test_bounded_round_trip_with_each_value_format(
     topic = await create_topic(kafka_broker, 2)
     await _produce(kafka_broker, topic, [encode(i) for i in range(20)])
     app = af.App("kafka-formats", batch_size=7)
-    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
-                                  value_format=value_format, bounded=True)
+    source = af.kafka.KafkaSource(
+        topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), value_format=value_format, bounded=True
+    )
     out = await run_collect_async(app.source(source))
     assert sorted(out, key=repr) == sorted((expected(i) for i in range(20)), key=repr)
 
@@ -76,8 +77,9 @@ async def test_bounded_readers_split_the_partitions(kafka_broker: str) -> None:
 async def test_bounded_reader_stops_at_the_end_offsets_seen_at_open(kafka_broker: str) -> None:
     topic = await create_topic(kafka_broker, 2)
     await _produce(kafka_broker, topic, _json([0, 1, 2, 3]))
-    reader = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
-                                  bounded=True).create_reader(0, 1)
+    reader = af.kafka.KafkaSource(
+        topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True
+    ).create_reader(0, 1)
     await reader.open()
     try:
         await _produce(kafka_broker, topic, _json([4, 5, 6, 7]))  # after the end offsets were taken
@@ -96,8 +98,9 @@ async def test_malformed_json_fails_by_default_naming_the_offset(kafka_broker: s
     topic = await create_topic(kafka_broker, 1)
     await _produce(kafka_broker, topic, [b'{"i": 0}', b'{"i": 1', b'{"i": 2}'], partitions=1)
     app = af.App("kafka-fail")
-    app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
-                                    bounded=True)).sink(af.CollectSink())
+    app.source(
+        af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True)
+    ).sink(af.CollectSink())
     with pytest.raises(af.BadRecordError) as info:
         await app.run_async()
     assert info.value.location == f"{topic}:0@1"
@@ -107,8 +110,9 @@ async def test_malformed_json_is_skipped(kafka_broker: str) -> None:
     topic = await create_topic(kafka_broker, 1)
     await _produce(kafka_broker, topic, [b'{"i": 0}', b"oops", b'{"i": 2}', b"{"], partitions=1)
     app = af.App("kafka-skip")
-    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True,
-                                  on_error="skip")
+    source = af.kafka.KafkaSource(
+        topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True, on_error="skip"
+    )
     assert await run_collect_async(app.source(source)) == [{"i": 0}, {"i": 2}]
 
 
@@ -117,8 +121,11 @@ async def test_malformed_json_goes_to_the_dead_letter_output_with_its_bytes(kafk
     await _produce(kafka_broker, topic, [b'{"i": 0}', b"caf\xe9 {", b'{"i": 2}'], partitions=1)
     dead = af.OutputTag("dead")
     app = af.App("kafka-dlq")
-    events = app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
-                                             bounded=True, on_error=dead))
+    events = app.source(
+        af.kafka.KafkaSource(
+            topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True, on_error=dead
+        )
+    )
     good, bad = await run_collect_async(events, events.get_side_output(dead))
     assert good == [{"i": 0}, {"i": 2}]
     assert len(bad) == 1 and isinstance(bad[0], af.BadRecord)
@@ -130,9 +137,12 @@ async def test_unreachable_brokers_fail_naming_the_source(bounded: bool) -> None
     servers = f"127.0.0.1:{refused_port()}"
     app = af.App("kafka-unreachable")
     app.source(KafkaSource("events", bootstrap_servers=servers, group_id="g", bounded=bounded)).sink(af.CollectSink())
-    with anyio.fail_after(60), pytest.raises(
-        af.ConnectorError, match=rf"kafka\(events\): cannot reach the Kafka brokers at {servers}"
-    ) as info:
+    with (
+        anyio.fail_after(60),
+        pytest.raises(
+            af.ConnectorError, match=rf"kafka\(events\): cannot reach the Kafka brokers at {servers}"
+        ) as info,
+    ):
         await app.run_async()
     assert info.value.connector == "kafka(events)"
 
@@ -154,8 +164,9 @@ async def test_starting_offsets_earliest_and_latest(kafka_broker: str) -> None:
     async def read(starting_offsets: str, produce_when_assigned: list[Any], expected: int) -> list[Any]:
         """An unbounded reader in a fresh group: once it has its partitions, produce
         ``produce_when_assigned``; read until ``expected`` records came."""
-        source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
-                                      starting_offsets=starting_offsets)
+        source = af.kafka.KafkaSource(
+            topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), starting_offsets=starting_offsets
+        )
         reader = source.create_reader(0, 1)
         await reader.open()
         seen: list[Any] = []
@@ -183,8 +194,11 @@ async def test_starting_offsets_earliest_and_latest(kafka_broker: str) -> None:
 async def test_starting_offsets_committed_needs_a_committed_offset(kafka_broker: str) -> None:
     topic = await create_topic(kafka_broker, 1)
     app = af.App("kafka-committed")
-    app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True,
-                                    starting_offsets="committed")).sink(af.CollectSink())
+    app.source(
+        af.kafka.KafkaSource(
+            topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True, starting_offsets="committed"
+        )
+    ).sink(af.CollectSink())
     with pytest.raises(ValueError, match="no committed offset"):
         await app.run_async()
 
@@ -201,8 +215,9 @@ async def test_a_partition_without_a_restored_position_starts_at_the_groups_comm
         await consumer.commit({TopicPartition(topic, 0): 3, TopicPartition(topic, 1): 1})
     finally:
         await consumer.stop()
-    reader = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=group,
-                                  bounded=True).create_reader(0, 1)
+    reader = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=group, bounded=True).create_reader(
+        0, 1
+    )
     reader.restore({f"{topic}:1": 4, "elsewhere:0": 7})  # p0 has no restored position
     await reader.open()
     seen: list[Any] = []
@@ -240,16 +255,13 @@ def test_bad_arguments_are_refused_saying_what_was_wrong(kwargs: dict[str, Any],
         af.kafka.KafkaSource("t", **arguments)
 
 
-async def test_a_second_bounded_run_resumes_from_the_checkpointed_positions(
-    kafka_broker: str, tmp_path: Path
-) -> None:
+async def test_a_second_bounded_run_resumes_from_the_checkpointed_positions(kafka_broker: str, tmp_path: Path) -> None:
     topic, group = await create_topic(kafka_broker, 2), unique_name("g")
 
     async def run() -> list[Any]:
         app = af.App("kafka-resume", state_dir=str(tmp_path / "state"), checkpoint_interval=0.05)
         sink = af.CollectSink()
-        app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=group,
-                                        bounded=True)).sink(sink)
+        app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=group, bounded=True)).sink(sink)
         with anyio.fail_after(60):
             await app.run_async()
         return sink.results
@@ -283,8 +295,9 @@ async def test_completed_checkpoints_commit_their_positions_to_the_group(kafka_b
     await _produce(kafka_broker, topic, _json(list(range(10, 14))))
     again = af.App("kafka-commit", state_dir=state_dir, checkpoint_interval=0.05)
     resumed = af.CollectSink()
-    again.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=group,
-                                      bounded=True)).sink(resumed)
+    again.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=group, bounded=True)).sink(
+        resumed
+    )
     with anyio.fail_after(60):
         await again.run_async()
     assert sorted(resumed.results) == [10, 11, 12, 13]
@@ -340,13 +353,23 @@ class CountPerWindow(af.ProcessWindowFunction):
 
 async def test_output_record_yields_kafka_records_with_their_metadata(kafka_broker: str) -> None:
     topic = await create_topic(kafka_broker, 1)
-    await produce(kafka_broker, topic, [
-        {"value": b'{"i": 0}', "key": b"user-1", "timestamp_ms": 1_000, "headers": [("h", b"x")]},
-        {"value": None, "key": b"user-2", "timestamp_ms": 2_000},
-    ])
+    await produce(
+        kafka_broker,
+        topic,
+        [
+            {"value": b'{"i": 0}', "key": b"user-1", "timestamp_ms": 1_000, "headers": [("h", b"x")]},
+            {"value": None, "key": b"user-2", "timestamp_ms": 2_000},
+        ],
+    )
     app = af.App("kafka-records")
-    source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True,
-                                  output="record", key_format="str")
+    source = af.kafka.KafkaSource(
+        topic,
+        bootstrap_servers=kafka_broker,
+        group_id=unique_name("g"),
+        bounded=True,
+        output="record",
+        key_format="str",
+    )
     out = await run_collect_async(app.source(source))
     assert out == [
         af.kafka.KafkaRecord("user-1", {"i": 0}, topic, 0, 0, 1_000, (("h", b"x"),)),
@@ -359,8 +382,17 @@ async def test_a_key_that_fails_to_decode_goes_to_the_dead_letter_output(kafka_b
     await produce(kafka_broker, topic, [{"value": b"1", "key": b"k"}, {"value": b"2", "key": b"\xff"}])
     dead = af.OutputTag("dead")
     app = af.App("kafka-bad-key")
-    events = app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
-                                             bounded=True, output="record", key_format="str", on_error=dead))
+    events = app.source(
+        af.kafka.KafkaSource(
+            topic,
+            bootstrap_servers=kafka_broker,
+            group_id=unique_name("g"),
+            bounded=True,
+            output="record",
+            key_format="str",
+            on_error=dead,
+        )
+    )
     good, bad = await run_collect_async(events.map(lambda r: r.value), events.get_side_output(dead))
     assert good == [1]
     assert [(b.location, b.raw) for b in bad] == [(f"{topic}:0@1 (key)", b"\xff")]
@@ -386,15 +418,16 @@ async def test_event_time_is_the_kafka_timestamp_without_a_timestamp_function(ka
     [(2, 1), (1, 2)],
     ids=["a-quiet-partition", "a-reader-without-partitions"],
 )
-async def test_windows_close_while_the_job_runs_past_what_has_no_records(kafka_broker: str, partitions: int,
-                                                                         readers: int) -> None:
+async def test_windows_close_while_the_job_runs_past_what_has_no_records(
+    kafka_broker: str, partitions: int, readers: int
+) -> None:
     """Only partition 0 gets records. With an idle timeout, neither a quiet partition 1
     nor a second reader the group gives no partition holds the watermark back: the first
     window fires while the job runs (no heartbeats needed)."""
     topic = await create_topic(kafka_broker, partitions)
-    await produce(kafka_broker, topic, [
-        {"value": b"1", "partition": 0, "timestamp_ms": t} for t in (1_000, 2_000, 15_000)
-    ])
+    await produce(
+        kafka_broker, topic, [{"value": b"1", "partition": 0, "timestamp_ms": t} for t in (1_000, 2_000, 15_000)]
+    )
     app = af.App("kafka-idle")
     source = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"))
     sink = af.CollectSink()
@@ -422,13 +455,16 @@ async def test_pattern_reads_every_matching_topic(kafka_broker: str) -> None:
     await _produce(kafka_broker, f"{prefix}-b", _json([3]), partitions=1)
     await _produce(kafka_broker, f"{prefix}-other", _json([99]), partitions=1)
     pattern = f"{prefix}-[ab]"
-    bounded = af.kafka.KafkaSource(pattern=pattern, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
-                                   bounded=True)
+    bounded = af.kafka.KafkaSource(
+        pattern=pattern, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True
+    )
     assert sorted(await run_collect_async(af.App("kafka-pattern").source(bounded))) == [1, 2, 3]
 
     app = af.App("kafka-pattern-group")
     sink = af.CollectSink()
-    app.source(af.kafka.KafkaSource(pattern=pattern, bootstrap_servers=kafka_broker, group_id=unique_name("g"))).sink(sink)
+    app.source(af.kafka.KafkaSource(pattern=pattern, bootstrap_servers=kafka_broker, group_id=unique_name("g"))).sink(
+        sink
+    )
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(app.run_async)
@@ -459,7 +495,8 @@ async def test_the_final_checkpoint_of_a_bounded_run_commits_its_positions(kafka
     await _produce(kafka_broker, topic, _json(list(range(6))))
     app = af.App("kafka-final-commit", state_dir=str(tmp_path / "state"), checkpoint_interval=3600)
     app.source(af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=group, bounded=True)).sink(
-        af.CollectSink())
+        af.CollectSink()
+    )
     with anyio.fail_after(60):
         await app.run_async()
     assert await _committed(kafka_broker, group, topic) == {f"{topic}:0": 3, f"{topic}:1": 3}
@@ -468,8 +505,9 @@ async def test_the_final_checkpoint_of_a_bounded_run_commits_its_positions(kafka
 async def test_lag_is_what_is_left_in_each_partition(kafka_broker: str) -> None:
     topic = await create_topic(kafka_broker, 1)
     await _produce(kafka_broker, topic, _json(list(range(10))), partitions=1)
-    reader = af.kafka.KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
-                                  bounded=True).create_reader(0, 1)
+    reader = af.kafka.KafkaSource(
+        topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True
+    ).create_reader(0, 1)
     await reader.open()
     try:
         read: list[Any] = []
@@ -489,8 +527,9 @@ async def test_backpressure_stops_the_reads_instead_of_buffering(kafka_broker: s
     consumer keeps at most one fetch per partition (aiokafka fetches a partition again only
     once its buffered records were taken)."""
     topic = await create_topic(kafka_broker, 2)
-    await produce(kafka_broker, topic, [{"value": b"1", "partition": i % 2} for i in range(20_000)],
-                  batched=True, linger_ms=50)
+    await produce(
+        kafka_broker, topic, [{"value": b"1", "partition": i % 2} for i in range(20_000)], batched=True, linger_ms=50
+    )
     blocked, release = anyio.Event(), anyio.Event()
     written: list[int] = []
 
@@ -501,6 +540,7 @@ async def test_backpressure_stops_the_reads_instead_of_buffering(kafka_broker: s
                     written.append(len(values))
                     blocked.set()
                     await release.wait()
+
             return Writer()
 
     readers: list[Any] = []
@@ -511,8 +551,12 @@ async def test_backpressure_stops_the_reads_instead_of_buffering(kafka_broker: s
             return readers[-1]
 
     app = af.App("kafka-backpressure", batch_size=100, channel_capacity=2)
-    source = Recorded(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"),
-                      consumer_options={"max_partition_fetch_bytes": 4096})
+    source = Recorded(
+        topic,
+        bootstrap_servers=kafka_broker,
+        group_id=unique_name("g"),
+        consumer_options={"max_partition_fetch_bytes": 4096},
+    )
     app.source(source).map(lambda v: v).sink(Blocking(), parallelism=1)
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tasks:

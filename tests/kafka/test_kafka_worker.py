@@ -55,8 +55,15 @@ USERS = 20
 def _setup(folder: Path, broker: str, delivery: str, partitions: int = 4, **env: str) -> dict[str, str]:
     topics = {key: sync(create_topic, broker, partitions, unique_name(key.lower())) for key in ("IN", "OUT")}
     (folder / "job.py").write_text(JOB)
-    return {**topics, "BROKER": broker, "GROUP": unique_name("g"), "STATE": str(folder / "state"),
-            "DELIVERY": delivery, "TXN": unique_name("txn"), **env}
+    return {
+        **topics,
+        "BROKER": broker,
+        "GROUP": unique_name("g"),
+        "STATE": str(folder / "state"),
+        "DELIVERY": delivery,
+        "TXN": unique_name("txn"),
+        **env,
+    }
 
 
 def _produce(broker: str, topic: str, start: int, count: int) -> None:
@@ -71,8 +78,9 @@ def _expected(count: int) -> collections.Counter[tuple[str, int, int]]:
     return collections.Counter((f"u{i % USERS}", i, i // USERS + 1) for i in range(count))
 
 
-def _results(broker: str, topic: str, count: int, *, committed: bool = False,
-             seconds: float = 90) -> list[dict[str, Any]]:
+def _results(
+    broker: str, topic: str, count: int, *, committed: bool = False, seconds: float = 90
+) -> list[dict[str, Any]]:
     """Everything in ``topic`` once ``count`` results are there (or ``seconds`` passed), and
     whatever else is there: duplicates must show."""
     found = sync(read, broker, topic, count, committed=committed, seconds=seconds, rest=True)

@@ -38,8 +38,9 @@ async def create_topic(broker: str, partitions: int, name: str | None = None) ->
     return topic
 
 
-async def produce(broker: str, topic: str, records: list[dict[str, Any]], *, batched: bool = False,
-                  **options: Any) -> None:
+async def produce(
+    broker: str, topic: str, records: list[dict[str, Any]], *, batched: bool = False, **options: Any
+) -> None:
     """Each dict holds send() arguments: value, and optionally key, partition, timestamp_ms,
     headers; ``options`` go to the producer. Returns once every record is delivered. One
     record at a time by default, each in a batch of its own: after a batch of several,
@@ -60,13 +61,18 @@ async def produce(broker: str, topic: str, records: list[dict[str, Any]], *, bat
         await producer.stop()
 
 
-async def read(broker: str, topic: str, count: int, *, committed: bool = False, seconds: float = 60,
-               rest: bool = False) -> list[ConsumerRecord[bytes, bytes]]:
+async def read(
+    broker: str, topic: str, count: int, *, committed: bool = False, seconds: float = 60, rest: bool = False
+) -> list[ConsumerRecord[bytes, bytes]]:
     """The first ``count`` messages of ``topic``, waiting for them at most ``seconds`` (fewer
     if they do not come); with ``rest``, then whatever else comes until a second passes
     without any (so that duplicates show)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=broker, auto_offset_reset="earliest",
-                                isolation_level="read_committed" if committed else "read_uncommitted")
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=broker,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed" if committed else "read_uncommitted",
+    )
     await consumer.start()
     found: list[ConsumerRecord[bytes, bytes]] = []
     try:
@@ -82,11 +88,15 @@ async def read(broker: str, topic: str, count: int, *, committed: bool = False, 
     return found
 
 
-async def read_all(broker: str, topic: str, partitions: int, *,
-                   committed: bool = False) -> list[ConsumerRecord[bytes, bytes]]:
+async def read_all(
+    broker: str, topic: str, partitions: int, *, committed: bool = False
+) -> list[ConsumerRecord[bytes, bytes]]:
     """Every message ``topic`` holds now, up to the end offsets (its writer has finished)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False,
-                                isolation_level="read_committed" if committed else "read_uncommitted")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=broker,
+        enable_auto_commit=False,
+        isolation_level="read_committed" if committed else "read_uncommitted",
+    )
     await consumer.start()
     found: list[ConsumerRecord[bytes, bytes]] = []
     try:

@@ -107,5 +107,6 @@ def build(state_dir: str, interval: float, pre_commit: float) -> af.App:
 
 
 if "ENDLESS_STATE" in os.environ:
-    app = build(os.environ["ENDLESS_STATE"], float(os.environ["ENDLESS_INTERVAL"]),
-                float(os.environ["ENDLESS_PRE_COMMIT"]))
+    app = build(
+        os.environ["ENDLESS_STATE"], float(os.environ["ENDLESS_INTERVAL"]), float(os.environ["ENDLESS_PRE_COMMIT"])
+    )

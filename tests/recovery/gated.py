@@ -54,12 +54,21 @@ class GatedSource(af.Source):
     replayable = True
     max_parallelism = 1
 
-    def __init__(self, records: Sequence[Any], *, batch: int = 50, pause_at: int | None = None,
-                 until: Callable[[], bool] | None = None, then: Callable[[], None] | None = None,
-                 hold: bool = False, patience: float = 15.0) -> None:
+    def __init__(
+        self,
+        records: Sequence[Any],
+        *,
+        batch: int = 50,
+        pause_at: int | None = None,
+        until: Callable[[], bool] | None = None,
+        then: Callable[[], None] | None = None,
+        hold: bool = False,
+        patience: float = 15.0,
+    ) -> None:
         if pause_at is not None and pause_at % batch:
-            raise ValueError("pause_at must be a multiple of batch, so that runs with and without a pause "
-                             "read the same batches")
+            raise ValueError(
+                "pause_at must be a multiple of batch, so that runs with and without a pause read the same batches"
+            )
         self.records = records
         self.batch = batch
         self.pause_at = pause_at
@@ -95,8 +104,9 @@ class _GatedReader(af.SourceReader):
                     if self._deadline is None:
                         self._deadline = time.monotonic() + source.patience
                     if time.monotonic() > self._deadline:
-                        raise AssertionError(f"the source waited {source.patience} s at position {self.at} "
-                                             f"for {source.until!r} in vain")
+                        raise AssertionError(
+                            f"the source waited {source.patience} s at position {self.at} for {source.until!r} in vain"
+                        )
                     await anyio.sleep(min(timeout, 0.005))
                     return af.SourceBatch([])
                 source.paused = True
@@ -111,7 +121,7 @@ class _GatedReader(af.SourceReader):
         end = min(self.at + min(source.batch, max_records), len(source.records))
         if source.pause_at is not None and self.at < source.pause_at:
             end = min(end, source.pause_at)
-        records = list(source.records[self.at:end])
+        records = list(source.records[self.at : end])
         self.at = end
         return af.SourceBatch(records)
 

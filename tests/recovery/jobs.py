@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-JOB = '''
+JOB = """
 import os
 import time
 import aioflow as af
@@ -73,7 +73,7 @@ windows = paced.key_by(lambda e: e["user"]).window(af.TumblingEventTimeWindows(2
     lambda a, b: {"user": a["user"], "ts": max(a["ts"], b["ts"]), "v": a["v"] + b["v"]}, name="sums")
 counts.sink(af.FileSink(os.environ["OUT"] + "-counts.jsonl", exactly_once=bool(state)), name="counts-out")
 windows.sink(af.FileSink(os.environ["OUT"] + "-sums.jsonl", exactly_once=bool(state)), name="sums-out")
-'''
+"""
 
 
 def write_events(folder: Path, events: int, seed: int) -> dict[str, str]:
@@ -101,14 +101,32 @@ class Worker:
     """One ``aioflow run TARGET`` process (by default the job in ``folder``), its JSON log in
     ``log`` (default ``folder/worker.log``)."""
 
-    def __init__(self, folder: Path, env: dict[str, str], *args: str, target: str | None = None,
-                 log: Path | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        env: dict[str, str],
+        *args: str,
+        target: str | None = None,
+        log: Path | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.log = log or folder / "worker.log"
         self._stderr = self.log.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "aioflow", "run", target or str(folder / "job.py") + ":app",
-             "--log-format", "json", *args],
-            cwd=cwd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=self._stderr,
+            [
+                sys.executable,
+                "-m",
+                "aioflow",
+                "run",
+                target or str(folder / "job.py") + ":app",
+                "--log-format",
+                "json",
+                *args,
+            ],
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
         )
 
     def __enter__(self) -> Worker:
@@ -177,7 +195,7 @@ def outputs(folder: Path, stem: str) -> dict[str, dict[str, list[bytes]]]:
     stem: ``counts`` of ``out-counts.jsonl`` or ``out-counts-1.jsonl``."""
     found: dict[str, dict[str, list[bytes]]] = {}
     for path in sorted(folder.glob(f"{stem}-*.jsonl")):
-        kind = path.name[len(stem) + 1:].split(".")[0].split("-")[0]
+        kind = path.name[len(stem) + 1 :].split(".")[0].split("-")[0]
         per_key = found.setdefault(kind, {})
         for line in path.read_bytes().splitlines(keepends=True):
             assert line.endswith(b"\n"), f"torn line in {path}: {line!r}"
@@ -188,8 +206,10 @@ def outputs(folder: Path, stem: str) -> dict[str, dict[str, list[bytes]]]:
 def as_multisets(found: dict[str, dict[str, list[bytes]]]) -> dict[str, collections.Counter[bytes]]:
     """Each output kind's lines, in any order (after a rescale a key's results are in the
     files of two subtasks)."""
-    return {kind: collections.Counter(line for lines in per_key.values() for line in lines)
-            for kind, per_key in found.items()}
+    return {
+        kind: collections.Counter(line for lines in per_key.values() for line in lines)
+        for kind, per_key in found.items()
+    }
 
 
 KILLED = -signal.SIGKILL

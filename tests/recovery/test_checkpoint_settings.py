@@ -64,8 +64,9 @@ def _records(folder: Path) -> list[dict[str, Any]]:
 
 
 async def test_a_checkpoint_that_times_out_is_abandoned_and_the_next_one_commits_its_records(tmp_path: Path) -> None:
-    app = af.App("slow", state_dir=str(tmp_path), checkpoint_interval=0.02, checkpoint_timeout=0.1,
-                 retained_checkpoints=1000)
+    app = af.App(
+        "slow", state_dir=str(tmp_path), checkpoint_interval=0.02, checkpoint_timeout=0.1, retained_checkpoints=1000
+    )
     sink = SlowSink(delay=0.5)
     app.source(af.from_iterable(ticks(300)), name="ticks").sink(sink, name="out")
     await app.run_async()
@@ -75,16 +76,28 @@ async def test_a_checkpoint_that_times_out_is_abandoned_and_the_next_one_commits
 
 
 async def test_failures_beyond_the_tolerated_number_fail_the_job(tmp_path: Path) -> None:
-    app = af.App("slow", state_dir=str(tmp_path), checkpoint_interval=0.02, checkpoint_timeout=0.1,
-                 tolerable_checkpoint_failures=0)
+    app = af.App(
+        "slow",
+        state_dir=str(tmp_path),
+        checkpoint_interval=0.02,
+        checkpoint_timeout=0.1,
+        tolerable_checkpoint_failures=0,
+    )
     app.source(af.from_iterable(ticks(300)), name="ticks").sink(SlowSink(delay=0.5), name="out")
-    with pytest.raises(af.StateError, match=r"checkpoint 1 failed \(timed out after 0.1 s.*tolerable_checkpoint_failures=0"):
+    with pytest.raises(
+        af.StateError, match=r"checkpoint 1 failed \(timed out after 0.1 s.*tolerable_checkpoint_failures=0"
+    ):
         await app.run_async()
 
 
 async def test_the_minimum_pause_separates_checkpoints_and_old_records_go(tmp_path: Path) -> None:
-    app = af.App("paused", state_dir=str(tmp_path), checkpoint_interval=0.01, min_pause_between_checkpoints=0.15,
-                 retained_checkpoints=1000)
+    app = af.App(
+        "paused",
+        state_dir=str(tmp_path),
+        checkpoint_interval=0.01,
+        min_pause_between_checkpoints=0.15,
+        retained_checkpoints=1000,
+    )
     app.source(af.from_iterable(ticks(400)), name="ticks").sink(af.CollectSink(), name="out")
     await app.run_async()
     records = _records(tmp_path)[:-1]  # the last is the final checkpoint of the finished job: no pause

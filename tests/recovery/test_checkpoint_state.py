@@ -62,20 +62,25 @@ class Alerts(af.KeyedBroadcastProcessFunction):
 RULES = [{"name": "big", "limit": 100}, {"name": "huge", "limit": 1000}]
 
 
-def _alerts_app(state_dir: Path, rules: list[Any], orders: list[Any], parallelism: int) -> tuple[af.App, af.CollectSink]:
-    app = af.App("alerts", state_dir=str(state_dir), checkpoint_interval=NO_PERIODIC_CHECKPOINT,
-                 parallelism=parallelism)
+def _alerts_app(
+    state_dir: Path, rules: list[Any], orders: list[Any], parallelism: int
+) -> tuple[af.App, af.CollectSink]:
+    app = af.App(
+        "alerts", state_dir=str(state_dir), checkpoint_interval=NO_PERIODIC_CHECKPOINT, parallelism=parallelism
+    )
     sink = af.CollectSink()
     rule_stream = app.source(af.from_iterable(rules), name="rules")
     orders_stream = app.source(af.from_iterable(orders), name="orders")
     orders_stream.key_by(lambda o: o["user"]).connect(rule_stream.broadcast("rules")).process(
-        Alerts, name="alerts").sink(sink, name="out")
+        Alerts, name="alerts"
+    ).sink(sink, name="out")
     return app, sink
 
 
 def _expected(orders: list[dict[str, Any]]) -> list[tuple[str, int, str]]:
-    return sorted((o["user"], o["amount"], rule["name"]) for o in orders for rule in RULES
-                  if o["amount"] > rule["limit"])
+    return sorted(
+        (o["user"], o["amount"], rule["name"]) for o in orders for rule in RULES if o["amount"] > rule["limit"]
+    )
 
 
 async def test_broadcast_state_survives_a_restore(tmp_path: Path) -> None:
@@ -90,9 +95,15 @@ async def test_broadcast_state_survives_a_restore(tmp_path: Path) -> None:
     orders = [{"user": "ann", "amount": 50}, {"user": "bob", "amount": 500}, {"user": "cy", "amount": 5000}]
     app, sink = _alerts_app(tmp_path, [], orders, parallelism=1)
     await _run(app)
-    assert sorted(alert[:3] for alert in sink.results) == _expected(orders) == [
-        ("bob", 500, "big"), ("cy", 5000, "big"), ("cy", 5000, "huge"),
-    ]
+    assert (
+        sorted(alert[:3] for alert in sink.results)
+        == _expected(orders)
+        == [
+            ("bob", 500, "big"),
+            ("cy", 5000, "big"),
+            ("cy", 5000, "huge"),
+        ]
+    )
 
 
 async def test_broadcast_state_survives_a_parallelism_change(tmp_path: Path) -> None:
@@ -121,8 +132,9 @@ class Table(af.BroadcastProcessFunction):
         yield from ()
 
 
-def _table_app(state_dir: Path, entries: list[Any], queries: list[Any], names: tuple[str, ...] = ("table",)
-               ) -> tuple[af.App, af.CollectSink]:
+def _table_app(
+    state_dir: Path, entries: list[Any], queries: list[Any], names: tuple[str, ...] = ("table",)
+) -> tuple[af.App, af.CollectSink]:
     app = af.App("table", state_dir=str(state_dir), checkpoint_interval=NO_PERIODIC_CHECKPOINT)
     sink = af.CollectSink()
     app.source(af.from_iterable(queries), name="queries").connect(
@@ -160,8 +172,7 @@ async def test_broadcast_state_no_longer_declared_is_kept_for_a_later_job(tmp_pa
         ((frozenset({1}), "x"), "a key of type frozenset"),
     ],
 )
-async def test_a_broadcast_entry_json_cannot_carry_is_refused_by_name(tmp_path: Path, entry: Any, what: str
-                                                                      ) -> None:
+async def test_a_broadcast_entry_json_cannot_carry_is_refused_by_name(tmp_path: Path, entry: Any, what: str) -> None:
     class Keep(af.BroadcastProcessFunction):
         def process_element(self, value, ctx):
             yield from ()
@@ -206,8 +217,10 @@ async def test_a_snapshot_is_a_copy_and_each_new_subtask_takes_one_old_subtasks_
     assert snapshot["broadcast"] == {"table": [["a", [1]]]}
 
     # subtasks hold the same broadcast state; were they to differ, new subtask i takes old i % n
-    old = [{"watermark": 5, "broadcast": {"table": [["from", 0]]}},
-           {"watermark": 7, "broadcast": {"table": [["from", 1]]}}]
+    old = [
+        {"watermark": 5, "broadcast": {"table": [["from", 0]]}},
+        {"watermark": 7, "broadcast": {"table": [["from", 1]]}},
+    ]
     taken = []
     for index in range(3):
         restored = await _opened(index, 3)
@@ -233,15 +246,14 @@ class Count(af.KeyedProcessFunction):
 def _count_app(state_dir: Path, values: list[Any]) -> tuple[af.App, af.CollectSink]:
     app = af.App("count", state_dir=str(state_dir), checkpoint_interval=NO_PERIODIC_CHECKPOINT)
     sink = af.CollectSink()
-    app.source(af.from_iterable(values), name="src").key_by(lambda v: v).process(Count, name="a").sink(
-        sink, name="out")
+    app.source(af.from_iterable(values), name="src").key_by(lambda v: v).process(Count, name="a").sink(sink, name="out")
     return app, sink
 
 
 def _corrupt_manifest(data: bytes, how: str) -> bytes:
     if how == "garbled":  # bytes flipped in the middle
         middle = len(data) // 2
-        return data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 8]) + data[middle + 8:]
+        return data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 8]) + data[middle + 8 :]
     assert b'"checkpoint_id": 1' in data  # valid JSON still, but not what was checksummed
     return data.replace(b'"checkpoint_id": 1', b'"checkpoint_id": 7')
 
@@ -365,7 +377,8 @@ async def test_a_changed_max_parallelism_is_refused(tmp_path: Path) -> None:
     await _run(app)
     app = af.App("two", state_dir=str(tmp_path), checkpoint_interval=NO_PERIODIC_CHECKPOINT, max_parallelism=64)
     app.source(af.from_iterable(["x"]), name="src").key_by(lambda v: v).process(Count, name="a").sink(
-        af.CollectSink(), name="out")
+        af.CollectSink(), name="out"
+    )
     with pytest.raises(StateError, match="taken with max_parallelism 128 and the app now has 64"):
         await _run(app)
 
@@ -391,8 +404,9 @@ async def test_a_state_declared_with_another_serializer_is_refused(tmp_path: Pat
                 yield from ()
 
         app = af.App("serializers", state_dir=str(tmp_path), checkpoint_interval=NO_PERIODIC_CHECKPOINT)
-        app.source(af.from_iterable(["x"]), name="src").key_by(lambda v: v).process(
-            Declared, name="declared").sink(af.CollectSink(), name="out")
+        app.source(af.from_iterable(["x"]), name="src").key_by(lambda v: v).process(Declared, name="declared").sink(
+            af.CollectSink(), name="out"
+        )
         return app
 
     await _run(app_with("json"))

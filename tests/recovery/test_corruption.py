@@ -42,7 +42,7 @@ from recovery.jobs import Worker, explain, write_events
 from aioflow._core.state.integrity import open_document
 from aioflow._core.state.lmdb import _free_pages
 
-JOB = '''
+JOB = """
 import os
 
 import orjson
@@ -90,7 +90,7 @@ sums = keyed.window(af.TumblingEventTimeWindows(2000)).reduce(
     lambda a, b: {"user": a["user"], "ts": max(a["ts"], b["ts"]), "v": a["v"] + b["v"]}, name="sums")
 counts.sink(af.FileSink(os.environ["OUT"] + "-counts.jsonl", exactly_once=True), name="counts-out")
 sums.sink(af.FileSink(os.environ["OUT"] + "-sums.jsonl", exactly_once=True), name="sums-out")
-'''
+"""
 
 EVENTS = 4000  # an event every 5 ms of event time, of one of 300 users
 PAUSE_AT = 2000  # ts 10000: windows [8000, 10000) are open at the savepoint, and fire in the first batch after it
@@ -123,8 +123,13 @@ class Prepared:
 def _env(folder: Path, **more: str) -> dict[str, str]:
     """The job's environment. A fixed hash seed makes the order in which the job writes
     its state (and so LMDB's page layout) the same in every run."""
-    return {"EVENTS": str(folder / "events.jsonl"), "STATE": str(folder / "state"), "OUT": str(folder / "out"),
-            "PYTHONHASHSEED": "0", **more}
+    return {
+        "EVENTS": str(folder / "events.jsonl"),
+        "STATE": str(folder / "state"),
+        "OUT": str(folder / "out"),
+        "PYTHONHASHSEED": "0",
+        **more,
+    }
 
 
 def _stop_with_savepoint(folder: Path, pause_at: int) -> None:
@@ -158,7 +163,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     ready.expected = {name: (folder / name).read_bytes() for name in OUTPUTS}
     stopped = {name: (root / "a.pristine" / name).read_bytes() for name in OUTPUTS}
     for name in OUTPUTS:  # the stop committed a part; the resume completed it
-        assert stopped[name] and ready.expected[name].startswith(stopped[name]) and ready.expected[name] != stopped[name]
+        assert (
+            stopped[name] and ready.expected[name].startswith(stopped[name]) and ready.expected[name] != stopped[name]
+        )
     return ready
 
 
@@ -171,8 +178,10 @@ def _databases(state: Path) -> dict[str, dict[bytes, bytes]]:
     env = lmdb.open(str(state), readonly=True, lock=False, max_dbs=4, subdir=True)
     try:
         with env.begin() as txn:
-            return {name: dict(txn.cursor(db=env.open_db(name.encode(), txn=txn, create=False)))
-                    for name in ("live", "undo", "meta")}
+            return {
+                name: dict(txn.cursor(db=env.open_db(name.encode(), txn=txn, create=False)))
+                for name in ("live", "undo", "meta")
+            }
     finally:
         env.close()
 
@@ -187,8 +196,11 @@ def _entry(state: Path, table: str, suffix: bytes) -> tuple[bytes, bytes]:
     """The one live entry of ``table`` whose stored key ends with ``suffix``: ``(key, value
     as stored)``."""
     table_id = _table_id(state, table)
-    found = [(key, value) for key, value in _databases(state)["live"].items()
-             if key[2:6] == table_id and key.endswith(suffix)]
+    found = [
+        (key, value)
+        for key, value in _databases(state)["live"].items()
+        if key[2:6] == table_id and key.endswith(suffix)
+    ]
     assert len(found) == 1, (table, suffix, found)
     return found[0]
 
@@ -210,7 +222,7 @@ def _other(char: int) -> int:
 
 
 def _changed(data: bytes, at: int) -> bytes:
-    return data[:at] + bytes([_other(data[at])]) + data[at + 1:]
+    return data[:at] + bytes([_other(data[at])]) + data[at + 1 :]
 
 
 def _rewrite(path: Path, replacements: dict[bytes, bytes]) -> None:
@@ -302,14 +314,19 @@ class Before:
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 def _before(folder: Path) -> Before:
     state = folder / "state"
-    storage = {**_digests(state / "checkpoints"), **{f"savepoints/{k}": v for k, v in
-                                                     _digests(state / "savepoints").items()}}
+    storage = {
+        **_digests(state / "checkpoints"),
+        **{f"savepoints/{k}": v for k, v in _digests(state / "savepoints").items()},
+    }
     data = (state / "data.mdb").read_bytes() if (state / "data.mdb").exists() else None
     return Before({name: (folder / name).read_bytes() for name in OUTPUTS}, storage, data)
 
@@ -329,8 +346,15 @@ def _log(worker: Worker) -> tuple[list[dict[str, Any]], list[bytes]]:
 RESTORE_OR_START_AFRESH = ("--from-savepoint", "start from an empty state directory")
 
 
-def _refusal_problems(worker: Worker, folder: Path, before: Before, *names: str | tuple[str, ...], advice: str | tuple[str, ...],
-                      at_start: bool = True, expected: dict[str, bytes] | None = None) -> list[str]:
+def _refusal_problems(
+    worker: Worker,
+    folder: Path,
+    before: Before,
+    *names: str | tuple[str, ...],
+    advice: str | tuple[str, ...],
+    at_start: bool = True,
+    expected: dict[str, bytes] | None = None,
+) -> list[str]:
     """What keeps the worker's run from being a proper refusal: exit status 3, nothing
     committed, no restart, and, ``at_start``, no job started and checkpoint storage
     untouched; one ``"refused"`` line naming ``names`` (always the state directory) and
@@ -347,12 +371,19 @@ def _refusal_problems(worker: Worker, folder: Path, before: Before, *names: str 
     for name in OUTPUTS:
         now = (folder / name).read_bytes()
         if now != before.outputs[name]:
-            added = now[len(before.outputs[name]):].splitlines() if now.startswith(before.outputs[name]) else None
-            wrong = "" if expected is None or added is None else (
-                f", {sum(line not in expected[name].splitlines() for line in added)} of them not in the "
-                "undisturbed output")
-            problems.append(f"{name} changed: " + ("rewritten" if added is None else f"{len(added)} lines committed"
-                                                    f" after the damage{wrong}"))
+            added = now[len(before.outputs[name]) :].splitlines() if now.startswith(before.outputs[name]) else None
+            wrong = (
+                ""
+                if expected is None or added is None
+                else (
+                    f", {sum(line not in expected[name].splitlines() for line in added)} of them not in the "
+                    "undisturbed output"
+                )
+            )
+            problems.append(
+                f"{name} changed: "
+                + ("rewritten" if added is None else f"{len(added)} lines committed after the damage{wrong}")
+            )
     failed = [line for line in lines if line["event"].startswith("job failed")]
     if failed:
         problems.append(f"the refusal was not the only failure (a restart?): {failed[:2]}")
@@ -367,8 +398,11 @@ def _refusal_problems(worker: Worker, folder: Path, before: Before, *names: str 
         problems.append(f"{len(refused)} 'refused' lines")
     for line in refused[:1]:
         error = line["error"]
-        missing = [name for name in (str(folder / "state"), *names)
-                   if (name not in error if isinstance(name, str) else not any(n in error for n in name))]
+        missing = [
+            name
+            for name in (str(folder / "state"), *names)
+            if (name not in error if isinstance(name, str) else not any(n in error for n in name))
+        ]
         if missing:
             problems.append(f"the error does not name {missing}: {error}")
         if not any(what in error for what in ((advice,) if isinstance(advice, str) else advice)):
@@ -376,9 +410,15 @@ def _refusal_problems(worker: Worker, folder: Path, before: Before, *names: str 
     return problems
 
 
-def _assert_refused(worker: Worker, folder: Path, before: Before, *names: str | tuple[str, ...],
-                    advice: str | tuple[str, ...],
-                    at_start: bool = True, expected: dict[str, bytes] | None = None) -> str:
+def _assert_refused(
+    worker: Worker,
+    folder: Path,
+    before: Before,
+    *names: str | tuple[str, ...],
+    advice: str | tuple[str, ...],
+    at_start: bool = True,
+    expected: dict[str, bytes] | None = None,
+) -> str:
     """See :func:`_refusal_problems`; returns the error."""
     problems = _refusal_problems(worker, folder, before, *names, advice=advice, at_start=at_start, expected=expected)
     assert not problems, "\n".join(problems)
@@ -407,6 +447,7 @@ def _deleted(*names: str) -> Callable[[Path], None]:
         for name in names:
             (state / name).unlink()
             assert not (state / name).exists()
+
     return delete
 
 
@@ -419,6 +460,7 @@ def _truncated(size: Callable[[int], int]) -> Callable[[Path], None]:
         with data.open("r+b") as f:
             f.truncate(new)
         assert data.stat().st_size == new
+
     return truncate
 
 
@@ -438,6 +480,7 @@ def _before_the_last_page_in_use(size: int, state: Path) -> int:
 def _truncated_at(size: Callable[[int, Path], int]) -> Callable[[Path], None]:
     def truncate(state: Path) -> None:
         _truncated(lambda old: size(old, state))(state)
+
     return truncate
 
 
@@ -565,10 +608,12 @@ def _checkpoint_delta_file(state: Path) -> tuple[Path, Path]:
     return folder, data
 
 
-@pytest.mark.parametrize("which", [_savepoint_data_file, _checkpoint_delta_file],
-                         ids=["savepoint-data-file", "checkpoint-delta-file"])
+@pytest.mark.parametrize(
+    "which", [_savepoint_data_file, _checkpoint_delta_file], ids=["savepoint-data-file", "checkpoint-delta-file"]
+)
 def test_from_savepoint_with_a_damaged_data_file_is_refused_before_the_working_copy_changes(
-    prepared: Prepared, which: Callable[[Path], tuple[Path, Path]],
+    prepared: Prepared,
+    which: Callable[[Path], tuple[Path, Path]],
 ) -> None:
     """A savepoint's own data file, or a section file a retained checkpoint's manifest
     names (a normal restart does not read those: the working copy holds the state)."""
@@ -610,8 +655,14 @@ def test_the_checkpoint_storage_of_another_job_is_refused(prepared: Prepared) ->
     before = _before(folder)
     digests = _digests(storage)
     worker = Worker(folder, _env(folder), "--checkpoint-storage", str(storage))
-    _assert_refused(worker, folder, before, str(storage), _job_id(prepared.root / "b.pristine" / "state"),
-                    advice="checkpoint_storage")
+    _assert_refused(
+        worker,
+        folder,
+        before,
+        str(storage),
+        _job_id(prepared.root / "b.pristine" / "state"),
+        advice="checkpoint_storage",
+    )
     assert _digests(storage) == digests, "the refused run changed the other job's checkpoint storage"
 
 
@@ -637,8 +688,14 @@ def test_a_working_copy_older_than_checkpoint_storage_is_refused(prepared: Prepa
     (state / "data.mdb").write_bytes(old)
     before = _before(folder)
     worker = Worker(folder, _env(folder))
-    error = _assert_refused(worker, folder, before, f"checkpoint {held['checkpoint_id']}", f"checkpoint {newest}",
-                            advice=f"--from-savepoint {_checkpoint(state, newest)}")
+    error = _assert_refused(
+        worker,
+        folder,
+        before,
+        f"checkpoint {held['checkpoint_id']}",
+        f"checkpoint {newest}",
+        advice=f"--from-savepoint {_checkpoint(state, newest)}",
+    )
     assert "older copy" in error
 
 
@@ -711,8 +768,9 @@ def test_a_damaged_value_stops_the_job_when_read_and_nothing_more_is_committed(p
     before = _before(folder)
     named = VALUES[case](prepared, folder / "state")
     worker = Worker(folder, _env(folder))
-    _assert_refused(worker, folder, before, *named, advice="--from-savepoint", at_start=False,
-                    expected=prepared.expected)
+    _assert_refused(
+        worker, folder, before, *named, advice="--from-savepoint", at_start=False, expected=prepared.expected
+    )
 
 
 # -- damaged keys: found when their key group or namespace is read in order ---------------------
@@ -730,13 +788,14 @@ def _timer_key(table: str, name: Callable[[str], bytes]) -> Callable[[Prepared, 
         user = _last_user_before_the_pause(prepared)
         key, value = _entry(state, table, name(user))
         _damage_key(state, key, value, _closing_quote(key, user))
-        return [f"'{table.replace(chr(0x1f), '/')}'"]  # 'operator/timers'
+        return [f"'{table.replace(chr(0x1F), '/')}'"]  # 'operator/timers'
 
     return damage
 
 
-def _value_key(table: str, name: Callable[[str], bytes],
-               user_of: Callable[[Prepared, Path], str]) -> Callable[[Prepared, Path], list[str]]:
+def _value_key(
+    table: str, name: Callable[[str], bytes], user_of: Callable[[Prepared, Path], str]
+) -> Callable[[Prepared, Path], list[str]]:
     def damage(prepared: Prepared, state: Path) -> list[str]:
         user = user_of(prepared, state)
         key, value = _entry(state, table, name(user))
@@ -751,10 +810,16 @@ KEYS = {
     "count-timer-key": _timer_key("count\x1fevent-timers", lambda user: _json(user)),
     "window-timer-key": _timer_key("sums\x1fwindow-event-timers", lambda user: _json([user, [8000, 10000]])),
     # Read by key only: a lookup of the right key finds nothing.
-    "count-value-key": _value_key("count\x1fn", lambda user: b"\x00\x00" + _json(user),
-                                  lambda prepared, state: _first_users(prepared, state, 1)[0]),
-    "window-contents-key": _value_key("sums\x1fwindow-contents", lambda user: WINDOW + _json(user),
-                                      lambda prepared, state: _last_user_before_the_pause(prepared)),
+    "count-value-key": _value_key(
+        "count\x1fn",
+        lambda user: b"\x00\x00" + _json(user),
+        lambda prepared, state: _first_users(prepared, state, 1)[0],
+    ),
+    "window-contents-key": _value_key(
+        "sums\x1fwindow-contents",
+        lambda user: WINDOW + _json(user),
+        lambda prepared, state: _last_user_before_the_pause(prepared),
+    ),
 }
 
 
@@ -768,8 +833,9 @@ def test_a_damaged_key_is_refused_when_read_never_silently_lost(prepared: Prepar
     before = _before(folder)
     named = KEYS[case](prepared, folder / "state")
     worker = Worker(folder, _env(folder))
-    _assert_refused(worker, folder, before, *named, advice="--from-savepoint", at_start=False,
-                    expected=prepared.expected)
+    _assert_refused(
+        worker, folder, before, *named, advice="--from-savepoint", at_start=False, expected=prepared.expected
+    )
 
 
 def test_a_damaged_key_read_by_no_record_is_found_in_the_background(prepared: Prepared) -> None:
@@ -811,7 +877,7 @@ def _leaf_pages(state: Path) -> dict[int, list[tuple[int, bytes]]]:
         for i in range((lower - 16) // 2):
             at = base + struct.unpack_from("<H", data, base + 16 + 2 * i)[0]
             lo, hi, node_flags, size = struct.unpack_from("<HHHH", data, at)
-            found.append((flags, at, lo, hi, node_flags, data[at + 8:at + 8 + size]))
+            found.append((flags, at, lo, hi, node_flags, data[at + 8 : at + 8 + size]))
         return found
 
     txn_ids = [struct.unpack_from("<Q", data, page * PAGE + 16 + 24 + 96 + 8)[0] for page in (0, 1)]
@@ -846,8 +912,10 @@ def _page_reached_by_a_cursor_step(prepared: Prepared, state: Path) -> tuple[int
     steps to it from the previous leaf (the layout is the same in every run)."""
     tables = open_document(_databases(state)["meta"][b"tables"])
     empty = [struct.pack(">I", table["id"]) for name, table in tables.items() if name.endswith("processing-timers")]
-    leaves = sorted((min(key for _, key in entries), max(key for _, key in entries), page)
-                    for page, entries in _leaf_pages(state).items())
+    leaves = sorted(
+        (min(key for _, key in entries), max(key for _, key in entries), page)
+        for page, entries in _leaf_pages(state).items()
+    )
     for (_, last, _), (first, _, page) in zip(leaves, leaves[1:], strict=False):
         probes = [group + table + bytes(8) for group in {last[:2], first[:2]} for table in empty]
         if any(last < probe <= first for probe in probes):
@@ -857,9 +925,9 @@ def _page_reached_by_a_cursor_step(prepared: Prepared, state: Path) -> tuple[int
 
 def _patch(path: Path, at: int, new: bytes) -> None:
     data = path.read_bytes()
-    assert data[at:at + len(new)] != new
-    path.write_bytes(data[:at] + new + data[at + len(new):])
-    assert path.read_bytes()[at:at + len(new)] == new
+    assert data[at : at + len(new)] != new
+    path.write_bytes(data[:at] + new + data[at + len(new) :])
+    assert path.read_bytes()[at : at + len(new)] == new
 
 
 def _zeroed(page: int, node: int, data: Path) -> None:
@@ -905,8 +973,9 @@ def test_a_damaged_lmdb_page_is_refused_never_run_on(prepared: Prepared, case: s
     page, node = where(prepared, state)
     damage(page, node, state / "data.mdb")
     worker = Worker(folder, _env(folder))
-    problems = _refusal_problems(worker, folder, before, advice=RESTORE_OR_START_AFRESH, at_start=False,
-                                 expected=prepared.expected)
+    problems = _refusal_problems(
+        worker, folder, before, advice=RESTORE_OR_START_AFRESH, at_start=False, expected=prepared.expected
+    )
     if worker.process.returncode == -signal.SIGABRT:
         log = worker.log.read_bytes()
         assert b"Assertion '" in log and b"mdb.c" in log, "aborted, but not by an LMDB assertion"

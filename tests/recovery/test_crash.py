@@ -12,11 +12,16 @@ import pytest
 from recovery.jobs import Worker, outputs, run, write_job
 
 
-@pytest.mark.parametrize(("parallelism", "cache", "concurrent"),
-                         [(1, 100_000, False), (2, 100_000, False), (2, 64, False), (2, 100_000, True)],
-                         ids=["p1", "p2", "p2-small-cache", "p2-async"])
+@pytest.mark.parametrize(
+    ("parallelism", "cache", "concurrent"),
+    [(1, 100_000, False), (2, 100_000, False), (2, 64, False), (2, 100_000, True)],
+    ids=["p1", "p2", "p2-small-cache", "p2-async"],
+)
 def test_sigkilled_worker_restarted_produces_exactly_the_undisturbed_output(
-    tmp_path: Path, parallelism: int, cache: int, concurrent: bool,
+    tmp_path: Path,
+    parallelism: int,
+    cache: int,
+    concurrent: bool,
 ) -> None:
     """With ``concurrent``, the crashing runs count with an ``async def`` function that
     runs many keys at once; the reference is still the synchronous one."""

@@ -37,8 +37,9 @@ class Task:
     is_source = False
 
     def __init__(self, index: int) -> None:
-        self.env = SimpleNamespace(subtask_index=index, max_parallelism=128, state_backend=Backend(),
-                                   final_state_checkpointed=False)
+        self.env = SimpleNamespace(
+            subtask_index=index, max_parallelism=128, state_backend=Backend(), final_state_checkpointed=False
+        )
         self.operators: list[Any] = []
         self.completed: list[tuple[int, bool]] = []
 
@@ -52,8 +53,14 @@ class Task:
 async def test_a_task_that_acknowledged_a_checkpoint_keeps_its_barrier_state_there(tmp_path: Path) -> None:
     store = LmdbStore(tmp_path / "state")
     ended, running = Task(0), Task(1)
-    coordinator = CheckpointCoordinator(store, LocalCheckpointStorage(tmp_path / "checkpoints"), [ended, running],
-                                        identity={"app": "a", "job_id": "j"}, max_parallelism=128, interval=None)
+    coordinator = CheckpointCoordinator(
+        store,
+        LocalCheckpointStorage(tmp_path / "checkpoints"),
+        [ended, running],
+        identity={"app": "a", "job_id": "j"},
+        max_parallelism=128,
+        interval=None,
+    )
     try:
         async with anyio.create_task_group() as group:
             taken: list[Any] = []

@@ -18,11 +18,14 @@ EVENTS = [{"user": f"u{i % 7}", "ts": i * 10, "v": i % 5} for i in range(20_000)
 
 
 def _job(folder: Path, fail: Any, strategy: af.RestartStrategy, name: str = "out") -> af.App:
-    app = af.App("restarts", state_dir=str(folder / "state"), checkpoint_interval=0.01,
-                 restart_strategy=strategy)
+    app = af.App("restarts", state_dir=str(folder / "state"), checkpoint_interval=0.01, restart_strategy=strategy)
     events = app.source(EVENTS, timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(0), name="events")
-    sums = events.map(fail, name="flaky").key_by(lambda e: e["user"]).window(
-        af.TumblingEventTimeWindows(1000)).reduce(lambda a, b: {**a, "v": a["v"] + b["v"]}, name="sums")
+    sums = (
+        events.map(fail, name="flaky")
+        .key_by(lambda e: e["user"])
+        .window(af.TumblingEventTimeWindows(1000))
+        .reduce(lambda a, b: {**a, "v": a["v"] + b["v"]}, name="sums")
+    )
     sums.sink(af.FileSink(str(folder / f"{name}.jsonl"), exactly_once=True), name="sink")
     return app
 
@@ -38,8 +41,10 @@ def _per_key(data: bytes) -> dict[str, list[bytes]]:
 def _expected(folder: Path) -> dict[str, list[bytes]]:
     app = af.App("restarts")
     app.source(EVENTS, timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(0), name="events").key_by(
-        lambda e: e["user"]).window(af.TumblingEventTimeWindows(1000)).reduce(
-        lambda a, b: {**a, "v": a["v"] + b["v"]}, name="sums").sink(af.FileSink(str(folder / "ref.jsonl")))
+        lambda e: e["user"]
+    ).window(af.TumblingEventTimeWindows(1000)).reduce(lambda a, b: {**a, "v": a["v"] + b["v"]}, name="sums").sink(
+        af.FileSink(str(folder / "ref.jsonl"))
+    )
     app.run()
     return _per_key((folder / "ref.jsonl").read_bytes())
 
@@ -85,8 +90,11 @@ def test_a_job_that_ran_long_enough_starts_the_count_afresh(tmp_path: Path) -> N
     failed_at: list[int] = []
 
     def twice(e: dict[str, Any]) -> dict[str, Any]:
-        if len(failed_at) < 2 and e["ts"] >= 60_000 * (len(failed_at) + 1) and _checkpoints(tmp_path) > (
-                failed_at[-1] if failed_at else 0):
+        if (
+            len(failed_at) < 2
+            and e["ts"] >= 60_000 * (len(failed_at) + 1)
+            and _checkpoints(tmp_path) > (failed_at[-1] if failed_at else 0)
+        ):
             failed_at.append(_checkpoints(tmp_path))
             raise ConnectionError("flaky")
         return e

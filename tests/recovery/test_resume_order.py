@@ -16,15 +16,21 @@ from aioflow.testing import run_collect
 
 def _files(folder: Path) -> str:
     for f in range(3):
-        (folder / f"in-{f}.jsonl").write_bytes(b"".join(
-            orjson.dumps({"id": f * 100_000 + i, "ts": i}) + b"\n" for i in range(3_000 + 1_000 * f)))
+        (folder / f"in-{f}.jsonl").write_bytes(
+            b"".join(orjson.dumps({"id": f * 100_000 + i, "ts": i}) + b"\n" for i in range(3_000 + 1_000 * f))
+        )
     return str(folder / "in-*.jsonl")
 
 
 def _running(folder: Path, files: str, fail: bool) -> af.App:
     """One running total over three files read by one subtask: the output depends on how the files interleave."""
-    app = af.App("order", state_dir=str(folder / "state"), checkpoint_interval=0.005, batch_size=100,
-                 restart_strategy=af.FixedDelayRestart(attempts=1, delay=0))
+    app = af.App(
+        "order",
+        state_dir=str(folder / "state"),
+        checkpoint_interval=0.005,
+        batch_size=100,
+        restart_strategy=af.FixedDelayRestart(attempts=1, delay=0),
+    )
     failed: list[int] = []
 
     def total(e: dict[str, Any], ctx: Any) -> Any:
@@ -39,7 +45,8 @@ def _running(folder: Path, files: str, fail: bool) -> af.App:
         process_element = staticmethod(total)
 
     app.source(af.read_jsonl(files), name="events").key_by(lambda e: "all").process(Total, name="total").sink(
-        af.FileSink(str(folder / "out.jsonl"), exactly_once=True), name="out")
+        af.FileSink(str(folder / "out.jsonl"), exactly_once=True), name="out"
+    )
     return app
 
 
@@ -61,10 +68,14 @@ def _windows(folder: Path, stop_at: int | None) -> tuple[af.App, af.CollectSink]
             app.stop()
         return e
 
-    app.source([{"ts": t, "n": 1} for t in range(0, 3000, 100)], timestamps=lambda e: e["ts"],
-               watermarks=af.BoundedOutOfOrderness(0), name="events").map(stopper, name="stopper").key_by(
-        lambda e: "k").window(af.TumblingEventTimeWindows(1000)).reduce(
-        lambda a, b: {**a, "n": a["n"] + b["n"]}, name="count", parallelism=2).sink(sink, name="out")
+    app.source(
+        [{"ts": t, "n": 1} for t in range(0, 3000, 100)],
+        timestamps=lambda e: e["ts"],
+        watermarks=af.BoundedOutOfOrderness(0),
+        name="events",
+    ).map(stopper, name="stopper").key_by(lambda e: "k").window(af.TumblingEventTimeWindows(1000)).reduce(
+        lambda a, b: {**a, "n": a["n"] + b["n"]}, name="count", parallelism=2
+    ).sink(sink, name="out")
     return app, sink
 
 
@@ -126,6 +137,9 @@ def test_a_source_that_cannot_rescale_says_so(tmp_path: Path) -> None:
         return job
 
     app().run()
-    with pytest.raises(af.StateError, match="source 'numbers' was checkpointed with parallelism 2 and now runs with 3: "
-                                            "_Halves cannot change its parallelism"):
+    with pytest.raises(
+        af.StateError,
+        match="source 'numbers' was checkpointed with parallelism 2 and now runs with 3: "
+        "_Halves cannot change its parallelism",
+    ):
         app().run(parallelism=3)

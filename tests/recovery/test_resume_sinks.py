@@ -15,8 +15,12 @@ from aioflow._core.connectors.files import _truncate_torn_line
 
 
 def _flaky_job(folder: Path, fail_at: int, source: Any) -> af.App:
-    app = af.App("resume", state_dir=str(folder / "state"), checkpoint_interval=0.005,
-                 restart_strategy=af.FixedDelayRestart(attempts=1, delay=0))
+    app = af.App(
+        "resume",
+        state_dir=str(folder / "state"),
+        checkpoint_interval=0.005,
+        restart_strategy=af.FixedDelayRestart(attempts=1, delay=0),
+    )
     failed: list[int] = []
 
     def once(v: int) -> int:
@@ -25,8 +29,7 @@ def _flaky_job(folder: Path, fail_at: int, source: Any) -> af.App:
             raise ConnectionError("flaky")
         return v
 
-    app.source(source, name="numbers").map(once, name="flaky").sink(af.FileSink(str(folder / "out.jsonl")),
-                                                                     name="out")
+    app.source(source, name="numbers").map(once, name="flaky").sink(af.FileSink(str(folder / "out.jsonl")), name="out")
     return app
 
 
@@ -41,10 +44,16 @@ def test_a_used_up_generator_is_refused_on_restart(tmp_path: Path) -> None:
         _flaky_job(tmp_path, 5_000, af.from_iterable(i for i in range(20_000))).run()
 
 
-@pytest.mark.parametrize(("content", "kept"), [
-    (b"", b""), (b"a\n", b"a\n"), (b"a\nb\nhalf", b"a\nb\n"), (b"torn", b""), (b"x" * 70_000 + b"\n" + b"y" * 70_000,
-                                                                                 b"x" * 70_000 + b"\n"),
-])
+@pytest.mark.parametrize(
+    ("content", "kept"),
+    [
+        (b"", b""),
+        (b"a\n", b"a\n"),
+        (b"a\nb\nhalf", b"a\nb\n"),
+        (b"torn", b""),
+        (b"x" * 70_000 + b"\n" + b"y" * 70_000, b"x" * 70_000 + b"\n"),
+    ],
+)
 def test_a_torn_last_line_is_cut(tmp_path: Path, content: bytes, kept: bytes) -> None:
     path = tmp_path / "f"
     path.write_bytes(content)
@@ -65,7 +74,8 @@ def _sets_job(folder: Path, serializer: str) -> af.App:
 
     app = af.App("sets", state_dir=str(folder / "state"), checkpoint_interval=3600)
     app.source(list(range(100)), name="numbers").key_by(lambda v: v % 3).process(Seen, name="seen").sink(
-        af.FileSink(str(folder / "out.jsonl"), exactly_once=True), name="out")
+        af.FileSink(str(folder / "out.jsonl"), exactly_once=True), name="out"
+    )
     return app
 
 

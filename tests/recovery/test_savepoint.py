@@ -44,7 +44,7 @@ def test_sigterm_stops_with_a_savepoint_and_a_restart_completes_the_output(tmp_p
     assert sum(len(lines) for per_key in stopped.values() for lines in per_key.values()) > 0
     for kind, per_key in stopped.items():
         for key, lines in per_key.items():
-            assert expected[kind][key][:len(lines)] == lines, (kind, key)
+            assert expected[kind][key][: len(lines)] == lines, (kind, key)
     assert stopped != expected  # the stop came before the end
 
     restarted = Worker(tmp_path, env)
@@ -55,7 +55,9 @@ def test_sigterm_stops_with_a_savepoint_and_a_restart_completes_the_output(tmp_p
 
 @pytest.mark.parametrize(("before", "after"), [(2, 3), (3, 2)])
 def test_resuming_a_savepoint_at_another_parallelism_gives_the_undisturbed_results(
-    tmp_path: Path, before: int, after: int,
+    tmp_path: Path,
+    before: int,
+    after: int,
 ) -> None:
     base = {**write_job(tmp_path, 200_000, seed=before), "P": str(before), "PACE": "1"}
     assert run(tmp_path, {**base, "OUT": str(tmp_path / "ref")}) == 0
@@ -64,8 +66,14 @@ def test_resuming_a_savepoint_at_another_parallelism_gives_the_undisturbed_resul
     _stop_with_savepoint(tmp_path, {**base, "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "state")})
     [savepoint] = (tmp_path / "state" / "savepoints").iterdir()
     # Into a new state directory, from the savepoint, at the new parallelism.
-    resumed = Worker(tmp_path, {**base, "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "resumed")},
-                     "--from-savepoint", str(savepoint), "--parallelism", str(after))
+    resumed = Worker(
+        tmp_path,
+        {**base, "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "resumed")},
+        "--from-savepoint",
+        str(savepoint),
+        "--parallelism",
+        str(after),
+    )
     assert resumed.wait() == 0, resumed.text()
     assert '"restoring from savepoint"' in resumed.text()
     assert len(list(tmp_path.glob("out-sums-*.jsonl"))) == max(before, after)
@@ -76,8 +84,9 @@ def test_drain_fires_open_windows_on_stop(tmp_path: Path) -> None:
     base = {**write_job(tmp_path, 200_000, seed=3), "P": "1", "PACE": "1"}
     assert run(tmp_path, {**base, "OUT": str(tmp_path / "ref")}) == 0
     expected = as_multisets(outputs(tmp_path, "ref"))
-    worker = _stop_with_savepoint(tmp_path, {**base, "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "s")},
-                                  "--drain")
+    worker = _stop_with_savepoint(
+        tmp_path, {**base, "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "s")}, "--drain"
+    )
     assert '"stop requested: draining"' in worker.text() and '"job finished"' in worker.text()
     assert not (tmp_path / "s" / "savepoints").exists()
     drained = as_multisets(outputs(tmp_path, "out"))
@@ -106,10 +115,18 @@ def _files_job(folder: Path, stop_after: int | None) -> tuple[af.App, list[Any]]
             app.stop()
         return e
 
-    events = app.source(af.read_jsonl(str(folder / "in-*.jsonl")), timestamps=lambda e: e["ts"],
-                        watermarks=af.BoundedOutOfOrderness(0), name="events")
-    sums = events.map(stop_midway, name="stopper").key_by(lambda e: e["user"]).window(
-        af.TumblingEventTimeWindows(1000)).reduce(lambda a, b: {**a, "v": a["v"] + b["v"]}, name="sums")
+    events = app.source(
+        af.read_jsonl(str(folder / "in-*.jsonl")),
+        timestamps=lambda e: e["ts"],
+        watermarks=af.BoundedOutOfOrderness(0),
+        name="events",
+    )
+    sums = (
+        events.map(stop_midway, name="stopper")
+        .key_by(lambda e: e["user"])
+        .window(af.TumblingEventTimeWindows(1000))
+        .reduce(lambda a, b: {**a, "v": a["v"] + b["v"]}, name="sums")
+    )
     sums.sink(af.FileSink(str(folder / "out.jsonl"), exactly_once=True), name="out")
     return app, seen
 
@@ -145,8 +162,9 @@ def test_file_sources_resume_their_files_at_another_parallelism(tmp_path: Path, 
 
 
 @pytest.mark.parametrize(("before", "after"), [(2, 2), (2, 3)], ids=["same-parallelism", "rescaled"])
-def test_a_retained_checkpoint_rebuilds_the_state_from_checkpoint_storage(tmp_path: Path, before: int,
-                                                                         after: int) -> None:
+def test_a_retained_checkpoint_rebuilds_the_state_from_checkpoint_storage(
+    tmp_path: Path, before: int, after: int
+) -> None:
     """A checkpoint folder in checkpoint storage works as a savepoint: the working copy is
     rebuilt from its key groups' chains of deltas (what a worker taking over partitions
     reads), in another state directory, and the job completes exactly the undisturbed
@@ -163,8 +181,13 @@ def test_a_retained_checkpoint_rebuilds_the_state_from_checkpoint_storage(tmp_pa
     manifest = orjson.loads((newest / "_manifest").read_bytes())["body"]
     assert max(len(chain) for chain in manifest["key_groups"].values()) >= 2  # deltas on deltas, not one copy
 
-    resumed = Worker(tmp_path, {**env, "STATE": str(tmp_path / "rebuilt"), "P": str(after)},
-                     "--from-savepoint", str(newest), log=tmp_path / "rebuilt.log")
+    resumed = Worker(
+        tmp_path,
+        {**env, "STATE": str(tmp_path / "rebuilt"), "P": str(after)},
+        "--from-savepoint",
+        str(newest),
+        log=tmp_path / "rebuilt.log",
+    )
     assert resumed.wait() == 0, resumed.text()
     assert '"restored from savepoint"' in resumed.text()
     assert as_multisets(outputs(tmp_path, "out")) == as_multisets(expected)

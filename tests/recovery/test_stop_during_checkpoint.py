@@ -262,7 +262,11 @@ def test_sigterm_at_random_moments_always_stops_a_worker_with_a_savepoint(scratc
     seed = random.randrange(2**32)
     tries = 16
     with ThreadPoolExecutor(4) as workers:  # four processes at once
-        problems = [problem for problem in workers.map(
-            _sigterm_once, [scratch / str(i) for i in range(tries)], [seed + i for i in range(tries)])
-            if problem is not None]
+        problems = [
+            problem
+            for problem in workers.map(
+                _sigterm_once, [scratch / str(i) for i in range(tries)], [seed + i for i in range(tries)]
+            )
+            if problem is not None
+        ]
     assert not problems, f"seed {seed}: {len(problems)} of {tries} stops failed:\n" + "\n".join(problems)

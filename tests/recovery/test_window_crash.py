@@ -15,11 +15,15 @@ import pytest
 from recovery.jobs import KILLED, WINDOW_JOB, Worker, explain, outputs, write_events
 
 
-@pytest.mark.parametrize(("windows", "cache"), [("sliding", 100_000), ("session", 100_000), ("session", 64),
-                                                ("count", 100_000)],
-                         ids=["sliding", "session", "session-small-cache", "count"])
+@pytest.mark.parametrize(
+    ("windows", "cache"),
+    [("sliding", 100_000), ("session", 100_000), ("session", 64), ("count", 100_000)],
+    ids=["sliding", "session", "session-small-cache", "count"],
+)
 def test_sigkilled_window_worker_restarted_produces_exactly_the_undisturbed_output(
-    tmp_path: Path, windows: str, cache: int,
+    tmp_path: Path,
+    windows: str,
+    cache: int,
 ) -> None:
     """A small ``cache`` keeps most windows in LMDB, evicted and read back between checkpoints."""
     base = {**write_events(tmp_path, 200_000, seed=len(windows)), "P": "2", "WINDOWS": windows, "CACHE": str(cache)}
@@ -42,7 +46,8 @@ def test_sigkilled_window_worker_restarted_produces_exactly_the_undisturbed_outp
         if code == 0:
             break  # it finished before the kill
         assert code == KILLED and checkpointed, (
-            f"exit status {code}; a checkpoint had completed: {checkpointed}\n{explain(worker)}")
+            f"exit status {code}; a checkpoint had completed: {checkpointed}\n{explain(worker)}"
+        )
         kills += 1
     assert kills >= 1, "the worker finished before the first kill: nothing was tested"
 

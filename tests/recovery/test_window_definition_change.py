@@ -73,7 +73,9 @@ def _problems(worker: Worker) -> str:
 @pytest.mark.parametrize("pause_at", [EVENTS // 2, EVENTS], ids=["more-input", "no-more-input"])
 @pytest.mark.parametrize("change", list(CHANGES))
 def test_a_changed_window_definition_resumes_every_open_window_or_is_refused(
-    tmp_path: Path, change: str, pause_at: int,
+    tmp_path: Path,
+    change: str,
+    pause_at: int,
 ) -> None:
     """With ``no-more-input`` the savepoint is taken at the end of the input: the resumed
     job reads nothing and must fire the savepoint's windows from what it restored alone."""
@@ -99,16 +101,24 @@ def test_a_changed_window_definition_resumes_every_open_window_or_is_refused(
     assert len(open_windows) > 50, "the savepoint holds (almost) no open window: nothing to resume"
 
     # The new job, from the savepoint, into a new state directory.
-    resumed = Worker(tmp_path, {**env, **new_env, "STATE": str(tmp_path / "resumed")},
-                     "--from-savepoint", str(savepoint), target=WINDOW_JOB, log=tmp_path / "resumed.log")
+    resumed = Worker(
+        tmp_path,
+        {**env, **new_env, "STATE": str(tmp_path / "resumed")},
+        "--from-savepoint",
+        str(savepoint),
+        target=WINDOW_JOB,
+        log=tmp_path / "resumed.log",
+    )
     code = resumed.wait()
     assert code in ((0, REFUSED) if change_words else (0,)), (
-        f"exit status {code}: neither resumed nor refused\n{explain(resumed)}")
+        f"exit status {code}: neither resumed nor refused\n{explain(resumed)}"
+    )
     if code == REFUSED:
         problems = _problems(resumed)
         assert OPERATOR in problems, f"the refusal does not name the operator {OPERATOR!r}:\n{problems}"
         assert any(word in problems.lower() for word in change_words), (
-            f"the refusal does not say what changed ({' or '.join(change_words)}):\n{problems}")
+            f"the refusal does not say what changed ({' or '.join(change_words)}):\n{problems}"
+        )
         assert _files(tmp_path) == committed, "a refused worker changed the committed output"
         return
 
@@ -119,6 +129,7 @@ def test_a_changed_window_definition_resumes_every_open_window_or_is_refused(
     assert not lost and not emptied, (
         f"exit status 0, but of the {len(open_windows)} windows open in the savepoint {len(lost)} are missing "
         f"(e.g. {lost[:3]}) and {len(emptied)} lack records they had (e.g. "
-        f"{[(found[w], expected[w]) for w in emptied[:2]]})")
+        f"{[(found[w], expected[w]) for w in emptied[:2]]})"
+    )
     for window in started:  # the windows the old job fired before the stop are as they were, too
         assert found[window] == expected[window], window

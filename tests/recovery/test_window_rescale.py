@@ -36,7 +36,10 @@ def _lines_per_key(parts: dict[str, bytes]) -> dict[str, list[tuple[str, bytes]]
 @pytest.mark.parametrize("windows", ["sliding", "session"])
 @pytest.mark.parametrize(("before", "after"), [(2, 3), (3, 2)], ids=["2to3", "3to2"])
 def test_a_savepoint_resumed_at_another_parallelism_completes_the_undisturbed_output(
-    tmp_path: Path, windows: str, before: int, after: int,
+    tmp_path: Path,
+    windows: str,
+    before: int,
+    after: int,
 ) -> None:
     base = {**write_events(tmp_path, EVENTS, seed=before), "WINDOWS": windows, "SOURCE": "gated", "P": str(before)}
     reference = Worker(tmp_path, {**base, "OUT": str(tmp_path / "ref")}, target=WINDOW_JOB)
@@ -55,15 +58,23 @@ def test_a_savepoint_resumed_at_another_parallelism_completes_the_undisturbed_ou
     assert 0 < committed < sum(map(len, expected.values()))  # windows were open at the stop
 
     # Into a new state directory, from the savepoint, at the new parallelism.
-    resumed = Worker(tmp_path, {**env, "STATE": str(tmp_path / "resumed")}, "--from-savepoint", str(savepoint),
-                     "--parallelism", str(after), target=WINDOW_JOB, log=tmp_path / "resumed.log")
+    resumed = Worker(
+        tmp_path,
+        {**env, "STATE": str(tmp_path / "resumed")},
+        "--from-savepoint",
+        str(savepoint),
+        "--parallelism",
+        str(after),
+        target=WINDOW_JOB,
+        log=tmp_path / "resumed.log",
+    )
     assert resumed.wait() == 0, explain(resumed)
     assert '"restoring from savepoint"' in resumed.text()
     final = _files(tmp_path, "out")
     assert len(final) == max(before, after)
     for name, data in stopped.items():
         assert final[name].startswith(data), f"{name}: what the stopped job committed was changed"
-    added = {name: data[len(stopped.get(name, b"")):] for name, data in final.items()}
+    added = {name: data[len(stopped.get(name, b"")) :] for name, data in final.items()}
 
     # Per key: what the stopped job committed, then what the resumed one added.
     first, then = _lines_per_key(stopped), _lines_per_key(added)
@@ -73,4 +84,5 @@ def test_a_savepoint_resumed_at_another_parallelism_completes_the_undisturbed_ou
     differing = sorted(key for key in expected.keys() | found.keys() if found.get(key) != expected.get(key))
     assert not differing, (
         f"{len(differing)} of {len(expected)} keys differ, e.g. {differing[0]!r}: expected "
-        f"{len(expected.get(differing[0], []))} results, found {len(found.get(differing[0], []))}")
+        f"{len(expected.get(differing[0], []))} results, found {len(found.get(differing[0], []))}"
+    )

@@ -28,8 +28,13 @@ from gated import GatedSource, at_least_checkpoints
 import aioflow as af
 
 state = os.environ.get("STATE")
-app = af.App("windows", state_dir=state, checkpoint_interval=0.1 if state else None,
-             parallelism=int(os.environ["P"]), state_cache_size=int(os.environ.get("CACHE", 100_000)))
+app = af.App(
+    "windows",
+    state_dir=state,
+    checkpoint_interval=0.1 if state else None,
+    parallelism=int(os.environ["P"]),
+    state_cache_size=int(os.environ.get("CACHE", 100_000)),
+)
 
 
 class Summary(af.AggregateFunction):
@@ -39,8 +44,12 @@ class Summary(af.AggregateFunction):
         return [0, 0, None, None]
 
     def add(self, e, acc):
-        return [acc[0] + 1, acc[1] + e["v"], e["ts"] if acc[2] is None else min(acc[2], e["ts"]),
-                e["ts"] if acc[3] is None else max(acc[3], e["ts"])]
+        return [
+            acc[0] + 1,
+            acc[1] + e["v"],
+            e["ts"] if acc[2] is None else min(acc[2], e["ts"]),
+            e["ts"] if acc[3] is None else max(acc[3], e["ts"]),
+        ]
 
     def get_result(self, acc):
         return {"n": acc[0], "sum": acc[1], "first": acc[2], "last": acc[3]}
@@ -78,7 +87,8 @@ DEFINITIONS = {
     "tumbling-count-evictor": lambda k: k.window(af.TumblingEventTimeWindows(2000)).evictor(af.CountEvictor(100_000)),
     # Fires early every 500 ms, and at the window's end with all its records.
     "tumbling-continuous": lambda k: k.window(af.TumblingEventTimeWindows(2000)).trigger(
-        af.ContinuousEventTimeTrigger(500)),
+        af.ContinuousEventTimeTrigger(500)
+    ),
     # Its windows include the tumbling ones: [0, 2000), [1000, 3000), [2000, 4000), ...
     "sliding-2000": lambda k: k.window(af.SlidingEventTimeWindows(2000, 1000)),
     "sliding": lambda k: k.window(af.SlidingEventTimeWindows(6000, 3000)),
@@ -101,12 +111,19 @@ if os.environ.get("SOURCE") == "gated":
     with open(os.environ["EVENTS"], "rb") as f:
         records = [orjson.loads(line) for line in f]
     pause_at = int(os.environ["PAUSE_AT"]) if os.environ.get("PAUSE_AT") else None
-    source = GatedSource(records, batch=100, pause_at=pause_at, then=_paused, hold=True,
-                         until=at_least_checkpoints(state, 2) if state else None)
+    source = GatedSource(
+        records,
+        batch=100,
+        pause_at=pause_at,
+        then=_paused,
+        hold=True,
+        until=at_least_checkpoints(state, 2) if state else None,
+    )
 else:
     source = af.read_jsonl(os.environ["EVENTS"])
-events = app.source(source, name="events", timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(100),
-                    parallelism=1)
+events = app.source(
+    source, name="events", timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(100), parallelism=1
+)
 windowed = DEFINITIONS[os.environ["WINDOWS"]](events.map(pace, name="pace", parallelism=1).key_by(lambda e: e["user"]))
 if os.environ.get("FUNCTION", "aggregate") == "aggregate":
     windows = windowed.aggregate(Summary(), window_function=WithWindow(), name="user_windows")

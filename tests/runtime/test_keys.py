@@ -10,8 +10,9 @@ def test_rekey_after_network_hop_uses_new_key():
     rows = [("u1", "fr", 1), ("u2", "fr", 2), ("u3", "de", 4)]
     a = app.source(rows, name="a").key_by(lambda r: r[0])
     b = app.source([], name="b")
-    per_country = a.union(b).key_by(lambda r: r[1]).reduce(
-        lambda x, y: (x[0], x[1], x[2] + y[2]), name="sum_by_country")
+    per_country = (
+        a.union(b).key_by(lambda r: r[1]).reduce(lambda x, y: (x[0], x[1], x[2] + y[2]), name="sum_by_country")
+    )
     out = run_collect(per_country, timeout=5)
     # Flink: rolling sum per country -> ("u1","fr",1), ("u1","fr",3), ("u3","de",4)
     assert [r[2] for r in out] == [1, 3, 4]

@@ -26,8 +26,7 @@ def _stray_next_bool(x: int) -> bool:
 def test_stop_iteration_fails_the_job_and_names_the_record(where: str, parallelism: int) -> None:
     app = af.App("stray", parallelism=parallelism)
     if where == "timestamps":
-        stream = app.source(range(2000), name="numbers", timestamps=_stray_next,
-                            watermarks=af.MonotonousTimestamps())
+        stream = app.source(range(2000), name="numbers", timestamps=_stray_next, watermarks=af.MonotonousTimestamps())
     else:
         stream = app.source(range(2000), name="numbers")
     if where == "map":

@@ -26,8 +26,11 @@ def test_side_output_over_network_edge_terminates():
 def test_window_on_side_output_fires_at_end_of_input():
     # bounded job: the final +inf watermark must fire windows on a side-output stream too
     app = af.App("side_win", batch_size=1, watermark_interval=0)
-    main = app.source(range(6), timestamps=lambda x: x * 1000,
-                      watermarks=af.MonotonousTimestamps()).process(Split)
-    counts = (main.get_side_output(SMALL).key_by(lambda x: 0)
-              .window(af.TumblingEventTimeWindows(10_000)).reduce(lambda a, b: a + b, name="sum"))
+    main = app.source(range(6), timestamps=lambda x: x * 1000, watermarks=af.MonotonousTimestamps()).process(Split)
+    counts = (
+        main.get_side_output(SMALL)
+        .key_by(lambda x: 0)
+        .window(af.TumblingEventTimeWindows(10_000))
+        .reduce(lambda a, b: a + b, name="sum")
+    )
     assert run_collect(counts, timeout=5) == [0 + 1 + 2]

@@ -70,10 +70,13 @@ async def test_control_events_follow_buffered_records() -> None:
 
 
 def test_stable_hash_does_not_depend_on_the_process() -> None:
-    code = "from aioflow._core.runtime.keygroups import stable_hash; print(stable_hash('user-1'), stable_hash(('a', 7)))"
+    code = (
+        "from aioflow._core.runtime.keygroups import stable_hash; print(stable_hash('user-1'), stable_hash(('a', 7)))"
+    )
     runs = {
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       env={"PYTHONHASHSEED": seed}).stdout
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": seed}
+        ).stdout
         for seed in ("1", "2")
     }
     assert len(runs) == 1

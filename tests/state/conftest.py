@@ -37,8 +37,9 @@ class Durable:
             state.identity = self.identity
         self.identity, self.manifest = state.identity, state.manifest
         completed = self.manifest.checkpoint_id if self.manifest is not None else 0
-        return LmdbBackend(self.store, key_groups=key_groups, max_parallelism=128, cache_size=cache_size,
-                           completed=completed)
+        return LmdbBackend(
+            self.store, key_groups=key_groups, max_parallelism=128, cache_size=cache_size, completed=completed
+        )
 
     def checkpoint(self, *backends: LmdbBackend) -> Manifest:
         """Checkpoint ``backends`` (one worker's subtasks), as the coordinator does."""
@@ -52,8 +53,16 @@ class Durable:
             sections, _ = storage.write(backend.snapshot(checkpoint_id), full=False, tables=backend.table_ids())
             for group, added in sections.items():
                 chains.setdefault(group, []).extend(added)
-        manifest = Manifest(checkpoint_id, "checkpoint", 0, self.identity["app"], self.identity["job_id"], 128,
-                            tables=self.store.tables(), key_groups=chains)
+        manifest = Manifest(
+            checkpoint_id,
+            "checkpoint",
+            0,
+            self.identity["app"],
+            self.identity["job_id"],
+            128,
+            tables=self.store.tables(),
+            key_groups=chains,
+        )
         storage.commit(manifest)
         self.store.complete(checkpoint_id, self.identity, manifest.encode())
         for backend in backends:

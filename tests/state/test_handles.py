@@ -131,8 +131,10 @@ def test_namespaced_value_state_is_separate_per_namespace(make_backend):
     plain = ValueState(table, current, default=0)
 
     def windows() -> tuple[ValueState, ValueState]:  # a window's handle lasts until the next trim, as triggers use it
-        return (ValueState(table, current, default=0, namespace=(0, 10)),
-                ValueState(table, current, default=0, namespace=(10, 20)))
+        return (
+            ValueState(table, current, default=0, namespace=(0, 10)),
+            ValueState(table, current, default=0, namespace=(10, 20)),
+        )
 
     for i in range(10):
         current.key = f"k{i}"
@@ -345,7 +347,13 @@ def test_every_kind_survives_a_checkpoint_and_reopen(durable, cache_size):
     assert backend.table("op", "list", "list").get("k7") == [7, 8]
     assert backend.table("op", "aggregating", "aggregating").get("k7") == [16, 2]
     current.key = "never written"
-    assert (value.value(), items.get(), mapping.is_empty(), reducing.get(), aggregating.get()) == ([], [], True, None, None)
+    assert (value.value(), items.get(), mapping.is_empty(), reducing.get(), aggregating.get()) == (
+        [],
+        [],
+        True,
+        None,
+        None,
+    )
 
 
 @pytest.mark.parametrize("cache_size", [100_000, 2])

@@ -95,9 +95,12 @@ def _flip_page_number(path, flags: int) -> int:
     """Flip a bit of the page number in the header of the last page of kind ``flags``
     (LMDB's ``P_BRANCH`` 1, ``P_LEAF`` 2, ``P_OVERFLOW`` 4) that says it is where it is."""
     data = bytearray((path / "data.mdb").read_bytes())
-    pages = [number for number in range(2, len(data) // 4096)
-             if int.from_bytes(data[number * 4096:number * 4096 + 8], "little") == number
-             and int.from_bytes(data[number * 4096 + 10:number * 4096 + 12], "little") & flags]
+    pages = [
+        number
+        for number in range(2, len(data) // 4096)
+        if int.from_bytes(data[number * 4096 : number * 4096 + 8], "little") == number
+        and int.from_bytes(data[number * 4096 + 10 : number * 4096 + 12], "little") & flags
+    ]
     data[pages[-1] * 4096] ^= 0x08
     (path / "data.mdb").write_bytes(bytes(data))
     return pages[-1]
@@ -119,9 +122,12 @@ def test_a_page_whose_header_names_another_page_is_refused_at_open(tmp_path, ope
 
 
 def _pages_of_kind(data: bytearray, flags: int) -> list[int]:
-    return [number for number in range(2, len(data) // 4096)
-            if int.from_bytes(data[number * 4096:number * 4096 + 8], "little") == number
-            and int.from_bytes(data[number * 4096 + 10:number * 4096 + 12], "little") & flags]
+    return [
+        number
+        for number in range(2, len(data) // 4096)
+        if int.from_bytes(data[number * 4096 : number * 4096 + 8], "little") == number
+        and int.from_bytes(data[number * 4096 + 10 : number * 4096 + 12], "little") & flags
+    ]
 
 
 def test_a_page_header_that_hides_an_entry_is_refused_at_open(tmp_path, opened):
@@ -133,8 +139,8 @@ def test_a_page_header_that_hides_an_entry_is_refused_at_open(tmp_path, opened):
     store.close()
     data = bytearray((tmp_path / "data.mdb").read_bytes())
     leaf = _pages_of_kind(data, 2)[-1] * 4096
-    lower = int.from_bytes(data[leaf + 12:leaf + 14], "little")
-    data[leaf + 12:leaf + 14] = (lower - 2).to_bytes(2, "little")
+    lower = int.from_bytes(data[leaf + 12 : leaf + 14], "little")
+    data[leaf + 12 : leaf + 14] = (lower - 2).to_bytes(2, "little")
     (tmp_path / "data.mdb").write_bytes(bytes(data))
     with pytest.raises(CorruptStateError, match="entries in its pages, and its record says"):
         LmdbStore(tmp_path)
@@ -146,7 +152,7 @@ def test_an_overflow_page_counting_other_pages_is_refused_at_open(tmp_path, open
     store.close()
     data = bytearray((tmp_path / "data.mdb").read_bytes())
     head = _pages_of_kind(data, 4)[-1] * 4096
-    assert int.from_bytes(data[head + 12:head + 16], "little") == 5
+    assert int.from_bytes(data[head + 12 : head + 16], "little") == 5
     data[head + 12] ^= 0x02
     (tmp_path / "data.mdb").write_bytes(bytes(data))
     with pytest.raises(CorruptStateError, match="counts 7 pages for a value that needs 5"):
@@ -332,7 +338,9 @@ def test_a_table_declared_otherwise_after_a_restart_is_refused(tmp_path, opened,
     store.complete(1, {"app": "x", "job_id": "j"}, b"m")
     store.close()
     store = opened(tmp_path)
-    with pytest.raises(IncompatibleStateError, match="operator 'op': state 'a' was checkpointed as value state") as info:
+    with pytest.raises(
+        IncompatibleStateError, match="operator 'op': state 'a' was checkpointed as value state"
+    ) as info:
         store.register_table("op", "a", kind, serializer)
     assert info.value.was == "value"
 

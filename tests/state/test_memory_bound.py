@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-JOB = '''
+JOB = """
 import sys, threading, time
 import aioflow as af
 
@@ -54,15 +54,16 @@ app.source(af.from_iterable(f"k{i}" for i in range(n)), name="keys", timestamps=
 app.run()
 time.sleep(0.05)
 print(peak[0] // 1024, flush=True)
-'''
+"""
 
 
 def _peak_rss_anon_mb(tmp_path: Path, kind: str, n: int, cache: int, checkpoints: int) -> int:
     script = tmp_path / "job.py"
     script.write_text(JOB)
     state = tmp_path / f"{kind}-{n}"
-    done = subprocess.run([sys.executable, str(script), kind, str(n), str(cache), str(state)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), kind, str(n), str(cache), str(state)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     completed = done.stderr.count('"checkpoint complete"')
     assert completed >= checkpoints, f"only {completed} checkpoints: nothing to show about memory between them"

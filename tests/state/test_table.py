@@ -204,7 +204,12 @@ def test_a_dropped_namespace_used_again_starts_empty(durable):
 
     table = durable.open().table("op", "panes", "window")
     assert sorted((key, value) for _, key, value in table.stored()) == [
-        ("k0", "new"), ("k5", "new"), ("k6", "new"), ("k7", "new"), ("k8", "new"), ("k9", "new"),
+        ("k0", "new"),
+        ("k5", "new"),
+        ("k6", "new"),
+        ("k7", "new"),
+        ("k8", "new"),
+        ("k9", "new"),
     ]
 
 

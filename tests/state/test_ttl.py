@@ -122,8 +122,11 @@ def test_refresh_on_read_is_keyword_only():
 def test_ttl_must_be_a_state_ttl(setup):
     ctx = setup.context("a")
     for declare in (lambda: ctx.value_state("v", ttl=30), lambda: ctx.map_state("m", ttl={"seconds": 30})):
-        with pytest.raises(PipelineError, match=r"operator 'op': (value|map) state '(v|m)': ttl= takes "
-                                                r"aioflow.StateTtl\(seconds\) or None, got (30|\{'seconds': 30\})"):
+        with pytest.raises(
+            PipelineError,
+            match=r"operator 'op': (value|map) state '(v|m)': ttl= takes "
+            r"aioflow.StateTtl\(seconds\) or None, got (30|\{'seconds': 30\})",
+        ):
             declare()
 
 
@@ -140,8 +143,11 @@ def test_state_without_ttl_keeps_the_plain_handles(setup):
 def test_a_state_is_declared_with_a_ttl_everywhere_or_nowhere(setup):
     ctx = setup.context("a")
     ctx.value_state("v")
-    with pytest.raises(TypeError, match=r"state 'v' was declared as value state, cannot declare it again as "
-                                        r"TTL value state"):
+    with pytest.raises(
+        TypeError,
+        match=r"state 'v' was declared as value state, cannot declare it again as "
+        r"TTL value state",
+    ):
         ctx.value_state("v", ttl=StateTtl(10))
 
 
@@ -473,8 +479,13 @@ async def test_the_runtime_cleans_up_every_second_with_a_bounded_budget():
 
 def _declare(ctx):
     ttl = StateTtl(10)
-    return (ctx.value_state("v", ttl=ttl), ctx.list_state("l", ttl=ttl), ctx.map_state("m", ttl=ttl),
-            ctx.reducing_state("r", lambda a, b: a + b, ttl=ttl), ctx.aggregating_state("g", Average(), ttl=ttl))
+    return (
+        ctx.value_state("v", ttl=ttl),
+        ctx.list_state("l", ttl=ttl),
+        ctx.map_state("m", ttl=ttl),
+        ctx.reducing_state("r", lambda a, b: a + b, ttl=ttl),
+        ctx.aggregating_state("g", Average(), ttl=ttl),
+    )
 
 
 @pytest.mark.parametrize("cache_size", [100_000, 2])
@@ -502,10 +513,20 @@ def test_expiry_survives_a_checkpoint_and_restore(durable, cache_size):
     value, items, mapping, reducing, aggregating = _declare(ctx)
     ctx.key = "late"
     assert (value.value(), items.get(), dict(mapping.items()), reducing.get(), aggregating.get()) == (
-        "late", ["late"], {"k": "late"}, 1, 1)
+        "late",
+        ["late"],
+        {"k": "late"},
+        1,
+        1,
+    )
     ctx.key = "early"
     assert (value.value(), items.get(), mapping.is_empty(), reducing.get(), aggregating.get()) == (
-        None, [], True, None, None)
+        None,
+        [],
+        True,
+        None,
+        None,
+    )
     durable.checkpoint(backend)
 
     backend = _open(durable, clock, cache_size)
@@ -515,7 +536,12 @@ def test_expiry_survives_a_checkpoint_and_restore(durable, cache_size):
     ctx = Setup(backend, clock, durable).context("late")
     value, items, mapping, reducing, aggregating = _declare(ctx)
     assert (value.value(), items.get(), mapping.is_empty(), reducing.get(), aggregating.get()) == (
-        None, [], True, None, None)
+        None,
+        [],
+        True,
+        None,
+        None,
+    )
 
 
 def test_background_cleanup_of_a_restored_table_reads_the_store(durable):
@@ -560,10 +586,23 @@ def test_value_state_with_ttl_in_a_keyed_process_function(tmp_path, monkeypatch,
             yield (key, at, self.last.value())
             self.last.update(text)
 
-    rows = [("a", 0, "a0"), ("b", 1_000, "b0"), ("a", 9_000, "a1"), ("b", 11_000, "b1"),
-            ("a", 18_999, "a2"), ("a", 30_000, "a3")]
-    app = af.App("ttl", batch_size=1, watermark_interval=0,
-                 state_dir=str(tmp_path / "state") if backend == "lmdb" else None)
+    rows = [
+        ("a", 0, "a0"),
+        ("b", 1_000, "b0"),
+        ("a", 9_000, "a1"),
+        ("b", 11_000, "b1"),
+        ("a", 18_999, "a2"),
+        ("a", 30_000, "a3"),
+    ]
+    app = af.App(
+        "ttl", batch_size=1, watermark_interval=0, state_dir=str(tmp_path / "state") if backend == "lmdb" else None
+    )
     out = run_collect(app.source(rows).key_by(lambda r: r[0]).process(Last, name="last"))
-    assert out == [("a", 0, "-"), ("b", 1_000, "-"), ("a", 9_000, "a0"), ("b", 11_000, "-"),
-                   ("a", 18_999, "a1"), ("a", 30_000, "-")]
+    assert out == [
+        ("a", 0, "-"),
+        ("b", 1_000, "-"),
+        ("a", 9_000, "a0"),
+        ("b", 11_000, "-"),
+        ("a", 18_999, "a1"),
+        ("a", 30_000, "-"),
+    ]

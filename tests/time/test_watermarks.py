@@ -28,7 +28,10 @@ def test_bounded_out_of_orderness_emits_max_minus_bound_minus_one() -> None:
     events = app.source([5_000, 3_000, 9_000, 1], timestamps=lambda t: t, watermarks=af.BoundedOutOfOrderness(1_000))
     # each record sees the watermark emitted after the previous one
     assert run_collect(events.process(Watermarks)) == [
-        (5_000, -(2**63)), (3_000, 3_999), (9_000, 3_999), (1, 7_999),
+        (5_000, -(2**63)),
+        (3_000, 3_999),
+        (9_000, 3_999),
+        (1, 7_999),
     ]
 
 
@@ -43,8 +46,12 @@ def test_bounded_out_of_orderness_emits_max_minus_bound_minus_one() -> None:
 )
 def test_a_timestamp_that_is_not_an_int_fails_naming_source_and_record(stamp, message: str) -> None:
     app = af.App("bad-ts")
-    events = app.source([{"id": 1, "ts": 10}, {"id": 2, "ts": stamp}], name="events",
-                        timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(0))
+    events = app.source(
+        [{"id": 1, "ts": 10}, {"id": 2, "ts": stamp}],
+        name="events",
+        timestamps=lambda e: e["ts"],
+        watermarks=af.BoundedOutOfOrderness(0),
+    )
     events.sink(af.CollectSink())
     with pytest.raises(af.UserFunctionTypeError, match=message) as info:
         app.run()
@@ -109,8 +116,9 @@ class Punctuated(af.WatermarkStrategy):
 def test_per_event_watermarks_follow_the_record_that_caused_them() -> None:
     late = af.OutputTag("late")
     app = af.App("punct", watermark_interval=60.0)  # one batch: only per-event watermarks act
-    events = app.source([("x", 5), ("tick", 20), ("x", 7), ("x", 25)], timestamps=lambda r: r[1],
-                        watermarks=Punctuated())
+    events = app.source(
+        [("x", 5), ("tick", 20), ("x", 7), ("x", 25)], timestamps=lambda r: r[1], watermarks=Punctuated()
+    )
     windows = events.key_by(lambda r: "k").window(af.TumblingEventTimeWindows(10)).side_output_late_data(late)
     out = windows.aggregate(Count(), WindowOf())
     main, late_records = run_collect(out, out.get_side_output(late))
@@ -130,10 +138,18 @@ def test_assign_timestamps_mid_stream_replaces_upstream_time() -> None:
 
 def test_union_uses_the_minimum_watermark_of_its_inputs() -> None:
     app = af.App("min", batch_size=1, watermark_interval=0)
-    fast = app.source([("fast", t) for t in range(0, 100_000, 10_000)], timestamps=lambda r: r[1],
-                      watermarks=af.BoundedOutOfOrderness(0), name="fast")
-    slow = app.source([("slow", t) for t in range(0, 20_000, 5_000)], timestamps=lambda r: r[1],
-                      watermarks=af.BoundedOutOfOrderness(0), name="slow")
+    fast = app.source(
+        [("fast", t) for t in range(0, 100_000, 10_000)],
+        timestamps=lambda r: r[1],
+        watermarks=af.BoundedOutOfOrderness(0),
+        name="fast",
+    )
+    slow = app.source(
+        [("slow", t) for t in range(0, 20_000, 5_000)],
+        timestamps=lambda r: r[1],
+        watermarks=af.BoundedOutOfOrderness(0),
+        name="slow",
+    )
     late = af.OutputTag("late")
     windows = fast.union(slow).key_by(lambda r: r[0]).window(af.TumblingEventTimeWindows(10_000))
     out = windows.side_output_late_data(late).aggregate(Count(), WindowOf())
@@ -156,10 +172,18 @@ async def test_an_idle_input_stops_holding_back_the_watermark() -> None:
             yield value
 
     app = af.App("idle", watermark_interval=0.02)
-    busy = app.source([("busy", t) for t in range(0, 30_000, 1_000)], timestamps=lambda r: r[1],
-                      watermarks=af.BoundedOutOfOrderness(0), name="busy")
-    idle = app.source(af.from_iterable(quiet()), timestamps=lambda r: r[1],
-                      watermarks=af.BoundedOutOfOrderness(0, idle_timeout=50), name="quiet")
+    busy = app.source(
+        [("busy", t) for t in range(0, 30_000, 1_000)],
+        timestamps=lambda r: r[1],
+        watermarks=af.BoundedOutOfOrderness(0),
+        name="busy",
+    )
+    idle = app.source(
+        af.from_iterable(quiet()),
+        timestamps=lambda r: r[1],
+        watermarks=af.BoundedOutOfOrderness(0, idle_timeout=50),
+        name="quiet",
+    )
     windows = busy.union(idle).key_by(lambda r: r[0]).window(af.TumblingEventTimeWindows(10_000))
     out = await run_collect_async(windows.aggregate(Count(), WindowOf()).process(Release), timeout=20)
     assert ("busy", 0, 10) in out and ("quiet", 0, 1) in out
@@ -240,7 +264,9 @@ def test_replaying_a_file_gives_the_same_late_records_and_windows(tmp_path) -> N
     app = af.App("replay")  # default settings: a file source emits watermarks after each batch
     windows = (
         app.source(af.read_jsonl(path), timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(1_000))
-        .key_by(lambda e: 0).window(af.TumblingEventTimeWindows(1_000)).side_output_late_data(late)
+        .key_by(lambda e: 0)
+        .window(af.TumblingEventTimeWindows(1_000))
+        .side_output_late_data(late)
         .aggregate(Count())
     )
     late_records = windows.get_side_output(late)

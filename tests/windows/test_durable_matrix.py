@@ -97,13 +97,22 @@ class Elements(af.ProcessWindowFunction):
     """Everything a firing saw: the ids of the window's records, in order."""
 
     def process(self, key, context, elements):
-        yield {"k": key, "window": _bounds(context.window), "ids": [e["id"] for e in elements],
-               "sum": sum(e["v"] for e in elements)}
+        yield {
+            "k": key,
+            "window": _bounds(context.window),
+            "ids": [e["id"] for e in elements],
+            "sum": sum(e["v"] for e in elements),
+        }
 
 
 def add_up(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    return {"k": a["k"], "id": max(a["id"], b["id"]), "ts": max(a["ts"], b["ts"]), "v": a["v"] + b["v"],
-            "n": a.get("n", 1) + b.get("n", 1)}
+    return {
+        "k": a["k"],
+        "id": max(a["id"], b["id"]),
+        "ts": max(a["ts"], b["ts"]),
+        "v": a["v"] + b["v"],
+        "n": a.get("n", 1) + b.get("n", 1),
+    }
 
 
 class EveryNOrMark(af.Trigger):
@@ -168,27 +177,37 @@ Windowing = Callable[[af.KeyedStream], af.WindowedStream]
 #: name -> (how the keyed stream is windowed, whether the window has an evictor)
 WINDOWS: dict[str, tuple[Windowing, bool]] = {
     "tumbling": (lambda k: k.window(af.TumblingEventTimeWindows(1000)), False),
-    "tumbling-count-evictor": (
-        lambda k: k.window(af.TumblingEventTimeWindows(1000)).evictor(af.CountEvictor(3)), True),
+    "tumbling-count-evictor": (lambda k: k.window(af.TumblingEventTimeWindows(1000)).evictor(af.CountEvictor(3)), True),
     "tumbling-continuous": (
-        lambda k: k.window(af.TumblingEventTimeWindows(1000)).trigger(af.ContinuousEventTimeTrigger(100)), False),
+        lambda k: k.window(af.TumblingEventTimeWindows(1000)).trigger(af.ContinuousEventTimeTrigger(100)),
+        False,
+    ),
     "tumbling-purging-continuous": (
         lambda k: k.window(af.TumblingEventTimeWindows(1000)).trigger(
-            af.PurgingTrigger(af.ContinuousEventTimeTrigger(100))), False),
+            af.PurgingTrigger(af.ContinuousEventTimeTrigger(100))
+        ),
+        False,
+    ),
     "sliding": (lambda k: k.window(af.SlidingEventTimeWindows(1000, 250)), False),
     "sliding-time-evictor": (
-        lambda k: k.window(af.SlidingEventTimeWindows(1000, 250)).evictor(af.TimeEvictor(150)), True),
+        lambda k: k.window(af.SlidingEventTimeWindows(1000, 250)).evictor(af.TimeEvictor(150)),
+        True,
+    ),
     "session": (lambda k: k.window(af.EventTimeSessionWindows(300)), False),
     "session-count-evictor": (lambda k: k.window(af.EventTimeSessionWindows(300)).evictor(af.CountEvictor(3)), True),
     "session-continuous": (
-        lambda k: k.window(af.EventTimeSessionWindows(300)).trigger(af.ContinuousEventTimeTrigger(100)), False),
+        lambda k: k.window(af.EventTimeSessionWindows(300)).trigger(af.ContinuousEventTimeTrigger(100)),
+        False,
+    ),
     "session-custom-trigger": (lambda k: k.window(af.EventTimeSessionWindows(300)).trigger(EveryNOrMark(4)), False),
     "dynamic-session": (lambda k: k.window(af.EventTimeSessionWindows.with_dynamic_gap(_gap_of)), False),
     "count": (lambda k: k.count_window(4), False),
     "count-sliding": (lambda k: k.count_window(5, 2), True),  # a CountEvictor and a CountTrigger
     "global-custom-trigger": (lambda k: k.window(af.GlobalWindows()).trigger(EveryNOrMark(4)), False),
     "global-custom-trigger-count-evictor": (
-        lambda k: k.window(af.GlobalWindows()).trigger(EveryNOrMark(4)).evictor(af.CountEvictor(6)), True),
+        lambda k: k.window(af.GlobalWindows()).trigger(EveryNOrMark(4)).evictor(af.CountEvictor(6)),
+        True,
+    ),
 }
 
 FUNCTIONS = ("aggregate", "reduce", "process")
@@ -214,16 +233,22 @@ def _cases() -> list[Any]:
     return cases
 
 
-def _job(window: str, function: str, source: GatedSource, *, parallelism: int, state_dir: Path | None = None
-         ) -> tuple[af.App, af.CollectSink]:
+def _job(
+    window: str, function: str, source: GatedSource, *, parallelism: int, state_dir: Path | None = None
+) -> tuple[af.App, af.CollectSink]:
     durable: dict[str, Any] = {}
     if state_dir is not None:
-        durable = {"state_dir": str(state_dir), "checkpoint_interval": 0.1, "state_cache_size": 16,
-                   "restart_strategy": af.NoRestart()}  # a failure fails the test, not a silent restart
+        durable = {
+            "state_dir": str(state_dir),
+            "checkpoint_interval": 0.1,
+            "state_cache_size": 16,
+            "restart_strategy": af.NoRestart(),
+        }  # a failure fails the test, not a silent restart
     app = af.App(f"matrix-{window}", parallelism=parallelism, **durable)
     sink = af.CollectSink()
-    keyed = app.source(source, name="events", timestamps=lambda e: e["ts"],
-                       watermarks=af.BoundedOutOfOrderness(BOUND), parallelism=1).key_by(lambda e: e["k"])
+    keyed = app.source(
+        source, name="events", timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(BOUND), parallelism=1
+    ).key_by(lambda e: e["k"])
     _finish(WINDOWS[window][0](keyed), function).sink(sink, name="out", parallelism=1)
     return app, sink
 
@@ -244,12 +269,15 @@ def _assert_same(found: list[Any], expected: list[Any]) -> None:
     found_keys, expected_keys = _per_key(found), _per_key(expected)
     as_multiset = collections.Counter
     missing = as_multiset(line for lines in expected_keys.values() for line in lines) - as_multiset(
-        line for lines in found_keys.values() for line in lines)
+        line for lines in found_keys.values() for line in lines
+    )
     extra = as_multiset(line for lines in found_keys.values() for line in lines) - as_multiset(
-        line for lines in expected_keys.values() for line in lines)
+        line for lines in expected_keys.values() for line in lines
+    )
     assert not missing and not extra, (
         f"{sum(missing.values())} results missing, e.g. {list(missing)[:3]}; "
-        f"{sum(extra.values())} not expected, e.g. {list(extra)[:3]}")
+        f"{sum(extra.values())} not expected, e.g. {list(extra)[:3]}"
+    )
     for key, lines in expected_keys.items():
         assert found_keys.get(key) == lines, f"key {key!r}: the same results in another order"
 
@@ -263,7 +291,10 @@ async def _in_memory(window: str, function: str, parallelism: int) -> list[Any]:
 
 @pytest.mark.parametrize(("window", "function", "parallelism"), _cases())
 async def test_state_in_lmdb_under_checkpoints_gives_the_in_memory_output(
-    tmp_path: Path, window: str, function: str, parallelism: int,
+    tmp_path: Path,
+    window: str,
+    function: str,
+    parallelism: int,
 ) -> None:
     expected = await _in_memory(window, function, parallelism)
 
@@ -279,21 +310,27 @@ async def test_state_in_lmdb_under_checkpoints_gives_the_in_memory_output(
 def _savepoint_cases() -> list[Any]:
     """Every window with ``process`` (its records are stored), and with ``aggregate`` (an
     accumulator is) where it has no evictor; at parallelism 2."""
-    return [pytest.param(window, function, id=f"{window}-{function}")
-            for window, (_, evicting) in WINDOWS.items()
-            for function in ("aggregate", "process") if function == "process" or not evicting]
+    return [
+        pytest.param(window, function, id=f"{window}-{function}")
+        for window, (_, evicting) in WINDOWS.items()
+        for function in ("aggregate", "process")
+        if function == "process" or not evicting
+    ]
 
 
 @pytest.mark.parametrize(("window", "function"), _savepoint_cases())
 async def test_a_job_stopped_with_a_savepoint_resumes_every_open_window(
-    tmp_path: Path, window: str, function: str,
+    tmp_path: Path,
+    window: str,
+    function: str,
 ) -> None:
     expected = await _in_memory(window, function, 2)
 
     state = tmp_path / "state"
     stopped: list[af.App] = []
-    source = GatedSource(EVENT_LIST, pause_at=PAUSE_AT, until=at_least_checkpoints(state, 2),
-                         then=lambda: stopped[0].stop(), hold=True)
+    source = GatedSource(
+        EVENT_LIST, pause_at=PAUSE_AT, until=at_least_checkpoints(state, 2), then=lambda: stopped[0].stop(), hold=True
+    )
     app, first = _job(window, function, source, parallelism=2, state_dir=state)
     stopped.append(app)
     await _run(app)

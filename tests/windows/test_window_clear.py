@@ -17,7 +17,7 @@ class Logged(af.ProcessWindowFunction):
 
     def clear(self, context):
         LOG.append(("clear", context.key, context.window.start))
-        self.fired.clear()      # keyed state of the window's key, as for process()
+        self.fired.clear()  # keyed state of the window's key, as for process()
 
 
 def run(assigner):
@@ -52,6 +52,10 @@ def test_clear_sees_the_windows_key_generic_path_with_lateness():
     app = af.App("clear2", batch_size=1, watermark_interval=0)
     rows = [("a", 1000), ("b", 2000), ("a", 11000)]
     src = app.source(rows, timestamps=lambda r: r[1], watermarks=af.MonotonousTimestamps())
-    out = (src.key_by(lambda r: r[0]).window(af.SlidingEventTimeWindows(10_000, 10_000))
-           .allowed_lateness(500).process(Logged, name="w"))
+    out = (
+        src.key_by(lambda r: r[0])
+        .window(af.SlidingEventTimeWindows(10_000, 10_000))
+        .allowed_lateness(500)
+        .process(Logged, name="w")
+    )
     assert [r[2] for r in run_collect(out, timeout=5)] == [1, 1, 1]

@@ -107,8 +107,10 @@ def test_late_drops_are_logged_while_the_job_runs_not_only_at_its_end(tmp_path) 
 
     rows = [("a", 12_000, 1), ("a", 1_000, 2), ("a", 13_000, 3)]
     app.source(rows, timestamps=lambda r: r[1], watermarks=af.BoundedOutOfOrderness(0), name="rows").map(
-        stop_after, name="stopper").key_by(lambda r: r[0]).window(af.TumblingEventTimeWindows(10_000)).aggregate(
-        Count(), name="count").sink(af.CollectSink(), name="out")
+        stop_after, name="stopper"
+    ).key_by(lambda r: r[0]).window(af.TumblingEventTimeWindows(10_000)).aggregate(Count(), name="count").sink(
+        af.CollectSink(), name="out"
+    )
     with structlog.testing.capture_logs() as logs:
         app.run()
     dropped = [entry for entry in logs if entry["event"] == "late records dropped"]
@@ -128,8 +130,9 @@ def test_window_results_carry_the_window_end_as_timestamp() -> None:
 
 def test_reduce_keeps_only_the_running_result() -> None:
     rows = [("a", 1, 5), ("a", 2, 7), ("b", 3, 1)]
-    out = run_collect(keyed(rows).window(af.TumblingEventTimeWindows(10)).reduce(
-        lambda x, y: (x[0], x[1], x[2] + y[2]), name="sum"))
+    out = run_collect(
+        keyed(rows).window(af.TumblingEventTimeWindows(10)).reduce(lambda x, y: (x[0], x[1], x[2] + y[2]), name="sum")
+    )
     assert sorted(out) == [("a", 1, 12), ("b", 3, 1)]
 
 

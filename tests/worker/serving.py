@@ -33,8 +33,14 @@ class Numbers(af.Source):
     bounded = False
     max_parallelism = 1
 
-    def __init__(self, n: int, *, lag_metric: str | None = None, lag_labels: tuple[str, ...] | None = None,
-                 lag_fails: bool = False) -> None:
+    def __init__(
+        self,
+        n: int,
+        *,
+        lag_metric: str | None = None,
+        lag_labels: tuple[str, ...] | None = None,
+        lag_fails: bool = False,
+    ) -> None:
         self.n = n
         self.lag_fails = lag_fails
         if lag_metric is not None:
@@ -76,8 +82,9 @@ def observed_app(n: int = 1000, *, parallelism: int = 2, source: Numbers | None 
     """numbers -> evens (filter) -> key_by -> tens (map) -> out (a CollectSink): three
     tasks, the source's at parallelism 1 (``Numbers`` has one split)."""
     app = af.App("observed", parallelism=parallelism, **settings)
-    numbers = app.source(source or Numbers(n), name="numbers", timestamps=lambda i: i,
-                         watermarks=af.MonotonousTimestamps())
+    numbers = app.source(
+        source or Numbers(n), name="numbers", timestamps=lambda i: i, watermarks=af.MonotonousTimestamps()
+    )
     evens = numbers.filter(lambda i: i % 2 == 0, name="evens")
     evens.key_by(lambda i: i % 10).map(lambda i: i * 10, name="tens").sink(af.CollectSink(), name="out")
     return app
@@ -127,7 +134,7 @@ def get(port: int, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 

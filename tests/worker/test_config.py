@@ -27,13 +27,24 @@ def _logging_restored() -> Iterator[None]:
 
 
 def test_a_variable_sets_an_option_and_a_flag_wins_over_it() -> None:
-    env = {"AIOFLOW_PARALLELISM": "3", "AIOFLOW_HTTP_PORT": "9100", "AIOFLOW_DRAIN": "yes",
-           "AIOFLOW_STOP_TIMEOUT": "2.5", "AIOFLOW_LOG_FORMAT": "json", "AIOFLOW_LOG_LEVEL": "WARNING",
-           "AIOFLOW_STATE_DIR": "/tmp/state", "AIOFLOW_CHECKPOINT_INTERVAL": "5"}
+    env = {
+        "AIOFLOW_PARALLELISM": "3",
+        "AIOFLOW_HTTP_PORT": "9100",
+        "AIOFLOW_DRAIN": "yes",
+        "AIOFLOW_STOP_TIMEOUT": "2.5",
+        "AIOFLOW_LOG_FORMAT": "json",
+        "AIOFLOW_LOG_LEVEL": "WARNING",
+        "AIOFLOW_STATE_DIR": "/tmp/state",
+        "AIOFLOW_CHECKPOINT_INTERVAL": "5",
+    }
     args = parse_args(["run", TARGET], env)
     assert (args.parallelism, args.http_port, args.drain, args.stop_timeout) == (3, 9100, True, 2.5)
     assert (args.log_format, args.log_level, args.state_dir, args.checkpoint_interval) == (
-        "json", "warning", "/tmp/state", 5.0)
+        "json",
+        "warning",
+        "/tmp/state",
+        5.0,
+    )
     flags = parse_args(["run", TARGET, "-p", "2", "--http-port", "0", "--drain", "--log-format", "console"], env)
     assert (flags.parallelism, flags.http_port, flags.drain, flags.log_format) == (2, 0, True, "console")
     assert parse_args(["plan", TARGET], env).parallelism == 3  # plan shows what run would run
@@ -70,11 +81,13 @@ def test_a_bad_variable_exits_2_naming_it(monkeypatch: pytest.MonkeyPatch, capsy
     monkeypatch.setenv("AIOFLOW_PARALLELISM", "lots")
     assert main(["run", TARGET]) == 2
     assert capsys.readouterr().err == (
-        "aioflow: environment variable AIOFLOW_PARALLELISM='lots': expected a positive int, got 'lots'\n")
+        "aioflow: environment variable AIOFLOW_PARALLELISM='lots': expected a positive int, got 'lots'\n"
+    )
 
 
-def test_a_variable_for_run_only_does_not_break_plan(monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_variable_for_run_only_does_not_break_plan(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("AIOFLOW_HTTP_PORT", "not a port")
     monkeypatch.chdir(ROOT)
     assert main(["plan", TARGET]) == 0
@@ -82,26 +95,50 @@ def test_a_variable_for_run_only_does_not_break_plan(monkeypatch: pytest.MonkeyP
 
 
 def test_a_bad_variable_exits_2_from_the_command_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "aioflow", "run", TARGET], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120, env={**_environ(), "AIOFLOW_PARALLELISM": "x"})
+    result = subprocess.run(
+        [sys.executable, "-m", "aioflow", "run", TARGET],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**_environ(), "AIOFLOW_PARALLELISM": "x"},
+    )
     assert result.returncode == 2
     assert "AIOFLOW_PARALLELISM='x'" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_help_names_each_variable() -> None:
-    result = subprocess.run([sys.executable, "-m", "aioflow", "run", "--help"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120, env=_environ())
+    result = subprocess.run(
+        [sys.executable, "-m", "aioflow", "run", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_environ(),
+    )
     text = " ".join(result.stdout.split())  # as wrapped to any terminal width
-    for variable in ("AIOFLOW_PARALLELISM", "AIOFLOW_LOG_LEVEL", "AIOFLOW_LOG_FORMAT", "AIOFLOW_HTTP_PORT",
-                     "AIOFLOW_HTTP_HOST", "AIOFLOW_STOP_TIMEOUT", "AIOFLOW_DRAIN", "AIOFLOW_FROM_SAVEPOINT",
-                     "AIOFLOW_ALLOW_NON_RESTORED_STATE", "AIOFLOW_STATE_DIR", "AIOFLOW_CHECKPOINT_INTERVAL",
-                     "AIOFLOW_HEALTH_MAX_CHECKPOINT_FAILURES", "AIOFLOW_HEALTH_MAX_WATERMARK_LAG",
-                     "AIOFLOW_HEALTH_MAX_SOURCE_LAG"):
+    for variable in (
+        "AIOFLOW_PARALLELISM",
+        "AIOFLOW_LOG_LEVEL",
+        "AIOFLOW_LOG_FORMAT",
+        "AIOFLOW_HTTP_PORT",
+        "AIOFLOW_HTTP_HOST",
+        "AIOFLOW_STOP_TIMEOUT",
+        "AIOFLOW_DRAIN",
+        "AIOFLOW_FROM_SAVEPOINT",
+        "AIOFLOW_ALLOW_NON_RESTORED_STATE",
+        "AIOFLOW_STATE_DIR",
+        "AIOFLOW_CHECKPOINT_INTERVAL",
+        "AIOFLOW_HEALTH_MAX_CHECKPOINT_FAILURES",
+        "AIOFLOW_HEALTH_MAX_WATERMARK_LAG",
+        "AIOFLOW_HEALTH_MAX_SOURCE_LAG",
+    ):
         assert f"[env {variable}]" in text, variable
 
 
-def test_a_checkpoint_interval_without_a_state_directory_is_refused(capsys: pytest.CaptureFixture[str],
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_checkpoint_interval_without_a_state_directory_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(ROOT)
     assert main(["run", TARGET, "--checkpoint-interval", "1"]) == 2
     assert "--checkpoint-interval needs a state directory" in capsys.readouterr().err

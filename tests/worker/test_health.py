@@ -19,14 +19,21 @@ from aioflow._core.worker.metrics import MetricsRegistry
 
 
 def _job(status: str = "running", *, failures: int = 0, restarts: int = 0) -> Any:
-    return SimpleNamespace(status=status, restarts=restarts, subtasks=[],
-                           checkpoint_statistics=CheckpointStatistics(consecutive_failures=failures))
+    return SimpleNamespace(
+        status=status,
+        restarts=restarts,
+        subtasks=[],
+        checkpoint_statistics=CheckpointStatistics(consecutive_failures=failures),
+    )
 
 
 def test_each_state_of_the_job_has_its_answer() -> None:
     ended: list[str] = []
     assert HealthCheck("a", lambda: None).__call__().body == {
-        "status": "starting", "app": "a", "reason": "the job has not started yet"}
+        "status": "starting",
+        "app": "a",
+        "reason": "the job has not started yet",
+    }
     for status in ("starting", "restarting", "stopping", "finished", "failed", "cancelled"):
         answer = HealthCheck("a", lambda status=status: _job(status, restarts=2))()
         assert (answer.status_code, answer.body["status"], answer.body["job"]) == (503, status, status)
@@ -38,8 +45,10 @@ def test_each_state_of_the_job_has_its_answer() -> None:
     assert (answer.status_code, answer.body["status"]) == (503, "failed")
     assert "exiting" in answer.body["reason"]
     ok = HealthCheck("a", lambda: _job())()
-    assert (ok.status_code, ok.body) == (200, {"status": "ok", "app": "a", "job": "running", "restarts": 0,
-                                              "checkpoint_failures": 0})
+    assert (ok.status_code, ok.body) == (
+        200,
+        {"status": "ok", "app": "a", "job": "running", "restarts": 0, "checkpoint_failures": 0},
+    )
 
 
 def test_checkpoints_failing_in_a_row_make_the_worker_unhealthy() -> None:
@@ -93,7 +102,9 @@ async def test_a_source_too_far_behind_the_end_of_its_splits_makes_the_worker_un
     await _while_running(app, check)
     assert answers[0].ok and answers[0].body["source_lag"] == 1_000
     assert (answers[1].body["status"], answers[1].body["reason"]) == (
-        "lagging", "a source is 1000 records behind the end of a split (limit 999)")
+        "lagging",
+        "a source is 1000 records behind the end of a split (limit 999)",
+    )
 
 
 async def test_health_follows_the_job_from_start_to_stop() -> None:
@@ -118,16 +129,21 @@ async def test_a_job_waiting_to_restart_is_unhealthy_and_counts_the_restart(tmp_
             raise ValueError("once")
         return i
 
-    app = af.App("flaky", state_dir=str(tmp_path / "state"), checkpoint_interval=0.05,
-                 restart_strategy=af.FixedDelayRestart(attempts=1, delay=60))
+    app = af.App(
+        "flaky",
+        state_dir=str(tmp_path / "state"),
+        checkpoint_interval=0.05,
+        restart_strategy=af.FixedDelayRestart(attempts=1, delay=60),
+    )
     app.source(Numbers(10), name="numbers").map(flaky, name="flaky").sink(af.CollectSink(), name="out")
     health = HealthCheck(app.name, lambda: app.job)
     registry = MetricsRegistry()
     register_job_metrics(registry, lambda: app.job)
     async with anyio.create_task_group() as group:
         group.start_soon(app.run_async)
-        answer = await wait_until_async(lambda: (lambda a: a if a.body["status"] == "restarting" else None)(health()),
-                                        what="restarting")
+        answer = await wait_until_async(
+            lambda: (lambda a: a if a.body["status"] == "restarting" else None)(health()), what="restarting"
+        )
         assert answer.status_code == 503 and answer.body["restarts"] == 1
         assert answer.body["reason"] == "the job failed and waits to restart from its last checkpoint (restart 1)"
         assert "aioflow_restarts_total 1\n" in registry.render()
@@ -143,8 +159,9 @@ def _health(worker: ServedWorker) -> tuple[int, dict[str, Any]]:
 def test_a_worker_answers_health_over_http(tmp_path: Path) -> None:
     worker = ServedWorker(tmp_path, {"N": "100"}, "--http-port", "0")
     try:
-        status, body = wait_until(lambda: (lambda answer: answer if answer[0] == 200 else None)(_health(worker)),
-                                  what="/health 200")
+        status, body = wait_until(
+            lambda: (lambda answer: answer if answer[0] == 200 else None)(_health(worker)), what="/health 200"
+        )
         assert body["status"] == "ok" and body["app"] == "observed" and body["job"] == "running"
         assert worker.get("/nowhere")[0] == 404
         worker.signal(signal.SIGTERM)
@@ -156,8 +173,10 @@ def test_a_worker_answers_health_over_http(tmp_path: Path) -> None:
 def test_a_lagging_worker_answers_503_with_the_reason(tmp_path: Path) -> None:
     worker = ServedWorker(tmp_path, {"N": "100", "AIOFLOW_HEALTH_MAX_WATERMARK_LAG": "60"}, "--http-port", "0")
     try:
-        status, body = wait_until(lambda: (lambda answer: answer if answer[1].get("status") == "lagging" else None)(
-            _health(worker)), what="/health lagging")
+        status, body = wait_until(
+            lambda: (lambda answer: answer if answer[1].get("status") == "lagging" else None)(_health(worker)),
+            what="/health lagging",
+        )
         assert status == 503 and "source 'numbers' subtask 0: the watermark is" in body["reason"]
         worker.signal(signal.SIGTERM)
         assert worker.wait() == 0, worker.text()

@@ -89,13 +89,20 @@ async def test_a_port_in_use_is_an_os_error() -> None:
 
 
 def test_a_worker_whose_port_is_taken_exits_1_saying_so(tmp_path: Path) -> None:
-    (tmp_path / "job.py").write_text("import aioflow as af\napp = af.App('busy')\napp.source([1]).sink(af.CollectSink())\n")
+    (tmp_path / "job.py").write_text(
+        "import aioflow as af\napp = af.App('busy')\napp.source([1]).sink(af.CollectSink())\n"
+    )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        result = subprocess.run([sys.executable, "-m", "aioflow", "run", "job.py:app", "--log-format", "json",
-                                 "--http-port", port], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "aioflow", "run", "job.py:app", "--log-format", "json", "--http-port", port],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert result.returncode == 1
     (line,) = [json.loads(text) for text in result.stderr.splitlines() if "cannot start the http server" in text]
     assert line["port"] == int(port) and line["app"] == "busy" and line["level"] == "error"

@@ -112,13 +112,17 @@ async def test_records_in_and_out_are_counted_per_operator_and_subtask() -> None
     def check(metrics: dict[str, Any]) -> bool:
         found.update(metrics)
         return value(metrics, "aioflow_records_in_total", operator="out") == 500 and metrics.get(
-            "aioflow_watermark_lag_seconds")  # once the first periodic watermark came
+            "aioflow_watermark_lag_seconds"
+        )  # once the first periodic watermark came
 
     await _scraping(app, check)
     records_in = {(labels["operator"], labels["subtask"]): v for labels, v in found["aioflow_records_in_total"]}
     records_out = {(labels["operator"], labels["subtask"]): v for labels, v in found["aioflow_records_out_total"]}
-    assert set(records_in) == set(records_out) == {("numbers", "0"), *((name, index) for name in ("evens", "tens", "out")
-                                                                       for index in ("0", "1"))}
+    assert (
+        set(records_in)
+        == set(records_out)
+        == {("numbers", "0"), *((name, index) for name in ("evens", "tens", "out") for index in ("0", "1"))}
+    )
 
     def total(counts: dict[tuple[str, str], float], operator: str) -> float:
         return sum(v for (name, _), v in counts.items() if name == operator)
@@ -126,8 +130,10 @@ async def test_records_in_and_out_are_counted_per_operator_and_subtask() -> None
     assert [total(records_in, name) for name in ("numbers", "evens", "tens", "out")] == [1000, 1000, 500, 500]
     assert [total(records_out, name) for name in ("numbers", "evens", "tens", "out")] == [1000, 500, 500, 0]
     tasks = {(labels["task"], labels["subtask"]) for labels, _ in found["aioflow_backpressure_seconds_total"]}
-    assert tasks == {("task 1 (numbers)", "0"), *((f"task {i} ({name})", index) for i, name in ((2, "evens"), (3, "tens"))
-                                                  for index in ("0", "1"))}
+    assert tasks == {
+        ("task 1 (numbers)", "0"),
+        *((f"task {i} ({name})", index) for i, name in ((2, "evens"), (3, "tens")) for index in ("0", "1")),
+    }
     ((labels, lag),) = found["aioflow_watermark_lag_seconds"]  # event time 0..999 ms: decades behind
     assert labels == {"source": "numbers", "subtask": "0"} and lag > 1e9
     assert found["aioflow_source_lag"] == [({"source": "numbers", "split": "numbers:0"}, 0.0)]
@@ -145,8 +151,9 @@ async def test_an_output_feeding_several_operators_counts_its_records_out_once()
 
     def check(metrics: dict[str, Any]) -> bool:
         found.update(metrics)
-        return all(value(metrics, "aioflow_records_in_total", operator=name) == 300
-                   for name in ("left-out", "right-out"))
+        return all(
+            value(metrics, "aioflow_records_in_total", operator=name) == 300 for name in ("left-out", "right-out")
+        )
 
     await _scraping(app, check)
     assert value(found, "aioflow_records_out_total", operator="numbers") == 300
@@ -157,8 +164,13 @@ async def test_an_output_feeding_several_operators_counts_its_records_out_once()
 async def test_a_kafka_source_lag_is_exported_per_topic_and_partition() -> None:
     source = Numbers(10, lag_metric="aioflow_kafka_consumer_lag", lag_labels=("topic", "partition"))
     app = observed_app(source=source)
-    await _scraping(app, lambda metrics: metrics.get("aioflow_kafka_consumer_lag") == [
-        ({"source": "numbers", "topic": "numbers", "partition": "0"}, 0.0)])
+    await _scraping(
+        app,
+        lambda metrics: (
+            metrics.get("aioflow_kafka_consumer_lag")
+            == [({"source": "numbers", "topic": "numbers", "partition": "0"}, 0.0)]
+        ),
+    )
 
 
 async def test_time_blocked_waiting_for_credit_is_counted_per_task() -> None:
@@ -172,8 +184,9 @@ async def test_time_blocked_waiting_for_credit_is_counted_per_task() -> None:
 
     app = af.App("slow", batch_size=10, channel_capacity=1)
     app.source(Numbers(100_000), name="numbers").key_by(lambda i: i % 3).sink(SlowSink(), name="slow", parallelism=2)
-    await _scraping(app, lambda metrics: value(metrics, "aioflow_backpressure_seconds_total",
-                                               task="task 1 (numbers)") > 0.2)
+    await _scraping(
+        app, lambda metrics: value(metrics, "aioflow_backpressure_seconds_total", task="task 1 (numbers)") > 0.2
+    )
 
 
 async def test_a_failing_metric_never_breaks_processing_nor_the_scrape() -> None:
@@ -200,8 +213,9 @@ async def test_a_failing_metric_never_breaks_processing_nor_the_scrape() -> None
 async def test_health_stays_up_while_a_reader_cannot_tell_its_lag() -> None:
     app = observed_app(source=Numbers(10, lag_fails=True))
     health = HealthCheck(app.name, lambda: app.job)
-    await _scraping(app, lambda metrics: value(metrics, "aioflow_records_in_total", operator="out") == 5
-                    and health().ok)
+    await _scraping(
+        app, lambda metrics: value(metrics, "aioflow_records_in_total", operator="out") == 5 and health().ok
+    )
 
 
 # -- a real worker ---------------------------------------------------------------------------------
@@ -209,15 +223,20 @@ async def test_health_stays_up_while_a_reader_cannot_tell_its_lag() -> None:
 
 def test_a_worker_serves_its_metrics_over_http(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    worker = ServedWorker(tmp_path, {"N": "1000", "AIOFLOW_STATE_DIR": str(state),
-                                     "AIOFLOW_CHECKPOINT_INTERVAL": "0.1", "AIOFLOW_HTTP_PORT": "0"})
+    worker = ServedWorker(
+        tmp_path,
+        {"N": "1000", "AIOFLOW_STATE_DIR": str(state), "AIOFLOW_CHECKPOINT_INTERVAL": "0.1", "AIOFLOW_HTTP_PORT": "0"},
+    )
     try:
+
         def scraped() -> dict[str, Any] | None:
             status, body = worker.get("/metrics")
             assert status == 200, body
             metrics = parse_metrics(body)
-            done = value(metrics, "aioflow_records_in_total", operator="out") == 500 and value(
-                metrics, "aioflow_checkpoints_completed_total") >= 2
+            done = (
+                value(metrics, "aioflow_records_in_total", operator="out") == 500
+                and value(metrics, "aioflow_checkpoints_completed_total") >= 2
+            )
             return metrics if done else None
 
         metrics = wait_until(scraped, what="500 records out and 2 checkpoints")
@@ -237,7 +256,6 @@ def test_a_worker_serves_its_metrics_over_http(tmp_path: Path) -> None:
     assert (state / "savepoints").is_dir()  # the environment gave the state directory
 
 
-
 async def test_failed_and_retried_calls_of_map_async_are_counted_per_operator() -> None:
     async def half(i: int) -> int:
         await anyio.sleep(0)
@@ -247,8 +265,9 @@ async def test_failed_and_retried_calls_of_map_async_are_counted_per_operator() 
 
     app = af.App("calls")
     numbers = app.source(Numbers(10), name="numbers")  # stays open after its 10 numbers
-    numbers.map_async(half, on_error="skip", retry=af.RetryPolicy(max_attempts=3, initial_delay=0),
-                      name="half").sink(af.CollectSink())
+    numbers.map_async(half, on_error="skip", retry=af.RetryPolicy(max_attempts=3, initial_delay=0), name="half").sink(
+        af.CollectSink()
+    )
     found: dict[str, Any] = {}
 
     def check(metrics: dict[str, Any]) -> bool:

@@ -37,7 +37,11 @@ def start(tmp_path: Path, body: str, *args: str, stdin: int | None = None) -> su
     (tmp_path / "job.py").write_text(body)
     return subprocess.Popen(
         [sys.executable, "-m", "aioflow", "run", "job.py:app", "--log-format", "json", *args],
-        cwd=tmp_path, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -76,7 +80,9 @@ def finish(process: subprocess.Popen[str], seconds: float = 60) -> tuple[str, st
         process.kill()
 
 
-BLOCKED_SINK = ENDLESS + """
+BLOCKED_SINK = (
+    ENDLESS
+    + """
 class Blocked(af.SinkWriter):
     async def write(self, values):
         print("sink blocked", file=sys.stderr, flush=True)
@@ -88,6 +94,7 @@ class BlockedSink(af.Sink):
 
 numbers.sink(BlockedSink(), name="blocked")
 """
+)
 
 
 def test_a_second_signal_cancels_the_job_and_exits_128_plus_the_signal(tmp_path: Path) -> None:
@@ -112,7 +119,10 @@ def test_a_stop_that_takes_longer_than_the_stop_timeout_cancels_the_job(tmp_path
 
 
 def test_an_operator_stuck_in_sync_code_cannot_keep_the_worker_from_exiting(tmp_path: Path) -> None:
-    process = start(tmp_path, ENDLESS + """
+    process = start(
+        tmp_path,
+        ENDLESS
+        + """
 import time
 
 def stuck(i):
@@ -121,7 +131,10 @@ def stuck(i):
         time.sleep(0.01)
 
 numbers.map(stuck).sink(af.PrintSink())
-""", "--stop-timeout", "0.5")
+""",
+        "--stop-timeout",
+        "0.5",
+    )
     wait_for_line(process.stderr, "stuck")
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
@@ -133,12 +146,16 @@ numbers.map(stuck).sink(af.PrintSink())
 
 
 def test_stdin_lines_go_out_as_they_come_and_a_signal_stops_a_quiet_stdin(tmp_path: Path) -> None:
-    process = start(tmp_path, """
+    process = start(
+        tmp_path,
+        """
 import sys
 import aioflow as af
 app = af.App("stdin")
 app.source(sys.stdin, name="lines").map(lambda line: line.strip().upper()).sink(af.PrintSink())
-""", stdin=subprocess.PIPE)
+""",
+        stdin=subprocess.PIPE,
+    )
     assert process.stdin is not None
     process.stdin.write("a\nb\n")
     process.stdin.flush()  # two lines, far from a batch of 1,024, and stdin stays open
@@ -162,7 +179,9 @@ def test_a_closed_stdout_is_a_normal_end(tmp_path: Path) -> None:
 
 
 def test_signals_after_the_drain_finished_keep_a_clean_exit(tmp_path: Path) -> None:
-    process = start(tmp_path, """
+    process = start(
+        tmp_path,
+        """
 import os
 import signal
 import aioflow as af
@@ -181,7 +200,8 @@ class Sink(af.Sink):
 
 app = af.App("bounded")
 app.source([1, 2, 3]).sink(Sink())
-""")
+""",
+    )
     out, err = finish(process)
     assert out == "1 2 3\n"
     assert process.returncode == 0, err
@@ -192,7 +212,9 @@ app.source([1, 2, 3]).sink(Sink())
 def test_system_exit_and_keyboard_interrupt_from_user_code_give_one_code_at_any_parallelism(
     tmp_path: Path, raised: str, code: int, parallelism: int
 ) -> None:
-    process = start(tmp_path, f"""
+    process = start(
+        tmp_path,
+        f"""
 import aioflow as af
 
 def leaves(x):
@@ -202,7 +224,8 @@ def leaves(x):
 
 app = af.App("leaves", parallelism={parallelism})
 app.source(range(1000)).rebalance().map(leaves).sink(af.CollectSink())
-""")
+""",
+    )
     _, err = finish(process)
     assert process.returncode == code, err
     events = [json.loads(line)["event"] for line in err.splitlines()]  # logged, never a raw traceback

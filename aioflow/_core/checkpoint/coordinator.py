@@ -201,8 +201,10 @@ class CheckpointCoordinator:
         self.statistics.consecutive_failures += 1
         log.warning("checkpoint failed", checkpoint=pending.checkpoint_id, reason=why)
         if self.tolerable_failures is not None and self._failures > self.tolerable_failures:
-            raise StateError(f"checkpoint {pending.checkpoint_id} failed ({why}), and {self._failures} checkpoints "
-                             f"failed in a row (tolerable_checkpoint_failures={self.tolerable_failures})")
+            raise StateError(
+                f"checkpoint {pending.checkpoint_id} failed ({why}), and {self._failures} checkpoints "
+                f"failed in a row (tolerable_checkpoint_failures={self.tolerable_failures})"
+            )
 
     # -- snapshots and acknowledgements ------------------------------------------------------
 
@@ -224,7 +226,8 @@ class CheckpointCoordinator:
         snapshot.sections, snapshot.size = self.storage.write(changes, full=False, tables=tables)
         if rebase:
             full, size = self.storage.write(
-                (change for change in backend.contents() if change[0] in rebase), full=True, tables=tables)
+                (change for change in backend.contents() if change[0] in rebase), full=True, tables=tables
+            )
             for group in rebase:
                 if group in full:
                     snapshot.sections[group] = full[group]
@@ -268,16 +271,15 @@ class CheckpointCoordinator:
     # -- completion ---------------------------------------------------------------------------
 
     async def _complete(self, pending: _Pending) -> Manifest:
-        holding_final = [task for task in self.tasks
-                         if id(task) in self._finished and id(task) not in pending.acknowledged]
+        holding_final = [
+            task for task in self.tasks if id(task) in self._finished and id(task) not in pending.acknowledged
+        ]
         for task in holding_final:
             states, snapshot = self._finished[id(task)]
             if pending.folder is not None and not snapshot.savepoint:  # its state did not change since
                 snapshot.savepoint = self._savepoint_copy(task, pending.folder)
             self._add(pending, task, states, snapshot)
-        operators = {
-            name: [by_index[i] for i in sorted(by_index)] for name, by_index in pending.states.items()
-        }
+        operators = {name: [by_index[i] for i in sorted(by_index)] for name, by_index in pending.states.items()}
         chains = {group: list(chain) for group, chain in self.last.key_groups.items()} if self.last else {}
         for snapshot in pending.snapshots:
             for group, sections in snapshot.sections.items():
@@ -287,14 +289,24 @@ class CheckpointCoordinator:
                         chain[:] = [earlier for earlier in chain if not section.replaces(earlier)]
                     chain.append(section)
             for group in snapshot.emptied:
-                chains[group] = [earlier for earlier in chains.get(group, [])
-                                 if not set(earlier.tables) <= set(snapshot.tables)]
-        tables = {name: {key: value for key, value in table.items() if key != "committed"}
-                  for name, table in self.store.tables().items()}
+                chains[group] = [
+                    earlier for earlier in chains.get(group, []) if not set(earlier.tables) <= set(snapshot.tables)
+                ]
+        tables = {
+            name: {key: value for key, value in table.items() if key != "committed"}
+            for name, table in self.store.tables().items()
+        }
         manifest = Manifest(
-            pending.checkpoint_id, pending.kind, now_ms(), self.identity["app"], self.identity["job_id"],
-            self.max_parallelism, size_bytes=sum(snapshot.size for snapshot in pending.snapshots),
-            operators=operators, tables=tables, key_groups={group: chain for group, chain in chains.items() if chain},
+            pending.checkpoint_id,
+            pending.kind,
+            now_ms(),
+            self.identity["app"],
+            self.identity["job_id"],
+            self.max_parallelism,
+            size_bytes=sum(snapshot.size for snapshot in pending.snapshots),
+            operators=operators,
+            tables=tables,
+            key_groups={group: chain for group, chain in chains.items() if chain},
         )
         manifest.duration_ms = int((time.monotonic() - pending.started) * 1000)
         if self.storage.job() != self.identity:
@@ -311,8 +323,9 @@ class CheckpointCoordinator:
             self._finished[id(task)] = (self._finished[id(task)][0], TaskSnapshot())
             task.env.final_state_checkpointed = True
         self._plan_rebases(manifest)
-        self.storage.retain(self.retained, {name for _, snapshot in self._finished.values()
-                                            for name in snapshot.files()})
+        self.storage.retain(
+            self.retained, {name for _, snapshot in self._finished.values() for name in snapshot.files()}
+        )
         self._failures = 0
         statistics = self.statistics
         statistics.completed += 1
@@ -321,8 +334,13 @@ class CheckpointCoordinator:
         statistics.last_duration_seconds = time.monotonic() - pending.started
         statistics.last_size_bytes = manifest.size_bytes
         statistics.last_completed_at = time.time()
-        log.info("checkpoint complete", checkpoint=manifest.checkpoint_id, kind=manifest.kind,
-                 ms=int((time.monotonic() - pending.started) * 1000), bytes=manifest.size_bytes)
+        log.info(
+            "checkpoint complete",
+            checkpoint=manifest.checkpoint_id,
+            kind=manifest.kind,
+            ms=int((time.monotonic() - pending.started) * 1000),
+            bytes=manifest.size_bytes,
+        )
         for task in self.tasks:
             for operator in task.operators:
                 await operator.notify_checkpoint_complete(manifest.checkpoint_id)
@@ -344,9 +362,18 @@ class CheckpointCoordinator:
             for group, sections in snapshot.savepoint.items():
                 chains.setdefault(group, []).extend(sections)
         savepoint = Manifest(
-            manifest.checkpoint_id, "savepoint", manifest.time_ms, manifest.app, manifest.job_id,
-            manifest.max_parallelism, manifest.duration_ms, sum(s.length for c in chains.values() for s in c),
-            manifest.operators, manifest.tables, chains)
+            manifest.checkpoint_id,
+            "savepoint",
+            manifest.time_ms,
+            manifest.app,
+            manifest.job_id,
+            manifest.max_parallelism,
+            manifest.duration_ms,
+            sum(s.length for c in chains.values() for s in c),
+            manifest.operators,
+            manifest.tables,
+            chains,
+        )
         private_file(pending.folder / MANIFEST, savepoint.encode())
 
     def _plan_rebases(self, manifest: Manifest) -> None:

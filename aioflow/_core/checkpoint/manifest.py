@@ -42,8 +42,15 @@ class Section:
     @classmethod
     def from_json(cls, data: list[Any]) -> Section:
         file, offset, length, sha256, records, full, tables = data
-        return cls(str(file), int(offset), int(length), str(sha256), int(records), bool(full),
-                   tuple(int(table) for table in tables))
+        return cls(
+            str(file),
+            int(offset),
+            int(length),
+            str(sha256),
+            int(records),
+            bool(full),
+            tuple(int(table) for table in tables),
+        )
 
     def replaces(self, other: Section) -> bool:
         """This full section makes ``other`` (earlier in the chain) unnecessary."""
@@ -73,20 +80,24 @@ class Manifest:
         return {"app": self.app, "job_id": self.job_id}
 
     def encode(self) -> bytes:
-        return seal_document({
-            "checkpoint_id": self.checkpoint_id,
-            "kind": self.kind,
-            "time_ms": self.time_ms,
-            "app": self.app,
-            "job_id": self.job_id,
-            "max_parallelism": self.max_parallelism,
-            "duration_ms": self.duration_ms,
-            "size_bytes": self.size_bytes,
-            "operators": self.operators,
-            "tables": self.tables,
-            "key_groups": {str(group): [section.to_json() for section in chain]
-                           for group, chain in sorted(self.key_groups.items())},
-        })
+        return seal_document(
+            {
+                "checkpoint_id": self.checkpoint_id,
+                "kind": self.kind,
+                "time_ms": self.time_ms,
+                "app": self.app,
+                "job_id": self.job_id,
+                "max_parallelism": self.max_parallelism,
+                "duration_ms": self.duration_ms,
+                "size_bytes": self.size_bytes,
+                "operators": self.operators,
+                "tables": self.tables,
+                "key_groups": {
+                    str(group): [section.to_json() for section in chain]
+                    for group, chain in sorted(self.key_groups.items())
+                },
+            }
+        )
 
     @classmethod
     def decode(cls, data: bytes, where: str) -> Manifest:
@@ -104,8 +115,10 @@ class Manifest:
                 size_bytes=int(fields["size_bytes"]),
                 operators=dict(fields["operators"]),
                 tables=dict(fields["tables"]),
-                key_groups={int(group): [Section.from_json(section) for section in chain]
-                            for group, chain in fields["key_groups"].items()},
+                key_groups={
+                    int(group): [Section.from_json(section) for section in chain]
+                    for group, chain in fields["key_groups"].items()
+                },
             )
         except (Damaged, ValueError, KeyError, TypeError) as exc:
             raise CorruptStateError(f"{where}: the checkpoint manifest is damaged ({exc})") from None

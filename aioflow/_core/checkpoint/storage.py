@@ -97,7 +97,7 @@ class SectionWriter:
         view = memoryview(data)
         with _writing(self.path):
             while view:
-                view = view[os.write(self._fd, view):]
+                view = view[os.write(self._fd, view) :]
 
     def write(self, changes: Iterable[tuple[int, bytes, bytes | None]], relative: str) -> dict[int, list[Section]]:
         """Write ``changes``; their sections, named by ``relative`` (the file's path as
@@ -119,7 +119,8 @@ class SectionWriter:
                 self._write(data)
                 self._offset += len(data)
             sections.setdefault(group, []).append(
-                Section(relative, start, self._offset - start, digest.hexdigest(), records, self.full, self.tables))
+                Section(relative, start, self._offset - start, digest.hexdigest(), records, self.full, self.tables)
+            )
             buffer, records, digest, start = [], 0, hashlib.sha256(), self._offset
 
         pending = 0
@@ -128,8 +129,11 @@ class SectionWriter:
                 if key_group != group:
                     close_section()
                     group = key_group
-                record = _LENGTH.pack(len(key)) + key + (
-                    _LENGTH.pack(_DELETED) if value is None else _LENGTH.pack(len(value)) + value)
+                record = (
+                    _LENGTH.pack(len(key))
+                    + key
+                    + (_LENGTH.pack(_DELETED) if value is None else _LENGTH.pack(len(value)) + value)
+                )
                 buffer.append(record)
                 records += 1
                 pending += len(record)
@@ -161,19 +165,21 @@ def read_section(folder: Path, section: Section) -> Iterator[tuple[bytes, bytes 
     except OSError as exc:
         raise CorruptStateError(f"checkpoint {folder}: cannot read {path}: {exc}") from exc
     if len(data) != section.length or hashlib.sha256(data).hexdigest() != section.sha256:
-        raise CorruptStateError(f"checkpoint {folder}: {path} is damaged (a section of {section.length} bytes at "
-                                f"{section.offset} does not match its checksum)")
+        raise CorruptStateError(
+            f"checkpoint {folder}: {path} is damaged (a section of {section.length} bytes at "
+            f"{section.offset} does not match its checksum)"
+        )
     view, position = memoryview(data), 0
     while position < len(data):
         (size,) = _LENGTH.unpack_from(view, position)
-        key = bytes(view[position + 4:position + 4 + size])
+        key = bytes(view[position + 4 : position + 4 + size])
         position += 4 + size
         (size,) = _LENGTH.unpack_from(view, position)
         position += 4
         if size == _DELETED:
             yield key, None
         else:
-            yield key, bytes(view[position:position + size])
+            yield key, bytes(view[position : position + size])
             position += size
 
 
@@ -183,9 +189,11 @@ def read_manifest(folder: Path) -> Manifest:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise RefusedError(f"{folder} is not a checkpoint or savepoint: it has no {MANIFEST} (a savepoint is a "
-                           "folder aioflow wrote under <state_dir>/savepoints/, a retained checkpoint one under its "
-                           "checkpoint storage)") from None
+        raise RefusedError(
+            f"{folder} is not a checkpoint or savepoint: it has no {MANIFEST} (a savepoint is a "
+            "folder aioflow wrote under <state_dir>/savepoints/, a retained checkpoint one under its "
+            "checkpoint storage)"
+        ) from None
     except OSError as exc:
         raise CorruptStateError(f"checkpoint {folder}: cannot read its manifest: {exc}") from exc
     return Manifest.decode(data, f"checkpoint {folder}")
@@ -218,8 +226,9 @@ class CheckpointStorage(Protocol):
         """The newest completed checkpoint of the current job, verified."""
         ...
 
-    def write(self, changes: Iterable[tuple[int, bytes, bytes | None]], *, full: bool,
-              tables: tuple[int, ...]) -> tuple[dict[int, list[Section]], int]:
+    def write(
+        self, changes: Iterable[tuple[int, bytes, bytes | None]], *, full: bool, tables: tuple[int, ...]
+    ) -> tuple[dict[int, list[Section]], int]:
         """Write one file of sections of ``tables`` (ids); their references (relative to a
         checkpoint folder) and its size."""
         ...
@@ -315,8 +324,9 @@ class LocalCheckpointStorage:
                 ) from None
             raise
 
-    def write(self, changes: Iterable[tuple[int, bytes, bytes | None]], *, full: bool,
-              tables: tuple[int, ...]) -> tuple[dict[int, list[Section]], int]:
+    def write(
+        self, changes: Iterable[tuple[int, bytes, bytes | None]], *, full: bool, tables: tuple[int, ...]
+    ) -> tuple[dict[int, list[Section]], int]:
         shared = self._job_dir() / "shared"
         with _writing(shared):
             private_dir(shared)
@@ -364,11 +374,22 @@ class LocalCheckpointStorage:
                     renamed[section.file] = f"../shared/{name}"
         assert self._job is not None
         adopted = Manifest(
-            manifest.checkpoint_id, manifest.kind, manifest.time_ms, self._job["app"], self._job["job_id"],
-            manifest.max_parallelism, manifest.duration_ms, manifest.size_bytes, manifest.operators, manifest.tables,
-            {group: [Section(renamed[s.file], s.offset, s.length, s.sha256, s.records, s.full, s.tables)
-                     for s in chain]
-             for group, chain in manifest.key_groups.items()},
+            manifest.checkpoint_id,
+            manifest.kind,
+            manifest.time_ms,
+            self._job["app"],
+            self._job["job_id"],
+            manifest.max_parallelism,
+            manifest.duration_ms,
+            manifest.size_bytes,
+            manifest.operators,
+            manifest.tables,
+            {
+                group: [
+                    Section(renamed[s.file], s.offset, s.length, s.sha256, s.records, s.full, s.tables) for s in chain
+                ]
+                for group, chain in manifest.key_groups.items()
+            },
         )
         self.commit(adopted)
         return adopted
@@ -380,8 +401,10 @@ def storage_at(location: str | os.PathLike[str]) -> LocalCheckpointStorage:
     if "://" in text:
         url = urlparse(text)
         if url.scheme != "file":
-            raise PipelineError(f"checkpoint_storage {text!r}: only directories are supported (a path or a file:// "
-                                "URL); object storage comes later")
+            raise PipelineError(
+                f"checkpoint_storage {text!r}: only directories are supported (a path or a file:// "
+                "URL); object storage comes later"
+            )
         if url.netloc not in ("", "localhost"):
             raise PipelineError(f"checkpoint_storage {text!r}: a file:// URL names a local path (file:///path)")
         text = unquote(url.path)

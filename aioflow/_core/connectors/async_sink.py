@@ -141,8 +141,10 @@ class AsyncBatchSink(Sink):
     def _check_two_phase(cls) -> None:
         missing = [name for name in ("pre_commit", "commit") if getattr(cls, name) is getattr(AsyncBatchSink, name)]
         if missing:
-            raise TypeError(f"{cls.__name__} has exactly_once = True and must implement "
-                            f"{' and '.join(f'{name}()' for name in missing)} (see docs/async-sinks.md)")
+            raise TypeError(
+                f"{cls.__name__} has exactly_once = True and must implement "
+                f"{' and '.join(f'{name}()' for name in missing)} (see docs/async-sinks.md)"
+            )
 
     def _check(self) -> None:
         """Validate the options (at construction, and again when the job starts)."""
@@ -155,8 +157,10 @@ class AsyncBatchSink(Sink):
         check_number(self.max_in_flight, f"{name} max_in_flight", integer=True, minimum=1)
         check_number(self.max_buffered, f"{name} max_buffered", integer=True, minimum=1)
         if self.max_buffered < self.max_batch_size:
-            raise PipelineError(f"{name} max_buffered ({self.max_buffered}) must be at least max_batch_size "
-                                f"({self.max_batch_size}): a full batch must fit in the buffer")
+            raise PipelineError(
+                f"{name} max_buffered ({self.max_buffered}) must be at least max_batch_size "
+                f"({self.max_batch_size}): a full batch must fit in the buffer"
+            )
         check_number(self.send_timeout, f"{name} send_timeout", optional=True, above=True)
         if not isinstance(self.retry, RetryPolicy):
             raise PipelineError(f"{name} retry takes an af.RetryPolicy(...), got {self.retry!r}")
@@ -284,7 +288,7 @@ class _AsyncBatchWriter(SinkWriter):
         start = 0
         while start < len(values):
             if room > 0:
-                chunk = values[start:start + room]
+                chunk = values[start : start + room]
                 self._add(chunk)
                 start += len(chunk)
             else:  # backpressure: wait until sends free some room
@@ -314,7 +318,7 @@ class _AsyncBatchWriter(SinkWriter):
         start, end = 0, len(values)
         while start < end:
             take = size - len(batch)
-            batch.extend(values[start:start + take])
+            batch.extend(values[start : start + take])
             start += take
             if len(batch) >= size:
                 ready.append(batch)
@@ -399,8 +403,10 @@ class _AsyncBatchWriter(SinkWriter):
                 task = asyncio.current_task()
                 if task is None or task.cancelling():
                     raise  # close() cancels the sends
-                error = RuntimeError("send_batch raised CancelledError, but nothing cancelled it (did it await "
-                                     "a task that was cancelled elsewhere?)")
+                error = RuntimeError(
+                    "send_batch raised CancelledError, but nothing cancelled it (did it await "
+                    "a task that was cancelled elsewhere?)"
+                )
                 self._fail(pending, attempt, error, retryable=False)
                 return
             except Exception as exc:
@@ -409,9 +415,15 @@ class _AsyncBatchWriter(SinkWriter):
                 if not result:  # None or []: all delivered
                     break
                 if not isinstance(result, list):
-                    self._fail(pending, attempt, TypeError(
-                        f"send_batch must return None or a list of the records to send again, got "
-                        f"{type(result).__name__}"), retryable=False)
+                    self._fail(
+                        pending,
+                        attempt,
+                        TypeError(
+                            f"send_batch must return None or a list of the records to send again, got "
+                            f"{type(result).__name__}"
+                        ),
+                        retryable=False,
+                    )
                     return
                 pending = result
             if error is not None:
@@ -446,30 +458,50 @@ class _AsyncBatchWriter(SinkWriter):
         if now - self._last_retry_log < RETRY_LOG_INTERVAL:
             return
         cause = f"{type(error).__name__}: {error}" if error is not None else "the store refused some records"
-        log.warning("sink send failed: retrying", sink=self._label, records=len(records), attempt=attempt,
-                    max_attempts=self._retry.max_attempts, retry_in=round(delay, 3), error=cause,
-                    retries_since_last_line=self._unlogged_retries, retries_total=self._retries)
+        log.warning(
+            "sink send failed: retrying",
+            sink=self._label,
+            records=len(records),
+            attempt=attempt,
+            max_attempts=self._retry.max_attempts,
+            retry_in=round(delay, 3),
+            error=cause,
+            retries_since_last_line=self._unlogged_retries,
+            retries_total=self._retries,
+        )
         self._unlogged_retries = 0
         self._last_retry_log = now
 
-    def _fail(self, records: list[Any], attempt: int, error: Exception | None, *, retryable: bool,
-              refused: int = 0) -> None:
+    def _fail(
+        self, records: list[Any], attempt: int, error: Exception | None, *, retryable: bool, refused: int = 0
+    ) -> None:
         if self._failure is not None:
             return
         if not retryable:
-            message = (f"{self._label}: a batch of {len(records)} records failed with a non-retryable error "
-                       f"(attempt {attempt} of {self._retry.max_attempts}): {type(error).__name__}: {error}")
+            message = (
+                f"{self._label}: a batch of {len(records)} records failed with a non-retryable error "
+                f"(attempt {attempt} of {self._retry.max_attempts}): {type(error).__name__}: {error}"
+            )
         elif refused:
-            message = (f"{self._label}: the store still refused {refused} records of a batch after {attempt} "
-                       "attempts (send_batch returned them to be sent again)")
+            message = (
+                f"{self._label}: the store still refused {refused} records of a batch after {attempt} "
+                "attempts (send_batch returned them to be sent again)"
+            )
         else:
-            message = (f"{self._label}: a batch of {len(records)} records still failed after {attempt} attempts: "
-                       f"{type(error).__name__}: {error}")
+            message = (
+                f"{self._label}: a batch of {len(records)} records still failed after {attempt} attempts: "
+                f"{type(error).__name__}: {error}"
+            )
         failure = SinkDeliveryError(message, sink=self._label, attempts=attempt, records=records)
         failure.__cause__ = error
         self._failure = failure
-        log.error("sink delivery failed", sink=self._label, records=len(records), attempts=attempt,
-                  error=f"{type(error).__name__}: {error}" if error is not None else "records refused")
+        log.error(
+            "sink delivery failed",
+            sink=self._label,
+            records=len(records),
+            attempts=attempt,
+            error=f"{type(error).__name__}: {error}" if error is not None else "records refused",
+        )
         for task in self._sending:  # the job fails: the other sends are moot
             if task is not asyncio.current_task():
                 task.cancel()

@@ -49,8 +49,13 @@ class SourceBatch:
 
     __slots__ = ("bad", "records", "split", "timestamps")
 
-    def __init__(self, records: list[Any], split: str = "", bad: list[BadRecord] | None = None,
-                 timestamps: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        records: list[Any],
+        split: str = "",
+        bad: list[BadRecord] | None = None,
+        timestamps: list[int] | None = None,
+    ) -> None:
         self.records = records
         self.split = split
         self.bad = bad
@@ -348,8 +353,14 @@ class ErrorPolicy:
             self._unlogged += 1
             self._last_location = location
             if self.skipped == 1:
-                log.warning("skipped bad record", source=self.source, location=location, error=str(error),
-                            raw=_preview(raw), skipped_total=1)
+                log.warning(
+                    "skipped bad record",
+                    source=self.source,
+                    location=location,
+                    error=str(error),
+                    raw=_preview(raw),
+                    skipped_total=1,
+                )
                 self._logged()
             elif self.clock() - self._last_log >= self.log_interval:
                 self._log_skipped()
@@ -363,8 +374,13 @@ class ErrorPolicy:
             self._log_skipped()
 
     def _log_skipped(self) -> None:
-        log.warning("skipped bad records", source=self.source, skipped=self._unlogged, skipped_total=self.skipped,
-                    last_location=self._last_location)
+        log.warning(
+            "skipped bad records",
+            source=self.source,
+            skipped=self._unlogged,
+            skipped_total=self.skipped,
+            last_location=self._last_location,
+        )
         self._logged()
 
     def _logged(self) -> None:

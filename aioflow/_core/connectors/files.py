@@ -40,6 +40,7 @@ __all__ = ["FileSink", "LinesSource", "read_jsonl", "read_text"]
 
 log = structlog.get_logger("aioflow.connectors")
 
+
 def _expand(paths: str | os.PathLike[str] | list[str | os.PathLike[str]], kind: str) -> list[Path]:
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     files: list[Path] = []
@@ -173,8 +174,9 @@ class _LinesReader(SourceReader):
         the source since) is read from its start, after them."""
         mine = {str(path): path for path in self._files}
         known = {p["path"] for p in position["reading"]} | set(position["finished"])
-        active = deque(_FileSplit(mine[p["path"]], p["line"], p["offset"])
-                       for p in position["reading"] if p["path"] in mine)
+        active = deque(
+            _FileSplit(mine[p["path"]], p["line"], p["offset"]) for p in position["reading"] if p["path"] in mine
+        )
         active.extend(_FileSplit(path) for name, path in mine.items() if name not in known)
         self._active = active
 
@@ -431,8 +433,9 @@ def _begin_commit(target: Path, staged: Path, size: int) -> tuple[Path, int] | N
     if staged_size is None:
         return None
     if staged_size != size:
-        raise StateError(f"FileSink({target}): staged transaction {staged} has {staged_size} bytes, "
-                         f"its checkpoint recorded {size}")
+        raise StateError(
+            f"FileSink({target}): staged transaction {staged} has {staged_size} bytes, its checkpoint recorded {size}"
+        )
     start = _file_size(target) or 0
     marker = _marker_of(staged)
     temporary = marker.with_name(marker.name + ".tmp")
@@ -452,12 +455,16 @@ def _roll_forward(target: Path, marker: Path, start: int, size: int) -> None:
     staged_size = _file_size(staged)
     if staged_size is not None:  # else: appended and fsynced already, only the marker was left
         if staged_size != size:
-            raise StateError(f"FileSink({target}): staged transaction {staged} has {staged_size} bytes, "
-                             f"its commit marker recorded {size}")
+            raise StateError(
+                f"FileSink({target}): staged transaction {staged} has {staged_size} bytes, "
+                f"its commit marker recorded {size}"
+            )
         target_size = _file_size(target)
         if (target_size or 0) < start:
-            raise StateError(f"FileSink({target}): the file has {target_size or 0} bytes, fewer than the {start} "
-                             f"it had when committing {staged.name} began: something else truncated it")
+            raise StateError(
+                f"FileSink({target}): the file has {target_size or 0} bytes, fewer than the {start} "
+                f"it had when committing {staged.name} began: something else truncated it"
+            )
         with open(target, "r+b", opener=_create_rw_0o644) as out, open(staged, "rb") as source:
             out.truncate(start)  # a torn earlier attempt of this commit
             out.seek(start)
@@ -508,8 +515,9 @@ def _sweep(target: Path, own_token: str) -> None:
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:
-        log.info("removed staged transactions no checkpoint holds", file=str(target),
-                 staged=[path.name for path in stale])
+        log.info(
+            "removed staged transactions no checkpoint holds", file=str(target), staged=[path.name for path in stale]
+        )
 
 
 def _commit(target: Path, staged: str, size: int, own_token: str, sweep: bool) -> None:
@@ -527,20 +535,31 @@ def _abort(target: Path, staged: str) -> None:
         return
     with _target_lock(target):
         if _marker_of(Path(staged)).exists():
-            raise StateError(f"FileSink({target}): cannot abort {staged}: its commit began, so its checkpoint "
-                             "completed; commit it instead")
+            raise StateError(
+                f"FileSink({target}): cannot abort {staged}: its commit began, so its checkpoint "
+                "completed; commit it instead"
+            )
         Path(staged).unlink(missing_ok=True)
 
 
 def _check_handle(handle: Any) -> tuple[Path, str, int, int]:
     """``handle`` as returned by :meth:`_ExactlyOnceFileWriter.pre_commit`, unpacked."""
     try:
-        target, staged, size, checkpoint_id = (handle["target"], handle["staged"], handle["size"],
-                                               handle["checkpoint_id"])
+        target, staged, size, checkpoint_id = (
+            handle["target"],
+            handle["staged"],
+            handle["size"],
+            handle["checkpoint_id"],
+        )
     except (KeyError, TypeError):
         raise ValueError(f"FileSink: {handle!r} is not a handle returned by pre_commit") from None
-    if not (isinstance(target, str) and isinstance(staged, str) and isinstance(size, int)
-            and isinstance(checkpoint_id, int) and size >= 0):
+    if not (
+        isinstance(target, str)
+        and isinstance(staged, str)
+        and isinstance(size, int)
+        and isinstance(checkpoint_id, int)
+        and size >= 0
+    ):
         raise ValueError(f"FileSink: {handle!r} is not a handle returned by pre_commit")
     path = Path(target)
     if staged:
@@ -598,8 +617,10 @@ class _ExactlyOnceFileWriter(TwoPhaseCommitSinkWriter):
         if not isinstance(checkpoint_id, int) or isinstance(checkpoint_id, bool) or checkpoint_id < 0:
             raise ValueError(f"FileSink({self._path}): checkpoint_id must be an int >= 0, got {checkpoint_id!r}")
         if self._last_checkpoint is not None and checkpoint_id <= self._last_checkpoint:
-            raise ValueError(f"FileSink({self._path}): pre_commit({checkpoint_id}) after "
-                             f"pre_commit({self._last_checkpoint}): checkpoint ids must increase")
+            raise ValueError(
+                f"FileSink({self._path}): pre_commit({checkpoint_id}) after "
+                f"pre_commit({self._last_checkpoint}): checkpoint ids must increase"
+            )
         staged, size = await anyio.to_thread.run_sync(self._stage, str(checkpoint_id))
         self._last_checkpoint = checkpoint_id
         handle = {"target": str(self._path), "staged": staged, "size": size, "checkpoint_id": checkpoint_id}
@@ -639,8 +660,9 @@ class _ExactlyOnceFileWriter(TwoPhaseCommitSinkWriter):
 
     async def _commit_own(self, checkpoint_id: int) -> None:
         handle = self._pending[checkpoint_id]
-        await anyio.to_thread.run_sync(_commit, self._path, handle["staged"], handle["size"], self._token,
-                                       not self._swept)
+        await anyio.to_thread.run_sync(
+            _commit, self._path, handle["staged"], handle["size"], self._token, not self._swept
+        )
         self._swept = True
         del self._pending[checkpoint_id]
 

@@ -44,19 +44,35 @@ __all__ = ["KafkaRecord", "KafkaSource"]
 log = structlog.get_logger("aioflow.connectors.kafka")
 
 #: Consumer options the source sets itself: passing them in ``consumer_options`` is an error.
-_RESERVED_OPTIONS = frozenset({
-    "bootstrap_servers", "group_id", "enable_auto_commit", "auto_offset_reset", "key_deserializer",
-    "value_deserializer",
-})
+_RESERVED_OPTIONS = frozenset(
+    {
+        "bootstrap_servers",
+        "group_id",
+        "enable_auto_commit",
+        "auto_offset_reset",
+        "key_deserializer",
+        "value_deserializer",
+    }
+)
 
 _Errors = tuple[type[Exception], ...]
 
 #: Consumer options that also configure the admin client of the worker check (security).
-_ADMIN_OPTIONS = frozenset({
-    "security_protocol", "ssl_context", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password",
-    "sasl_kerberos_service_name", "sasl_kerberos_domain_name", "sasl_oauth_token_provider", "api_version",
-    "request_timeout_ms", "metadata_max_age_ms",
-})
+_ADMIN_OPTIONS = frozenset(
+    {
+        "security_protocol",
+        "ssl_context",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "sasl_kerberos_service_name",
+        "sasl_kerberos_domain_name",
+        "sasl_oauth_token_provider",
+        "api_version",
+        "request_timeout_ms",
+        "metadata_max_age_ms",
+    }
+)
 
 _FORMATS: dict[str, tuple[Callable[[bytes], Any], _Errors]] = {
     "json": (orjson.loads, (orjson.JSONDecodeError,)),
@@ -94,8 +110,11 @@ def _decoder(fmt: str | Callable[[bytes], Any], what: str) -> tuple[Callable[[by
 
 def unreachable(connector: str, servers: str | list[str], error: Exception) -> ConnectorError:
     """The error for Kafka brokers a client could not connect to at start."""
-    return ConnectorError(connector, f"cannot reach the Kafka brokers at {servers} ({error}); "
-                                     "is the broker running, and are bootstrap_servers right?")
+    return ConnectorError(
+        connector,
+        f"cannot reach the Kafka brokers at {servers} ({error}); "
+        "is the broker running, and are bootstrap_servers right?",
+    )
 
 
 async def _leave_group(consumer: AIOKafkaConsumer, source: str) -> None:
@@ -204,8 +223,10 @@ class KafkaSource(Source):
             starting_offsets in ("earliest", "latest", "committed")
             or (isinstance(starting_offsets, int) and starting_offsets >= 0)
         ):
-            raise ValueError("starting_offsets must be 'earliest', 'latest', 'committed' or a timestamp in ms "
-                             f"(int >= 0), got {starting_offsets!r}")
+            raise ValueError(
+                "starting_offsets must be 'earliest', 'latest', 'committed' or a timestamp in ms "
+                f"(int >= 0), got {starting_offsets!r}"
+            )
         self.decode, self.decode_error = _decoder(value_format, "value_format")
         self.decode_key, self.decode_key_error = _decoder(key_format, "key_format")
         options = dict(consumer_options or {})
@@ -340,15 +361,22 @@ class KafkaReader(SourceReader):
     async def _refuse_other_workers(self, client_id: str) -> None:
         """A stateful job runs in one worker per group: fail, naming them, if others are in it."""
         source = self._source
-        admin = AIOKafkaAdminClient(bootstrap_servers=source.bootstrap_servers,
-                                    **{k: v for k, v in source.consumer_options.items() if k in _ADMIN_OPTIONS})
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=source.bootstrap_servers,
+            **{k: v for k, v in source.consumer_options.items() if k in _ADMIN_OPTIONS},
+        )
         await admin.start()
         try:
             described = await admin.describe_consumer_groups([source.group_id])
         finally:
             await admin.close()
-        others = [member[0] for response in described for group in response.groups for member in group[5]
-                  if not member[0].startswith(client_id)]  # member ids start with their client id
+        others = [
+            member[0]
+            for response in described
+            for group in response.groups
+            for member in group[5]
+            if not member[0].startswith(client_id)
+        ]  # member ids start with their client id
         if others:
             raise StateError(
                 f"{source.name}: group {source.group_id!r} already has {len(others)} member(s) of another worker "
@@ -371,8 +399,9 @@ class KafkaReader(SourceReader):
         for topic in topics:
             ids = cluster.partitions_for_topic(topic)
             if not ids:
-                raise ConnectorError(self._source.name,
-                                     f"topic {topic!r} does not exist on {self._source.bootstrap_servers}")
+                raise ConnectorError(
+                    self._source.name, f"topic {topic!r} does not exist on {self._source.bootstrap_servers}"
+                )
             partitions.extend(TopicPartition(topic, p) for p in sorted(ids))
         return partitions
 
@@ -404,8 +433,10 @@ class KafkaReader(SourceReader):
             elif source.starting_offsets == "latest":
                 await consumer.seek_to_end(tp)
             elif source.starting_offsets == "committed":
-                raise ValueError(f"{source.name}: group {source.group_id!r} has no committed offset for "
-                                 f"{split_name(tp)} (starting_offsets='committed')")
+                raise ValueError(
+                    f"{source.name}: group {source.group_id!r} has no committed offset for "
+                    f"{split_name(tp)} (starting_offsets='committed')"
+                )
             else:
                 found = (await consumer.offsets_for_times({tp: source.starting_offsets})).get(tp)
                 if found is None:
@@ -413,8 +444,12 @@ class KafkaReader(SourceReader):
                 else:
                     consumer.seek(tp, found.offset)
             self._next[tp] = self._started[tp] = await consumer.position(tp)
-        log.debug("partitions assigned", source=source.name, partitions=[split_name(tp) for tp in partitions],
-                  positions={split_name(tp): self._next[tp] for tp in partitions})
+        log.debug(
+            "partitions assigned",
+            source=source.name,
+            partitions=[split_name(tp) for tp in partitions],
+            positions={split_name(tp): self._next[tp] for tp in partitions},
+        )
 
     async def _assigned(self, assigned: Any) -> None:
         new = [tp for tp in assigned if tp not in self._next]
@@ -510,8 +545,11 @@ class KafkaReader(SourceReader):
                 decoded = [self._record(r) for r in records]
         except source.decode_error + source.decode_key_error:
             records = self._decode_carefully(tp, records, bad)
-            decoded = [None if r.value is None else source.decode(r.value) for r in records] \
-                if source.output == "value" else [self._record(r) for r in records]
+            decoded = (
+                [None if r.value is None else source.decode(r.value) for r in records]
+                if source.output == "value"
+                else [self._record(r) for r in records]
+            )
         self._records += len(decoded)
         return SourceBatch(decoded, split_name(tp), bad or None, [r.timestamp for r in records])
 
@@ -520,7 +558,11 @@ class KafkaReader(SourceReader):
         return KafkaRecord(
             None if r.key is None else source.decode_key(r.key),
             None if r.value is None else source.decode(r.value),
-            r.topic, r.partition, r.offset, r.timestamp, tuple(r.headers),
+            r.topic,
+            r.partition,
+            r.offset,
+            r.timestamp,
+            tuple(r.headers),
         )
 
     def _decode_carefully(self, tp: TopicPartition, records: list[Any], bad: list[BadRecord]) -> list[Any]:
@@ -574,8 +616,13 @@ class KafkaReader(SourceReader):
         try:
             await consumer.commit(offsets)
         except KafkaError as exc:
-            log.warning("committing offsets to the group failed", source=self._source.name,
-                        group=self._source.group_id, checkpoint=checkpoint_id, error=repr(exc))
+            log.warning(
+                "committing offsets to the group failed",
+                source=self._source.name,
+                group=self._source.group_id,
+                checkpoint=checkpoint_id,
+                error=repr(exc),
+            )
             return
         self._commits += 1
 

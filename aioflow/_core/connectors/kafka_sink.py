@@ -59,8 +59,9 @@ log = structlog.get_logger("aioflow.connectors.kafka")
 Delivery = Literal["none", "at_least_once", "exactly_once"]
 
 #: Producer options the sink sets itself: passing them in ``producer_options`` is an error.
-_RESERVED_OPTIONS = frozenset({"bootstrap_servers", "transactional_id", "value_serializer", "key_serializer",
-                               "enable_idempotence"})
+_RESERVED_OPTIONS = frozenset(
+    {"bootstrap_servers", "transactional_id", "value_serializer", "key_serializer", "enable_idempotence"}
+)
 
 #: The headers of a record without any (aiokafka's batch builder takes a list; it only reads it).
 _NO_HEADERS: list[tuple[str, bytes]] = []
@@ -127,23 +128,29 @@ class KafkaSink(AsyncBatchSink):
         elif value_format in _ENCODERS:
             encode = _ENCODERS[value_format]
         else:
-            raise PipelineError(f"value_format must be 'json', 'str', 'bytes' or a callable(value) -> bytes, "
-                                f"got {value_format!r}")
+            raise PipelineError(
+                f"value_format must be 'json', 'str', 'bytes' or a callable(value) -> bytes, got {value_format!r}"
+            )
         for name, fn in (("key", key), ("headers", headers), ("timestamp", timestamp)):
             if fn is not None and not callable(fn):
                 raise PipelineError(f"KafkaSink {name}= takes a function of the record, got {fn!r}")
         if delivery not in ("none", "at_least_once", "exactly_once"):
             raise PipelineError(f"delivery must be 'none', 'at_least_once' or 'exactly_once', got {delivery!r}")
         if delivery == "exactly_once" and not (isinstance(transactional_id_prefix, str) and transactional_id_prefix):
-            raise PipelineError("KafkaSink(delivery='exactly_once') needs transactional_id_prefix='...', "
-                                "unique to this sink among the jobs writing to the cluster")
+            raise PipelineError(
+                "KafkaSink(delivery='exactly_once') needs transactional_id_prefix='...', "
+                "unique to this sink among the jobs writing to the cluster"
+            )
         options = dict(producer_options or {})
         reserved = sorted(_RESERVED_OPTIONS & set(options))
         if reserved:
             raise PipelineError(f"producer_options must not set {', '.join(reserved)}: KafkaSink sets them")
         super().__init__(
-            max_batch_size=max_batch_size, max_linger=max_linger, max_in_flight=max_in_flight,
-            max_buffered=max_buffered, retry=retry,
+            max_batch_size=max_batch_size,
+            max_linger=max_linger,
+            max_in_flight=max_in_flight,
+            max_buffered=max_buffered,
+            retry=retry,
         )
         self.topic = topic
         self.bootstrap_servers = bootstrap_servers
@@ -195,12 +202,17 @@ class KafkaSink(AsyncBatchSink):
                 await _stop_quietly(producer, self.name)
             if isinstance(exc, KafkaConnectionError):
                 raise unreachable(self.name, self.bootstrap_servers, exc) from exc
-            if isinstance(exc, KafkaError) and producer._txn_manager is not None \
-                    and producer._txn_manager.transactional_id is not None:
-                raise ConnectorError(self.name, f"the brokers at {self.bootstrap_servers} refused a transactional "
-                                                f"producer ({exc!r}): delivery='exactly_once' needs a broker with "
-                                                "transactions (Tansu has none); or use delivery='at_least_once'"
-                                     ) from exc
+            if (
+                isinstance(exc, KafkaError)
+                and producer._txn_manager is not None
+                and producer._txn_manager.transactional_id is not None
+            ):
+                raise ConnectorError(
+                    self.name,
+                    f"the brokers at {self.bootstrap_servers} refused a transactional "
+                    f"producer ({exc!r}): delivery='exactly_once' needs a broker with "
+                    "transactions (Tansu has none); or use delivery='at_least_once'",
+                ) from exc
             raise
         return producer
 
@@ -213,8 +225,11 @@ class KafkaSink(AsyncBatchSink):
             return
         cluster = await producer.client.fetch_all_metadata()
         if topic not in cluster.topics():
-            raise ConnectorError(self.name, f"topic {topic!r} does not exist on {self.bootstrap_servers}; "
-                                            "create it first (the sink does not create topics)")
+            raise ConnectorError(
+                self.name,
+                f"topic {topic!r} does not exist on {self.bootstrap_servers}; "
+                "create it first (the sink does not create topics)",
+            )
         self._existing_topics.add(topic)
 
     async def open(self) -> None:
@@ -278,8 +293,9 @@ class KafkaSink(AsyncBatchSink):
             return
         await asyncio.gather(*(future for future, _ in sent))
 
-    async def _hand_over_records(self, producer: AIOKafkaProducer,
-                                 records: list[Any]) -> list[tuple[asyncio.Future[Any], int]]:
+    async def _hand_over_records(
+        self, producer: AIOKafkaProducer, records: list[Any]
+    ) -> list[tuple[asyncio.Future[Any], int]]:
         """Encode ``records`` into record batches and hand them to ``producer``; each
         batch's delivery future and its number of records."""
         topic, encode, key_of, headers_of, stamp_of = self.topic, self.encode, self.key, self.headers, self.timestamp
@@ -293,8 +309,9 @@ class KafkaSink(AsyncBatchSink):
             key = key_of(record) if key_of is not None else None
             if key is not None and not isinstance(key, bytes):
                 if not isinstance(key, str):
-                    raise _record_error(f"key function returned {key!r} ({type(key).__name__}); "
-                                        "a key is str, bytes or None", record)
+                    raise _record_error(
+                        f"key function returned {key!r} ({type(key).__name__}); a key is str, bytes or None", record
+                    )
                 key = key.encode("utf-8")
             value = None if record is None else encode(record)
             if value is not None and not isinstance(value, bytes):
@@ -306,8 +323,11 @@ class KafkaSink(AsyncBatchSink):
             if stamp_of is not None:
                 stamp = stamp_of(record)
                 if stamp.__class__ is not int:
-                    raise _record_error(f"timestamp function returned {stamp!r} ({type(stamp).__name__}); "
-                                        "a Kafka timestamp is int milliseconds", record)
+                    raise _record_error(
+                        f"timestamp function returned {stamp!r} ({type(stamp).__name__}); "
+                        "a Kafka timestamp is int milliseconds",
+                        record,
+                    )
             name = fixed or topic(record)  # type: ignore[operator]
             if name not in known:
                 await self._check_topic(producer, name)
@@ -354,8 +374,12 @@ class KafkaSink(AsyncBatchSink):
             self._failed_deliveries += records
             if before == 0 or before // 1000 != self._failed_deliveries // 1000:
                 error = "cancelled" if future.cancelled() else repr(future.exception())
-                log.warning("kafka delivery failed (delivery='none': not retried)", sink=self.name,
-                            error=error, failed_total=self._failed_deliveries)
+                log.warning(
+                    "kafka delivery failed (delivery='none': not retried)",
+                    sink=self.name,
+                    error=error,
+                    failed_total=self._failed_deliveries,
+                )
 
     def is_retryable(self, error: Exception) -> bool:
         """Broker errors Kafka marks retriable, and connection errors; never inside a
@@ -389,8 +413,13 @@ class KafkaSink(AsyncBatchSink):
         assert producer is not None
         manager = producer._txn_manager  # aiokafka has no public accessor for these
         transactional_id = self._transactional_id(self.subtask_index, self._transaction)
-        handle = {"transactional_id": transactional_id, "producer_id": manager.producer_id,
-                  "epoch": manager.producer_epoch, "subtask": self.subtask_index, "n": self._transaction}
+        handle = {
+            "transactional_id": transactional_id,
+            "producer_id": manager.producer_id,
+            "epoch": manager.producer_epoch,
+            "subtask": self.subtask_index,
+            "n": self._transaction,
+        }
         self._prepared[transactional_id] = producer
         self._producer, self._transaction = None, None
         return handle
@@ -418,8 +447,12 @@ class KafkaSink(AsyncBatchSink):
             producer._txn_manager._txn_partitions.add(TopicPartition("", -1))
             await producer.commit_transaction()
         except (ProducerFenced, InvalidProducerEpoch, InvalidTxnState) as exc:
-            log.warning("a restored transaction was already completed or fenced", sink=self.name,
-                        transactional_id=handle["transactional_id"], error=repr(exc))
+            log.warning(
+                "a restored transaction was already completed or fenced",
+                sink=self.name,
+                transactional_id=handle["transactional_id"],
+                error=repr(exc),
+            )
         finally:
             await producer.stop()
 

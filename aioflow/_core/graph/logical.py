@@ -103,8 +103,14 @@ class LogicalGraph:
             )
         self._names.add(final)
         node = Node(
-            id=len(self.nodes), name=final, kind=kind, make_operator=lambda: make(final),
-            parallelism=parallelism, inputs=inputs, stateful=stateful, **extra,
+            id=len(self.nodes),
+            name=final,
+            kind=kind,
+            make_operator=lambda: make(final),
+            parallelism=parallelism,
+            inputs=inputs,
+            stateful=stateful,
+            **extra,
         )
         self.nodes.append(node)
         return node

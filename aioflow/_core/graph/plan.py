@@ -99,7 +99,8 @@ class Plan:
         rolling reduces, broadcast state, or anything after a ``key_by`` (keyed state and
         timers may be there)."""
         return any(node.stateful for task in self.tasks for node in task.nodes) or any(
-            edge.edge.key_selector is not None for edge in self.edges)
+            edge.edge.key_selector is not None for edge in self.edges
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -127,8 +128,10 @@ class Plan:
     def __str__(self) -> str:
         operators = sum(len(task.nodes) for task in self.tasks)
         tasks = len(self.tasks)
-        lines = [f"Plan for app {self.app_name!r}: {tasks} task{'s' * (tasks != 1)}, "
-                 f"{operators} operator{'s' * (operators != 1)}"]
+        lines = [
+            f"Plan for app {self.app_name!r}: {tasks} task{'s' * (tasks != 1)}, "
+            f"{operators} operator{'s' * (operators != 1)}"
+        ]
         for task in self.tasks:
             lines.append(f"  task {task.index} [parallelism {task.parallelism}]: {task.chain_description()}")
             for edge in task.outputs:

@@ -92,9 +92,11 @@ class CallPolicy:
                 result = fn(argument)
                 if is_async:
                     if not inspect.isawaitable(result):
-                        raise NotAwaitable(f"{qualified_name(fn)} returned {truncated_repr(result)} "
-                                           f"({type(result).__name__}), not an awaitable: give map_async an async "
-                                           "def function (or one returning an awaitable)")
+                        raise NotAwaitable(
+                            f"{qualified_name(fn)} returned {truncated_repr(result)} "
+                            f"({type(result).__name__}), not an awaitable: give map_async an async "
+                            "def function (or one returning an awaitable)"
+                        )
                     if self.timeout is None:
                         result = await await_user(result)
                     else:
@@ -111,8 +113,9 @@ class CallPolicy:
                 error = f"timed out after {self.timeout:g} s" if timed_out else describe_error(exc, fn)
                 tried = f"call {attempt} of {retry.max_attempts}" + ("; retry_if said not to retry" if retrying else "")
                 raise GaveUp(f"{error} ({tried})", attempt) from exc
-            if attempt < retry.max_attempts and self._asks("retry_if_result", self.retry_if_result, result,
-                                                           default=False):
+            if attempt < retry.max_attempts and self._asks(
+                "retry_if_result", self.retry_if_result, result, default=False
+            ):
                 await anyio.sleep(retry.delay(attempt))
                 continue
             return result, attempt
@@ -168,27 +171,48 @@ class CallingOperator(Operator):
             return True
         before = self.calls_failed - len(records)
         if before == 0 or before // SKIP_LOG_EVERY != self.calls_failed // SKIP_LOG_EVERY:
-            log.warning("skipped a failed call", operator=self.name, error=error,
-                        record=truncated_repr(records[0]), records=len(records), failed_total=self.calls_failed)
+            log.warning(
+                "skipped a failed call",
+                operator=self.name,
+                error=error,
+                record=truncated_repr(records[0]),
+                records=len(records),
+                failed_total=self.calls_failed,
+            )
         return False
 
-    async def emit(self, results: list[Any], order: Iterable[int], timestamps: list[Any] | None,
-                   dead: list[FailedCall], dead_at: list[int]) -> None:
+    async def emit(
+        self,
+        results: list[Any],
+        order: Iterable[int],
+        timestamps: list[Any] | None,
+        dead: list[FailedCall],
+        dead_at: list[int],
+    ) -> None:
         """Send ``results`` in ``order`` (those of failed calls left out) with their
         records' timestamps, and the dead letters, those of the records at ``dead_at``."""
         kept = [i for i in order if results[i] is not _FAILED]
-        await self.out.process(Batch([results[i] for i in kept],
-                                     None if timestamps is None else [timestamps[i] for i in kept]))
+        await self.out.process(
+            Batch([results[i] for i in kept], None if timestamps is None else [timestamps[i] for i in kept])
+        )
         if dead and isinstance(self.on_error, OutputTag):
-            await self.emit_side(self.on_error.name, dead,
-                                 None if timestamps is None else [timestamps[i] for i in dead_at])
+            await self.emit_side(
+                self.on_error.name, dead, None if timestamps is None else [timestamps[i] for i in dead_at]
+            )
 
 
 class AsyncMapOperator(CallingOperator):
     """One output per record: ``await fn(value)``, under a :class:`CallPolicy`."""
 
-    def __init__(self, name: str, fn: Callable[[Any], Awaitable[Any]], policy: CallPolicy,
-                 on_error: str | OutputTag, *, ordered: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[Any], Awaitable[Any]],
+        policy: CallPolicy,
+        on_error: str | OutputTag,
+        *,
+        ordered: bool,
+    ) -> None:
         super().__init__(name, fn, policy, on_error)
         self.ordered = ordered
 
@@ -221,8 +245,16 @@ class BatchMapOperator(CallingOperator):
     to :attr:`concurrency` at once; a plain ``fn`` runs in the event loop, one call at a
     time (it should be quick: a ``predict`` over a batch)."""
 
-    def __init__(self, name: str, fn: Callable[[Any], Any], policy: CallPolicy, on_error: str | OutputTag, *,
-                 max_batch_size: int, form: str | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[Any], Any],
+        policy: CallPolicy,
+        on_error: str | OutputTag,
+        *,
+        max_batch_size: int,
+        form: str | None,
+    ) -> None:
         super().__init__(name, fn, policy, on_error)
         self.max_batch_size = max_batch_size
         self.form = form
@@ -258,11 +290,16 @@ class BatchMapOperator(CallingOperator):
         elif hasattr(produced, "tolist"):
             produced = produced.tolist()
         if not isinstance(produced, (list, tuple)) or len(produced) != len(records):
-            got = f"{len(produced)} results" if isinstance(produced, (list, tuple)) else \
-                f"{truncated_repr(produced)} ({type(produced).__name__})"
+            got = (
+                f"{len(produced)} results"
+                if isinstance(produced, (list, tuple))
+                else f"{truncated_repr(produced)} ({type(produced).__name__})"
+            )
             raise UserFunctionTypeError(
-                self.name, f"batch function {qualified_name(self.fn)} returned {got} for {len(records)} records; "
-                "it must return one result per record, in order (a list, a NumPy array or a pandas Series)", records,
+                self.name,
+                f"batch function {qualified_name(self.fn)} returned {got} for {len(records)} records; "
+                "it must return one result per record, in order (a list, a NumPy array or a pandas Series)",
+                records,
             )
         return list(produced)
 
@@ -275,8 +312,11 @@ def _converter(form: str | None) -> Callable[[list[Any]], Any]:
         numpy = _optional("numpy", form)
         return numpy.asarray
     pandas = _optional("pandas", form)
-    return lambda records: pandas.DataFrame.from_records(records) if records and isinstance(records[0], dict) \
+    return lambda records: (
+        pandas.DataFrame.from_records(records)
+        if records and isinstance(records[0], dict)
         else pandas.DataFrame(records)
+    )
 
 
 def _optional(module: str, form: str) -> Any:
@@ -284,4 +324,3 @@ def _optional(module: str, form: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise PipelineError(f"map_batch(form={form!r}) needs {module}: pip install {module}") from exc
-

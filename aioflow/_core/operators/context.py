@@ -88,8 +88,11 @@ class OperatorContext:
         else:  # no key, no timers: registering one fails naming the operator
             event_timers, processing_timers = MemoryTimerQueue(), MemoryTimerQueue()
         self.timer_service = TimerService(
-            operator_name, functools.partial(getattr, self, "key") if keyed else None, schedule_processing_time,
-            event_timers, processing_timers,
+            operator_name,
+            functools.partial(getattr, self, "key") if keyed else None,
+            schedule_processing_time,
+            event_timers,
+            processing_timers,
         )
 
     def _table(self, name: str, kind: str, serializer: str | Serializer | None, ttl: StateTtl | None) -> StateTable:
@@ -104,13 +107,16 @@ class OperatorContext:
         if ttl is not None and not isinstance(ttl, StateTtl):
             raise PipelineError(f"{where}: ttl= takes aioflow.StateTtl(seconds) or None, got {ttl!r}")
         return self._backend.table(
-            self.operator_name, name, kind,
+            self.operator_name,
+            name,
+            kind,
             serializer=None if serializer is None else serializer_named(serializer, where),
             ttl=ttl is not None,
         )
 
-    def value_state(self, name: str, default: Any = None, *, serializer: str | Serializer | None = None,
-                    ttl: StateTtl | None = None) -> ValueState:
+    def value_state(
+        self, name: str, default: Any = None, *, serializer: str | Serializer | None = None, ttl: StateTtl | None = None
+    ) -> ValueState:
         """One value per key; ``value()`` returns ``default`` for a key with no value yet.
         ``serializer`` (``"json"``, the default, ``"pickle"`` or a :class:`Serializer`)
         says how values are stored in checkpoints; ``ttl`` (a :class:`StateTtl`) makes
@@ -121,32 +127,45 @@ class OperatorContext:
             return ValueState(table, self, default)
         return TtlValueState(table, self, default, ttl=ttl, clock=self._clock)
 
-    def list_state(self, name: str, *, serializer: str | Serializer | None = None,
-                   ttl: StateTtl | None = None) -> ListState:
+    def list_state(
+        self, name: str, *, serializer: str | Serializer | None = None, ttl: StateTtl | None = None
+    ) -> ListState:
         """A list per key; with ``ttl``, each element expires on its own."""
         table = self._table(name, "list", serializer, ttl)
         if ttl is None:
             return ListState(table, self)
         return TtlListState(table, self, ttl=ttl, clock=self._clock)
 
-    def map_state(self, name: str, *, serializer: str | Serializer | None = None,
-                  ttl: StateTtl | None = None) -> MapState:
+    def map_state(
+        self, name: str, *, serializer: str | Serializer | None = None, ttl: StateTtl | None = None
+    ) -> MapState:
         """A dict per key; with ``ttl``, each entry expires on its own."""
         table = self._table(name, "map", serializer, ttl)
         if ttl is None:
             return MapState(table, self)
         return TtlMapState(table, self, ttl=ttl, clock=self._clock)
 
-    def reducing_state(self, name: str, reduce: Callable[[Any, Any], Any], *,
-                       serializer: str | Serializer | None = None, ttl: StateTtl | None = None) -> ReducingState:
+    def reducing_state(
+        self,
+        name: str,
+        reduce: Callable[[Any, Any], Any],
+        *,
+        serializer: str | Serializer | None = None,
+        ttl: StateTtl | None = None,
+    ) -> ReducingState:
         table = self._table(name, "reducing", serializer, ttl)
         if ttl is None:
             return ReducingState(table, self, reduce)
         return TtlReducingState(table, self, reduce, ttl=ttl, clock=self._clock)
 
-    def aggregating_state(self, name: str, aggregate: AggregateFunction[Any, Any, Any], *,
-                          serializer: str | Serializer | None = None,
-                          ttl: StateTtl | None = None) -> AggregatingState:
+    def aggregating_state(
+        self,
+        name: str,
+        aggregate: AggregateFunction[Any, Any, Any],
+        *,
+        serializer: str | Serializer | None = None,
+        ttl: StateTtl | None = None,
+    ) -> AggregatingState:
         table = self._table(name, "aggregating", serializer, ttl)
         if ttl is None:
             return AggregatingState(table, self, aggregate)
@@ -166,8 +185,7 @@ class ConcurrentContext(OperatorContext):
 
     def __init__(self, operator_name: str, *args: Any, **kwargs: Any) -> None:
         self._key_var: ContextVar[Any] = ContextVar(f"aioflow key of {operator_name}", default=None)
-        self._timestamp_var: ContextVar[int | None] = ContextVar(f"aioflow timestamp of {operator_name}",
-                                                                 default=None)
+        self._timestamp_var: ContextVar[int | None] = ContextVar(f"aioflow timestamp of {operator_name}", default=None)
         super().__init__(operator_name, *args, **kwargs)
 
     @property  # type: ignore[override]

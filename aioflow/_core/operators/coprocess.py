@@ -143,8 +143,10 @@ class BroadcastContext(OperatorContext):
                 "process_broadcast_element of a KeyedBroadcastProcessFunction"
             )
         if getattr(state, "_current", None) is not self:
-            raise TypeError(f"operator {self.operator_name!r}: apply_to_keyed_state takes a state handle "
-                            f"declared with this context, got {state!r}")
+            raise TypeError(
+                f"operator {self.operator_name!r}: apply_to_keyed_state takes a state handle "
+                f"declared with this context, got {state!r}"
+            )
         saved = self.key
         try:
             for key in state._table.keys_in():
@@ -180,8 +182,9 @@ class BroadcastProcessOperator(CoProcessOperator):
     context_class = BroadcastContext
     user_methods = ("process_element", "process_broadcast_element", "on_timer")
 
-    def __init__(self, name: str, function: Any, key_selector: Callable[[Any], Any] | None,
-                 state_names: tuple[str, ...]) -> None:
+    def __init__(
+        self, name: str, function: Any, key_selector: Callable[[Any], Any] | None, state_names: tuple[str, ...]
+    ) -> None:
         super().__init__(name, function, key_selector, None)
         self.state_names = state_names
         #: Restored broadcast states this job no longer declares: kept, as Flink does, so
@@ -254,8 +257,12 @@ class BroadcastProcessOperator(CoProcessOperator):
             if name not in self.state_names:
                 self._undeclared[name] = pairs
                 if self.env.subtask_index == 0:
-                    log.warning("broadcast state not declared any more; kept, unused", operator=self.name,
-                                state=name, declared=list(self.state_names))
+                    log.warning(
+                        "broadcast state not declared any more; kept, unused",
+                        operator=self.name,
+                        state=name,
+                        declared=list(self.state_names),
+                    )
                 continue
             entries = ctx.broadcast_state(name)._entries  # in place: open() may hold the handle
             entries.clear()

@@ -85,10 +85,18 @@ class IntervalJoinOperator(Operator):
             for side in (LEFT, RIGHT)
         }
         self.timers = backend.timers(
-            self.name, "join-cleanup", key_group_of=lambda namespace: key_group(namespace[0], max_parallelism),
+            self.name,
+            "join-cleanup",
+            key_group_of=lambda namespace: key_group(namespace[0], max_parallelism),
         )
-        ctx = OperatorContext(self.name, env.subtask_index, env.parallelism, keyed=True,
-                              backend=env.state_backend, schedule_processing_time=lambda at: None)
+        ctx = OperatorContext(
+            self.name,
+            env.subtask_index,
+            env.parallelism,
+            keyed=True,
+            backend=env.state_backend,
+            schedule_processing_time=lambda at: None,
+        )
         self._call = UserCall(self.function.process_element)
         await call_user_open(self, self.function, ctx)
 
@@ -102,7 +110,8 @@ class IntervalJoinOperator(Operator):
         values, stamps = batch.values, batch.timestamps
         if stamps is None or None in stamps:
             raise UserFunctionTypeError(
-                self.name, "interval joins need event timestamps on both inputs; pass timestamps= to app.source",
+                self.name,
+                "interval joins need event timestamps on both inputs; pass timestamps= to app.source",
                 values[0] if stamps is None else values[stamps.index(None)],  # type: ignore[arg-type]
             )
         is_left = side == LEFT

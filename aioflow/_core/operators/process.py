@@ -131,8 +131,11 @@ class ProcessOperator(Operator):
         out, out_stamps = collector.values, collector.timestamps
         keyed = keys is not None  # else the key stays as it is (no key, or a broadcast input's)
         try:
-            for value, timestamp, key in zip(values, timestamps if timestamps is not None else repeat(None),
-                                             keys if keys is not None else repeat(None)):
+            for value, timestamp, key in zip(
+                values,
+                timestamps if timestamps is not None else repeat(None),
+                keys if keys is not None else repeat(None),
+            ):
                 ctx.timestamp = timestamp
                 if keyed:
                     ctx.key = key
@@ -154,8 +157,14 @@ class ProcessOperator(Operator):
             raise self.error(describe_error(exc, fn), value) from exc
         await self.emit_collected(collector, timestamps is not None)
 
-    async def _run_concurrently(self, call: UserCall, values: list[Any], timestamps: list[Any] | None,
-                                keys: list[Any] | None, collector: Collector) -> None:
+    async def _run_concurrently(
+        self,
+        call: UserCall,
+        values: list[Any],
+        timestamps: list[Any] | None,
+        keys: list[Any] | None,
+        collector: Collector,
+    ) -> None:
         """An async ``call`` on up to :attr:`concurrency` records at once, those of one key
         in order, each coroutine with its own key and timestamp; outputs in input order."""
         ctx = self.ctx
@@ -179,16 +188,21 @@ class ProcessOperator(Operator):
                 self._check_async_outputs(produced, fn, for_key(keys, i), values[i])
                 collector.add_all(produced, timestamps[i] if timestamps is not None else None)
 
-    def _check_async_outputs(self, produced: Any, fn: Callable[..., Any], where: str, record: Any,
-                             *, has_record: bool = True) -> None:
+    def _check_async_outputs(
+        self, produced: Any, fn: Callable[..., Any], where: str, record: Any, *, has_record: bool = True
+    ) -> None:
         """An ``async def`` method returns a list of its outputs (an async generator's are
         collected into one): anything else is refused, naming the method."""
         if produced.__class__ is not list:
             name = getattr(fn, "__name__", "function")
             raise UserFunctionTypeError(
-                self.name, f"{qualified_name(fn)} returned {truncated_repr(produced)} "
+                self.name,
+                f"{qualified_name(fn)} returned {truncated_repr(produced)} "
                 f"({type(produced).__name__}){where}; an async def {name} returns a list of its outputs (or None), "
-                "or yields them", record, has_record=has_record)
+                "or yields them",
+                record,
+                has_record=has_record,
+            )
 
     async def process_watermark(self, timestamp: int) -> None:
         ctx = self.ctx
@@ -256,8 +270,9 @@ class ProcessOperator(Operator):
         except DESCRIBED_ERRORS:
             raise
         except Exception as exc:
-            raise self.error(f"on_timer at {ctx.timestamp} for key {ctx.key!r}: {describe_error(exc, fn)}", None,
-                             has_record=False) from exc
+            raise self.error(
+                f"on_timer at {ctx.timestamp} for key {ctx.key!r}: {describe_error(exc, fn)}", None, has_record=False
+            ) from exc
         finally:
             ctx.time_domain = EVENT_TIME
         await self.emit_collected(collector, event_time)
@@ -270,6 +285,7 @@ class ProcessOperator(Operator):
         call, fn = self._timer, self._timer.fn
         batch_size = self.env.batch_size
         while timers := list(due):
+
             async def one(i: int, timers: list[tuple[int, Any]] = timers) -> Any:
                 timestamp, key = timers[i]
                 ctx.key = key
@@ -279,15 +295,15 @@ class ProcessOperator(Operator):
                 except DESCRIBED_ERRORS:
                     raise
                 except Exception as exc:
-                    raise self.error(f"on_timer at {timestamp} for key {key!r}: {describe_error(exc, fn)}", None,
-                                     has_record=False) from exc
+                    raise self.error(
+                        f"on_timer at {timestamp} for key {key!r}: {describe_error(exc, fn)}", None, has_record=False
+                    ) from exc
 
             outputs = await run_concurrently(one, len(timers), [key for _, key in timers], self.concurrency)
             collector = Collector()
             for (timestamp, key), produced in zip(timers, outputs, strict=True):
                 if produced is not None:
-                    self._check_async_outputs(produced, fn, f" at {timestamp} for key {key!r}", None,
-                                              has_record=False)
+                    self._check_async_outputs(produced, fn, f" at {timestamp} for key {key!r}", None, has_record=False)
                     collector.add_all(produced, timestamp if event_time else None)
                     if len(collector) >= batch_size:
                         await self.emit_collected(collector, event_time)

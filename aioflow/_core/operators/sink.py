@@ -67,7 +67,8 @@ class SinkOperator(Operator):
             raise self.error(
                 f"sink {type(self.sink).__name__} failed writing a batch of {len(batch.values)} records: "
                 f"{type(exc).__name__}: {exc}",
-                record, has_record=record is not _MISSING,
+                record,
+                has_record=record is not _MISSING,
             ) from exc
         interval = self.writer.flush_interval
         if interval is not None and not self._flush_scheduled:
@@ -95,8 +96,9 @@ class SinkOperator(Operator):
         async with self._committing:  # the coordinator and the end of input may both commit
             # the end of input's pre-commit: once a checkpoint holds this subtask's final state
             final_checkpointed = self.env is not None and self.env.final_state_checkpointed
-            while self._pending and (self._pending[0][0] <= checkpoint_id
-                                     or (self._pending[0][0] == END_OF_INPUT and final_checkpointed)):
+            while self._pending and (
+                self._pending[0][0] <= checkpoint_id or (self._pending[0][0] == END_OF_INPUT and final_checkpointed)
+            ):
                 _, handle = self._pending[0]
                 try:
                     await self.writer.commit(handle)
@@ -119,8 +121,10 @@ class SinkOperator(Operator):
             await self.writer.recover(every)
         except Exception as exc:
             raise self._failed("recover its transactions", exc) from exc
-        restored = sorted(((cid, handle) for state in mine if state for cid, handle in state["pending"]),
-                          key=lambda pending: pending[0])
+        restored = sorted(
+            ((cid, handle) for state in mine if state for cid, handle in state["pending"]),
+            key=lambda pending: pending[0],
+        )
         for _, handle in restored:  # they belong to the completed checkpoint: finish committing them
             try:
                 await self.writer.commit(handle)
@@ -175,5 +179,6 @@ class SinkOperator(Operator):
                 raise self._failed("close", exc) from exc
 
     def _failed(self, step: str, exc: Exception) -> OperatorError:
-        return self.error(f"sink {type(self.sink).__name__} failed to {step}: {type(exc).__name__}: {exc}",
-                          None, has_record=False)
+        return self.error(
+            f"sink {type(self.sink).__name__} failed to {step}: {type(exc).__name__}: {exc}", None, has_record=False
+        )

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FilterOperator", "FlatMapOperator", "MapOperator", "RollingReduceOperator"]
 
+
 class MapOperator(Operator):
     """One output per record: ``fn(value)``."""
 
@@ -65,8 +66,13 @@ class FlatMapOperator(Operator):
         out_ts: list[Any] | None = [] if timestamps is not None else None
         fn = self.fn
         if self._async_gen:
-            outputs = await self.call_each(lambda value: collect_async(fn(value)), values, is_async=True,
-                                           keys=await self.keys_in_order(batch), named=fn)
+            outputs = await self.call_each(
+                lambda value: collect_async(fn(value)),
+                values,
+                is_async=True,
+                keys=await self.keys_in_order(batch),
+                named=fn,
+            )
         elif self._async:
             outputs = await self.call_each(fn, values, is_async=True, keys=await self.keys_in_order(batch))
         else:

@@ -78,6 +78,7 @@ class _WindowCollector(Collector):
         super().__init__()
         self.pending: list[tuple[Any, Any, list[Any]]] = []
 
+
 AGGREGATE, REDUCE, PROCESS = "aggregate", "reduce", "process"
 
 
@@ -262,23 +263,31 @@ class WindowOperator(Operator):
     async def open(self, env: SubtaskEnvironment) -> None:
         await super().open(env)
         backend = env.state_backend
-        self.contents = backend.table(self.name, "window-contents", self._layout(), serializer=self.serializer,
-                                      namespaces=WINDOW_KEYS)
+        self.contents = backend.table(
+            self.name, "window-contents", self._layout(), serializer=self.serializer, namespaces=WINDOW_KEYS
+        )
         if self.assigner.is_merging:
-            self.sessions = backend.table(self.name, "window-sessions", "sessions",
-                                          serializer=_WindowListSerializer())
+            self.sessions = backend.table(self.name, "window-sessions", "sessions", serializer=_WindowListSerializer())
         self._trigger_tables: dict[str, StateTable] = {}
         max_parallelism = env.max_parallelism
         self.event_timers = backend.timers(
-            self.name, "window-event-timers",
-            key_group_of=lambda namespace: key_group(namespace[0], max_parallelism), keys=_TIMER_KEYS,
+            self.name,
+            "window-event-timers",
+            key_group_of=lambda namespace: key_group(namespace[0], max_parallelism),
+            keys=_TIMER_KEYS,
         )
         self.processing_timers = backend.timers(
-            self.name, "window-processing-timers",
-            key_group_of=lambda namespace: key_group(namespace[0], max_parallelism), keys=_TIMER_KEYS,
+            self.name,
+            "window-processing-timers",
+            key_group_of=lambda namespace: key_group(namespace[0], max_parallelism),
+            keys=_TIMER_KEYS,
         )
         self.ctx = OperatorContext(
-            self.name, env.subtask_index, env.parallelism, keyed=True, backend=env.state_backend,
+            self.name,
+            env.subtask_index,
+            env.parallelism,
+            keyed=True,
+            backend=env.state_backend,
             schedule_processing_time=lambda at: env.schedule(at, self.on_processing_time),
         )
         self.trigger_ctx = TriggerContext(self)
@@ -307,21 +316,26 @@ class WindowOperator(Operator):
         if stored["kind"] != layout:
             change = _layout_change(str(stored["kind"]), layout)
         elif stored["serializer"] != serializer:
-            change = (f"the window contents were stored with the {stored['serializer']!r} serializer, and the job "
-                      f"now declares {serializer!r} (window(..., serializer=...))")
+            change = (
+                f"the window contents were stored with the {stored['serializer']!r} serializer, and the job "
+                f"now declares {serializer!r} (window(..., serializer=...))"
+            )
         else:
             return
         raise IncompatibleStateError(
             f"window operator {self.name!r}: the windows in the checkpoint cannot be resumed: {change}. Resume with "
             "the old window definition, or give the changed operator a new name and restore with "
-            "--allow-non-restored-state to drop its windows", was=str(stored["kind"]))
+            "--allow-non-restored-state to drop its windows",
+            was=str(stored["kind"]),
+        )
 
     def trigger_table(self, name: str) -> StateTable:
         table = self._trigger_tables.get(name)
         if table is None:
             assert self.env is not None
             table = self._trigger_tables[name] = self.env.state_backend.table(
-                self.name, f"trigger-{name}", "trigger", serializer=self.serializer, namespaces=WINDOW_KEYS)
+                self.name, f"trigger-{name}", "trigger", serializer=self.serializer, namespaces=WINDOW_KEYS
+            )
         return table
 
     def register_processing_timer(self, time: int, namespace: tuple[Any, Any]) -> None:
@@ -469,8 +483,13 @@ class WindowOperator(Operator):
                 self._log_late(final=False)
 
     def _process_fast(
-        self, values: list[Any], stamps: list[int], keys: list[Any], collector: _WindowCollector,
-        late: list[Any], late_ts: list[Any],
+        self,
+        values: list[Any],
+        stamps: list[int],
+        keys: list[Any],
+        collector: _WindowCollector,
+        late: list[Any],
+        late_ts: list[Any],
     ) -> None:
         """Tumbling and sliding event-time windows, default trigger, no evictor: the generic
         logic inlined. A (key, window) gets its timers (the window end, and the cleanup
@@ -511,8 +530,14 @@ class WindowOperator(Operator):
                         if pane is None:
                             window = TimeWindow(start, start + size)
                             pane = panes[start] = _FastPane(window, table.view(window))
-                        window, get, load, put, mark, new = pane.window, pane.get, pane.load, pane.put, pane.mark, \
-                            pane.new.append
+                        window, get, load, put, mark, new = (
+                            pane.window,
+                            pane.get,
+                            pane.load,
+                            pane.put,
+                            pane.mark,
+                            pane.new.append,
+                        )
                         end_ts, last_start = start + size - 1, start
                     current = get(key, MISSING)
                     if current is MISSING and (current := load(key)) is MISSING:
@@ -559,8 +584,13 @@ class WindowOperator(Operator):
                     timers.add_all(min(end_ts + lateness, MAX_WATERMARK), pairs)
 
     def _process_generic(
-        self, values: list[Any], stamps: list[Any] | None, keys: list[Any], collector: _WindowCollector,
-        late: list[Any], late_ts: list[Any],
+        self,
+        values: list[Any],
+        stamps: list[Any] | None,
+        keys: list[Any],
+        collector: _WindowCollector,
+        late: list[Any],
+        late_ts: list[Any],
     ) -> None:
         value = None
         try:
@@ -574,8 +604,14 @@ class WindowOperator(Operator):
             raise self.error(f"{type(exc).__name__}: {exc}", value) from exc
 
     def _element(
-        self, value: Any, timestamp: Any, key: Any, now: int, collector: _WindowCollector,
-        late: list[Any], late_ts: list[Any],
+        self,
+        value: Any,
+        timestamp: Any,
+        key: Any,
+        now: int,
+        collector: _WindowCollector,
+        late: list[Any],
+        late_ts: list[Any],
     ) -> None:
         assigner = self.assigner
         windows = assigner.assign_windows(value, timestamp, now)
@@ -601,7 +637,9 @@ class WindowOperator(Operator):
     def _act(self, result: TriggerResult, key: Any, window: Any, collector: _WindowCollector) -> None:
         if not isinstance(result, TriggerResult):
             raise UserFunctionTypeError(
-                self.name, f"trigger {self.trigger!r} returned {result!r}, not a TriggerResult", None,
+                self.name,
+                f"trigger {self.trigger!r} returned {result!r}, not a TriggerResult",
+                None,
                 has_record=False,
             )
         if result.fire:
@@ -631,8 +669,9 @@ class WindowOperator(Operator):
             if self.assigner.is_event_time and self._cleanup_time(cover) <= self.watermark:
                 raise OperatorError(
                     self.name,
-                    f"merging windows {existing} into {cover} would create a window that is already "
-                    "past the watermark", None, has_record=False,
+                    f"merging windows {existing} into {cover} would create a window that is already past the watermark",
+                    None,
+                    has_record=False,
                 )
             ctx = self.trigger_ctx._at(key, cover)
             ctx.merged_windows = existing
@@ -710,8 +749,9 @@ class WindowOperator(Operator):
         batch_size = self.env.batch_size
         lateness = self.lateness
         function = self.window_function
-        clear = function.clear if function is not None and type(function).clear is not ProcessWindowFunction.clear \
-            else None  # the default does nothing: skip the call
+        clear = (
+            function.clear if function is not None and type(function).clear is not ProcessWindowFunction.clear else None
+        )  # the default does nothing: skip the call
         call = self._window_call
         sync_fn = call.fn if call is not None and call.kind == "sync" and self.kind != PROCESS else None
         get_result = self.function.get_result if self.kind == AGGREGATE else None
@@ -759,8 +799,11 @@ class WindowOperator(Operator):
                                     check_outputs(produced)
                                     before = len(values)
                                     for item in produced:
-                                        if item.__class__ is tuple and len(item) == 2 \
-                                                and item[0].__class__ is OutputTag:
+                                        if (
+                                            item.__class__ is tuple
+                                            and len(item) == 2
+                                            and item[0].__class__ is OutputTag
+                                        ):
                                             collector.add_all([item], end_ts)
                                         else:
                                             values.append(item)
@@ -832,8 +875,13 @@ class WindowOperator(Operator):
         now = time.monotonic()
         if not unlogged or (not final and self._late_logged and now - self._late_logged_at < LATE_LOG_INTERVAL):
             return
-        log.warning("late records dropped", operator=self.name, count=self.late_records_dropped, new=unlogged,
-                    hint="use side_output_late_data(tag) to keep them, or allowed_lateness(ms)")
+        log.warning(
+            "late records dropped",
+            operator=self.name,
+            count=self.late_records_dropped,
+            new=unlogged,
+            hint="use side_output_late_data(tag) to keep them, or allowed_lateness(ms)",
+        )
         self._late_logged, self._late_logged_at = self.late_records_dropped, now
 
     async def snapshot_state(self, checkpoint_id: int) -> Any:

@@ -109,7 +109,9 @@ def qualified_name(fn: Callable[..., Any]) -> str:
 
 def describe_error(exc: BaseException, fn: Callable[..., Any]) -> str:
     if isinstance(exc, StrayCancellation):
-        return f"{qualified_name(fn)} raised CancelledError, but nothing cancelled the job (did it await a task " \
-               "that was cancelled elsewhere?)"
+        return (
+            f"{qualified_name(fn)} raised CancelledError, but nothing cancelled the job (did it await a task "
+            "that was cancelled elsewhere?)"
+        )
     detail = str(exc) or (_STRAY_NEXT if isinstance(exc, StopIteration) else "")
     return f"{qualified_name(fn)} raised {type(exc).__name__}" + (f": {detail}" if detail else "")

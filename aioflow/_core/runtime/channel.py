@@ -38,8 +38,17 @@ class ChannelStatistics:
 class Channel:
     """A bounded FIFO of messages from one sender to one receiver."""
 
-    __slots__ = ("_buffer", "_capacity", "_gate", "_index", "_send_waiter", "_sent", "_waited", "_waiting_since",
-                 "name")
+    __slots__ = (
+        "_buffer",
+        "_capacity",
+        "_gate",
+        "_index",
+        "_send_waiter",
+        "_sent",
+        "_waited",
+        "_waiting_since",
+        "name",
+    )
 
     def __init__(self, capacity: int, name: str = "") -> None:
         if capacity < 1:

@@ -18,8 +18,9 @@ import anyio
 __all__ = ["run_concurrently"]
 
 
-async def run_concurrently(call: Callable[[int], Awaitable[Any]], count: int, keys: Sequence[Hashable] | None,
-                           limit: int) -> list[Any]:
+async def run_concurrently(
+    call: Callable[[int], Awaitable[Any]], count: int, keys: Sequence[Hashable] | None, limit: int
+) -> list[Any]:
     """``[await call(i) for i in range(count)]``, with the records of each key (``keys[i]``;
     ``None``: no key, no order) run in order and at most ``limit`` calls at once. The first
     exception ``call`` raises cancels the others and is raised as it is."""

@@ -141,8 +141,7 @@ def _build(plan: Plan, config: RuntimeConfig, job: Job, state: OpenedState | Non
                 max_parallelism=config.max_parallelism,
                 batch_size=config.batch_size,
                 max_concurrency=config.max_concurrency,
-                state_backend=_backend(state, config, key_group_range(index, config.max_parallelism,
-                                                                      task.parallelism)),
+                state_backend=_backend(state, config, key_group_range(index, config.max_parallelism, task.parallelism)),
                 request_stop=job.request_stop,
                 restored=restored,
                 exactly_once=config.checkpoint_mode == "exactly_once",
@@ -205,9 +204,14 @@ def _backend(state: OpenedState | None, config: RuntimeConfig, key_groups: range
     """A subtask's keyed-state backend: LMDB over the worker's store, or memory."""
     if state is None:
         return MemoryBackend(key_groups=key_groups, max_parallelism=config.max_parallelism)
-    return LmdbBackend(state.store, key_groups=key_groups, max_parallelism=config.max_parallelism,
-                       cache_size=config.state_cache_size, checkpointed=config.checkpoint_interval is not None,
-                       completed=state.manifest.checkpoint_id if state.manifest is not None else 0)
+    return LmdbBackend(
+        state.store,
+        key_groups=key_groups,
+        max_parallelism=config.max_parallelism,
+        cache_size=config.state_cache_size,
+        checkpointed=config.checkpoint_interval is not None,
+        completed=state.manifest.checkpoint_id if state.manifest is not None else 0,
+    )
 
 
 class Job:
@@ -238,8 +242,9 @@ class Job:
         #: The savepoint a stop took (its directory), once the job stopped with one.
         self.savepoint: Path | None = None
 
-    async def _checkpoint_periodically(self, coordinator: CheckpointCoordinator,
-                                       fail: Callable[[BaseException], None]) -> None:
+    async def _checkpoint_periodically(
+        self, coordinator: CheckpointCoordinator, fail: Callable[[BaseException], None]
+    ) -> None:
         """Take periodic checkpoints while tasks run; a checkpoint failure beyond the
         tolerated ones fails the job."""
         try:
@@ -248,21 +253,25 @@ class Job:
         except Exception as exc:
             fail(exc)
 
-    async def _final_checkpoint(self, coordinator: CheckpointCoordinator,
-                                fail: Callable[[BaseException], None]) -> None:
+    async def _final_checkpoint(
+        self, coordinator: CheckpointCoordinator, fail: Callable[[BaseException], None]
+    ) -> None:
         """Once every task reported its final state: the checkpoint that holds it, which also
         commits what sinks pre-committed at the end of input (they wait for it to close)."""
         await coordinator.all_finished.wait()
         self._periodic.cancel()
         try:
             if await coordinator.checkpoint("final") is None:
-                raise StateError("the final checkpoint did not complete (see the log): what the end of input "
-                                 "wrote is not committed; a restart resumes from the last completed checkpoint")
+                raise StateError(
+                    "the final checkpoint did not complete (see the log): what the end of input "
+                    "wrote is not committed; a restart resumes from the last completed checkpoint"
+                )
         except Exception as exc:
             fail(exc)
 
-    async def _stop_with_savepoint(self, coordinator: CheckpointCoordinator, fail: Callable[[BaseException], None],
-                                   job: anyio.CancelScope) -> None:
+    async def _stop_with_savepoint(
+        self, coordinator: CheckpointCoordinator, fail: Callable[[BaseException], None], job: anyio.CancelScope
+    ) -> None:
         """On a stop request: sources stop after a savepoint's barrier; once it is committed
         (sinks included) and copied to ``state_dir/savepoints``, cancel the tasks, which
         are all waiting. Windows and timers are not fired: they live on in the savepoint."""
@@ -274,8 +283,10 @@ class Job:
             try:
                 metadata = await coordinator.checkpoint("savepoint", stop=True)
                 if metadata is None:
-                    raise StateError("stop with a savepoint failed: the savepoint did not complete (see the log); "
-                                     "a restart resumes from the last completed checkpoint")
+                    raise StateError(
+                        "stop with a savepoint failed: the savepoint did not complete (see the log); "
+                        "a restart resumes from the last completed checkpoint"
+                    )
                 path = Path(coordinator.store.path) / "savepoints" / f"savepoint-{metadata.checkpoint_id}"
             except Exception as exc:
                 fail(exc)
@@ -328,8 +339,15 @@ class Job:
         savepoint = Path(config.from_savepoint) if config.from_savepoint is not None and install_savepoint else None
         if config.checkpoint_interval is None:
             self._refuse_without_checkpoints(storage, savepoint)
-        state = open_state(Path(config.state_dir), self._lock, storage, self.plan.app_name, config.max_parallelism,
-                           savepoint, self._check_restorable)
+        state = open_state(
+            Path(config.state_dir),
+            self._lock,
+            storage,
+            self.plan.app_name,
+            config.max_parallelism,
+            savepoint,
+            self._check_restorable,
+        )
         try:
             if state.manifest is not None:
                 self._drop_removed_operators(state)
@@ -337,9 +355,12 @@ class Job:
             state.store.close()
             raise
         if state.manifest is not None and state.manifest.kind == "final":
-            log.warning("the state directory holds the final checkpoint of a job that ended (its input ended or a "
-                        "stop drained it): sources resume where they ended, and its windows have fired: records "
-                        "older than its watermark are late", state_dir=config.state_dir)
+            log.warning(
+                "the state directory holds the final checkpoint of a job that ended (its input ended or a "
+                "stop drained it): sources resume where they ended, and its windows have fired: records "
+                "older than its watermark are late",
+                state_dir=config.state_dir,
+            )
         return state
 
     def _refuse_without_checkpoints(self, storage: CheckpointStorage, savepoint: Path | None) -> None:
@@ -350,7 +371,8 @@ class Job:
         if savepoint is not None:
             raise IncompatibleStateError(
                 f"{where}: restoring {savepoint} needs checkpoints (checkpoint_interval, --checkpoint-interval): "
-                "without them the restored state would change with no checkpoint to come back to")
+                "without them the restored state would change with no checkpoint to come back to"
+            )
         job = storage.job()
         if job is not None:
             newest = storage.checkpoints()
@@ -361,7 +383,8 @@ class Job:
                 "checkpoint to come back to, and the next run with checkpoints would resume a working copy that no "
                 "longer matches its checkpoint. Run with checkpoint_interval (--checkpoint-interval) to resume the "
                 "job, or give this run another state_dir (to start afresh, delete the state directory and its "
-                "checkpoint storage together)")
+                "checkpoint storage together)"
+            )
 
     def _removed_operators(self, manifest: Manifest) -> list[str]:
         """Operators with state in ``manifest`` that the job no longer has."""
@@ -377,12 +400,14 @@ class Job:
             raise IncompatibleStateError(
                 f"{where} was taken with max_parallelism {manifest.max_parallelism} and the app now has "
                 f"{config.max_parallelism}: keyed state is split into max_parallelism key groups, which cannot "
-                "change across a restore")
+                "change across a restore"
+            )
         gone = self._removed_operators(manifest)
         if gone and not config.allow_non_restored_state:
             raise IncompatibleStateError(
                 f"{where} has state of operators {gone} that the job no longer has; restore anyway with "
-                "--allow-non-restored-state (that state is then dropped)")
+                "--allow-non-restored-state (that state is then dropped)"
+            )
         for task in self.plan.tasks:
             for node in task.nodes:
                 node.make_operator().check_restore(manifest.tables)
@@ -394,11 +419,13 @@ class Job:
         gone = self._removed_operators(manifest)
         if not gone:
             return
-        manifest.operators = {name: states for name, states in manifest.operators.items()
-                              if name.split("#")[0] not in gone}
+        manifest.operators = {
+            name: states for name, states in manifest.operators.items() if name.split("#")[0] not in gone
+        }
         state.store.forget_operators(set(gone), self.config.max_parallelism)
-        log.warning("dropped the state of operators the job no longer has", operators=gone,
-                    state_dir=self.config.state_dir)
+        log.warning(
+            "dropped the state of operators the job no longer has", operators=gone, state_dir=self.config.state_dir
+        )
 
     async def run(self) -> None:
         """Run until every task finished; raise the first failure, once the restart
@@ -441,13 +468,19 @@ class Job:
                 failures.append(now)
                 delay = strategy.backoff(failures)
                 if delay is None:
-                    log.error("restarts exhausted", app=self.plan.app_name, failures=len(failures),
-                              strategy=repr(strategy))
+                    log.error(
+                        "restarts exhausted", app=self.plan.app_name, failures=len(failures), strategy=repr(strategy)
+                    )
                     raise
                 self.restarts += 1
                 self._phase = "restarting"
-                log.warning("job failed: restarting from the last checkpoint", app=self.plan.app_name,
-                            error=f"{type(exc).__name__}: {exc}", restart=self.restarts, delay=delay)
+                log.warning(
+                    "job failed: restarting from the last checkpoint",
+                    app=self.plan.app_name,
+                    error=f"{type(exc).__name__}: {exc}",
+                    restart=self.restarts,
+                    delay=delay,
+                )
             finally:
                 if state is not None:
                     state.store.close()
@@ -455,8 +488,10 @@ class Job:
             with anyio.move_on_after(delay):
                 await self._stopping.wait()
             if self._stopping.is_set():
-                log.warning("stopped while waiting to restart: a restart resumes from the last checkpoint",
-                            app=self.plan.app_name)
+                log.warning(
+                    "stopped while waiting to restart: a restart resumes from the last checkpoint",
+                    app=self.plan.app_name,
+                )
                 return
 
     def _reset(self) -> None:
@@ -472,10 +507,17 @@ class Job:
         coordinator = None
         if state is not None and config.checkpoint_interval is not None:
             coordinator = self._coordinator = CheckpointCoordinator(
-                state.store, state.storage, list(subtasks), identity=state.identity,
-                max_parallelism=config.max_parallelism, last=state.manifest, interval=config.checkpoint_interval,
-                timeout=config.checkpoint_timeout, min_pause=config.min_pause_between_checkpoints,
-                retained=config.retained_checkpoints, tolerable_failures=config.tolerable_checkpoint_failures,
+                state.store,
+                state.storage,
+                list(subtasks),
+                identity=state.identity,
+                max_parallelism=config.max_parallelism,
+                last=state.manifest,
+                interval=config.checkpoint_interval,
+                timeout=config.checkpoint_timeout,
+                min_pause=config.min_pause_between_checkpoints,
+                retained=config.retained_checkpoints,
+                tolerable_failures=config.tolerable_checkpoint_failures,
                 statistics=self.checkpoint_statistics,
             )
             self._savepoint_requested = anyio.Event()
@@ -533,8 +575,12 @@ class Job:
         if failure is not None:
             raise failure
         if self.savepoint is not None:
-            log.info("job stopped with a savepoint", app=plan.app_name, savepoint=str(self.savepoint),
-                     seconds=round(time.perf_counter() - started, 3))
+            log.info(
+                "job stopped with a savepoint",
+                app=plan.app_name,
+                savepoint=str(self.savepoint),
+                seconds=round(time.perf_counter() - started, 3),
+            )
             return
         log.info("job finished", app=plan.app_name, seconds=round(time.perf_counter() - started, 3))
 

@@ -301,15 +301,23 @@ class Operator(Output):
         assert self.env is not None, "concurrency before open()"
         return self.max_concurrency or self.env.max_concurrency
 
-    async def call_each(self, fn: Callable[[Any], Any], values: list[Any], *, is_async: bool = False,
-                        what: str = "", keys: list[Any] | None = None,
-                        named: Callable[..., Any] | None = None) -> list[Any]:
+    async def call_each(
+        self,
+        fn: Callable[[Any], Any],
+        values: list[Any],
+        *,
+        is_async: bool = False,
+        what: str = "",
+        keys: list[Any] | None = None,
+        named: Callable[..., Any] | None = None,
+    ) -> list[Any]:
         """``[fn(v) for v in values]``, at C speed for sync functions; an ``async def``
         ``fn`` runs on up to :attr:`concurrency` records at once, those of one key
         (``keys``) in order. If ``fn`` raises, an :class:`OperatorError` names this
         operator, the record and its key (and ``named``, the user's function ``fn`` wraps)."""
         shown = named or fn
         if is_async:
+
             async def call(i: int) -> Any:
                 try:
                     return await await_user(fn(values[i]))
@@ -327,8 +335,11 @@ class Operator(Output):
                 if inspect.iscoroutine(coroutine):
                     coroutine.close()  # never awaited: no warning for each
             raise UserFunctionTypeError(
-                self.name, f"{what}{qualified_name(shown)} is not async def but returned a coroutine; make it "
-                "async def, or use functools.partial(fn, ...) instead of a lambda that calls it", values[0])
+                self.name,
+                f"{what}{qualified_name(shown)} is not async def but returned a coroutine; make it "
+                "async def, or use functools.partial(fn, ...) instead of a lambda that calls it",
+                values[0],
+            )
         return out
 
     async def keys_in_order(self, batch: Batch) -> list[Any] | None:
@@ -347,5 +358,3 @@ class Operator(Output):
         keys = await self.call_each(key_selector, batch.values, what="key selector ")
         check_hashable(keys, key_selector, batch.values, self.name)
         return keys
-
-

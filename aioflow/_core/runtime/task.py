@@ -264,8 +264,7 @@ class _Task:
                     if isinstance(exc, OperatorError):
                         failure = exc
                     else:
-                        failure = operator.error(f"close() failed: {type(exc).__name__}: {exc}", None,
-                                                 has_record=False)
+                        failure = operator.error(f"close() failed: {type(exc).__name__}: {exc}", None, has_record=False)
                         failure.__cause__ = exc
         if failure is not None:
             raise failure
@@ -380,8 +379,7 @@ class SourceTask(_Task):
                 if watermarks is None:
                     await head.process(Batch(records))
                 else:
-                    await watermarks.push(head, source_batch.split, records, reader.splits(),
-                                          source_batch.timestamps)
+                    await watermarks.push(head, source_batch.split, records, reader.splits(), source_batch.timestamps)
                 if trim is not None:
                     trim()  # keep the state cache within its size
                 await self.flush_lingering()
@@ -430,7 +428,8 @@ class SourceTask(_Task):
         else:
             try:
                 position = self.source.rescale([state["position"] for state in states], env.parallelism)[
-                    env.subtask_index]
+                    env.subtask_index
+                ]
             except StateError as exc:
                 raise StateError(
                     f"source {self.head.name!r} was checkpointed with parallelism {len(states)} and now runs "

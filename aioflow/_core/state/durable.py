@@ -84,19 +84,23 @@ def _encode(operator: str, state: str, key: Any) -> bytes:
         ) from exc
 
 
-def _damage_error(store: LmdbStore, what: str, exc: StoredValueDamaged,
-                  split: Callable[[bytes], tuple[Any, Any]]) -> CorruptStateError:
+def _damage_error(
+    store: LmdbStore, what: str, exc: StoredValueDamaged, split: Callable[[bytes], tuple[Any, Any]]
+) -> CorruptStateError:
     """A damaged stored entry, named as the table or queue that read it knows it."""
     try:
         namespace, key = split(exc.key)
         where = f"key {key!r}" + ("" if namespace is None else f" in namespace {namespace!r}")
     except Exception:
         where = f"stored key {exc.key!r} (itself damaged)"
-    advice = store.advice() or ("restore the working copy from checkpoint storage with --from-savepoint (a "
-                                "retained checkpoint works as a savepoint), or start from an empty state directory")
+    advice = store.advice() or (
+        "restore the working copy from checkpoint storage with --from-savepoint (a "
+        "retained checkpoint works as a savepoint), or start from an empty state directory"
+    )
     return CorruptStateError(
         f"state directory {store.path}: {what}: the stored entry of {where} is damaged ({exc.why}); the job stops "
-        f"here so that nothing is committed after the damage. To go on, {advice}")
+        f"here so that nothing is committed after the damage. To go on, {advice}"
+    )
 
 
 class LmdbTable:
@@ -296,17 +300,17 @@ class LmdbTable:
     def _split(self, stored: bytes) -> tuple[Any, Any]:
         (size,) = _LEN.unpack_from(stored, _HEAD)
         start = _HEAD + _LEN.size
-        namespace = None if size == 0 else decode_key(stored[start:start + size])
+        namespace = None if size == 0 else decode_key(stored[start : start + size])
         if namespace is not None and self._codec is not None:
             namespace = self._codec.decode(namespace)
-        return namespace, decode_key(stored[start + size:])
+        return namespace, decode_key(stored[start + size :])
 
     def _stored_entries(self, namespace: Any) -> Iterator[tuple[bytes, Any]]:
         """``(stored key, key)`` of ``namespace`` in the owned key groups."""
         for group in self._backend.owned_groups():
             start = self._namespace_prefix(group, namespace)
             for stored, _ in self._scan(start, after(start)):
-                yield stored, decode_key(stored[len(start):])
+                yield stored, decode_key(stored[len(start) :])
 
     def _scan(self, start: bytes, end: bytes) -> Iterator[tuple[bytes, bytes | None]]:
         try:
@@ -319,8 +323,11 @@ class LmdbTable:
             return self.serializer.dumps(value)
         except Exception as exc:
             windows = self.kind.startswith("window contents") or self.name.startswith("trigger-")
-            how = "give the window serializer='pickle' (.window(assigner, serializer='pickle'))" if windows else \
-                "declare the state with serializer='pickle'"
+            how = (
+                "give the window serializer='pickle' (.window(assigner, serializer='pickle'))"
+                if windows
+                else "declare the state with serializer='pickle'"
+            )
             raise StateError(
                 f"operator {self.operator!r}: state {self.name!r} cannot serialise a value of type "
                 f"{type(value).__name__} with {self.serializer!r}: {exc}; keep JSON types in state, or {how}"
@@ -408,8 +415,10 @@ class LmdbTable:
     def cached_entries(self) -> int:
         """Entries this table caches now (values and deletions); counted by walking the
         cache, for tests and statistics (the backend keeps its own count as it goes)."""
-        return sum(len(entries) + sum(1 for key in self._dirty[namespace] if key not in entries)
-                   for namespace, entries in self._namespaces.items())
+        return sum(
+            len(entries) + sum(1 for key in self._dirty[namespace] if key not in entries)
+            for namespace, entries in self._namespaces.items()
+        )
 
 
 class LmdbTimerQueue:
@@ -427,8 +436,15 @@ class LmdbTimerQueue:
 
     _NEW, _STORED, _MAYBE = 0, 1, 2
 
-    def __init__(self, backend: LmdbBackend, table_id: int, key_group_of: Callable[[Any], int],
-                 keys: KeyCodec | None, restored: bool, name: str) -> None:
+    def __init__(
+        self,
+        backend: LmdbBackend,
+        table_id: int,
+        key_group_of: Callable[[Any], int],
+        keys: KeyCodec | None,
+        restored: bool,
+        name: str,
+    ) -> None:
         self._backend = backend
         self._store = backend.store
         self._count = backend.count
@@ -547,7 +563,7 @@ class LmdbTimerQueue:
                 continue  # stale
             start = self._time_prefix(group, timestamp)
             for stored, _ in self._scan(start, self._time_prefix(group, timestamp + 1)):
-                key = self._decode(stored[len(start):])
+                key = self._decode(stored[len(start) :])
                 if (timestamp, key) in self._deleted:
                     continue
                 cached = self._by_time.get(timestamp)
@@ -611,7 +627,7 @@ class LmdbTimerQueue:
 
     def _split(self, stored: bytes) -> tuple[Any, Any]:
         """The timestamp and key of a stored timer."""
-        return _TIME.unpack_from(stored, _HEAD)[0] - _TIME_OFFSET, self._decode(stored[_HEAD + _TIME.size:])
+        return _TIME.unpack_from(stored, _HEAD)[0] - _TIME_OFFSET, self._decode(stored[_HEAD + _TIME.size :])
 
     def flush(self, changes: list[tuple[bytes, bytes | None]]) -> None:
         """Add the timers the store lacks and the deletions to ``changes``."""
@@ -641,7 +657,7 @@ class LmdbTimerQueue:
             if evicted >= budget:
                 break
             keys = self._by_time[timestamp]
-            for key in [key for key, flag in keys.items() if flag == self._STORED][:budget - evicted]:
+            for key in [key for key, flag in keys.items() if flag == self._STORED][: budget - evicted]:
                 del keys[key]
                 evicted += 1
             if not keys:
@@ -746,8 +762,8 @@ class LmdbBackend:
         serializer = serializer if serializer is not None else self.serializer
         table_id, restored = self.store.register_table(operator, state, declared, serializer.name)
         table = self.tables[operator, state] = LmdbTable(
-            self, operator, state, declared, serializer, table_id, key_group_of or self._group_of, namespaces,
-            restored)
+            self, operator, state, declared, serializer, table_id, key_group_of or self._group_of, namespaces, restored
+        )
         if ttl:
             self._ttl.add(table, kind)
         return table
@@ -837,7 +853,7 @@ class LmdbBackend:
 
     def _named(self, exc: StoredValueDamaged) -> CorruptStateError:
         """A damaged entry, named by the table or timer queue it belongs to."""
-        holder = self._by_prefix().get(exc.key[KEY_GROUP.size:KEY_GROUP.size + TABLE.size])
+        holder = self._by_prefix().get(exc.key[KEY_GROUP.size : KEY_GROUP.size + TABLE.size])
         return holder._damaged(exc) if holder is not None else exc
 
     def confirm(self, checkpoint_id: int) -> None:

@@ -284,8 +284,9 @@ class TtlValueState(_Expiring, ValueState):
 
     __slots__ = _TTL_SLOTS
 
-    def __init__(self, table: StateTable, current: Any, default: Any = None, *, ttl: StateTtl,
-                 clock: Callable[[], int]) -> None:
+    def __init__(
+        self, table: StateTable, current: Any, default: Any = None, *, ttl: StateTtl, clock: Callable[[], int]
+    ) -> None:
         super().__init__(table, current, default)
         self._set_ttl(ttl, clock)
 
@@ -453,8 +454,15 @@ class TtlReducingState(_Expiring, ReducingState):
 
     __slots__ = _TTL_SLOTS
 
-    def __init__(self, table: StateTable, current: Any, reduce: Callable[[Any, Any], Any], *, ttl: StateTtl,
-                 clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        table: StateTable,
+        current: Any,
+        reduce: Callable[[Any, Any], Any],
+        *,
+        ttl: StateTtl,
+        clock: Callable[[], int],
+    ) -> None:
         super().__init__(table, current, reduce)
         self._set_ttl(ttl, clock)
 
@@ -475,8 +483,15 @@ class TtlAggregatingState(_Expiring, AggregatingState):
 
     __slots__ = _TTL_SLOTS
 
-    def __init__(self, table: StateTable, current: Any, agg: AggregateFunction[Any, Any, Any], *, ttl: StateTtl,
-                 clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        table: StateTable,
+        current: Any,
+        agg: AggregateFunction[Any, Any, Any],
+        *,
+        ttl: StateTtl,
+        clock: Callable[[], int],
+    ) -> None:
         super().__init__(table, current, agg)
         self._set_ttl(ttl, clock)
 

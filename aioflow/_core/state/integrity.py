@@ -76,10 +76,10 @@ def open_document(data: bytes) -> Any:
     """The body :func:`seal_document` sealed; :class:`Damaged` if it does not verify (the
     digest is checked over the body's bytes exactly as stored)."""
     start = len(_HEAD) + 64 + len(_BODY)
-    if not data.startswith(_HEAD) or data[len(_HEAD) + 64:start] != _BODY or not data.endswith(b"}"):
+    if not data.startswith(_HEAD) or data[len(_HEAD) + 64 : start] != _BODY or not data.endswith(b"}"):
         raise Damaged("not a sealed document")
     body = data[start:-1]
-    if hashlib.sha256(body).hexdigest().encode() != data[len(_HEAD):len(_HEAD) + 64]:
+    if hashlib.sha256(body).hexdigest().encode() != data[len(_HEAD) : len(_HEAD) + 64]:
         raise Damaged("checksum mismatch")
     try:
         return orjson.loads(body)
@@ -111,7 +111,7 @@ def private_file(path: Path, data: bytes, *, durable: bool = True) -> None:
         os.fchmod(fd, FILE_MODE)
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         if durable:
             os.fsync(fd)
     finally:

@@ -105,8 +105,9 @@ class StateDirLock:
             self._file.seek(0)
             holder = self._file.read().strip() or "another process"
             self._file.close()
-            raise DuplicateWorkerError(f"state directory {path} is in use by {holder}; each worker needs its own "
-                                       "state_dir") from None
+            raise DuplicateWorkerError(
+                f"state directory {path} is in use by {holder}; each worker needs its own state_dir"
+            ) from None
         self._file.seek(0)
         self._file.truncate()
         self._file.write(f"process {os.getpid()}")
@@ -119,8 +120,12 @@ class StateDirLock:
 def _corrupt(path: Path, what: str, advice: str = "") -> CorruptStateError:
     return CorruptStateError(
         f"state directory {path}: {what}. The working copy cannot be trusted: "
-        + (advice or "restore it from checkpoint storage with --from-savepoint (a retained checkpoint works as a "
-                     "savepoint), or start from an empty state directory"))
+        + (
+            advice
+            or "restore it from checkpoint storage with --from-savepoint (a retained checkpoint works as a "
+            "savepoint), or start from an empty state directory"
+        )
+    )
 
 
 class LmdbStore:
@@ -128,8 +133,14 @@ class LmdbStore:
     the directory's :class:`StateDirLock` and releases it when closed, unless the caller
     holds the lock (``lock``) and releases it itself."""
 
-    def __init__(self, path: str | Path, *, map_size: int = _INITIAL_MAP_SIZE,
-                 lock: StateDirLock | None = None, advice: Callable[[], str] = str) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        map_size: int = _INITIAL_MAP_SIZE,
+        lock: StateDirLock | None = None,
+        advice: Callable[[], str] = str,
+    ) -> None:
         self.path = Path(path)
         #: What to do about damage found in the working copy: given by whoever knows the
         #: checkpoint storage (``""``: the general advice).
@@ -159,8 +170,16 @@ class LmdbStore:
         if data.exists() and not self.existed:
             data.unlink()  # an empty file: LMDB would take it for a new environment anyway
         try:
-            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=4, subdir=True, readahead=False,
-                                 mode=FILE_MODE, sync=False, metasync=False)
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=4,
+                subdir=True,
+                readahead=False,
+                mode=FILE_MODE,
+                sync=False,
+                metasync=False,
+            )
         except (lmdb.Error, OSError) as exc:
             raise _corrupt(self.path, f"cannot open the LMDB environment ({exc})", self.advice()) from exc
         for name in ("data.mdb", "lock.mdb"):
@@ -198,8 +217,12 @@ class LmdbStore:
             else:
                 why = ""
             if not all(page in free for page in missing):
-                raise _corrupt(self.path, f"data.mdb is truncated: it has {size} bytes, and LMDB's own record says "
-                                          f"{pages * psize} ({pages} pages, the last ones in use){why}", self.advice())
+                raise _corrupt(
+                    self.path,
+                    f"data.mdb is truncated: it has {size} bytes, and LMDB's own record says "
+                    f"{pages * psize} ({pages} pages, the last ones in use){why}",
+                    self.advice(),
+                )
         try:
             _check_structure(self.data_file, psize, min(pages, size // psize))
         except ValueError as exc:
@@ -214,13 +237,17 @@ class LmdbStore:
                 if txn.stat(self._live)["entries"] or txn.stat(self._undo)["entries"]:
                     raise _corrupt(self.path, "the LMDB environment has no aioflow format marker", self.advice())
                 marker = seal_document({"format": FORMAT})
-            found = marker.decode(errors="replace") if marker.startswith(b"aioflow-state/") else \
-                self._document(marker, "format marker").get("format")
+            found = (
+                marker.decode(errors="replace")
+                if marker.startswith(b"aioflow-state/")
+                else self._document(marker, "format marker").get("format")
+            )
             if found != FORMAT:
                 raise CorruptStateError(
                     f"state directory {self.path} was written by an incompatible version of aioflow ({found}, "
                     f"this one reads {FORMAT}); its state cannot be carried over: run it with the version that "
-                    "wrote it, or start from an empty state directory")
+                    "wrote it, or start from an empty state directory"
+                )
             tables = txn.get(b"tables", db=self._meta)
             identity = txn.get(b"identity", db=self._meta)
             manifest = txn.get(b"manifest", db=self._meta)
@@ -274,8 +301,12 @@ class LmdbStore:
         prefixes = [struct.pack(">I", int(t["id"])) for t in doomed.values()]
         for name, table in doomed.items():
             del self._tables[name]
-            self._tables[f"\x1fforgotten\x1f{table['id']}"] = {"id": table["id"], "kind": "forgotten",
-                                                                 "serializer": "none", "committed": True}
+            self._tables[f"\x1fforgotten\x1f{table['id']}"] = {
+                "id": table["id"],
+                "kind": "forgotten",
+                "serializer": "none",
+                "committed": True,
+            }
         for group in range(max_parallelism):
             for prefix in prefixes:
                 start = KEY_GROUP.pack(group) + prefix
@@ -285,8 +316,11 @@ class LmdbStore:
 
     def operators(self) -> set[str]:
         """Operators with state in the checkpoint the working copy holds."""
-        return {name.split("\x1f", 1)[0] for name, t in self._tables.items()
-                if t.get("committed") and t["kind"] != "forgotten"}
+        return {
+            name.split("\x1f", 1)[0]
+            for name, t in self._tables.items()
+            if t.get("committed") and t["kind"] != "forgotten"
+        }
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -417,8 +451,12 @@ class LmdbStore:
                     size += len(key) + len(stored)
                 if stamp is not None:
                     undo_key = key[:PREFIX] + stamp + key[PREFIX:]
-                    txn.put(undo_key, seal_value(undo_key, _PRESENT + old if old is not None else _ABSENT),
-                            db=undo, overwrite=False)
+                    txn.put(
+                        undo_key,
+                        seal_value(undo_key, _PRESENT + old if old is not None else _ABSENT),
+                        db=undo,
+                        overwrite=False,
+                    )
 
         self._write(write)
         return size
@@ -544,13 +582,15 @@ class LmdbStore:
         self._sync()
         return restored
 
-    def _drop_undo(self, txn: lmdb.Transaction, doomed: Callable[[int], bool],
-                   groups: frozenset[int] | None = None) -> None:
+    def _drop_undo(
+        self, txn: lmdb.Transaction, doomed: Callable[[int], bool], groups: frozenset[int] | None = None
+    ) -> None:
         cursor = txn.cursor(db=self._undo)
         cursor.first()
         while key := cursor.key():  # empty once past the last record
-            if (groups is None or KEY_GROUP.unpack_from(key)[0] in groups) and \
-                    doomed(_EPOCH.unpack_from(key, PREFIX)[0]):
+            if (groups is None or KEY_GROUP.unpack_from(key)[0] in groups) and doomed(
+                _EPOCH.unpack_from(key, PREFIX)[0]
+            ):
                 cursor.delete()  # and on to the next record
             elif groups is not None and KEY_GROUP.unpack_from(key)[0] not in groups:
                 cursor.next()
@@ -593,8 +633,9 @@ class LmdbStore:
             except _DAMAGE as exc:
                 raise _corrupt(self.path, f"its LMDB pages are damaged ({exc})", self.advice()) from exc
             except lmdb.Error as exc:
-                raise StateError(f"state directory {self.path}: writing state failed: {exc} "
-                                 "(is the disk full?)") from exc
+                raise StateError(
+                    f"state directory {self.path}: writing state failed: {exc} (is the disk full?)"
+                ) from exc
 
     def statistics(self) -> dict[str, int]:
         """Entries in the working copy and in its undo log, for metrics and tests."""
@@ -681,16 +722,16 @@ class _PageFile:
         lo, hi, node_flags, key_size = _NODE.unpack_from(data, base + offset)
         start, size = base + offset + _NODE.size + key_size, lo | hi << 16
         if not node_flags & _F_BIGDATA:
-            return node_flags, bytes(data[start:start + size])
+            return node_flags, bytes(data[start : start + size])
         first = self.page(struct.unpack_from("<Q", data, start)[0], _P_OVERFLOW) + _PAGE_HEADER.size
         if first + size > self._pages * self._psize:
             raise ValueError(f"a value on overflow pages from page {first // self._psize} runs past the file's end")
-        return node_flags, bytes(data[first:first + size])
+        return node_flags, bytes(data[first : first + size])
 
     def check_overflows(self, base: int, offsets: tuple[int, ...]) -> None:
         """Check the first overflow page of each node of the leaf at ``base`` that has one,
         and that it counts the pages its value needs."""
-        page = self._data[base:base + self._psize]
+        page = self._data[base : base + self._psize]
         for offset in offsets:
             if page[offset + 4] & _F_BIGDATA:
                 lo, hi, _, key_size = _NODE.unpack_from(page, offset)
@@ -713,6 +754,7 @@ def _free_pages(path: Path, psize: int, pages: int) -> set[int]:
     values are lists of free page numbers). Only pages below ``pages`` (what the file
     has) are read; ``ValueError`` when the format is not as expected, or a page needed is
     missing."""
+
     def free_pages(data: Any) -> set[int]:
         pages_file = _PageFile(data, psize, pages)
         free: set[int] = set()
@@ -734,6 +776,7 @@ def _check_structure(path: Path, psize: int, pages: int) -> None:
     database record counts: a damaged slot count in a page header would hide entries (an
     undo record never rolled back) without failing any checksum. ``ValueError`` naming
     what is wrong."""
+
     def check(data: Any) -> None:
         pages_file = _PageFile(data, psize, pages)
         free, main = pages_file.roots()
@@ -747,8 +790,10 @@ def _check_structure(path: Path, psize: int, pages: int) -> None:
                     record = _DB.unpack_from(value)
                     key_size = _NODE.unpack_from(data, base + offset)[3]
                     start = base + offset + _NODE.size
-                    trees[f"database {bytes(data[start:start + key_size]).decode(errors='replace')!r}"] = \
-                        (record[7], record[6])
+                    trees[f"database {bytes(data[start : start + key_size]).decode(errors='replace')!r}"] = (
+                        record[7],
+                        record[6],
+                    )
         if found != main[1]:
             raise ValueError(f"the main database has {found} entries in its pages, and its record says {main[1]}")
         for tree, (root, entries) in trees.items():
@@ -771,11 +816,12 @@ def after(prefix: bytes) -> bytes:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
-def _changed_declaration(operator: str, state: str, known: dict[str, Any], kind: str,
-                         serializer: str) -> IncompatibleStateError:
+def _changed_declaration(
+    operator: str, state: str, known: dict[str, Any], kind: str, serializer: str
+) -> IncompatibleStateError:
     return IncompatibleStateError(
         f"operator {operator!r}: state {state!r} was checkpointed as {known['kind']} state with the "
         f"{known['serializer']!r} serializer; it is now declared as {kind} state with {serializer!r}. "
-        "Keep the declaration, or start from an empty state directory", was=str(known["kind"]),
+        "Keep the declaration, or start from an empty state directory",
+        was=str(known["kind"]),
     )
-

@@ -209,7 +209,8 @@ class MemoryBackend:
             check_declaration(table, operator, state, declared)
             return table
         table = self.tables[operator, state] = MemoryTable(
-            operator, state, declared, serializer if serializer is not None else self.serializer)
+            operator, state, declared, serializer if serializer is not None else self.serializer
+        )
         if ttl:
             self._ttl.add(table, kind)
         return table
@@ -229,7 +230,8 @@ class MemoryBackend:
     @property
     def cached_entries(self) -> int:
         return sum(table.cached_entries() for table in self.tables.values()) + sum(
-            len(queue) for queue, _ in self._timer_queues)
+            len(queue) for queue, _ in self._timer_queues
+        )
 
     def trim(self) -> None:
         """Nothing to do: memory state has no bound."""
@@ -262,8 +264,9 @@ class MemoryBackend:
                     table.delete(key, namespace)
         for queue, key_group_of in self._timer_queues:
             group_of = key_group_of or (lambda key: key_group(key, max_parallelism))
-            doomed = [(timestamp, key) for timestamp, keys in queue._by_time.items() for key in keys
-                      if group_of(key) in gone]
+            doomed = [
+                (timestamp, key) for timestamp, keys in queue._by_time.items() for key in keys if group_of(key) in gone
+            ]
             for timestamp, key in doomed:
                 queue.remove(timestamp, key)
 

@@ -84,8 +84,9 @@ def serializer_named(spec: Any, where: str) -> Serializer:
             raise TypeError(f"{where}: unknown serializer {spec!r}; use 'json', 'pickle' or a Serializer")
         return cls()
     if not isinstance(spec, Serializer) or not isinstance(getattr(spec, "name", None), str):
-        raise TypeError(f"{where}: serializer= takes 'json', 'pickle' or an object with name, dumps and loads, "
-                        f"got {spec!r}")
+        raise TypeError(
+            f"{where}: serializer= takes 'json', 'pickle' or an object with name, dumps and loads, got {spec!r}"
+        )
     return spec
 
 

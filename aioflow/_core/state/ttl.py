@@ -58,14 +58,18 @@ class StateTtl:
     def __post_init__(self) -> None:
         seconds = self.seconds
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise PipelineError(f"StateTtl(seconds) takes a number of seconds, got {seconds!r} "
-                                f"({type(seconds).__name__})")
+            raise PipelineError(
+                f"StateTtl(seconds) takes a number of seconds, got {seconds!r} ({type(seconds).__name__})"
+            )
         if not math.isfinite(seconds) or seconds <= 0:
-            raise PipelineError(f"StateTtl(seconds) must be positive and finite, got {seconds!r}; "
-                                "for state that never expires, leave ttl= out")
+            raise PipelineError(
+                f"StateTtl(seconds) must be positive and finite, got {seconds!r}; "
+                "for state that never expires, leave ttl= out"
+            )
         if round(seconds * 1000) < 1:
-            raise PipelineError(f"StateTtl(seconds) must be at least 0.001 (processing time counts "
-                                f"milliseconds), got {seconds!r}")
+            raise PipelineError(
+                f"StateTtl(seconds) must be at least 0.001 (processing time counts milliseconds), got {seconds!r}"
+            )
         if not isinstance(self.refresh_on_read, bool):
             raise PipelineError(f"StateTtl(refresh_on_read=) takes True or False, got {self.refresh_on_read!r}")
 

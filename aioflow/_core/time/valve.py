@@ -65,7 +65,8 @@ class WatermarkValve:
 
     def _advance(self) -> int | None:
         candidates = [
-            wm for wm, idle, aligned in zip(self._watermarks, self._idle, self._aligned, strict=True)
+            wm
+            for wm, idle, aligned in zip(self._watermarks, self._idle, self._aligned, strict=True)
             if not idle and aligned
         ]
         if not candidates:

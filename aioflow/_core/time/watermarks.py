@@ -191,8 +191,10 @@ class SourceWatermarks:
         """The watermark and each split's generator state (its attributes), for a checkpoint."""
         return {
             "watermark": self.watermark,
-            "splits": {name: {"watermark": split.output.watermark, "generator": vars(split.generator)}
-                       for name, split in self._splits.items()},
+            "splits": {
+                name: {"watermark": split.output.watermark, "generator": vars(split.generator)}
+                for name, split in self._splits.items()
+            },
         }
 
     def restore(self, states: list[dict[str, Any]]) -> None:
@@ -211,8 +213,10 @@ class SourceWatermarks:
         fn = self.timestamps
         if fn is None:
             raise UserFunctionTypeError(
-                self.source, "watermarks need event timestamps: pass timestamps=fn to app.source(...)",
-                None, has_record=False,
+                self.source,
+                "watermarks need event timestamps: pass timestamps=fn to app.source(...)",
+                None,
+                has_record=False,
             )
         stamps: list[Any] = []
         try:
@@ -248,8 +252,9 @@ class SourceWatermarks:
         elif self._splitless_since is None:
             self._splitless_since = now_ms()
 
-    def on_batch(self, split: str, records: list[Any],
-                 known: list[int] | None = None) -> tuple[list[int], list[tuple[int, int]]]:
+    def on_batch(
+        self, split: str, records: list[Any], known: list[int] | None = None
+    ) -> tuple[list[int], list[tuple[int, int]]]:
         """Timestamps of a batch read from ``split`` (``known``: the ones the source gave,
         used without a timestamp function), and where the watermark advanced inside it:
         ``[(index, watermark), ...]``, the watermark to emit after ``records[:index]``
@@ -273,8 +278,9 @@ class SourceWatermarks:
                             cuts.append((index, advanced))
         return stamps, cuts
 
-    async def push(self, target: Any, split: str, records: list[Any], active_splits: list[str],
-                   known: list[int] | None = None) -> None:
+    async def push(
+        self, target: Any, split: str, records: list[Any], active_splits: list[str], known: list[int] | None = None
+    ) -> None:
         """Send ``records`` to ``target`` with their timestamps (``known``: from the
         source), and any watermark a per-event generator emitted right after the record
         that caused it (and, with ``interval_ms == 0``, the watermark over

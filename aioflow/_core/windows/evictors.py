@@ -50,7 +50,7 @@ class CountEvictor(_OneSided):
         self.after = after
 
     def _evict(self, elements: Elements) -> Elements:
-        return elements[-self.max_count:] if len(elements) > self.max_count else elements
+        return elements[-self.max_count :] if len(elements) > self.max_count else elements
 
 
 class TimeEvictor(_OneSided):

@@ -30,8 +30,9 @@ __all__ = ["WindowedStream"]
 class WindowedStream:
     """A keyed stream cut into windows; call :meth:`aggregate`, :meth:`reduce` or :meth:`process`."""
 
-    def __init__(self, keyed: KeyedStream, assigner: WindowAssigner,
-                 serializer: str | Serializer | None = None) -> None:
+    def __init__(
+        self, keyed: KeyedStream, assigner: WindowAssigner, serializer: str | Serializer | None = None
+    ) -> None:
         if not isinstance(assigner, WindowAssigner):
             raise PipelineError(f"window() takes a WindowAssigner (e.g. TumblingEventTimeWindows), got {assigner!r}")
         self._keyed = keyed
@@ -106,14 +107,20 @@ class WindowedStream:
         return self._build(PROCESS, lambda: None, None, fn, name, parallelism)
 
     def _build(
-        self, kind: str, make_function: Callable[[], Any], named_by: Any, window_function: Any,
-        name: str | None, parallelism: int | None,
+        self,
+        kind: str,
+        make_function: Callable[[], Any],
+        named_by: Any,
+        window_function: Any,
+        name: str | None,
+        parallelism: int | None,
     ) -> Stream:
         from aioflow._core.stream import Stream, function_name
 
         make_window_fn = (
             instantiate(window_function, ProcessWindowFunction, method="process", what="window_function")
-            if window_function is not None else lambda: None
+            if window_function is not None
+            else lambda: None
         )
         keyed = self._keyed
         derived = function_name(named_by) if named_by is not None else None
@@ -129,13 +136,27 @@ class WindowedStream:
 
         def make(operator_name: str) -> WindowOperator:
             return WindowOperator(
-                operator_name, key_selector, assigner, _copy(trigger), evictor, lateness,
-                late.name if late is not None else None, kind, make_function(), make_window_fn(),
+                operator_name,
+                key_selector,
+                assigner,
+                _copy(trigger),
+                evictor,
+                lateness,
+                late.name if late is not None else None,
+                kind,
+                make_function(),
+                make_window_fn(),
                 self._serializer,
             )
 
         node = keyed.app.graph.add_node(
-            "window", name, derived, make, parallelism, [keyed._edge()], stateful=True,
+            "window",
+            name,
+            derived,
+            make,
+            parallelism,
+            [keyed._edge()],
+            stateful=True,
         )
         return Stream(keyed.app, node)
 

@@ -43,7 +43,10 @@ class TriggerResult(Enum):
 
 
 CONTINUE, FIRE, PURGE, FIRE_AND_PURGE = (
-    TriggerResult.CONTINUE, TriggerResult.FIRE, TriggerResult.PURGE, TriggerResult.FIRE_AND_PURGE,
+    TriggerResult.CONTINUE,
+    TriggerResult.FIRE,
+    TriggerResult.PURGE,
+    TriggerResult.FIRE_AND_PURGE,
 )
 
 

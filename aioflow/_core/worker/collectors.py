@@ -31,16 +31,18 @@ JobGetter = Callable[[], "Job | None"]
 #: Help lines of the lag metrics sources export (``Source.lag_metric``); others get a generic one.
 _LAG_HELP = {
     "aioflow_kafka_consumer_lag": "Kafka consumer lag: records between the read position and the end of the "
-                                  "partition (per topic and partition).",
+    "partition (per topic and partition).",
     "aioflow_source_lag": "Records between a source's read position and the end of a split.",
 }
 
 
 def records(job: Job) -> Iterable[Metric]:
-    received = Metric("aioflow_records_in_total", "counter",
-                      "Records an operator received (read, for a source), per subtask.")
-    emitted = Metric("aioflow_records_out_total", "counter",
-                     "Records an operator emitted, side outputs included, per subtask.")
+    received = Metric(
+        "aioflow_records_in_total", "counter", "Records an operator received (read, for a source), per subtask."
+    )
+    emitted = Metric(
+        "aioflow_records_out_total", "counter", "Records an operator emitted, side outputs included, per subtask."
+    )
     for task in job.subtasks:
         subtask = task.env.subtask_index
         for operator in task.operators:
@@ -50,11 +52,15 @@ def records(job: Job) -> Iterable[Metric]:
 
 
 def backpressure(job: Job) -> Iterable[Metric]:
-    metric = Metric("aioflow_backpressure_seconds_total", "counter",
-                    "Seconds a task's subtask was blocked sending, waiting for credit from a slower receiver.")
+    metric = Metric(
+        "aioflow_backpressure_seconds_total",
+        "counter",
+        "Seconds a task's subtask was blocked sending, waiting for credit from a slower receiver.",
+    )
     for task in job.subtasks:
-        seconds = sum(channel.statistics().backpressured_seconds
-                      for writer in task.writers for channel in writer.channels)
+        seconds = sum(
+            channel.statistics().backpressured_seconds for writer in task.writers for channel in writer.channels
+        )
         metric.add(seconds, task=task.env.task_name, subtask=task.env.subtask_index)
     return [metric]
 
@@ -76,8 +82,11 @@ def watermark_lags(job: Job) -> list[tuple[str, int, float]]:
 
 
 def watermark_lag(job: Job) -> Iterable[Metric]:
-    metric = Metric("aioflow_watermark_lag_seconds", "gauge",
-                    "Wall clock minus a source subtask's current watermark (event time), in seconds.")
+    metric = Metric(
+        "aioflow_watermark_lag_seconds",
+        "gauge",
+        "Wall clock minus a source subtask's current watermark (event time), in seconds.",
+    )
     for source, subtask, seconds in watermark_lags(job):
         metric.add(seconds, source=source, subtask=subtask)
     return [metric]
@@ -107,10 +116,16 @@ def source_lag(job: Job) -> Iterable[Metric]:
 
 def calls(job: Job) -> Iterable[Metric]:
     """What ``map_async`` and ``map_batch`` operators counted."""
-    failed = Metric("aioflow_calls_failed_total", "counter",
-                    "Records whose map_async/map_batch call failed for good and were skipped or dead-lettered.")
-    retried = Metric("aioflow_calls_retried_total", "counter",
-                     "map_async/map_batch calls made again after a failure or a result retry_if_result refused.")
+    failed = Metric(
+        "aioflow_calls_failed_total",
+        "counter",
+        "Records whose map_async/map_batch call failed for good and were skipped or dead-lettered.",
+    )
+    retried = Metric(
+        "aioflow_calls_retried_total",
+        "counter",
+        "map_async/map_batch calls made again after a failure or a result retry_if_result refused.",
+    )
     for task in job.subtasks:
         for operator in task.operators:
             if isinstance(operator, CallingOperator):
@@ -120,10 +135,16 @@ def calls(job: Job) -> Iterable[Metric]:
 
 
 def source_statistics(job: Job) -> Iterable[Metric]:
-    skipped = Metric("aioflow_source_records_skipped_total", "counter",
-                     "Records a source could not decode and skipped (on_error='skip').")
-    dead = Metric("aioflow_source_records_dead_lettered_total", "counter",
-                  "Records a source could not decode and sent to its dead-letter side output.")
+    skipped = Metric(
+        "aioflow_source_records_skipped_total",
+        "counter",
+        "Records a source could not decode and skipped (on_error='skip').",
+    )
+    dead = Metric(
+        "aioflow_source_records_dead_lettered_total",
+        "counter",
+        "Records a source could not decode and sent to its dead-letter side output.",
+    )
     for task in job.subtasks:
         if not isinstance(task, SourceTask):
             continue
@@ -136,22 +157,33 @@ def source_statistics(job: Job) -> Iterable[Metric]:
 
 def checkpoints(job: Job) -> Iterable[Metric]:
     statistics = job.checkpoint_statistics
-    completed = Metric("aioflow_checkpoints_completed_total", "counter",
-                       "Checkpoints (savepoints and final checkpoints included) that completed.")
+    completed = Metric(
+        "aioflow_checkpoints_completed_total",
+        "counter",
+        "Checkpoints (savepoints and final checkpoints included) that completed.",
+    )
     completed.add(statistics.completed)
     failed = Metric("aioflow_checkpoints_failed_total", "counter", "Checkpoints that failed (timed out).")
     failed.add(statistics.failed)
     metrics = [completed, failed]
     if statistics.last_id is not None:
-        duration = Metric("aioflow_checkpoint_duration_seconds", "gauge",
-                          "Seconds the last completed checkpoint took, from its trigger to its commit.")
+        duration = Metric(
+            "aioflow_checkpoint_duration_seconds",
+            "gauge",
+            "Seconds the last completed checkpoint took, from its trigger to its commit.",
+        )
         duration.add(statistics.last_duration_seconds or 0.0)
-        size = Metric("aioflow_checkpoint_size_bytes", "gauge",
-                      "Bytes of state changes the last completed checkpoint wrote (what changed since the one "
-                      "before).")
+        size = Metric(
+            "aioflow_checkpoint_size_bytes",
+            "gauge",
+            "Bytes of state changes the last completed checkpoint wrote (what changed since the one before).",
+        )
         size.add(statistics.last_size_bytes or 0)
-        at = Metric("aioflow_checkpoint_last_completed_timestamp_seconds", "gauge",
-                    "When the last checkpoint completed (Unix time).")
+        at = Metric(
+            "aioflow_checkpoint_last_completed_timestamp_seconds",
+            "gauge",
+            "When the last checkpoint completed (Unix time).",
+        )
         at.add(statistics.last_completed_at or 0.0)
         metrics += [duration, size, at]
     return metrics

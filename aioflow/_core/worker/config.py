@@ -47,8 +47,15 @@ class EnvironmentOptions:
         self._options: list[tuple[argparse.Action, Any]] = []
         self._env_types: dict[argparse.Action, Callable[[str], Any]] = {}
 
-    def add(self, parser: argparse.ArgumentParser, *flags: str, default: Any = None, help: str = "",  # noqa: A002
-            env_type: Callable[[str], Any] | None = None, **kwargs: Any) -> argparse.Action:
+    def add(
+        self,
+        parser: argparse.ArgumentParser,
+        *flags: str,
+        default: Any = None,
+        help: str = "",  # noqa: A002
+        env_type: Callable[[str], Any] | None = None,
+        **kwargs: Any,
+    ) -> argparse.Action:
         """``parser.add_argument(*flags, ...)``, with ``[env AIOFLOW_...]`` added to its help.
 
         The parser's own default stays ``None``, to tell a flag given on the command line

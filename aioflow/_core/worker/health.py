@@ -60,9 +60,16 @@ class HealthCheck:
     ``failed`` or ``cancelled``) once the worker knows, else ``None``.
     """
 
-    def __init__(self, app: str, job: Callable[[], Job | None], *, ended: Callable[[], str | None] = lambda: None,
-                 max_checkpoint_failures: int = DEFAULT_MAX_CHECKPOINT_FAILURES,
-                 max_watermark_lag: float | None = None, max_source_lag: int | None = None) -> None:
+    def __init__(
+        self,
+        app: str,
+        job: Callable[[], Job | None],
+        *,
+        ended: Callable[[], str | None] = lambda: None,
+        max_checkpoint_failures: int = DEFAULT_MAX_CHECKPOINT_FAILURES,
+        max_watermark_lag: float | None = None,
+        max_source_lag: int | None = None,
+    ) -> None:
         self.app = app
         self.job = job
         self.ended = ended
@@ -93,26 +100,36 @@ class HealthCheck:
         if status == "starting":
             return self._unhealthy(body, "starting", "the job is starting (restoring state, opening its tasks)")
         if status == "restarting":
-            return self._unhealthy(body, "restarting",
-                                   f"the job failed and waits to restart from its last checkpoint "
-                                   f"(restart {job.restarts})")
+            return self._unhealthy(
+                body,
+                "restarting",
+                f"the job failed and waits to restart from its last checkpoint (restart {job.restarts})",
+            )
         if status == "stopping":
             return self._unhealthy(body, "stopping", "a stop was requested: the job is stopping")
         if status in _ENDED:
             return self._unhealthy(body, status, _ENDED[status])
         if failures >= self.max_checkpoint_failures:
-            return self._unhealthy(body, "checkpoints_failing",
-                                   f"{failures} checkpoints in a row failed (limit {self.max_checkpoint_failures})")
+            return self._unhealthy(
+                body,
+                "checkpoints_failing",
+                f"{failures} checkpoints in a row failed (limit {self.max_checkpoint_failures})",
+            )
         if self.max_watermark_lag is not None:
             for source, subtask, seconds in lags:
                 if seconds > self.max_watermark_lag:
-                    return self._unhealthy(body, "lagging",
-                                           f"source {source!r} subtask {subtask}: the watermark is {seconds:.1f} s "
-                                           f"behind the wall clock (limit {self.max_watermark_lag:g} s)")
+                    return self._unhealthy(
+                        body,
+                        "lagging",
+                        f"source {source!r} subtask {subtask}: the watermark is {seconds:.1f} s "
+                        f"behind the wall clock (limit {self.max_watermark_lag:g} s)",
+                    )
         if self.max_source_lag is not None and source_lag is not None and source_lag > self.max_source_lag:
-            return self._unhealthy(body, "lagging",
-                                   f"a source is {source_lag} records behind the end of a split "
-                                   f"(limit {self.max_source_lag})")
+            return self._unhealthy(
+                body,
+                "lagging",
+                f"a source is {source_lag} records behind the end of a split (limit {self.max_source_lag})",
+            )
         return Health(True, body)
 
     @staticmethod

@@ -67,8 +67,9 @@ class HttpServer:
     until cancelled.
     """
 
-    def __init__(self, routes: Mapping[str, Route], *, host: str = DEFAULT_HOST, port: int = 0,
-                 request_timeout: float = 10.0) -> None:
+    def __init__(
+        self, routes: Mapping[str, Route], *, host: str = DEFAULT_HOST, port: int = 0, request_timeout: float = 10.0
+    ) -> None:
         self.routes = dict(routes)
         self.host = host
         self.port = port

@@ -88,8 +88,11 @@ class MetricsRegistry:
                     families[metric.name] = Metric(metric.name, metric.kind, metric.help, list(metric.samples))
                 else:
                     known.samples.extend(metric.samples)
-        errors = Metric("aioflow_metric_errors_total", "counter",
-                        "Scrapes in which a metrics collector failed (its metrics were left out).")
+        errors = Metric(
+            "aioflow_metric_errors_total",
+            "counter",
+            "Scrapes in which a metrics collector failed (its metrics were left out).",
+        )
         for name, count in self._errors.items():
             errors.add(count, collector=name)
         families[errors.name] = errors
@@ -107,9 +110,13 @@ class MetricsRegistry:
             self._unlogged[name] = self._unlogged.get(name, 0) + 1
             return
         self._last_logged[name] = now
-        log.warning("metrics collection failed: metric left out", collector=name,
-                    error=f"{type(exc).__name__}: {exc}", failures_not_logged=self._unlogged.pop(name, 0),
-                    exc_info=exc)
+        log.warning(
+            "metrics collection failed: metric left out",
+            collector=name,
+            error=f"{type(exc).__name__}: {exc}",
+            failures_not_logged=self._unlogged.pop(name, 0),
+            exc_info=exc,
+        )
 
 
 def render(metrics: Iterable[Metric]) -> str:

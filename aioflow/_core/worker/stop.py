@@ -79,8 +79,9 @@ class StopSignals:
         threading.Thread(target=self._watch, name="aioflow-stop-watchdog", daemon=True).start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._ended.set()
         self._wake.set()
         for signum, handler in self._previous.items():
@@ -127,8 +128,13 @@ class StopSignals:
         if self._ended.wait(CANCEL_TIMEOUT):
             return
         operator, where = stuck_code()
-        log.error("job did not stop: exiting now", app=self._app.name, operator=operator, code=where,
-                  seconds=round(time.monotonic() - cancel_at + self._stop_timeout, 1))
+        log.error(
+            "job did not stop: exiting now",
+            app=self._app.name,
+            operator=operator,
+            code=where,
+            seconds=round(time.monotonic() - cancel_at + self._stop_timeout, 1),
+        )
         sys.stderr.flush()
         os._exit(128 + self._received[0])
 
