@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
+    "Change",
     "MISSING",
     "KeyCodec",
     "KeyedStateBackend",
@@ -39,6 +40,9 @@ __all__ = [
 
 #: "No entry": what views and tables return for a key that has no value.
 MISSING: Any = object()
+
+#: One entry of a snapshot: (key group, stored key, sealed value or ``None`` for deleted).
+Change = tuple[int, bytes, bytes | None]
 
 #: Entries a subtask keeps in its write-back cache (durable backend).
 DEFAULT_CACHE_SIZE = 100_000
@@ -216,10 +220,15 @@ class KeyedStateBackend(Protocol):
         """Bring the cache back within its bound (between batches)."""
         ...
 
-    def snapshot(self, checkpoint_id: int) -> Any:
+    def snapshot(self, checkpoint_id: int) -> Iterable[Change]:
         """At checkpoint ``checkpoint_id``'s barrier: what changed since the last completed
         checkpoint, for the checkpoint to store (nothing for a backend that is not
         checkpointed)."""
+        ...
+
+    def contents(self) -> Iterable[Change]:
+        """Every stored entry in the key groups owned, for a savepoint's full copy
+        (nothing for a backend that is not checkpointed)."""
         ...
 
     def confirm(self, checkpoint_id: int) -> None:

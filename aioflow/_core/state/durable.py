@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from aioflow._core.errors import CorruptStateError, IncompatibleStateError, StateError
 from aioflow._core.runtime.keygroups import key_group
-from aioflow._core.state.backend import DEFAULT_CACHE_SIZE, MISSING, KeyCodec, NamespaceView
+from aioflow._core.state.backend import DEFAULT_CACHE_SIZE, MISSING, Change, KeyCodec, NamespaceView
 from aioflow._core.state.lmdb import KEY_GROUP, TABLE, StoredValueDamaged, after
 from aioflow._core.state.memory import check_declaration
 from aioflow._core.state.serializers import JsonSerializer, Serializer, decode_key, encode_key
@@ -45,10 +45,7 @@ from aioflow._core.time.timers import now_ms
 if TYPE_CHECKING:
     from aioflow._core.state.lmdb import LmdbStore
 
-__all__ = ["Change", "LmdbBackend", "LmdbTable", "LmdbTimerQueue"]
-
-#: One entry of a snapshot: (key group, stored key, sealed value or ``None`` for deleted).
-Change = tuple[int, bytes, bytes | None]
+__all__ = ["LmdbBackend", "LmdbTable", "LmdbTimerQueue"]
 
 _LEN = struct.Struct(">H")
 _TIME = struct.Struct(">Q")
@@ -597,7 +594,8 @@ class LmdbTimerQueue:
         found = self._store.first_key(start, after(KEY_GROUP.pack(group) + self._prefix))
         if found is None:
             return None
-        return _TIME.unpack_from(found, _HEAD)[0] - _TIME_OFFSET
+        stored: int = _TIME.unpack_from(found, _HEAD)[0]
+        return stored - _TIME_OFFSET
 
     def clear(self) -> None:
         for _ in self.pop_due(2**63 - 1):
@@ -803,7 +801,7 @@ class LmdbBackend:
             return
         self._flush()
         excess = self.count.n - int(self.cache_size * _LOW_WATER)
-        for holder in (*self.tables.values(), *self._queues):
+        for holder in self._holders():
             if excess <= 0:
                 break
             excess -= holder.evict(excess)
@@ -821,7 +819,7 @@ class LmdbBackend:
 
     def table_ids(self) -> tuple[int, ...]:
         """The ids of this subtask's tables and timer queues in the store."""
-        return tuple(sorted(TABLE.unpack(holder.prefix)[0] for holder in (*self.tables.values(), *self._queues)))
+        return tuple(sorted(TABLE.unpack(holder.prefix)[0] for holder in self._holders()))
 
     def _prefixes(self) -> list[bytes]:
         """The stored-key prefix (key group and table id) of every table and timer queue
@@ -908,8 +906,12 @@ class LmdbBackend:
                 self._verify_queue.pop(0)
         return len(self._verify_queue)
 
+    def _holders(self) -> list[LmdbTable | LmdbTimerQueue]:
+        """This subtask's tables and timer queues."""
+        return [*self.tables.values(), *self._queues]
+
     def _by_prefix(self) -> dict[bytes, LmdbTable | LmdbTimerQueue]:
-        return {holder.prefix: holder for holder in (*self.tables.values(), *self._queues)}
+        return {holder.prefix: holder for holder in self._holders()}
 
     def schedule_maintenance(self, schedule: Callable[[int, Callable[[int], Any]], None]) -> None:
         """TTL cleanup (if any state has a TTL) and the background verification of the

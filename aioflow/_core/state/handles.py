@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aioflow._core.state.backend import MISSING, StateTable
 from aioflow._core.state.ttl import purge_list, purge_map
@@ -235,6 +235,15 @@ class AggregatingState(_KeyedHandle):
 _TTL_SLOTS = ("_clock", "_refresh", "_ttl_ms")
 
 
+class _TtlSlots(Protocol):
+    """The ``_TTL_SLOTS`` a TTL handle holds (declared by each concrete class, since two
+    slotted bases cannot both have slots)."""
+
+    _clock: Callable[[], int]
+    _refresh: bool
+    _ttl_ms: int
+
+
 class _Expiring:
     """What the TTL handles share; each concrete class holds ``_TTL_SLOTS``. Values of
     value, reducing and aggregating state are stored as ``[expires_at, value]``."""
@@ -249,7 +258,7 @@ class _Expiring:
     _delete: Callable[[Any], None]
     _current: Any
 
-    def _set_ttl(self, ttl: StateTtl, clock: Callable[[], int]) -> None:
+    def _set_ttl(self: _TtlSlots, ttl: StateTtl, clock: Callable[[], int]) -> None:
         self._clock = clock
         self._refresh = ttl.refresh_on_read
         self._ttl_ms = ttl.ttl_ms
@@ -377,7 +386,7 @@ class TtlMapState(_Expiring, MapState):
         if entries is MISSING:
             return {}
         now = self._clock()
-        live = purge_map(entries, now)
+        live: dict[Any, Any] = purge_map(entries, now)  # or MISSING: nothing left
         if live is not entries:
             self._replace(current, live)
             if live is MISSING:

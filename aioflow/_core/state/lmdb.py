@@ -36,7 +36,7 @@ import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 import structlog
@@ -55,6 +55,8 @@ from aioflow._core.state.integrity import (
 __all__ = ["FORMAT", "KEY_GROUP", "PREFIX", "TABLE", "LmdbStore", "StateDirLock", "StoredValueDamaged", "after"]
 
 log = structlog.get_logger("aioflow.state")
+
+_T = TypeVar("_T")
 
 FORMAT = "aioflow-state/2"
 _INITIAL_MAP_SIZE = 64 * 1024 * 1024
@@ -436,7 +438,7 @@ class LmdbStore:
         changes = changes if isinstance(changes, list) else list(changes)
         size = 0
 
-        def write(txn: lmdb.Transaction) -> None:
+        def write(txn: lmdb.Transaction[bytes]) -> None:
             nonlocal size
             size = 0
             live, undo = self._live, self._undo
@@ -475,7 +477,7 @@ class LmdbStore:
         count = 0
         batch: list[tuple[bytes, bytes | None]] = []
 
-        def flush(txn: lmdb.Transaction) -> None:
+        def flush(txn: lmdb.Transaction[bytes]) -> None:
             for key, stored in batch:
                 if stored is None:
                     txn.delete(key, db=self._live)
@@ -523,7 +525,7 @@ class LmdbStore:
         record (LMDB keeps transactions in order: the flushes before it are there too)."""
         record = seal_document({"checkpoint": checkpoint_id})
 
-        def write(txn: lmdb.Transaction) -> None:
+        def write(txn: lmdb.Transaction[bytes]) -> None:
             txn.put(b"prepared", record, db=self._meta)
 
         self._write(write)
@@ -540,7 +542,7 @@ class LmdbStore:
             b"manifest": manifest,
         }
 
-        def write(txn: lmdb.Transaction) -> None:
+        def write(txn: lmdb.Transaction[bytes]) -> None:
             for key, value in documents.items():
                 txn.put(key, value, db=self._meta)
             self._drop_undo(txn, lambda epoch: epoch <= checkpoint_id)
@@ -554,7 +556,7 @@ class LmdbStore:
         working copy holds it again. Returns how many entries were restored."""
         restored = 0
 
-        def write(txn: lmdb.Transaction) -> None:
+        def write(txn: lmdb.Transaction[bytes]) -> None:
             nonlocal restored
             restored = 0
             live = self._live
@@ -583,7 +585,7 @@ class LmdbStore:
         return restored
 
     def _drop_undo(
-        self, txn: lmdb.Transaction, doomed: Callable[[int], bool], groups: frozenset[int] | None = None
+        self, txn: lmdb.Transaction[bytes], doomed: Callable[[int], bool], groups: frozenset[int] | None = None
     ) -> None:
         cursor = txn.cursor(db=self._undo)
         cursor.first()
@@ -601,7 +603,7 @@ class LmdbStore:
         """Empty the working copy: no state, no identity, no checkpoint (before rebuilding
         it from checkpoint storage)."""
 
-        def write(txn: lmdb.Transaction) -> None:
+        def write(txn: lmdb.Transaction[bytes]) -> None:
             txn.drop(self._live, delete=False)
             txn.drop(self._undo, delete=False)
             for key in (b"identity", b"tables", b"manifest", b"prepared"):
@@ -616,7 +618,7 @@ class LmdbStore:
         except lmdb.Error as exc:
             raise StateError(f"state directory {self.path}: syncing state to disk failed: {exc}") from exc
 
-    def _write(self, write: Callable[[lmdb.Transaction], None]) -> None:
+    def _write(self, write: Callable[[lmdb.Transaction[bytes]], object]) -> None:
         """Run ``write(txn)`` in one write transaction, growing the map while it is full."""
         while True:
             try:
@@ -665,7 +667,7 @@ class _PageFile:
     page read must say it is the page it was read as, and lie within the file's
     ``pages``; ``ValueError`` otherwise."""
 
-    def __init__(self, data: Any, psize: int, pages: int) -> None:
+    def __init__(self, data: mmap.mmap, psize: int, pages: int) -> None:
         self._data, self._psize, self._pages = data, psize, pages
 
     def page(self, number: int, flag: int = 0) -> int:
@@ -742,7 +744,7 @@ class _PageFile:
                     raise ValueError(f"overflow page {first} counts {count} pages for a value that needs {needed}")
 
 
-def _mapped(path: Path, check: Callable[[Any], Any]) -> Any:
+def _mapped(path: Path, check: Callable[[mmap.mmap], _T]) -> _T:
     """``check(the file's bytes)``, read through a read-only mapping (the caller bounds its
     reads by the file's size)."""
     with path.open("rb") as file, mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ) as data:
@@ -755,7 +757,7 @@ def _free_pages(path: Path, psize: int, pages: int) -> set[int]:
     has) are read; ``ValueError`` when the format is not as expected, or a page needed is
     missing."""
 
-    def free_pages(data: Any) -> set[int]:
+    def free_pages(data: mmap.mmap) -> set[int]:
         pages_file = _PageFile(data, psize, pages)
         free: set[int] = set()
         for base, offsets in pages_file.leaves(pages_file.roots()[0][0]):
@@ -765,7 +767,7 @@ def _free_pages(path: Path, psize: int, pages: int) -> set[int]:
                 free.update(struct.unpack_from(f"<{count}Q", listed, 8))
         return free
 
-    return _mapped(path, free_pages)  # type: ignore[no-any-return]
+    return _mapped(path, free_pages)
 
 
 def _check_structure(path: Path, psize: int, pages: int) -> None:
@@ -777,7 +779,7 @@ def _check_structure(path: Path, psize: int, pages: int) -> None:
     undo record never rolled back) without failing any checksum. ``ValueError`` naming
     what is wrong."""
 
-    def check(data: Any) -> None:
+    def check(data: mmap.mmap) -> None:
         pages_file = _PageFile(data, psize, pages)
         free, main = pages_file.roots()
         trees = {"free list": free}

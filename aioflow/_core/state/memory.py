@@ -13,14 +13,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from aioflow._core.runtime.keygroups import key_group
-from aioflow._core.state.backend import MISSING, KeyCodec, NamespaceView, StateTable, TimerQueue
+from aioflow._core.state.backend import MISSING, Change, KeyCodec, NamespaceView, StateTable, TimerQueue
 from aioflow._core.state.serializers import JsonSerializer, Serializer
 from aioflow._core.state.ttl import TtlCleanup
 from aioflow._core.time.timers import now_ms
 
 __all__ = ["MemoryBackend", "MemoryTable", "MemoryTimerQueue", "check_declaration"]
 
-_DISCARD = deque(maxlen=0)  # ``_DISCARD.append`` is a no-op at C speed: nothing to mark in memory
+_DISCARD: deque[Any] = deque(maxlen=0)  # ``_DISCARD.append`` is a no-op at C speed: nothing to mark in memory
 
 
 def check_declaration(table: StateTable, operator: str, state: str, declared: str) -> None:
@@ -236,7 +236,11 @@ class MemoryBackend:
     def trim(self) -> None:
         """Nothing to do: memory state has no bound."""
 
-    def snapshot(self, checkpoint_id: int) -> Any:
+    def snapshot(self, checkpoint_id: int) -> Iterable[Change]:
+        """Memory state is not checkpointed."""
+        return []
+
+    def contents(self) -> Iterable[Change]:
         """Memory state is not checkpointed."""
         return []
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from aioflow._core.state.backend import TimerQueue
@@ -52,17 +52,19 @@ class TimerService:
 
     def _key(self) -> Any:
         if self._key_of is None:
-            raise TypeError(
-                f"operator {self._operator!r}: timers need a keyed stream; "
-                "use key_by(...) before process(...), as in Flink"
-            )
+            self._no_key()
         return self._key_of()
+
+    def _no_key(self) -> NoReturn:
+        raise TypeError(
+            f"operator {self._operator!r}: timers need a keyed stream; use key_by(...) before process(...), as in Flink"
+        )
 
     def register_event_time_timer(self, timestamp: int) -> None:
         key_of = self._key_of
         if timestamp.__class__ is not int or key_of is None:  # checked inline: this runs per record
             _check_time(timestamp, self._operator)
-            self._key()  # raises, naming the operator
+            self._no_key()  # the timestamp is an int: there is no key
         self._add_event(timestamp, key_of())
 
     def delete_event_time_timer(self, timestamp: int) -> None:
