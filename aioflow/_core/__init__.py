@@ -8,4 +8,4 @@ def rehome(names: list[str], namespace: dict[str, object], module: str) -> None:
     for name in names:
         value = namespace[name]
         if getattr(value, "__module__", "").startswith("aioflow._core"):
-            value.__module__ = module  # type: ignore[union-attr]
+            value.__module__ = module

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import anyio
@@ -185,7 +186,7 @@ class CallingOperator(Operator):
         self,
         results: list[Any],
         order: Iterable[int],
-        timestamps: list[Any] | None,
+        timestamps: Sequence[int | None] | None,
         dead: list[FailedCall],
         dead_at: list[int],
     ) -> None:
@@ -309,8 +310,8 @@ def _converter(form: str | None) -> Callable[[list[Any]], Any]:
     if form is None:
         return lambda records: records
     if form == "numpy":
-        numpy = _optional("numpy", form)
-        return numpy.asarray
+        asarray: Callable[[list[Any]], Any] = _optional("numpy", form).asarray
+        return asarray
     pandas = _optional("pandas", form)
     return lambda records: (
         pandas.DataFrame.from_records(records)
@@ -319,7 +320,7 @@ def _converter(form: str | None) -> Callable[[list[Any]], Any]:
     )
 
 
-def _optional(module: str, form: str) -> Any:
+def _optional(module: str, form: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:

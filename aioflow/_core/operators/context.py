@@ -188,7 +188,7 @@ class ConcurrentContext(OperatorContext):
         self._timestamp_var: ContextVar[int | None] = ContextVar(f"aioflow timestamp of {operator_name}", default=None)
         super().__init__(operator_name, *args, **kwargs)
 
-    @property  # type: ignore[override]
+    @property
     def key(self) -> Any:
         return self._key_var.get()
 
@@ -196,7 +196,7 @@ class ConcurrentContext(OperatorContext):
     def key(self, key: Any) -> None:
         self._key_var.set(key)
 
-    @property  # type: ignore[override]
+    @property
     def timestamp(self) -> int | None:
         return self._timestamp_var.get()
 

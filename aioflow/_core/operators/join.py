@@ -15,12 +15,13 @@ from aioflow._core.errors import DESCRIBED_ERRORS, UserFunctionTypeError
 from aioflow._core.operators.context import OperatorContext
 from aioflow._core.operators.process import UserCall, call_user_close, call_user_open
 from aioflow._core.runtime.calls import describe_error
-from aioflow._core.runtime.events import MIN_WATERMARK, Batch
+from aioflow._core.runtime.events import MIN_WATERMARK, Batch, stamped
 from aioflow._core.runtime.keygroups import key_group
 from aioflow._core.runtime.operator import TRIM_EVERY, Collector, Operator
 
 if TYPE_CHECKING:
     from aioflow._core.runtime.task import SubtaskEnvironment
+    from aioflow._core.state.backend import KeyedStateBackend
 
 __all__ = ["IntervalJoinOperator", "JoinContext"]
 
@@ -31,7 +32,7 @@ class _BufferSerializer:
     """A key's buffered records, ``{timestamp: [values]}``, as ``[[timestamp, [values]], ...]``
     (JSON objects cannot have int keys); the values with the app's serializer."""
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: KeyedStateBackend) -> None:
         self._values = backend.serializer
         self.name = f"join-buffer/{self._values.name}"
 
@@ -108,11 +109,11 @@ class IntervalJoinOperator(Operator):
 
     async def _side(self, batch: Batch, side: str) -> None:
         values, stamps = batch.values, batch.timestamps
-        if stamps is None or None in stamps:
+        if not stamped(stamps):
             raise UserFunctionTypeError(
                 self.name,
                 "interval joins need event timestamps on both inputs; pass timestamps= to app.source",
-                values[0] if stamps is None else values[stamps.index(None)],  # type: ignore[arg-type]
+                values[0] if stamps is None else values[stamps.index(None)],
             )
         is_left = side == LEFT
         selector = self.left_key if is_left else self.right_key

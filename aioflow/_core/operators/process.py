@@ -10,7 +10,7 @@ in Flink.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import repeat
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any
@@ -161,7 +161,7 @@ class ProcessOperator(Operator):
         self,
         call: UserCall,
         values: list[Any],
-        timestamps: list[Any] | None,
+        timestamps: Sequence[int | None] | None,
         keys: list[Any] | None,
         collector: Collector,
     ) -> None:

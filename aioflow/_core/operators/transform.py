@@ -63,7 +63,7 @@ class FlatMapOperator(Operator):
         values = batch.values
         timestamps = batch.timestamps
         out: list[Any] = []
-        out_ts: list[Any] | None = [] if timestamps is not None else None
+        out_ts: list[int | None] = []  # sent only when the records have timestamps
         fn = self.fn
         if self._async_gen:
             outputs = await self.call_each(
@@ -85,11 +85,11 @@ class FlatMapOperator(Operator):
                     continue
                 before = len(out)
                 out.extend(produced)
-                if out_ts is not None:
-                    out_ts.extend([timestamps[i]] * (len(out) - before))  # type: ignore[index]
+                if timestamps is not None:
+                    out_ts.extend([timestamps[i]] * (len(out) - before))
         except Exception as exc:
             raise self.error(describe_error(exc, fn), values[i]) from exc
-        await self.out.process(Batch(out, out_ts))
+        await self.out.process(Batch(out, out_ts if timestamps is not None else None))
 
 
 class RollingReduceOperator(Operator):
@@ -99,7 +99,7 @@ class RollingReduceOperator(Operator):
     def __init__(self, name: str, fn: Callable[[Any, Any], Any], key_selector: Callable[[Any], Any]) -> None:
         super().__init__(name)
         self.fn = fn
-        self.key_selector = key_selector
+        self.key_selector: Callable[[Any], Any] = key_selector  # keyed: never None
 
     async def open(self, env: SubtaskEnvironment) -> None:
         await super().open(env)

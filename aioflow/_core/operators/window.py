@@ -28,9 +28,9 @@ definition resumes every window.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import structlog
@@ -236,7 +236,7 @@ class WindowOperator(Operator):
         serializer: Serializer | None = None,
     ) -> None:
         super().__init__(name)
-        self.key_selector = key_selector
+        self.key_selector: Callable[[Any], Any] = key_selector  # keyed: never None
         self.assigner = assigner
         self.trigger = trigger if trigger is not None else assigner.default_trigger()
         self.evictor = evictor
@@ -419,7 +419,7 @@ class WindowOperator(Operator):
     # -- lateness and cleanup ------------------------------------------------------------
 
     def _cleanup_time(self, window: Any) -> int:
-        end = window.max_timestamp()
+        end: int = window.max_timestamp()
         if not self.assigner.is_event_time:
             return end
         return min(end + self.lateness, MAX_WATERMARK)
@@ -464,14 +464,15 @@ class WindowOperator(Operator):
                 self.name,
                 f"{self.assigner!r} needs event timestamps, but records have none; pass "
                 "timestamps= (and watermarks=) to app.source(...) or use assign_timestamps_and_watermarks",
-                values[stamps.index(None)] if stamps is not None else values[0],  # type: ignore[arg-type]
+                values[stamps.index(None)] if stamps is not None else values[0],
             )
         keys = await self.keys_of(batch, self.key_selector)
         collector = _WindowCollector()
         late: list[Any] = []
         late_ts: list[Any] = []
         if self._fast:
-            self._process_fast(values, stamps, keys, collector, late, late_ts)  # type: ignore[arg-type]
+            # the fast path is event time: records without a timestamp were refused above
+            self._process_fast(values, cast("Sequence[int]", stamps), keys, collector, late, late_ts)
         else:
             self._process_generic(values, stamps, keys, collector, late, late_ts)
         await self._flush(collector)
@@ -485,7 +486,7 @@ class WindowOperator(Operator):
     def _process_fast(
         self,
         values: list[Any],
-        stamps: list[int],
+        stamps: Sequence[int],
         keys: list[Any],
         collector: _WindowCollector,
         late: list[Any],
@@ -496,10 +497,10 @@ class WindowOperator(Operator):
         time if later) when the window gets its first record of that key, which is when
         the default trigger's de-duplicated registrations would first take effect; they
         are registered per window at the end of the batch (no watermark comes in between)."""
-        assigner = self.assigner
-        size = assigner.size  # type: ignore[attr-defined]
+        assigner = cast("TumblingEventTimeWindows | SlidingEventTimeWindows", self.assigner)  # see self._fast
+        size = assigner.size
         slide = getattr(assigner, "slide", size)
-        offset = assigner.offset  # type: ignore[attr-defined]
+        offset = assigner.offset
         lateness = self.lateness
         watermark = self.watermark
         table = self.contents
@@ -509,7 +510,7 @@ class WindowOperator(Operator):
         reduce = kind == REDUCE
         if aggregate:
             create, add = self._create, self._add_one
-        merge = self._merge if reduce else None
+        merge = self._merge if reduce else _no_get
         value = None
         last_start = None
         window: Any = None
@@ -548,7 +549,7 @@ class WindowOperator(Operator):
                         current = add(value, current)
                         put(key, current)
                     elif reduce:
-                        current = merge(current, value)  # type: ignore[misc]
+                        current = merge(current, value)
                         put(key, current)
                     else:
                         current.append(value)
@@ -586,7 +587,7 @@ class WindowOperator(Operator):
     def _process_generic(
         self,
         values: list[Any],
-        stamps: list[Any] | None,
+        stamps: Sequence[int | None] | None,
         keys: list[Any],
         collector: _WindowCollector,
         late: list[Any],

@@ -12,9 +12,19 @@ sent in the same channels as batches, so they stay in order with the data.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Sequence
+from typing import Any, Final, TypeGuard
 
-__all__ = ["MAX_WATERMARK", "MIN_WATERMARK", "Batch", "CheckpointBarrier", "EndOfInput", "Watermark", "WatermarkStatus"]
+__all__ = [
+    "MAX_WATERMARK",
+    "MIN_WATERMARK",
+    "Batch",
+    "CheckpointBarrier",
+    "EndOfInput",
+    "Watermark",
+    "WatermarkStatus",
+    "stamped",
+]
 
 MIN_WATERMARK: Final = -(2**63)
 MAX_WATERMARK: Final = 2**63 - 1
@@ -25,7 +35,9 @@ class Batch:
 
     __slots__ = ("keys", "timestamps", "values")
 
-    def __init__(self, values: list[Any], timestamps: list[int] | None = None, keys: list[Any] | None = None) -> None:
+    def __init__(
+        self, values: list[Any], timestamps: Sequence[int | None] | None = None, keys: list[Any] | None = None
+    ) -> None:
         self.values = values
         self.timestamps = timestamps
         self.keys = keys
@@ -35,6 +47,11 @@ class Batch:
 
     def __repr__(self) -> str:
         return f"Batch({len(self.values)} records)"
+
+
+def stamped(timestamps: Sequence[int | None] | None) -> TypeGuard[Sequence[int]]:
+    """Every record of a batch has an event timestamp (what event-time operators need)."""
+    return timestamps is not None and None not in timestamps
 
 
 class Watermark:

@@ -9,7 +9,7 @@ Control events flush the buffers first, so they stay in order with the data.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aioflow._core.errors import OperatorError
@@ -35,7 +35,7 @@ class _Buffer:
         self.keys: list[Any] | None = None
         self.since = 0.0
 
-    def add(self, values: list[Any], timestamps: list[Any] | None, keys: list[Any] | None) -> None:
+    def add(self, values: list[Any], timestamps: Sequence[int | None] | None, keys: list[Any] | None) -> None:
         if not self.values:
             self.since = time.monotonic()
         n_before = len(self.values)
@@ -54,7 +54,7 @@ class _Buffer:
             self.keys.extend([None] * len(values))
 
     def take(self) -> Batch:
-        batch = Batch(self.values, self.timestamps, self.keys)  # type: ignore[arg-type]
+        batch = Batch(self.values, self.timestamps, self.keys)
         self.values = []
         self.timestamps = None
         self.keys = None
@@ -123,7 +123,8 @@ class RecordWriter:
         n = len(self.channels)
         parts_v: list[list[Any]] = [[] for _ in range(n)]
         parts_k: list[list[Any]] = [[] for _ in range(n)]
-        parts_t: list[list[Any]] | None = [[] for _ in range(n)] if batch.timestamps is not None else None
+        stamps = batch.timestamps
+        parts_t: list[list[int | None]] = [[] for _ in range(n)] if stamps is not None else []
         for i, key in enumerate(keys):
             target = routes.get(key)
             if target is None:
@@ -132,12 +133,12 @@ class RecordWriter:
                 )
             parts_v[target].append(values[i])
             parts_k[target].append(key)
-            if parts_t is not None:
-                parts_t[target].append(batch.timestamps[i])  # type: ignore[index]
+            if stamps is not None:
+                parts_t[target].append(stamps[i])
         for target in range(n):
             if parts_v[target]:
                 buffer = self._buffers[target]
-                buffer.add(parts_v[target], parts_t[target] if parts_t is not None else None, parts_k[target])
+                buffer.add(parts_v[target], parts_t[target] if stamps is not None else None, parts_k[target])
                 if len(buffer.values) >= self.batch_size:
                     await self._send(target, buffer.take())
 

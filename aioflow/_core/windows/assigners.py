@@ -124,7 +124,8 @@ class TumblingEventTimeWindows(WindowAssigner):
         self.offset = _offset(offset, self.size)
 
     def assign_windows(self, element: Any, timestamp: int | None, now: int) -> list[Any]:
-        start = _start(timestamp, self.offset, self.size)  # type: ignore[arg-type]
+        assert timestamp is not None  # the window operator checks event-time records have one
+        start = _start(timestamp, self.offset, self.size)
         return [TimeWindow(start, start + self.size)]
 
     def __repr__(self) -> str:
@@ -155,7 +156,8 @@ class SlidingEventTimeWindows(WindowAssigner):
         return [TimeWindow(start, start + size) for start in range(last, timestamp - size, -slide)]
 
     def assign_windows(self, element: Any, timestamp: int | None, now: int) -> list[Any]:
-        return self._windows(timestamp)  # type: ignore[arg-type]
+        assert timestamp is not None  # the window operator checks event-time records have one
+        return self._windows(timestamp)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.size}, {self.slide}, offset={self.offset})"
@@ -194,7 +196,8 @@ class EventTimeSessionWindows(WindowAssigner):
 
     def _gap(self, element: Any) -> int:
         if self.gap_of is None:
-            return self.gap  # type: ignore[return-value]
+            assert self.gap is not None  # one of the two is given: see __init__
+            return self.gap
         return _positive_ms(self.gap_of(element), "dynamic session gap")
 
     def assign_windows(self, element: Any, timestamp: int | None, now: int) -> list[Any]:
