@@ -442,7 +442,7 @@ class _AsyncBatchWriter(SinkWriter):
             delay = retry.delay(attempt)
             self._log_retry(pending, attempt, delay, error)
             await asyncio.sleep(delay)
-        self._sending.discard(asyncio.current_task())  # type: ignore[arg-type]
+        self._sending.discard(asyncio.current_task())
         self._unacked -= count
         self._records_sent += count
         self._batches_sent += 1

@@ -275,7 +275,7 @@ def merge_positions(positions: Iterable[dict[str, int] | None]) -> dict[str, int
     return merged
 
 
-class _Rebalance(ConsumerRebalanceListener):
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped: the base is Any
     def __init__(self, reader: KafkaReader) -> None:
         self.reader = reader
 
@@ -395,7 +395,7 @@ class KafkaReader(SourceReader):
         if self._source.pattern is not None:
             matching = re.compile(self._source.pattern)
             topics = sorted(t for t in cluster.topics() if matching.fullmatch(t))
-        partitions = []
+        partitions: list[TopicPartition] = []
         for topic in topics:
             ids = cluster.partitions_for_topic(topic)
             if not ids:
@@ -530,7 +530,9 @@ class KafkaReader(SourceReader):
             end = self._end[tp]
             if records[-1].offset >= end:
                 records = [r for r in records if r.offset < end]
-                self._consumer.pause(tp)  # type: ignore[union-attr]
+                consumer = self._consumer
+                assert consumer is not None  # bounded: the end offsets were read through it
+                consumer.pause(tp)
                 if not records:
                     self._next[tp] = end
                     return SourceBatch([], split_name(tp))

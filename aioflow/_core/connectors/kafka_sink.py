@@ -162,7 +162,7 @@ class KafkaSink(AsyncBatchSink):
         self.delivery = delivery
         self.transactional_id_prefix = transactional_id_prefix
         self.producer_options = options
-        self.exactly_once = delivery == "exactly_once"  # type: ignore[misc]
+        self.exactly_once = delivery == "exactly_once"
         self.name = f"kafka({topic if isinstance(topic, str) else 'by record'})"
         # per subtask, set in open()
         self._producer: AIOKafkaProducer | None = None
@@ -299,7 +299,6 @@ class KafkaSink(AsyncBatchSink):
         """Encode ``records`` into record batches and hand them to ``producer``; each
         batch's delivery future and its number of records."""
         topic, encode, key_of, headers_of, stamp_of = self.topic, self.encode, self.key, self.headers, self.timestamp
-        fixed = topic if isinstance(topic, str) else None
         # aiokafka's own per-record steps of send(), without its per-record coroutine and future
         check_size, partition_of = producer._serialize, producer._partition
         known: dict[str, dict[bytes, int] | None] = {}  # topics whose metadata the producer has -> keys' partitions
@@ -328,7 +327,7 @@ class KafkaSink(AsyncBatchSink):
                         "a Kafka timestamp is int milliseconds",
                         record,
                     )
-            name = fixed or topic(record)  # type: ignore[operator]
+            name = topic if isinstance(topic, str) else topic(record)
             if name not in known:
                 await self._check_topic(producer, name)
                 await producer.partitions_for(name)  # waits for the topic's metadata, as send() does
@@ -494,7 +493,8 @@ class KafkaSink(AsyncBatchSink):
         transaction, if any) and return the epoch it got: 0 for an id never used."""
         producer = await self._started(self._new_producer(transactional_id))
         try:
-            return producer._txn_manager.producer_epoch
+            epoch: int = producer._txn_manager.producer_epoch
+            return epoch
         finally:
             await producer.stop()
 
@@ -517,7 +517,8 @@ async def _hand_over(producer: AIOKafkaProducer, batch: Any, topic: str, partiti
     deadline = time.monotonic() + producer._request_timeout_ms / 1000
     while True:
         try:
-            return await producer.send_batch(batch, topic, partition=partition)
+            delivery: asyncio.Future[Any] = await producer.send_batch(batch, topic, partition=partition)
+            return delivery
         except KafkaTimeoutError:
             if time.monotonic() >= deadline:
                 raise
