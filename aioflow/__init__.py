@@ -5,6 +5,8 @@ connectors from :mod:`aioflow.kafka` (also ``af.kafka``) and test harnesses from
 :mod:`aioflow.testing`. The implementation lives in ``aioflow._core``, which is private.
 """
 
+from typing import TYPE_CHECKING
+
 from aioflow._core import rehome as _rehome
 from aioflow._core.app import App
 from aioflow._core.connected import (
@@ -59,6 +61,7 @@ from aioflow._core.graph.plan import Plan
 from aioflow._core.log import configure_logging
 from aioflow._core.operators.async_io import FailedCall
 from aioflow._core.operators.context import OperatorContext
+from aioflow._core.operators.coprocess import BroadcastContext
 from aioflow._core.operators.window import TriggerContext, WindowContext
 from aioflow._core.retry import RetryPolicy
 from aioflow._core.runtime.restart import (
@@ -107,13 +110,17 @@ from aioflow._core.windows.triggers import (
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> object:
-    """``af.kafka``: imported on first use (aiokafka takes a while to import)."""
-    if name == "kafka":
-        import importlib
+if TYPE_CHECKING:  # type checkers see af.kafka as the module, and no other attribute made up at run time
+    from aioflow import kafka as kafka
+else:
 
-        return importlib.import_module("aioflow.kafka")
-    raise AttributeError(f"module 'aioflow' has no attribute {name!r}")
+    def __getattr__(name: str) -> object:
+        """``af.kafka``: imported on first use (aiokafka takes a while to import)."""
+        if name == "kafka":
+            import importlib
+
+            return importlib.import_module("aioflow.kafka")
+        raise AttributeError(f"module 'aioflow' has no attribute {name!r}")
 
 
 __all__ = [
@@ -126,6 +133,7 @@ __all__ = [
     "BadRecordError",
     "BoundedOutOfOrderness",
     "BroadcastConnectedStreams",
+    "BroadcastContext",
     "BroadcastProcessFunction",
     "BroadcastStream",
     "CoProcessFunction",

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from aioflow._core.errors import PipelineError
 from aioflow._core.functions import (
@@ -29,6 +29,14 @@ if TYPE_CHECKING:
     from aioflow._core.stream import KeyedStream, Stream
 
 __all__ = ["BroadcastConnectedStreams", "BroadcastStream", "ConnectedStreams", "IntervalJoin", "IntervalJoined"]
+
+#: What ``connect(...).process`` runs: a (Keyed)CoProcessFunction subclass or instance.
+CoProcessFn = type[CoProcessFunction] | CoProcessFunction
+#: What a broadcast-connected ``process`` runs: a (Keyed)BroadcastProcessFunction subclass or instance.
+BroadcastProcessFn = type[BroadcastProcessFunction] | BroadcastProcessFunction
+#: What an interval join's ``process`` runs: a ProcessJoinFunction subclass or instance, or a
+#: function ``(left, right, ctx)`` used as its ``process_element``.
+JoinFn = type[ProcessJoinFunction] | ProcessJoinFunction | Callable[..., Any]
 
 
 def _add_two_input(
@@ -66,18 +74,28 @@ class ConnectedStreams:
         """Key both inputs (records with equal keys meet in the same subtask and state)."""
         return ConnectedStreams(self.first.key_by(key1), self.second.key_by(key2))
 
-    def process(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None) -> Any:
+    @overload
+    def process(self, fn: CoProcessFn, *, name: str | None = None, parallelism: int | None = None) -> Stream: ...
+    @overload
+    def process(
+        self, fn: None = None, *, name: str | None = None, parallelism: int | None = None
+    ) -> Callable[[CoProcessFn], Stream]: ...
+
+    def process(
+        self, fn: CoProcessFn | None = None, *, name: str | None = None, parallelism: int | None = None
+    ) -> Stream | Callable[[CoProcessFn], Stream]:
         """Run a CoProcessFunction (KeyedCoProcessFunction when both inputs are keyed)."""
         from aioflow._core.stream import KeyedStream, instantiate
 
         if fn is None:
             return lambda f: self.process(f, name=name, parallelism=parallelism)
-        first_keyed = isinstance(self.first, KeyedStream)
-        if first_keyed != isinstance(self.second, KeyedStream):
+        first, second = self.first, self.second
+        first_keyed = isinstance(first, KeyedStream)
+        if first_keyed != isinstance(second, KeyedStream):
             raise PipelineError("connect(): key both streams (or neither); one keyed input is ambiguous")
         factory = instantiate(fn, CoProcessFunction, method=None)
-        key1 = self.first.key_selector if first_keyed else None  # type: ignore[attr-defined]
-        key2 = self.second.key_selector if first_keyed else None  # type: ignore[attr-defined]
+        key1 = first.key_selector if isinstance(first, KeyedStream) else None
+        key2 = second.key_selector if isinstance(second, KeyedStream) else None
         return _add_two_input(
             self.first,
             self.second,
@@ -109,15 +127,25 @@ class BroadcastConnectedStreams:
         self.stream = stream
         self.broadcast = broadcast
 
-    def process(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None) -> Any:
+    @overload
+    def process(self, fn: BroadcastProcessFn, *, name: str | None = None, parallelism: int | None = None) -> Stream: ...
+    @overload
+    def process(
+        self, fn: None = None, *, name: str | None = None, parallelism: int | None = None
+    ) -> Callable[[BroadcastProcessFn], Stream]: ...
+
+    def process(
+        self, fn: BroadcastProcessFn | None = None, *, name: str | None = None, parallelism: int | None = None
+    ) -> Stream | Callable[[BroadcastProcessFn], Stream]:
         """Run a KeyedBroadcastProcessFunction (keyed input) or BroadcastProcessFunction."""
         from aioflow._core.stream import KeyedStream, instantiate
 
         if fn is None:
             return lambda f: self.process(f, name=name, parallelism=parallelism)
-        keyed = isinstance(self.stream, KeyedStream)
+        stream = self.stream
+        keyed = isinstance(stream, KeyedStream)
         factory = instantiate(fn, KeyedBroadcastProcessFunction if keyed else BroadcastProcessFunction, method=None)
-        key = self.stream.key_selector if keyed else None  # type: ignore[attr-defined]
+        key = stream.key_selector if isinstance(stream, KeyedStream) else None
         names = self.broadcast.state_names
         return _add_two_input(
             self.stream,
@@ -177,7 +205,16 @@ class IntervalJoined:
         self._late["right"] = tag.name
         return self
 
-    def process(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None) -> Any:
+    @overload
+    def process(self, fn: JoinFn, *, name: str | None = None, parallelism: int | None = None) -> Stream: ...
+    @overload
+    def process(
+        self, fn: None = None, *, name: str | None = None, parallelism: int | None = None
+    ) -> Callable[[JoinFn], Stream]: ...
+
+    def process(
+        self, fn: JoinFn | None = None, *, name: str | None = None, parallelism: int | None = None
+    ) -> Stream | Callable[[JoinFn], Stream]:
         """Run a :class:`ProcessJoinFunction` (or a function ``(left, right, ctx)``) per pair."""
         from aioflow._core.stream import instantiate
 

@@ -8,11 +8,12 @@ value to a side output. ``process_element`` and ``on_timer`` may be ``async def`
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterable, Awaitable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
     from aioflow._core.operators.context import OperatorContext
+    from aioflow._core.operators.coprocess import BroadcastContext
 
 __all__ = [
     "AggregateFunction",
@@ -26,6 +27,11 @@ __all__ = [
     "ProcessFunction",
     "ProcessWindowFunction",
 ]
+
+#: What a method that produces records returns: an iterable of outputs (a generator
+#: that ``yield``s them), ``None`` for none; for an ``async def`` method, an async
+#: generator, or a coroutine returning a list of outputs (or ``None``).
+Outputs = Iterable[Any] | AsyncIterable[Any] | Awaitable[Iterable[Any] | None] | None
 
 IN = TypeVar("IN")
 ACC = TypeVar("ACC")
@@ -66,11 +72,11 @@ class ProcessFunction:
     def close(self) -> None:
         """Called once per subtask after the last record, also when the job fails."""
 
-    def process_element(self, value: Any, ctx: OperatorContext) -> Iterable[Any] | None:
+    def process_element(self, value: Any, ctx: OperatorContext) -> Outputs:
         """Handle one record; ``yield`` outputs. ``ctx.timestamp`` is its event time."""
         raise TypeError(f"{type(self).__name__} must implement process_element(value, ctx)")
 
-    def on_timer(self, timestamp: int, ctx: OperatorContext) -> Iterable[Any] | None:
+    def on_timer(self, timestamp: int, ctx: OperatorContext) -> Outputs:
         """A timer registered with ``ctx.timer_service`` fired; ``yield`` outputs."""
         return None
 
@@ -88,13 +94,13 @@ class CoProcessFunction:
     def close(self) -> None:
         """Called once per subtask after the last record."""
 
-    def process_element1(self, value: Any, ctx: OperatorContext) -> Iterable[Any] | None:
+    def process_element1(self, value: Any, ctx: OperatorContext) -> Outputs:
         raise TypeError(f"{type(self).__name__} must implement process_element1(value, ctx)")
 
-    def process_element2(self, value: Any, ctx: OperatorContext) -> Iterable[Any] | None:
+    def process_element2(self, value: Any, ctx: OperatorContext) -> Outputs:
         raise TypeError(f"{type(self).__name__} must implement process_element2(value, ctx)")
 
-    def on_timer(self, timestamp: int, ctx: OperatorContext) -> Iterable[Any] | None:
+    def on_timer(self, timestamp: int, ctx: OperatorContext) -> Outputs:
         return None
 
 
@@ -133,7 +139,7 @@ class ProcessWindowFunction:
     def close(self) -> None:
         """Called once per subtask at the end."""
 
-    def process(self, key: Any, context: Any, elements: list[Any]) -> Iterable[Any] | None:
+    def process(self, key: Any, context: Any, elements: list[Any]) -> Outputs:
         """``yield`` the outputs for one firing of one window."""
         raise TypeError(f"{type(self).__name__} must implement process(key, context, elements)")
 
@@ -150,19 +156,19 @@ class BroadcastProcessFunction:
     record may arrive before the rule that concerns it.
     """
 
-    def open(self, ctx: OperatorContext) -> None:
+    def open(self, ctx: BroadcastContext) -> None:
         """Called once per subtask before the first record."""
 
     def close(self) -> None:
         """Called once per subtask after the last record."""
 
-    def process_element(self, value: Any, ctx: OperatorContext) -> Iterable[Any] | None:
+    def process_element(self, value: Any, ctx: BroadcastContext) -> Outputs:
         raise TypeError(f"{type(self).__name__} must implement process_element(value, ctx)")
 
-    def process_broadcast_element(self, value: Any, ctx: OperatorContext) -> Iterable[Any] | None:
+    def process_broadcast_element(self, value: Any, ctx: BroadcastContext) -> Outputs:
         raise TypeError(f"{type(self).__name__} must implement process_broadcast_element(value, ctx)")
 
-    def on_timer(self, timestamp: int, ctx: OperatorContext) -> Iterable[Any] | None:
+    def on_timer(self, timestamp: int, ctx: BroadcastContext) -> Outputs:
         return None
 
 
@@ -182,5 +188,5 @@ class ProcessJoinFunction:
     def close(self) -> None:
         """Called once per subtask after the last record."""
 
-    def process_element(self, left: Any, right: Any, ctx: Any) -> Iterable[Any] | None:
+    def process_element(self, left: Any, right: Any, ctx: Any) -> Outputs:
         raise TypeError(f"{type(self).__name__} must implement process_element(left, right, ctx)")

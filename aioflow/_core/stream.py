@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from aioflow._core.errors import PipelineError, check_number
 from aioflow._core.functions import OutputTag, ProcessFunction
@@ -33,16 +33,21 @@ from aioflow._core.runtime.partitioning import BROADCAST, FORWARD, GLOBAL, HASH,
 
 if TYPE_CHECKING:
     from aioflow._core.app import App
-    from aioflow._core.connected import BroadcastStream, IntervalJoin
+    from aioflow._core.connected import BroadcastConnectedStreams, BroadcastStream, ConnectedStreams, IntervalJoin
     from aioflow._core.connectors.base import Sink
     from aioflow._core.state.serializers import Serializer
     from aioflow._core.time.watermarks import WatermarkStrategy
     from aioflow._core.windows.assigners import WindowAssigner
     from aioflow._core.windows.stream import WindowedStream
 
-__all__ = ["KeyedStream", "Stream"]
+__all__ = ["KeyedStream", "ProcessFn", "RecordFn", "Stream"]
 
-F = TypeVar("F", bound=Callable[..., Any])
+#: A function of one record (``def`` or ``async def``): what ``map``, ``filter`` and
+#: ``flat_map`` take.
+RecordFn = Callable[[Any], Any]
+#: What ``process`` runs: a :class:`ProcessFunction` subclass or instance, or a function
+#: ``(value, ctx)`` used as its ``process_element``.
+ProcessFn = type[ProcessFunction] | ProcessFunction | Callable[..., Any]
 
 
 def function_name(fn: Any) -> str | None:
@@ -181,14 +186,12 @@ class Stream:
     def _transform(
         self,
         kind: str,
-        fn: Any,
+        fn: RecordFn,
         name: str | None,
         parallelism: int | None,
         operator: Callable[[str, Callable[[Any], Any]], Operator],
         max_concurrency: int | None,
-    ) -> Any:
-        if fn is None:  # used as @stream.map(name=...) with arguments
-            return lambda f: self._transform(kind, f, name, parallelism, operator, max_concurrency)
+    ) -> Stream:
         _check_callable(fn, f"{kind}()")
         _check_concurrency(max_concurrency, kind)
         key_selector = self._keyed_selector()  # an async fn runs a key's records in order
@@ -202,7 +205,7 @@ class Stream:
     @overload
     def map(
         self,
-        fn: Callable[[Any], Any],
+        fn: RecordFn,
         *,
         name: str | None = None,
         parallelism: int | None = None,
@@ -216,19 +219,21 @@ class Stream:
         name: str | None = None,
         parallelism: int | None = None,
         max_concurrency: int | None = None,
-    ) -> Callable[[Callable[[Any], Any]], Stream]: ...
+    ) -> Callable[[RecordFn], Stream]: ...
 
     def map(
         self,
-        fn: Any = None,
+        fn: RecordFn | None = None,
         *,
         name: str | None = None,
         parallelism: int | None = None,
         max_concurrency: int | None = None,
-    ) -> Any:
+    ) -> Stream | Callable[[RecordFn], Stream]:
         """One output per record: ``fn(value)``. ``fn`` may be ``async def``: then it runs
         on up to ``max_concurrency`` records at once (default: the app's), those of one
         key in order; outputs keep the input's order."""
+        if fn is None:  # used as @stream.map(name=...) with arguments
+            return lambda f: self.map(f, name=name, parallelism=parallelism, max_concurrency=max_concurrency)
         return self._transform("map", fn, name, parallelism, MapOperator, max_concurrency)
 
     def map_async(
@@ -316,37 +321,98 @@ class Stream:
         )
         return Stream(self.app, node)
 
+    @overload
     def filter(
         self,
-        fn: Any = None,
+        fn: RecordFn,
         *,
         name: str | None = None,
         parallelism: int | None = None,
         max_concurrency: int | None = None,
-    ) -> Any:
+    ) -> Stream: ...
+    @overload
+    def filter(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        max_concurrency: int | None = None,
+    ) -> Callable[[RecordFn], Stream]: ...
+
+    def filter(
+        self,
+        fn: RecordFn | None = None,
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        max_concurrency: int | None = None,
+    ) -> Stream | Callable[[RecordFn], Stream]:
         """Keep records for which ``fn(value)`` is true. ``fn`` may be ``async def`` (as for :meth:`map`)."""
+        if fn is None:  # used as @stream.filter(name=...) with arguments
+            return lambda f: self.filter(f, name=name, parallelism=parallelism, max_concurrency=max_concurrency)
         return self._transform("filter", fn, name, parallelism, FilterOperator, max_concurrency)
+
+    @overload
+    def flat_map(
+        self,
+        fn: RecordFn,
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        max_concurrency: int | None = None,
+    ) -> Stream: ...
+    @overload
+    def flat_map(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        max_concurrency: int | None = None,
+    ) -> Callable[[RecordFn], Stream]: ...
 
     def flat_map(
         self,
-        fn: Any = None,
+        fn: RecordFn | None = None,
         *,
         name: str | None = None,
         parallelism: int | None = None,
         max_concurrency: int | None = None,
-    ) -> Any:
+    ) -> Stream | Callable[[RecordFn], Stream]:
         """Zero or more outputs per record: ``fn(value)`` returns an iterable (or is a
         generator). ``fn`` may be ``async def`` or an async generator (as for :meth:`map`)."""
+        if fn is None:  # used as @stream.flat_map(name=...) with arguments
+            return lambda f: self.flat_map(f, name=name, parallelism=parallelism, max_concurrency=max_concurrency)
         return self._transform("flat_map", fn, name, parallelism, FlatMapOperator, max_concurrency)
+
+    @overload
+    def process(
+        self,
+        fn: ProcessFn,
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        max_concurrency: int | None = None,
+    ) -> Stream: ...
+    @overload
+    def process(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        parallelism: int | None = None,
+        max_concurrency: int | None = None,
+    ) -> Callable[[ProcessFn], Stream]: ...
 
     def process(
         self,
-        fn: Any = None,
+        fn: ProcessFn | None = None,
         *,
         name: str | None = None,
         parallelism: int | None = None,
         max_concurrency: int | None = None,
-    ) -> Any:
+    ) -> Stream | Callable[[ProcessFn], Stream]:
         """Run a :class:`ProcessFunction` (class, instance, or ``process_element``-like
         function). An ``async def`` ``process_element`` or ``on_timer`` runs on up to
         ``max_concurrency`` records or timers at once (default: the app's), those of one
@@ -380,7 +446,12 @@ class Stream:
         node = self._add("union", None, name, None, Operator, inputs=inputs)
         return Stream(self.app, node)
 
-    def connect(self, other: Stream | BroadcastStream) -> Any:
+    @overload
+    def connect(self, other: BroadcastStream) -> BroadcastConnectedStreams: ...
+    @overload
+    def connect(self, other: Stream) -> ConnectedStreams: ...
+
+    def connect(self, other: Stream | BroadcastStream) -> ConnectedStreams | BroadcastConnectedStreams:
         """Process this stream together with ``other`` (a stream, or a broadcast stream
         made with ``other.broadcast("state", ...)``)."""
         from aioflow._core.connected import BroadcastConnectedStreams, BroadcastStream, ConnectedStreams
@@ -450,7 +521,12 @@ class Stream:
         """Spread batches round-robin over the next operator's subtasks."""
         return self._view(REBALANCE)
 
-    def broadcast(self, *state_names: str) -> Any:
+    @overload
+    def broadcast(self) -> Stream: ...
+    @overload
+    def broadcast(self, state_name: str, /, *state_names: str) -> BroadcastStream: ...
+
+    def broadcast(self, *state_names: str) -> Stream | BroadcastStream:
         """Send every record to every subtask of the next operator. With state names, a
         :class:`BroadcastStream` for the broadcast state pattern (``keyed.connect(...)``)."""
         if state_names:
@@ -510,7 +586,18 @@ class KeyedStream(Stream):
 
         return IntervalJoin(self, other)
 
-    def reduce(self, fn: Any = None, *, name: str | None = None, parallelism: int | None = None) -> Any:
+    @overload
+    def reduce(
+        self, fn: Callable[[Any, Any], Any], *, name: str | None = None, parallelism: int | None = None
+    ) -> Stream: ...
+    @overload
+    def reduce(
+        self, fn: None = None, *, name: str | None = None, parallelism: int | None = None
+    ) -> Callable[[Callable[[Any, Any], Any]], Stream]: ...
+
+    def reduce(
+        self, fn: Callable[[Any, Any], Any] | None = None, *, name: str | None = None, parallelism: int | None = None
+    ) -> Stream | Callable[[Callable[[Any, Any], Any]], Stream]:
         """Rolling reduce: for every record, emit ``fn(previous_result, value)`` of its key
         (the key's first record is emitted unchanged). State: one value per key."""
         if fn is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, overload
 
 import anyio
 
@@ -67,7 +67,17 @@ def _overridden(app: App, settings: dict[str, Any]) -> dict[str, Any]:
     return {name: getattr(checked, name) for name in SETTINGS}
 
 
-async def run_collect_async(*streams: Stream, timeout: float | None = 60.0, **settings: Any) -> Any:
+@overload
+async def run_collect_async(stream: Stream, /, *, timeout: float | None = 60.0, **settings: Any) -> list[Any]: ...
+@overload
+async def run_collect_async(
+    first: Stream, second: Stream, /, *streams: Stream, timeout: float | None = 60.0, **settings: Any
+) -> tuple[list[Any], ...]: ...
+
+
+async def run_collect_async(
+    *streams: Stream, timeout: float | None = 60.0, **settings: Any
+) -> list[Any] | tuple[list[Any], ...]:
     """Run the streams' app to completion and return what each stream carried.
 
     One stream: a list of its records. Several: a tuple of lists, in argument order.
@@ -97,7 +107,15 @@ async def run_collect_async(*streams: Stream, timeout: float | None = 60.0, **se
     return results[0] if len(results) == 1 else tuple(results)
 
 
-def run_collect(*streams: Stream, timeout: float | None = 60.0, **settings: Any) -> Any:
+@overload
+def run_collect(stream: Stream, /, *, timeout: float | None = 60.0, **settings: Any) -> list[Any]: ...
+@overload
+def run_collect(
+    first: Stream, second: Stream, /, *streams: Stream, timeout: float | None = 60.0, **settings: Any
+) -> tuple[list[Any], ...]: ...
+
+
+def run_collect(*streams: Stream, timeout: float | None = 60.0, **settings: Any) -> list[Any] | tuple[list[Any], ...]:
     """Blocking form of :func:`run_collect_async`."""
     return anyio.run(lambda: run_collect_async(*streams, timeout=timeout, **settings), backend="asyncio")
 
@@ -136,12 +154,12 @@ class _Recorder(Output):
         self.records.extend(zip(batch.values, timestamps, strict=True))
 
 
-class _Sides(dict[str, _Recorder]):
+class _Sides(dict[str, Output]):
     """Side outputs that record every tag, whether or not anyone asked for it yet."""
 
-    def get(self, tag: str, default: Any = None) -> _Recorder:  # type: ignore[override]
+    def get(self, tag: str, default: Any = None) -> _Recorder:
         recorder = super().get(tag)
-        if recorder is None:
+        if not isinstance(recorder, _Recorder):  # only recorders are put here
             recorder = self[tag] = _Recorder()
         return recorder
 
@@ -183,7 +201,7 @@ class ProcessFunctionHarness:
         self._main = _Recorder()
         self._operator.out = self._main
         self._sides = _Sides()
-        self._operator.side_outputs = self._sides  # type: ignore[assignment]
+        self._operator.side_outputs = self._sides
 
     async def __aenter__(self) -> ProcessFunctionHarness:
         env = SubtaskEnvironment("harness", 0, 1, 128, 1024, MemoryBackend())
