@@ -45,6 +45,7 @@ from aioflow._core.errors import (
 )
 from aioflow._core.functions import (
     AggregateFunction,
+    AsyncFunction,
     BroadcastProcessFunction,
     CoProcessFunction,
     KeyedBroadcastProcessFunction,
@@ -58,7 +59,7 @@ from aioflow._core.functions import (
 from aioflow._core.graph.plan import Plan
 from aioflow._core.log import configure_logging
 from aioflow._core.operators.async_io import FailedCall
-from aioflow._core.operators.context import OperatorContext
+from aioflow._core.operators.context import FunctionContext, OperatorContext
 from aioflow._core.operators.window import TriggerContext, WindowContext
 from aioflow._core.retry import RetryPolicy
 from aioflow._core.runtime.restart import (
@@ -122,6 +123,7 @@ __all__ = [
     "App",
     "AppLoadError",
     "AsyncBatchSink",
+    "AsyncFunction",
     "BadRecord",
     "BadRecordError",
     "BoundedOutOfOrderness",
@@ -147,6 +149,7 @@ __all__ = [
     "FailureRateRestart",
     "FileSink",
     "FixedDelayRestart",
+    "FunctionContext",
     "GlobalWindow",
     "GlobalWindows",
     "IncompatibleStateError",

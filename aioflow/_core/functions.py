@@ -4,18 +4,22 @@ Subclass them and pass the class (or an instance) to ``stream.process`` or a win
 ``aggregate`` / ``process``. Every method that produces records is a generator: it
 ``yield``s outputs, and ``yield tag, value`` (with ``tag`` an :class:`OutputTag`) sends a
 value to a side output. ``process_element`` and ``on_timer`` may be ``async def``.
+An :class:`AsyncFunction` goes to ``map``, ``filter``, ``flat_map``, ``map_async`` and
+``map_batch``: a callable with Flink's ``open`` / ``close`` around it.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from aioflow._core.operators.context import OperatorContext
+    from aioflow._core.operators.context import FunctionContext, OperatorContext
 
 __all__ = [
     "AggregateFunction",
+    "AsyncFunction",
     "BroadcastProcessFunction",
     "KeyedBroadcastProcessFunction",
     "ProcessJoinFunction",
@@ -51,6 +55,49 @@ class OutputTag:
 
     def __repr__(self) -> str:
         return f"OutputTag({self.name!r})"
+
+
+class AsyncFunction:
+    """An ``async def`` function with a lifecycle, as Flink's ``RichAsyncFunction``: for a
+    function that calls another system through a client (an aiohttp session, a database
+    pool) that must be made in the job's event loop and closed when the job is done with it.
+
+    Pass the class or an instance to ``map``, ``filter``, ``flat_map``, ``map_async`` or
+    ``map_batch``. Each subtask of each run gets its own object (a class is instantiated
+    without arguments, an instance shallow-copied: what ``__init__`` set is shared
+    configuration, what ``open`` sets on ``self`` belongs to the subtask), and:
+
+    - ``await open(ctx)`` runs in the job's event loop before the subtask's first record:
+      create the client here. ``ctx`` is a :class:`FunctionContext`.
+    - ``await self(value)`` runs per record, as the ``async def`` function would.
+    - ``await close()`` runs once when the subtask ends, if ``open`` returned: at the end
+      of input, on a stop, when the job fails, and before a restart (which opens fresh
+      objects). Close the client here.
+
+    A client made at import time (a module-level session) belongs to no run: it is bound
+    to the first event loop that uses it, so a second run in the same process fails
+    (``Event loop is closed``), and nothing ever closes it (``Unclosed client session``).
+    ``open``, ``__call__`` and ``close`` must be ``async def`` (checked when the class is
+    defined).
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("open", "__call__", "close"):
+            method = cls.__dict__.get(name)
+            if method is not None and not inspect.iscoroutinefunction(method):
+                raise TypeError(f"{cls.__name__}.{name} must be an `async def` method (it is awaited)")
+
+    async def open(self, ctx: FunctionContext) -> None:
+        """Called once per subtask, in the job's event loop, before its first record."""
+
+    async def __call__(self, value: Any) -> Any:
+        """The function: its result for one record (for ``map_batch``, a list of records)."""
+        raise TypeError(f"{type(self).__name__} must implement `async def __call__(self, value)`")
+
+    async def close(self) -> None:
+        """Called once per subtask when it ends (also on failure and before a restart), if
+        :meth:`open` returned."""
 
 
 class ProcessFunction:

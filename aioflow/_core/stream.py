@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from aioflow._core.errors import PipelineError, check_number
-from aioflow._core.functions import OutputTag, ProcessFunction
+from aioflow._core.functions import AsyncFunction, OutputTag, ProcessFunction
 from aioflow._core.graph.logical import DEFAULT, Edge, Node
 from aioflow._core.operators.async_io import AsyncMapOperator, BatchMapOperator, CallPolicy
 from aioflow._core.operators.process import ProcessOperator
@@ -120,6 +120,20 @@ def instantiate(
     raise PipelineError(f"{what} takes a {base.__name__} subclass or instance, got {fn!r}")
 
 
+def per_subtask(fn: Any, what: str) -> Callable[[], Any]:
+    """The function each subtask of each run calls: ``fn`` itself, or for an
+    :class:`AsyncFunction` an object of its own (a class instantiated, an instance
+    shallow-copied), which its operator opens and closes."""
+    cls = fn if inspect.isclass(fn) else type(fn)
+    if not issubclass(cls, AsyncFunction):
+        return lambda: fn
+    if cls.__call__ is AsyncFunction.__call__:
+        raise PipelineError(f"{what}: {cls.__name__} must implement `async def __call__(self, value)`")
+    if inspect.isclass(fn):
+        return fn
+    return lambda: copy.copy(fn)
+
+
 class Stream:
     """A stream of records produced by one operator (or one of its side outputs)."""
 
@@ -191,9 +205,10 @@ class Stream:
             return lambda f: self._transform(kind, f, name, parallelism, operator, max_concurrency)
         _check_callable(fn, f"{kind}()")
         _check_concurrency(max_concurrency, kind)
+        function = per_subtask(fn, f"{kind}()")
         key_selector = self._keyed_selector()  # an async fn runs a key's records in order
         node = self._add(
-            kind, fn, name, parallelism, lambda n: _limited(operator(n, fn), max_concurrency, key_selector)
+            kind, fn, name, parallelism, lambda n: _limited(operator(n, function()), max_concurrency, key_selector)
         )
         return Stream(self.app, node)
 
@@ -259,6 +274,7 @@ class Stream:
         """
         _check_callable(fn, "map_async()")
         _check_concurrency(capacity, "map_async", "capacity")
+        function = per_subtask(fn, "map_async()")
         key_selector = self._keyed_selector()
         policy = _call_policy("map_async", timeout, retry, retry_if, retry_if_result, on_error)
         node = self._add(
@@ -267,7 +283,7 @@ class Stream:
             name,
             parallelism,
             lambda n: _limited(
-                AsyncMapOperator(n, fn, policy, on_error, ordered=bool(ordered)),
+                AsyncMapOperator(n, function(), policy, on_error, ordered=bool(ordered)),
                 capacity,
                 key_selector,
             ),
@@ -300,6 +316,7 @@ class Stream:
         """
         _check_callable(fn, "map_batch()")
         _check_concurrency(capacity, "map_batch", "capacity")
+        function = per_subtask(fn, "map_batch()")
         check_number(max_batch_size, "map_batch max_batch_size", integer=True, minimum=1)
         if form not in (None, "pandas", "numpy"):
             raise PipelineError(f"map_batch form= takes None, 'pandas' or 'numpy', got {form!r}")
@@ -310,7 +327,7 @@ class Stream:
             name,
             parallelism,
             lambda n: _limited(
-                BatchMapOperator(n, fn, policy, on_error, max_batch_size=max_batch_size, form=form),
+                BatchMapOperator(n, function(), policy, on_error, max_batch_size=max_batch_size, form=form),
                 capacity,
             ),
         )

@@ -24,11 +24,11 @@ import structlog
 
 from aioflow._core.errors import PipelineError, UserFunctionTypeError, truncated_repr
 from aioflow._core.functions import OutputTag
+from aioflow._core.operators.function import FunctionOperator
 from aioflow._core.retry import RetryPolicy
 from aioflow._core.runtime.calls import await_user, describe_error, for_key, is_async, qualified_name
 from aioflow._core.runtime.concurrent import run_concurrently
 from aioflow._core.runtime.events import Batch
-from aioflow._core.runtime.operator import Operator
 
 __all__ = ["AsyncMapOperator", "BatchMapOperator", "CallPolicy", "CallingOperator", "FailedCall"]
 
@@ -130,13 +130,13 @@ class CallPolicy:
             raise PredicateFailed(what + " " + describe_error(exc, predicate)) from exc
 
 
-class CallingOperator(Operator):
+class CallingOperator(FunctionOperator):
     """An operator calling another system under a :class:`CallPolicy`, with ``on_error``
-    for calls that failed for good."""
+    for calls that failed for good (an :class:`~aioflow.AsyncFunction` ``fn`` is opened
+    and closed with the subtask)."""
 
     def __init__(self, name: str, fn: Callable[[Any], Any], policy: CallPolicy, on_error: str | OutputTag) -> None:
-        super().__init__(name)
-        self.fn = fn
+        super().__init__(name, fn)
         self.policy = policy
         self.on_error = on_error
         #: Records whose call failed for good (skipped or sent to the side output).

@@ -1,4 +1,5 @@
-"""The context user functions receive: ``open(ctx)``, ``process_element(value, ctx)``, ``on_timer(ts, ctx)``.
+"""The context user functions receive: ``open(ctx)``, ``process_element(value, ctx)``, ``on_timer(ts, ctx)``;
+and the smaller one an :class:`~aioflow.AsyncFunction`'s ``open(ctx)`` receives.
 
 One context object exists per operator subtask; the runtime updates ``timestamp`` and
 ``key`` before each call instead of allocating a context per record.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aioflow._core.errors import PipelineError
@@ -34,7 +36,20 @@ if TYPE_CHECKING:
     from aioflow._core.state.backend import KeyedStateBackend, StateTable
     from aioflow._core.state.serializers import Serializer
 
-__all__ = ["ConcurrentContext", "OperatorContext"]
+__all__ = ["ConcurrentContext", "FunctionContext", "OperatorContext"]
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionContext:
+    """Where an :class:`~aioflow.AsyncFunction` runs, as its ``open(ctx)`` sees it: the
+    operator's name, this subtask's index and the operator's parallelism, and
+    ``concurrency``, the most calls this subtask makes at once (the operator's
+    ``capacity`` or ``max_concurrency``, else the app's): size a connection pool with it."""
+
+    operator_name: str
+    subtask_index: int
+    parallelism: int
+    concurrency: int
 
 
 class OperatorContext:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from itertools import compress
 from typing import TYPE_CHECKING, Any
 
+from aioflow._core.operators.function import FunctionOperator
 from aioflow._core.runtime.calls import collect_async, describe_error, is_async
 from aioflow._core.runtime.events import Batch
 from aioflow._core.runtime.operator import Operator
@@ -18,12 +19,11 @@ if TYPE_CHECKING:
 __all__ = ["FilterOperator", "FlatMapOperator", "MapOperator", "RollingReduceOperator"]
 
 
-class MapOperator(Operator):
+class MapOperator(FunctionOperator):
     """One output per record: ``fn(value)``."""
 
     def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
-        super().__init__(name)
-        self.fn = fn
+        super().__init__(name, fn)
         self._async = is_async(fn)
 
     async def process(self, batch: Batch) -> None:
@@ -32,12 +32,11 @@ class MapOperator(Operator):
         await self.out.process(Batch(out, batch.timestamps))
 
 
-class FilterOperator(Operator):
+class FilterOperator(FunctionOperator):
     """Keeps the records for which ``fn(value)`` is true."""
 
     def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
-        super().__init__(name)
-        self.fn = fn
+        super().__init__(name, fn)
         self._async = is_async(fn)
 
     async def process(self, batch: Batch) -> None:
@@ -50,12 +49,11 @@ class FilterOperator(Operator):
         )
 
 
-class FlatMapOperator(Operator):
+class FlatMapOperator(FunctionOperator):
     """Zero or more outputs per record: ``fn(value)`` returns (or, async, yields) an iterable."""
 
     def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
-        super().__init__(name)
-        self.fn = fn
+        super().__init__(name, fn)
         self._async_gen = inspect.isasyncgenfunction(fn)
         self._async = is_async(fn)
 
