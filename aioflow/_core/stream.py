@@ -243,7 +243,9 @@ class Stream:
     ) -> Any:
         """One output per record: ``fn(value)``. ``fn`` may be ``async def``: then it runs
         on up to ``max_concurrency`` records at once (default: the app's), those of one
-        key in order; outputs keep the input's order."""
+        key in order; outputs keep the input's order. An :class:`AsyncFunction` (class or
+        instance) is opened and closed with each subtask (as for ``filter``, ``flat_map``,
+        ``map_async`` and ``map_batch``)."""
         return self._transform("map", fn, name, parallelism, MapOperator, max_concurrency)
 
     def map_async(
@@ -262,6 +264,8 @@ class Stream:
     ) -> Stream:
         """One output per record: ``await fn(value)``, a call to another system, up to
         ``capacity`` at once (default: the app's ``max_concurrency``), as Flink's async I/O.
+        ``fn`` may be an :class:`AsyncFunction` (class or instance): its ``open`` makes the
+        subtask's client in the job's event loop, its ``close`` closes it.
 
         ``ordered``: results in input order (default), or as calls complete (never across a
         watermark). ``timeout``: seconds per call. ``retry``: a :class:`RetryPolicy` (default:
