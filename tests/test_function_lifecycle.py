@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import threading
 import warnings
@@ -31,6 +32,7 @@ class Service:
 
     def __init__(self) -> None:
         self.requests = 0
+        self.url = ""
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -47,10 +49,11 @@ class Service:
         await site.start()
         return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
-    def __enter__(self) -> str:
+    def __enter__(self) -> Service:
         self.thread.start()
         port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=10)
-        return f"http://127.0.0.1:{port}"
+        self.url = f"http://127.0.0.1:{port}"
+        return self
 
     def __exit__(self, *exc: object) -> None:
         asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=10)
@@ -61,9 +64,7 @@ class Service:
 
 @pytest.fixture(scope="module")
 def service() -> Iterator[Service]:
-    server = Service()
-    with server as url:
-        server.url = url  # type: ignore[attr-defined]
+    with Service() as server:
         yield server
 
 
@@ -136,7 +137,7 @@ def test_the_watch_sees_a_session_nobody_closed(service: Service, unclosed: Uncl
     """What the tests below assert is missing is caught when it is there."""
 
     async def leak() -> None:
-        aiohttp.ClientSession(service.url)  # type: ignore[attr-defined]
+        aiohttp.ClientSession(service.url)
 
     with unclosed.watching():
         asyncio.run(leak())
@@ -149,7 +150,7 @@ def test_two_runs_in_one_process_both_call_the_service_and_leave_no_session_open
 ) -> None:
     app = af.App("two-runs")
     numbers = app.source(range(200), name="numbers")
-    url = service.url  # type: ignore[attr-defined]
+    url = service.url
     if method == "map_async":
         doubled = numbers.map_async(Doubler(url), capacity=20, on_error=FAILED, name="double")
     elif method == "map":
@@ -184,7 +185,7 @@ def test_open_runs_before_the_first_call_and_close_at_the_end_of_each_subtask(se
 
     app = af.App("lifecycle")
     doubled = app.source(range(100), name="numbers").map_async(
-        Seen(service.url, events),  # type: ignore[attr-defined]
+        Seen(service.url, events),
         capacity=7,
         name="double",
     )
@@ -226,7 +227,7 @@ def test_close_runs_when_the_job_fails_and_the_jobs_error_is_the_one_raised(
 
     app = af.App("fails")
     doubled = app.source(range(500), name="numbers").map_async(
-        Doubler(service.url, events),  # type: ignore[attr-defined]
+        Doubler(service.url, events),
         name="double",
     )
     with unclosed.watching(), pytest.raises(af.OperatorError, match="operator 'check'.*bad record"):
@@ -253,13 +254,41 @@ def test_a_restart_closes_the_failed_attempts_functions_and_opens_new_ones(servi
     )
     sink = af.CollectSink()
     app.source(range(2000), name="numbers").map_async(
-        Doubler(service.url, events),  # type: ignore[attr-defined]
+        Doubler(service.url, events),
         name="double",
     ).map(fail_once, name="flaky").sink(sink)
     app.run()
     assert failed == [1000]
     assert events == [("open", 0), ("close", 0), ("open", 0), ("close", 0)]
     assert set(sink.results) == {2 * i for i in range(2000)}
+
+
+@pytest.mark.parametrize("savepoint", [False, True], ids=["drain", "savepoint"])
+def test_a_stop_closes_the_functions(
+    service: Service, unclosed: UnclosedSessions, tmp_path: Path, savepoint: bool
+) -> None:
+    """Stopped, the job drains (no checkpoints) or stops at a savepoint's barrier (the
+    source task is cancelled once it completed): either way each subtask closes."""
+    events: list[tuple[str, int]] = []
+    settings: dict[str, Any] = {"state_dir": str(tmp_path / "state"), "checkpoint_interval": 0.05} if savepoint else {}
+    app = af.App("stops", **settings)
+
+    def stop_at_100(i: int) -> int:
+        if i == 100:
+            app.stop()
+        return i
+
+    sink = af.CollectSink()
+    app.source(af.from_iterable(itertools.count()), name="numbers").map_async(
+        Doubler(service.url, events),
+        name="double",
+    ).map(stop_at_100, name="stopper").sink(sink)
+    with unclosed.watching():
+        app.run()
+    assert bool(list(tmp_path.rglob("savepoint-*"))) == savepoint  # the path this case is about
+    assert 200 in sink.results
+    assert events == [("open", 0), ("close", 0)]
+    assert unclosed.found() == []
 
 
 def test_an_error_in_open_names_the_operator_and_close_is_not_called() -> None:

@@ -217,7 +217,7 @@ class Stream:
     @overload
     def map(
         self,
-        fn: Callable[[Any], Any],
+        fn: Callable[[Any], Any] | type[AsyncFunction],
         *,
         name: str | None = None,
         parallelism: int | None = None,
@@ -250,7 +250,7 @@ class Stream:
 
     def map_async(
         self,
-        fn: Callable[[Any], Awaitable[Any]],
+        fn: Callable[[Any], Awaitable[Any]] | type[AsyncFunction],
         *,
         capacity: int | None = None,
         ordered: bool = True,
@@ -296,7 +296,7 @@ class Stream:
 
     def map_batch(
         self,
-        fn: Callable[[Any], Any],
+        fn: Callable[[Any], Any] | type[AsyncFunction],
         *,
         max_batch_size: int = 256,
         form: str | None = None,
