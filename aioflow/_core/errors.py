@@ -93,10 +93,26 @@ class OperatorError(AioflowError):
     def __init__(self, operator: str, message: str, record: Any = None, *, has_record: bool = True) -> None:
         self.operator = operator
         self.record = record if has_record else None
-        detail = f"operator {operator!r}: {message}"
-        if has_record:
-            detail += f"\n  record: {truncated_repr(record)}"
-        super().__init__(detail)
+        #: The failure concerns a record (``record``), not ``open`` or a timer.
+        self.has_record = has_record
+        #: Where a ``None`` record came from, when the job could tell (see :meth:`trace_record`).
+        self.record_origin: str | None = None
+        self._message = message
+        super().__init__(self._detail())
+
+    def _detail(self) -> str:
+        detail = f"operator {self.operator!r}: {self._message}"
+        if self.has_record:
+            detail += f"\n  record: {truncated_repr(self.record)}"
+            if self.record_origin is not None:
+                detail += f", emitted by {self.record_origin}"
+        return detail
+
+    def trace_record(self, origin: str) -> None:
+        """Say which operator emitted the record (a ``None`` from a map without ``return``
+        fails the next operator, which then is not the one to blame)."""
+        self.record_origin = origin
+        self.args = (self._detail(),)
 
 
 class UserFunctionTypeError(OperatorError, TypeError):

@@ -236,6 +236,9 @@ class AsyncMapOperator(CallingOperator):
         results = await run_concurrently(call, len(values), keys, self.concurrency)
         await self.emit(results, range(len(values)) if self.ordered else done, batch.timestamps, dead, dead_at)
 
+    def emitted_none(self) -> str:
+        return f"map_async {self.name!r}, whose function {qualified_name(self.fn)} returned None"
+
 
 class BatchMapOperator(CallingOperator):
     """One output per record, computed for up to ``max_batch_size`` records per call:
@@ -281,6 +284,9 @@ class BatchMapOperator(CallingOperator):
 
         await run_concurrently(call, len(spans), None, self.concurrency if self._async else 1)
         await self.emit(results, range(len(values)), batch.timestamps, dead, dead_at)
+
+    def emitted_none(self) -> str:
+        return f"map_batch {self.name!r}, whose function {qualified_name(self.fn)} returned None as its result"
 
     def _results(self, produced: Any, records: list[Any]) -> list[Any]:
         """The results as a list, one per record: a NumPy array or a pandas Series becomes

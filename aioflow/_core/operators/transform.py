@@ -8,7 +8,7 @@ from itertools import compress
 from typing import TYPE_CHECKING, Any
 
 from aioflow._core.operators.function import FunctionOperator
-from aioflow._core.runtime.calls import collect_async, describe_error, is_async
+from aioflow._core.runtime.calls import collect_async, describe_error, is_async, qualified_name
 from aioflow._core.runtime.events import Batch
 from aioflow._core.runtime.operator import Operator
 from aioflow._core.state.backend import MISSING
@@ -31,6 +31,10 @@ class MapOperator(FunctionOperator):
         out = await self.call_each(self.fn, batch.values, is_async=self._async, keys=keys)
         await self.out.process(Batch(out, batch.timestamps))
 
+    def emitted_none(self) -> str:
+        fn = qualified_name(self.fn)
+        return f"map {self.name!r}, whose function {fn} returned None (does it end without `return`?)"
+
 
 class FilterOperator(FunctionOperator):
     """Keeps the records for which ``fn(value)`` is true."""
@@ -47,6 +51,9 @@ class FilterOperator(FunctionOperator):
         await self.out.process(
             Batch(list(compress(values, mask)), list(compress(timestamps, mask)) if timestamps is not None else None)
         )
+
+    def emitted_none(self) -> None:
+        return None  # a filter passes records on unchanged
 
 
 class FlatMapOperator(FunctionOperator):
@@ -89,6 +96,9 @@ class FlatMapOperator(FunctionOperator):
             raise self.error(describe_error(exc, fn), values[i]) from exc
         await self.out.process(Batch(out, out_ts))
 
+    def emitted_none(self) -> str:
+        return f"flat_map {self.name!r}, whose function {qualified_name(self.fn)} produced None"
+
 
 class RollingReduceOperator(Operator):
     """``keyed.reduce(fn)``: per key, emits ``fn(previous_result, value)`` for every record
@@ -123,3 +133,6 @@ class RollingReduceOperator(Operator):
         except Exception as exc:
             raise self.error(describe_error(exc, fn), value) from exc
         await self.out.process(Batch(out, batch.timestamps))
+
+    def emitted_none(self) -> str:
+        return f"reduce {self.name!r}, whose function {qualified_name(self.fn)} returned None"
