@@ -336,15 +336,18 @@ class ErrorPolicy:
     def dead_letter_tag(self) -> OutputTag | None:
         return self.on_error if isinstance(self.on_error, OutputTag) else None
 
-    def handle(self, error: Exception, location: str, raw: bytes, bad: list[BadRecord]) -> None:
+    def handle(self, error: Exception | str, location: str, raw: bytes, bad: list[BadRecord]) -> None:
         """Apply the policy to one undecodable record; ``bad`` collects dead letters.
 
-        ``raw`` is the record's bytes as read (for files: the line without its line break);
-        messages show a decoded, shortened preview of it.
+        ``error`` is the decoder's exception or what was wrong, ``location`` where (a file's
+        ``path:line``). ``raw`` is the record's bytes as read (for files: the line without
+        its line break); messages show a decoded, shortened preview of it.
         """
         if self.on_error == "fail":
             raise BadRecordError(
-                f"{self.source}: cannot decode record at {location}: {error}\n  raw: {_preview(raw)!r}",
+                f"{self.source}: cannot decode record at {location}: {error}\n  raw: {_preview(raw)!r}\n"
+                f'  to skip bad records instead, pass on_error="skip" to the source (counted, the first one '
+                f'logged), or on_error=af.OutputTag("bad_records") to send them to a side output',
                 location=location,
                 raw=raw,
             )
