@@ -18,7 +18,6 @@ from aioflow._core.connectors.async_sink import AsyncBatchSink
 from aioflow._core.connectors.base import (
     BadRecord,
     Sink,
-    SinkClosed,
     SinkWriter,
     Source,
     SourceBatch,
@@ -39,8 +38,10 @@ from aioflow._core.errors import (
     OperatorError,
     PipelineError,
     RefusedError,
+    SinkClosed,
     SinkDeliveryError,
     StateError,
+    StrayCancellation,
     UserFunctionTypeError,
 )
 from aioflow._core.functions import (
@@ -189,6 +190,7 @@ __all__ = [
     "SourceReader",
     "StateError",
     "StateTtl",
+    "StrayCancellation",
     "Stream",
     "TimeEvictor",
     "TimeWindow",

@@ -309,7 +309,7 @@ class App:
         except RuntimeError:
             anyio.run(functools.partial(self.run_async, **options), backend="asyncio")
             return
-        raise RuntimeError("App.run() was called inside a running event loop; use `await app.run_async()`")
+        raise PipelineError("App.run() was called inside a running event loop; use `await app.run_async()`")
 
     def stop(self) -> None:
         """Ask the job to stop: with checkpoints, sources stop at a savepoint's barrier and

@@ -1,8 +1,13 @@
 """Every exception aioflow raises on purpose.
 
     AioflowError
-    ├── PipelineError            the pipeline definition is invalid (raised while building or planning)
-    ├── AppLoadError             ``aioflow run module:attr`` could not find or load the app
+    ├── PipelineError            the pipeline, or a call of aioflow's API, is wrong: a bad argument to App, a
+    │                            Stream method, a window, a connector or a state declaration, an unknown
+    │                            keyword, a method a subclass must implement (also a ValueError). Raised while
+    │                            building or planning, or when a user function makes the call (declaring
+    │                            state, registering a timer): then the cause of an OperatorError
+    ├── AppLoadError             ``aioflow run/plan module:attr`` could not load the app: a bad target, a missing
+    │                            file, module or attribute, or importing the module raised (its ``__cause__``)
     ├── BadRecordError           a source could not decode a record (names the file and line)
     ├── StateError               state cannot be stored or restored: a value the serializer refuses,
     │                            a disk that is full
@@ -17,11 +22,20 @@
     │                            error, or retryable ones through every attempt (names sink and attempts)
     ├── ConnectorError           a connector cannot use its external system: brokers that cannot be
     │                            reached, a topic that does not exist (names the connector and what)
+    ├── SinkClosed               not a failure: a sink writer's destination went away for good (the reader
+    │                            of a pipe closed it); the job stops as on a stop signal and ends normally
+    ├── StrayCancellation        a ``CancelledError`` escaped user code although nothing cancelled the job:
+    │                            the ``__cause__`` of the OperatorError that reports it
     └── OperatorError            user code in an operator raised (names operator and record)
         └── UserFunctionTypeError    user code returned a value of the wrong type
 
 Errors raised by user code are never swallowed: an :class:`OperatorError` keeps the
 original exception as ``__cause__``, so its traceback is shown.
+
+A few exceptions stay inside aioflow and are never raised to users, so they are not in
+the tree: each says so where it is defined (``GaveUp``, ``PredicateFailed`` and
+``NotAwaitable`` of ``operators/async_io``, ``Damaged`` of ``state/integrity``,
+``EnvironmentOptionError`` of ``worker/config``).
 """
 
 from __future__ import annotations
@@ -41,8 +55,10 @@ __all__ = [
     "OperatorError",
     "PipelineError",
     "RefusedError",
+    "SinkClosed",
     "SinkDeliveryError",
     "StateError",
+    "StrayCancellation",
     "UserFunctionTypeError",
 ]
 
@@ -64,11 +80,15 @@ class AioflowError(Exception):
 
 
 class PipelineError(AioflowError, ValueError):
-    """The pipeline definition is invalid: a bad name, parallelism, partitioning or argument."""
+    """The pipeline, or a call of aioflow's API, is wrong: a bad name, parallelism,
+    partitioning or argument, an unknown keyword, state or timers used on a stream that is
+    not keyed, a method a subclass of an aioflow class must implement and does not. The
+    message says what was wrong and where; fix the code (a restart cannot help)."""
 
 
 class AppLoadError(AioflowError):
-    """``module:attr`` given to the CLI does not name an importable :class:`aioflow.App`."""
+    """``module:attr`` given to the CLI does not name an importable :class:`aioflow.App`,
+    or importing the module raised: then that exception is the ``__cause__``."""
 
 
 class BadRecordError(AioflowError):
@@ -144,6 +164,19 @@ class ConnectorError(AioflowError):
     def __init__(self, connector: str, message: str) -> None:
         super().__init__(f"{connector}: {message}")
         self.connector = connector
+
+
+class SinkClosed(AioflowError):  # noqa: N818 - an end, not an error
+    """Raised by :meth:`SinkWriter.write` when the destination went away for good on
+    purpose: the reader of a pipe closed it (``aioflow run ... | head``). The job then
+    stops as on a stop signal, the sink discards what still comes, and the job ends
+    normally (exit 0)."""
+
+
+class StrayCancellation(AioflowError):  # noqa: N818 - named after what escaped
+    """A ``CancelledError`` escaped user code although nothing cancelled the job (it
+    awaited a task that was cancelled elsewhere): a failure of that code, never a quiet
+    end. The ``__cause__`` of the :class:`OperatorError` that reports it."""
 
 
 class StateError(AioflowError):

@@ -14,6 +14,8 @@ import inspect
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from aioflow._core.errors import PipelineError
+
 if TYPE_CHECKING:
     from aioflow._core.operators.context import FunctionContext, OperatorContext
 
@@ -44,7 +46,7 @@ class OutputTag:
 
     def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not name:
-            raise ValueError(f"OutputTag needs a non-empty string name, got {name!r}")
+            raise PipelineError(f"OutputTag needs a non-empty string name, got {name!r}")
         self.name = name
 
     def __eq__(self, other: object) -> bool:
@@ -115,7 +117,7 @@ class ProcessFunction:
 
     def process_element(self, value: Any, ctx: OperatorContext) -> Iterable[Any] | None:
         """Handle one record; ``yield`` outputs. ``ctx.timestamp`` is its event time."""
-        raise TypeError(f"{type(self).__name__} must implement process_element(value, ctx)")
+        raise PipelineError(f"{type(self).__name__} must implement process_element(value, ctx)")
 
     def on_timer(self, timestamp: int, ctx: OperatorContext) -> Iterable[Any] | None:
         """A timer registered with ``ctx.timer_service`` fired; ``yield`` outputs."""
@@ -136,10 +138,10 @@ class CoProcessFunction:
         """Called once per subtask after the last record."""
 
     def process_element1(self, value: Any, ctx: OperatorContext) -> Iterable[Any] | None:
-        raise TypeError(f"{type(self).__name__} must implement process_element1(value, ctx)")
+        raise PipelineError(f"{type(self).__name__} must implement process_element1(value, ctx)")
 
     def process_element2(self, value: Any, ctx: OperatorContext) -> Iterable[Any] | None:
-        raise TypeError(f"{type(self).__name__} must implement process_element2(value, ctx)")
+        raise PipelineError(f"{type(self).__name__} must implement process_element2(value, ctx)")
 
     def on_timer(self, timestamp: int, ctx: OperatorContext) -> Iterable[Any] | None:
         return None
@@ -153,16 +155,16 @@ class AggregateFunction(Generic[IN, ACC, OUT]):
     """Incremental aggregation: the window keeps one accumulator, never the elements."""
 
     def create_accumulator(self) -> ACC:
-        raise TypeError(f"{type(self).__name__} must implement create_accumulator()")
+        raise PipelineError(f"{type(self).__name__} must implement create_accumulator()")
 
     def add(self, value: IN, accumulator: ACC) -> ACC:
-        raise TypeError(f"{type(self).__name__} must implement add(value, accumulator)")
+        raise PipelineError(f"{type(self).__name__} must implement add(value, accumulator)")
 
     def get_result(self, accumulator: ACC) -> OUT:
-        raise TypeError(f"{type(self).__name__} must implement get_result(accumulator)")
+        raise PipelineError(f"{type(self).__name__} must implement get_result(accumulator)")
 
     def merge(self, a: ACC, b: ACC) -> ACC:
-        raise TypeError(f"{type(self).__name__} must implement merge(a, b) to be used with session windows")
+        raise PipelineError(f"{type(self).__name__} must implement merge(a, b) to be used with session windows")
 
 
 class ProcessWindowFunction:
@@ -182,7 +184,7 @@ class ProcessWindowFunction:
 
     def process(self, key: Any, context: Any, elements: list[Any]) -> Iterable[Any] | None:
         """``yield`` the outputs for one firing of one window."""
-        raise TypeError(f"{type(self).__name__} must implement process(key, context, elements)")
+        raise PipelineError(f"{type(self).__name__} must implement process(key, context, elements)")
 
     def clear(self, context: Any) -> None:
         """The window is being discarded (after its allowed lateness)."""
@@ -204,10 +206,10 @@ class BroadcastProcessFunction:
         """Called once per subtask after the last record."""
 
     def process_element(self, value: Any, ctx: OperatorContext) -> Iterable[Any] | None:
-        raise TypeError(f"{type(self).__name__} must implement process_element(value, ctx)")
+        raise PipelineError(f"{type(self).__name__} must implement process_element(value, ctx)")
 
     def process_broadcast_element(self, value: Any, ctx: OperatorContext) -> Iterable[Any] | None:
-        raise TypeError(f"{type(self).__name__} must implement process_broadcast_element(value, ctx)")
+        raise PipelineError(f"{type(self).__name__} must implement process_broadcast_element(value, ctx)")
 
     def on_timer(self, timestamp: int, ctx: OperatorContext) -> Iterable[Any] | None:
         return None
@@ -230,4 +232,4 @@ class ProcessJoinFunction:
         """Called once per subtask after the last record."""
 
     def process_element(self, left: Any, right: Any, ctx: Any) -> Iterable[Any] | None:
-        raise TypeError(f"{type(self).__name__} must implement process_element(left, right, ctx)")
+        raise PipelineError(f"{type(self).__name__} must implement process_element(left, right, ctx)")

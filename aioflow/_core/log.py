@@ -14,6 +14,8 @@ from typing import Literal
 
 import structlog
 
+from aioflow._core.errors import PipelineError
+
 __all__ = ["LOG_LEVELS", "QUIET_LOGGERS", "configure_logging"]
 
 LogFormat = Literal["auto", "console", "json"]
@@ -29,7 +31,7 @@ QUIET_LOGGERS = {"aiokafka": "warning"}
 def _numeric(level: str) -> int:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
-        raise ValueError(f"unknown log level {level!r}; use debug, info, warning or error")
+        raise PipelineError(f"unknown log level {level!r}; use debug, info, warning or error")
     return numeric
 
 

@@ -34,7 +34,7 @@ from aioflow._core.connectors.base import (
     SourceReader,
     TwoPhaseCommitSinkWriter,
 )
-from aioflow._core.errors import StateError
+from aioflow._core.errors import PipelineError, StateError
 
 __all__ = ["FileSink", "LinesSource", "read_jsonl", "read_text"]
 
@@ -54,7 +54,7 @@ def _expand(paths: str | os.PathLike[str] | list[str | os.PathLike[str]], kind: 
         else:
             files.append(Path(text))
     if not files:
-        raise ValueError(f"{kind}: no files given")
+        raise PipelineError(f"{kind}: no files given")
     return files
 
 
@@ -740,9 +740,9 @@ class FileSink(Sink):
         exactly_once: bool = False,
     ) -> None:
         if not isinstance(flush_interval, (int, float)) or not flush_interval >= 0:
-            raise ValueError(f"FileSink: flush_interval must be a number of seconds >= 0, got {flush_interval!r}")
+            raise PipelineError(f"FileSink: flush_interval must be a number of seconds >= 0, got {flush_interval!r}")
         if not isinstance(exactly_once, bool):
-            raise ValueError(f"FileSink: exactly_once must be True or False, got {exactly_once!r}")
+            raise PipelineError(f"FileSink: exactly_once must be True or False, got {exactly_once!r}")
         self.path = Path(path)
         self.flush_interval = flush_interval
         self.exactly_once = exactly_once

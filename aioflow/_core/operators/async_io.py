@@ -51,6 +51,11 @@ class FailedCall:
 _FAILED: Any = object()  # a call that failed for good and was skipped or dead-lettered
 
 
+# The three exceptions below never escape this module: CallingOperator.call turns them into
+# the operator's OperatorError (UserFunctionTypeError), or a skipped or dead-lettered
+# record. Not in the tree of aioflow._core.errors, as no user ever sees them.
+
+
 class GaveUp(Exception):
     """A call failed for good: ``error`` says how, after ``attempts`` calls; the last
     exception is the ``__cause__``."""

@@ -112,12 +112,12 @@ class OperatorContext:
 
     def _table(self, name: str, kind: str, serializer: str | Serializer | None, ttl: StateTtl | None) -> StateTable:
         if not self.keyed or self._backend is None:
-            raise TypeError(
+            raise PipelineError(
                 f"operator {self.operator_name!r}: keyed state ({kind} state {name!r}) "
                 "needs a keyed stream; use key_by(...) first"
             )
         if not isinstance(name, str) or not name:
-            raise TypeError(f"operator {self.operator_name!r}: state names are non-empty strings, got {name!r}")
+            raise PipelineError(f"operator {self.operator_name!r}: state names are non-empty strings, got {name!r}")
         where = f"operator {self.operator_name!r}: {kind} state {name!r}"
         if ttl is not None and not isinstance(ttl, StateTtl):
             raise PipelineError(f"{where}: ttl= takes aioflow.StateTtl(seconds) or None, got {ttl!r}")

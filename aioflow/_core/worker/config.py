@@ -31,7 +31,9 @@ _FALSE = ("0", "false", "no", "off")
 
 
 class EnvironmentOptionError(ValueError):
-    """An ``AIOFLOW_*`` variable holds a value its option does not take."""
+    """An ``AIOFLOW_*`` variable holds a value its option does not take. The CLI reports
+    it as a wrong command line (exit status 2, the message naming the variable): it never
+    reaches users as an exception, so it is not in the tree of :mod:`aioflow._core.errors`."""
 
 
 def env_var(action: argparse.Action) -> str:
