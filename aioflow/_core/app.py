@@ -38,6 +38,25 @@ def _storage_location(location: str | os.PathLike[str] | None) -> str | None:
     return os.fspath(location)
 
 
+_IN_MEMORY = (
+    "checkpoint_interval needs the 'lmdb' state_backend (a checkpoint records the working copy it keeps in "
+    "state_dir); got state_backend='memory'"
+)
+
+
+def _check_checkpointable(state_dir: str | None, state_backend: str) -> None:
+    """Refuse checkpoints without a state directory, or with state kept in memory: a
+    checkpoint records the working copy of the state that the LMDB backend keeps there."""
+    if state_dir is None:
+        raise PipelineError(
+            "checkpoint_interval needs a state_dir, where the working copy of the state lives (a checkpoint "
+            "records it): give App(state_dir=...) or run(state_dir=...), or to the worker `aioflow run "
+            "--state-dir PATH` or the environment variable AIOFLOW_STATE_DIR"
+        )
+    if state_backend != "lmdb":
+        raise PipelineError(_IN_MEMORY)
+
+
 def _positive(value: Any, what: str, kinds: tuple[type, ...] = (int,)) -> Any:
     if isinstance(value, bool) or not isinstance(value, kinds) or cast(float, value) <= 0:
         unit = "int" if kinds == (int,) else "number"
@@ -109,14 +128,12 @@ class App:
         if state_backend not in (None, "memory", "lmdb"):
             raise PipelineError(f"state_backend must be 'memory' or 'lmdb', got {state_backend!r}")
         self.state_backend = state_backend or ("lmdb" if state_dir is not None else "memory")
-        if checkpoint_interval is not None and (self.state_backend != "lmdb" or state_dir is None):
-            raise PipelineError(
-                "checkpoint_interval needs state_dir= and the 'lmdb' state_backend (a checkpoint "
-                "records the state's working copy in state_dir); got "
-                f"state_dir={state_dir!r}, state_backend={self.state_backend!r}"
-            )
         if checkpoint_interval is not None:
             _positive(checkpoint_interval, "checkpoint_interval", (int, float))
+            # A missing state_dir is checked when the job starts (_config): the worker may give
+            # it (--state-dir, AIOFLOW_STATE_DIR). A chosen memory backend no run can change.
+            if state_backend == "memory":
+                raise PipelineError(_IN_MEMORY)
         if checkpoint_mode not in ("exactly_once", "at_least_once"):
             raise PipelineError(f"checkpoint_mode must be 'exactly_once' or 'at_least_once', got {checkpoint_mode!r}")
         self.checkpoint_mode = checkpoint_mode
@@ -228,14 +245,10 @@ class App:
             checkpoint_interval = self.checkpoint_interval
         else:
             _positive(checkpoint_interval, "checkpoint_interval", (int, float))
-            if state_backend != "lmdb" or state_dir is None:
-                raise PipelineError(
-                    f"checkpoint_interval needs a state_dir (and the 'lmdb' state_backend): a "
-                    f"checkpoint records the state's working copy in state_dir; got "
-                    f"state_dir={state_dir!r}, state_backend={state_backend!r}"
-                )
             if self._chosen["restart_strategy"] is None and isinstance(restart_strategy, NoRestart):
                 restart_strategy = DEFAULT_RESTART_STRATEGY
+        if checkpoint_interval is not None:
+            _check_checkpointable(state_dir, state_backend)
         return RuntimeConfig(
             batch_size=self.batch_size,
             linger=self.linger,

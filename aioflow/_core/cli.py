@@ -460,12 +460,18 @@ def main(argv: list[str] | None = None) -> int:
     # LMDB asserts on pages it finds damaged (SIGABRT): then at least the Python stack is shown.
     with contextlib.suppress(io.UnsupportedOperation, ValueError):  # stderr without a file (captured)
         faulthandler.enable()
-    if args.checkpoint_interval is not None and args.state_dir is None and app.state_dir is None:
-        print(
-            "aioflow: --checkpoint-interval needs a state directory: set --state-dir (AIOFLOW_STATE_DIR) "
-            "or App(state_dir=...)",
-            file=sys.stderr,
-        )
+    settings = {
+        "from_savepoint": args.from_savepoint,
+        "allow_non_restored_state": args.allow_non_restored_state,
+        "drain_on_stop": args.drain,
+        "state_dir": args.state_dir,
+        "checkpoint_interval": args.checkpoint_interval,
+        "checkpoint_storage": args.checkpoint_storage,
+    }
+    try:  # the app's settings with the command line's, checked before anything runs
+        app._config(**settings)
+    except PipelineError as exc:  # checkpoints without a state directory, say
+        print(f"aioflow: {exc}", file=sys.stderr)
         return EXIT_CANNOT_LOAD
     http = None
     if args.http_port is not None:
@@ -477,15 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             args.health_max_source_lag,
         )
     try:
-        options = {
-            "parallelism": args.parallelism,
-            "from_savepoint": args.from_savepoint,
-            "allow_non_restored_state": args.allow_non_restored_state,
-            "drain_on_stop": args.drain,
-            "state_dir": args.state_dir,
-            "checkpoint_interval": args.checkpoint_interval,
-            "checkpoint_storage": args.checkpoint_storage,
-        }
+        options = {"parallelism": args.parallelism, **settings}
         return anyio.run(_run_worker, app, args.stop_timeout, options, http, backend="asyncio")
     except RefusedError as exc:
         log.error("refused", app=app.name, error=str(exc), exit_status=EXIT_REFUSED)

@@ -136,12 +136,67 @@ def test_help_names_each_variable() -> None:
         assert f"[env {variable}]" in text, variable
 
 
+def _names_every_way_to_give_a_state_dir(message: str) -> bool:
+    return all(way in message for way in ("state_dir=", "--state-dir", "AIOFLOW_STATE_DIR"))
+
+
 def test_a_checkpoint_interval_without_a_state_directory_is_refused(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(ROOT)
     assert main(["run", TARGET, "--checkpoint-interval", "1"]) == 2
-    assert "--checkpoint-interval needs a state directory" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "checkpoint_interval needs a state_dir" in error and _names_every_way_to_give_a_state_dir(error)
+
+
+CHECKPOINTED = (
+    "import aioflow as af\n"
+    "app = af.App('checkpointed', checkpoint_interval=2.0)\n"
+    "app.source([1, 2, 3], name='numbers').map(lambda x: x * 10, name='times').sink(af.PrintSink())\n"
+)
+
+
+def test_an_apps_checkpoint_interval_takes_its_state_dir_from_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "job.py").write_text(CHECKPOINTED)
+    state = tmp_path / "state"
+
+    def aioflow(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "aioflow", *args, "--log-format", "json"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**_environ(), **env},
+        )
+
+    plan = aioflow("plan", "job.py:app", AIOFLOW_STATE_DIR=str(state))
+    assert plan.returncode == 0 and "numbers -> times" in plan.stdout, plan.stderr
+    run = aioflow("run", "job.py:app", AIOFLOW_STATE_DIR=str(state))
+    assert run.returncode == 0 and run.stdout == "10\n20\n30\n", run.stderr
+    assert any(state.iterdir())  # the job kept its state where the variable said
+    flag = aioflow("run", "job.py:app", "--state-dir", str(tmp_path / "flag"))
+    assert flag.returncode == 0 and flag.stdout == "10\n20\n30\n", flag.stderr
+    assert aioflow("plan", "job.py:app").returncode == 0  # a plan needs no state directory
+    missing = aioflow("run", "job.py:app")
+    assert missing.returncode == 2, missing.stderr
+    assert "checkpoint_interval needs a state_dir" in missing.stderr, missing.stderr
+    assert _names_every_way_to_give_a_state_dir(missing.stderr) and "Traceback" not in missing.stderr
+
+
+def test_an_app_with_a_checkpoint_interval_checks_its_state_dir_when_it_runs(tmp_path: Path) -> None:
+    app = af.App("later", checkpoint_interval=2.0)
+    config = app._config(state_dir=str(tmp_path))
+    assert (config.state_dir, config.state_backend, config.checkpoint_interval) == (str(tmp_path), "lmdb", 2.0)
+    assert config.restart_strategy == DEFAULT_RESTART_STRATEGY
+    with pytest.raises(af.PipelineError, match="checkpoint_interval needs a state_dir") as caught:
+        app._config()
+    assert _names_every_way_to_give_a_state_dir(str(caught.value))
+    app.source([1]).sink(af.CollectSink())
+    with pytest.raises(af.PipelineError, match="checkpoint_interval needs a state_dir"):
+        app.run()
+    with pytest.raises(af.PipelineError, match="checkpoint_interval needs the 'lmdb' state_backend"):
+        af.App("memory", checkpoint_interval=2.0, state_backend="memory")  # no state_dir can change that
 
 
 def test_state_dir_and_checkpoint_interval_override_the_apps(tmp_path: Path) -> None:
@@ -154,7 +209,7 @@ def test_state_dir_and_checkpoint_interval_override_the_apps(tmp_path: Path) -> 
     assert chosen._config(checkpoint_interval=5.0).restart_strategy == NoRestart()
     with pytest.raises(af.PipelineError, match="checkpoint_interval needs a state_dir"):
         app._config(checkpoint_interval=1.0)
-    with pytest.raises(af.PipelineError, match="checkpoint_interval needs a state_dir"):
+    with pytest.raises(af.PipelineError, match="checkpoint_interval needs the 'lmdb' state_backend"):
         af.App("memory", state_backend="memory")._config(state_dir=str(tmp_path), checkpoint_interval=1.0)
 
 
