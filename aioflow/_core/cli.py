@@ -4,7 +4,8 @@
 (``examples/wordcount.py:app``); ``app`` names an :class:`aioflow.App` in it.
 
 Exit status of ``aioflow run``: 0 the job finished (its input ended, or a stop signal
-drained it or stopped it with a savepoint); 1 it failed; 2 the app could not be loaded or the command line is wrong;
+drained it or stopped it with a savepoint); 1 it failed; 2 the app could not be loaded
+(importing its module raised: ``cannot load app`` is logged with the traceback) or the command line is wrong;
 3 the worker refused to run (:class:`~aioflow._core.errors.RefusedError`: corrupt, missing or
 foreign state, a checkpoint the job cannot resume as it is): restarting it would repeat
 that, so a supervisor should not; 128 + the signal number (130 for SIGINT, 143 for SIGTERM) it was cancelled before
@@ -105,16 +106,21 @@ def load_app(target: str) -> App:
         existing = importlib.util.find_spec(path.stem) if path.stem.isidentifier() else None
         if existing is not None and existing.origin == str(path.resolve()):
             sys.modules[path.stem] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise _import_failed(target, module_part, exc) from exc
     else:
         if "" not in sys.path and "." not in sys.path:
             sys.path.insert(0, "")
         try:
             module = importlib.import_module(module_part)
         except ModuleNotFoundError as exc:
-            if exc.name and module_part.startswith(exc.name):
-                raise AppLoadError(f"{target!r}: no module named {exc.name!r}") from exc
-            raise
+            if exc.name and (module_part == exc.name or module_part.startswith(exc.name + ".")):
+                raise AppLoadError(f"{target!r}: no module named {exc.name!r}") from None
+            raise _import_failed(target, module_part, exc) from exc  # one the module imports
+        except Exception as exc:
+            raise _import_failed(target, module_part, exc) from exc
     try:
         app = getattr(module, attr)
     except AttributeError:
@@ -124,6 +130,20 @@ def load_app(target: str) -> App:
     if not isinstance(app, App):
         raise AppLoadError(f"{target!r}: {attr!r} is a {type(app).__name__}, not an aioflow.App")
     return app
+
+
+def _import_failed(target: str, module_part: str, exc: Exception) -> AppLoadError:
+    """The :class:`AppLoadError` for a module whose import raised ``exc`` (its cause),
+    whose traceback is cut to the frames of the user's code: the loader's say nothing."""
+    trace = exc.__traceback__
+    while trace is not None and _is_loader(trace.tb_frame.f_code.co_filename):
+        trace = trace.tb_next
+    exc.__traceback__ = trace  # None for a SyntaxError: it shows its file and line itself
+    return AppLoadError(f"{target!r}: importing {module_part!r} raised {type(exc).__name__}: {exc}")
+
+
+def _is_loader(filename: str) -> bool:
+    return filename in (__file__, importlib.__file__) or filename.startswith("<frozen importlib")
 
 
 @dataclass(frozen=True)
@@ -441,11 +461,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app = load_app(args.target)
     except AppLoadError as exc:
-        print(f"aioflow: cannot load app: {exc}", file=sys.stderr)
+        if exc.__cause__ is None:  # the target names nothing loadable: a wrong command line
+            print(f"aioflow: cannot load app: {exc}", file=sys.stderr)
+        else:  # the user's code raised: what it raised, with its traceback, in the log's format
+            log.error("cannot load app", target=args.target, error=str(exc), exc_info=exc.__cause__)
         return EXIT_CANNOT_LOAD
-    except (AioflowError, OSError) as exc:
-        log.error("job failed", app=args.target, error=str(exc), exc_info=exc)
-        return EXIT_FAILED
     if args.command == "plan":
         try:
             plan = app.plan(parallelism=args.parallelism)
