@@ -306,6 +306,26 @@ def test_misusing_the_api_is_a_pipeline_error(misuse: Callable[[], Any], said: s
     assert said in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("keyword", "said"),
+    [
+        (
+            "checkpoint_intervall",
+            "App() got an unexpected keyword argument 'checkpoint_intervall'; did you mean 'checkpoint_interval'?",
+        ),
+        ("paralelism", "did you mean 'parallelism'?"),
+        ("statedir", "did you mean 'state_dir'?"),
+        ("zzzzzz", "App() got an unexpected keyword argument 'zzzzzz'"),
+    ],
+)
+def test_a_misspelt_app_keyword_names_the_likely_intended_one(keyword: str, said: str) -> None:
+    with pytest.raises(af.PipelineError) as caught:
+        af.App("typo", **{keyword: 2})
+    assert said in str(caught.value) and str(caught.value).startswith("App() got an unexpected keyword")
+    if keyword == "zzzzzz":
+        assert "did you mean" not in str(caught.value)
+
+
 def test_a_sync_send_batch_is_a_pipeline_error_when_the_class_is_defined() -> None:
     with pytest.raises(af.PipelineError, match=r"Sync.send_batch must be an `async def` method"):
 

@@ -15,7 +15,7 @@ import structlog
 from aioflow._core.checkpoint.storage import storage_at
 from aioflow._core.connectors.base import Source
 from aioflow._core.connectors.collection import from_iterable
-from aioflow._core.errors import PipelineError
+from aioflow._core.errors import PipelineError, suggest_keywords
 from aioflow._core.graph.logical import LogicalGraph
 from aioflow._core.graph.plan import Plan, build_plan
 from aioflow._core.log import configure_logging
@@ -83,6 +83,7 @@ class App:
     operator says otherwise (see docs/async.md).
     """
 
+    @suggest_keywords
     def __init__(
         self,
         name: str,

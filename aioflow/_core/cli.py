@@ -21,7 +21,9 @@ naming it (exit status 2). See :mod:`aioflow._core.worker.config`. ``aioflow run
 ``AIOFLOW_ALLOW_NON_RESTORED_STATE``, ``AIOFLOW_DRAIN``, ``AIOFLOW_STOP_TIMEOUT``,
 ``AIOFLOW_HTTP_PORT``, ``AIOFLOW_HTTP_HOST``, ``AIOFLOW_HEALTH_MAX_CHECKPOINT_FAILURES``,
 ``AIOFLOW_HEALTH_MAX_WATERMARK_LAG`` and ``AIOFLOW_HEALTH_MAX_SOURCE_LAG``;
-``aioflow plan`` the log options and ``AIOFLOW_PARALLELISM``.
+``aioflow plan`` the log options and ``AIOFLOW_PARALLELISM``. An ``AIOFLOW_*`` variable
+that no option reads is logged as a warning naming the one it likely misspells, and a
+misspelt flag is refused naming the flag it likely meant.
 
 ``--http-port N`` serves ``/health`` (200 while the job runs and is caught up, else 503
 with a JSON body saying why) and ``/metrics`` (Prometheus text format) on
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import faulthandler
 import importlib
 import importlib.metadata
@@ -56,7 +59,7 @@ from aioflow._core.checkpoint.storage import storage_at
 from aioflow._core.errors import AioflowError, AppLoadError, PipelineError, RefusedError
 from aioflow._core.log import LOG_LEVELS, configure_logging
 from aioflow._core.worker.collectors import register_job_metrics
-from aioflow._core.worker.config import EnvironmentOptionError, EnvironmentOptions
+from aioflow._core.worker.config import EnvironmentOptionError, EnvironmentOptions, unknown_variables
 from aioflow._core.worker.health import DEFAULT_MAX_CHECKPOINT_FAILURES, HealthCheck
 from aioflow._core.worker.http import DEFAULT_HOST, HttpServer, worker_routes
 from aioflow._core.worker.metrics import MetricsRegistry
@@ -272,6 +275,8 @@ def _log_level(text: str) -> str:
 
 class _Parser(NamedTuple):
     parser: argparse.ArgumentParser
+    #: Per command: its parser.
+    commands: dict[str, argparse.ArgumentParser]
     #: Per command: the options that AIOFLOW_* variables can set.
     env: dict[str, list[EnvironmentOptions]]
 
@@ -432,18 +437,36 @@ def _parser() -> _Parser:
         metavar="N",
         help="the plan with this default parallelism, as `aioflow run -p N` would run it",
     )
-    return _Parser(parser, {"run": [shared, env], "plan": [shared, plan_env]})
+    return _Parser(parser, {"run": run, "plan": plan}, {"run": [shared, env], "plan": [shared, plan_env]})
 
 
 def parse_args(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> argparse.Namespace:
     """The command line, with what it does not give taken from ``AIOFLOW_*`` variables of
     ``environ`` (default: ``os.environ``), then from the defaults. A bad flag exits (as
     argparse does); a bad variable raises :class:`EnvironmentOptionError` naming it."""
-    parser, env = _parser()
-    args = parser.parse_args(argv)
+    parser, commands, env = _parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _unrecognized(commands[args.command], extras)
     for options in env[args.command]:
         options.resolve(args, os.environ if environ is None else environ)
     return args
+
+
+def _unrecognized(command: argparse.ArgumentParser, extras: list[str]) -> None:
+    """Exit as argparse does on arguments ``command`` does not take, naming the option
+    each misspelt one likely meant (``--http-prot``: ``--http-port``). Python 3.14's
+    ``suggest_on_error``, for the Python we run on."""
+    known = [flag for flag in command._option_string_actions if flag.startswith("--")]
+    hints = []
+    for extra in extras:
+        flag = extra.partition("=")[0]
+        if flag.startswith("--"):
+            close = difflib.get_close_matches(flag, known, n=1)
+            if close:
+                hints.append(f"{close[0]} for {flag}")
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    command.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,6 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"aioflow: {exc}", file=sys.stderr)
         return EXIT_CANNOT_LOAD
+    known = {name for options in _parser().env.values() for each in options for name in each.variables()}
+    for name, likely in unknown_variables(os.environ, known).items():  # a misspelt one is silently unused
+        fields = {} if likely is None else {"did_you_mean": likely}
+        log.warning("unknown environment variable: no option reads it", variable=name, **fields)
     try:
         app = load_app(args.target)
     except AppLoadError as exc:

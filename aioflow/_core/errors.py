@@ -40,9 +40,13 @@ the tree: each says so where it is defined (``GaveUp``, ``PredicateFailed`` and
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import math
 import reprlib
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar
 
 __all__ = [
     "AioflowError",
@@ -226,6 +230,34 @@ def check_number(
         kind = "an int" if integer else "a number"
         bound = f"> {minimum:g}" if above else f">= {minimum:g}"
         raise PipelineError(f"{what} must be {kind} {bound}{' or None' if optional else ''}, got {value!r}")
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the known name closest to a misspelt ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def suggest_keywords(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``function``, refusing an unknown keyword argument with a :class:`PipelineError`
+    that names the likely intended one (``App(checkpoint_intervall=2)``), instead of
+    Python's plain ``TypeError``."""
+    parameters = inspect.signature(function).parameters.values()
+    known = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    called = function.__qualname__.removesuffix(".__init__") + "()"
+
+    @functools.wraps(function)
+    def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        for name in kwargs:
+            if name not in known:
+                raise PipelineError(f"{called} got an unexpected keyword argument {name!r}{did_you_mean(name, known)}")
+        return function(*args, **kwargs)
+
+    return checked
 
 
 #: Errors that already say which operator and what failed: raised from operators as they are,

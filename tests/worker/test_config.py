@@ -213,6 +213,59 @@ def test_state_dir_and_checkpoint_interval_override_the_apps(tmp_path: Path) -> 
         af.App("memory", state_backend="memory")._config(state_dir=str(tmp_path), checkpoint_interval=1.0)
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["run", "--http-prot", "9100", TARGET], "(did you mean --http-port for --http-prot?)"),
+        (["run", TARGET, "--stat-dir", "/tmp/s"], "(did you mean --state-dir for --stat-dir?)"),
+        (
+            ["run", TARGET, "--checkpoint-intervall=5"],
+            "(did you mean --checkpoint-interval for --checkpoint-intervall?)",
+        ),
+        (["plan", TARGET, "--jsn"], "(did you mean --json for --jsn?)"),
+        (
+            ["run", TARGET, "--drian", "--http-prot=1"],
+            "(did you mean --drain for --drian, --http-port for --http-prot?)",
+        ),
+    ],
+)
+def test_a_misspelt_option_is_refused_with_the_likely_intended_one(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv, {})
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert f"usage: aioflow {argv[0]}" in error and "unrecognized arguments" in error and said in error, error
+
+
+def test_an_unknown_option_without_a_likely_one_is_refused_as_before(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["run", TARGET, "--zzzzzz"], {})
+    error = capsys.readouterr().err
+    assert "unrecognized arguments: --zzzzzz" in error and "did you mean" not in error
+
+
+def test_an_unknown_variable_is_a_warning_naming_the_likely_intended_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("AIOFLOW_HTTP_PROT", "9100")
+    monkeypatch.setenv("AIOFLOW_NOTHING_LIKE_IT", "1")
+    monkeypatch.setenv("AIOFLOW_HTTP_PORT", "9200")  # known: run's, not a warning for plan either
+    assert main(["plan", TARGET, "--log-format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert "task 1" in captured.out
+    warnings = [json.loads(line) for line in captured.err.splitlines() if "unknown environment variable" in line]
+    assert {line["variable"]: line.get("did_you_mean") for line in warnings} == {
+        "AIOFLOW_HTTP_PROT": "AIOFLOW_HTTP_PORT",
+        "AIOFLOW_NOTHING_LIKE_IT": None,
+    }
+    assert all(line["level"] == "warning" for line in warnings)
+
+
 def _environ() -> dict[str, str]:
     import os
 
