@@ -353,7 +353,7 @@ def test_a_function_class_must_implement_call_and_make_its_methods_async() -> No
     app = af.App("checks")
     with pytest.raises(af.PipelineError, match=r"map_async\(\): NoCall must implement `async def __call__"):
         app.source([1]).map_async(NoCall)
-    with pytest.raises(TypeError, match=r"Sync.open must be an `async def` method"):
+    with pytest.raises(af.PipelineError, match=r"Sync.open must be an `async def` method"):
 
         class Sync(af.AsyncFunction):
             def open(self, ctx: Any) -> None:  # type: ignore[override]

@@ -88,14 +88,14 @@ class AsyncFunction:
         for name in ("open", "__call__", "close"):
             method = cls.__dict__.get(name)
             if method is not None and not inspect.iscoroutinefunction(method):
-                raise TypeError(f"{cls.__name__}.{name} must be an `async def` method (it is awaited)")
+                raise PipelineError(f"{cls.__name__}.{name} must be an `async def` method (it is awaited)")
 
     async def open(self, ctx: FunctionContext) -> None:
         """Called once per subtask, in the job's event loop, before its first record."""
 
     async def __call__(self, value: Any) -> Any:
         """The function: its result for one record (for ``map_batch``, a list of records)."""
-        raise TypeError(f"{type(self).__name__} must implement `async def __call__(self, value)`")
+        raise PipelineError(f"{type(self).__name__} must implement `async def __call__(self, value)`")
 
     async def close(self) -> None:
         """Called once per subtask when it ends (also on failure and before a restart), if
