@@ -165,11 +165,6 @@ class App:
                 f"restart_strategy takes af.FixedDelayRestart(...), af.ExponentialBackoffRestart(...), "
                 f"af.FailureRateRestart(...) or af.NoRestart(), got {restart_strategy!r}"
             )
-        if checkpoint_interval is None and restart_strategy is not None and not isinstance(restart_strategy, NoRestart):
-            raise PipelineError(
-                "restart_strategy needs checkpoint_interval: a restart resumes from the last "
-                "checkpoint (without one it would replay the input into the sinks)"
-            )
         self._chosen = {"state_backend": state_backend, "restart_strategy": restart_strategy}  # None: derived
         if restart_strategy is None:
             restart_strategy = DEFAULT_RESTART_STRATEGY if checkpoint_interval is not None else NoRestart()
@@ -250,6 +245,13 @@ class App:
                 restart_strategy = DEFAULT_RESTART_STRATEGY
         if checkpoint_interval is not None:
             _check_checkpointable(state_dir, state_backend)
+        elif not isinstance(restart_strategy, NoRestart):
+            raise PipelineError(
+                "restart_strategy needs checkpoint_interval: a restart resumes from the last checkpoint (without "
+                "one it would replay the input into the sinks): give App(checkpoint_interval=...) or "
+                "run(checkpoint_interval=...), or to the worker `aioflow run --checkpoint-interval SECONDS` or the "
+                "environment variable AIOFLOW_CHECKPOINT_INTERVAL"
+            )
         return RuntimeConfig(
             batch_size=self.batch_size,
             linger=self.linger,

@@ -270,3 +270,34 @@ def _environ() -> dict[str, str]:
     import os
 
     return {key: value for key, value in os.environ.items() if not key.startswith("AIOFLOW_")}
+
+
+RESTARTING = (
+    "import aioflow as af\n"
+    "app = af.App('restarting', restart_strategy=af.FixedDelayRestart(attempts=2, delay=0.1))\n"
+    "app.source([1, 2, 3], name='numbers').map(lambda x: x * 10, name='times').sink(af.PrintSink())\n"
+)
+
+
+def test_an_apps_restart_strategy_takes_its_checkpoint_interval_from_the_worker(tmp_path: Path) -> None:
+    """The friction: App(restart_strategy=...) failed at import unless the app itself set a
+    checkpoint interval, even when the worker was given one."""
+    (tmp_path / "job.py").write_text(RESTARTING)
+
+    def aioflow(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "aioflow", *args, "--log-format", "json"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**_environ(), **env},
+        )
+
+    flag = aioflow("run", "job.py:app", "--checkpoint-interval", "1", AIOFLOW_STATE_DIR=str(tmp_path / "s1"))
+    assert flag.returncode == 0 and flag.stdout == "10\n20\n30\n", flag.stderr
+    variable = aioflow("run", "job.py:app", AIOFLOW_CHECKPOINT_INTERVAL="1", AIOFLOW_STATE_DIR=str(tmp_path / "s2"))
+    assert variable.returncode == 0 and variable.stdout == "10\n20\n30\n", variable.stderr
+    missing = aioflow("run", "job.py:app", AIOFLOW_STATE_DIR=str(tmp_path / "s3"))
+    assert missing.returncode == 2 and "restart_strategy needs checkpoint_interval" in missing.stderr, missing.stderr
+    assert "--checkpoint-interval" in missing.stderr and "Traceback" not in missing.stderr
