@@ -20,7 +20,6 @@ from aioflow._core.connectors.async_sink import AsyncBatchSink
 from aioflow._core.connectors.base import (
     BadRecord,
     Sink,
-    SinkClosed,
     SinkWriter,
     Source,
     SourceBatch,
@@ -41,12 +40,15 @@ from aioflow._core.errors import (
     OperatorError,
     PipelineError,
     RefusedError,
+    SinkClosed,
     SinkDeliveryError,
     StateError,
+    StrayCancellation,
     UserFunctionTypeError,
 )
 from aioflow._core.functions import (
     AggregateFunction,
+    AsyncFunction,
     BroadcastProcessFunction,
     CoProcessFunction,
     KeyedBroadcastProcessFunction,
@@ -60,7 +62,7 @@ from aioflow._core.functions import (
 from aioflow._core.graph.plan import Plan
 from aioflow._core.log import configure_logging
 from aioflow._core.operators.async_io import FailedCall
-from aioflow._core.operators.context import OperatorContext
+from aioflow._core.operators.context import FunctionContext, OperatorContext
 from aioflow._core.operators.coprocess import BroadcastContext
 from aioflow._core.operators.window import TriggerContext, WindowContext
 from aioflow._core.retry import RetryPolicy
@@ -129,6 +131,7 @@ __all__ = [
     "App",
     "AppLoadError",
     "AsyncBatchSink",
+    "AsyncFunction",
     "BadRecord",
     "BadRecordError",
     "BoundedOutOfOrderness",
@@ -155,6 +158,7 @@ __all__ = [
     "FailureRateRestart",
     "FileSink",
     "FixedDelayRestart",
+    "FunctionContext",
     "GlobalWindow",
     "GlobalWindows",
     "IncompatibleStateError",
@@ -194,6 +198,7 @@ __all__ = [
     "SourceReader",
     "StateError",
     "StateTtl",
+    "StrayCancellation",
     "Stream",
     "TimeEvictor",
     "TimeWindow",

@@ -27,6 +27,8 @@ Such a test is ``async def``, so pytest needs pytest-asyncio to run it: either
 ``asyncio_mode = "auto"`` under ``[tool.pytest.ini_options]`` or ``@pytest.mark.asyncio``
 on the test (without either, pytest does not run it: recent pytest versions fail it with
 "async def functions are not natively supported", older ones skip it with a warning).
+Set ``asyncio_default_fixture_loop_scope = "function"`` there too, or pytest-asyncio
+warns on every run (see docs/getting-started.md, "Test it").
 ``Inactivity`` may be a class, or the stream that ``@per_user.process`` made of it; the
 harness then takes the stream's key selector, so ``key_selector=`` can be left out.
 """

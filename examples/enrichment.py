@@ -8,6 +8,8 @@ The example starts a small profile service of its own on a free loopback port (a
 standing in for a real service, 10 ms a request). Each click is enriched with its user's
 profile from ``GET /profiles/<user>``, through ``map_async``:
 
+- an ``af.AsyncFunction`` owns the aiohttp session: made in ``open`` (in the job's event
+  loop), closed in ``close`` when the job is done with it;
 - up to 50 requests at once (``capacity=50``): 600 clicks take about a tenth of a second
   of requests instead of six seconds one at a time;
 - each request may take 0.5 s (``timeout``), and a failed one is tried twice more
@@ -73,21 +75,28 @@ def start_service() -> str:
 
 
 SERVICE = start_service()
-_session = None
 
 
-def session() -> aiohttp.ClientSession:
-    """One connection pool for every request of the job (made in the job's event loop)."""
-    global _session
-    if _session is None:
-        _session = aiohttp.ClientSession(base_url=SERVICE, connector=aiohttp.TCPConnector(limit=50))
-    return _session
+class WithProfile(af.AsyncFunction):
+    """Adds the click's user's plan, from the profile service.
 
+    The aiohttp session (one connection pool per subtask, as large as the calls it makes
+    at once) is made in ``open``, in the job's event loop, and closed in ``close`` when the
+    subtask ends: a session made at import time would be bound to the first run's event
+    loop, fail every call of a second run in the same process, and never be closed.
+    """
 
-async def with_profile(click):
-    async with session().get(f"/profiles/{click['user']}", raise_for_status=True) as response:
-        profile = await response.json(content_type=None)
-    return {**click, "plan": profile["plan"]}
+    async def open(self, ctx):
+        connector = aiohttp.TCPConnector(limit=ctx.concurrency)
+        self.session = aiohttp.ClientSession(base_url=SERVICE, connector=connector)
+
+    async def __call__(self, click):
+        async with self.session.get(f"/profiles/{click['user']}", raise_for_status=True) as response:
+            profile = await response.json(content_type=None)
+        return {**click, "plan": profile["plan"]}
+
+    async def close(self):
+        await self.session.close()
 
 
 def worth_retrying(error):
@@ -100,7 +109,7 @@ def worth_retrying(error):
 app = af.App("enrichment")
 clicks = app.source(CLICKS, name="clicks")
 enriched = clicks.map_async(
-    with_profile,
+    WithProfile,
     capacity=50,
     timeout=0.5,
     retry=af.RetryPolicy(max_attempts=3, initial_delay=0.05),

@@ -76,6 +76,60 @@ def test_failing_job_exits_1_with_the_error_and_traceback(tmp_path: Path) -> Non
     assert "ZeroDivisionError" in failed[-1]["exception"] and "return 1 / x" in failed[-1]["exception"]
 
 
+BROKEN = """import aioflow as af
+
+
+def settings():
+    raise KeyError("KAFKA_BOOTSTRAP")
+
+
+app = af.App("broken")
+settings()
+"""
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_an_app_whose_module_raises_is_not_loaded_exit_2_with_the_traceback(tmp_path: Path, command: str) -> None:
+    (tmp_path / "broken.py").write_text(BROKEN)
+    result = aioflow(command, "broken.py:app", "--log-format", "json", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines()]  # JSON lines only: no bare traceback
+    [failed] = [line for line in lines if line["event"] == "cannot load app"]
+    assert failed["level"] == "error" and failed["target"] == "broken.py:app"
+    assert failed["error"] == "'broken.py:app': importing 'broken.py' raised KeyError: 'KAFKA_BOOTSTRAP'"
+    trace = failed["exception"]
+    assert 'broken.py", line 9, in <module>' in trace and 'raise KeyError("KAFKA_BOOTSTRAP")' in trace
+    assert "_core/cli.py" not in trace and "importlib" not in trace  # the user's frames only
+    assert not [line for line in lines if line["event"] == "job failed"]
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_on_the_console_a_module_that_raises_is_a_message_line_then_the_traceback(tmp_path: Path, command: str) -> None:
+    (tmp_path / "broken.py").write_text(BROKEN)
+    result = aioflow(command, "broken.py:app", "--log-format", "console", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    first, *rest = result.stderr.splitlines()
+    assert "cannot load app" in first and "importing 'broken.py' raised KeyError" in first, result.stderr
+    assert 'raise KeyError("KAFKA_BOOTSTRAP")' in "\n".join(rest)
+
+
+def test_a_module_path_whose_import_fails_is_not_loaded(tmp_path: Path) -> None:
+    (tmp_path / "pipeline_needs.py").write_text(
+        "import aioflow as af\nimport not_installed_anywhere\napp = af.App('n')\n"
+    )
+    (tmp_path / "pipeline_twice.py").write_text(
+        "import aioflow as af\napp = af.App('t')\napp.source([1], name='a')\napp.source([2], name='a')\n"
+    )
+    missing = aioflow("run", "pipeline_needs:app", "--log-format", "json", cwd=tmp_path)
+    assert missing.returncode == 2, missing.stderr
+    assert (
+        "importing 'pipeline_needs' raised ModuleNotFoundError: No module named 'not_installed_anywhere'"
+        in missing.stderr
+    )
+    twice = aioflow("plan", "pipeline_twice:app", "--log-format", "json", cwd=tmp_path)
+    assert twice.returncode == 2 and "raised PipelineError" in twice.stderr and "'a'" in twice.stderr, twice.stderr
+
+
 def test_help_for_each_command() -> None:
     for command in ([], ["run"], ["plan"]):
         result = aioflow(*command, "--help")

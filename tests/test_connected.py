@@ -124,8 +124,9 @@ def test_broadcast_state_is_read_only_on_the_keyed_side() -> None:
     app.source([1]).key_by(lambda v: v).connect(app.source([]).broadcast("rules")).process(Writes).sink(
         af.CollectSink()
     )
-    with pytest.raises(af.OperatorError, match="read-only in process_element"):
+    with pytest.raises(af.OperatorError, match="read-only in process_element") as caught:
         app.run()
+    assert isinstance(caught.value.__cause__, af.PipelineError)
 
 
 def test_apply_to_keyed_state_visits_every_key() -> None:
@@ -237,8 +238,9 @@ def test_process_broadcast_element_has_no_key_for_timers_or_state() -> None:
     app = af.App("no-key")
     out = app.source([1]).key_by(lambda v: v).connect(app.source(["rule"]).broadcast("rules")).process(Timed)
     out.sink(af.CollectSink())
-    with pytest.raises(af.OperatorError, match="not available in process_broadcast_element"):
+    with pytest.raises(af.OperatorError, match="not available in process_broadcast_element") as caught:
         app.run()
+    assert isinstance(caught.value.__cause__, af.PipelineError)
 
 
 def test_interval_join_pairs_within_the_bounds():

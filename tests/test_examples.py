@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import subprocess
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
 import orjson
 import pytest
+
+import aioflow as af
+from aioflow._core.cli import load_app
+from aioflow.testing import replace_sink, replace_source, run_collect
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted(
@@ -127,6 +134,26 @@ def test_digits_scoring_reports_per_window_what_the_model_predicts_for_each_imag
         for start, chunk in ((i * 50, correct[i : i + 200]) for i in range(0, len(correct), 200))
     ]
     assert windows == expected
+
+
+def test_enrichment_runs_twice_in_one_process_and_closes_its_sessions(caplog: pytest.LogCaptureFixture) -> None:
+    """Its aiohttp session is made in the job's event loop and closed: a second run in the
+    same process calls the service as the first did, and no session is left unclosed."""
+    app = load_app(f"{ROOT / 'examples' / 'enrichment.py'}:app")
+    module = sys.modules["_aioflow_target_enrichment"]
+    clicks = [click for click in module.CLICKS if click["user"] != "slowpoke"]  # no 0.5 s timeouts
+    replace_source(app, "clicks", af.from_iterable(clicks))
+    for sink in ("enriched", "dead_letters"):
+        replace_sink(app, sink, af.CollectSink())
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(2):
+            enriched, failed = run_collect(module.enriched, module.enriched.get_side_output(module.FAILED))
+            assert [e["click"] for e in enriched] == [c["click"] for c in clicks if c["user"] != "mallory"]
+            assert {f.value["user"] for f in failed} == {"mallory"}
+        gc.collect()  # an unclosed session says so when it is collected
+    assert [str(w.message) for w in caught if "Unclosed" in str(w.message)] == []
+    assert [r.getMessage() for r in caplog.records if "Unclosed" in r.getMessage()] == []
 
 
 def test_enrichment_enriches_every_click_but_those_the_service_fails_for_good() -> None:

@@ -137,3 +137,53 @@ def test_a_job_failing_with_an_unexpected_error_logs_one_job_failed_line(tmp_pat
     )
     (failed,) = [line for line in lines if line["event"] == "job failed"]
     assert "no reader" in failed["error"] and "KeyError" in failed["exception"]
+
+
+QUIET_JOB = (
+    "import logging\nimport aioflow as af\n"
+    "def note(x):\n"
+    "    logging.getLogger('aiokafka.consumer').info('chatter')\n"
+    "    logging.getLogger('aiokafka.consumer').warning('trouble')\n"
+    "    logging.getLogger('otherlib').info('other')\n"
+    "    return x\n"
+    "app = af.App('quiet')\napp.source(['a']).map(note).sink(af.CollectSink())\n"
+)
+
+
+def _library_events(lines: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(line["logger"], line["event"]) for line in lines if "logger" in line]
+
+
+def test_aiokafka_logs_warnings_only_unless_the_level_is_debug(tmp_path: Path) -> None:
+    assert _library_events(_run_json(tmp_path, QUIET_JOB)) == [
+        ("aiokafka.consumer", "trouble"),
+        ("otherlib", "other"),
+    ]
+    assert _library_events(_run_json(tmp_path, QUIET_JOB, "--log-level", "debug")) == [
+        ("aiokafka.consumer", "chatter"),
+        ("aiokafka.consumer", "trouble"),
+        ("otherlib", "other"),
+    ]
+
+
+def test_an_app_that_sets_aiokafkas_level_keeps_it(tmp_path: Path) -> None:
+    job = "import logging\nlogging.getLogger('aiokafka').setLevel(logging.INFO)\n" + QUIET_JOB
+    assert ("aiokafka.consumer", "chatter") in _library_events(_run_json(tmp_path, job))
+
+
+def test_configure_logging_sets_library_levels_by_name() -> None:
+    aiokafka = logging.getLogger("aiokafka")
+    before = aiokafka.level
+    try:
+        configure_logging("info", "json")
+        assert aiokafka.level == logging.WARNING
+        configure_logging("info", "json", logger_levels={"aiokafka": "info", "otherlib.sub": "error"})
+        assert (aiokafka.level, logging.getLogger("otherlib.sub").level) == (logging.INFO, logging.ERROR)
+        configure_logging("warning", "json")  # a default does not undo what was asked for
+        assert aiokafka.level == logging.INFO
+        with pytest.raises(ValueError, match="unknown log level 'loud'"):
+            configure_logging("info", "json", logger_levels={"aiokafka": "loud"})
+    finally:
+        aiokafka.setLevel(before)
+        logging.getLogger("otherlib.sub").setLevel(logging.NOTSET)
+        configure_logging("warning", "console")

@@ -176,7 +176,7 @@ def test_run_inside_event_loop_points_to_run_async() -> None:
     app.source([1]).sink(af.CollectSink())
 
     async def main() -> None:
-        with pytest.raises(RuntimeError, match="run_async"):
+        with pytest.raises(af.PipelineError, match="run_async"):
             app.run()
 
     anyio.run(main)

@@ -15,7 +15,7 @@ import structlog
 from aioflow._core.checkpoint.storage import storage_at
 from aioflow._core.connectors.base import Source
 from aioflow._core.connectors.collection import from_iterable
-from aioflow._core.errors import PipelineError
+from aioflow._core.errors import PipelineError, suggest_keywords
 from aioflow._core.graph.logical import LogicalGraph
 from aioflow._core.graph.plan import Plan, build_plan
 from aioflow._core.log import configure_logging
@@ -36,6 +36,25 @@ def _storage_location(location: str | os.PathLike[str] | None) -> str | None:
         raise PipelineError(f"checkpoint_storage takes a path or a file:// URL, got {location!r}")
     storage_at(location)  # refuses what it cannot use, naming it
     return os.fspath(location)
+
+
+_IN_MEMORY = (
+    "checkpoint_interval needs the 'lmdb' state_backend (a checkpoint records the working copy it keeps in "
+    "state_dir); got state_backend='memory'"
+)
+
+
+def _check_checkpointable(state_dir: str | None, state_backend: str) -> None:
+    """Refuse checkpoints without a state directory, or with state kept in memory: a
+    checkpoint records the working copy of the state that the LMDB backend keeps there."""
+    if state_dir is None:
+        raise PipelineError(
+            "checkpoint_interval needs a state_dir, where the working copy of the state lives (a checkpoint "
+            "records it): give App(state_dir=...) or run(state_dir=...), or to the worker `aioflow run "
+            "--state-dir PATH` or the environment variable AIOFLOW_STATE_DIR"
+        )
+    if state_backend != "lmdb":
+        raise PipelineError(_IN_MEMORY)
 
 
 def _positive(value: Any, what: str, kinds: tuple[type, ...] = (int,)) -> Any:
@@ -64,6 +83,7 @@ class App:
     operator says otherwise (see docs/async.md).
     """
 
+    @suggest_keywords
     def __init__(
         self,
         name: str,
@@ -109,14 +129,12 @@ class App:
         if state_backend not in (None, "memory", "lmdb"):
             raise PipelineError(f"state_backend must be 'memory' or 'lmdb', got {state_backend!r}")
         self.state_backend = state_backend or ("lmdb" if state_dir is not None else "memory")
-        if checkpoint_interval is not None and (self.state_backend != "lmdb" or state_dir is None):
-            raise PipelineError(
-                "checkpoint_interval needs state_dir= and the 'lmdb' state_backend (a checkpoint "
-                "records the state's working copy in state_dir); got "
-                f"state_dir={state_dir!r}, state_backend={self.state_backend!r}"
-            )
         if checkpoint_interval is not None:
             _positive(checkpoint_interval, "checkpoint_interval", (int, float))
+            # A missing state_dir is checked when the job starts (_config): the worker may give
+            # it (--state-dir, AIOFLOW_STATE_DIR). A chosen memory backend no run can change.
+            if state_backend == "memory":
+                raise PipelineError(_IN_MEMORY)
         if checkpoint_mode not in ("exactly_once", "at_least_once"):
             raise PipelineError(f"checkpoint_mode must be 'exactly_once' or 'at_least_once', got {checkpoint_mode!r}")
         self.checkpoint_mode = checkpoint_mode
@@ -146,11 +164,6 @@ class App:
             raise PipelineError(
                 f"restart_strategy takes af.FixedDelayRestart(...), af.ExponentialBackoffRestart(...), "
                 f"af.FailureRateRestart(...) or af.NoRestart(), got {restart_strategy!r}"
-            )
-        if checkpoint_interval is None and restart_strategy is not None and not isinstance(restart_strategy, NoRestart):
-            raise PipelineError(
-                "restart_strategy needs checkpoint_interval: a restart resumes from the last "
-                "checkpoint (without one it would replay the input into the sinks)"
             )
         self._chosen = {"state_backend": state_backend, "restart_strategy": restart_strategy}  # None: derived
         if restart_strategy is None:
@@ -228,14 +241,17 @@ class App:
             checkpoint_interval = self.checkpoint_interval
         else:
             _positive(checkpoint_interval, "checkpoint_interval", (int, float))
-            if state_backend != "lmdb" or state_dir is None:
-                raise PipelineError(
-                    f"checkpoint_interval needs a state_dir (and the 'lmdb' state_backend): a "
-                    f"checkpoint records the state's working copy in state_dir; got "
-                    f"state_dir={state_dir!r}, state_backend={state_backend!r}"
-                )
             if self._chosen["restart_strategy"] is None and isinstance(restart_strategy, NoRestart):
                 restart_strategy = DEFAULT_RESTART_STRATEGY
+        if checkpoint_interval is not None:
+            _check_checkpointable(state_dir, state_backend)
+        elif not isinstance(restart_strategy, NoRestart):
+            raise PipelineError(
+                "restart_strategy needs checkpoint_interval: a restart resumes from the last checkpoint (without "
+                "one it would replay the input into the sinks): give App(checkpoint_interval=...) or "
+                "run(checkpoint_interval=...), or to the worker `aioflow run --checkpoint-interval SECONDS` or the "
+                "environment variable AIOFLOW_CHECKPOINT_INTERVAL"
+            )
         return RuntimeConfig(
             batch_size=self.batch_size,
             linger=self.linger,
@@ -309,7 +325,7 @@ class App:
         except RuntimeError:
             anyio.run(functools.partial(self.run_async, **options), backend="asyncio")
             return
-        raise RuntimeError("App.run() was called inside a running event loop; use `await app.run_async()`")
+        raise PipelineError("App.run() was called inside a running event loop; use `await app.run_async()`")
 
     def stop(self) -> None:
         """Ask the job to stop: with checkpoints, sources stop at a savepoint's barrier and

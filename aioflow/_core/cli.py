@@ -4,7 +4,8 @@
 (``examples/wordcount.py:app``); ``app`` names an :class:`aioflow.App` in it.
 
 Exit status of ``aioflow run``: 0 the job finished (its input ended, or a stop signal
-drained it or stopped it with a savepoint); 1 it failed; 2 the app could not be loaded or the command line is wrong;
+drained it or stopped it with a savepoint); 1 it failed; 2 the app could not be loaded
+(importing its module raised: ``cannot load app`` is logged with the traceback) or the command line is wrong;
 3 the worker refused to run (:class:`~aioflow._core.errors.RefusedError`: corrupt, missing or
 foreign state, a checkpoint the job cannot resume as it is): restarting it would repeat
 that, so a supervisor should not; 128 + the signal number (130 for SIGINT, 143 for SIGTERM) it was cancelled before
@@ -20,7 +21,9 @@ naming it (exit status 2). See :mod:`aioflow._core.worker.config`. ``aioflow run
 ``AIOFLOW_ALLOW_NON_RESTORED_STATE``, ``AIOFLOW_DRAIN``, ``AIOFLOW_STOP_TIMEOUT``,
 ``AIOFLOW_HTTP_PORT``, ``AIOFLOW_HTTP_HOST``, ``AIOFLOW_HEALTH_MAX_CHECKPOINT_FAILURES``,
 ``AIOFLOW_HEALTH_MAX_WATERMARK_LAG`` and ``AIOFLOW_HEALTH_MAX_SOURCE_LAG``;
-``aioflow plan`` the log options and ``AIOFLOW_PARALLELISM``.
+``aioflow plan`` the log options and ``AIOFLOW_PARALLELISM``. An ``AIOFLOW_*`` variable
+that no option reads is logged as a warning naming the one it likely misspells, and a
+misspelt flag is refused naming the flag it likely meant.
 
 ``--http-port N`` serves ``/health`` (200 while the job runs and is caught up, else 503
 with a JSON body saying why) and ``/metrics`` (Prometheus text format) on
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import faulthandler
 import importlib
 import importlib.metadata
@@ -55,7 +59,7 @@ from aioflow._core.checkpoint.storage import storage_at
 from aioflow._core.errors import AioflowError, AppLoadError, PipelineError, RefusedError
 from aioflow._core.log import LOG_LEVELS, configure_logging
 from aioflow._core.worker.collectors import register_job_metrics
-from aioflow._core.worker.config import EnvironmentOptionError, EnvironmentOptions
+from aioflow._core.worker.config import EnvironmentOptionError, EnvironmentOptions, unknown_variables
 from aioflow._core.worker.health import DEFAULT_MAX_CHECKPOINT_FAILURES, HealthCheck
 from aioflow._core.worker.http import DEFAULT_HOST, HttpServer, worker_routes
 from aioflow._core.worker.metrics import MetricsRegistry
@@ -105,16 +109,21 @@ def load_app(target: str) -> App:
         existing = importlib.util.find_spec(path.stem) if path.stem.isidentifier() else None
         if existing is not None and existing.origin == str(path.resolve()):
             sys.modules[path.stem] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise _import_failed(target, module_part, exc) from exc
     else:
         if "" not in sys.path and "." not in sys.path:
             sys.path.insert(0, "")
         try:
             module = importlib.import_module(module_part)
         except ModuleNotFoundError as exc:
-            if exc.name and module_part.startswith(exc.name):
-                raise AppLoadError(f"{target!r}: no module named {exc.name!r}") from exc
-            raise
+            if exc.name and (module_part == exc.name or module_part.startswith(exc.name + ".")):
+                raise AppLoadError(f"{target!r}: no module named {exc.name!r}") from None
+            raise _import_failed(target, module_part, exc) from exc  # one the module imports
+        except Exception as exc:
+            raise _import_failed(target, module_part, exc) from exc
     try:
         app = getattr(module, attr)
     except AttributeError:
@@ -124,6 +133,20 @@ def load_app(target: str) -> App:
     if not isinstance(app, App):
         raise AppLoadError(f"{target!r}: {attr!r} is a {type(app).__name__}, not an aioflow.App")
     return app
+
+
+def _import_failed(target: str, module_part: str, exc: Exception) -> AppLoadError:
+    """The :class:`AppLoadError` for a module whose import raised ``exc`` (its cause),
+    whose traceback is cut to the frames of the user's code: the loader's say nothing."""
+    trace = exc.__traceback__
+    while trace is not None and _is_loader(trace.tb_frame.f_code.co_filename):
+        trace = trace.tb_next
+    exc.__traceback__ = trace  # None for a SyntaxError: it shows its file and line itself
+    return AppLoadError(f"{target!r}: importing {module_part!r} raised {type(exc).__name__}: {exc}")
+
+
+def _is_loader(filename: str) -> bool:
+    return filename in (__file__, importlib.__file__) or filename.startswith("<frozen importlib")
 
 
 @dataclass(frozen=True)
@@ -252,6 +275,8 @@ def _log_level(text: str) -> str:
 
 class _Parser(NamedTuple):
     parser: argparse.ArgumentParser
+    #: Per command: its parser.
+    commands: dict[str, argparse.ArgumentParser]
     #: Per command: the options that AIOFLOW_* variables can set.
     env: dict[str, list[EnvironmentOptions]]
 
@@ -412,18 +437,36 @@ def _parser() -> _Parser:
         metavar="N",
         help="the plan with this default parallelism, as `aioflow run -p N` would run it",
     )
-    return _Parser(parser, {"run": [shared, env], "plan": [shared, plan_env]})
+    return _Parser(parser, {"run": run, "plan": plan}, {"run": [shared, env], "plan": [shared, plan_env]})
 
 
 def parse_args(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> argparse.Namespace:
     """The command line, with what it does not give taken from ``AIOFLOW_*`` variables of
     ``environ`` (default: ``os.environ``), then from the defaults. A bad flag exits (as
     argparse does); a bad variable raises :class:`EnvironmentOptionError` naming it."""
-    parser, env = _parser()
-    args = parser.parse_args(argv)
+    parser, commands, env = _parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        _unrecognized(commands[args.command], extras)
     for options in env[args.command]:
         options.resolve(args, os.environ if environ is None else environ)
     return args
+
+
+def _unrecognized(command: argparse.ArgumentParser, extras: list[str]) -> None:
+    """Exit as argparse does on arguments ``command`` does not take, naming the option
+    each misspelt one likely meant (``--http-prot``: ``--http-port``). Python 3.14's
+    ``suggest_on_error``, for the Python we run on."""
+    known = [flag for flag in command._option_string_actions if flag.startswith("--")]
+    hints = []
+    for extra in extras:
+        flag = extra.partition("=")[0]
+        if flag.startswith("--"):
+            close = difflib.get_close_matches(flag, known, n=1)
+            if close:
+                hints.append(f"{close[0]} for {flag}")
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    command.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -438,14 +481,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"aioflow: {exc}", file=sys.stderr)
         return EXIT_CANNOT_LOAD
+    known = {name for options in _parser().env.values() for each in options for name in each.variables()}
+    for name, likely in unknown_variables(os.environ, known).items():  # a misspelt one is silently unused
+        fields = {} if likely is None else {"did_you_mean": likely}
+        log.warning("unknown environment variable: no option reads it", variable=name, **fields)
     try:
         app = load_app(args.target)
     except AppLoadError as exc:
-        print(f"aioflow: cannot load app: {exc}", file=sys.stderr)
+        if exc.__cause__ is None:  # the target names nothing loadable: a wrong command line
+            print(f"aioflow: cannot load app: {exc}", file=sys.stderr)
+        else:  # the user's code raised: what it raised, with its traceback, in the log's format
+            log.error("cannot load app", target=args.target, error=str(exc), exc_info=exc.__cause__)
         return EXIT_CANNOT_LOAD
-    except (AioflowError, OSError) as exc:
-        log.error("job failed", app=args.target, error=str(exc), exc_info=exc)
-        return EXIT_FAILED
     if args.command == "plan":
         try:
             plan = app.plan(parallelism=args.parallelism)
@@ -460,12 +507,18 @@ def main(argv: list[str] | None = None) -> int:
     # LMDB asserts on pages it finds damaged (SIGABRT): then at least the Python stack is shown.
     with contextlib.suppress(io.UnsupportedOperation, ValueError):  # stderr without a file (captured)
         faulthandler.enable()
-    if args.checkpoint_interval is not None and args.state_dir is None and app.state_dir is None:
-        print(
-            "aioflow: --checkpoint-interval needs a state directory: set --state-dir (AIOFLOW_STATE_DIR) "
-            "or App(state_dir=...)",
-            file=sys.stderr,
-        )
+    settings = {
+        "from_savepoint": args.from_savepoint,
+        "allow_non_restored_state": args.allow_non_restored_state,
+        "drain_on_stop": args.drain,
+        "state_dir": args.state_dir,
+        "checkpoint_interval": args.checkpoint_interval,
+        "checkpoint_storage": args.checkpoint_storage,
+    }
+    try:  # the app's settings with the command line's, checked before anything runs
+        app._config(**settings)
+    except PipelineError as exc:  # checkpoints without a state directory, say
+        print(f"aioflow: {exc}", file=sys.stderr)
         return EXIT_CANNOT_LOAD
     http = None
     if args.http_port is not None:
@@ -477,15 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             args.health_max_source_lag,
         )
     try:
-        options = {
-            "parallelism": args.parallelism,
-            "from_savepoint": args.from_savepoint,
-            "allow_non_restored_state": args.allow_non_restored_state,
-            "drain_on_stop": args.drain,
-            "state_dir": args.state_dir,
-            "checkpoint_interval": args.checkpoint_interval,
-            "checkpoint_storage": args.checkpoint_storage,
-        }
+        options = {"parallelism": args.parallelism, **settings}
         return anyio.run(_run_worker, app, args.stop_timeout, options, http, backend="asyncio")
     except RefusedError as exc:
         log.error("refused", app=app.name, error=str(exc), exit_status=EXIT_REFUSED)

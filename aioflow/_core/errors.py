@@ -1,8 +1,13 @@
 """Every exception aioflow raises on purpose.
 
     AioflowError
-    ├── PipelineError            the pipeline definition is invalid (raised while building or planning)
-    ├── AppLoadError             ``aioflow run module:attr`` could not find or load the app
+    ├── PipelineError            the pipeline, or a call of aioflow's API, is wrong: a bad argument to App, a
+    │                            Stream method, a window, a connector or a state declaration, an unknown
+    │                            keyword, a method a subclass must implement (also a ValueError). Raised while
+    │                            building or planning, or when a user function makes the call (declaring
+    │                            state, registering a timer): then the cause of an OperatorError
+    ├── AppLoadError             ``aioflow run/plan module:attr`` could not load the app: a bad target, a missing
+    │                            file, module or attribute, or importing the module raised (its ``__cause__``)
     ├── BadRecordError           a source could not decode a record (names the file and line)
     ├── StateError               state cannot be stored or restored: a value the serializer refuses,
     │                            a disk that is full
@@ -17,18 +22,31 @@
     │                            error, or retryable ones through every attempt (names sink and attempts)
     ├── ConnectorError           a connector cannot use its external system: brokers that cannot be
     │                            reached, a topic that does not exist (names the connector and what)
+    ├── SinkClosed               not a failure: a sink writer's destination went away for good (the reader
+    │                            of a pipe closed it); the job stops as on a stop signal and ends normally
+    ├── StrayCancellation        a ``CancelledError`` escaped user code although nothing cancelled the job:
+    │                            the ``__cause__`` of the OperatorError that reports it
     └── OperatorError            user code in an operator raised (names operator and record)
         └── UserFunctionTypeError    user code returned a value of the wrong type
 
 Errors raised by user code are never swallowed: an :class:`OperatorError` keeps the
 original exception as ``__cause__``, so its traceback is shown.
+
+A few exceptions stay inside aioflow and are never raised to users, so they are not in
+the tree: each says so where it is defined (``GaveUp``, ``PredicateFailed`` and
+``NotAwaitable`` of ``operators/async_io``, ``Damaged`` of ``state/integrity``,
+``EnvironmentOptionError`` of ``worker/config``).
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import math
 import reprlib
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar
 
 __all__ = [
     "AioflowError",
@@ -41,8 +59,10 @@ __all__ = [
     "OperatorError",
     "PipelineError",
     "RefusedError",
+    "SinkClosed",
     "SinkDeliveryError",
     "StateError",
+    "StrayCancellation",
     "UserFunctionTypeError",
 ]
 
@@ -64,11 +84,15 @@ class AioflowError(Exception):
 
 
 class PipelineError(AioflowError, ValueError):
-    """The pipeline definition is invalid: a bad name, parallelism, partitioning or argument."""
+    """The pipeline, or a call of aioflow's API, is wrong: a bad name, parallelism,
+    partitioning or argument, an unknown keyword, state or timers used on a stream that is
+    not keyed, a method a subclass of an aioflow class must implement and does not. The
+    message says what was wrong and where; fix the code (a restart cannot help)."""
 
 
 class AppLoadError(AioflowError):
-    """``module:attr`` given to the CLI does not name an importable :class:`aioflow.App`."""
+    """``module:attr`` given to the CLI does not name an importable :class:`aioflow.App`,
+    or importing the module raised: then that exception is the ``__cause__``."""
 
 
 class BadRecordError(AioflowError):
@@ -93,10 +117,26 @@ class OperatorError(AioflowError):
     def __init__(self, operator: str, message: str, record: Any = None, *, has_record: bool = True) -> None:
         self.operator = operator
         self.record = record if has_record else None
-        detail = f"operator {operator!r}: {message}"
-        if has_record:
-            detail += f"\n  record: {truncated_repr(record)}"
-        super().__init__(detail)
+        #: The failure concerns a record (``record``), not ``open`` or a timer.
+        self.has_record = has_record
+        #: Where a ``None`` record came from, when the job could tell (see :meth:`trace_record`).
+        self.record_origin: str | None = None
+        self._message = message
+        super().__init__(self._detail())
+
+    def _detail(self) -> str:
+        detail = f"operator {self.operator!r}: {self._message}"
+        if self.has_record:
+            detail += f"\n  record: {truncated_repr(self.record)}"
+            if self.record_origin is not None:
+                detail += f", emitted by {self.record_origin}"
+        return detail
+
+    def trace_record(self, origin: str) -> None:
+        """Say which operator emitted the record (a ``None`` from a map without ``return``
+        fails the next operator, which then is not the one to blame)."""
+        self.record_origin = origin
+        self.args = (self._detail(),)
 
 
 class UserFunctionTypeError(OperatorError, TypeError):
@@ -128,6 +168,19 @@ class ConnectorError(AioflowError):
     def __init__(self, connector: str, message: str) -> None:
         super().__init__(f"{connector}: {message}")
         self.connector = connector
+
+
+class SinkClosed(AioflowError):  # noqa: N818 - an end, not an error
+    """Raised by :meth:`SinkWriter.write` when the destination went away for good on
+    purpose: the reader of a pipe closed it (``aioflow run ... | head``). The job then
+    stops as on a stop signal, the sink discards what still comes, and the job ends
+    normally (exit 0)."""
+
+
+class StrayCancellation(AioflowError):  # noqa: N818 - named after what escaped
+    """A ``CancelledError`` escaped user code although nothing cancelled the job (it
+    awaited a task that was cancelled elsewhere): a failure of that code, never a quiet
+    end. The ``__cause__`` of the :class:`OperatorError` that reports it."""
 
 
 class StateError(AioflowError):
@@ -177,6 +230,34 @@ def check_number(
         kind = "an int" if integer else "a number"
         bound = f"> {minimum:g}" if above else f">= {minimum:g}"
         raise PipelineError(f"{what} must be {kind} {bound}{' or None' if optional else ''}, got {value!r}")
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the known name closest to a misspelt ``name``, or ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def suggest_keywords(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``function``, refusing an unknown keyword argument with a :class:`PipelineError`
+    that names the likely intended one (``App(checkpoint_intervall=2)``), instead of
+    Python's plain ``TypeError``."""
+    parameters = inspect.signature(function).parameters.values()
+    known = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    called = function.__qualname__.removesuffix(".__init__") + "()"
+
+    @functools.wraps(function)
+    def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        for name in kwargs:
+            if name not in known:
+                raise PipelineError(f"{called} got an unexpected keyword argument {name!r}{did_you_mean(name, known)}")
+        return function(*args, **kwargs)
+
+    return checked
 
 
 #: Errors that already say which operator and what failed: raised from operators as they are,

@@ -4,19 +4,25 @@ Subclass them and pass the class (or an instance) to ``stream.process`` or a win
 ``aggregate`` / ``process``. Every method that produces records is a generator: it
 ``yield``s outputs, and ``yield tag, value`` (with ``tag`` an :class:`OutputTag`) sends a
 value to a side output. ``process_element`` and ``on_timer`` may be ``async def``.
+An :class:`AsyncFunction` goes to ``map``, ``filter``, ``flat_map``, ``map_async`` and
+``map_batch``: a callable with Flink's ``open`` / ``close`` around it.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterable, Awaitable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from aioflow._core.errors import PipelineError
+
 if TYPE_CHECKING:
-    from aioflow._core.operators.context import OperatorContext
+    from aioflow._core.operators.context import FunctionContext, OperatorContext
     from aioflow._core.operators.coprocess import BroadcastContext
 
 __all__ = [
     "AggregateFunction",
+    "AsyncFunction",
     "BroadcastProcessFunction",
     "KeyedBroadcastProcessFunction",
     "ProcessJoinFunction",
@@ -46,7 +52,7 @@ class OutputTag:
 
     def __init__(self, name: str) -> None:
         if not isinstance(name, str) or not name:
-            raise ValueError(f"OutputTag needs a non-empty string name, got {name!r}")
+            raise PipelineError(f"OutputTag needs a non-empty string name, got {name!r}")
         self.name = name
 
     def __eq__(self, other: object) -> bool:
@@ -57,6 +63,49 @@ class OutputTag:
 
     def __repr__(self) -> str:
         return f"OutputTag({self.name!r})"
+
+
+class AsyncFunction:
+    """An ``async def`` function with a lifecycle, as Flink's ``RichAsyncFunction``: for a
+    function that calls another system through a client (an aiohttp session, a database
+    pool) that must be made in the job's event loop and closed when the job is done with it.
+
+    Pass the class or an instance to ``map``, ``filter``, ``flat_map``, ``map_async`` or
+    ``map_batch``. Each subtask of each run gets its own object (a class is instantiated
+    without arguments, an instance shallow-copied: what ``__init__`` set is shared
+    configuration, what ``open`` sets on ``self`` belongs to the subtask), and:
+
+    - ``await open(ctx)`` runs in the job's event loop before the subtask's first record:
+      create the client here. ``ctx`` is a :class:`FunctionContext`.
+    - ``await self(value)`` runs per record, as the ``async def`` function would.
+    - ``await close()`` runs once when the subtask ends, if ``open`` returned: at the end
+      of input, on a stop, when the job fails, and before a restart (which opens fresh
+      objects). Close the client here.
+
+    A client made at import time (a module-level session) belongs to no run: it is bound
+    to the first event loop that uses it, so a second run in the same process fails
+    (``Event loop is closed``), and nothing ever closes it (``Unclosed client session``).
+    ``open``, ``__call__`` and ``close`` must be ``async def`` (checked when the class is
+    defined).
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("open", "__call__", "close"):
+            method = cls.__dict__.get(name)
+            if method is not None and not inspect.iscoroutinefunction(method):
+                raise PipelineError(f"{cls.__name__}.{name} must be an `async def` method (it is awaited)")
+
+    async def open(self, ctx: FunctionContext) -> None:
+        """Called once per subtask, in the job's event loop, before its first record."""
+
+    async def __call__(self, value: Any) -> Any:
+        """The function: its result for one record (for ``map_batch``, a list of records)."""
+        raise PipelineError(f"{type(self).__name__} must implement `async def __call__(self, value)`")
+
+    async def close(self) -> None:
+        """Called once per subtask when it ends (also on failure and before a restart), if
+        :meth:`open` returned."""
 
 
 class ProcessFunction:
@@ -74,7 +123,7 @@ class ProcessFunction:
 
     def process_element(self, value: Any, ctx: OperatorContext) -> Outputs:
         """Handle one record; ``yield`` outputs. ``ctx.timestamp`` is its event time."""
-        raise TypeError(f"{type(self).__name__} must implement process_element(value, ctx)")
+        raise PipelineError(f"{type(self).__name__} must implement process_element(value, ctx)")
 
     def on_timer(self, timestamp: int, ctx: OperatorContext) -> Outputs:
         """A timer registered with ``ctx.timer_service`` fired; ``yield`` outputs."""
@@ -95,10 +144,10 @@ class CoProcessFunction:
         """Called once per subtask after the last record."""
 
     def process_element1(self, value: Any, ctx: OperatorContext) -> Outputs:
-        raise TypeError(f"{type(self).__name__} must implement process_element1(value, ctx)")
+        raise PipelineError(f"{type(self).__name__} must implement process_element1(value, ctx)")
 
     def process_element2(self, value: Any, ctx: OperatorContext) -> Outputs:
-        raise TypeError(f"{type(self).__name__} must implement process_element2(value, ctx)")
+        raise PipelineError(f"{type(self).__name__} must implement process_element2(value, ctx)")
 
     def on_timer(self, timestamp: int, ctx: OperatorContext) -> Outputs:
         return None
@@ -112,16 +161,16 @@ class AggregateFunction(Generic[IN, ACC, OUT]):
     """Incremental aggregation: the window keeps one accumulator, never the elements."""
 
     def create_accumulator(self) -> ACC:
-        raise TypeError(f"{type(self).__name__} must implement create_accumulator()")
+        raise PipelineError(f"{type(self).__name__} must implement create_accumulator()")
 
     def add(self, value: IN, accumulator: ACC) -> ACC:
-        raise TypeError(f"{type(self).__name__} must implement add(value, accumulator)")
+        raise PipelineError(f"{type(self).__name__} must implement add(value, accumulator)")
 
     def get_result(self, accumulator: ACC) -> OUT:
-        raise TypeError(f"{type(self).__name__} must implement get_result(accumulator)")
+        raise PipelineError(f"{type(self).__name__} must implement get_result(accumulator)")
 
     def merge(self, a: ACC, b: ACC) -> ACC:
-        raise TypeError(f"{type(self).__name__} must implement merge(a, b) to be used with session windows")
+        raise PipelineError(f"{type(self).__name__} must implement merge(a, b) to be used with session windows")
 
 
 class ProcessWindowFunction:
@@ -141,7 +190,7 @@ class ProcessWindowFunction:
 
     def process(self, key: Any, context: Any, elements: list[Any]) -> Outputs:
         """``yield`` the outputs for one firing of one window."""
-        raise TypeError(f"{type(self).__name__} must implement process(key, context, elements)")
+        raise PipelineError(f"{type(self).__name__} must implement process(key, context, elements)")
 
     def clear(self, context: Any) -> None:
         """The window is being discarded (after its allowed lateness)."""
@@ -163,10 +212,10 @@ class BroadcastProcessFunction:
         """Called once per subtask after the last record."""
 
     def process_element(self, value: Any, ctx: BroadcastContext) -> Outputs:
-        raise TypeError(f"{type(self).__name__} must implement process_element(value, ctx)")
+        raise PipelineError(f"{type(self).__name__} must implement process_element(value, ctx)")
 
     def process_broadcast_element(self, value: Any, ctx: BroadcastContext) -> Outputs:
-        raise TypeError(f"{type(self).__name__} must implement process_broadcast_element(value, ctx)")
+        raise PipelineError(f"{type(self).__name__} must implement process_broadcast_element(value, ctx)")
 
     def on_timer(self, timestamp: int, ctx: BroadcastContext) -> Outputs:
         return None
@@ -189,4 +238,4 @@ class ProcessJoinFunction:
         """Called once per subtask after the last record."""
 
     def process_element(self, left: Any, right: Any, ctx: Any) -> Outputs:
-        raise TypeError(f"{type(self).__name__} must implement process_element(left, right, ctx)")
+        raise PipelineError(f"{type(self).__name__} must implement process_element(left, right, ctx)")

@@ -9,23 +9,42 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Literal
 
 import structlog
 
-__all__ = ["LOG_LEVELS", "configure_logging"]
+from aioflow._core.errors import PipelineError
+
+__all__ = ["LOG_LEVELS", "QUIET_LOGGERS", "configure_logging"]
 
 LogFormat = Literal["auto", "console", "json"]
 #: The levels :func:`configure_logging` takes.
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+#: Standard-library loggers of the libraries aioflow uses that say too much at ``info``
+#: for a worker's log (aiokafka: about eight lines each time a consumer joins its group),
+#: and the level :func:`configure_logging` gives them: ``info`` with ``level="debug"``.
+QUIET_LOGGERS = {"aiokafka": "warning"}
 
-def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
-    """Send structlog output to stderr at ``level``; ``fmt="auto"`` picks console on a
-    terminal and JSON lines otherwise."""
+
+def _numeric(level: str) -> int:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
-        raise ValueError(f"unknown log level {level!r}; use debug, info, warning or error")
+        raise PipelineError(f"unknown log level {level!r}; use debug, info, warning or error")
+    return numeric
+
+
+def configure_logging(
+    level: str = "info", fmt: LogFormat = "auto", *, logger_levels: Mapping[str, str] | None = None
+) -> None:
+    """Send structlog output to stderr at ``level``; ``fmt="auto"`` picks console on a
+    terminal and JSON lines otherwise. Standard-library loggers come out the same way, at
+    ``info`` at most; those of :data:`QUIET_LOGGERS` (aiokafka) at ``warning``, unless
+    ``level`` is ``debug`` or the application set their level itself. ``logger_levels``
+    sets the level of standard-library loggers by name (``{"aiokafka": "info"}``)."""
+    numeric = _numeric(level)
+    levels = {name: _numeric(value) for name, value in (logger_levels or {}).items()}
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: structlog.typing.Processor = (
@@ -38,6 +57,9 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     ]
     exc_info = structlog.processors.format_exc_info if fmt == "json" else structlog.dev.set_exc_info
     _route_standard_logging(numeric, [*shared, structlog.stdlib.add_logger_name], exc_info, renderer)
+    quiet = logging.INFO if numeric <= logging.DEBUG else logging.WARNING
+    _set_levels({name: quiet for name in QUIET_LOGGERS}, explicit=False)
+    _set_levels(levels, explicit=True)
     structlog.configure(
         processors=[*shared, exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -48,6 +70,23 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
 
 #: The handler :func:`configure_logging` put on the root logger (replaced by the next call).
 _handler: logging.Handler | None = None
+#: Logger name -> the level :func:`configure_logging` gave it by default: changed by the
+#: next call, unlike a level the application set.
+_defaulted: dict[str, int] = {}
+
+
+def _set_levels(levels: Mapping[str, int], *, explicit: bool) -> None:
+    """Set loggers' levels; a default (not ``explicit``) only where the application did not
+    set one (a logger's level is unset, or the last default)."""
+    for name, level in levels.items():
+        logger = logging.getLogger(name)
+        if explicit:
+            _defaulted.pop(name, None)
+        elif logger.level not in (logging.NOTSET, _defaulted.get(name)):
+            continue
+        else:
+            _defaulted[name] = level
+        logger.setLevel(level)
 
 
 def _route_standard_logging(

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, overload
 
 from aioflow._core.errors import PipelineError, check_number
-from aioflow._core.functions import OutputTag, ProcessFunction
+from aioflow._core.functions import AsyncFunction, OutputTag, ProcessFunction
 from aioflow._core.graph.logical import DEFAULT, Edge, Node
 from aioflow._core.operators.async_io import AsyncMapOperator, BatchMapOperator, CallPolicy
 from aioflow._core.operators.process import ProcessOperator
@@ -42,9 +42,9 @@ if TYPE_CHECKING:
 
 __all__ = ["KeyedStream", "ProcessFn", "RecordFn", "Stream"]
 
-#: A function of one record (``def`` or ``async def``): what ``map``, ``filter`` and
-#: ``flat_map`` take.
-RecordFn = Callable[[Any], Any]
+#: A function of one record (``def`` or ``async def``, or an :class:`AsyncFunction` class
+#: or instance): what ``map``, ``filter`` and ``flat_map`` take.
+RecordFn = Callable[[Any], Any] | type[AsyncFunction]
 #: What ``process`` runs: a :class:`ProcessFunction` subclass or instance, or a function
 #: ``(value, ctx)`` used as its ``process_element``.
 ProcessFn = type[ProcessFunction] | ProcessFunction | Callable[..., Any]
@@ -125,6 +125,20 @@ def instantiate(
     raise PipelineError(f"{what} takes a {base.__name__} subclass or instance, got {fn!r}")
 
 
+def per_subtask(fn: Any, what: str) -> Callable[[], Any]:
+    """The function each subtask of each run calls: ``fn`` itself, or for an
+    :class:`AsyncFunction` an object of its own (a class instantiated, an instance
+    shallow-copied), which its operator opens and closes."""
+    cls = fn if inspect.isclass(fn) else type(fn)
+    if not issubclass(cls, AsyncFunction):
+        return lambda: fn
+    if cls.__call__ is AsyncFunction.__call__:
+        raise PipelineError(f"{what}: {cls.__name__} must implement `async def __call__(self, value)`")
+    if inspect.isclass(fn):
+        return fn
+    return lambda: copy.copy(fn)
+
+
 class Stream:
     """A stream of records produced by one operator (or one of its side outputs)."""
 
@@ -194,9 +208,10 @@ class Stream:
     ) -> Stream:
         _check_callable(fn, f"{kind}()")
         _check_concurrency(max_concurrency, kind)
+        function = per_subtask(fn, f"{kind}()")
         key_selector = self._keyed_selector()  # an async fn runs a key's records in order
         node = self._add(
-            kind, fn, name, parallelism, lambda n: _limited(operator(n, fn), max_concurrency, key_selector)
+            kind, fn, name, parallelism, lambda n: _limited(operator(n, function()), max_concurrency, key_selector)
         )
         return Stream(self.app, node)
 
@@ -231,14 +246,16 @@ class Stream:
     ) -> Stream | Callable[[RecordFn], Stream]:
         """One output per record: ``fn(value)``. ``fn`` may be ``async def``: then it runs
         on up to ``max_concurrency`` records at once (default: the app's), those of one
-        key in order; outputs keep the input's order."""
+        key in order; outputs keep the input's order. An :class:`AsyncFunction` (class or
+        instance) is opened and closed with each subtask (as for ``filter``, ``flat_map``,
+        ``map_async`` and ``map_batch``)."""
         if fn is None:  # used as @stream.map(name=...) with arguments
             return lambda f: self.map(f, name=name, parallelism=parallelism, max_concurrency=max_concurrency)
         return self._transform("map", fn, name, parallelism, MapOperator, max_concurrency)
 
     def map_async(
         self,
-        fn: Callable[[Any], Awaitable[Any]],
+        fn: Callable[[Any], Awaitable[Any]] | type[AsyncFunction],
         *,
         capacity: int | None = None,
         ordered: bool = True,
@@ -252,6 +269,8 @@ class Stream:
     ) -> Stream:
         """One output per record: ``await fn(value)``, a call to another system, up to
         ``capacity`` at once (default: the app's ``max_concurrency``), as Flink's async I/O.
+        ``fn`` may be an :class:`AsyncFunction` (class or instance): its ``open`` makes the
+        subtask's client in the job's event loop, its ``close`` closes it.
 
         ``ordered``: results in input order (default), or as calls complete (never across a
         watermark). ``timeout``: seconds per call. ``retry``: a :class:`RetryPolicy` (default:
@@ -264,6 +283,7 @@ class Stream:
         """
         _check_callable(fn, "map_async()")
         _check_concurrency(capacity, "map_async", "capacity")
+        function = per_subtask(fn, "map_async()")
         key_selector = self._keyed_selector()
         policy = _call_policy("map_async", timeout, retry, retry_if, retry_if_result, on_error)
         node = self._add(
@@ -272,7 +292,7 @@ class Stream:
             name,
             parallelism,
             lambda n: _limited(
-                AsyncMapOperator(n, fn, policy, on_error, ordered=bool(ordered)),
+                AsyncMapOperator(n, function(), policy, on_error, ordered=bool(ordered)),
                 capacity,
                 key_selector,
             ),
@@ -281,7 +301,7 @@ class Stream:
 
     def map_batch(
         self,
-        fn: Callable[[Any], Any],
+        fn: Callable[[Any], Any] | type[AsyncFunction],
         *,
         max_batch_size: int = 256,
         form: str | None = None,
@@ -305,6 +325,7 @@ class Stream:
         """
         _check_callable(fn, "map_batch()")
         _check_concurrency(capacity, "map_batch", "capacity")
+        function = per_subtask(fn, "map_batch()")
         check_number(max_batch_size, "map_batch max_batch_size", integer=True, minimum=1)
         if form not in (None, "pandas", "numpy"):
             raise PipelineError(f"map_batch form= takes None, 'pandas' or 'numpy', got {form!r}")
@@ -315,7 +336,7 @@ class Stream:
             name,
             parallelism,
             lambda n: _limited(
-                BatchMapOperator(n, fn, policy, on_error, max_batch_size=max_batch_size, form=form),
+                BatchMapOperator(n, function(), policy, on_error, max_batch_size=max_batch_size, form=form),
                 capacity,
             ),
         )

@@ -584,13 +584,13 @@ def test_bad_retry_policies_are_refused() -> None:
 
 
 def test_hooks_are_checked_when_the_class_is_defined() -> None:
-    with pytest.raises(TypeError, match=r"Sync.send_batch must be an `async def` method"):
+    with pytest.raises(af.PipelineError, match=r"Sync.send_batch must be an `async def` method"):
 
         class Sync(af.AsyncBatchSink):
             def send_batch(self, records):
                 pass
 
-    with pytest.raises(TypeError, match=r"Half has exactly_once = True and must implement commit\(\)"):
+    with pytest.raises(af.PipelineError, match=r"Half has exactly_once = True and must implement commit\(\)"):
 
         class Half(af.AsyncBatchSink):
             exactly_once = True
@@ -601,7 +601,7 @@ def test_hooks_are_checked_when_the_class_is_defined() -> None:
             async def pre_commit(self, checkpoint_id):
                 return {}
 
-    with pytest.raises(TypeError, match=r"AsyncBatchSink must implement `async def send_batch"):
+    with pytest.raises(af.PipelineError, match=r"AsyncBatchSink must implement `async def send_batch"):
         af.AsyncBatchSink()
 
 

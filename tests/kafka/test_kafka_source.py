@@ -199,8 +199,9 @@ async def test_starting_offsets_committed_needs_a_committed_offset(kafka_broker:
             topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"), bounded=True, starting_offsets="committed"
         )
     ).sink(af.CollectSink())
-    with pytest.raises(ValueError, match="no committed offset"):
+    with pytest.raises(af.ConnectorError, match="no committed offset") as caught:
         await app.run_async()
+    assert caught.value.connector == f"kafka({topic})"
 
 
 async def test_a_partition_without_a_restored_position_starts_at_the_groups_committed_offset(
@@ -251,7 +252,7 @@ def test_rescale_gives_every_reader_the_highest_offset_of_each_partition() -> No
 )
 def test_bad_arguments_are_refused_saying_what_was_wrong(kwargs: dict[str, Any], message: str) -> None:
     arguments: dict[str, Any] = {"bootstrap_servers": "127.0.0.1:1", "group_id": "g"} | kwargs
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(af.PipelineError, match=message):
         af.kafka.KafkaSource("t", **arguments)
 
 

@@ -118,8 +118,16 @@ def test_backoff_delays() -> None:
 def test_defaults_and_validation(tmp_path: Path) -> None:
     assert af.App("a", state_dir=str(tmp_path), checkpoint_interval=1).restart_strategy == DEFAULT_RESTART_STRATEGY
     assert af.App("a").restart_strategy == af.NoRestart()
-    with pytest.raises(af.PipelineError, match="restart_strategy needs checkpoint_interval"):
-        af.App("a", restart_strategy=af.FixedDelayRestart())
+    # The checkpoint interval may come when the app runs (--checkpoint-interval); without one it is refused then.
+    app = af.App("a", restart_strategy=af.FixedDelayRestart(), state_dir=str(tmp_path))
+    assert app._config(checkpoint_interval=1.0).restart_strategy == af.FixedDelayRestart()
+    app.source([1]).sink(af.CollectSink())
+    with pytest.raises(af.PipelineError, match="restart_strategy needs checkpoint_interval") as caught:
+        app.run()
+    assert all(
+        way in str(caught.value)
+        for way in ("checkpoint_interval=", "--checkpoint-interval", "AIOFLOW_CHECKPOINT_INTERVAL")
+    )
     with pytest.raises(af.PipelineError, match="restart_strategy takes"):
         af.App("a", state_dir=str(tmp_path), checkpoint_interval=1, restart_strategy="fixed")  # type: ignore[arg-type]
     with pytest.raises(af.PipelineError, match="attempts must be an int >= 1"):

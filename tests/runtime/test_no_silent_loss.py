@@ -64,6 +64,8 @@ def test_cancelled_error_from_user_code_fails_the_operator() -> None:
     assert info.value.operator == "lookup"
     assert info.value.record == 2500
     assert "CancelledError" in str(info.value)
+    assert isinstance(info.value.__cause__, af.StrayCancellation)
+    assert isinstance(info.value.__cause__.__cause__, asyncio.CancelledError)
 
 
 def test_cancelled_error_from_async_process_function_fails_the_operator() -> None:

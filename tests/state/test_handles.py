@@ -300,7 +300,7 @@ def test_tuple_keys(make_backend):
 def test_redeclaring_a_state_with_another_kind_fails(make_backend):
     backend = make_backend()
     backend.table("op", "s", "value")
-    with pytest.raises(TypeError, match=r"operator 'op': state 's' was declared as value state.*list"):
+    with pytest.raises(af.PipelineError, match=r"operator 'op': state 's' was declared as value state.*list"):
         backend.table("op", "s", "list")
 
 

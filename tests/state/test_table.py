@@ -2,7 +2,7 @@
 
 import pytest
 
-from aioflow._core.errors import CorruptStateError, StateError
+from aioflow._core.errors import CorruptStateError, PipelineError, StateError
 from aioflow._core.state.durable import LmdbBackend
 from aioflow._core.state.handles import ValueState
 from aioflow._core.state.memory import MemoryBackend
@@ -469,9 +469,9 @@ def test_serializer_named():
     assert isinstance(serializer_named("pickle", "op"), PickleSerializer)
     custom = PickleSerializer()
     assert serializer_named(custom, "op") is custom
-    with pytest.raises(TypeError, match="operator x: unknown serializer 'yaml'"):
+    with pytest.raises(PipelineError, match="operator x: unknown serializer 'yaml'"):
         serializer_named("yaml", "operator x")
-    with pytest.raises(TypeError, match="operator x: serializer= takes"):
+    with pytest.raises(PipelineError, match="operator x: serializer= takes"):
         serializer_named(object(), "operator x")
 
 

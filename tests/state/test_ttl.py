@@ -144,7 +144,7 @@ def test_a_state_is_declared_with_a_ttl_everywhere_or_nowhere(setup):
     ctx = setup.context("a")
     ctx.value_state("v")
     with pytest.raises(
-        TypeError,
+        PipelineError,
         match=r"state 'v' was declared as value state, cannot declare it again as "
         r"TTL value state",
     ):

@@ -136,12 +136,67 @@ def test_help_names_each_variable() -> None:
         assert f"[env {variable}]" in text, variable
 
 
+def _names_every_way_to_give_a_state_dir(message: str) -> bool:
+    return all(way in message for way in ("state_dir=", "--state-dir", "AIOFLOW_STATE_DIR"))
+
+
 def test_a_checkpoint_interval_without_a_state_directory_is_refused(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(ROOT)
     assert main(["run", TARGET, "--checkpoint-interval", "1"]) == 2
-    assert "--checkpoint-interval needs a state directory" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "checkpoint_interval needs a state_dir" in error and _names_every_way_to_give_a_state_dir(error)
+
+
+CHECKPOINTED = (
+    "import aioflow as af\n"
+    "app = af.App('checkpointed', checkpoint_interval=2.0)\n"
+    "app.source([1, 2, 3], name='numbers').map(lambda x: x * 10, name='times').sink(af.PrintSink())\n"
+)
+
+
+def test_an_apps_checkpoint_interval_takes_its_state_dir_from_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "job.py").write_text(CHECKPOINTED)
+    state = tmp_path / "state"
+
+    def aioflow(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "aioflow", *args, "--log-format", "json"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**_environ(), **env},
+        )
+
+    plan = aioflow("plan", "job.py:app", AIOFLOW_STATE_DIR=str(state))
+    assert plan.returncode == 0 and "numbers -> times" in plan.stdout, plan.stderr
+    run = aioflow("run", "job.py:app", AIOFLOW_STATE_DIR=str(state))
+    assert run.returncode == 0 and run.stdout == "10\n20\n30\n", run.stderr
+    assert any(state.iterdir())  # the job kept its state where the variable said
+    flag = aioflow("run", "job.py:app", "--state-dir", str(tmp_path / "flag"))
+    assert flag.returncode == 0 and flag.stdout == "10\n20\n30\n", flag.stderr
+    assert aioflow("plan", "job.py:app").returncode == 0  # a plan needs no state directory
+    missing = aioflow("run", "job.py:app")
+    assert missing.returncode == 2, missing.stderr
+    assert "checkpoint_interval needs a state_dir" in missing.stderr, missing.stderr
+    assert _names_every_way_to_give_a_state_dir(missing.stderr) and "Traceback" not in missing.stderr
+
+
+def test_an_app_with_a_checkpoint_interval_checks_its_state_dir_when_it_runs(tmp_path: Path) -> None:
+    app = af.App("later", checkpoint_interval=2.0)
+    config = app._config(state_dir=str(tmp_path))
+    assert (config.state_dir, config.state_backend, config.checkpoint_interval) == (str(tmp_path), "lmdb", 2.0)
+    assert config.restart_strategy == DEFAULT_RESTART_STRATEGY
+    with pytest.raises(af.PipelineError, match="checkpoint_interval needs a state_dir") as caught:
+        app._config()
+    assert _names_every_way_to_give_a_state_dir(str(caught.value))
+    app.source([1]).sink(af.CollectSink())
+    with pytest.raises(af.PipelineError, match="checkpoint_interval needs a state_dir"):
+        app.run()
+    with pytest.raises(af.PipelineError, match="checkpoint_interval needs the 'lmdb' state_backend"):
+        af.App("memory", checkpoint_interval=2.0, state_backend="memory")  # no state_dir can change that
 
 
 def test_state_dir_and_checkpoint_interval_override_the_apps(tmp_path: Path) -> None:
@@ -154,11 +209,95 @@ def test_state_dir_and_checkpoint_interval_override_the_apps(tmp_path: Path) -> 
     assert chosen._config(checkpoint_interval=5.0).restart_strategy == NoRestart()
     with pytest.raises(af.PipelineError, match="checkpoint_interval needs a state_dir"):
         app._config(checkpoint_interval=1.0)
-    with pytest.raises(af.PipelineError, match="checkpoint_interval needs a state_dir"):
+    with pytest.raises(af.PipelineError, match="checkpoint_interval needs the 'lmdb' state_backend"):
         af.App("memory", state_backend="memory")._config(state_dir=str(tmp_path), checkpoint_interval=1.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["run", "--http-prot", "9100", TARGET], "(did you mean --http-port for --http-prot?)"),
+        (["run", TARGET, "--stat-dir", "/tmp/s"], "(did you mean --state-dir for --stat-dir?)"),
+        (
+            ["run", TARGET, "--checkpoint-intervall=5"],
+            "(did you mean --checkpoint-interval for --checkpoint-intervall?)",
+        ),
+        (["plan", TARGET, "--jsn"], "(did you mean --json for --jsn?)"),
+        (
+            ["run", TARGET, "--drian", "--http-prot=1"],
+            "(did you mean --drain for --drian, --http-port for --http-prot?)",
+        ),
+    ],
+)
+def test_a_misspelt_option_is_refused_with_the_likely_intended_one(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv, {})
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert f"usage: aioflow {argv[0]}" in error and "unrecognized arguments" in error and said in error, error
+
+
+def test_an_unknown_option_without_a_likely_one_is_refused_as_before(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["run", TARGET, "--zzzzzz"], {})
+    error = capsys.readouterr().err
+    assert "unrecognized arguments: --zzzzzz" in error and "did you mean" not in error
+
+
+def test_an_unknown_variable_is_a_warning_naming_the_likely_intended_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("AIOFLOW_HTTP_PROT", "9100")
+    monkeypatch.setenv("AIOFLOW_NOTHING_LIKE_IT", "1")
+    monkeypatch.setenv("AIOFLOW_HTTP_PORT", "9200")  # known: run's, not a warning for plan either
+    assert main(["plan", TARGET, "--log-format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert "task 1" in captured.out
+    warnings = [json.loads(line) for line in captured.err.splitlines() if "unknown environment variable" in line]
+    assert {line["variable"]: line.get("did_you_mean") for line in warnings} == {
+        "AIOFLOW_HTTP_PROT": "AIOFLOW_HTTP_PORT",
+        "AIOFLOW_NOTHING_LIKE_IT": None,
+    }
+    assert all(line["level"] == "warning" for line in warnings)
 
 
 def _environ() -> dict[str, str]:
     import os
 
     return {key: value for key, value in os.environ.items() if not key.startswith("AIOFLOW_")}
+
+
+RESTARTING = (
+    "import aioflow as af\n"
+    "app = af.App('restarting', restart_strategy=af.FixedDelayRestart(attempts=2, delay=0.1))\n"
+    "app.source([1, 2, 3], name='numbers').map(lambda x: x * 10, name='times').sink(af.PrintSink())\n"
+)
+
+
+def test_an_apps_restart_strategy_takes_its_checkpoint_interval_from_the_worker(tmp_path: Path) -> None:
+    """The friction: App(restart_strategy=...) failed at import unless the app itself set a
+    checkpoint interval, even when the worker was given one."""
+    (tmp_path / "job.py").write_text(RESTARTING)
+
+    def aioflow(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "aioflow", *args, "--log-format", "json"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**_environ(), **env},
+        )
+
+    flag = aioflow("run", "job.py:app", "--checkpoint-interval", "1", AIOFLOW_STATE_DIR=str(tmp_path / "s1"))
+    assert flag.returncode == 0 and flag.stdout == "10\n20\n30\n", flag.stderr
+    variable = aioflow("run", "job.py:app", AIOFLOW_CHECKPOINT_INTERVAL="1", AIOFLOW_STATE_DIR=str(tmp_path / "s2"))
+    assert variable.returncode == 0 and variable.stdout == "10\n20\n30\n", variable.stderr
+    missing = aioflow("run", "job.py:app", AIOFLOW_STATE_DIR=str(tmp_path / "s3"))
+    assert missing.returncode == 2 and "restart_strategy needs checkpoint_interval" in missing.stderr, missing.stderr
+    assert "--checkpoint-interval" in missing.stderr and "Traceback" not in missing.stderr

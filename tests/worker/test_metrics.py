@@ -4,6 +4,7 @@ of a real `aioflow run` worker."""
 from __future__ import annotations
 
 import math
+import re
 import signal
 import urllib.request
 from collections.abc import Iterable
@@ -276,3 +277,45 @@ async def test_failed_and_retried_calls_of_map_async_are_counted_per_operator() 
 
     await _scraping(app, check)
     assert value(found, "aioflow_calls_retried_total", operator="half") == 10  # each odd number: 3 calls
+
+
+async def test_checkpoint_metrics_read_as_written_and_tell_changes_from_the_full_size(tmp_path: Path) -> None:
+    """Durations and times in milliseconds, not ``0.018451249999998254``; a checkpoint of
+    a job whose state stopped changing wrote 0 bytes, and the full size says what it holds."""
+    app = af.App("sums", parallelism=2, state_dir=str(tmp_path / "state"), checkpoint_interval=0.02)
+    numbers = app.source(Numbers(200), name="numbers")
+    numbers.key_by(lambda i: i % 10).reduce(lambda a, b: a + b, name="sums").sink(af.CollectSink(), name="out")
+    scraped: list[str] = []
+    quiet_since: list[float] = []  # checkpoints completed when every record had gone through
+
+    def check(metrics: dict[str, Any]) -> bool:
+        if value(metrics, "aioflow_records_in_total", operator="out") < 200:
+            return False
+        completed = value(metrics, "aioflow_checkpoints_completed_total")
+        quiet_since[:] = quiet_since or [completed]
+        if completed < quiet_since[0] + 2:  # one after the records, its changes, and one with none
+            return False
+        scraped.append(registry.render())
+        return True
+
+    registry = MetricsRegistry()
+    register_job_metrics(registry, lambda: app.job)
+    async with anyio.create_task_group() as group:
+        group.start_soon(app.run_async)
+        await wait_until_async(lambda: check(parse_metrics(registry.render())), what="a checkpoint with no changes")
+        group.cancel_scope.cancel()
+
+    text = scraped[0]
+    metrics = parse_metrics(text)
+    assert value(metrics, "aioflow_checkpoint_size_bytes") == 0
+    assert value(metrics, "aioflow_checkpoint_full_size_bytes") > 0  # ten keys' sums
+    help_lines = [line for line in text.splitlines() if line.startswith("# HELP aioflow_checkpoint_size_bytes ")]
+    assert "0 when nothing did" in help_lines[0] and "aioflow_checkpoint_full_size_bytes" in help_lines[0]
+    samples = {
+        line.split(" ")[0]: line.rsplit(" ", 1)[1]
+        for line in text.splitlines()
+        if line.startswith(("aioflow_checkpoint_", "aioflow_backpressure_seconds_total"))
+    }
+    assert "aioflow_checkpoint_duration_seconds" in samples and len(samples) >= 5, samples
+    for name, rendered in samples.items():
+        assert re.fullmatch(r"\d+(\.\d{1,3})?", rendered), f"{name} {rendered}: more digits than milliseconds"

@@ -244,3 +244,30 @@ def test_app_run_raises_system_exit_and_keyboard_interrupt_unwrapped(raised: typ
     app.source(range(1000)).rebalance().map(leaves).sink(af.CollectSink())
     with pytest.raises(raised):
         app.run()
+
+
+def test_the_stop_log_line_names_the_app_not_the_operator_the_signal_interrupted(tmp_path: Path) -> None:
+    """The signal handler runs in whatever the main thread was running: here, a map
+    function, inside its task's structlog context (task, operator). The ``stop
+    requested`` line is the worker's, not that operator's."""
+    process = start(
+        tmp_path,
+        ENDLESS
+        + """
+import signal
+
+def interrupted(i):
+    if i == 3:
+        signal.raise_signal(signal.SIGTERM)  # the handler runs here, in this task's context
+    return i
+
+numbers.map(interrupted, name="interrupted").sink(af.CollectSink())
+""",
+    )
+    _, err = finish(process)
+    assert process.returncode == 0, err
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    stop = [line for line in lines if line["event"].startswith("stop requested")]
+    assert len(stop) == 1, err
+    assert stop[0]["app"] == "endless" and stop[0]["signal"] == "SIGTERM"
+    assert "task" not in stop[0] and "operator" not in stop[0], stop[0]

@@ -69,11 +69,15 @@ class CheckpointStatistics:
     failed: int = 0
     #: Failures since the last checkpoint that completed.
     consecutive_failures: int = 0
-    #: The last completed checkpoint: its id, seconds from trigger to commit, bytes of
-    #: state changes it wrote, and when it completed (Unix time, seconds).
+    #: The last completed checkpoint: its id, seconds from trigger to commit (measured in
+    #: whole milliseconds), bytes of state changes it wrote (0 when no state changed since
+    #: the checkpoint before), bytes of state a restore from it reads (every section it
+    #: refers to, written by it or earlier), and when it completed (Unix time, seconds, to
+    #: the millisecond).
     last_id: int | None = None
     last_duration_seconds: float | None = None
     last_size_bytes: int | None = None
+    last_full_size_bytes: int | None = None
     last_completed_at: float | None = None
 
 
@@ -331,14 +335,16 @@ class CheckpointCoordinator:
         statistics.completed += 1
         statistics.consecutive_failures = 0
         statistics.last_id = manifest.checkpoint_id
-        statistics.last_duration_seconds = time.monotonic() - pending.started
+        duration_ms = round((time.monotonic() - pending.started) * 1000)
+        statistics.last_duration_seconds = duration_ms / 1000  # 0.018, not 0.018451249999998254
         statistics.last_size_bytes = manifest.size_bytes
-        statistics.last_completed_at = time.time()
+        statistics.last_full_size_bytes = sum(s.length for chain in manifest.key_groups.values() for s in chain)
+        statistics.last_completed_at = round(time.time(), 3)
         log.info(
             "checkpoint complete",
             checkpoint=manifest.checkpoint_id,
             kind=manifest.kind,
-            ms=int((time.monotonic() - pending.started) * 1000),
+            ms=duration_ms,
             bytes=manifest.size_bytes,
         )
         for task in self.tasks:

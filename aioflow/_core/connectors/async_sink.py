@@ -129,11 +129,11 @@ class AsyncBatchSink(Sink):
         for name in _ASYNC_HOOKS:
             hook = cls.__dict__.get(name)
             if hook is not None and not inspect.iscoroutinefunction(hook):
-                raise TypeError(f"{cls.__name__}.{name} must be an `async def` method")
+                raise PipelineError(f"{cls.__name__}.{name} must be an `async def` method")
         for name in _SYNC_HOOKS:
             hook = cls.__dict__.get(name)
             if hook is not None and inspect.iscoroutinefunction(hook):
-                raise TypeError(f"{cls.__name__}.{name} must be a plain method, not `async def`")
+                raise PipelineError(f"{cls.__name__}.{name} must be a plain method, not `async def`")
         if cls.__dict__.get("exactly_once") is True:
             cls._check_two_phase()
 
@@ -141,7 +141,7 @@ class AsyncBatchSink(Sink):
     def _check_two_phase(cls) -> None:
         missing = [name for name in ("pre_commit", "commit") if getattr(cls, name) is getattr(AsyncBatchSink, name)]
         if missing:
-            raise TypeError(
+            raise PipelineError(
                 f"{cls.__name__} has exactly_once = True and must implement "
                 f"{' and '.join(f'{name}()' for name in missing)} (see docs/async-sinks.md)"
             )
@@ -150,7 +150,7 @@ class AsyncBatchSink(Sink):
         """Validate the options (at construction, and again when the job starts)."""
         name = type(self).__name__
         if type(self).send_batch is AsyncBatchSink.send_batch:
-            raise TypeError(f"{name} must implement `async def send_batch(self, records)`")
+            raise PipelineError(f"{name} must implement `async def send_batch(self, records)`")
         check_number(self.max_batch_size, f"{name} max_batch_size", integer=True, minimum=1)
         check_number(self.max_batch_bytes, f"{name} max_batch_bytes", integer=True, minimum=1, optional=True)
         check_number(self.max_linger, f"{name} max_linger", optional=True)
@@ -178,7 +178,7 @@ class AsyncBatchSink(Sink):
         attempt of their own. Return ``None`` (or ``[]``) when everything was delivered.
         Calls run concurrently, up to ``max_in_flight``.
         """
-        raise TypeError(f"{type(self).__name__} must implement `async def send_batch(self, records)`")
+        raise PipelineError(f"{type(self).__name__} must implement `async def send_batch(self, records)`")
 
     def is_retryable(self, error: Exception) -> bool:
         """Whether a batch that failed with ``error`` is sent again. By default connection
@@ -202,12 +202,12 @@ class AsyncBatchSink(Sink):
         :meth:`send_batch`; make the transaction durable but not visible, start a new one
         and return a JSON-serialisable handle naming it. ``checkpoint_id`` increases from
         call to call; at the end of bounded input it is above every checkpoint's."""
-        raise TypeError(f"{type(self).__name__} must implement pre_commit(checkpoint_id)")
+        raise PipelineError(f"{type(self).__name__} must implement pre_commit(checkpoint_id)")
 
     async def commit(self, handle: Any) -> None:
         """Exactly-once sinks: make the transaction of ``handle`` visible. Idempotent:
         after a crash it is called again with handles that may have been committed."""
-        raise TypeError(f"{type(self).__name__} must implement commit(handle)")
+        raise PipelineError(f"{type(self).__name__} must implement commit(handle)")
 
     async def abort(self, handle: Any) -> None:
         """Exactly-once sinks: discard the pre-committed transaction of ``handle``. By

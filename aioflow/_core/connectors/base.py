@@ -21,7 +21,7 @@ from typing import Any, Literal
 import structlog
 from anyio.abc import TaskGroup
 
-from aioflow._core.errors import BadRecordError, StateError
+from aioflow._core.errors import BadRecordError, PipelineError, StateError
 from aioflow._core.functions import OutputTag
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "BadRecord",
     "ErrorPolicy",
     "Sink",
-    "SinkClosed",
     "SinkWriter",
     "Source",
     "SourceBatch",
@@ -86,7 +85,7 @@ class SourceReader:
         Returns an empty batch when nothing arrived in time, and ``None`` once every split
         is exhausted (bounded sources only).
         """
-        raise TypeError(f"{type(self).__name__} must implement read(max_records, timeout)")
+        raise PipelineError(f"{type(self).__name__} must implement read(max_records, timeout)")
 
     def splits(self) -> list[str]:
         """The splits this reader currently reads from (for per-split watermarks)."""
@@ -145,7 +144,7 @@ class Source:
     lag_labels: tuple[str, ...] = ("split",)
 
     def create_reader(self, subtask_index: int, parallelism: int) -> SourceReader:
-        raise TypeError(f"{type(self).__name__} must implement create_reader(subtask_index, parallelism)")
+        raise PipelineError(f"{type(self).__name__} must implement create_reader(subtask_index, parallelism)")
 
     #: Any reader may come to read any split (consumer-group assignment): every restore,
     #: not only one at another parallelism, goes through :meth:`rescale`.
@@ -155,13 +154,6 @@ class Source:
         """Positions for ``parallelism`` readers, from the ones the old readers recorded
         (one each) when a restore changes the parallelism. By default a source cannot."""
         raise StateError(f"{type(self).__name__} cannot change its parallelism across a restore")
-
-
-class SinkClosed(Exception):  # noqa: N818 - an end, not an error
-    """Raised by :meth:`SinkWriter.write` when the destination went away for good on
-    purpose: the reader of a pipe closed it (``aioflow run ... | head``). The job then
-    stops as on a stop signal, the sink discards what still comes, and the job ends
-    normally (exit 0)."""
 
 
 class SinkWriter:
@@ -181,7 +173,7 @@ class SinkWriter:
 
     async def write(self, values: list[Any]) -> None:
         """Write one batch of records."""
-        raise TypeError(f"{type(self).__name__} must implement write(values)")
+        raise PipelineError(f"{type(self).__name__} must implement write(values)")
 
     async def flush(self) -> None:
         """Make everything written so far durable or visible (end of input, checkpoints)."""
@@ -231,7 +223,7 @@ class TwoPhaseCommitSinkWriter(SinkWriter):
         call). Returns a JSON-serialisable handle describing the transaction, for the
         checkpoint to store and :meth:`commit` or :meth:`abort` to take.
         """
-        raise TypeError(f"{type(self).__name__} must implement pre_commit(checkpoint_id)")
+        raise PipelineError(f"{type(self).__name__} must implement pre_commit(checkpoint_id)")
 
     async def recover(self, handles: list[Any]) -> None:
         """A restore is about to commit pre-committed transactions: ``handles`` are those of
@@ -247,7 +239,7 @@ class TwoPhaseCommitSinkWriter(SinkWriter):
         earlier commit that was interrupted part-way, it completes that one and never
         duplicates data. Commit handles in checkpoint order.
         """
-        raise TypeError(f"{type(self).__name__} must implement commit(handle)")
+        raise PipelineError(f"{type(self).__name__} must implement commit(handle)")
 
     async def abort(self, handle: Any) -> None:
         """Discard the pre-committed transaction of ``handle``: it will never be committed.
@@ -257,11 +249,11 @@ class TwoPhaseCommitSinkWriter(SinkWriter):
         transaction: commit it with the next checkpoint that completes, or its records are
         lost. Aborting what is already gone does nothing.
         """
-        raise TypeError(f"{type(self).__name__} must implement abort(handle)")
+        raise PipelineError(f"{type(self).__name__} must implement abort(handle)")
 
     async def finish(self) -> None:
         """End of bounded input without checkpoints: commit everything written so far."""
-        raise TypeError(f"{type(self).__name__} must implement finish()")
+        raise PipelineError(f"{type(self).__name__} must implement finish()")
 
 
 class Sink:
@@ -273,7 +265,7 @@ class Sink:
     exactly_once: bool = False
 
     def create_writer(self, subtask_index: int, parallelism: int) -> SinkWriter:
-        raise TypeError(f"{type(self).__name__} must implement create_writer(subtask_index, parallelism)")
+        raise PipelineError(f"{type(self).__name__} must implement create_writer(subtask_index, parallelism)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +313,7 @@ class ErrorPolicy:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not (on_error in ("fail", "skip") or isinstance(on_error, OutputTag)):
-            raise ValueError(f"on_error must be 'fail', 'skip' or an OutputTag, got {on_error!r}")
+            raise PipelineError(f"on_error must be 'fail', 'skip' or an OutputTag, got {on_error!r}")
         self.on_error = on_error
         self.source = source
         self.log_interval = log_interval
@@ -336,15 +328,18 @@ class ErrorPolicy:
     def dead_letter_tag(self) -> OutputTag | None:
         return self.on_error if isinstance(self.on_error, OutputTag) else None
 
-    def handle(self, error: Exception, location: str, raw: bytes, bad: list[BadRecord]) -> None:
+    def handle(self, error: Exception | str, location: str, raw: bytes, bad: list[BadRecord]) -> None:
         """Apply the policy to one undecodable record; ``bad`` collects dead letters.
 
-        ``raw`` is the record's bytes as read (for files: the line without its line break);
-        messages show a decoded, shortened preview of it.
+        ``error`` is the decoder's exception or what was wrong, ``location`` where (a file's
+        ``path:line``). ``raw`` is the record's bytes as read (for files: the line without
+        its line break); messages show a decoded, shortened preview of it.
         """
         if self.on_error == "fail":
             raise BadRecordError(
-                f"{self.source}: cannot decode record at {location}: {error}\n  raw: {_preview(raw)!r}",
+                f"{self.source}: cannot decode record at {location}: {error}\n  raw: {_preview(raw)!r}\n"
+                f'  to skip bad records instead, pass on_error="skip" to the source (counted, the first one '
+                f'logged), or on_error=af.OutputTag("bad_records") to send them to a side output',
                 location=location,
                 raw=raw,
             )

@@ -13,7 +13,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from aioflow._core.connectors.base import Source, SourceBatch, SourceReader
-from aioflow._core.errors import StateError
+from aioflow._core.errors import PipelineError, StateError
 
 __all__ = ["from_iterable"]
 
@@ -158,7 +158,7 @@ class _IterableSource(Source):
 
     def __init__(self, iterable: Iterable[Any] | AsyncIterable[Any]) -> None:
         if not isinstance(iterable, (Iterable, AsyncIterable)) or isinstance(iterable, (str, bytes)):
-            raise TypeError(f"from_iterable() takes an iterable or async iterable, got {type(iterable).__name__}")
+            raise PipelineError(f"from_iterable() takes an iterable or async iterable, got {type(iterable).__name__}")
         self.iterable = iterable
         self.replayable = not isinstance(iterable, (AsyncIterable, io.IOBase))
         self._used = False

@@ -34,7 +34,7 @@ from aioflow._core.connectors.base import (
     SourceReader,
     TwoPhaseCommitSinkWriter,
 )
-from aioflow._core.errors import StateError
+from aioflow._core.errors import PipelineError, StateError
 
 __all__ = ["FileSink", "LinesSource", "read_jsonl", "read_text"]
 
@@ -54,7 +54,7 @@ def _expand(paths: str | os.PathLike[str] | list[str | os.PathLike[str]], kind: 
         else:
             files.append(Path(text))
     if not files:
-        raise ValueError(f"{kind}: no files given")
+        raise PipelineError(f"{kind}: no files given")
     return files
 
 
@@ -62,10 +62,19 @@ class _Format:
     """How a line-oriented format decodes lines: a whole batch at once when every line is
     good, line by line to find the bad ones otherwise."""
 
-    def __init__(self, kind: str, decode: Callable[[bytes], Any], error: type[Exception], skip_blank: bool) -> None:
+    def __init__(
+        self,
+        kind: str,
+        decode: Callable[[bytes], Any],
+        error: type[Exception],
+        describe: Callable[[Any, bytes], str],
+        skip_blank: bool,
+    ) -> None:
         self.kind = kind
         self.decode = decode
         self.error = error
+        #: What was wrong with a line (``describe(error, line)``), the column counted in that line.
+        self.describe = describe
         self.skip_blank = skip_blank
 
 
@@ -80,11 +89,23 @@ def _text_line(line: bytes) -> str:
     return _line_body(line).decode()
 
 
+def _json_error(error: orjson.JSONDecodeError, line: bytes) -> str:
+    """orjson's message without its ``line 2 column 1 (char 7)``, which counts within the
+    record, the line *with* its line break (so line 2 is the end of the file's line and
+    line 1 is not the file's), but with the column in the file's line."""
+    column = error.colno if error.lineno == 1 else len(_line_body(line).decode("utf-8", "replace")) + 1
+    return f"{error.msg} at column {column}"
+
+
+def _utf8_error(error: UnicodeDecodeError, line: bytes) -> str:
+    return f"byte {error.start + 1} of the line, 0x{error.object[error.start]:02x}, is not UTF-8 ({error.reason})"
+
+
 #: UTF-8 byte-order mark: skipped at the start of a file, it is not part of the first line.
 BOM = b"\xef\xbb\xbf"
 
-JSON_LINES = _Format("read_jsonl", orjson.loads, orjson.JSONDecodeError, skip_blank=True)
-TEXT_LINES = _Format("read_text", _text_line, UnicodeDecodeError, skip_blank=False)
+JSON_LINES = _Format("read_jsonl", orjson.loads, orjson.JSONDecodeError, _json_error, skip_blank=True)
+TEXT_LINES = _Format("read_text", _text_line, UnicodeDecodeError, _utf8_error, skip_blank=False)
 
 
 class _FileSplit:
@@ -157,7 +178,7 @@ class _LinesReader(SourceReader):
             except error as exc:
                 if skip_blank and not line.strip():
                     continue
-                self._policy.handle(exc, f"{path}:{number}", _line_body(line), bad)
+                self._policy.handle(self._format.describe(exc, line), f"{path}:{number}", _line_body(line), bad)
         return records
 
     def position(self) -> dict[str, Any]:
@@ -719,9 +740,9 @@ class FileSink(Sink):
         exactly_once: bool = False,
     ) -> None:
         if not isinstance(flush_interval, (int, float)) or not flush_interval >= 0:
-            raise ValueError(f"FileSink: flush_interval must be a number of seconds >= 0, got {flush_interval!r}")
+            raise PipelineError(f"FileSink: flush_interval must be a number of seconds >= 0, got {flush_interval!r}")
         if not isinstance(exactly_once, bool):
-            raise ValueError(f"FileSink: exactly_once must be True or False, got {exactly_once!r}")
+            raise PipelineError(f"FileSink: exactly_once must be True or False, got {exactly_once!r}")
         self.path = Path(path)
         self.flush_interval = flush_interval
         self.exactly_once = exactly_once

@@ -37,7 +37,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
 
 from aioflow._core.connectors.base import BadRecord, ErrorPolicy, OnError, Source, SourceBatch, SourceReader
-from aioflow._core.errors import ConnectorError, StateError
+from aioflow._core.errors import ConnectorError, PipelineError, StateError
 
 __all__ = ["KafkaRecord", "KafkaSource"]
 
@@ -105,7 +105,7 @@ def _decoder(fmt: str | Callable[[bytes], Any], what: str) -> tuple[Callable[[by
         return fmt, (Exception,)
     if fmt in _FORMATS:
         return _FORMATS[fmt]
-    raise ValueError(f"{what} must be 'json', 'str', 'bytes' or a callable(bytes), got {fmt!r}")
+    raise PipelineError(f"{what} must be 'json', 'str', 'bytes' or a callable(bytes), got {fmt!r}")
 
 
 def unreachable(connector: str, servers: str | list[str], error: Exception) -> ConnectorError:
@@ -204,26 +204,26 @@ class KafkaSource(Source):
         consumer_options: dict[str, Any] | None = None,
     ) -> None:
         if (topics is None) == (pattern is None):
-            raise ValueError("KafkaSource needs either topics or pattern=, not both")
+            raise PipelineError("KafkaSource needs either topics or pattern=, not both")
         topic_list = [] if topics is None else [topics] if isinstance(topics, str) else list(topics)
         if pattern is None and (not topic_list or not all(isinstance(t, str) and t for t in topic_list)):
-            raise ValueError(f"KafkaSource needs a topic name or a list of them, got {topics!r}")
+            raise PipelineError(f"KafkaSource needs a topic name or a list of them, got {topics!r}")
         if pattern is not None:
             try:
                 re.compile(pattern)
             except (re.error, TypeError) as exc:
-                raise ValueError(f"KafkaSource pattern {pattern!r} is not a regular expression: {exc}") from None
+                raise PipelineError(f"KafkaSource pattern {pattern!r} is not a regular expression: {exc}") from None
         if output not in ("value", "record"):
-            raise ValueError(f"output must be 'value' or 'record', got {output!r}")
+            raise PipelineError(f"output must be 'value' or 'record', got {output!r}")
         if not bootstrap_servers:
-            raise ValueError("KafkaSource needs bootstrap_servers='host:port'")
+            raise PipelineError("KafkaSource needs bootstrap_servers='host:port'")
         if not isinstance(group_id, str) or not group_id:
-            raise ValueError(f"KafkaSource needs a group_id (a non-empty string), got {group_id!r}")
+            raise PipelineError(f"KafkaSource needs a group_id (a non-empty string), got {group_id!r}")
         if isinstance(starting_offsets, bool) or not (
             starting_offsets in ("earliest", "latest", "committed")
             or (isinstance(starting_offsets, int) and starting_offsets >= 0)
         ):
-            raise ValueError(
+            raise PipelineError(
                 "starting_offsets must be 'earliest', 'latest', 'committed' or a timestamp in ms "
                 f"(int >= 0), got {starting_offsets!r}"
             )
@@ -232,7 +232,7 @@ class KafkaSource(Source):
         options = dict(consumer_options or {})
         reserved = sorted(_RESERVED_OPTIONS & set(options))
         if reserved:
-            raise ValueError(f"consumer_options must not set {', '.join(reserved)}: KafkaSource sets them")
+            raise PipelineError(f"consumer_options must not set {', '.join(reserved)}: KafkaSource sets them")
         self.topics = topic_list
         self.pattern = pattern
         self.output = output
@@ -433,9 +433,10 @@ class KafkaReader(SourceReader):
             elif source.starting_offsets == "latest":
                 await consumer.seek_to_end(tp)
             elif source.starting_offsets == "committed":
-                raise ValueError(
-                    f"{source.name}: group {source.group_id!r} has no committed offset for "
-                    f"{split_name(tp)} (starting_offsets='committed')"
+                raise ConnectorError(
+                    source.name,
+                    f"group {source.group_id!r} has no committed offset for {split_name(tp)} "
+                    "(starting_offsets='committed')",
                 )
             else:
                 found = (await consumer.offsets_for_times({tp: source.starting_offsets})).get(tp)

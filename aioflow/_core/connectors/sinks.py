@@ -6,7 +6,8 @@ import os
 import sys
 from typing import Any, TextIO
 
-from aioflow._core.connectors.base import Sink, SinkClosed, SinkWriter
+from aioflow._core.connectors.base import Sink, SinkWriter
+from aioflow._core.errors import SinkClosed
 
 __all__ = ["CollectSink", "PrintSink"]
 

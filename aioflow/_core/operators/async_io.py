@@ -25,11 +25,11 @@ import structlog
 
 from aioflow._core.errors import PipelineError, UserFunctionTypeError, truncated_repr
 from aioflow._core.functions import OutputTag
+from aioflow._core.operators.function import FunctionOperator
 from aioflow._core.retry import RetryPolicy
 from aioflow._core.runtime.calls import await_user, describe_error, for_key, is_async, qualified_name
 from aioflow._core.runtime.concurrent import run_concurrently
 from aioflow._core.runtime.events import Batch
-from aioflow._core.runtime.operator import Operator
 
 __all__ = ["AsyncMapOperator", "BatchMapOperator", "CallPolicy", "CallingOperator", "FailedCall"]
 
@@ -50,6 +50,11 @@ class FailedCall:
 
 
 _FAILED: Any = object()  # a call that failed for good and was skipped or dead-lettered
+
+
+# The three exceptions below never escape this module: CallingOperator.call turns them into
+# the operator's OperatorError (UserFunctionTypeError), or a skipped or dead-lettered
+# record. Not in the tree of aioflow._core.errors, as no user ever sees them.
 
 
 class GaveUp(Exception):
@@ -131,13 +136,13 @@ class CallPolicy:
             raise PredicateFailed(what + " " + describe_error(exc, predicate)) from exc
 
 
-class CallingOperator(Operator):
+class CallingOperator(FunctionOperator):
     """An operator calling another system under a :class:`CallPolicy`, with ``on_error``
-    for calls that failed for good."""
+    for calls that failed for good (an :class:`~aioflow.AsyncFunction` ``fn`` is opened
+    and closed with the subtask)."""
 
     def __init__(self, name: str, fn: Callable[[Any], Any], policy: CallPolicy, on_error: str | OutputTag) -> None:
-        super().__init__(name)
-        self.fn = fn
+        super().__init__(name, fn)
         self.policy = policy
         self.on_error = on_error
         #: Records whose call failed for good (skipped or sent to the side output).
@@ -237,6 +242,9 @@ class AsyncMapOperator(CallingOperator):
         results = await run_concurrently(call, len(values), keys, self.concurrency)
         await self.emit(results, range(len(values)) if self.ordered else done, batch.timestamps, dead, dead_at)
 
+    def emitted_none(self) -> str:
+        return f"map_async {self.name!r}, whose function {qualified_name(self.fn)} returned None"
+
 
 class BatchMapOperator(CallingOperator):
     """One output per record, computed for up to ``max_batch_size`` records per call:
@@ -282,6 +290,9 @@ class BatchMapOperator(CallingOperator):
 
         await run_concurrently(call, len(spans), None, self.concurrency if self._async else 1)
         await self.emit(results, range(len(values)), batch.timestamps, dead, dead_at)
+
+    def emitted_none(self) -> str:
+        return f"map_batch {self.name!r}, whose function {qualified_name(self.fn)} returned None as its result"
 
     def _results(self, produced: Any, records: list[Any]) -> list[Any]:
         """The results as a list, one per record: a NumPy array or a pandas Series becomes

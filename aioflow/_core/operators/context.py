@@ -1,4 +1,5 @@
-"""The context user functions receive: ``open(ctx)``, ``process_element(value, ctx)``, ``on_timer(ts, ctx)``.
+"""The context user functions receive: ``open(ctx)``, ``process_element(value, ctx)``, ``on_timer(ts, ctx)``;
+and the smaller one an :class:`~aioflow.AsyncFunction`'s ``open(ctx)`` receives.
 
 One context object exists per operator subtask; the runtime updates ``timestamp`` and
 ``key`` before each call instead of allocating a context per record.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aioflow._core.errors import PipelineError
@@ -34,7 +36,20 @@ if TYPE_CHECKING:
     from aioflow._core.state.backend import KeyedStateBackend, StateTable
     from aioflow._core.state.serializers import Serializer
 
-__all__ = ["ConcurrentContext", "OperatorContext"]
+__all__ = ["ConcurrentContext", "FunctionContext", "OperatorContext"]
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionContext:
+    """Where an :class:`~aioflow.AsyncFunction` runs, as its ``open(ctx)`` sees it: the
+    operator's name, this subtask's index and the operator's parallelism, and
+    ``concurrency``, the most calls this subtask makes at once (the operator's
+    ``capacity`` or ``max_concurrency``, else the app's): size a connection pool with it."""
+
+    operator_name: str
+    subtask_index: int
+    parallelism: int
+    concurrency: int
 
 
 class OperatorContext:
@@ -97,12 +112,12 @@ class OperatorContext:
 
     def _table(self, name: str, kind: str, serializer: str | Serializer | None, ttl: StateTtl | None) -> StateTable:
         if not self.keyed or self._backend is None:
-            raise TypeError(
+            raise PipelineError(
                 f"operator {self.operator_name!r}: keyed state ({kind} state {name!r}) "
                 "needs a keyed stream; use key_by(...) first"
             )
         if not isinstance(name, str) or not name:
-            raise TypeError(f"operator {self.operator_name!r}: state names are non-empty strings, got {name!r}")
+            raise PipelineError(f"operator {self.operator_name!r}: state names are non-empty strings, got {name!r}")
         where = f"operator {self.operator_name!r}: {kind} state {name!r}"
         if ttl is not None and not isinstance(ttl, StateTtl):
             raise PipelineError(f"{where}: ttl= takes aioflow.StateTtl(seconds) or None, got {ttl!r}")

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import structlog
 
-from aioflow._core.errors import StateError, truncated_repr
+from aioflow._core.errors import PipelineError, StateError, truncated_repr
 from aioflow._core.operators.context import OperatorContext
 from aioflow._core.operators.process import ProcessOperator, UserCall
 from aioflow._core.runtime.events import Batch
@@ -69,7 +69,7 @@ class BroadcastState:
 
     def _check_writable(self) -> None:
         if not self._context.broadcast_writable:
-            raise TypeError(
+            raise PipelineError(
                 f"broadcast state {self.name!r} is read-only in process_element; "
                 "change it in process_broadcast_element, which every subtask runs alike"
             )
@@ -126,7 +126,7 @@ class BroadcastContext(OperatorContext):
         state = self._broadcast.get(name)
         if state is None:
             if name not in self.broadcast_names:
-                raise KeyError(
+                raise PipelineError(
                     f"operator {self.operator_name!r}: no broadcast state {name!r}; "
                     f"declared: {list(self.broadcast_names)}"
                 )
@@ -138,12 +138,12 @@ class BroadcastContext(OperatorContext):
         handle declared in ``open``), with the handle pointing at that key; e.g. to update
         every key when a rule changes. Only in ``process_broadcast_element`` of a keyed function."""
         if not self.broadcast_writable or not self.keyed:
-            raise TypeError(
+            raise PipelineError(
                 f"operator {self.operator_name!r}: apply_to_keyed_state is only available in "
                 "process_broadcast_element of a KeyedBroadcastProcessFunction"
             )
         if getattr(state, "_current", None) is not self:
-            raise TypeError(
+            raise PipelineError(
                 f"operator {self.operator_name!r}: apply_to_keyed_state takes a state handle "
                 f"declared with this context, got {state!r}"
             )
@@ -163,7 +163,7 @@ class _NoKey:
     __slots__ = ()
 
     def __hash__(self) -> int:
-        raise TypeError(
+        raise PipelineError(
             "keyed state and timers are not available in process_broadcast_element (it runs for "
             "no key); use ctx.apply_to_keyed_state(handle, fn) to visit every key's state"
         )

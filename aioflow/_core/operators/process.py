@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aioflow._core.errors import DESCRIBED_ERRORS, UserFunctionTypeError, truncated_repr
 from aioflow._core.functions import OutputTag
-from aioflow._core.operators.context import ConcurrentContext, OperatorContext
+from aioflow._core.operators.context import ConcurrentContext, FunctionContext, OperatorContext
 from aioflow._core.runtime.calls import await_user, collect_async, describe_error, for_key, qualified_name
 from aioflow._core.runtime.concurrent import run_concurrently
 from aioflow._core.runtime.events import Batch
@@ -53,7 +53,7 @@ class UserCall:
         return await await_user(self.fn(*args))
 
 
-async def call_user_open(operator: Operator, function: Any, ctx: OperatorContext) -> None:
+async def call_user_open(operator: Operator, function: Any, ctx: OperatorContext | FunctionContext) -> None:
     """``function.open(ctx)``, awaited if it is ``async def``; a failure names ``operator``."""
     try:
         opened = function.open(ctx)

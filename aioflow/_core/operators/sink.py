@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 
-from aioflow._core.connectors.base import END_OF_INPUT, SinkClosed, TwoPhaseCommitSinkWriter
-from aioflow._core.errors import OperatorError
+from aioflow._core.connectors.base import END_OF_INPUT, TwoPhaseCommitSinkWriter
+from aioflow._core.errors import OperatorError, SinkClosed
 from aioflow._core.runtime.events import Batch
 from aioflow._core.runtime.operator import Operator
 from aioflow._core.time.timers import now_ms

@@ -37,6 +37,9 @@ class TimestampsAndWatermarksOperator(Operator):
         if batch.values:
             await self.watermarks.push(self.out, "", batch.values, [""])
 
+    def emitted_none(self) -> None:
+        return None  # records pass on unchanged, with timestamps
+
     async def process_watermark(self, timestamp: int) -> None:
         if timestamp == MAX_WATERMARK:
             await self.watermarks.activate(self.out)

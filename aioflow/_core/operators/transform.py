@@ -7,7 +7,8 @@ from collections.abc import Callable
 from itertools import compress
 from typing import TYPE_CHECKING, Any
 
-from aioflow._core.runtime.calls import collect_async, describe_error, is_async
+from aioflow._core.operators.function import FunctionOperator
+from aioflow._core.runtime.calls import collect_async, describe_error, is_async, qualified_name
 from aioflow._core.runtime.events import Batch
 from aioflow._core.runtime.operator import Operator
 from aioflow._core.state.backend import MISSING
@@ -18,12 +19,11 @@ if TYPE_CHECKING:
 __all__ = ["FilterOperator", "FlatMapOperator", "MapOperator", "RollingReduceOperator"]
 
 
-class MapOperator(Operator):
+class MapOperator(FunctionOperator):
     """One output per record: ``fn(value)``."""
 
     def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
-        super().__init__(name)
-        self.fn = fn
+        super().__init__(name, fn)
         self._async = is_async(fn)
 
     async def process(self, batch: Batch) -> None:
@@ -31,13 +31,16 @@ class MapOperator(Operator):
         out = await self.call_each(self.fn, batch.values, is_async=self._async, keys=keys)
         await self.out.process(Batch(out, batch.timestamps))
 
+    def emitted_none(self) -> str:
+        fn = qualified_name(self.fn)
+        return f"map {self.name!r}, whose function {fn} returned None (does it end without `return`?)"
 
-class FilterOperator(Operator):
+
+class FilterOperator(FunctionOperator):
     """Keeps the records for which ``fn(value)`` is true."""
 
     def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
-        super().__init__(name)
-        self.fn = fn
+        super().__init__(name, fn)
         self._async = is_async(fn)
 
     async def process(self, batch: Batch) -> None:
@@ -49,13 +52,15 @@ class FilterOperator(Operator):
             Batch(list(compress(values, mask)), list(compress(timestamps, mask)) if timestamps is not None else None)
         )
 
+    def emitted_none(self) -> None:
+        return None  # a filter passes records on unchanged
 
-class FlatMapOperator(Operator):
+
+class FlatMapOperator(FunctionOperator):
     """Zero or more outputs per record: ``fn(value)`` returns (or, async, yields) an iterable."""
 
     def __init__(self, name: str, fn: Callable[[Any], Any]) -> None:
-        super().__init__(name)
-        self.fn = fn
+        super().__init__(name, fn)
         self._async_gen = inspect.isasyncgenfunction(fn)
         self._async = is_async(fn)
 
@@ -91,6 +96,9 @@ class FlatMapOperator(Operator):
             raise self.error(describe_error(exc, fn), values[i]) from exc
         await self.out.process(Batch(out, out_ts if timestamps is not None else None))
 
+    def emitted_none(self) -> str:
+        return f"flat_map {self.name!r}, whose function {qualified_name(self.fn)} produced None"
+
 
 class RollingReduceOperator(Operator):
     """``keyed.reduce(fn)``: per key, emits ``fn(previous_result, value)`` for every record
@@ -125,3 +133,6 @@ class RollingReduceOperator(Operator):
         except Exception as exc:
             raise self.error(describe_error(exc, fn), value) from exc
         await self.out.process(Batch(out, batch.timestamps))
+
+    def emitted_none(self) -> str:
+        return f"reduce {self.name!r}, whose function {qualified_name(self.fn)} returned None"

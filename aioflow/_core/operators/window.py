@@ -35,7 +35,13 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 import structlog
 
-from aioflow._core.errors import DESCRIBED_ERRORS, IncompatibleStateError, OperatorError, UserFunctionTypeError
+from aioflow._core.errors import (
+    DESCRIBED_ERRORS,
+    IncompatibleStateError,
+    OperatorError,
+    PipelineError,
+    UserFunctionTypeError,
+)
 from aioflow._core.functions import OutputTag, ProcessWindowFunction
 from aioflow._core.operators.context import OperatorContext
 from aioflow._core.operators.process import UserCall, call_user_close, call_user_open
@@ -251,7 +257,7 @@ class WindowOperator(Operator):
         self._late_logged = 0  # of late_records_dropped, how many a log line reported
         self._late_logged_at = 0.0
         if assigner.is_merging and not self.trigger.can_merge():
-            raise TypeError(f"window {name!r}: trigger {self.trigger!r} cannot be used with merging windows")
+            raise PipelineError(f"window {name!r}: trigger {self.trigger!r} cannot be used with merging windows")
         self._fast = (
             type(assigner) in (TumblingEventTimeWindows, SlidingEventTimeWindows)
             and type(self.trigger) is EventTimeTrigger

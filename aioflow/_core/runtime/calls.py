@@ -12,10 +12,9 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from aioflow._core.errors import OperatorError, truncated_repr
+from aioflow._core.errors import OperatorError, StrayCancellation, truncated_repr
 
 __all__ = [
-    "StrayCancellation",
     "await_user",
     "cancelled_by_runtime",
     "check_hashable",
@@ -77,10 +76,6 @@ def cancelled_by_runtime() -> bool:
     return task is None or task.cancelling() > 0
 
 
-class StrayCancellation(Exception):
-    """A ``CancelledError`` escaped user code although nothing cancelled the job."""
-
-
 async def await_user(awaitable: Awaitable[Any]) -> Any:
     """Await user code. A ``CancelledError`` the runtime did not ask for becomes a
     :class:`StrayCancellation`, which callers report as a failure of the operator."""
@@ -89,7 +84,7 @@ async def await_user(awaitable: Awaitable[Any]) -> Any:
     except asyncio.CancelledError as exc:
         if cancelled_by_runtime():
             raise
-        raise StrayCancellation() from exc
+        raise StrayCancellation("a CancelledError escaped user code, but nothing cancelled the job") from exc
 
 
 async def collect_async(items: AsyncIterator[Any]) -> list[Any]:

@@ -26,7 +26,7 @@ from aioflow._core.checkpoint.coordinator import CheckpointCoordinator, Checkpoi
 from aioflow._core.checkpoint.manifest import Manifest
 from aioflow._core.checkpoint.restore import OpenedState, open_state
 from aioflow._core.checkpoint.storage import CheckpointStorage, storage_at
-from aioflow._core.errors import IncompatibleStateError, RefusedError, StateError
+from aioflow._core.errors import IncompatibleStateError, OperatorError, RefusedError, StateError
 from aioflow._core.graph.logical import Node
 from aioflow._core.graph.plan import Plan, PlannedEdge, PlannedTask
 from aioflow._core.runtime.calls import cancelled_by_runtime
@@ -198,6 +198,40 @@ def _build(plan: Plan, config: RuntimeConfig, job: Job, state: OpenedState | Non
                             input_numbers.append(edge.edge.input_number)
                 subtasks.append(StreamTask(env, chain, list(writers.values()), InputGate(channels), input_numbers))
     return subtasks
+
+
+def _trace_none(failure: OperatorError, plan: Plan, subtasks: list[Subtask]) -> None:
+    """An operator failed on a ``None`` record: name the operator that emitted it (a map
+    whose function ends without ``return``, usually) in the error, found by walking the
+    graph up from the failing operator past those that pass records on unchanged
+    (filters, unions, partitionings). Done once, after the failure: nothing on the
+    per-record path looks for ``None``, which is a record like any other (a Kafka tombstone)."""
+    nodes = {node.name: node for task in plan.tasks for node in task.nodes}
+    operators = {operator.name: operator for subtask in subtasks for operator in subtask.operators}
+    failed = nodes.get(failure.operator)
+    if failed is None:
+        return
+    origins: list[str] = []
+    pending, seen = list(reversed(failed.inputs)), set()
+    while pending:
+        edge = pending.pop()
+        node = edge.source
+        if node.id in seen:
+            continue
+        seen.add(node.id)
+        operator = operators.get(node.name)
+        if node.source is not None:
+            origin: str | None = f"source {node.name!r}, which read it"
+        elif edge.side_tag is not None:
+            origin = f"operator {node.name!r} to its side output {edge.side_tag!r}"
+        else:
+            origin = operator.emitted_none() if operator is not None else f"operator {node.name!r}"
+        if origin is None:
+            pending.extend(reversed(node.inputs))
+        else:
+            origins.append(origin)
+    if origins:
+        failure.trace_record(" or ".join(origins))
 
 
 def _backend(state: OpenedState | None, config: RuntimeConfig, key_groups: range) -> KeyedStateBackend:
@@ -573,6 +607,8 @@ class Job:
                 raise
 
         if failure is not None:
+            if isinstance(failure, OperatorError) and failure.has_record and failure.record is None:
+                _trace_none(failure, plan, subtasks)
             raise failure
         if self.savepoint is not None:
             log.info(

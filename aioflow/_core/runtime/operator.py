@@ -280,6 +280,15 @@ class Operator(Output):
     async def close(self) -> None:
         """Release resources; called once, also when the job fails."""
 
+    def emitted_none(self) -> str | None:
+        """How an error downstream names this operator as the one that emitted a ``None``
+        record (``"map 'parse', whose function parse returned None ..."``); ``None`` when it
+        passes its input records on unchanged (a source's reader, a union, a filter), so the
+        ``None`` came from further up. Asked only after a failure, never per record."""
+        if type(self).process is Operator.process:
+            return None
+        return f"operator {self.name!r}"
+
     def error(self, message: str, record: Any, *, has_record: bool = True) -> OperatorError:
         return OperatorError(self.name, message, record, has_record=has_record)
 

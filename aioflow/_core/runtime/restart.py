@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aioflow._core.errors import check_number
+from aioflow._core.errors import PipelineError, check_number
 
 __all__ = [
     "DEFAULT_RESTART_STRATEGY",
@@ -42,7 +42,7 @@ class RestartStrategy:
     def backoff(self, failures: list[float]) -> float | None:
         """Seconds to wait before restarting, or ``None`` to fail the job. ``failures`` are
         the monotonic times of the failures counted so far, the current one last."""
-        raise TypeError(f"{type(self).__name__} must implement backoff(failures)")
+        raise PipelineError(f"{type(self).__name__} must implement backoff(failures)")
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,9 @@ _CRC = struct.Struct(">I")
 
 
 class Damaged(Exception):
-    """Stored bytes failed verification; callers turn it into an error naming what was read."""
+    """Stored bytes failed verification; callers turn it into an error naming what was read
+    (a :class:`~aioflow._core.errors.CorruptStateError`), so it never reaches users and is
+    not in the tree of :mod:`aioflow._core.errors`."""
 
 
 def seal_value(key: bytes, payload: bytes) -> bytes:

@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from aioflow._core.errors import PipelineError
 from aioflow._core.runtime.keygroups import key_group
 from aioflow._core.state.backend import MISSING, Change, KeyCodec, NamespaceView, StateTable, TimerQueue
 from aioflow._core.state.serializers import JsonSerializer, Serializer
@@ -24,9 +25,9 @@ _DISCARD: deque[Any] = deque(maxlen=0)  # ``_DISCARD.append`` is a no-op at C sp
 
 
 def check_declaration(table: StateTable, operator: str, state: str, declared: str) -> None:
-    """A state declared again must keep its kind (``TypeError`` naming both otherwise)."""
+    """A state declared again must keep its kind (a :class:`PipelineError` naming both otherwise)."""
     if table.kind != declared:
-        raise TypeError(
+        raise PipelineError(
             f"operator {operator!r}: state {state!r} was declared as {table.kind} state, "
             f"cannot declare it again as {declared} state"
         )

@@ -20,6 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from aioflow._core.errors import PipelineError
+
 #: Types orjson would turn into strings or dicts: refused, so none comes back as another type.
 _REFUSE = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
@@ -81,10 +83,10 @@ def serializer_named(spec: Any, where: str) -> Serializer:
     if isinstance(spec, str):
         cls = _BY_NAME.get(spec)
         if cls is None:
-            raise TypeError(f"{where}: unknown serializer {spec!r}; use 'json', 'pickle' or a Serializer")
+            raise PipelineError(f"{where}: unknown serializer {spec!r}; use 'json', 'pickle' or a Serializer")
         return cls()
     if not isinstance(spec, Serializer) or not isinstance(getattr(spec, "name", None), str):
-        raise TypeError(
+        raise PipelineError(
             f"{where}: serializer= takes 'json', 'pickle' or an object with name, dumps and loads, got {spec!r}"
         )
     return spec

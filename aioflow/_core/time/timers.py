@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from aioflow._core.errors import PipelineError
+
 if TYPE_CHECKING:
     from aioflow._core.state.backend import TimerQueue
 
@@ -56,7 +58,7 @@ class TimerService:
         return self._key_of()
 
     def _no_key(self) -> NoReturn:
-        raise TypeError(
+        raise PipelineError(
             f"operator {self._operator!r}: timers need a keyed stream; use key_by(...) before process(...), as in Flink"
         )
 
@@ -86,7 +88,7 @@ class TimerService:
 
 def _check_time(timestamp: Any, operator: str) -> int:
     if timestamp.__class__ is not int:
-        raise TypeError(
+        raise PipelineError(
             f"operator {operator!r}: timer timestamps are int milliseconds, "
             f"got {timestamp!r} ({type(timestamp).__name__})"
         )

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aioflow._core.errors import OperatorError, UserFunctionTypeError
+from aioflow._core.errors import OperatorError, PipelineError, UserFunctionTypeError
 from aioflow._core.runtime.calls import describe_error, map_into
 from aioflow._core.runtime.events import MIN_WATERMARK, Batch
 from aioflow._core.time.timers import now_ms
@@ -54,7 +54,7 @@ class WatermarkOutput:
     def emit_watermark(self, timestamp: int) -> None:
         """Advance to ``timestamp``; a smaller watermark than the last one is ignored."""
         if timestamp.__class__ is not int:
-            raise TypeError(f"watermarks are int milliseconds, got {timestamp!r}")
+            raise PipelineError(f"watermarks are int milliseconds, got {timestamp!r}")
         self.idle = False
         if timestamp > self.watermark:
             self.watermark = timestamp
@@ -88,11 +88,11 @@ class WatermarkStrategy:
 
     def __init__(self, idle_timeout: int | None = None) -> None:
         if idle_timeout is not None and (not isinstance(idle_timeout, int) or idle_timeout <= 0):
-            raise ValueError(f"idle_timeout is a positive number of milliseconds, got {idle_timeout!r}")
+            raise PipelineError(f"idle_timeout is a positive number of milliseconds, got {idle_timeout!r}")
         self.idle_timeout = idle_timeout
 
     def create_generator(self) -> WatermarkGenerator:
-        raise TypeError(f"{type(self).__name__} must implement create_generator()")
+        raise PipelineError(f"{type(self).__name__} must implement create_generator()")
 
     #: True when the generator only emits from ``on_periodic_emit`` (lets the source skip
     #: checking for watermarks after every batch).
@@ -127,7 +127,7 @@ class BoundedOutOfOrderness(WatermarkStrategy):
     def __init__(self, max_out_of_orderness: int, idle_timeout: int | None = None) -> None:
         super().__init__(idle_timeout)
         if not isinstance(max_out_of_orderness, int) or max_out_of_orderness < 0:
-            raise ValueError(
+            raise PipelineError(
                 f"max_out_of_orderness is a non-negative number of milliseconds, got {max_out_of_orderness!r}"
             )
         self.max_out_of_orderness = max_out_of_orderness

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from aioflow._core.errors import PipelineError
 from aioflow._core.runtime.events import MAX_WATERMARK
 
 __all__ = [
@@ -86,15 +87,15 @@ def _start(timestamp: int, offset: int, size: int) -> int:
 
 def _positive_ms(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{what} is a positive number of milliseconds, got {value!r}")
+        raise PipelineError(f"{what} is a positive number of milliseconds, got {value!r}")
     return value
 
 
 def _offset(offset: Any, size: int) -> int:
     if isinstance(offset, bool) or not isinstance(offset, int):
-        raise ValueError(f"offset is an int number of milliseconds, got {offset!r}")
+        raise PipelineError(f"offset is an int number of milliseconds, got {offset!r}")
     if abs(offset) >= size:
-        raise ValueError(f"offset must be smaller than the window size/slide ({size}), got {offset}")
+        raise PipelineError(f"offset must be smaller than the window size/slide ({size}), got {offset}")
     return offset % size
 
 
@@ -108,7 +109,7 @@ class WindowAssigner:
 
     def assign_windows(self, element: Any, timestamp: int | None, now: int) -> list[Any]:
         """The windows of a record with event time ``timestamp`` arriving at processing time ``now``."""
-        raise TypeError(f"{type(self).__name__} must implement assign_windows(element, timestamp, now)")
+        raise PipelineError(f"{type(self).__name__} must implement assign_windows(element, timestamp, now)")
 
     def default_trigger(self) -> Any:
         from aioflow._core.windows.triggers import EventTimeTrigger, ProcessingTimeTrigger
@@ -185,7 +186,7 @@ class EventTimeSessionWindows(WindowAssigner):
         if gap_of is None:
             self.gap: int | None = _positive_ms(gap, "session gap")
         elif gap is not None:
-            raise ValueError("give either a fixed gap or gap_of, not both")
+            raise PipelineError("give either a fixed gap or gap_of, not both")
         else:
             self.gap = None
         self.gap_of = gap_of

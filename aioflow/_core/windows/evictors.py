@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from aioflow._core.errors import PipelineError
+
 __all__ = ["CountEvictor", "DeltaEvictor", "Evictor", "TimeEvictor"]
 
 #: A window's records as the evictor sees them: ``[(value, timestamp), ...]`` in arrival order.
@@ -31,7 +33,7 @@ class _OneSided(Evictor):
     after = False
 
     def _evict(self, elements: Elements) -> Elements:
-        raise TypeError(f"{type(self).__name__} must implement _evict(elements)")
+        raise PipelineError(f"{type(self).__name__} must implement _evict(elements)")
 
     def evict_before(self, elements: Elements, window: Any) -> Elements:
         return elements if self.after else self._evict(elements)
@@ -45,7 +47,7 @@ class CountEvictor(_OneSided):
 
     def __init__(self, max_count: int, *, after: bool = False) -> None:
         if isinstance(max_count, bool) or not isinstance(max_count, int) or max_count <= 0:
-            raise ValueError(f"CountEvictor needs a positive count, got {max_count!r}")
+            raise PipelineError(f"CountEvictor needs a positive count, got {max_count!r}")
         self.max_count = max_count
         self.after = after
 
@@ -58,7 +60,7 @@ class TimeEvictor(_OneSided):
 
     def __init__(self, window_size: int, *, after: bool = False) -> None:
         if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size <= 0:
-            raise ValueError(f"TimeEvictor needs a positive size in ms, got {window_size!r}")
+            raise PipelineError(f"TimeEvictor needs a positive size in ms, got {window_size!r}")
         self.window_size = window_size
         self.after = after
 

@@ -37,10 +37,7 @@ class WindowedStream:
             raise PipelineError(f"window() takes a WindowAssigner (e.g. TumblingEventTimeWindows), got {assigner!r}")
         self._keyed = keyed
         self._assigner = assigner
-        try:
-            self._serializer = None if serializer is None else serializer_named(serializer, "window()")
-        except TypeError as exc:
-            raise PipelineError(str(exc)) from None
+        self._serializer = None if serializer is None else serializer_named(serializer, "window()")
         self._trigger: Trigger | None = None
         self._evictor: Evictor | None = None
         self._lateness = 0

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from aioflow._core.errors import PipelineError
+
 if TYPE_CHECKING:
     from aioflow._core.operators.window import TriggerContext
 
@@ -68,7 +70,7 @@ class Trigger:
 
     def on_merge(self, window: Any, ctx: TriggerContext) -> None:
         """Windows were merged into ``window`` (``ctx.merged_windows``)."""
-        raise TypeError(f"{type(self).__name__} does not support merging (session) windows")
+        raise PipelineError(f"{type(self).__name__} does not support merging (session) windows")
 
     def clear(self, window: Any, ctx: TriggerContext) -> None:
         """The window is gone: delete its timers and state."""
@@ -136,7 +138,7 @@ class CountTrigger(Trigger):
 
     def __init__(self, count: int) -> None:
         if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
-            raise ValueError(f"CountTrigger needs a positive count, got {count!r}")
+            raise PipelineError(f"CountTrigger needs a positive count, got {count!r}")
         self.count = count
 
     def on_element(self, element: Any, timestamp: int | None, window: Any, ctx: TriggerContext) -> TriggerResult:
@@ -211,7 +213,7 @@ class _Continuous(Trigger):
 
     def __init__(self, interval: int) -> None:
         if isinstance(interval, bool) or not isinstance(interval, int) or interval <= 0:
-            raise ValueError(f"trigger interval is a positive number of milliseconds, got {interval!r}")
+            raise PipelineError(f"trigger interval is a positive number of milliseconds, got {interval!r}")
         self.interval = interval
 
     def _schedule_first(self, time: int, window: Any, ctx: TriggerContext, register: Callable[[int], None]) -> None:

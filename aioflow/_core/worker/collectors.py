@@ -61,7 +61,7 @@ def backpressure(job: Job) -> Iterable[Metric]:
         seconds = sum(
             channel.statistics().backpressured_seconds for writer in task.writers for channel in writer.channels
         )
-        metric.add(seconds, task=task.env.task_name, subtask=task.env.subtask_index)
+        metric.add(round(seconds, 3), task=task.env.task_name, subtask=task.env.subtask_index)
     return [metric]
 
 
@@ -176,16 +176,24 @@ def checkpoints(job: Job) -> Iterable[Metric]:
         size = Metric(
             "aioflow_checkpoint_size_bytes",
             "gauge",
-            "Bytes of state changes the last completed checkpoint wrote (what changed since the one before).",
+            "Bytes of keyed-state changes the last completed checkpoint wrote: what changed since the checkpoint "
+            "before, 0 when nothing did. The state's size is aioflow_checkpoint_full_size_bytes.",
         )
         size.add(statistics.last_size_bytes or 0)
+        full_size = Metric(
+            "aioflow_checkpoint_full_size_bytes",
+            "gauge",
+            "Bytes of keyed state in checkpoint storage that a restore from the last completed checkpoint reads "
+            "(its changes and those of the checkpoints before it that it builds on).",
+        )
+        full_size.add(statistics.last_full_size_bytes or 0)
         at = Metric(
             "aioflow_checkpoint_last_completed_timestamp_seconds",
             "gauge",
             "When the last checkpoint completed (Unix time).",
         )
         at.add(statistics.last_completed_at or 0.0)
-        metrics += [duration, size, at]
+        metrics += [duration, size, full_size, at]
     return metrics
 
 

@@ -9,6 +9,10 @@ takes ``1``, ``true``, ``yes`` or ``on`` (and ``0``, ``false``, ``no``, ``off``)
 A value that does not parse is refused with an :class:`EnvironmentOptionError` naming
 the variable, which the CLI reports with exit status 2, as it does a bad flag.
 
+A variable named like one (``AIOFLOW_*``) that no option reads is most likely misspelt
+(``AIOFLOW_HTTP_PROT``): :func:`unknown_variables` finds them, with the variable each one
+likely meant, and the CLI logs a warning for each when it starts.
+
 Options are declared with :meth:`EnvironmentOptions.add` instead of
 ``parser.add_argument``; after parsing, :meth:`EnvironmentOptions.resolve` fills in what
 the command line did not give. Only the options of the command being run are read, so a
@@ -18,10 +22,11 @@ variable meant for ``aioflow run`` never breaks ``aioflow plan``.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
+import difflib
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["ENV_PREFIX", "EnvironmentOptionError", "EnvironmentOptions", "env_var"]
+__all__ = ["ENV_PREFIX", "EnvironmentOptionError", "EnvironmentOptions", "env_var", "unknown_variables"]
 
 #: What every variable's name starts with.
 ENV_PREFIX = "AIOFLOW_"
@@ -31,7 +36,9 @@ _FALSE = ("0", "false", "no", "off")
 
 
 class EnvironmentOptionError(ValueError):
-    """An ``AIOFLOW_*`` variable holds a value its option does not take."""
+    """An ``AIOFLOW_*`` variable holds a value its option does not take. The CLI reports
+    it as a wrong command line (exit status 2, the message naming the variable): it never
+    reaches users as an exception, so it is not in the tree of :mod:`aioflow._core.errors`."""
 
 
 def env_var(action: argparse.Action) -> str:
@@ -84,6 +91,22 @@ class EnvironmentOptions:
     def variables(self) -> list[str]:
         """The variables these options read, in declaration order."""
         return [env_var(action) for action, _ in self._options]
+
+
+def unknown_variables(environ: Mapping[str, str], known: Iterable[str]) -> dict[str, str | None]:
+    """The ``AIOFLOW_*`` variables of ``environ`` that are not ``known``, in name order, each
+    with the known variable it likely misspells (``None`` when none is close)."""
+    options = {name.removeprefix(ENV_PREFIX) for name in known}  # the prefix they share says nothing
+
+    def likely(option: str) -> str | None:
+        close = difflib.get_close_matches(option, options, n=1)
+        return ENV_PREFIX + close[0] if close else None
+
+    return {
+        name: likely(name.removeprefix(ENV_PREFIX))
+        for name in sorted(environ)
+        if name.startswith(ENV_PREFIX) and name.removeprefix(ENV_PREFIX) not in options
+    }
 
 
 def _parse(action: argparse.Action, name: str, text: str, env_type: Callable[[str], Any] | None) -> Any:

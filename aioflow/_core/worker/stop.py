@@ -11,13 +11,16 @@ return, and where, and ends the process with ``os._exit``.
 
 The handlers are installed with :func:`signal.signal`, not on the event loop: a Python
 signal handler runs in the main thread between two bytecodes even while the loop is
-blocked, which is what lets the watchdog learn of the signal at all.
+blocked, which is what lets the watchdog learn of the signal at all. It runs in the
+context of whatever it interrupted, an operator's task often: what it hands to the loop
+runs in the worker's own context instead, so that its log lines do not name that task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import signal
 import sys
@@ -67,6 +70,7 @@ class StopSignals:
         self._ended = threading.Event()
         self._previous: dict[int, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._context: contextvars.Context | None = None  # the worker's (structlog: app=...)
 
     @property
     def first(self) -> int | None:
@@ -74,6 +78,7 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         self._loop = asyncio.get_running_loop()
+        self._context = contextvars.copy_context()
         for signum in _SIGNALS:
             self._previous[signum] = signal.signal(signum, self._on_signal)
         threading.Thread(target=self._watch, name="aioflow-stop-watchdog", daemon=True).start()
@@ -94,9 +99,11 @@ class StopSignals:
         self._wake.set()
 
     def _call_in_loop(self, fn: Any, *args: Any) -> None:
-        assert self._loop is not None
+        """Run ``fn(*args)`` in the loop, in the worker's context: not in the one of the
+        task the signal interrupted (``call_soon`` would take the caller's)."""
+        assert self._loop is not None and self._context is not None
         with contextlib.suppress(RuntimeError):  # the loop is closed: the job has ended
-            self._loop.call_soon_threadsafe(fn, *args)
+            self._loop.call_soon_threadsafe(fn, *args, context=self._context.copy())
 
     def _in_loop(self, signum: int, count: int) -> None:
         if self._ended.is_set():
