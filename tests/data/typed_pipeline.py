@@ -45,6 +45,15 @@ async def looked_up(t: tuple[str, float]) -> str:
     return t[0].upper()
 
 
+class Shout(af.AsyncFunction):
+    async def open(self, ctx: af.FunctionContext) -> None:
+        self.suffix = "!"
+
+    async def __call__(self, value: tuple[str, float]) -> str:
+        return value[0].upper() + self.suffix
+
+
+shouted = tagged.map(Shout, name="shout")
 keyed = tagged.key_by(lambda t: t[0])
 
 
@@ -96,7 +105,7 @@ def joined(left: tuple[str, float], right: dict[str, Any], ctx: Any) -> Iterator
     yield (left[0], right["amount"])
 
 
-for stream in (big, tagged, letters, looked_up, totals, first_seen, summed, windowed, checked, joined):
+for stream in (big, tagged, letters, looked_up, shouted, totals, first_seen, summed, windowed, checked, joined):
     assert_type(stream, af.Stream)
     assert isinstance(stream, af.Stream), stream
 assert_type(keyed, af.KeyedStream)
@@ -107,7 +116,8 @@ over_limit = checked.get_side_output(LIMIT)
 assert_type(over_limit, af.Stream)
 
 if __name__ == "__main__":
-    running, split, pairs = run_collect(totals, letters, joined)
+    running, split, pairs, loud = run_collect(totals, letters, joined, shouted)
     assert running == [("a", 22.0), ("b", 110.0)], running
+    assert loud == ["A!", "B!"], loud
     assert split == ["a", "b"], split
     assert sorted(pairs) == [("a", 5), ("a", 20), ("b", 100)], pairs
