@@ -5,7 +5,7 @@ connectors from :mod:`aioflow.kafka` (also ``af.kafka``) and test harnesses from
 :mod:`aioflow.testing`. The implementation lives in ``aioflow._core``, which is private.
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from aioflow._core import rehome as _rehome
 from aioflow._core.app import App
@@ -112,7 +112,7 @@ from aioflow._core.windows.triggers import (
 __version__ = "0.1.0"
 
 
-if TYPE_CHECKING:  # type checkers see af.kafka as the module, and no other attribute made up at run time
+if _TYPE_CHECKING:  # type checkers see af.kafka as the module, and no other attribute made up at run time
     from aioflow import kafka as kafka
 else:
 

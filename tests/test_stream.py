@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
+from typing import Any
 
 import pytest
 
@@ -194,3 +196,41 @@ def test_app_can_run_twice() -> None:
     app.run()
     app.run()
     assert sink.results == [1, 2, 1, 2]
+
+
+def test_a_function_class_that_needs_arguments_is_refused_where_the_pipeline_names_it() -> None:
+    """Each subtask instantiates a class without arguments: one whose __init__ needs some
+    failed only when the job started, deep in the runtime, naming no operator."""
+
+    class Lookup(af.AsyncFunction):
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+        async def __call__(self, value: Any) -> Any:
+            return value
+
+    class Threshold(af.KeyedProcessFunction):
+        def __init__(self, limit: int) -> None:
+            self.limit = limit
+
+    app = af.App("classes")
+    numbers = app.source([1, 2])
+    with pytest.raises(af.PipelineError, match=r"map\(\): the class Lookup .* 'url': pass an instance"):
+        numbers.map(Lookup)
+    with pytest.raises(af.PipelineError, match=r"process\(\): the class Threshold .* 'limit': pass an instance"):
+        numbers.key_by(lambda n: n).process(Threshold)
+    results = af.CollectSink()
+    numbers.map(Lookup("http://x")).sink(results)  # an instance is what it says to pass
+    app.run()
+    assert results.results == [1, 2]
+
+
+def test_run_takes_the_options_of_run_async_by_name() -> None:
+    run = inspect.signature(af.App.run).parameters
+    run_async = inspect.signature(af.App.run_async).parameters
+    assert list(run) == list(run_async) and len(run) > 5
+    app = af.App("options")
+    app.source([1]).sink(af.CollectSink())
+    with pytest.raises(TypeError, match=r"App.run\(\) got an unexpected keyword argument 'paralelism'"):
+        app.run(paralelism=2)  # type: ignore[call-arg]
+    assert repr(app) == "<App 'options': 2 operators>"

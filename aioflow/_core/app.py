@@ -51,7 +51,7 @@ def _check_checkpointable(state_dir: str | None, state_backend: str) -> None:
         raise PipelineError(
             "checkpoint_interval needs a state_dir, where the working copy of the state lives (a checkpoint "
             "records it): give App(state_dir=...) or run(state_dir=...), or to the worker `aioflow run "
-            "--state-dir PATH` or the environment variable AIOFLOW_STATE_DIR"
+            "--state-dir PATH` or the environment variable AIOFLOW_STATE_DIR (read by `aioflow run` only)"
         )
     if state_backend != "lmdb":
         raise PipelineError(_IN_MEMORY)
@@ -172,7 +172,8 @@ class App:
         self._job: Job | None = None
 
     def __repr__(self) -> str:
-        return f"<App {self.name!r}: {len(self.graph)} operators>"
+        count = len(self.graph)
+        return f"<App {self.name!r}: {count} operator{'' if count == 1 else 's'}>"
 
     def source(
         self,
@@ -250,7 +251,7 @@ class App:
                 "restart_strategy needs checkpoint_interval: a restart resumes from the last checkpoint (without "
                 "one it would replay the input into the sinks): give App(checkpoint_interval=...) or "
                 "run(checkpoint_interval=...), or to the worker `aioflow run --checkpoint-interval SECONDS` or the "
-                "environment variable AIOFLOW_CHECKPOINT_INTERVAL"
+                "environment variable AIOFLOW_CHECKPOINT_INTERVAL (read by `aioflow run` only)"
             )
         return RuntimeConfig(
             batch_size=self.batch_size,
@@ -317,13 +318,33 @@ class App:
         finally:
             self._job = None
 
-    def run(self, **options: Any) -> None:
-        """Run the job (blocking), with the options of :meth:`run_async`. Inside a running
+    def run(
+        self,
+        *,
+        parallelism: int | None = None,
+        from_savepoint: str | os.PathLike[str] | None = None,
+        allow_non_restored_state: bool = False,
+        drain_on_stop: bool = False,
+        state_dir: str | os.PathLike[str] | None = None,
+        checkpoint_interval: float | None = None,
+        checkpoint_storage: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """Run the job (blocking); the options are :meth:`run_async`'s. Inside a running
         event loop use ``await app.run_async()``."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            anyio.run(functools.partial(self.run_async, **options), backend="asyncio")
+            run = functools.partial(
+                self.run_async,
+                parallelism=parallelism,
+                from_savepoint=from_savepoint,
+                allow_non_restored_state=allow_non_restored_state,
+                drain_on_stop=drain_on_stop,
+                state_dir=state_dir,
+                checkpoint_interval=checkpoint_interval,
+                checkpoint_storage=checkpoint_storage,
+            )
+            anyio.run(run, backend="asyncio")
             return
         raise PipelineError("App.run() was called inside a running event loop; use `await app.run_async()`")
 

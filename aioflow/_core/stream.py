@@ -115,7 +115,7 @@ def instantiate(
     if inspect.isclass(fn):
         if not issubclass(fn, base):
             raise PipelineError(f"{what}: {fn.__name__} must subclass aioflow.{base.__name__}")
-        return fn
+        return _made_without_arguments(fn, what)
     if isinstance(fn, base):
         return lambda: copy.deepcopy(fn)
     if method is not None and callable(fn):
@@ -135,8 +135,23 @@ def per_subtask(fn: Any, what: str) -> Callable[[], Any]:
     if cls.__call__ is AsyncFunction.__call__:
         raise PipelineError(f"{what}: {cls.__name__} must implement `async def __call__(self, value)`")
     if inspect.isclass(fn):
-        return fn
+        return _made_without_arguments(fn, what)
     return lambda: copy.copy(fn)
+
+
+def _made_without_arguments(cls: type, what: str) -> type:
+    """``cls``, which each subtask instantiates without arguments: refused now, where the
+    pipeline names it, if its ``__init__`` needs some (pass an instance instead)."""
+    try:
+        inspect.signature(cls).bind()
+    except TypeError as exc:
+        raise PipelineError(
+            f"{what}: the class {cls.__name__} is instantiated without arguments for each subtask, but {exc}: "
+            f"pass an instance instead ({cls.__name__}(...)), which each subtask gets a copy of"
+        ) from None
+    except ValueError:  # no signature to read (a builtin): leave it to the first call
+        pass
+    return cls
 
 
 class Stream:
