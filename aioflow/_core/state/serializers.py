@@ -15,6 +15,7 @@ they must be the same bytes in every process, which rules out pickle.
 
 from __future__ import annotations
 
+import io
 import pickle
 from typing import Any, Protocol, runtime_checkable
 
@@ -66,10 +67,48 @@ class PickleSerializer:
         return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
     def loads(self, data: bytes) -> Any:
-        return pickle.loads(data)
+        return _Unpickler(io.BytesIO(data)).load()
 
     def __repr__(self) -> str:
         return "PickleSerializer()"
+
+
+#: Where aioflow's classes were before the implementation moved under ``aioflow._core``
+#: (0.1.0 pickles name them so): ``aioflow.windows.assigners`` is now
+#: ``aioflow._core.windows.assigners``.
+_MOVED = frozenset(
+    {
+        "app",
+        "stream",
+        "connected",
+        "functions",
+        "errors",
+        "log",
+        "retry",
+        "cli",
+        "testing",
+        "graph",
+        "runtime",
+        "operators",
+        "time",
+        "windows",
+        "state",
+        "checkpoint",
+        "connectors",
+        "worker",
+    }
+)
+
+
+class _Unpickler(pickle.Unpickler):
+    """Reads state pickled by earlier aioflow versions too: their aioflow classes are
+    looked up where they live now."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        parts = module.split(".")
+        if len(parts) > 1 and parts[0] == "aioflow" and parts[1] in _MOVED:
+            module = "aioflow._core." + ".".join(parts[1:])
+        return super().find_class(module, name)
 
 
 _BY_NAME: dict[str, type[JsonSerializer] | type[PickleSerializer]] = {
