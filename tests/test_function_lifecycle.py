@@ -358,3 +358,28 @@ def test_a_function_class_must_implement_call_and_make_its_methods_async() -> No
         class Sync(af.AsyncFunction):
             def open(self, ctx: Any) -> None:  # type: ignore[override]
                 pass
+
+
+def test_a_close_that_never_returns_fails_the_operator_instead_of_hanging_the_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The task closes operators shielded from cancellation: a close awaiting forever kept
+    the job, and run_collect's own timeout, waiting for good."""
+    from aioflow._core.operators import function
+
+    monkeypatch.setattr(function, "CLOSE_TIMEOUT", 0.2)
+    closing = []
+
+    class HangsInClose(af.AsyncFunction):
+        async def __call__(self, value: int) -> int:
+            return value
+
+        async def close(self) -> None:
+            closing.append(True)
+            await asyncio.Event().wait()  # never set
+
+    app = af.App("hangs")
+    stream = app.source([1, 2, 3]).map(HangsInClose, name="hangs")
+    with pytest.raises(af.OperatorError, match=r"operator 'hangs'.*HangsInClose.close\(\) did not return within 0.2 s"):
+        run_collect(stream, timeout=30)
+    assert closing == [True]

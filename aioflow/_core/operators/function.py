@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from aioflow._core.functions import AsyncFunction
 from aioflow._core.operators.context import FunctionContext
 from aioflow._core.operators.process import call_user_open
@@ -20,7 +22,12 @@ from aioflow._core.runtime.operator import Operator
 if TYPE_CHECKING:
     from aioflow._core.runtime.task import SubtaskEnvironment
 
-__all__ = ["FunctionOperator"]
+__all__ = ["CLOSE_TIMEOUT", "FunctionOperator"]
+
+#: Seconds an :class:`~aioflow.AsyncFunction`'s ``close()`` may take: the task closes its
+#: operators shielded from cancellation, so a ``close`` that never returned would keep the
+#: job (and a stop) waiting for good.
+CLOSE_TIMEOUT = 30.0
 
 
 class FunctionOperator(Operator):
@@ -45,6 +52,12 @@ class FunctionOperator(Operator):
         job's own error stays the one reported."""
         if isinstance(self.fn, AsyncFunction):
             try:
-                await self.fn.close()
+                with anyio.fail_after(CLOSE_TIMEOUT):
+                    await self.fn.close()
+            except TimeoutError:
+                name = f"{type(self.fn).__name__}.close"
+                raise self.error(
+                    f"{name}() did not return within {CLOSE_TIMEOUT:g} s", None, has_record=False
+                ) from None
             except Exception as exc:
                 raise self.error(describe_error(exc, self.fn.close), None, has_record=False) from exc
