@@ -57,6 +57,24 @@ def _check_checkpointable(state_dir: str | None, state_backend: str) -> None:
         raise PipelineError(_IN_MEMORY)
 
 
+def _check_restorable(state_dir: str | None, checkpoint_interval: float | None) -> None:
+    """A savepoint is restored into a working copy, which checkpoints then keep: both must
+    be given (a configuration to fix, not state to refuse)."""
+    if state_dir is None:
+        raise PipelineError(
+            "restoring from a savepoint needs a state_dir to restore into: give App(state_dir=...) or "
+            "run(state_dir=...), or to the worker `aioflow run --state-dir PATH` or the environment variable "
+            "AIOFLOW_STATE_DIR (read by `aioflow run` only)"
+        )
+    if checkpoint_interval is None:
+        raise PipelineError(
+            "restoring from a savepoint needs checkpoints (without them the restored state would change with no "
+            "checkpoint to come back to): give App(checkpoint_interval=...) or run(checkpoint_interval=...), or "
+            "to the worker `aioflow run --checkpoint-interval SECONDS` or the environment variable "
+            "AIOFLOW_CHECKPOINT_INTERVAL (read by `aioflow run` only)"
+        )
+
+
 def _positive(value: Any, what: str, kinds: tuple[type, ...] = (int,)) -> Any:
     if isinstance(value, bool) or not isinstance(value, kinds) or cast(float, value) <= 0:
         unit = "int" if kinds == (int,) else "number"
@@ -244,6 +262,8 @@ class App:
             _positive(checkpoint_interval, "checkpoint_interval", (int, float))
             if self._chosen["restart_strategy"] is None and isinstance(restart_strategy, NoRestart):
                 restart_strategy = DEFAULT_RESTART_STRATEGY
+        if run_options.get("from_savepoint") is not None:
+            _check_restorable(state_dir, checkpoint_interval)
         if checkpoint_interval is not None:
             _check_checkpointable(state_dir, state_backend)
         elif not isinstance(restart_strategy, NoRestart):

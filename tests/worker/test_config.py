@@ -301,3 +301,32 @@ def test_an_apps_restart_strategy_takes_its_checkpoint_interval_from_the_worker(
     missing = aioflow("run", "job.py:app", AIOFLOW_STATE_DIR=str(tmp_path / "s3"))
     assert missing.returncode == 2 and "restart_strategy needs checkpoint_interval" in missing.stderr, missing.stderr
     assert "--checkpoint-interval" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_restoring_a_savepoint_without_a_state_dir_or_checkpoints_is_a_configuration_to_fix(tmp_path: Path) -> None:
+    """Exit 2 (fix the command), naming every way to give what is missing; it was exit 3,
+    refused, as if the state were at fault."""
+    (tmp_path / "job.py").write_text(
+        "import aioflow as af\napp = af.App('plain')\napp.source([1], name='numbers').sink(af.PrintSink())\n"
+    )
+
+    def aioflow(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "aioflow", "run", "job.py:app", "--from-savepoint", str(tmp_path / "sp"), *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=_environ(),
+        )
+
+    no_state = aioflow()
+    assert no_state.returncode == 2, no_state.stderr
+    assert "needs a state_dir to restore into" in no_state.stderr and _names_every_way_to_give_a_state_dir(
+        no_state.stderr
+    )
+    no_checkpoints = aioflow("--state-dir", str(tmp_path / "state"))
+    assert no_checkpoints.returncode == 2, no_checkpoints.stderr
+    assert "needs checkpoints" in no_checkpoints.stderr
+    assert "--checkpoint-interval" in no_checkpoints.stderr and "AIOFLOW_CHECKPOINT_INTERVAL" in no_checkpoints.stderr
+    assert not (tmp_path / "state").exists()  # nothing was touched
