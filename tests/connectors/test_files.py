@@ -10,6 +10,7 @@ import anyio
 import orjson
 import pytest
 import structlog
+from support import late_records_under_backpressure
 
 import aioflow as af
 from aioflow.testing import run_collect
@@ -233,3 +234,22 @@ def test_files_of_one_subtask_are_read_in_turns_so_none_looks_late(tmp_path: Pat
     main, late_records = run_collect(counts, counts.get_side_output(late))
     assert late_records == []
     assert sorted(main) == [(f, start, 50) for f in "ab" for start in range(0, 50_000, 500)]
+
+
+async def test_files_waiting_for_their_turn_under_backpressure_are_not_idle(tmp_path: Path) -> None:
+    """Three files covering the same period, read in turns by one subtask held back by a
+    slow sink, with an idle timeout far shorter than the stalls: a file not read to its
+    end has records, so it never goes idle and none of its records is late."""
+    total = 3_000
+    for f in range(3):
+        _write(tmp_path / f"{f}.jsonl", [orjson.dumps({"ts": 10 * i}).decode() for i in range(f, total, 3)])
+    app = af.App("files-idle-backpressure", batch_size=50, channel_capacity=1)
+    events = app.source(
+        af.read_jsonl(str(tmp_path / "*.jsonl")),
+        timestamps=lambda e: e["ts"],
+        watermarks=af.BoundedOutOfOrderness(0, idle_timeout=20),
+    )
+    late, counted, backpressured = await late_records_under_backpressure(app, events)
+    assert backpressured > 1.0  # the source was held back, many times the idle timeout
+    assert late == 0, f"{late} of {total} records were late"
+    assert counted == total

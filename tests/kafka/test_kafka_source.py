@@ -12,6 +12,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka.topics import committed_offsets, create_topic, produce, refused_port, unique_name
+from support import late_records_under_backpressure
 
 import aioflow as af
 import aioflow.kafka
@@ -569,3 +570,50 @@ async def test_backpressure_stops_the_reads_instead_of_buffering(kafka_broker: s
                 assert len(reader._consumer._fetcher._records) <= 2
             release.set()
             app.stop()
+
+
+async def test_backpressure_does_not_make_partitions_with_records_idle(transactional_kafka_broker: str) -> None:
+    """A bounded read held back by a slow sink, with an idle timeout far shorter than the
+    stalls: every partition still has records, so none goes idle and no record is late.
+    (Marking the partitions the reader had not got to idle made most of them late.)
+    noida-db: a bounded read needs exact end offsets."""
+    broker = transactional_kafka_broker
+    partitions, total = 3, 3_000
+    topic = await create_topic(broker, partitions)
+    # partition i % 3, timestamps rising by 10 ms: the partitions cover the same period
+    await produce(
+        broker,
+        topic,
+        [{"value": b"1", "partition": i % partitions, "timestamp_ms": 10 * i} for i in range(total)],
+        batched=True,
+    )
+    app = af.App("kafka-idle-backpressure", batch_size=50, channel_capacity=1, watermark_interval=0.01)
+    source = KafkaSource(topic, bootstrap_servers=broker, group_id=unique_name("g"), bounded=True)
+    events = app.source(source, watermarks=af.BoundedOutOfOrderness(0, idle_timeout=20))
+    late, counted, backpressured = await late_records_under_backpressure(app, events)
+    assert backpressured > 1.0  # the source was held back, many times the idle timeout
+    assert late == 0, f"{late} of {total} records were late"
+    assert counted == total
+
+
+async def test_a_partition_is_backlogged_until_the_reader_caught_up_with_it(kafka_broker: str) -> None:
+    """What idleness goes by: a partition with records not handed out is backlogged, an
+    empty one and one read to its end are not."""
+    topic = await create_topic(kafka_broker, 2)
+    await produce(kafka_broker, topic, [{"value": b"1", "partition": 0} for _ in range(3)])
+    source = KafkaSource(topic, bootstrap_servers=kafka_broker, group_id=unique_name("g"))
+    reader = source.create_reader(0, 1)
+    await reader.open()
+    try:
+        with anyio.fail_after(30):
+            while not (batch := await reader.read(1, 0.1)) or not batch.records:
+                pass  # the group assigns, the first fetch comes back
+            assert f"{topic}:0" in reader.backlogged_splits()  # 2 of its 3 records not handed out
+            read = 1
+            while read < 3:
+                batch = await reader.read(1, 0.1)
+                read += len(batch.records) if batch else 0
+            while reader.backlogged_splits():  # partition 1 fetched (empty), partition 0 read to its end
+                assert not (await reader.read(1, 0.1)).records
+    finally:
+        await reader.close()

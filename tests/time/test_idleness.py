@@ -1,22 +1,39 @@
-"""Idle inputs: the final watermark and the idle-to-active change are not lost."""
+"""Idle inputs: the final watermark and the idle-to-active change are not lost.
+
+The sources here wait until their subtask has actually gone idle (its watermark status
+says so), instead of sleeping past the idle timeout and hoping: on a loaded machine a
+sleep may end before the periodic check ran, and the test would pass without the idle
+path."""
 
 import anyio
 
 import aioflow as af
 from aioflow import WatermarkGenerator, WatermarkStrategy
+from aioflow._core.runtime.task import SourceTask
 from aioflow.testing import run_collect
 
 
-async def rows_then_pause():
-    yield {"k": "a", "ts": 1000, "v": 1}
-    yield {"k": "a", "ts": 2000, "v": 2}
-    await anyio.sleep(0.3)  # longer than idle_timeout: the source goes idle, then ends
+async def until_idle(app: af.App) -> None:
+    """Wait until every source subtask of ``app``'s running job is idle."""
+    with anyio.fail_after(10):  # the idle timeout is 50 ms
+        while True:
+            job = app.job
+            sources = [] if job is None else [t for t in job.subtasks if isinstance(t, SourceTask)]
+            if sources and all(t.watermarks is not None and t.watermarks.idle for t in sources):
+                return
+            await anyio.sleep(0.005)  # polling a condition, bounded by fail_after
 
 
 def build(parallelism):
     app = af.App("idle_end", batch_size=1, watermark_interval=0.01)
+
+    async def rows_then_idle():
+        yield {"k": "a", "ts": 1000, "v": 1}
+        yield {"k": "a", "ts": 2000, "v": 2}
+        await until_idle(app)  # the source went idle, then it ends
+
     src = app.source(
-        af.from_iterable(rows_then_pause()),
+        af.from_iterable(rows_then_idle()),
         timestamps=lambda e: e["ts"],
         watermarks=af.MonotonousTimestamps(idle_timeout=50),
     )
@@ -46,13 +63,6 @@ class Punctuated(WatermarkStrategy):
         return PerEvent()
 
 
-async def rows():
-    yield {"k": "a", "ts": 1000}
-    await anyio.sleep(0.3)  # source goes idle (idle_timeout=50)
-    yield {"k": "a", "ts": 5000}  # active again; its watermark 5000 follows
-    yield {"k": "a", "ts": 9000}
-
-
 class SeenWatermark(af.KeyedProcessFunction):
     def process_element(self, value, ctx):
         yield (value["ts"], ctx.timer_service.current_watermark())
@@ -60,6 +70,13 @@ class SeenWatermark(af.KeyedProcessFunction):
 
 def test_source_reactivated_by_punctuated_generator_sends_active_status():
     app = af.App("punct", batch_size=1, watermark_interval=0.01)
+
+    async def rows():
+        yield {"k": "a", "ts": 1000}
+        await until_idle(app)  # the downstream valve now leaves this input out
+        yield {"k": "a", "ts": 5000}  # active again; its watermark 5000 follows
+        yield {"k": "a", "ts": 9000}
+
     src = app.source(af.from_iterable(rows()), timestamps=lambda e: e["ts"], watermarks=Punctuated(idle_timeout=50))
     seen = src.key_by(lambda e: e["k"]).process(SeenWatermark, name="seen", parallelism=2)
     out = run_collect(seen, timeout=10)

@@ -199,6 +199,33 @@ def test_idle_timeout_marks_and_unmarks_a_split() -> None:
     assert watermarks.on_periodic(watermarks._splits["split"].last_event, ["split"]) == (False, 19)
 
 
+def test_time_the_source_was_held_back_is_not_quiet_time() -> None:
+    """A reader that cannot tell which splits hold records: only the time the source
+    waited for input counts towards idle_timeout, not the time it spent pushing records
+    into a backpressured pipeline."""
+    watermarks = SourceWatermarks("s", lambda r: r, af.BoundedOutOfOrderness(0, idle_timeout=100), 0.2)
+    watermarks.on_batch("split", [10])
+    last = watermarks._splits["split"].last_event
+    watermarks.held_back += 500  # then held back by the pipeline for 500 ms
+    assert watermarks.on_periodic(last + 599, ["split"]) == (None, 9)  # waited 99 ms for input
+    assert watermarks.on_periodic(last + 600, ["split"]) == (True, None)
+
+
+def test_a_split_the_reader_knows_holds_records_is_never_idle() -> None:
+    watermarks = SourceWatermarks("s", lambda r: r, af.BoundedOutOfOrderness(0, idle_timeout=100), 0.2)
+    watermarks.track(["behind", "caught-up"])
+    watermarks.on_batch("behind", [5_000])
+    watermarks.on_batch("caught-up", [1_000])
+    last = watermarks._splits["behind"].last_event
+    watermarks.held_back += 10_000  # with the reader's word, only the wall clock counts
+    assert watermarks.on_periodic(last + 10_000, ["behind", "caught-up"], {"behind"}) == (None, 4_999)
+    assert not watermarks._splits["behind"].output.idle and watermarks._splits["caught-up"].output.idle
+    # the caught-up split got records, and they wait to be read: it turns active again
+    # and holds the watermark where it is (never back) until it catches up
+    assert watermarks.on_periodic(last + 10_000, ["behind", "caught-up"], {"behind", "caught-up"}) == (None, None)
+    assert not watermarks._splits["caught-up"].output.idle
+
+
 def test_a_split_without_records_goes_idle_before_one_that_went_quiet_with_it() -> None:
     """Both splits are quiet past the timeout in the same round: the one that never had a
     record turns idle first, so the other's watermark is emitted before it turns idle too."""

@@ -14,7 +14,7 @@ record that cannot be decoded is the user's choice (fail, skip, or dead-letter).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -90,6 +90,21 @@ class SourceReader:
     def splits(self) -> list[str]:
         """The splits this reader currently reads from (for per-split watermarks)."""
         return [""]
+
+    def backlogged_splits(self) -> Collection[str] | None:
+        """The splits known to hold records this reader has not handed out yet: fetched
+        and buffered, or behind the split's end (a Kafka partition below its high
+        watermark, a file not read to its end). ``None``: the reader cannot tell.
+
+        This is what ``idle_timeout`` goes by. A backlogged split is never idle, however
+        long it waits for its turn or for a slow pipeline downstream: it is not quiet,
+        it has not been read. A split the reader knows is caught up goes idle after
+        ``idle_timeout`` without records. When the reader cannot tell, only the time the
+        source spent waiting for input counts towards ``idle_timeout``, never the time it
+        was held back by the pipeline. Called with the periodic watermark, not per
+        record: answer from what the reader already knows, without I/O.
+        """
+        return None
 
     def position(self) -> Any:
         """Where the reader is, as JSON-serialisable data (stored in checkpoints)."""

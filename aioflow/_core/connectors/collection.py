@@ -71,6 +71,14 @@ class _IterableReader(SourceReader):
         self._consumed += len(records)
         return SourceBatch(records)
 
+    def backlogged_splits(self) -> set[str]:
+        """A sync iterable has records until it ends; an async one when its pump has
+        buffered some."""
+        receive = self._receive
+        if receive is None or receive.statistics().current_buffer_used:
+            return {""}
+        return set()
+
     def position(self) -> int:
         return self._consumed
 
@@ -144,6 +152,10 @@ class _FileObjectReader(SourceReader):
                 break
         self._consumed += len(records)
         return SourceBatch(records) if records or not self._ended else None
+
+    def backlogged_splits(self) -> set[str]:
+        """Lines are waiting when the thread has queued some."""
+        return {""} if self._queue.qsize() else set()
 
     def position(self) -> int:
         return self._consumed

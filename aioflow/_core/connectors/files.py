@@ -141,6 +141,10 @@ class _LinesReader(SourceReader):
     def splits(self) -> list[str]:
         return [str(split.path) for split in self._active]
 
+    def backlogged_splits(self) -> set[str]:
+        """Every file not read to its end: a file waiting for its turn is not idle."""
+        return {str(split.path) for split in self._active}
+
     async def read(self, max_records: int, timeout: float) -> SourceBatch | None:
         active = self._active
         while active:

@@ -134,6 +134,18 @@ async def _leave_group(consumer: AIOKafkaConsumer, source: str) -> None:
         log.warning("leaving the consumer group failed", source=source, group=group, error=repr(exc))
 
 
+def _fetch_state(consumer: AIOKafkaConsumer, tp: TopicPartition) -> Any:
+    """aiokafka's fetch state of assigned partition ``tp`` (``position``,
+    ``has_valid_position``, ``highwater``, ``lso``), or ``None`` when it is not assigned.
+    aiokafka answers ``highwater()`` from it without I/O, but ``position()`` only as a
+    coroutine that may wait for a reset: this reads the position the same way."""
+    subscription = consumer._subscription.subscription
+    assignment = None if subscription is None else subscription.assignment
+    if assignment is None:
+        return None
+    return assignment.state_value(tp)
+
+
 def split_name(tp: TopicPartition) -> str:
     """``topic:partition``: the split name of a partition (watermarks, positions)."""
     return f"{tp.topic}:{tp.partition}"
@@ -477,6 +489,29 @@ class KafkaReader(SourceReader):
         if self._end is not None:
             return [split_name(tp) for tp, offset in self._next.items() if offset < self._end[tp]]
         return [split_name(tp) for tp in dict.fromkeys((*self._next, *self._assigning))]
+
+    def backlogged_splits(self) -> set[str] | None:
+        """Partitions with records not handed out yet: every partition of a bounded read
+        short of its end offset; otherwise a partition with fetched records waiting, one
+        not fetched yet, or one whose fetch position is below its high watermark (the
+        last stable offset with ``isolation_level="read_committed"``), as of the last
+        fetch response. The others are caught up: only they can go idle."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        if self._end is not None:
+            return set(self.splits())
+        backlogged = {split_name(tp) for tp, _ in self._pending}
+        backlogged.update(split_name(tp) for tp in self._assigning)
+        committed = self._source.consumer_options.get("isolation_level") == "read_committed"
+        for tp in list(self._next):
+            state = _fetch_state(consumer, tp)
+            if state is None:
+                continue  # being revoked
+            end = state.lso if committed else state.highwater
+            if end is None or not state.has_valid_position or state.position < end:
+                backlogged.add(split_name(tp))
+        return backlogged
 
     async def read(self, max_records: int, timeout: float) -> SourceBatch | None:
         if self._failure is not None:

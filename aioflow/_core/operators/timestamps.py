@@ -35,7 +35,10 @@ class TimestampsAndWatermarksOperator(Operator):
 
     async def process(self, batch: Batch) -> None:
         if batch.values:
-            await self.watermarks.push(self.out, "", batch.values, [""])
+            watermarks = self.watermarks
+            pushed = now_ms()
+            await watermarks.push(self.out, "", batch.values, [""])
+            watermarks.hold(pushed)  # the operators after this one held it back: not quiet time
 
     def emitted_none(self) -> None:
         return None  # records pass on unchanged, with timestamps
@@ -50,5 +53,6 @@ class TimestampsAndWatermarksOperator(Operator):
 
     async def _periodic(self, now: int) -> None:
         await self.watermarks.emit_periodic(self.out, now, [""])
+        self.watermarks.hold(now)
         assert self.env is not None
         self.env.schedule(now + self.watermarks.interval_ms, self._periodic)

@@ -311,6 +311,8 @@ class SourceTask(_Task):
         self._final_position: Any = None  # the position in the final state, until a checkpoint holds it
         self._final_committed: anyio.Event | None = None  # set once a checkpoint holding it completed
         self.watermarks = watermarks
+        if watermarks is not None:
+            watermarks.backlog = reader.backlogged_splits
         self.dead_letter_tag = dead_letter_tag
         self.stop_requested = stop_requested
 
@@ -361,12 +363,20 @@ class SourceTask(_Task):
         reader, head, env = self.reader, self.head, self.env
         watermarks, scheduler = self.watermarks, env.scheduler
         trim = env.state_backend.trim if env.state_backend.durable else None
+        # Outside read() the task is held back by its own work (pushing, flushing,
+        # checkpoints, timers): that time is not quiet time of the splits (idle_timeout).
+        held_since = now_ms()
         while not self.stop_requested():
             if self.pending_barrier is not None and await self._inject_barriers():
                 return True
+            if watermarks is not None:
+                held_since = watermarks.hold(held_since)  # before the periodic emission in run_due
             await scheduler.run_due()
             wait = scheduler.seconds_until_due()
+            if watermarks is not None:
+                watermarks.hold(held_since)
             source_batch = await reader.read(env.batch_size, 0.1 if wait is None else min(wait, 0.1))
+            held_since = now_ms()
             if source_batch is None:
                 # Barriers triggered while the last read waited go out first: a stop's savepoint
                 # then holds the end position instead of waiting for this task in vain.

@@ -14,12 +14,16 @@ Strategies:
 - subclass :class:`WatermarkStrategy` and :class:`WatermarkGenerator` for anything else.
 
 ``idle_timeout`` (ms) marks a split idle when it has produced nothing for that long, so it
-no longer holds the watermark back; it becomes active again with its next record.
+no longer holds the watermark back; it becomes active again with its next record. Only a
+split with nothing to read goes idle, never one the source has not got to: a split the
+reader knows holds records (:meth:`SourceReader.backlogged_splits`) stays active, and
+when the reader cannot tell, the time the source was held back by the pipeline
+(backpressure, a slow operator in its chain) does not count towards the timeout.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from aioflow._core.errors import OperatorError, PipelineError, UserFunctionTypeError
@@ -147,12 +151,15 @@ class MonotonousTimestamps(BoundedOutOfOrderness):
 
 
 class _Split:
-    __slots__ = ("generator", "last_event", "output")
+    __slots__ = ("generator", "held_back", "last_event", "output")
 
-    def __init__(self, generator: WatermarkGenerator) -> None:
+    def __init__(self, generator: WatermarkGenerator, held_back: int) -> None:
         self.generator = generator
         self.output = WatermarkOutput()
+        #: when (ms) the split last produced records or was seen holding some
         self.last_event = now_ms()
+        #: :attr:`SourceWatermarks.held_back` at ``last_event``
+        self.held_back = held_back
 
 
 class SourceWatermarks:
@@ -176,6 +183,10 @@ class SourceWatermarks:
         #: no split for ``idle_timeout``: the subtask is idle (a Kafka subtask with no
         #: partition, when there are more subtasks than partitions, must not hold time back)
         self._splitless_idle = False
+        #: ms the owner could not take input, held back by the pipeline (see :meth:`hold`)
+        self.held_back = 0
+        #: the reader's ``backlogged_splits``, asked at each periodic emission (sources only)
+        self.backlog: Callable[[], Collection[str] | None] | None = None
         self.watermark = MIN_WATERMARK
         self.idle = False
         self.checks_each_batch = strategy is not None and not strategy.periodic_only
@@ -184,8 +195,18 @@ class SourceWatermarks:
         split = self._splits.get(name)
         if split is None:
             assert self.strategy is not None
-            split = self._splits[name] = _Split(self.strategy.create_generator())
+            split = self._splits[name] = _Split(self.strategy.create_generator(), self.held_back)
         return split
+
+    def hold(self, since: int) -> int:
+        """The owner could not take input from ``since`` (ms) until now: it was pushing
+        records downstream, waiting for credit, taking a checkpoint. That time is not
+        quiet time of any split (unless the reader says the split is caught up). Returns
+        now, for the next call."""
+        now = now_ms()
+        if now > since:
+            self.held_back += now - since
+        return now
 
     def snapshot(self) -> dict[str, Any]:
         """The watermark and each split's generator state (its attributes), for a checkpoint."""
@@ -263,7 +284,7 @@ class SourceWatermarks:
         cuts: list[tuple[int, int]] = []
         if self.strategy is not None:
             state = self._split(split)
-            state.last_event = now_ms()
+            state.last_event, state.held_back = now_ms(), self.held_back
             state.output.idle = False
             if not self.checks_each_batch:
                 state.generator.on_batch(records, stamps, state.output)
@@ -310,7 +331,8 @@ class SourceWatermarks:
 
     async def emit_periodic(self, target: Any, now: int, active_splits: list[str]) -> None:
         """Run the periodic emission and send what changed to ``target``."""
-        idle_change, watermark = self.on_periodic(now, active_splits)
+        backlog = self.backlog
+        idle_change, watermark = self.on_periodic(now, active_splits, None if backlog is None else backlog())
         if watermark is not None:
             await target.process_watermark(watermark)
         if idle_change is not None:
@@ -331,8 +353,14 @@ class SourceWatermarks:
                 self.watermark = advanced = new
         return idle_change, advanced
 
-    def on_periodic(self, now: int, active_splits: list[str]) -> tuple[bool | None, int | None]:
+    def on_periodic(
+        self, now: int, active_splits: list[str], backlogged: Collection[str] | None = None
+    ) -> tuple[bool | None, int | None]:
         """Periodic emission: ask every split's generator, apply idleness, combine.
+
+        ``backlogged``: the splits the reader knows hold records (never idle; an idle one
+        turns active again), the others being caught up; ``None`` when the reader cannot
+        tell, and then the time :meth:`hold` counted is not quiet time.
 
         A reader without splits for the idle timeout is idle as a whole. Splits that went
         quiet turn idle one at a time, the longest quiet (then the lowest
@@ -343,14 +371,25 @@ class SourceWatermarks:
         timeout = self.strategy.idle_timeout if self.strategy is not None else None
         self.track(active_splits)
         was_idle = self.idle
-        states = self._splits.values()
+        splits = self._splits
+        states = splits.values()
         for state in states:
             state.generator.on_periodic_emit(state.output)
         advanced: int | None = None
         if timeout is not None and self._splitless_since is not None:
             self._splitless_idle = now - self._splitless_since >= timeout
         if timeout is not None:
-            quiet = [s for s in states if not s.output.idle and now - s.last_event >= timeout]
+            if backlogged is None:  # quiet time: since the last records, less the time held back
+                held_back = self.held_back
+                quiet = [
+                    s for s in states if not s.output.idle and now - s.last_event - (held_back - s.held_back) >= timeout
+                ]
+            else:  # the reader knows which splits are caught up: for those the wall clock counts
+                for name in backlogged:
+                    waiting = splits.get(name)
+                    if waiting is not None:
+                        waiting.last_event, waiting.output.idle = now, False
+                quiet = [s for s in states if not s.output.idle and now - s.last_event >= timeout]
             for state in sorted(quiet, key=lambda s: (s.last_event, s.output.watermark)):
                 step = self.combined()[1]
                 advanced = step if step is not None else advanced
