@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 
 import anyio
@@ -71,7 +73,8 @@ async def test_reader_statistics_count_dead_letters(tmp_path: Path) -> None:
     path = _write(tmp_path / "bad.jsonl", ['{"i": 1}', "oops", "{"])
     reader = af.read_jsonl(path, on_error=af.OutputTag("dead")).create_reader(0, 1)
     await reader.open()
-    batch = await reader.read(100, 0)
+    while not (batch := await reader.read(100, 0.1)).records:  # empty: the reading thread was not there yet
+        pass
     await reader.close()
     assert batch is not None and [bad.raw for bad in batch.bad] == [b"oops", b"{"]
     assert reader.statistics() == {"records_read": 1, "records_skipped": 0, "records_dead_lettered": 2}
@@ -253,3 +256,66 @@ async def test_files_waiting_for_their_turn_under_backpressure_are_not_idle(tmp_
     assert backpressured > 1.0  # the source was held back, many times the idle timeout
     assert late == 0, f"{late} of {total} records were late"
     assert counted == total
+
+
+async def test_a_slow_file_does_not_stall_the_event_loop(tmp_path: Path) -> None:
+    """The source reads a named pipe whose writer sends a line every 0.2 s: reading it
+    takes over a second, and a ticker on the same event loop keeps ticking meanwhile
+    (the lines are read by a thread, never by a blocking call on the loop)."""
+    fifo = tmp_path / "slow.jsonl"
+    os.mkfifo(fifo)
+    lines, pause = 6, 0.2
+
+    def write_slowly() -> None:
+        with open(fifo, "wb", buffering=0) as out:  # waits for the reader to open it
+            for i in range(lines):
+                out.write(orjson.dumps({"i": i}) + b"\n")
+                time.sleep(pause)
+
+    writer = threading.Thread(target=write_slowly, daemon=True)
+    writer.start()
+    app = af.App("slow-file", batch_size=1024)
+    sink = af.CollectSink()
+    app.source(af.read_jsonl(fifo)).sink(sink)
+    gaps: list[float] = []
+    started = time.monotonic()
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tasks:
+
+            async def tick() -> None:
+                last = time.monotonic()
+                while True:
+                    await anyio.sleep(0.01)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+
+            tasks.start_soon(tick)
+            await app.run_async()
+            tasks.cancel_scope.cancel()
+    took = time.monotonic() - started
+    writer.join()
+    assert sink.results == [{"i": i} for i in range(lines)]
+    assert took >= (lines - 1) * pause  # the reads were slow...
+    assert len(gaps) > 20 and max(gaps) < 0.5, max(gaps)  # ...and the loop kept running
+
+
+async def test_a_read_smaller_than_the_batches_read_ahead_takes_part_of_one(tmp_path: Path) -> None:
+    """The reading thread cuts batches at the first read's size; a later, smaller read
+    takes the start of one and the position counts exactly what was handed out."""
+    path = _write(tmp_path / "in.jsonl", [orjson.dumps(i).decode() for i in range(25)])
+    reader = af.read_jsonl(path).create_reader(0, 1)
+    await reader.open()
+    got: list[list[int]] = []
+    try:
+        for size in (10, 4, 100, 100):
+            while not (batch := await reader.read(size, 0.1)).records:  # empty: not read yet
+                pass
+            got.append(batch.records)
+        position = reader.position()["reading"][0]
+        while (batch := await reader.read(100, 0.1)) is not None:  # then the end
+            assert not batch.records
+    finally:
+        await reader.close()
+    assert got == [list(range(10)), list(range(10, 14)), list(range(14, 20)), list(range(20, 25))]
+    assert position == {"path": str(path), "line": 25, "offset": path.stat().st_size}

@@ -1,7 +1,8 @@
 """Files: the :func:`read_jsonl` and :func:`read_text` sources, and :class:`FileSink`.
 
 Both stream: the source reads a batch of lines at a time (constant memory whatever the
-file size), the sink writes one buffered chunk per batch. orjson does the JSON.
+file size), in a thread of each reader's own so that the event loop never waits for the
+disk; the sink writes one buffered chunk per batch. orjson does the JSON.
 ``FileSink(exactly_once=True)`` stages each transaction in a hidden file next to the
 target and appends it to the target when its checkpoint completes (two-phase commit).
 """
@@ -9,9 +10,11 @@ target and appends it to the target when its checkpoint completes (two-phase com
 from __future__ import annotations
 
 import glob
+import io
 import os
 import re
 import shutil
+import stat
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -117,26 +120,74 @@ class _FileSplit:
         self.path = path
         self.line = line  # lines consumed
         self.offset = offset  # bytes consumed
-        self.file: IO[bytes] | None = None
+        self.file: io.BufferedReader | None = None
+
+
+#: Batches a file reader's thread reads ahead of what the job took. Once that many wait,
+#: it waits until the job took all but :data:`READ_AGAIN`, then reads ahead in one go:
+#: each switch between the thread and the event loop costs (the GIL changes hands), so
+#: they are few.
+READ_AHEAD = 16
+READ_AGAIN = 8
+
+#: What a reader's thread queues after the last batch of its last file.
+_END = object()
+
+
+def _open_split(split: _FileSplit) -> io.BufferedReader:
+    """``split``'s file, positioned where the split is; a new file skips its byte-order mark.
+    A named pipe is read from its start only (it cannot seek)."""
+    file = open(split.path, "rb")  # noqa: SIM115 - closed when exhausted or when the thread ends
+    try:
+        if split.offset == 0:
+            if file.peek(len(BOM))[: len(BOM)] == BOM:
+                file.read(len(BOM))
+                split.offset = len(BOM)
+        elif file.seekable():
+            file.seek(split.offset)
+        else:
+            raise StateError(
+                f"{split.path} is a pipe: it cannot resume at byte {split.offset} (restore from a checkpoint)"
+            )
+    except BaseException:
+        file.close()
+        raise
+    return file
 
 
 class _LinesReader(SourceReader):
     """Reads its files a batch at a time, taking turns, so every unfinished file is an
     active split: the source's watermark waits for the slowest file instead of making
-    the records of files read later look late."""
+    the records of files read later look late.
+
+    The reading is done by a thread of the reader's own, at most :data:`READ_AHEAD`
+    batches ahead; the event loop only decodes. A slow disk or a named pipe whose writer
+    is slow therefore never stalls the loop (nor ``/health``, nor the other tasks): a
+    read that gets no lines within its timeout returns an empty batch. The batches are
+    the same as read on the loop: ``max_records`` lines (of the first read) per turn.
+    """
 
     def __init__(self, source: LinesSource, files: list[Path]) -> None:
         self._source = source
         self._format = source.format
         self._files = files
+        #: the splits as handed out (positions); the thread reads ahead on copies of them
         self._active: deque[_FileSplit] = deque(_FileSplit(path) for path in files)
         self._records = 0
         self._policy = ErrorPolicy(source.on_error, source.name)
+        #: batches read ahead, from the thread to the event loop, guarded by ``_ready_changed``
+        self._ready: deque[Any] = deque()
+        self._ready_changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._rest: tuple[Path, list[bytes], int, int] | None = None  # of a batch larger than a read took
+        self._ended = False
 
     async def open(self) -> None:
         for split in self._active:
-            if not split.path.is_file():
-                raise FileNotFoundError(f"{self._format.kind}: {split.path} does not exist or is not a file")
+            path = split.path
+            if not (path.is_file() or (path.exists() and stat.S_ISFIFO(path.stat().st_mode))):
+                raise FileNotFoundError(f"{self._format.kind}: {path} does not exist or is not a file")
 
     def splits(self) -> list[str]:
         return [str(split.path) for split in self._active]
@@ -145,24 +196,110 @@ class _LinesReader(SourceReader):
         """Every file not read to its end: a file waiting for its turn is not idle."""
         return {str(split.path) for split in self._active}
 
+    # -- the reading thread -----------------------------------------------------------
+
+    def _pump(self, splits: list[_FileSplit], batch: int) -> None:
+        """Queue ``(path, lines, offset of the first, offset after the last)`` batches of
+        ``splits`` in turns, ``(path, None, 0, 0)`` when a file ends, then :data:`_END` (or the exception that
+        stopped it). Stops when :meth:`close` asks."""
+        active = deque(splits)
+        try:
+            while active:
+                split = active[0]
+                if split.file is None:
+                    split.file = _open_split(split)
+                lines = list(islice(split.file, batch))
+                if not lines:
+                    split.file.close()
+                    split.file = None
+                    active.popleft()
+                    if not self._put((split.path, None, 0, 0)):
+                        return
+                    continue
+                active.rotate(-1)
+                start = split.offset
+                split.offset += sum(map(len, lines))
+                if not self._put((split.path, lines, start, split.offset)):
+                    return
+            self._put(_END)
+        except BaseException as exc:  # handed to the reader, which raises it in the job
+            self._put(exc)
+        finally:
+            for split in active:
+                if split.file is not None:
+                    split.file.close()
+
+    def _put(self, item: Any) -> bool:
+        """Queue ``item``; when :data:`READ_AHEAD` wait, first wait until the job took all
+        but :data:`READ_AGAIN`. False once the reader closed."""
+        ready, changed = self._ready, self._ready_changed
+        with changed:
+            if len(ready) >= READ_AHEAD:
+                changed.wait_for(lambda: len(ready) <= READ_AGAIN or self._stopping)
+            if self._stopping:
+                return False
+            ready.append(item)
+            changed.notify_all()
+        return True
+
+    def _take(self) -> Any:
+        """The next item read ahead (raises IndexError when there is none); wakes the
+        thread once few are left."""
+        item = self._ready.popleft()
+        if len(self._ready) == READ_AGAIN:
+            with self._ready_changed:
+                self._ready_changed.notify_all()
+        return item
+
+    def _wait(self, timeout: float) -> Any:
+        """In a worker thread: the next item, waiting at most ``timeout`` s (else ``None``)."""
+        with self._ready_changed:
+            if not self._ready_changed.wait_for(lambda: self._ready, timeout):
+                return None
+            return self._take()
+
+    # -- the event loop's side --------------------------------------------------------
+
     async def read(self, max_records: int, timeout: float) -> SourceBatch | None:
+        if self._ended:
+            return None
+        if self._thread is None:
+            copies = [_FileSplit(s.path, s.line, s.offset) for s in self._active]
+            self._thread = threading.Thread(
+                target=self._pump, args=(copies, max_records), name=f"aioflow-{self._format.kind}", daemon=True
+            )
+            self._thread.start()
         active = self._active
-        while active:
-            split = active[0]
-            if split.file is None:
-                split.file = open(split.path, "rb")  # noqa: SIM115 - closed when exhausted or in close()
-                if split.offset == 0 and split.file.read(len(BOM)) == BOM:
-                    split.offset = len(BOM)
-                split.file.seek(split.offset)
-            lines = list(islice(split.file, max_records))
-            if not lines:
-                split.file.close()
+        while True:
+            item: Any = self._rest
+            self._rest = None
+            if item is None:
+                try:
+                    item = self._take()
+                except IndexError:
+                    item = await anyio.to_thread.run_sync(self._wait, timeout, abandon_on_cancel=True)
+                    if item is None:
+                        return SourceBatch([])  # the disk or the pipe is slow
+            if item is _END:
+                self._ended = True
+                return None
+            if isinstance(item, BaseException):
+                raise item
+            path, lines, start, end = item
+            split = active[0]  # the thread takes the same turns
+            assert split.path == path, (split.path, path)
+            if lines is None:
                 active.popleft()
                 continue
-            active.rotate(-1)
+            if len(lines) > max_records:
+                cut = start + sum(map(len, lines[:max_records]))
+                self._rest = (path, lines[max_records:], cut, end)
+                lines, end = lines[:max_records], cut
+            else:
+                active.rotate(-1)
             first = split.line + 1
             split.line += len(lines)
-            split.offset += sum(map(len, lines))
+            split.offset = end
             bad: list[BadRecord] = []
             try:
                 records = list(map(self._format.decode, lines))
@@ -170,7 +307,6 @@ class _LinesReader(SourceReader):
                 records = self._decode_carefully(lines, split.path, first, bad)
             self._records += len(records)
             return SourceBatch(records, str(split.path), bad or None)
-        return None
 
     def _decode_carefully(self, lines: list[bytes], path: Path, first: int, bad: list[BadRecord]) -> list[Any]:
         """Line by line: blank lines are skipped (JSON), bad ones go to the error policy."""
@@ -213,11 +349,15 @@ class _LinesReader(SourceReader):
         }
 
     async def close(self) -> None:
+        """Stop the thread and wait a moment for it to close its files (a read blocked
+        on a pipe whose writer went quiet ends on its own, with the process at the latest)."""
         self._policy.close()
-        for split in self._active:
-            if split.file is not None:
-                split.file.close()
-                split.file = None
+        with self._ready_changed:
+            self._stopping = True
+            self._ready_changed.notify_all()
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            await anyio.to_thread.run_sync(thread.join, 1.0, abandon_on_cancel=True)
 
 
 class LinesSource(Source):
@@ -255,9 +395,10 @@ def read_jsonl(
     """A bounded source of the JSON values in one or more JSON-lines files.
 
     ``path`` is a file, a glob pattern or a list of either; each file is a split (read by
-    one subtask, so parallelism is at most the number of files). Blank lines are
-    ignored, and so is a UTF-8 byte-order mark at the start of a file. A line that is not
-    valid JSON is handled by ``on_error``:
+    one subtask, so parallelism is at most the number of files). Files are read by a
+    thread, so a slow disk never stalls the event loop; a named pipe is read, in batches,
+    until its writer closes it. Blank lines are ignored, and so is a UTF-8 byte-order mark at the
+    start of a file. A line that is not valid JSON is handled by ``on_error``:
 
     - ``"fail"`` (default): the job fails with a :class:`BadRecordError` naming file and line;
     - ``"skip"``: it is dropped and counted; the first is logged in full, the rest in
