@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import anyio
+import structlog
+import structlog.testing
 
 import aioflow as af
 
@@ -75,3 +79,18 @@ async def late_records_under_backpressure(
         for channel in writer.channels
     )
     return len(late.results), sum(n for _, n in counts.results), backpressured
+
+
+async def run_to_failure(app: af.App) -> tuple[Exception, float, int]:
+    """Run ``app``, which must fail: (its error, seconds until it failed, how many times
+    the job restarted before, as its log says)."""
+    started = time.monotonic()
+    with structlog.testing.capture_logs() as logs:
+        try:
+            await app.run_async()
+        except Exception as exc:
+            error = exc
+        else:
+            raise AssertionError("the job did not fail")
+    restarts = sum(entry["event"] == "job failed: restarting from the last checkpoint" for entry in logs)
+    return error, time.monotonic() - started, restarts

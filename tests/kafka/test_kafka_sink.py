@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaTimeoutError
 from kafka.topics import create_topic, read, refused_port, unique_name
+from support import run_to_failure
 
 import aioflow as af
 import aioflow.kafka
@@ -438,7 +439,7 @@ async def test_exactly_once_on_a_broker_without_transactions_fails_saying_so(kaf
             topic, bootstrap_servers=kafka_broker, delivery="exactly_once", transactional_id_prefix=unique_name("txn")
         )
     )
-    with pytest.raises(af.ConnectorError, match="refused a transactional producer .* needs a broker with transactions"):
+    with pytest.raises(af.RefusedError, match="refused a transactional producer .* needs a broker with transactions"):
         await app.run_async()
 
 
@@ -458,3 +459,19 @@ async def test_a_timestamp_of_the_wrong_type_fails_naming_the_record(kafka_broke
     with pytest.raises(af.OperatorError, match=r"timestamp function returned 1.5 \(float\)") as info:
         await app.run_async()
     assert "{'end': 1.5}" in str(info.value)
+
+
+async def test_exactly_once_without_transactions_is_refused_not_restarted(kafka_broker: str, tmp_path: Path) -> None:
+    """With checkpoints (so a restart strategy): the broker will never have transactions,
+    so the job is refused at once instead of restarting three times (~7 s)."""
+    app = af.App("kafka-sink-no-transactions-restarts", state_dir=str(tmp_path / "state"), checkpoint_interval=0.05)
+    topic = await create_topic(kafka_broker, 1)
+    app.source([1]).sink(
+        KafkaSink(
+            topic, bootstrap_servers=kafka_broker, delivery="exactly_once", transactional_id_prefix=unique_name("txn")
+        )
+    )
+    error, seconds, restarts = await run_to_failure(app)
+    assert isinstance(error, af.RefusedError), repr(error)
+    assert "needs a broker with transactions" in str(error) and "delivery='at_least_once'" in str(error)
+    assert restarts == 0 and seconds < 3

@@ -4,15 +4,17 @@ exhausts the strategy and fails the job."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from recovery.gated import checkpoint_manifests
+from support import run_to_failure
 
 import aioflow as af
-from aioflow._core.runtime.restart import DEFAULT_RESTART_STRATEGY
+from aioflow._core.runtime.restart import DEFAULT_RESTART_STRATEGY, repeats_on_restart
 
 EVENTS = [{"user": f"u{i % 7}", "ts": i * 10, "v": i % 5} for i in range(20_000)]
 
@@ -148,3 +150,35 @@ async def test_a_stop_while_waiting_to_restart_ends_the_job(tmp_path: Path) -> N
     app = _job(tmp_path, fail, af.FixedDelayRestart(attempts=1, delay=60))
     with pytest.raises(af.OperatorError, match="boom"):
         await app.run_async()  # the failure came with the stop under way: no restart
+
+
+async def test_a_bad_record_under_on_error_fail_fails_the_job_at_once(tmp_path: Path) -> None:
+    """The record would be read again after a restart: the job fails at once, saying
+    what to do, instead of restarting three times (~7 s) to fail the same way."""
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"i": 1}\nnot json\n')
+    app = af.App("bad-record", state_dir=str(tmp_path / "state"), checkpoint_interval=0.05)
+    app.source(af.read_jsonl(path)).sink(af.CollectSink())
+    error, seconds, restarts = await run_to_failure(app)
+    assert isinstance(error, af.BadRecordError) and error.location == f"{path}:2"
+    assert "on_error='skip'" in str(error)  # says what to do
+    assert restarts == 0 and seconds < 3
+
+
+async def test_a_full_disk_under_a_file_sink_fails_the_job_at_once(tmp_path: Path) -> None:
+    """/dev/full: every write fails with ENOSPC, as on a full disk."""
+    app = af.App("disk-full", state_dir=str(tmp_path / "state"), checkpoint_interval=0.05)
+    app.source(list(range(10_000))).sink(af.FileSink("/dev/full"))
+    error, seconds, restarts = await run_to_failure(app)
+    assert "No space left on device" in str(error) and "free space" in str(error), error
+    assert restarts == 0 and seconds < 3
+
+
+def test_errors_a_restart_would_repeat() -> None:
+    wrapped = af.OperatorError("sink", "failed writing", has_record=False)
+    wrapped.__cause__ = OSError(errno.EFBIG, "File too large")  # past `ulimit -f`
+    assert repeats_on_restart(wrapped)
+    assert repeats_on_restart(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert repeats_on_restart(af.RefusedError("no transactions"))
+    assert not repeats_on_restart(af.ConnectorError("kafka(t)", "cannot reach the brokers"))  # they may come back
+    assert not repeats_on_restart(OSError(errno.ECONNRESET, "Connection reset by peer"))

@@ -353,8 +353,8 @@ class ErrorPolicy:
         if self.on_error == "fail":
             raise BadRecordError(
                 f"{self.source}: cannot decode record at {location}: {error}\n  raw: {_preview(raw)!r}\n"
-                f'  to skip bad records instead, pass on_error="skip" to the source (counted, the first one '
-                f'logged), or on_error=af.OutputTag("bad_records") to send them to a side output',
+                f'  a restart would read it again: fix or remove the record, or pass on_error="skip" to the source '
+                f'(counted, the first one logged), or on_error=af.OutputTag("bad_records") to send them to a side output',
                 location=location,
                 raw=raw,
             )

@@ -9,6 +9,8 @@ target and appends it to the target when its checkpoint completes (two-phase com
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import io
 import os
@@ -17,7 +19,7 @@ import shutil
 import stat
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import IO, Any
@@ -475,6 +477,26 @@ def _truncate_torn_line(file: IO[bytes]) -> None:
     file.seek(keep)
 
 
+#: A full disk, a quota reached, a file past its size limit (``ulimit -f``).
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+@contextlib.contextmanager
+def _disk_full_says_what_to_do(path: Path) -> Iterator[None]:
+    """Re-raise the ``OSError`` of a full disk with what to do about it (its errno kept:
+    the restart strategy does not retry it, as the next attempt would fail the same way)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        raise OSError(
+            exc.errno,
+            f"{exc.strerror}, writing {exc.filename or path}: free space on that disk (or raise the quota or "
+            f"the file-size limit), or give FileSink a path on another disk; until then a restart fails the same way",
+        ) from exc
+
+
 class _FileWriter(SinkWriter):
     def __init__(self, path: Path, flush_interval: float) -> None:
         self._path = path
@@ -494,16 +516,19 @@ class _FileWriter(SinkWriter):
     async def write(self, values: list[Any]) -> None:
         chunk = _json_lines(values, self._path)
         assert self._file is not None
-        self._file.write(chunk)
+        with _disk_full_says_what_to_do(self._path):
+            self._file.write(chunk)
 
     async def flush(self) -> None:
         if self._file is not None:
-            self._file.flush()
+            with _disk_full_says_what_to_do(self._path):
+                self._file.flush()
 
     async def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        file, self._file = self._file, None
+        if file is not None:
+            with _disk_full_says_what_to_do(self._path):
+                file.close()
 
 
 # Exactly-once: the files of the target <dir>/<name> live next to it, all hidden.
@@ -770,14 +795,16 @@ class _ExactlyOnceFileWriter(TwoPhaseCommitSinkWriter):
         if not values:
             return
         chunk = _json_lines(values, self._path)
-        if self._file is None:
-            self._file = open(self._in_progress, "wb", opener=_create_0o644)  # noqa: SIM115 - closed in _stage/close
-        self._file.write(chunk)
+        with _disk_full_says_what_to_do(self._path):
+            if self._file is None:
+                self._file = open(self._in_progress, "wb", opener=_create_0o644)  # noqa: SIM115 - closed in _stage/close
+            self._file.write(chunk)
 
     async def flush(self) -> None:
         """Push buffered records to the staging file; nothing becomes visible."""
         if self._file is not None:
-            self._file.flush()
+            with _disk_full_says_what_to_do(self._path):
+                self._file.flush()
 
     async def pre_commit(self, checkpoint_id: int) -> dict[str, Any]:
         if not isinstance(checkpoint_id, int) or isinstance(checkpoint_id, bool) or checkpoint_id < 0:
@@ -787,7 +814,8 @@ class _ExactlyOnceFileWriter(TwoPhaseCommitSinkWriter):
                 f"FileSink({self._path}): pre_commit({checkpoint_id}) after "
                 f"pre_commit({self._last_checkpoint}): checkpoint ids must increase"
             )
-        staged, size = await anyio.to_thread.run_sync(self._stage, str(checkpoint_id))
+        with _disk_full_says_what_to_do(self._path):
+            staged, size = await anyio.to_thread.run_sync(self._stage, str(checkpoint_id))
         self._last_checkpoint = checkpoint_id
         handle = {"target": str(self._path), "staged": staged, "size": size, "checkpoint_id": checkpoint_id}
         self._pending[checkpoint_id] = handle
@@ -817,12 +845,13 @@ class _ExactlyOnceFileWriter(TwoPhaseCommitSinkWriter):
         pre-committed transactions first (those of checkpoints that failed)."""
         target, staged, size, checkpoint_id = _check_handle(handle)
         own = self._pending.get(checkpoint_id) == handle
-        if own:
-            for earlier in sorted(c for c in self._pending if c < checkpoint_id):
-                await self._commit_own(earlier)
-            await self._commit_own(checkpoint_id)
-        else:  # made by another writer: recovery, or another parallelism
-            await anyio.to_thread.run_sync(_commit, target, staged, size, self._token, False)
+        with _disk_full_says_what_to_do(self._path):
+            if own:
+                for earlier in sorted(c for c in self._pending if c < checkpoint_id):
+                    await self._commit_own(earlier)
+                await self._commit_own(checkpoint_id)
+            else:  # made by another writer: recovery, or another parallelism
+                await anyio.to_thread.run_sync(_commit, target, staged, size, self._token, False)
 
     async def _commit_own(self, checkpoint_id: int) -> None:
         handle = self._pending[checkpoint_id]
@@ -841,16 +870,20 @@ class _ExactlyOnceFileWriter(TwoPhaseCommitSinkWriter):
     async def finish(self) -> None:
         if self._pending:
             await self.commit(self._pending[max(self._pending)])
-        staged, size = await anyio.to_thread.run_sync(self._stage, "final")
-        await anyio.to_thread.run_sync(_commit, self._path, staged, size, self._token, not self._swept)
+        with _disk_full_says_what_to_do(self._path):
+            staged, size = await anyio.to_thread.run_sync(self._stage, "final")
+            await anyio.to_thread.run_sync(_commit, self._path, staged, size, self._token, not self._swept)
         self._swept = True
 
     async def close(self) -> None:
         """Drop the transaction not pre-committed; keep pre-committed ones for recovery."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            self._in_progress.unlink(missing_ok=True)
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                with _disk_full_says_what_to_do(self._path):
+                    file.close()
+            finally:
+                self._in_progress.unlink(missing_ok=True)
 
 
 class FileSink(Sink):

@@ -49,7 +49,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from aioflow._core.connectors.async_sink import AsyncBatchSink
 from aioflow._core.connectors.kafka import unreachable
-from aioflow._core.errors import ConnectorError, PipelineError, truncated_repr
+from aioflow._core.errors import ConnectorError, PipelineError, RefusedError, truncated_repr
 from aioflow._core.retry import RetryPolicy
 
 __all__ = ["KafkaSink"]
@@ -193,8 +193,9 @@ class KafkaSink(AsyncBatchSink):
 
     async def _started(self, producer: AIOKafkaProducer) -> AIOKafkaProducer:
         """``producer``, started; stopped again if starting fails (no connections or tasks
-        left behind), with brokers that cannot be reached, or that refuse a transactional
-        producer, named in a ``ConnectorError``."""
+        left behind), with brokers that cannot be reached named in a ``ConnectorError``
+        (retried: they may come back), and brokers that refuse a transactional producer
+        in a ``RefusedError`` (not retried: they have no transactions)."""
         try:
             await producer.start()
         except BaseException as exc:
@@ -207,11 +208,12 @@ class KafkaSink(AsyncBatchSink):
                 and producer._txn_manager is not None
                 and producer._txn_manager.transactional_id is not None
             ):
-                raise ConnectorError(
-                    self.name,
-                    f"the brokers at {self.bootstrap_servers} refused a transactional "
-                    f"producer ({exc!r}): delivery='exactly_once' needs a broker with "
-                    "transactions (Tansu has none); or use delivery='at_least_once'",
+                raise RefusedError(
+                    f"{self.name}: the brokers at {self.bootstrap_servers} refused a transactional "
+                    f"producer ({exc!r}): delivery='exactly_once' needs a broker with transactions "
+                    "(Apache Kafka, Redpanda, noida-db for local runs; Tansu has none), and a restart "
+                    "would be refused again. Point the sink at such brokers, or use "
+                    "delivery='at_least_once'"
                 ) from exc
             raise
         return producer

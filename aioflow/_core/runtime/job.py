@@ -34,7 +34,7 @@ from aioflow._core.runtime.channel import Channel, InputGate
 from aioflow._core.runtime.keygroups import key_group_range
 from aioflow._core.runtime.operator import CountingOutput, FanOut, Operator, Output
 from aioflow._core.runtime.partitioning import FORWARD
-from aioflow._core.runtime.restart import NoRestart, RestartStrategy
+from aioflow._core.runtime.restart import NoRestart, RestartStrategy, repeats_on_restart
 from aioflow._core.runtime.task import NetworkOutput, SourceTask, StreamTask, SubtaskEnvironment
 from aioflow._core.runtime.writer import RecordWriter
 from aioflow._core.state.backend import DEFAULT_CACHE_SIZE, KeyedStateBackend
@@ -490,11 +490,16 @@ class Job:
             try:
                 await self._run(state)
                 return
-            except StateError:
-                raise  # the state itself is at fault (serialisation, declarations, disk): a restart repeats it
             except Exception as exc:
                 coordinator = self._coordinator
                 if coordinator is None or self._stop_requested or self._savepoint_wanted:
+                    raise
+                if repeats_on_restart(exc):
+                    log.error(
+                        "job failed with an error a restart would repeat: not restarting",
+                        app=self.plan.app_name,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
                     raise
                 now = time.monotonic()
                 if strategy.reset_after is not None and now - started >= strategy.reset_after:

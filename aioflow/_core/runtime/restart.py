@@ -5,9 +5,9 @@ connection) restarts inside the same process: its tasks are rebuilt and resume f
 last completed checkpoint, so nothing committed is lost or duplicated. The strategy is
 asked after every failure, with the times of the failures it counts so far, and answers
 with a delay or ``None`` (give up: the job fails). An error that repeats on every attempt
-thus exhausts the strategy and ends the worker, instead of looping forever. A
-:class:`~aioflow._core.errors.StateError` (a value that cannot be serialised, a state declared
-anew with another serializer, a full disk) is never retried: a restart would repeat it.
+thus exhausts the strategy and ends the worker, instead of looping forever. An error
+that a restart would certainly repeat is never retried (:func:`repeats_on_restart`): the
+job fails at once, with a message that says what to do.
 
 :class:`FixedDelayRestart` and :class:`ExponentialBackoffRestart` count failures in a
 row: a job that then ran ``reset_after`` seconds (default 60) without failing starts the
@@ -18,9 +18,10 @@ counts the failures within a sliding interval instead.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
-from aioflow._core.errors import PipelineError, check_number
+from aioflow._core.errors import BadRecordError, PipelineError, RefusedError, StateError, check_number
 
 __all__ = [
     "DEFAULT_RESTART_STRATEGY",
@@ -29,6 +30,7 @@ __all__ = [
     "FixedDelayRestart",
     "NoRestart",
     "RestartStrategy",
+    "repeats_on_restart",
 ]
 
 
@@ -117,3 +119,34 @@ class FailureRateRestart(RestartStrategy):
 
 #: What a job with checkpoints uses unless told otherwise: a few attempts, with backoff.
 DEFAULT_RESTART_STRATEGY = ExponentialBackoffRestart(attempts=3, initial_delay=1.0, max_delay=30.0)
+
+
+#: A full disk, a quota reached, a file past its size limit: the write fails again after a
+#: restart, until someone makes room.
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def repeats_on_restart(error: BaseException) -> bool:
+    """Whether a restart would fail the same way, so the strategy must not retry it:
+
+    - :class:`RefusedError`: the worker will not run as configured (corrupt or foreign
+      state, an exactly-once Kafka sink on brokers without transactions, ...);
+    - :class:`StateError`: a value the serializer refuses, a state declared anew with
+      another serializer;
+    - :class:`BadRecordError`: a record that cannot be decoded under ``on_error="fail"``
+      is read again after the restart;
+    - an ``OSError`` of a full disk (``ENOSPC``, ``EDQUOT``, ``EFBIG``).
+
+    ``error`` and the errors it was raised from (``__cause__``) are looked at, so an
+    :class:`OperatorError` wrapping a sink's full disk counts.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (RefusedError, StateError, BadRecordError)):
+            return True
+        if isinstance(current, OSError) and current.errno in _DISK_FULL:
+            return True
+        current = current.__cause__
+    return False
