@@ -6,12 +6,19 @@ of messages, or for the worker to exit."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from kafka.conftest import _free_port, _serve
 from kafka.topics import committed_offsets, create_topic, produce, read, read_all, sync, unique_name
 from recovery.jobs import Worker
 from worker.serving import get
@@ -210,3 +217,55 @@ def test_kafka_clickstream_bounded_fires_every_window_at_the_end(kafka_broker: s
     assert worker.wait_for("job finished")
     assert _views(sync(read_all, broker, views, 1)) == [("/docs", 10_000, 2, 2), ("/home", 0, 2, 1)]
     assert worker.event("skipped bad record")["location"] == f"{clicks}:1@0"
+
+
+# -- docs/kafka-quickstart.md, step 9: exactly once on noida-db -------------------------------
+
+
+def test_quickstart_exactly_once_step_runs_as_written(tmp_path: Path) -> None:
+    """The step's commands and files, run as written: only the port (9093 -> a free one)
+    and the example's state directory (a temporary one) differ."""
+    text = (ROOT / "docs" / "kafka-quickstart.md").read_text()
+    step = text[text.index("## 9. Exactly once") : text.index("## Next")]
+    shell = re.findall(r"```sh\n(.*?)```", step, re.S)
+    files = re.findall(r"```py\n(.*?)```", step, re.S)
+    expected = re.findall(r"```text\n(.*?)```", step, re.S)
+    assert len(shell) == 3 and len(files) == 3 and len(expected) == 1
+    port = _free_port()
+    for block in files:
+        name = re.match(r"# (\w+\.py):", block)
+        assert name and "127.0.0.1:9093" in block, block
+        (tmp_path / name.group(1)).write_text(block.replace("127.0.0.1:9093", f"127.0.0.1:{port}"))
+    start = shlex.split(shell[0])
+    assert start[:6] == ["noida-db", "start", "--only", "kafka", "--kafka-port", "9093"], start
+    noida = shutil.which("noida-db", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    assert noida is not None
+    assert start[6:] == ["--data-dir", "noida-data"], start
+    broker = _serve([noida, *start[1:5], str(port), "--data-dir", str(tmp_path / "noida-data")], port, tmp_path / "log")
+    next(broker)  # listening
+    try:
+        for script in ("create_topics.py", "produce_orders.py"):
+            assert f"`python {script}`" in step
+            subprocess.run([sys.executable, script], cwd=tmp_path, check=True, timeout=60)
+        run = shell[1].strip().replace("127.0.0.1:9093", f"127.0.0.1:{port}")
+        assert "KAFKA_DELIVERY=exactly_once" in run and run.endswith("aioflow run examples/kafka_etl.py:app")
+        aioflow = f"{shlex.quote(sys.executable)} -m aioflow"  # this interpreter's, as the README's test does
+        env = os.environ | {"AIOFLOW_STATE_DIR": str(tmp_path / "state")}  # not examples/out
+        run = run.replace("aioflow run", f"{aioflow} run")
+        worker = subprocess.run(["sh", "-e", "-c", run], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert worker.returncode == 0, worker.stderr
+        show_command = shell[2].strip()
+        assert show_command.startswith("aioflow run ")
+        show = subprocess.run(
+            ["sh", "-e", "-c", show_command.replace("aioflow run", f"{aioflow} run", 1)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert show.returncode == 0, show.stderr
+        assert show.stdout == expected[0]
+        dead = sync(read_all, f"127.0.0.1:{port}", "orders-dead-letters", 1, committed=True)
+        assert sorted(dict(m.headers)["location"] for m in dead) == [b"orders:0@1", b"orders:0@2"]
+    finally:
+        broker.close()  # stops the broker

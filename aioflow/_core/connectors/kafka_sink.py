@@ -211,9 +211,9 @@ class KafkaSink(AsyncBatchSink):
                 raise RefusedError(
                     f"{self.name}: the brokers at {self.bootstrap_servers} refused a transactional "
                     f"producer ({exc!r}): delivery='exactly_once' needs a broker with transactions "
-                    "(Apache Kafka, Redpanda, noida-db for local runs; Tansu has none), and a restart "
-                    "would be refused again. Point the sink at such brokers, or use "
-                    "delivery='at_least_once'"
+                    "(Apache Kafka has them; Tansu has none; to try it locally, see noida-db in "
+                    "docs/kafka-quickstart.md), and a restart would be refused again. Point the sink at "
+                    "such brokers, or use delivery='at_least_once'"
                 ) from exc
             raise
         return producer
