@@ -6,11 +6,12 @@ sleep may end before the periodic check ran, and the test would pass without the
 path."""
 
 import anyio
+from support import Count
 
 import aioflow as af
 from aioflow import WatermarkGenerator, WatermarkStrategy
 from aioflow._core.runtime.task import SourceTask
-from aioflow.testing import run_collect
+from aioflow.testing import run_collect, run_collect_async
 
 
 async def until_idle(app: af.App) -> None:
@@ -82,3 +83,37 @@ def test_source_reactivated_by_punctuated_generator_sends_active_status():
     out = run_collect(seen, timeout=10)
     # the record at 9000 comes after watermark 5000 on an active input
     assert dict(out)[9000] == 5000
+
+
+async def test_a_mid_stream_assigner_held_back_by_a_slow_operator_does_not_go_idle():
+    """The assigner's records wait on a slow map chained after it, far longer than its
+    idle timeout: that is not quiet time. Were it idle, the other input of the union
+    (done at once) would carry the watermark past the slow input's records."""
+    app = af.App("held-assigner", batch_size=10, watermark_interval=0.005)
+
+    async def slowly(e):
+        await anyio.sleep(0.03)
+        return e
+
+    slow = (
+        app.source([("slow", t) for t in range(0, 2_000, 10)], name="slow_rows")
+        .assign_timestamps_and_watermarks(lambda e: e[1], af.BoundedOutOfOrderness(0, idle_timeout=10))
+        .map(slowly, name="slowly")
+    )
+    fast = app.source(
+        [("fast", t) for t in range(0, 2_000, 10)],
+        name="fast_rows",
+        timestamps=lambda e: e[1],
+        watermarks=af.BoundedOutOfOrderness(0),
+    )
+    late = af.OutputTag("late")
+    counted = (
+        slow.union(fast)
+        .key_by(lambda e: e[0])
+        .window(af.TumblingEventTimeWindows(100))
+        .side_output_late_data(late)
+        .aggregate(Count(), name="count")
+    )
+    counts, lates = await run_collect_async(counted, counted.get_side_output(late), timeout=60)
+    assert lates == []
+    assert sum(counts) == 400
