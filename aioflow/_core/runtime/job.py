@@ -495,8 +495,8 @@ class Job:
                 if coordinator is None or self._stop_requested or self._savepoint_wanted:
                     raise
                 if repeats_on_restart(exc):
-                    log.error(
-                        "job failed with an error a restart would repeat: not restarting",
+                    log.warning(
+                        "not restarting: a restart would fail the same way",
                         app=self.plan.app_name,
                         error=f"{type(exc).__name__}: {exc}",
                     )
