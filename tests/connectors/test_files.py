@@ -15,6 +15,8 @@ import structlog
 from support import late_records_under_backpressure
 
 import aioflow as af
+from aioflow._core.connectors import files
+from aioflow._core.connectors.files import BOM
 from aioflow.testing import run_collect
 
 
@@ -300,22 +302,29 @@ async def test_a_slow_file_does_not_stall_the_event_loop(tmp_path: Path) -> None
     assert len(gaps) > 20 and max(gaps) < 0.5, max(gaps)  # ...and the loop kept running
 
 
-async def test_a_read_smaller_than_the_batches_read_ahead_takes_part_of_one(tmp_path: Path) -> None:
-    """The reading thread cuts batches at the first read's size; a later, smaller read
-    takes the start of one and the position counts exactly what was handed out."""
-    path = _write(tmp_path / "in.jsonl", [orjson.dumps(i).decode() for i in range(25)])
-    reader = af.read_jsonl(path).create_reader(0, 1)
+async def test_lines_across_chunk_boundaries_and_positions_are_exact(tmp_path: Path, monkeypatch) -> None:
+    """Chunks of 7 bytes: lines span chunks, one is longer than several, CRLF and a
+    missing last line break; every batch has its lines whole and the position after it
+    is exact, so a reader restored there goes on with the next line."""
+    monkeypatch.setattr(files, "CHUNK", 7)
+    lines = ["a", "", "bb\r", "c" * 30, "dddd", "é", "ffffff", "g", "hh", "last"]
+    path = tmp_path / "in.txt"
+    path.write_bytes(BOM + "\n".join(lines).encode())  # no line break after "last"
+    reader = af.read_text(path).create_reader(0, 1)
     await reader.open()
-    got: list[list[int]] = []
-    try:
-        for size in (10, 4, 100, 100):
-            while not (batch := await reader.read(size, 0.1)).records:  # empty: not read yet
-                pass
-            got.append(batch.records)
-        position = reader.position()["reading"][0]
-        while (batch := await reader.read(100, 0.1)) is not None:  # then the end
-            assert not batch.records
-    finally:
-        await reader.close()
-    assert got == [list(range(10)), list(range(10, 14)), list(range(14, 20)), list(range(20, 25))]
-    assert position == {"path": str(path), "line": 25, "offset": path.stat().st_size}
+    got, positions = [], []
+    while (batch := await reader.read(3, 1)) is not None:
+        got.extend(batch.records)
+        positions.append(reader.position()["reading"])
+    await reader.close()
+    assert got == [line.removesuffix("\r") for line in lines]  # "bb\r\n" is a CRLF line
+    middle = positions[1][0]
+    assert middle == {"path": str(path), "line": 6, "offset": len(BOM) + len("\n".join(lines[:6]).encode()) + 1}
+    resumed = af.read_text(path).create_reader(0, 1)
+    resumed.restore({"reading": [middle], "finished": []})
+    await resumed.open()
+    rest = []
+    while (batch := await resumed.read(100, 1)) is not None:
+        rest.extend(batch.records)
+    await resumed.close()
+    assert rest == lines[6:]  # no CRLF among them

@@ -1,14 +1,16 @@
 """Files: the :func:`read_jsonl` and :func:`read_text` sources, and :class:`FileSink`.
 
 Both stream: the source reads a batch of lines at a time (constant memory whatever the
-file size), in a thread of each reader's own so that the event loop never waits for the
-disk; the sink writes one buffered chunk per batch. orjson does the JSON.
+file size) without ever making the event loop wait for the disk (what the page cache
+holds is read at once, the rest in a thread); the sink writes one buffered chunk per
+batch. orjson does the JSON.
 ``FileSink(exactly_once=True)`` stages each transaction in a hidden file next to the
 target and appends it to the target when its checkpoint completes (two-phase commit).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import glob
@@ -114,47 +116,102 @@ TEXT_LINES = _Format("read_text", _text_line, UnicodeDecodeError, _utf8_error, s
 
 
 class _FileSplit:
-    """One file being read: where the reader is in it."""
+    """One file being read: where the reader is in it (``line``, ``offset``: what was
+    handed out), and what it has read ahead of that."""
 
-    __slots__ = ("file", "line", "offset", "path")
+    __slots__ = ("eof", "fd", "line", "lines", "nowait", "offset", "path", "read_at", "tail", "taken")
 
     def __init__(self, path: Path, line: int = 0, offset: int = 0) -> None:
         self.path = path
         self.line = line  # lines consumed
         self.offset = offset  # bytes consumed
-        self.file: io.BufferedReader | None = None
+        self.fd: int | None = None
+        self.nowait = _NOWAIT is not None  # can read the page cache without waiting for the disk
+        self.read_at = offset  # where the next chunk starts
+        self.lines: Iterator[bytes] = iter(())  # the last chunk's lines not taken yet
+        self.tail = b""  # a line begun at the end of the last chunk
+        self.taken: list[bytes] = []  # lines of the batch being put together
+        self.eof = False
 
 
-#: Batches a file reader's thread reads ahead of what the job took. Once that many wait,
-#: it waits until the job took all but :data:`READ_AGAIN`, then reads ahead in one go:
-#: each switch between the thread and the event loop costs (the GIL changes hands), so
-#: they are few.
-READ_AHEAD = 16
-READ_AGAIN = 8
+#: Bytes read from a file at a time.
+CHUNK = 1 << 18
 
-#: What a reader's thread queues after the last batch of its last file.
-_END = object()
+#: ``preadv`` flag: fail with EAGAIN rather than wait for the disk (Linux).
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
-def _open_split(split: _FileSplit) -> io.BufferedReader:
-    """``split``'s file, positioned where the split is; a new file skips its byte-order mark.
-    A named pipe is read from its start only (it cannot seek)."""
-    file = open(split.path, "rb")  # noqa: SIM115 - closed when exhausted or when the thread ends
+class _NotYet(Exception):  # noqa: N818 - not an error: a blocking call still runs
+    """A call in a thread did not finish within the read's timeout; it goes on."""
+
+
+class _Call:
+    """A blocking call running in a daemon thread of its own for a reader, and its outcome.
+
+    A daemon thread, not a worker thread of the event loop's pool: a call can block for
+    good (opening a named pipe nobody writes to), and must then keep neither the job nor
+    the process from ending. A reader closed while a call runs abandons it: the file
+    descriptor the call reads, or the one it opens, is closed by the thread when the call
+    returns, never while it is in use."""
+
+    def __init__(self, key: tuple[Any, ...], function: Callable[..., Any], *args: Any) -> None:
+        self.key = key
+        self.done = anyio.Event()
+        self.result: Any = None
+        self.error: Exception | None = None
+        self._lock = threading.Lock()
+        self._returned = False
+        self._opened: int | None = None  # what an "open" call returned
+        self._abandoned = False
+        self._close_after: int | None = None
+        self._loop = asyncio.get_running_loop()
+        threading.Thread(target=self._call, args=(function, args), name="aioflow-file-io", daemon=True).start()
+
+    def _call(self, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        result = None
+        try:
+            result = self.result = function(*args)
+        except Exception as exc:  # raised where the reader takes the result
+            self.error = exc
+        with self._lock:
+            self._returned = True
+            if self.key[0] == "open":
+                self._opened = result
+            abandoned, fd = self._abandoned, self._close_after
+        if abandoned:
+            for unused in (self._opened, fd):
+                if unused is not None:
+                    os.close(unused)
+            return
+        with contextlib.suppress(RuntimeError):  # the event loop is gone: nobody waits
+            self._loop.call_soon_threadsafe(self.done.set)
+
+    def abandon(self, fd: int | None) -> None:
+        """The reader closes: close ``fd`` (the one the call reads, if any) and what the
+        call opens, now if it returned, else when it does."""
+        with self._lock:
+            running = not self._returned
+            if running:
+                self._abandoned, self._close_after = True, fd
+        if not running:
+            for unused in (self._opened, fd):
+                if unused is not None:
+                    os.close(unused)
+
+
+def _open_split(path: Path) -> int:
+    """In a thread: a file descriptor of ``path`` (a named pipe waits for its writer)."""
+    return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+
+def _read_nowait(fd: int, offset: int, buffer: bytearray) -> memoryview | None:
+    """The chunk at ``offset``, read into ``buffer`` as far as the page cache holds it,
+    without waiting for the disk: ``None`` when it would have to wait."""
     try:
-        if split.offset == 0:
-            if file.peek(len(BOM))[: len(BOM)] == BOM:
-                file.read(len(BOM))
-                split.offset = len(BOM)
-        elif file.seekable():
-            file.seek(split.offset)
-        else:
-            raise StateError(
-                f"{split.path} is a pipe: it cannot resume at byte {split.offset} (restore from a checkpoint)"
-            )
-    except BaseException:
-        file.close()
-        raise
-    return file
+        size = os.preadv(fd, [buffer], offset, _NOWAIT or 0)
+    except BlockingIOError:
+        return None
+    return memoryview(buffer)[:size]
 
 
 class _LinesReader(SourceReader):
@@ -162,28 +219,22 @@ class _LinesReader(SourceReader):
     active split: the source's watermark waits for the slowest file instead of making
     the records of files read later look late.
 
-    The reading is done by a thread of the reader's own, at most :data:`READ_AHEAD`
-    batches ahead; the event loop only decodes. A slow disk or a named pipe whose writer
-    is slow therefore never stalls the loop (nor ``/health``, nor the other tasks): a
-    read that gets no lines within its timeout returns an empty batch. The batches are
-    the same as read on the loop: ``max_records`` lines (of the first read) per turn.
+    The event loop never waits for the disk: a chunk the page cache holds is read at once
+    (``preadv`` with ``RWF_NOWAIT``, Linux), anything else (a chunk of a slow or cold
+    disk, opening a file, a named pipe) in a thread. A read whose batch is not
+    complete within its timeout returns an empty batch and completes it at the next read,
+    so the batches are the same whatever the timing: ``max_records`` lines per turn.
     """
 
     def __init__(self, source: LinesSource, files: list[Path]) -> None:
         self._source = source
         self._format = source.format
         self._files = files
-        #: the splits as handed out (positions); the thread reads ahead on copies of them
         self._active: deque[_FileSplit] = deque(_FileSplit(path) for path in files)
         self._records = 0
         self._policy = ErrorPolicy(source.on_error, source.name)
-        #: batches read ahead, from the thread to the event loop, guarded by ``_ready_changed``
-        self._ready: deque[Any] = deque()
-        self._ready_changed = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._rest: tuple[Path, list[bytes], int, int] | None = None  # of a batch larger than a read took
-        self._ended = False
+        self._call: _Call | None = None  # the blocking call under way, if any
+        self._buffer = bytearray(CHUNK)  # what a read from the page cache goes into
 
     async def open(self) -> None:
         for split in self._active:
@@ -198,110 +249,97 @@ class _LinesReader(SourceReader):
         """Every file not read to its end: a file waiting for its turn is not idle."""
         return {str(split.path) for split in self._active}
 
-    # -- the reading thread -----------------------------------------------------------
+    async def _in_thread(self, timeout: float, key: tuple[Any, ...], function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` in a thread; raises :class:`_NotYet` when it takes
+        longer than ``timeout``: it goes on, and the next call with the same ``key`` (the
+        reader asks for it again, having nothing else to do) waits for it again."""
+        call = self._call
+        if call is None:
+            call = self._call = _Call(key, function, *args)
+        assert call.key == key, (call.key, key)
+        if not call.done.is_set():
+            with anyio.move_on_after(timeout):
+                await call.done.wait()
+            if not call.done.is_set():
+                raise _NotYet
+        self._call = None
+        if call.error is not None:
+            raise call.error
+        return call.result
 
-    def _pump(self, splits: list[_FileSplit], batch: int) -> None:
-        """Queue ``(path, lines, offset of the first, offset after the last)`` batches of
-        ``splits`` in turns, ``(path, None, 0, 0)`` when a file ends, then :data:`_END` (or the exception that
-        stopped it). Stops when :meth:`close` asks."""
-        active = deque(splits)
-        try:
-            while active:
-                split = active[0]
-                if split.file is None:
-                    split.file = _open_split(split)
-                lines = list(islice(split.file, batch))
-                if not lines:
-                    split.file.close()
-                    split.file = None
-                    active.popleft()
-                    if not self._put((split.path, None, 0, 0)):
-                        return
-                    continue
-                active.rotate(-1)
-                start = split.offset
-                split.offset += sum(map(len, lines))
-                if not self._put((split.path, lines, start, split.offset)):
-                    return
-            self._put(_END)
-        except BaseException as exc:  # handed to the reader, which raises it in the job
-            self._put(exc)
-        finally:
-            for split in active:
-                if split.file is not None:
-                    split.file.close()
+    async def _next_chunk(self, split: _FileSplit, timeout: float) -> bytes | memoryview:
+        """The next chunk of ``split`` (empty at its end); a view of the reader's buffer,
+        valid until the next chunk is read."""
+        if split.fd is None:
+            split.fd = await self._in_thread(timeout, ("open", split.path), _open_split, split.path)
+            if not stat.S_ISREG(os.fstat(split.fd).st_mode):
+                split.nowait = False  # a pipe: read what comes, in a thread
+                if split.read_at:
+                    raise StateError(f"{split.path} is a pipe: it cannot resume at byte {split.read_at}")
+        fd, at = split.fd, split.read_at
+        chunk: bytes | memoryview | None = None
+        if split.nowait:
+            try:
+                chunk = _read_nowait(fd, at, self._buffer)
+            except OSError as exc:  # a file system without RWF_NOWAIT: read in a thread
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                split.nowait = False
+        if chunk is None:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                chunk = await self._in_thread(timeout, ("pread", split.path, at), os.pread, fd, CHUNK, at)
+            else:
+                chunk = await self._in_thread(timeout, ("read", split.path, at), os.read, fd, CHUNK)
+        split.read_at = at + len(chunk)
+        return chunk
 
-    def _put(self, item: Any) -> bool:
-        """Queue ``item``; when :data:`READ_AHEAD` wait, first wait until the job took all
-        but :data:`READ_AGAIN`. False once the reader closed."""
-        ready, changed = self._ready, self._ready_changed
-        with changed:
-            if len(ready) >= READ_AHEAD:
-                changed.wait_for(lambda: len(ready) <= READ_AGAIN or self._stopping)
-            if self._stopping:
-                return False
-            ready.append(item)
-            changed.notify_all()
-        return True
-
-    def _take(self) -> Any:
-        """The next item read ahead (raises IndexError when there is none); wakes the
-        thread once few are left."""
-        item = self._ready.popleft()
-        if len(self._ready) == READ_AGAIN:
-            with self._ready_changed:
-                self._ready_changed.notify_all()
-        return item
-
-    def _wait(self, timeout: float) -> Any:
-        """In a worker thread: the next item, waiting at most ``timeout`` s (else ``None``)."""
-        with self._ready_changed:
-            if not self._ready_changed.wait_for(lambda: self._ready, timeout):
+    async def _take(self, split: _FileSplit, count: int, timeout: float) -> list[bytes] | None:
+        """The next ``count`` lines of ``split`` (fewer at its end, none once it ended);
+        ``None`` when the disk did not deliver them within ``timeout`` (the lines taken
+        so far stay for the next call)."""
+        taken = split.taken
+        while True:
+            taken.extend(islice(split.lines, count - len(taken)))
+            if taken and not split.eof and not taken[-1].endswith(b"\n"):
+                split.tail = taken.pop()  # the chunk ended inside this line: the rest is in the next one
+            if len(taken) >= count or split.eof:
+                break
+            try:
+                chunk = await self._next_chunk(split, timeout)
+            except _NotYet:
                 return None
-            return self._take()
-
-    # -- the event loop's side --------------------------------------------------------
+            if not chunk:
+                split.eof = True
+                if split.tail:  # the last line, without a line break
+                    taken.append(split.tail)
+                    split.tail = b""
+                break
+            data = split.tail + chunk  # bytes: io.BytesIO shares them instead of copying
+            if split.read_at == len(chunk) and data.startswith(BOM):  # the file's first chunk
+                data = data[len(BOM) :]
+                split.offset = len(BOM)
+            split.lines = iter(io.BytesIO(data))
+            split.tail = b""
+        split.taken = []
+        return taken
 
     async def read(self, max_records: int, timeout: float) -> SourceBatch | None:
-        if self._ended:
-            return None
-        if self._thread is None:
-            copies = [_FileSplit(s.path, s.line, s.offset) for s in self._active]
-            self._thread = threading.Thread(
-                target=self._pump, args=(copies, max_records), name=f"aioflow-{self._format.kind}", daemon=True
-            )
-            self._thread.start()
         active = self._active
-        while True:
-            item: Any = self._rest
-            self._rest = None
-            if item is None:
-                try:
-                    item = self._take()
-                except IndexError:
-                    item = await anyio.to_thread.run_sync(self._wait, timeout, abandon_on_cancel=True)
-                    if item is None:
-                        return SourceBatch([])  # the disk or the pipe is slow
-            if item is _END:
-                self._ended = True
-                return None
-            if isinstance(item, BaseException):
-                raise item
-            path, lines, start, end = item
-            split = active[0]  # the thread takes the same turns
-            assert split.path == path, (split.path, path)
+        while active:
+            split = active[0]
+            lines = await self._take(split, max_records, timeout)
             if lines is None:
+                return SourceBatch([])  # the disk or the pipe is slow
+            if not lines:
+                if split.fd is not None:
+                    os.close(split.fd)
+                    split.fd = None
                 active.popleft()
                 continue
-            if len(lines) > max_records:
-                cut = start + sum(map(len, lines[:max_records]))
-                self._rest = (path, lines[max_records:], cut, end)
-                lines, end = lines[:max_records], cut
-            else:
-                active.rotate(-1)
+            active.rotate(-1)
             first = split.line + 1
             split.line += len(lines)
-            split.offset = end
+            split.offset += sum(map(len, lines))
             bad: list[BadRecord] = []
             try:
                 records = list(map(self._format.decode, lines))
@@ -309,6 +347,7 @@ class _LinesReader(SourceReader):
                 records = self._decode_carefully(lines, split.path, first, bad)
             self._records += len(records)
             return SourceBatch(records, str(split.path), bad or None)
+        return None
 
     def _decode_carefully(self, lines: list[bytes], path: Path, first: int, bad: list[BadRecord]) -> list[Any]:
         """Line by line: blank lines are skipped (JSON), bad ones go to the error policy."""
@@ -351,15 +390,14 @@ class _LinesReader(SourceReader):
         }
 
     async def close(self) -> None:
-        """Stop the thread and wait a moment for it to close its files (a read blocked
-        on a pipe whose writer went quiet ends on its own, with the process at the latest)."""
         self._policy.close()
-        with self._ready_changed:
-            self._stopping = True
-            self._ready_changed.notify_all()
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            await anyio.to_thread.run_sync(thread.join, 1.0, abandon_on_cancel=True)
+        call, self._call = self._call, None
+        for split in self._active:
+            fd, split.fd = split.fd, None
+            if call is not None and call.key[1] == split.path:
+                call.abandon(fd)  # the call may still use it
+            elif fd is not None:
+                os.close(fd)
 
 
 class LinesSource(Source):
@@ -397,10 +435,11 @@ def read_jsonl(
     """A bounded source of the JSON values in one or more JSON-lines files.
 
     ``path`` is a file, a glob pattern or a list of either; each file is a split (read by
-    one subtask, so parallelism is at most the number of files). Files are read by a
-    thread, so a slow disk never stalls the event loop; a named pipe is read, in batches,
-    until its writer closes it. Blank lines are ignored, and so is a UTF-8 byte-order mark at the
-    start of a file. A line that is not valid JSON is handled by ``on_error``:
+    one subtask, so parallelism is at most the number of files). A slow disk never
+    stalls the event loop: what the page cache does not hold is read in a thread. A named
+    pipe is read, in batches, until its writer closes it. Blank lines are ignored, and
+    so is a UTF-8 byte-order mark at the start of a file. A line that is not valid JSON
+    is handled by ``on_error``:
 
     - ``"fail"`` (default): the job fails with a :class:`BadRecordError` naming file and line;
     - ``"skip"``: it is dropped and counted; the first is logged in full, the rest in
