@@ -302,11 +302,17 @@ async def test_a_slow_file_does_not_stall_the_event_loop(tmp_path: Path) -> None
     assert len(gaps) > 20 and max(gaps) < 0.5, max(gaps)  # ...and the loop kept running
 
 
-async def test_lines_across_chunk_boundaries_and_positions_are_exact(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("page_cache", [True, False], ids=["page-cache-on-the-loop", "every-chunk-in-a-thread"])
+async def test_lines_across_chunk_boundaries_and_positions_are_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, page_cache: bool
+) -> None:
     """Chunks of 7 bytes: lines span chunks, one is longer than several, CRLF and a
     missing last line break; every batch has its lines whole and the position after it
-    is exact, so a reader restored there goes on with the next line."""
+    is exact, so a reader restored there goes on with the next line. Without reads of
+    the page cache on the loop (not Linux), every chunk is read in a thread."""
     monkeypatch.setattr(files, "CHUNK", 7)
+    if not page_cache:
+        monkeypatch.setattr(files, "_NOWAIT", None)
     lines = ["a", "", "bb\r", "c" * 30, "dddd", "é", "ffffff", "g", "hh", "last"]
     path = tmp_path / "in.txt"
     path.write_bytes(BOM + "\n".join(lines).encode())  # no line break after "last"
