@@ -161,7 +161,7 @@ async def test_a_bad_record_under_on_error_fail_fails_the_job_at_once(tmp_path: 
     app.source(af.read_jsonl(path)).sink(af.CollectSink())
     error, seconds, restarts = await run_to_failure(app)
     assert isinstance(error, af.BadRecordError) and error.location == f"{path}:2"
-    assert "on_error='skip'" in str(error)  # says what to do
+    assert 'on_error="skip"' in str(error) and "a restart would read it again" in str(error)  # says what to do
     assert restarts == 0 and seconds < 3
 
 
@@ -171,6 +171,24 @@ async def test_a_full_disk_under_a_file_sink_fails_the_job_at_once(tmp_path: Pat
     app.source(list(range(10_000))).sink(af.FileSink("/dev/full"))
     error, seconds, restarts = await run_to_failure(app)
     assert "No space left on device" in str(error) and "free space" in str(error), error
+    assert restarts == 0 and seconds < 3
+
+
+async def test_state_used_on_a_stream_that_is_not_keyed_fails_the_job_at_once(tmp_path: Path) -> None:
+    """A misuse of the API (a PipelineError under the OperatorError) repeats on every restart."""
+
+    class Counting(af.ProcessFunction):
+        def open(self, ctx: af.OperatorContext) -> None:
+            self.ctx = ctx
+
+        def process_element(self, value: Any, ctx: af.OperatorContext) -> Any:
+            ctx.value_state("count")  # keyed state, but the stream is not keyed
+            yield value
+
+    app = af.App("unkeyed", state_dir=str(tmp_path / "state"), checkpoint_interval=0.05)
+    app.source(list(range(10))).process(Counting).sink(af.CollectSink())
+    error, seconds, restarts = await run_to_failure(app)
+    assert isinstance(error, af.OperatorError) and isinstance(error.__cause__, af.PipelineError), error
     assert restarts == 0 and seconds < 3
 
 

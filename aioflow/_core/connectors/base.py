@@ -353,8 +353,9 @@ class ErrorPolicy:
         if self.on_error == "fail":
             raise BadRecordError(
                 f"{self.source}: cannot decode record at {location}: {error}\n  raw: {_preview(raw)!r}\n"
-                f'  a restart would read it again: fix or remove the record, or pass on_error="skip" to the source '
-                f'(counted, the first one logged), or on_error=af.OutputTag("bad_records") to send them to a side output',
+                '  a restart would read it again: fix or remove the record, or pass on_error="skip" to the '
+                'source (counted, the first one logged), or on_error=af.OutputTag("bad_records") to send them to a '
+                "side output",
                 location=location,
                 raw=raw,
             )

@@ -135,6 +135,8 @@ def repeats_on_restart(error: BaseException) -> bool:
       another serializer;
     - :class:`BadRecordError`: a record that cannot be decoded under ``on_error="fail"``
       is read again after the restart;
+    - :class:`PipelineError`: the pipeline uses aioflow wrongly (keyed state on a stream
+      that is not keyed, a timer at a time that is not an int), which the same code repeats;
     - an ``OSError`` of a full disk (``ENOSPC``, ``EDQUOT``, ``EFBIG``).
 
     ``error`` and the errors it was raised from (``__cause__``) are looked at, so an
@@ -144,7 +146,7 @@ def repeats_on_restart(error: BaseException) -> bool:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, (RefusedError, StateError, BadRecordError)):
+        if isinstance(current, (RefusedError, StateError, BadRecordError, PipelineError)):
             return True
         if isinstance(current, OSError) and current.errno in _DISK_FULL:
             return True
