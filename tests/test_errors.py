@@ -205,7 +205,7 @@ def test_a_window_function_that_returns_a_tuple_fails() -> None:
 # -- the exception tree ------------------------------------------------------------------------------------------
 
 #: Exceptions that never leave aioflow (each says so where it is defined): not in the tree.
-INTERNAL = {"GaveUp", "PredicateFailed", "NotAwaitable", "Damaged", "EnvironmentOptionError"}
+INTERNAL = {"GaveUp", "PredicateFailed", "NotAwaitable", "Damaged", "EnvironmentOptionError", "_NotYet"}
 
 
 def _exceptions_defined_in_core() -> dict[str, type[BaseException]]:

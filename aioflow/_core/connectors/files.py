@@ -141,7 +141,7 @@ CHUNK = 1 << 18
 _NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 
-class _NotYet(Exception):  # noqa: N818 - not an error: a blocking call still runs
+class _NotYet(Exception):  # noqa: N818 - not an error: a blocking call still runs; never escapes the reader
     """A call in a thread did not finish within the read's timeout; it goes on."""
 
 
