@@ -234,3 +234,11 @@ def test_run_takes_the_options_of_run_async_by_name() -> None:
     with pytest.raises(TypeError, match=r"App.run\(\) got an unexpected keyword argument 'paralelism'"):
         app.run(paralelism=2)  # type: ignore[call-arg]
     assert repr(app) == "<App 'options': 2 operators>"
+
+
+def test_a_sink_class_instead_of_a_sink_is_refused_where_the_pipeline_names_it() -> None:
+    """It was accepted, then failed when the job started with a bare TypeError from
+    create_writer()."""
+    app = af.App("sink-class")
+    with pytest.raises(af.PipelineError, match=r"got the class CollectSink: pass CollectSink\(\.\.\.\)"):
+        app.source([1]).sink(af.CollectSink)  # type: ignore[arg-type]

@@ -536,6 +536,8 @@ class Stream:
         """Write every record to ``sink`` (e.g. :class:`CollectSink`, :class:`PrintSink`, :class:`FileSink`)."""
         if not hasattr(sink, "create_writer"):
             raise PipelineError(f"sink() takes an aioflow Sink, got {sink!r} ({type(sink).__name__})")
+        if inspect.isclass(sink):
+            raise PipelineError(f"sink() takes a sink object, got the class {sink.__name__}: pass {sink.__name__}(...)")
         self.app.graph.add_node(
             "sink",
             name,
