@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import shutil
 import subprocess
 import sys
 import warnings
@@ -23,10 +24,20 @@ EXAMPLES = sorted(
 )  # those: tests/kafka
 
 
-def run_example(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """A folder of the test's own holding a copy of examples/ (the scripts and their data,
+    not what earlier runs wrote): the examples write into examples/out/, which tests
+    running in parallel must not share."""
+    shutil.copytree(ROOT / "examples", tmp_path / "examples", ignore=shutil.ignore_patterns("out", "__pycache__"))
+    return tmp_path
+
+
+def run_example(folder: Path, name: str) -> subprocess.CompletedProcess[str]:
+    """``aioflow run examples/<name>:app`` in ``folder`` (see :func:`folder`)."""
     return subprocess.run(
-        [sys.executable, "-m", "aioflow", "run", f"examples/{name}:app", "--log-format", "json", *extra],
-        cwd=ROOT,
+        [sys.executable, "-m", "aioflow", "run", f"examples/{name}:app", "--log-format", "json"],
+        cwd=folder,
         capture_output=True,
         text=True,
         timeout=120,
@@ -34,14 +45,14 @@ def run_example(name: str, *extra: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
-def test_example_runs(name: str) -> None:
-    result = run_example(name)
+def test_example_runs(folder: Path, name: str) -> None:
+    result = run_example(folder, name)
     assert result.returncode == 0, result.stderr
     assert '"event": "job finished"' in result.stderr
 
 
-def test_wordcount_prints_running_counts_ending_in_totals() -> None:
-    result = run_example("wordcount.py")
+def test_wordcount_prints_running_counts_ending_in_totals(folder: Path) -> None:
+    result = run_example(folder, "wordcount.py")
     last: dict[str, int] = {}
     for line in result.stdout.splitlines():
         word, count = eval(line)  # the PrintSink prints tuples with str()
@@ -52,10 +63,10 @@ def test_wordcount_prints_running_counts_ending_in_totals() -> None:
     assert last == dict(Counter(re.findall(r"[a-z']+", text)))
 
 
-def test_orders_example_writes_big_orders_and_dead_letters() -> None:
-    result = run_example("orders.py")
+def test_orders_example_writes_big_orders_and_dead_letters(folder: Path) -> None:
+    result = run_example(folder, "orders.py")
     assert result.returncode == 0, result.stderr
-    out = ROOT / "examples" / "out"
+    out = folder / "examples" / "out"
     big = [orjson.loads(line) for line in (out / "big_orders.jsonl").read_bytes().splitlines()]
     assert big and all(order["amount"] > 50 for order in big)
     assert len(result.stdout.splitlines()) == len(big)
@@ -64,7 +75,7 @@ def test_orders_example_writes_big_orders_and_dead_letters() -> None:
     assert dead[0]["raw"] == '{"order": 17.5, "user": "eve", "amount": '  # BadRecord.raw decoded by the example
 
 
-def test_http_sink_posts_every_result_in_batches_and_retries_a_503() -> None:
+def test_http_sink_posts_every_result_in_batches_and_retries_a_503(folder: Path) -> None:
     """The example against a server of the test's own, whose first answer is a 503."""
     import os
     import threading
@@ -92,7 +103,7 @@ def test_http_sink_posts_every_result_in_batches_and_retries_a_503() -> None:
         url = f"http://127.0.0.1:{server.server_address[1]}/results"
         result = subprocess.run(
             [sys.executable, "-m", "aioflow", "run", "examples/http_sink.py:app", "--log-format", "json"],
-            cwd=ROOT,
+            cwd=folder,
             capture_output=True,
             text=True,
             timeout=120,
@@ -110,14 +121,14 @@ def test_http_sink_posts_every_result_in_batches_and_retries_a_503() -> None:
     assert sum(row["views"] for row in results) == 600  # every page view of examples/data/page_views.jsonl
 
 
-def test_digits_scoring_reports_per_window_what_the_model_predicts_for_each_image() -> None:
+def test_digits_scoring_reports_per_window_what_the_model_predicts_for_each_image(folder: Path) -> None:
     """The streamed, batched scoring agrees with one predict over every image."""
     import ast
 
     from sklearn.datasets import load_digits
     from sklearn.svm import SVC
 
-    result = run_example("digits_scoring.py")
+    result = run_example(folder, "digits_scoring.py")
     assert result.returncode == 0, result.stderr
     windows = [ast.literal_eval(line) for line in result.stdout.splitlines()]
     digits = load_digits()
@@ -156,10 +167,10 @@ def test_enrichment_runs_twice_in_one_process_and_closes_its_sessions(caplog: py
     assert [r.getMessage() for r in caplog.records if "Unclosed" in r.getMessage()] == []
 
 
-def test_enrichment_enriches_every_click_but_those_the_service_fails_for_good() -> None:
-    result = run_example("enrichment.py")
+def test_enrichment_enriches_every_click_but_those_the_service_fails_for_good(folder: Path) -> None:
+    result = run_example(folder, "enrichment.py")
     assert result.returncode == 0, result.stderr
-    out = ROOT / "examples" / "out"
+    out = folder / "examples" / "out"
     enriched = [orjson.loads(line) for line in (out / "enriched.jsonl").read_bytes().splitlines()]
     dead = [orjson.loads(line) for line in (out / "enrichment_dead_letters.jsonl").read_bytes().splitlines()]
     failing = {"mallory", "slowpoke"}
