@@ -4,8 +4,16 @@ The job counts events per user with a keyed process function and event-time time
 sums them in tumbling event-time windows; both results go to exactly-once file sinks
 when ``STATE`` (the state directory) is set. ``CACHE`` sets the state cache size: a small
 one makes most state live in LMDB, evicted and reloaded between checkpoints. ``ASYNC``
-makes the counting function ``async def``, many keys at once. Its input is a replayable file, so an
-undisturbed run is the reference any disturbed one must match.
+makes the counting function ``async def``, many keys at once. ``PACE`` (milliseconds)
+pauses on every record whose ``v`` is 0 (one in 100), so that a signal finds the job
+running: a pause costs no CPU, where more input would. ``BATCH`` sets the batch size.
+Its input is a replayable file, so an undisturbed run is the reference any disturbed one
+must match.
+
+``SOURCE=gated`` reads the input with :class:`gated.GatedSource` instead of
+``read_jsonl``: with ``PAUSE_AT=N`` it stops reading after N records until ``GATE``
+(default 2) checkpoints completed, then logs ``source paused`` and reads no more, so that
+a signal comes at exactly that position, whatever the machine's speed.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,14 +38,28 @@ import aioflow as af
 
 state = os.environ.get("STATE")
 app = af.App("crash", state_dir=state, checkpoint_interval=0.1 if state else None,
-             parallelism=int(os.environ["P"]), state_cache_size=int(os.environ.get("CACHE", 100_000)))
-events = app.source(af.read_jsonl(os.environ["EVENTS"]), timestamps=lambda e: e["ts"],
-                    watermarks=af.BoundedOutOfOrderness(100), parallelism=1)
+             parallelism=int(os.environ["P"]), state_cache_size=int(os.environ.get("CACHE", 100_000)),
+             batch_size=int(os.environ.get("BATCH", 1024)))
+if os.environ.get("SOURCE") == "gated":  # see the docstring of tests/recovery/jobs.py
+    import orjson
+    import structlog
+    from gated import GatedSource, at_least_checkpoints
+
+    with open(os.environ["EVENTS"], "rb") as f:
+        records = [orjson.loads(line) for line in f]
+    pause_at = int(os.environ["PAUSE_AT"]) if os.environ.get("PAUSE_AT") else None
+    source = GatedSource(
+        records, batch=100, pause_at=pause_at, hold=True,
+        then=lambda: structlog.get_logger("tests").info("source paused", position=pause_at),
+        until=at_least_checkpoints(state, int(os.environ.get("GATE", 2))) if state else None)
+else:
+    source = af.read_jsonl(os.environ["EVENTS"])
+events = app.source(source, timestamps=lambda e: e["ts"], watermarks=af.BoundedOutOfOrderness(100), parallelism=1)
 
 
 def pace(e):
     if os.environ.get("PACE") and e["v"] == 0:  # slower, so that a signal finds it running
-        time.sleep(0.001)
+        time.sleep(float(os.environ["PACE"]) / 1000)
     return e
 
 
@@ -87,9 +110,11 @@ def write_events(folder: Path, events: int, seed: int) -> dict[str, str]:
 
 
 def write_job(folder: Path, events: int, seed: int) -> dict[str, str]:
-    """The job file and its input in ``folder``; returns the environment the job reads."""
+    """The job file and its input in ``folder`` (and the gated source the job imports with
+    ``SOURCE=gated``); returns the environment the job reads."""
     env = write_events(folder, events, seed)
     (folder / "job.py").write_text(JOB)
+    shutil.copy(Path(__file__).with_name("gated.py"), folder / "gated.py")
     return env
 
 

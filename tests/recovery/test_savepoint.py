@@ -14,21 +14,32 @@ from typing import Any
 
 import orjson
 import pytest
-from recovery.jobs import Worker, as_multisets, outputs, run, write_job
+from recovery.jobs import KILLED, Worker, as_multisets, outputs, run, write_job
 
 import aioflow as af
 
+EVENTS = 40_000
+PAUSE_AT = 20_200
+"""Where the stopped jobs' source pauses (once two checkpoints completed) and the stop comes:
+amid the tumbling window [100 000, 102 000), half read."""
+
+
+def _gated_job(folder: Path, seed: int, parallelism: int) -> dict[str, str]:
+    """The job, its input and the environment it reads, with the gated source."""
+    return {**write_job(folder, EVENTS, seed=seed), "P": str(parallelism), "SOURCE": "gated"}
+
 
 def _stop_with_savepoint(folder: Path, env: dict[str, str], *args: str) -> Worker:
-    worker = Worker(folder, env, *args)
-    assert worker.wait_for("checkpoint complete", 2), worker.text()
+    """Run the job until its source paused at ``PAUSE_AT``, then stop it with SIGTERM."""
+    worker = Worker(folder, {**env, "PAUSE_AT": str(PAUSE_AT)}, *args)
+    assert worker.wait_for("source paused"), worker.text()
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0, worker.text()
     return worker
 
 
 def test_sigterm_stops_with_a_savepoint_and_a_restart_completes_the_output(tmp_path: Path) -> None:
-    base = {**write_job(tmp_path, 200_000, seed=7), "P": "2", "PACE": "1"}
+    base = _gated_job(tmp_path, seed=7, parallelism=2)
     assert run(tmp_path, {**base, "OUT": str(tmp_path / "ref")}) == 0
     expected = outputs(tmp_path, "ref")
     env = {**base, "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "state")}
@@ -59,11 +70,12 @@ def test_resuming_a_savepoint_at_another_parallelism_gives_the_undisturbed_resul
     before: int,
     after: int,
 ) -> None:
-    base = {**write_job(tmp_path, 200_000, seed=before), "P": str(before), "PACE": "1"}
+    base = _gated_job(tmp_path, seed=before, parallelism=before)
     assert run(tmp_path, {**base, "OUT": str(tmp_path / "ref")}) == 0
     expected = as_multisets(outputs(tmp_path, "ref"))
 
     _stop_with_savepoint(tmp_path, {**base, "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "state")})
+    assert as_multisets(outputs(tmp_path, "out")) != expected  # the stop came before the end
     [savepoint] = (tmp_path / "state" / "savepoints").iterdir()
     # Into a new state directory, from the savepoint, at the new parallelism.
     resumed = Worker(
@@ -81,7 +93,7 @@ def test_resuming_a_savepoint_at_another_parallelism_gives_the_undisturbed_resul
 
 
 def test_drain_fires_open_windows_on_stop(tmp_path: Path) -> None:
-    base = {**write_job(tmp_path, 200_000, seed=3), "P": "1", "PACE": "1"}
+    base = _gated_job(tmp_path, seed=3, parallelism=1)
     assert run(tmp_path, {**base, "OUT": str(tmp_path / "ref")}) == 0
     expected = as_multisets(outputs(tmp_path, "ref"))
     worker = _stop_with_savepoint(
@@ -90,8 +102,12 @@ def test_drain_fires_open_windows_on_stop(tmp_path: Path) -> None:
     assert '"stop requested: draining"' in worker.text() and '"job finished"' in worker.text()
     assert not (tmp_path / "s" / "savepoints").exists()
     drained = as_multisets(outputs(tmp_path, "out"))
-    # The open windows fired with what they had: results the undisturbed run never gives.
+    paused_at = (PAUSE_AT - 1) * 5  # the timestamp of the last record read
+    sums = [orjson.loads(line) for line in drained["sums"].elements()]
+    assert max(result["ts"] for result in sums) == paused_at  # nothing read after the stop
+    # The window open at the stop fired with what it had: results the undisturbed run never gives.
     assert drained["sums"] - expected["sums"]
+    assert {orjson.loads(line)["ts"] // 2000 for line in drained["sums"] - expected["sums"]} == {paused_at // 2000}
 
 
 def test_a_missing_savepoint_is_a_clear_error(tmp_path: Path) -> None:
@@ -168,15 +184,18 @@ def test_a_retained_checkpoint_rebuilds_the_state_from_checkpoint_storage(
     """A checkpoint folder in checkpoint storage works as a savepoint: the working copy is
     rebuilt from its key groups' chains of deltas (what a worker taking over partitions
     reads), in another state directory, and the job completes exactly the undisturbed
-    output. A small cache makes the deltas hold state evicted between checkpoints too."""
-    base = {**write_job(tmp_path, 100_000, seed=3), "P": str(before), "PACE": "1", "CACHE": "64"}
+    output. A small cache makes the deltas hold state evicted between checkpoints too.
+    The killed worker's source pauses at 3/4 of the input until three checkpoints (as
+    many as storage retains) completed, paced so that they complete while it reads: the
+    kill finds it running, with deltas on deltas in storage."""
+    base = {**_gated_job(tmp_path, seed=3, parallelism=before), "CACHE": "64"}
     assert run(tmp_path, {**base, "OUT": str(tmp_path / "ref")}) == 0
     expected = outputs(tmp_path, "ref")
-    env = {**base, "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "state")}
-    worker = Worker(tmp_path, env)
-    assert worker.wait_for("checkpoint complete", 4), worker.text()
+    env = {**base, "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "state"), "PACE": "4"}
+    worker = Worker(tmp_path, {**env, "PAUSE_AT": str(EVENTS * 3 // 4), "GATE": "3"})
+    assert worker.wait_for("source paused"), worker.text()
     worker.signal(signal.SIGKILL)
-    worker.wait()
+    assert worker.wait() == KILLED, worker.text()
     newest = max((tmp_path / "state" / "checkpoints").glob("*/chk-*"), key=lambda p: int(p.name[4:]))
     manifest = orjson.loads((newest / "_manifest").read_bytes())["body"]
     assert max(len(chain) for chain in manifest["key_groups"].values()) >= 2  # deltas on deltas, not one copy
