@@ -25,16 +25,17 @@ def test_sigkilled_worker_restarted_produces_exactly_the_undisturbed_output(
 ) -> None:
     """With ``concurrent``, the crashing runs count with an ``async def`` function that
     runs many keys at once; the reference is still the synchronous one."""
-    base = {**write_job(tmp_path, 200_000, seed=parallelism), "P": str(parallelism), "CACHE": str(cache)}
+    base = {**write_job(tmp_path, 50_000, seed=parallelism), "P": str(parallelism), "CACHE": str(cache), "BATCH": "256"}
     assert run(tmp_path, {**base, "OUT": str(tmp_path / "ref")}) == 0
     if concurrent:
         base["ASYNC"] = "1"
     expected = outputs(tmp_path, "ref")
     assert expected.keys() == {"counts", "sums"} and all(expected.values())
 
-    # Paced (a 1 ms pause per 100 records: two seconds more), so that the first run is still
-    # running after the checkpoints it waits for, however fast the machine or the job.
-    crashing = {**base, "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "state"), "PACE": "1"}
+    # Paced (an 8 ms pause per 100 records: four seconds more, in batches of 256 records so
+    # that checkpoints still complete every few batches), so that each run is still running
+    # after the checkpoints it waits for, however fast the machine or the job.
+    crashing = {**base, "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "state"), "PACE": "8"}
     moments = random.Random()  # a new schedule of kills every run
     kills = 0
     for _ in range(4):

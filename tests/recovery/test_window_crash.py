@@ -25,14 +25,23 @@ def test_sigkilled_window_worker_restarted_produces_exactly_the_undisturbed_outp
     windows: str,
     cache: int,
 ) -> None:
-    """A small ``cache`` keeps most windows in LMDB, evicted and read back between checkpoints."""
-    base = {**write_events(tmp_path, 200_000, seed=len(windows)), "P": "2", "WINDOWS": windows, "CACHE": str(cache)}
+    """A small ``cache`` keeps most windows in LMDB, evicted and read back between checkpoints.
+    The crashing runs are paced (an 8 ms pause per 100 records, in batches of 256 so that
+    checkpoints still complete every few batches): each run is still running after the
+    checkpoints it waits for, and a pause costs no CPU where more input would."""
+    base = {
+        **write_events(tmp_path, 50_000, seed=len(windows)),
+        "P": "2",
+        "WINDOWS": windows,
+        "CACHE": str(cache),
+        "BATCH": "256",
+    }
     reference = Worker(tmp_path, {**base, "OUT": str(tmp_path / "ref")}, target=WINDOW_JOB)
     assert reference.wait() == 0, explain(reference)
     expected = outputs(tmp_path, "ref")
-    assert expected.keys() == {"windows"} and sum(map(len, expected["windows"].values())) > 10_000
+    assert expected.keys() == {"windows"} and sum(map(len, expected["windows"].values())) > 5_000
 
-    crashing = {**base, "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "state"), "PACE": "1"}
+    crashing = {**base, "OUT": str(tmp_path / "out"), "STATE": str(tmp_path / "state"), "PACE": "8"}
     moments = random.Random()  # a new schedule of kills every run
     kills = 0
     for _ in range(4):

@@ -4,7 +4,8 @@ tests/recovery/window_job.py:app``), configured by its environment:
 ``EVENTS`` the input (JSON lines ``{"user", "ts", "v"}``); ``P`` the parallelism; ``OUT``
 the output stem (``OUT-windows.jsonl``, one file per subtask); ``STATE`` the state
 directory (checkpoints every 100 ms and exactly-once output when set); ``CACHE`` the
-state cache size; ``PACE`` slows the source down so that a signal finds the job running.
+state cache size; ``BATCH`` the batch size; ``PACE`` (milliseconds) pauses on one record
+in 100, so that a signal finds the job running.
 
 ``WINDOWS`` the window definition of the operator ``user_windows`` (see
 :data:`DEFINITIONS`) and ``FUNCTION`` how it is finished (``aggregate``, the default, or ``process``); both give the same records
@@ -34,6 +35,7 @@ app = af.App(
     checkpoint_interval=0.1 if state else None,
     parallelism=int(os.environ["P"]),
     state_cache_size=int(os.environ.get("CACHE", 100_000)),
+    batch_size=int(os.environ.get("BATCH", 1024)),
 )
 
 
@@ -99,7 +101,7 @@ DEFINITIONS = {
 
 def pace(e):
     if os.environ.get("PACE") and e["v"] == 0:  # slower, so that a signal finds it running
-        time.sleep(0.001)
+        time.sleep(float(os.environ["PACE"]) / 1000)
     return e
 
 
