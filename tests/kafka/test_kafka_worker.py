@@ -114,6 +114,10 @@ def _kill_and_restart(folder: Path, env: dict[str, str], kills: int) -> Worker:
 
 
 def _stop(worker: Worker) -> None:
+    """A graceful stop: SIGTERM once the worker's job started (its stop signal handlers are
+    installed by then; a worker restarted last may find every result written already, and
+    a SIGTERM while it still starts up would kill it)."""
+    assert worker.wait_for("job started"), worker.text()
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0, worker.text()
 

@@ -71,6 +71,7 @@ def _peak_rss_anon_mb(tmp_path: Path, kind: str, n: int, cache: int, checkpoints
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="RssAnon is read from /proc")
+@pytest.mark.timeout(300)  # some 20 s of CPU for 300k timers: longer when the tests run in parallel
 @pytest.mark.parametrize("kind", ["keys", "timers"])
 def test_ten_times_the_state_takes_no_more_memory_than_the_cache_allows(tmp_path: Path, kind: str) -> None:
     small = _peak_rss_anon_mb(tmp_path, kind, 30_000, 1_000, checkpoints=1)
