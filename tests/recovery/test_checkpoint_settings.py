@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,34 @@ async def test_failures_beyond_the_tolerated_number_fail_the_job(tmp_path: Path)
         await app.run_async()
 
 
+class BarrierTimes(af.TwoPhaseCommitSinkWriter):
+    """Records when each checkpoint's barrier reached it (wall-clock ms): before the
+    checkpoint ended, as the sink acknowledges after its pre-commit."""
+
+    def __init__(self, times: dict[int, int]) -> None:
+        self.times = times
+
+    async def write(self, values: list[Any]) -> None:
+        pass
+
+    async def pre_commit(self, checkpoint_id: int) -> Any:
+        self.times[checkpoint_id] = time.time_ns() // 1_000_000
+        return checkpoint_id
+
+    async def commit(self, handle: Any) -> None:
+        pass
+
+
+class BarrierTimesSink(af.Sink):
+    exactly_once = True
+
+    def __init__(self) -> None:
+        self.times: dict[int, int] = {}
+
+    def create_writer(self, subtask_index: int, parallelism: int) -> af.SinkWriter:
+        return BarrierTimes(self.times)
+
+
 async def test_the_minimum_pause_separates_checkpoints_and_old_records_go(tmp_path: Path) -> None:
     app = af.App(
         "paused",
@@ -98,13 +127,17 @@ async def test_the_minimum_pause_separates_checkpoints_and_old_records_go(tmp_pa
         min_pause_between_checkpoints=0.15,
         retained_checkpoints=1000,
     )
-    app.source(af.from_iterable(ticks(400)), name="ticks").sink(af.CollectSink(), name="out")
+    sink = BarrierTimesSink()
+    app.source(af.from_iterable(ticks(400)), name="ticks").sink(sink, name="out")
     await app.run_async()
     records = _records(tmp_path)[:-1]  # the last is the final checkpoint of the finished job: no pause
     assert len(records) >= 2
     for before, after in zip(records, records[1:]):
         started = after["time_ms"] - after["duration_ms"]
-        assert started - before["time_ms"] >= 140  # 150 ms, less the time the commit itself took
+        # The previous checkpoint ended after its barrier reached the sink: from there, at
+        # least the 150 ms pause (give or take the manifest's millisecond rounding), however
+        # long that checkpoint took to commit on a loaded machine.
+        assert started - sink.times[before["checkpoint_id"]] >= 149
 
     app = af.App("kept", state_dir=str(tmp_path / "kept"), checkpoint_interval=0.01, retained_checkpoints=2)
     app.source(af.from_iterable(ticks(100)), name="ticks").sink(af.CollectSink(), name="out")
