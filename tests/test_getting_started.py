@@ -4,6 +4,7 @@ by pytest with every warning an error (a newcomer's first run must not warn)."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -40,6 +41,9 @@ def test_the_documented_tests_pass_with_warnings_as_errors(tmp_path: Path) -> No
         capture_output=True,
         text=True,
         timeout=120,
+        # as from a fresh shell: not the PYTEST_* variables of this run's xdist worker, which
+        # make pytest-benchmark (if installed) warn that xdist is active
+        env={name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")},
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
