@@ -326,6 +326,36 @@ def test_a_misspelt_app_keyword_names_the_likely_intended_one(keyword: str, said
         assert "did you mean" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("misspelt", "said"),
+    [
+        (
+            lambda: af.read_jsonl("in.jsonl", on_eror="skip"),
+            "read_jsonl() got an unexpected keyword argument 'on_eror'; did you mean 'on_error'?",
+        ),
+        (
+            lambda: af.read_text("in.txt", on_eror="skip"),
+            "read_text() got an unexpected keyword argument 'on_eror'; did you mean 'on_error'?",
+        ),
+        (
+            lambda: af.FileSink("out.jsonl", exactly_one=True),
+            "FileSink() got an unexpected keyword argument 'exactly_one'; did you mean 'exactly_once'?",
+        ),
+        (lambda: af.kafka.KafkaSource("t", boostrap_servers="x"), "did you mean 'bootstrap_servers'?"),
+        (lambda: af.kafka.KafkaSink("t", bootstrap_servers="x", delivry="exactly_once"), "did you mean 'delivery'?"),
+        (lambda: af.BoundedOutOfOrderness(10, idle_timout=5), "did you mean 'idle_timeout'?"),
+    ],
+    ids=["read_jsonl", "read_text", "FileSink", "KafkaSource", "KafkaSink", "BoundedOutOfOrderness"],
+)
+def test_a_misspelt_connector_or_watermark_keyword_names_the_likely_intended_one(
+    misspelt: Callable[[], Any], said: str
+) -> None:
+    """A fresh-clone trial found only App() helped; the connectors gave a plain TypeError."""
+    with pytest.raises(af.PipelineError) as caught:
+        misspelt()
+    assert said in str(caught.value)
+
+
 def test_a_sync_send_batch_is_a_pipeline_error_when_the_class_is_defined() -> None:
     with pytest.raises(af.PipelineError, match=r"Sync.send_batch must be an `async def` method"):
 

@@ -41,7 +41,7 @@ from aioflow._core.connectors.base import (
     SourceReader,
     TwoPhaseCommitSinkWriter,
 )
-from aioflow._core.errors import PipelineError, StateError
+from aioflow._core.errors import PipelineError, StateError, suggest_keywords
 
 __all__ = ["FileSink", "LinesSource", "read_jsonl", "read_text"]
 
@@ -427,6 +427,7 @@ class LinesSource(Source):
         return [merged] * parallelism  # each reader picks its own files out of all of them
 
 
+@suggest_keywords
 def read_jsonl(
     path: str | os.PathLike[str] | list[str | os.PathLike[str]],
     *,
@@ -450,6 +451,7 @@ def read_jsonl(
     return LinesSource(_expand(path, "read_jsonl"), JSON_LINES, on_error)
 
 
+@suggest_keywords
 def read_text(
     path: str | os.PathLike[str] | list[str | os.PathLike[str]],
     *,
@@ -949,6 +951,7 @@ class FileSink(Sink):
 
     default_name = "file_sink"
 
+    @suggest_keywords
     def __init__(
         self,
         path: str | os.PathLike[str],

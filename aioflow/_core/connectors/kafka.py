@@ -37,7 +37,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.protocol.group import LeaveGroupRequest
 
 from aioflow._core.connectors.base import BadRecord, ErrorPolicy, OnError, Source, SourceBatch, SourceReader
-from aioflow._core.errors import ConnectorError, PipelineError, StateError
+from aioflow._core.errors import ConnectorError, PipelineError, StateError, suggest_keywords
 
 __all__ = ["KafkaRecord", "KafkaSource"]
 
@@ -199,6 +199,7 @@ class KafkaSource(Source):
     lag_metric = "aioflow_kafka_consumer_lag"
     lag_labels = ("topic", "partition")
 
+    @suggest_keywords
     def __init__(
         self,
         topics: str | Iterable[str] | None = None,

@@ -49,7 +49,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from aioflow._core.connectors.async_sink import AsyncBatchSink
 from aioflow._core.connectors.kafka import unreachable
-from aioflow._core.errors import ConnectorError, PipelineError, RefusedError, truncated_repr
+from aioflow._core.errors import ConnectorError, PipelineError, RefusedError, suggest_keywords, truncated_repr
 from aioflow._core.retry import RetryPolicy
 
 __all__ = ["KafkaSink"]
@@ -101,6 +101,7 @@ class KafkaSink(AsyncBatchSink):
 
     default_name = "kafka_sink"
 
+    @suggest_keywords
     def __init__(
         self,
         topic: str | Callable[[Any], str],

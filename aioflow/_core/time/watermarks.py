@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any
 
-from aioflow._core.errors import OperatorError, PipelineError, UserFunctionTypeError
+from aioflow._core.errors import OperatorError, PipelineError, UserFunctionTypeError, suggest_keywords
 from aioflow._core.runtime.calls import describe_error, map_into
 from aioflow._core.runtime.events import MIN_WATERMARK, Batch
 from aioflow._core.time.timers import now_ms
@@ -128,6 +128,7 @@ class BoundedOutOfOrderness(WatermarkStrategy):
 
     periodic_only = True
 
+    @suggest_keywords
     def __init__(self, max_out_of_orderness: int, idle_timeout: int | None = None) -> None:
         super().__init__(idle_timeout)
         if not isinstance(max_out_of_orderness, int) or max_out_of_orderness < 0:
