@@ -10,7 +10,7 @@ in Flink.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import repeat
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any
@@ -212,7 +212,7 @@ class ProcessOperator(Operator):
             return  # not after a restore's watermark: its timers fired already
         service.watermark = timestamp
         if self.key_selector is not None:
-            await self._fire(service.event_timers.pop_due(timestamp), EVENT_TIME)
+            await self._fire(service.event_timers.pop_due_groups(timestamp), EVENT_TIME)
         await self.forward_watermark(timestamp)
 
     async def on_processing_time(self, now: int) -> None:
@@ -220,20 +220,21 @@ class ProcessOperator(Operator):
         ctx = self.ctx
         assert ctx is not None
         service = ctx.timer_service
-        await self._fire(service.processing_timers.pop_due(now), PROCESSING_TIME)
+        await self._fire(service.processing_timers.pop_due_groups(now), PROCESSING_TIME)
         following = service.processing_timers.next_time()
         if following is not None:
             assert self.env is not None
             self.env.schedule(following, self.on_processing_time)
 
-    async def _fire(self, due: Any, domain: str) -> None:
+    async def _fire(self, groups: Iterator[tuple[int, Iterable[Any]]], domain: str) -> None:
+        """Call ``on_timer`` for each due timer, a timestamp's group at a time."""
         ctx = self.ctx
         assert ctx is not None and self.env is not None
         ctx.time_domain = domain
         call = self._timer
         if call.kind != "sync" and isinstance(ctx, ConcurrentContext):
             try:
-                await self._fire_concurrently(due, domain == EVENT_TIME)
+                await self._fire_concurrently(groups, domain == EVENT_TIME)
             finally:
                 ctx.time_domain = EVENT_TIME
             return
@@ -245,28 +246,29 @@ class ProcessOperator(Operator):
         event_time = domain == EVENT_TIME
         trim, fired = self.env.state_backend.trim, 0
         try:
-            for timestamp, key in due:
-                fired += 1
-                if not fired & TRIM_EVERY:  # a watermark may fire millions: keep the state cache bounded
-                    trim()
-                ctx.key = key
+            for timestamp, keys in groups:
                 ctx.timestamp = stamp = timestamp if event_time else None
-                produced = fn(timestamp, ctx) if sync else await call.call_async(timestamp, ctx)
-                if produced is None:
-                    continue
-                if produced.__class__ is GeneratorType:  # add_all inlined: the usual case
-                    for item in produced:
-                        if item.__class__ is tuple and len(item) == 2 and item[0].__class__ is OutputTag:
-                            add_all([item], stamp)
-                        else:
-                            out.append(item)
-                            out_stamps.append(stamp)
-                else:
-                    add_all(produced, stamp)
-                if len(out) >= batch_size:
-                    await self.emit_collected(collector, event_time)
-                    collector = Collector()
-                    add_all, out, out_stamps = collector.add_all, collector.values, collector.timestamps
+                for key in keys:
+                    fired += 1
+                    if not fired & TRIM_EVERY:  # a watermark may fire millions: keep the state cache bounded
+                        trim()
+                    ctx.key = key
+                    produced = fn(timestamp, ctx) if sync else await call.call_async(timestamp, ctx)
+                    if produced is None:
+                        continue
+                    if produced.__class__ is GeneratorType:  # add_all inlined: the usual case
+                        for item in produced:
+                            if item.__class__ is tuple and len(item) == 2 and item[0].__class__ is OutputTag:
+                                add_all([item], stamp)
+                            else:
+                                out.append(item)
+                                out_stamps.append(stamp)
+                    else:
+                        add_all(produced, stamp)
+                    if len(out) >= batch_size:
+                        await self.emit_collected(collector, event_time)
+                        collector = Collector()
+                        add_all, out, out_stamps = collector.add_all, collector.values, collector.timestamps
         except DESCRIBED_ERRORS:
             raise
         except Exception as exc:
@@ -277,14 +279,14 @@ class ProcessOperator(Operator):
             ctx.time_domain = EVENT_TIME
         await self.emit_collected(collector, event_time)
 
-    async def _fire_concurrently(self, due: Any, event_time: bool) -> None:
+    async def _fire_concurrently(self, groups: Iterator[tuple[int, Iterable[Any]]], event_time: bool) -> None:
         """Async ``on_timer`` for the due timers, up to :attr:`concurrency` at once, a
         key's in timestamp order; timers that come due meanwhile fire in a next round."""
         ctx = self.ctx
         assert ctx is not None and self.env is not None
         call, fn = self._timer, self._timer.fn
         batch_size = self.env.batch_size
-        while timers := list(due):
+        while timers := [(timestamp, key) for timestamp, keys in groups for key in keys]:
 
             async def one(i: int, timers: list[tuple[int, Any]] = timers) -> Any:
                 timestamp, key = timers[i]
@@ -309,16 +311,16 @@ class ProcessOperator(Operator):
                         await self.emit_collected(collector, event_time)
                         collector = Collector()
             await self.emit_collected(collector, event_time)
-            due = self._due_again(event_time)
+            groups = self._due_again(event_time)
 
-    def _due_again(self, event_time: bool) -> Any:
+    def _due_again(self, event_time: bool) -> Iterator[tuple[int, Iterable[Any]]]:
         """The timers that came due while the last round fired (registered by it)."""
         ctx = self.ctx
         assert ctx is not None
         service = ctx.timer_service
         if event_time:
-            return service.event_timers.pop_due(service.watermark)
-        return service.processing_timers.pop_due(now_ms())
+            return service.event_timers.pop_due_groups(service.watermark)
+        return service.processing_timers.pop_due_groups(now_ms())
 
     async def snapshot_state(self, checkpoint_id: int) -> Any:
         assert self.ctx is not None
