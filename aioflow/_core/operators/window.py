@@ -28,8 +28,7 @@ definition resumes every window.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from itertools import repeat
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
@@ -47,7 +46,6 @@ from aioflow._core.operators.context import OperatorContext
 from aioflow._core.operators.process import UserCall, call_user_close, call_user_open
 from aioflow._core.runtime.calls import describe_error
 from aioflow._core.runtime.events import MAX_WATERMARK, MIN_WATERMARK, Batch
-from aioflow._core.runtime.keygroups import key_group
 from aioflow._core.runtime.operator import TRIM_EVERY, Collector, Operator, check_outputs
 from aioflow._core.state.backend import MISSING, NamespaceView, StateTable
 from aioflow._core.state.handles import ValueState
@@ -100,21 +98,10 @@ class _FastPane:
 
     def __init__(self, window: TimeWindow, view: NamespaceView) -> None:
         self.window = window
-        self.get, self.load, self.put, self.mark = view.get, view.load, view.put, view.mark
+        self.get, self.put, self.mark = view.get, view.put, view.mark
+        self.load = None if view.complete else view.load  # None: a miss is final (memory state)
         self.new: list[Any] = []
 
-
-class _TimerKeys:
-    """Window timers' keys, ``(key, window)``, as stored."""
-
-    def encode(self, obj: Any) -> Any:
-        return obj[0], WINDOW_KEYS.encode(obj[1])
-
-    def decode(self, plain: Any) -> Any:
-        return plain[0], WINDOW_KEYS.decode(plain[1])
-
-
-_TIMER_KEYS = _TimerKeys()
 
 #: How each kind of window keeps its contents, as the stored layout names it.
 _CONTENTS = {AGGREGATE: "aggregate accumulators", REDUCE: "reduce results", PROCESS: "process elements"}
@@ -196,16 +183,16 @@ class TriggerContext:
         return now_ms()
 
     def register_event_time_timer(self, time: int) -> None:
-        self._operator.event_timers.add(time, (self.key, self.window))
+        self._operator.event_timers.add(time, self.key, self.window)
 
     def delete_event_time_timer(self, time: int) -> None:
-        self._operator.event_timers.remove(time, (self.key, self.window))
+        self._operator.event_timers.remove(time, self.key, self.window)
 
     def register_processing_time_timer(self, time: int) -> None:
-        self._operator.register_processing_timer(time, (self.key, self.window))
+        self._operator.register_processing_timer(time, self.key, self.window)
 
     def delete_processing_time_timer(self, time: int) -> None:
-        self._operator.processing_timers.remove(time, (self.key, self.window))
+        self._operator.processing_timers.remove(time, self.key, self.window)
 
     def window_state(self, name: str, default: Any = None) -> ValueState:
         """A value kept per key and window (cleared with the window)."""
@@ -275,18 +262,9 @@ class WindowOperator(Operator):
         if self.assigner.is_merging:
             self.sessions = backend.table(self.name, "window-sessions", "sessions", serializer=_WindowListSerializer())
         self._trigger_tables: dict[str, StateTable] = {}
-        max_parallelism = env.max_parallelism
-        self.event_timers = backend.timers(
-            self.name,
-            "window-event-timers",
-            key_group_of=lambda namespace: key_group(namespace[0], max_parallelism),
-            keys=_TIMER_KEYS,
-        )
-        self.processing_timers = backend.timers(
-            self.name,
-            "window-processing-timers",
-            key_group_of=lambda namespace: key_group(namespace[0], max_parallelism),
-            keys=_TIMER_KEYS,
+        self.event_timers = backend.namespaced_timers(self.name, "window-event-timers", namespaces=WINDOW_KEYS)
+        self.processing_timers = backend.namespaced_timers(
+            self.name, "window-processing-timers", namespaces=WINDOW_KEYS
         )
         self.ctx = OperatorContext(
             self.name,
@@ -344,8 +322,8 @@ class WindowOperator(Operator):
             )
         return table
 
-    def register_processing_timer(self, time: int, namespace: tuple[Any, Any]) -> None:
-        self.processing_timers.add(time, namespace)
+    def register_processing_timer(self, time: int, key: Any, window: Any) -> None:
+        self.processing_timers.add(time, key, window)
         assert self.env is not None
         self.env.schedule(time, self.on_processing_time)
 
@@ -438,14 +416,14 @@ class WindowOperator(Operator):
         if time == MAX_WATERMARK:
             return
         if self.assigner.is_event_time:
-            self.event_timers.add(time, (key, window))
+            self.event_timers.add(time, key, window)
         else:
-            self.register_processing_timer(time, (key, window))
+            self.register_processing_timer(time, key, window)
 
     def _delete_cleanup(self, key: Any, window: Any) -> None:
         time = self._cleanup_time(window)
         queue = self.event_timers if self.assigner.is_event_time else self.processing_timers
-        queue.remove(time, (key, window))
+        queue.remove(time, key, window)
 
     def _clear_all(self, key: Any, window: Any) -> None:
         self.contents.delete(key, window)
@@ -520,7 +498,8 @@ class WindowOperator(Operator):
         value = None
         last_start = None
         window: Any = None
-        get = load = put = mark = new = _no_get
+        get = put = mark = new = _no_get
+        load: Callable[[Any], Any] | None = None
         end_ts = 0
         sliding = slide != size
         gone = watermark + 1 - size - lateness  # a window starting at or before this is gone
@@ -547,7 +526,7 @@ class WindowOperator(Operator):
                         )
                         end_ts, last_start = start + size - 1, start
                     current = get(key, MISSING)
-                    if current is MISSING and (current := load(key)) is MISSING:
+                    if current is MISSING and (load is None or (current := load(key)) is MISSING):
                         current = add(value, create()) if aggregate else value if reduce else [value]
                         put(key, current)
                         new(key)
@@ -582,13 +561,10 @@ class WindowOperator(Operator):
             if pane.new:
                 window = pane.window
                 end_ts = window.end - 1
-                # The window as a plain tuple (equal to it, and hashed alike): the collector
-                # stops tracking tuples of plain values, and there is one per (key, window).
-                pairs = list(zip(pane.new, repeat((window.start, window.end))))
                 if end_ts > watermark:
-                    timers.add_all(end_ts, pairs)
+                    timers.add_all(end_ts, window, pane.new)
                 if lateness:
-                    timers.add_all(min(end_ts + lateness, MAX_WATERMARK), pairs)
+                    timers.add_all(min(end_ts + lateness, MAX_WATERMARK), window, pane.new)
 
     def _process_generic(
         self,
@@ -727,21 +703,24 @@ class WindowOperator(Operator):
         if event_time == self.assigner.is_event_time and time == self._cleanup_time(window):
             self._clear_all(key, window)
 
-    async def _fire(self, due: Any, event_time: bool) -> None:
-        """Handle due timers, emitting a batch whenever ``batch_size`` outputs are ready."""
+    async def _fire(self, groups: Iterable[tuple[int, Any, Iterable[Any]]], event_time: bool) -> None:
+        """Handle due timers, a window's at a time (see
+        :meth:`~aioflow._core.state.backend.NamespacedTimerQueue.pop_due_groups`), emitting a
+        batch whenever ``batch_size`` outputs are ready."""
         assert self.env is not None
         batch_size = self.env.batch_size
         collector = _WindowCollector()
         trim, fired = self.env.state_backend.trim, 0
         try:
-            for time, namespace in due:
-                fired += 1
-                if not fired & TRIM_EVERY:  # a watermark may fire millions: keep the state cache bounded
-                    trim()
-                self._on_timer(time, namespace[0], namespace[1], event_time, collector)
-                if len(collector) >= batch_size or len(collector.pending) >= batch_size:
-                    await self._flush(collector)
-                    collector = _WindowCollector()
+            for time, window, keys in groups:
+                for key in keys:
+                    fired += 1
+                    if not fired & TRIM_EVERY:  # a watermark may fire millions: keep the state cache bounded
+                        trim()
+                    self._on_timer(time, key, window, event_time, collector)
+                    if len(collector) >= batch_size or len(collector.pending) >= batch_size:
+                        await self._flush(collector)
+                        collector = _WindowCollector()
         except DESCRIBED_ERRORS:
             raise
         except Exception as exc:
@@ -765,32 +744,28 @@ class WindowOperator(Operator):
         context, ctx, table = self.window_ctx, self.ctx, self.contents
         collector = _WindowCollector()
         values, stamps = collector.values, collector.timestamps
-        current_window: Any = None
-        get = _no_get
-        load = _no_get
         cleared: list[Any] = []  # windows whose cleanup time came: dropped once their timers are done
         trim, fired = self.env.state_backend.trim, 0
-        end_ts, fires, cleans, shown = 0, False, False, None
         try:
-            for time, pairs in self.event_timers.pop_due_groups(watermark):
-                current_window = None  # what a window's timer at this time does is worked out again
-                for key, window in pairs:
+            for time, window, keys in self.event_timers.pop_due_groups(watermark):
+                # What this window's timers at this time do is worked out once for all its keys.
+                view = table.view(window)
+                get, load = view.get, None if view.complete else view.load
+                context.window = shown = window if window.__class__ is TimeWindow else TimeWindow(*window)
+                end_ts = window[1] - 1
+                fires = time == end_ts
+                cleans = time == min(end_ts + lateness, MAX_WATERMARK)
+                if cleans and (not cleared or cleared[-1] != window):
+                    cleared.append(window)
+                for key in keys:
                     fired += 1
                     if not fired & TRIM_EVERY:  # keep the state cache bounded; a window's view lasts until a trim
                         trim()
-                        current_window = None
-                    if window is not current_window:  # (start, end) from this run, a TimeWindow if restored
                         view = table.view(window)
-                        current_window, get, load = window, view.get, view.load
-                        context.window = shown = window if window.__class__ is TimeWindow else TimeWindow(*window)
-                        end_ts = window[1] - 1
-                        fires = time == end_ts
-                        cleans = time == min(end_ts + lateness, MAX_WATERMARK)
-                        if cleans and (not cleared or cleared[-1] != window):
-                            cleared.append(window)
+                        get, load = view.get, None if view.complete else view.load
                     if fires:
                         contents = get(key, MISSING)
-                        if contents is MISSING:
+                        if contents is MISSING and load is not None:
                             contents = load(key)
                         if contents is not MISSING:
                             if sync_fn is None:
@@ -799,12 +774,15 @@ class WindowOperator(Operator):
                                     await self._flush(collector)  # an async window function runs first
                                     collector = _WindowCollector()
                                     values, stamps = collector.values, collector.timestamps
+                                elif len(values) >= batch_size or len(collector.pending) >= batch_size:
+                                    await self._flush(collector)
+                                    collector = _WindowCollector()
+                                    values, stamps = collector.values, collector.timestamps
                             else:  # _emit inlined for a sync window function
                                 context.key = ctx.key = key
                                 produced = sync_fn(key, context, [get_result(contents)] if get_result else [contents])
                                 if produced is not None:
                                     check_outputs(produced)
-                                    before = len(values)
                                     for item in produced:
                                         if (
                                             item.__class__ is tuple
@@ -814,15 +792,15 @@ class WindowOperator(Operator):
                                             collector.add_all([item], end_ts)
                                         else:
                                             values.append(item)
-                                    stamps.extend([end_ts] * (len(values) - before))
+                                            stamps.append(end_ts)
+                                    if len(values) >= batch_size:
+                                        await self._flush(collector)
+                                        collector = _WindowCollector()
+                                        values, stamps = collector.values, collector.timestamps
                     if cleans and clear is not None:
                         context.window, context.key = shown, key
                         ctx.key = key
                         clear(context)
-                    if len(values) >= batch_size or len(collector.pending) >= batch_size:
-                        await self._flush(collector)
-                        collector = _WindowCollector()
-                        values, stamps = collector.values, collector.timestamps
             for window in cleared:
                 table.drop(window)
         except DESCRIBED_ERRORS:
@@ -855,11 +833,11 @@ class WindowOperator(Operator):
         if self._fast:
             await self._fire_fast(timestamp)
         else:
-            await self._fire(self.event_timers.pop_due(timestamp), True)
+            await self._fire(self.event_timers.pop_due_groups(timestamp), True)
         await self.forward_watermark(timestamp)
 
     async def on_processing_time(self, now: int) -> None:
-        await self._fire(self.processing_timers.pop_due(now), False)
+        await self._fire(self.processing_timers.pop_due_groups(now), False)
         following = self.processing_timers.next_time()
         if following is not None:
             assert self.env is not None
@@ -868,7 +846,9 @@ class WindowOperator(Operator):
     async def end_input(self) -> None:
         """Bounded input ended: processing-time windows fire with what they hold (instead of
         being dropped), so a finished job never loses a window."""
-        pending = list(self.processing_timers.pop_due(MAX_WATERMARK))
+        pending = [
+            (time, window, list(keys)) for time, window, keys in self.processing_timers.pop_due_groups(MAX_WATERMARK)
+        ]
         await self._fire(iter(pending), False)
         self.processing_timers.clear()  # what firing registered would never come
         self._log_late(final=True)

@@ -16,7 +16,9 @@ methods, so that a handle's ``value()`` costs a dict lookup and not a chain of c
 Nothing outside the backends holds a backend's dicts.
 
 Timers go through the same seam: :meth:`KeyedStateBackend.timers` hands out a
-:class:`TimerQueue`, kept in memory or in the store like the rest of the state.
+:class:`TimerQueue`, and :meth:`KeyedStateBackend.namespaced_timers` a
+:class:`NamespacedTimerQueue` (a window operator's), kept in memory or in the store like
+the rest of the state.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "KeyCodec",
     "KeyedStateBackend",
     "NamespaceView",
+    "NamespacedTimerQueue",
     "StateTable",
     "TimerQueue",
 ]
@@ -61,13 +64,16 @@ class NamespaceView:
     - ``mark(key)``: the entry's value was changed in place (a list appended to).
     - ``delete(key)``: remove the entry.
 
+    ``complete`` says that nothing lies behind the cache (memory state): a miss of ``get``
+    is final, and a hot loop may skip ``load``.
+
     The view of the ``None`` namespace (plain keyed state) stays valid for good; a view of
     another namespace (a window) until that namespace is dropped, or, in a bounded cache,
     until the cache is trimmed (between batches): ask the table again then. A table hands
     out one view per namespace, so asking again is cheap.
     """
 
-    __slots__ = ("delete", "get", "load", "mark", "put")
+    __slots__ = ("complete", "delete", "get", "load", "mark", "put")
 
     def __init__(
         self,
@@ -82,6 +88,7 @@ class NamespaceView:
         self.mark = mark
         self.delete = delete
         self.load = load
+        self.complete = load is _missing
 
 
 class KeyCodec(Protocol):
@@ -136,7 +143,7 @@ class TimerQueue(Protocol):
     """Timers of one operator: one per ``(timestamp, key)``, fired in timestamp order.
 
     ``key`` is what the timer belongs to: the record key for process functions, ``(key,
-    window)`` for windows. Timers of one timestamp fire in the order they were registered
+    side)`` for interval joins. Timers of one timestamp fire in the order they were registered
     (stored ones, after a restore or when the cache spilled them, in key order first).
     """
 
@@ -160,6 +167,42 @@ class TimerQueue(Protocol):
     def pop_due_groups(self, limit: int) -> Iterator[tuple[int, Iterable[Any]]]:
         """:meth:`pop_due` a timestamp at a time: ``(timestamp, keys)``, each group removed
         whole before it is yielded (for callers that fire many timers of one timestamp)."""
+        ...
+
+    def clear(self) -> None: ...
+
+
+class NamespacedTimerQueue(Protocol):
+    """Timers of one operator per ``(timestamp, key, namespace)``, as Flink's timer service
+    keeps them: a window operator's timers, the window being the namespace.
+
+    The same timers as a :class:`TimerQueue` of ``(key, namespace)`` keys, stored alike,
+    but registered and fired a namespace at a time: a window's timers cost one entry per
+    key, and firing decides once per window what its timers do. Within a timestamp, the
+    namespaces fire in the order their first timer was registered, each namespace's keys
+    in registration order (stored ones in key order, as for :class:`TimerQueue`).
+    """
+
+    def add(self, timestamp: int, key: Any, namespace: Any) -> None: ...
+
+    def add_all(self, timestamp: int, namespace: Any, keys: list[Any]) -> None:
+        """``add(timestamp, key, namespace)`` for each of ``keys``, in order."""
+        ...
+
+    def remove(self, timestamp: int, key: Any, namespace: Any) -> None: ...
+
+    def next_time(self) -> int | None:
+        """The earliest timestamp with a timer, or ``None``."""
+        ...
+
+    def pop_due(self, limit: int) -> Iterator[tuple[int, Any, Any]]:
+        """Yield and remove every ``(timestamp, key, namespace)`` at or before ``limit``, in
+        timestamp order; timers registered meanwhile are yielded too if they are due."""
+        ...
+
+    def pop_due_groups(self, limit: int) -> Iterator[tuple[int, Any, Iterable[Any]]]:
+        """:meth:`pop_due` a namespace of a timestamp at a time: ``(timestamp, namespace,
+        keys)``; ``keys`` must be consumed before the next group is asked for."""
         ...
 
     def clear(self) -> None: ...
@@ -209,6 +252,12 @@ class KeyedStateBackend(Protocol):
     ) -> TimerQueue:
         """``operator``'s timer queue ``name`` (restored timers included). ``keys`` stores
         timer keys that are not plain JSON keys (``(key, window)`` for windows)."""
+        ...
+
+    def namespaced_timers(self, operator: str, name: str, *, namespaces: KeyCodec) -> NamespacedTimerQueue:
+        """``operator``'s timer queue ``name`` with a namespace per timer (restored timers
+        included), stored as the :meth:`timers` of ``(key, namespace)`` keys would be; a
+        timer belongs to its key's key group."""
         ...
 
     @property

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from aioflow._core.errors import CorruptStateError, IncompatibleStateError, StateError
@@ -45,7 +47,7 @@ from aioflow._core.time.timers import now_ms
 if TYPE_CHECKING:
     from aioflow._core.state.lmdb import LmdbStore
 
-__all__ = ["LmdbBackend", "LmdbTable", "LmdbTimerQueue"]
+__all__ = ["LmdbBackend", "LmdbNamespacedTimerQueue", "LmdbTable", "LmdbTimerQueue"]
 
 _LEN = struct.Struct(">H")
 _TIME = struct.Struct(">Q")
@@ -689,6 +691,56 @@ class LmdbTimerQueue:
                 self._set_head(group, self._first_stored(group, -_TIME_OFFSET))
 
 
+class _PairKeys:
+    """A namespaced timer's key as the flat queue stores it: ``(key, namespace)``, the
+    namespace encoded by the queue's codec."""
+
+    def __init__(self, namespaces: KeyCodec) -> None:
+        self._namespaces = namespaces
+
+    def encode(self, obj: Any) -> Any:
+        return obj[0], self._namespaces.encode(obj[1])
+
+    def decode(self, plain: Any) -> Any:
+        return plain[0], self._namespaces.decode(plain[1])
+
+
+class LmdbNamespacedTimerQueue:
+    """Namespaced timers over the store: an :class:`LmdbTimerQueue` of ``(key, namespace)``
+    keys (so they are stored, cached, flushed and released as any timers are), fired a
+    namespace at a time by grouping each timestamp's run of one namespace."""
+
+    def __init__(self, timers: LmdbTimerQueue) -> None:
+        self._timers = timers
+
+    def add(self, timestamp: int, key: Any, namespace: Any) -> None:
+        self._timers.add(timestamp, (key, namespace))
+
+    def add_all(self, timestamp: int, namespace: Any, keys: list[Any]) -> None:
+        self._timers.add_all(timestamp, [(key, namespace) for key in keys])
+
+    def remove(self, timestamp: int, key: Any, namespace: Any) -> None:
+        self._timers.remove(timestamp, (key, namespace))
+
+    def next_time(self) -> int | None:
+        return self._timers.next_time()
+
+    def pop_due(self, limit: int) -> Iterator[tuple[int, Any, Any]]:
+        for timestamp, (key, namespace) in self._timers.pop_due(limit):
+            yield timestamp, key, namespace
+
+    def pop_due_groups(self, limit: int) -> Iterator[tuple[int, Any, Iterable[Any]]]:
+        for timestamp, pairs in self._timers.pop_due_groups(limit):
+            for namespace, run in itertools.groupby(pairs, _NAMESPACE):
+                yield timestamp, namespace, map(_KEY, run)
+
+    def clear(self) -> None:
+        self._timers.clear()
+
+
+_KEY, _NAMESPACE = itemgetter(0), itemgetter(1)
+
+
 class LmdbBackend:
     """Keyed state over the worker's :class:`~aioflow._core.state.lmdb.LmdbStore`; see the
     module docstring. ``checkpointed`` is false for LMDB used for its size alone (no
@@ -778,6 +830,12 @@ class LmdbBackend:
         queue = LmdbTimerQueue(self, table_id, key_group_of or self._group_of, keys, restored, f"{operator}/{name}")
         self._queues.append(queue)
         return queue
+
+    def namespaced_timers(self, operator: str, name: str, *, namespaces: KeyCodec) -> LmdbNamespacedTimerQueue:
+        group_of = self._group_of
+        return LmdbNamespacedTimerQueue(
+            self.timers(operator, name, key_group_of=lambda pair: group_of(pair[0]), keys=_PairKeys(namespaces))
+        )
 
     @property
     def cached_entries(self) -> int:

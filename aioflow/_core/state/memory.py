@@ -14,7 +14,15 @@ from typing import Any
 
 from aioflow._core.errors import PipelineError
 from aioflow._core.runtime.keygroups import key_group
-from aioflow._core.state.backend import MISSING, Change, KeyCodec, NamespaceView, StateTable, TimerQueue
+from aioflow._core.state.backend import (
+    MISSING,
+    Change,
+    KeyCodec,
+    NamespacedTimerQueue,
+    NamespaceView,
+    StateTable,
+    TimerQueue,
+)
 from aioflow._core.state.serializers import JsonSerializer, Serializer
 from aioflow._core.state.ttl import TtlCleanup
 from aioflow._core.time.timers import now_ms
@@ -166,6 +174,100 @@ class MemoryTimerQueue:
         self._by_time.clear()
         self._heap.clear()
 
+    def drop(self, doomed: Callable[[Any], bool]) -> None:
+        """Remove every timer whose key is ``doomed``."""
+        for timestamp, keys in list(self._by_time.items()):
+            for key in [key for key in keys if doomed(key)]:
+                self.remove(timestamp, key)
+
+
+class MemoryNamespacedTimerQueue:
+    """Namespaced timers in memory: a heap of distinct timestamps, each with its namespaces
+    in registration order, each with an insertion-ordered set of keys."""
+
+    __slots__ = ("_by_time", "_heap")
+
+    def __init__(self) -> None:
+        self._by_time: dict[int, dict[Any, dict[Any, None]]] = {}
+        self._heap: list[int] = []
+
+    def __len__(self) -> int:
+        return sum(len(keys) for spaces in self._by_time.values() for keys in spaces.values())
+
+    def add(self, timestamp: int, key: Any, namespace: Any) -> None:
+        spaces = self._by_time.get(timestamp)
+        if spaces is None:
+            self._by_time[timestamp] = {namespace: {key: None}}
+            heapq.heappush(self._heap, timestamp)
+            return
+        keys = spaces.get(namespace)
+        if keys is None:
+            spaces[namespace] = {key: None}
+        else:
+            keys[key] = None
+
+    def add_all(self, timestamp: int, namespace: Any, keys: list[Any]) -> None:
+        spaces = self._by_time.get(timestamp)
+        if spaces is None:
+            self._by_time[timestamp] = {namespace: dict.fromkeys(keys)}
+            heapq.heappush(self._heap, timestamp)
+            return
+        existing = spaces.get(namespace)
+        if existing is None:
+            spaces[namespace] = dict.fromkeys(keys)
+        else:
+            existing.update(dict.fromkeys(keys))
+
+    def remove(self, timestamp: int, key: Any, namespace: Any) -> None:
+        spaces = self._by_time.get(timestamp)
+        if spaces is None:
+            return
+        keys = spaces.get(namespace)
+        if keys is None or key not in keys:
+            return
+        del keys[key]
+        if keys:
+            return
+        del spaces[namespace]
+        if not spaces:
+            del self._by_time[timestamp]
+            if len(self._heap) > 2 * len(self._by_time) + 1024:  # drop stale heap entries
+                self._heap[:] = self._by_time  # in place: pop_due may be iterating it
+                heapq.heapify(self._heap)
+
+    def next_time(self) -> int | None:
+        heap, by_time = self._heap, self._by_time
+        while heap:
+            if by_time.get(heap[0]):
+                return heap[0]
+            by_time.pop(heapq.heappop(heap), None)
+        return None
+
+    def pop_due(self, limit: int) -> Iterator[tuple[int, Any, Any]]:
+        for timestamp, namespace, keys in self.pop_due_groups(limit):
+            for key in keys:
+                yield timestamp, key, namespace
+
+    def pop_due_groups(self, limit: int) -> Iterator[tuple[int, Any, Iterable[Any]]]:
+        heap, by_time = self._heap, self._by_time
+        while heap and heap[0] <= limit:
+            timestamp = heapq.heappop(heap)
+            spaces = by_time.pop(timestamp, None)
+            if spaces:
+                for namespace, keys in spaces.items():
+                    yield timestamp, namespace, keys
+
+    def clear(self) -> None:
+        self._by_time.clear()
+        self._heap.clear()
+
+    def drop(self, doomed: Callable[[Any], bool]) -> None:
+        """Remove every timer whose key is ``doomed``."""
+        for timestamp, spaces in list(self._by_time.items()):
+            for namespace, keys in list(spaces.items()):
+                for key in [key for key in keys if doomed(key)]:
+                    self.remove(timestamp, key, namespace)
+
 
 class MemoryBackend:
     """Keyed state in dicts (see the module docstring). ``clock`` is processing time for
@@ -186,7 +288,7 @@ class MemoryBackend:
         self.serializer = serializer if serializer is not None else JsonSerializer()
         self.clock = clock if clock is not None else now_ms
         self.tables: dict[tuple[str, str], MemoryTable] = {}
-        self._timer_queues: list[tuple[MemoryTimerQueue, Callable[[Any], int] | None]] = []
+        self._timer_queues: list[tuple[MemoryTimerQueue | MemoryNamespacedTimerQueue, Callable[[Any], int] | None]] = []
         self._ttl = TtlCleanup(self.clock)
 
     @property
@@ -226,6 +328,11 @@ class MemoryBackend:
     ) -> TimerQueue:
         queue = MemoryTimerQueue()
         self._timer_queues.append((queue, key_group_of))
+        return queue
+
+    def namespaced_timers(self, operator: str, name: str, *, namespaces: KeyCodec) -> NamespacedTimerQueue:
+        queue = MemoryNamespacedTimerQueue()
+        self._timer_queues.append((queue, None))
         return queue
 
     @property
@@ -269,11 +376,7 @@ class MemoryBackend:
                     table.delete(key, namespace)
         for queue, key_group_of in self._timer_queues:
             group_of = key_group_of or (lambda key: key_group(key, max_parallelism))
-            doomed = [
-                (timestamp, key) for timestamp, keys in queue._by_time.items() for key in keys if group_of(key) in gone
-            ]
-            for timestamp, key in doomed:
-                queue.remove(timestamp, key)
+            queue.drop(lambda key: group_of(key) in gone)  # noqa: B023  # called at once
 
     def cleanup_expired(self, now: int, budget: int) -> int:
         return self._ttl.run(now, budget)
