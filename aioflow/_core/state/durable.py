@@ -777,7 +777,7 @@ class LmdbBackend:
         #: The checkpoint the stored state is at, and the one changes made now belong to.
         self.completed = completed
         self._epoch = completed + 1
-        self._verify_queue: list[bytes] = []
+        self._verify_queue: list[tuple[bytes, bytes]] = []
         self._verify_from: bytes | None = None
 
     @property
@@ -950,18 +950,13 @@ class LmdbBackend:
         (a damaged one stops the job naming it); calls go on where the last one stopped,
         and start another pass after the last. Returns how many prefixes are left in this pass."""
         if not self._verify_queue:
-            self._verify_queue = self._prefixes()
+            self._verify_queue = [(prefix, after(prefix)) for prefix in self._prefixes()]
             self._verify_from = None
-        while self._verify_queue and budget > 0:
-            prefix = self._verify_queue[0]
-            start = self._verify_from if self._verify_from is not None else prefix
-            try:
-                self._verify_from, checked = self.store.verify(start, after(prefix), budget)
-            except StoredValueDamaged as exc:
-                raise self._named(exc) from None
-            budget -= checked + 1  # a range costs at least a seek
-            if self._verify_from is None:
-                self._verify_queue.pop(0)
+        try:
+            done, self._verify_from = self.store.verify(self._verify_queue, self._verify_from, budget)
+        except StoredValueDamaged as exc:
+            raise self._named(exc) from None
+        del self._verify_queue[:done]
         return len(self._verify_queue)
 
     def _holders(self) -> list[LmdbTable | LmdbTimerQueue]:

@@ -34,7 +34,7 @@ import fcntl
 import mmap
 import os
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -382,31 +382,40 @@ class LmdbStore:
                 return
             last = chunk[-1][0]
 
-    def verify(self, start: bytes, end: bytes, budget: int) -> tuple[bytes | None, int]:
-        """Check up to ``budget`` entries of ``[start, end)`` in key order, keys and values
-        (:class:`StoredValueDamaged` at the first that fails): the key to go on from
-        (``None`` once the range is done) and how many were checked. Reading in order is
-        what finds a damaged *key*, which a lookup by key cannot."""
+    def verify(
+        self, ranges: Sequence[tuple[bytes, bytes]], resume: bytes | None, budget: int
+    ) -> tuple[int, bytes | None]:
+        """Check the entries of ``ranges`` in key order, keys and values, from ``resume``
+        (or the start) of the first range, in one read transaction
+        (:class:`StoredValueDamaged` at the first that fails). Each entry costs one of
+        ``budget``, and so does each range (a seek). Returns how many ranges are done and
+        where to resume in the next one (``None``: at its start). Reading in order is what
+        finds a damaged *key*, which a lookup by key cannot."""
+        done = 0
         try:
             with self.env.begin(buffers=False) as txn:
                 cursor = txn.cursor(db=self._live)
-                found = cursor.set_range(start)
-                checked = 0
-                while found:
-                    key = cursor.key()
-                    if key >= end:
-                        return None, checked
-                    if checked >= budget:
-                        return bytes(key), checked
-                    try:
-                        open_value(key, cursor.value())
-                    except Damaged as exc:
-                        raise StoredValueDamaged(self, bytes(key), str(exc)) from None
-                    checked += 1
-                    found = cursor.next()
+                for start, end in ranges:
+                    found = cursor.set_range(resume if resume is not None and done == 0 else start)
+                    while found:
+                        key = cursor.key()
+                        if key >= end:
+                            break
+                        if budget <= 0:
+                            return done, bytes(key)
+                        try:
+                            open_value(key, cursor.value())
+                        except Damaged as exc:
+                            raise StoredValueDamaged(self, bytes(key), str(exc)) from None
+                        budget -= 1
+                        found = cursor.next()
+                    done += 1
+                    budget -= 1
+                    if budget <= 0:
+                        break
         except lmdb.Error as exc:
             raise self._read_failed(exc) from exc
-        return None, checked
+        return done, None
 
     def first_key(self, start: bytes, end: bytes) -> bytes | None:
         """The first live key in ``[start, end)``, or ``None``."""
