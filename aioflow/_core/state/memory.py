@@ -74,7 +74,10 @@ class MemoryTable:
         return default if entries is None else entries.get(key, default)
 
     def put(self, key: Any, value: Any, namespace: Any = None) -> None:
-        self.view(namespace).put(key, value)
+        entries = self._namespaces.get(namespace)
+        if entries is None:  # a view, made when asked for, sees this dict
+            entries = self._namespaces[namespace] = {}
+        entries[key] = value
 
     def delete(self, key: Any, namespace: Any = None) -> None:
         entries = self._namespaces.get(namespace)

@@ -35,13 +35,11 @@ class TriggerResult(Enum):
     PURGE = (False, True)
     FIRE_AND_PURGE = (True, True)
 
-    @property
-    def fire(self) -> bool:
-        return self.value[0]
-
-    @property
-    def purge(self) -> bool:
-        return self.value[1]
+    def __init__(self, fire: bool, purge: bool) -> None:
+        #: Emit the window's contents.
+        self.fire = fire
+        #: Clear the window's contents.
+        self.purge = purge
 
 
 CONTINUE, FIRE, PURGE, FIRE_AND_PURGE = (
