@@ -146,3 +146,19 @@ class _PairOfWindow:
 
     def decode(self, plain: Any) -> Any:
         return plain[0], WINDOW_KEYS.decode(plain[1])
+
+
+def test_cached_timers_fire_a_window_at_a_time_on_both_backends(durable: Durable) -> None:
+    """Keys of one window registered with another window's in between still fire as one
+    group, windows in the order of their first timer: in memory, and on LMDB while the
+    timers are cached (the same order, so both backends emit alike)."""
+    w2_ = TimeWindow(-5, 10)  # another window ending at the same time (a merged session)
+    orders = []
+    for backend in (MemoryBackend(), durable.open()):
+        timers = backend.namespaced_timers("w", "window-event-timers", namespaces=WINDOW_KEYS)
+        timers.add(9, "k1", W1)
+        timers.add(9, "k2", w2_)
+        timers.add(9, "k3", W1)
+        timers.add(9, "k4", w2_)
+        orders.append([(t, ns, list(keys)) for t, ns, keys in timers.pop_due_groups(9)])
+    assert orders[0] == orders[1] == [(9, W1, ["k1", "k3"]), (9, w2_, ["k2", "k4"])]

@@ -165,8 +165,10 @@ class TimerQueue(Protocol):
         ...
 
     def pop_due_groups(self, limit: int) -> Iterator[tuple[int, Iterable[Any]]]:
-        """:meth:`pop_due` a timestamp at a time: ``(timestamp, keys)``, each group removed
-        whole before it is yielded (for callers that fire many timers of one timestamp)."""
+        """:meth:`pop_due` a timestamp at a time: ``(timestamp, keys)`` (for callers that
+        fire many timers of one timestamp). Cached timers are removed whole before their
+        group is yielded; stored ones are read as ``keys`` is consumed, so consume it
+        before asking for the next group."""
         ...
 
     def clear(self) -> None: ...

@@ -731,8 +731,19 @@ class LmdbNamespacedTimerQueue:
 
     def pop_due_groups(self, limit: int) -> Iterator[tuple[int, Any, Iterable[Any]]]:
         for timestamp, pairs in self._timers.pop_due_groups(limit):
-            for namespace, run in itertools.groupby(pairs, _NAMESPACE):
-                yield timestamp, namespace, map(_KEY, run)
+            if isinstance(pairs, dict):  # cached timers, whole: a namespace at a time, as in memory
+                spaces: dict[Any, list[Any]] = {}
+                for key, namespace in pairs:
+                    keys = spaces.get(namespace)
+                    if keys is None:
+                        spaces[namespace] = [key]
+                    else:
+                        keys.append(key)
+                for namespace, keys in spaces.items():
+                    yield timestamp, namespace, keys
+            else:  # stored ones, read as they fire (in key order): a namespace's run at a time
+                for namespace, run in itertools.groupby(pairs, _NAMESPACE):
+                    yield timestamp, namespace, map(_KEY, run)
 
     def clear(self) -> None:
         self._timers.clear()
