@@ -109,15 +109,42 @@ class MemoryTable:
         return sum(map(len, self._namespaces.values()))
 
 
-class MemoryTimerQueue:
-    """Timers in memory: a heap of distinct timestamps, each with an insertion-ordered set
-    of keys (so timers of one timestamp fire in registration order)."""
+class _TimeHeap:
+    """Timers by timestamp: a heap of distinct timestamps over a dict of what is due at
+    each (entries of removed timestamps stay in the heap until compacted or popped)."""
 
     __slots__ = ("_by_time", "_heap")
 
     def __init__(self) -> None:
-        self._by_time: dict[int, dict[Any, None]] = {}
+        self._by_time: dict[int, Any] = {}
         self._heap: list[int] = []
+
+    def _forget(self, timestamp: int) -> None:
+        """``timestamp`` has no timers left."""
+        del self._by_time[timestamp]
+        if len(self._heap) > 2 * len(self._by_time) + 1024:  # drop stale heap entries
+            self._heap[:] = self._by_time  # in place: pop_due may be iterating it
+            heapq.heapify(self._heap)
+
+    def next_time(self) -> int | None:
+        heap, by_time = self._heap, self._by_time
+        while heap:
+            if by_time.get(heap[0]):
+                return heap[0]
+            by_time.pop(heapq.heappop(heap), None)
+        return None
+
+    def clear(self) -> None:
+        self._by_time.clear()
+        self._heap.clear()
+
+
+class MemoryTimerQueue(_TimeHeap):
+    """Timers in memory: a heap of distinct timestamps, each with an insertion-ordered set
+    of keys (so timers of one timestamp fire in registration order)."""
+
+    __slots__ = ()
+    _by_time: dict[int, dict[Any, None]]
 
     def __len__(self) -> int:
         return sum(map(len, self._by_time.values()))
@@ -143,18 +170,7 @@ class MemoryTimerQueue:
         if keys is not None:
             keys.pop(key, None)
             if not keys:
-                del self._by_time[timestamp]
-                if len(self._heap) > 2 * len(self._by_time) + 1024:  # drop stale heap entries
-                    self._heap[:] = self._by_time  # in place: pop_due may be iterating it
-                    heapq.heapify(self._heap)
-
-    def next_time(self) -> int | None:
-        heap, by_time = self._heap, self._by_time
-        while heap:
-            if by_time.get(heap[0]):
-                return heap[0]
-            by_time.pop(heapq.heappop(heap), None)
-        return None
+                self._forget(timestamp)
 
     def pop_due(self, limit: int) -> Iterator[tuple[int, Any]]:
         heap, by_time = self._heap, self._by_time
@@ -173,10 +189,6 @@ class MemoryTimerQueue:
             if keys:
                 yield timestamp, keys
 
-    def clear(self) -> None:
-        self._by_time.clear()
-        self._heap.clear()
-
     def drop(self, doomed: Callable[[Any], bool]) -> None:
         """Remove every timer whose key is ``doomed``."""
         for timestamp, keys in list(self._by_time.items()):
@@ -184,15 +196,12 @@ class MemoryTimerQueue:
                 self.remove(timestamp, key)
 
 
-class MemoryNamespacedTimerQueue:
+class MemoryNamespacedTimerQueue(_TimeHeap):
     """Namespaced timers in memory: a heap of distinct timestamps, each with its namespaces
     in registration order, each with an insertion-ordered set of keys."""
 
-    __slots__ = ("_by_time", "_heap")
-
-    def __init__(self) -> None:
-        self._by_time: dict[int, dict[Any, dict[Any, None]]] = {}
-        self._heap: list[int] = []
+    __slots__ = ()
+    _by_time: dict[int, dict[Any, dict[Any, None]]]
 
     def __len__(self) -> int:
         return sum(len(keys) for spaces in self._by_time.values() for keys in spaces.values())
@@ -233,18 +242,7 @@ class MemoryNamespacedTimerQueue:
             return
         del spaces[namespace]
         if not spaces:
-            del self._by_time[timestamp]
-            if len(self._heap) > 2 * len(self._by_time) + 1024:  # drop stale heap entries
-                self._heap[:] = self._by_time  # in place: pop_due may be iterating it
-                heapq.heapify(self._heap)
-
-    def next_time(self) -> int | None:
-        heap, by_time = self._heap, self._by_time
-        while heap:
-            if by_time.get(heap[0]):
-                return heap[0]
-            by_time.pop(heapq.heappop(heap), None)
-        return None
+            self._forget(timestamp)
 
     def pop_due(self, limit: int) -> Iterator[tuple[int, Any, Any]]:
         for timestamp, namespace, keys in self.pop_due_groups(limit):
@@ -259,10 +257,6 @@ class MemoryNamespacedTimerQueue:
             if spaces:
                 for namespace, keys in spaces.items():
                     yield timestamp, namespace, keys
-
-    def clear(self) -> None:
-        self._by_time.clear()
-        self._heap.clear()
 
     def drop(self, doomed: Callable[[Any], bool]) -> None:
         """Remove every timer whose key is ``doomed``."""
